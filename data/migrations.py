@@ -1,0 +1,69 @@
+"""The store's schema, as ordered migrations.
+
+Each entry is (version, statements). `Store` applies the ones newer than the file's
+`schema_version`, each in its own transaction together with its version row, so a
+crash mid-migration leaves the file at the previous version. Never edit a released
+migration: append a new one.
+
+Column meanings follow Pick-a-Pic (see docs/ARCHITECTURE.md, "Data model"):
+label_0/label_1 are 1/0, 0/1 or 0.5/0.5 (tie), best_image_uid is the winner's uid or
+'none' for a tie; both-bad and skip votes keep NULL labels and are never exported.
+"""
+
+MIGRATIONS: list[tuple[int, list[str]]] = [
+    (
+        1,
+        [
+            """
+            CREATE TABLE users (
+                user_id    BIGINT PRIMARY KEY,
+                name       VARCHAR NOT NULL UNIQUE,
+                created_at TIMESTAMP NOT NULL DEFAULT current_timestamp,
+                banned     BOOLEAN NOT NULL DEFAULT false
+            )
+            """,
+            """
+            CREATE TABLE images (
+                image_uid      VARCHAR PRIMARY KEY,
+                jpg            BLOB NOT NULL,
+                prompt         VARCHAR,
+                model          VARCHAR,
+                seed           BIGINT,
+                guidance_scale DOUBLE,
+                steps          INTEGER,
+                scheduler      VARCHAR,
+                width          INTEGER,
+                height         INTEGER,
+                gen_ms         DOUBLE,
+                url            VARCHAR,
+                created_at     TIMESTAMP NOT NULL DEFAULT current_timestamp
+            )
+            """,
+            """
+            CREATE TABLE rankings (
+                ranking_id             BIGINT PRIMARY KEY,
+                vote_id                VARCHAR UNIQUE,
+                caption                VARCHAR NOT NULL,
+                image_0_uid            VARCHAR NOT NULL,
+                image_1_uid            VARCHAR NOT NULL,
+                label_0                DOUBLE,
+                label_1                DOUBLE,
+                best_image_uid         VARCHAR,
+                user_id                BIGINT NOT NULL,
+                created_at             TIMESTAMP_NS NOT NULL,
+                has_label              BOOLEAN NOT NULL,
+                num_example_per_prompt BIGINT,
+                shown_left             TINYINT CHECK (shown_left IN (0, 1)),
+                dwell_ms               INTEGER,
+                outcome                VARCHAR NOT NULL
+                    CHECK (outcome IN ('left', 'right', 'tie', 'both_bad', 'skip')),
+                source                 VARCHAR NOT NULL,
+                is_gold                BOOLEAN NOT NULL DEFAULT false,
+                split                  VARCHAR NOT NULL DEFAULT 'train'
+            )
+            """,
+        ],
+    ),
+]
+
+LATEST_VERSION = MIGRATIONS[-1][0]

@@ -1,0 +1,370 @@
+"""Pick-a-Pic parquet shards in and out of the store.
+
+Import reads the public v1/v2 shards (JPEG bytes inline) and our own exports into the
+same tables; export writes exactly the v2 columns and types, so
+`datasets.load_dataset("parquet", ...)`, the paper's loader and ours read our data as
+they read the public set.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from PIL import Image
+from tqdm import tqdm
+
+from data.errors import DataError, ShardError
+from data.store import TIE_UID, Store, transaction
+
+# The public pickapic_v2 features, in their order (its pandas index column aside).
+PICKAPIC_SCHEMA = pa.schema(
+    [
+        ("are_different", pa.bool_()),
+        ("best_image_uid", pa.string()),
+        ("caption", pa.string()),
+        ("created_at", pa.timestamp("ns")),
+        ("has_label", pa.bool_()),
+        ("image_0_uid", pa.string()),
+        ("image_0_url", pa.string()),
+        ("image_1_uid", pa.string()),
+        ("image_1_url", pa.string()),
+        ("jpg_0", pa.binary()),
+        ("jpg_1", pa.binary()),
+        ("label_0", pa.float64()),
+        ("label_1", pa.float64()),
+        ("model_0", pa.string()),
+        ("model_1", pa.string()),
+        ("ranking_id", pa.int64()),
+        ("user_id", pa.int64()),
+        ("num_example_per_prompt", pa.int64()),
+    ]
+)
+IMAGE_COLUMNS = ("jpg_0", "jpg_1")
+NO_IMAGES_SCHEMA = pa.schema([f for f in PICKAPIC_SCHEMA if f.name not in IMAGE_COLUMNS])
+
+# What an import cannot do without; the rest is derived or left empty when absent.
+REQUIRED_COLUMNS = (
+    "caption", "jpg_0", "jpg_1", "label_0", "label_1", "image_0_uid", "image_1_uid",
+    "model_0", "model_1", "ranking_id", "user_id", "created_at",
+)
+OPTIONAL_COLUMNS = (
+    "best_image_uid", "image_0_url", "image_1_url", "has_label", "num_example_per_prompt",
+)
+NOT_NULL_COLUMNS = (
+    "caption", "jpg_0", "jpg_1", "label_0", "label_1", "image_0_uid", "image_1_uid",
+    "ranking_id", "user_id", "created_at",
+)
+KNOWN_SPLITS = ("train", "validation", "test", "validation_unique", "test_unique")
+VALID_LABELS = (0.0, 0.5, 1.0)
+
+_TYPE_CHECKS = {
+    "string": (pa.types.is_string, pa.types.is_large_string),
+    "binary": (pa.types.is_binary, pa.types.is_large_binary),
+    "number": (pa.types.is_floating, pa.types.is_integer),
+    "integer": (pa.types.is_integer,),
+    "timestamp": (pa.types.is_timestamp,),
+    "bool": (pa.types.is_boolean,),
+}
+_EXPECTED_KIND = {
+    "caption": "string", "best_image_uid": "string", "image_0_uid": "string",
+    "image_1_uid": "string", "image_0_url": "string", "image_1_url": "string",
+    "model_0": "string", "model_1": "string", "jpg_0": "binary", "jpg_1": "binary",
+    "label_0": "number", "label_1": "number", "ranking_id": "integer", "user_id": "integer",
+    "num_example_per_prompt": "integer", "created_at": "timestamp", "has_label": "bool",
+}
+
+
+@dataclass(frozen=True)
+class ImportedFile:
+    path: Path
+    rows: int  # rows in the shard
+    added: int  # rankings new to the store
+
+
+@dataclass(frozen=True)
+class ExportedSplit:
+    split: str
+    rows: int
+    files: list[Path]
+
+
+# -- import ------------------------------------------------------------------------------
+
+
+def find_shards(paths: Iterable[str | Path]) -> list[Path]:
+    """Parquet files named directly, or found under named folders, in sorted order."""
+    shards: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = sorted(path.rglob("*.parquet"))
+            if not found:
+                raise DataError(f"{path}: no .parquet files in this folder")
+            shards.extend(found)
+        elif path.is_file():
+            shards.append(path)
+        else:
+            raise DataError(f"{path}: no such file or folder")
+    return shards
+
+
+def split_of(path: Path) -> str:
+    """The split a shard belongs to: a `split=NAME` or split-named folder, or its file name."""
+    for part in reversed(path.parent.parts):
+        match = re.fullmatch(r"split=(\w+)", part)
+        if match:
+            return match.group(1)
+        if part in KNOWN_SPLITS:
+            return part
+    prefix = path.name.split("-")[0]
+    return prefix if prefix in KNOWN_SPLITS else "train"
+
+
+def check_schema(path: Path, schema: pa.Schema) -> list[str]:
+    """The shard's importable columns; raises `ShardError` on a missing or mistyped one."""
+    missing = [c for c in REQUIRED_COLUMNS if c not in schema.names]
+    if missing:
+        hint = " (a no-images shard cannot be imported)" if "jpg_0" in missing else ""
+        raise ShardError(
+            f"{path}: missing column(s) {', '.join(missing)}{hint}; "
+            "a Pick-a-Pic v1/v2 shard has all of " + ", ".join(REQUIRED_COLUMNS)
+        )
+    present = [c for c in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS) if c in schema.names]
+    for name in present:
+        kind = _EXPECTED_KIND[name]
+        actual = schema.field(name).type
+        if not any(check(actual) for check in _TYPE_CHECKS[kind]):
+            raise ShardError(f"{path}: column {name} has type {actual}, expected {kind}")
+    return present
+
+
+def _image_size(data: bytes) -> tuple[int, int]:
+    """Decode an image cheaply (JPEG draft mode) to prove it is whole; its (width, height)."""
+    with Image.open(io.BytesIO(data)) as image:
+        size = image.size
+        image.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
+        image.load()
+    return size
+
+
+def _outcome(label_0: float) -> str:
+    # Public shards do not record which image was on the left (shown_left is NULL);
+    # their outcome is stated as if image_0 had been (docs/ARCHITECTURE.md).
+    return "tie" if label_0 == 0.5 else ("left" if label_0 == 1.0 else "right")
+
+
+def _validated_rows(path: Path, batch: pa.RecordBatch, first_row: int) -> tuple[list, list]:
+    """Check one batch row by row; return (image rows, ranking rows) for the store."""
+    cols = batch.to_pydict()
+    for name in NOT_NULL_COLUMNS:
+        nulls = pc.is_null(batch.column(name))
+        if pc.any(nulls).as_py():
+            row = first_row + pc.index(nulls, True).as_py()
+            raise ShardError(f"{path}, row {row}: {name} is empty (null)")
+    images: dict[str, list] = {}
+    rankings: list[list] = []
+    for i in range(batch.num_rows):
+        row = first_row + i
+        label_0, label_1 = float(cols["label_0"][i]), float(cols["label_1"][i])
+        if label_0 not in VALID_LABELS or label_1 not in VALID_LABELS or label_0 + label_1 != 1:
+            raise ShardError(
+                f"{path}, row {row}: labels ({label_0:g}, {label_1:g}) are not "
+                "(1, 0), (0, 1) or (0.5, 0.5)"
+            )
+        for k in (0, 1):
+            uid = cols[f"image_{k}_uid"][i]
+            if uid in images:
+                continue
+            try:
+                width, height = _image_size(cols[f"jpg_{k}"][i])
+            except Exception as error:  # PIL raises many types for bad bytes
+                raise ShardError(
+                    f"{path}, row {row}: jpg_{k} is not a decodable image ({error})"
+                ) from None
+            url = cols.get(f"image_{k}_url", [None] * batch.num_rows)[i]
+            images[uid] = [
+                uid, cols[f"jpg_{k}"][i], cols["caption"][i], cols[f"model_{k}"][i],
+                width, height, url,
+            ]
+        best = cols.get("best_image_uid", [None] * batch.num_rows)[i]
+        if best is None:
+            uids = (cols["image_0_uid"][i], cols["image_1_uid"][i])
+            best = TIE_UID if label_0 == 0.5 else uids[0 if label_0 == 1.0 else 1]
+        has_label = cols.get("has_label", [True] * batch.num_rows)[i]
+        rankings.append(
+            [
+                cols["ranking_id"][i], cols["caption"][i], cols["image_0_uid"][i],
+                cols["image_1_uid"][i], label_0, label_1, best, cols["user_id"][i],
+                cols["created_at"][i], True if has_label is None else has_label,
+                cols.get("num_example_per_prompt", [None] * batch.num_rows)[i],
+                _outcome(label_0),
+            ]
+        )
+    return list(images.values()), rankings
+
+
+def import_shard(
+    store: Store, path: Path, source: str, split: str | None = None, batch_rows: int = 256
+) -> ImportedFile:
+    """Import one shard in one transaction: all of its rows, or (on any error) none."""
+    try:
+        shard = pq.ParquetFile(path)
+    except Exception as error:
+        raise ShardError(f"{path}: not a readable parquet file ({error})") from None
+    columns = check_schema(path, shard.schema_arrow)
+    split = split or split_of(path)
+    cur = store.cursor()
+    before = store.counts()["rankings"]
+    seen = 0
+    with transaction(cur):
+        for batch in shard.iter_batches(batch_size=batch_rows, columns=columns):
+            images, rankings = _validated_rows(path, batch, seen)
+            seen += batch.num_rows
+            cur.executemany(
+                "INSERT INTO images (image_uid, jpg, prompt, model, width, height, url) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                images,
+            )
+            cur.executemany(
+                "INSERT INTO rankings (ranking_id, caption, image_0_uid, image_1_uid, "
+                "label_0, label_1, best_image_uid, user_id, created_at, has_label, "
+                "num_example_per_prompt, outcome, source, split) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                [r + [source, split] for r in rankings],
+            )
+    added = store.counts()["rankings"] - before
+    return ImportedFile(path=path, rows=seen, added=added)
+
+
+def import_shards(
+    store: Store,
+    paths: Iterable[str | Path],
+    source: str = "public:pickapic",
+    split: str | None = None,
+    progress: bool = True,
+) -> list[ImportedFile]:
+    """Import shards file by file; each file is all-or-nothing, re-imports add nothing."""
+    shards = find_shards(paths)
+    for shard in shards:  # refuse a bad schema before importing anything
+        try:
+            check_schema(shard, pq.read_schema(shard))
+        except ShardError:
+            raise
+        except Exception as error:
+            raise ShardError(f"{shard}: not a readable parquet file ({error})") from None
+    done = []
+    for shard in tqdm(shards, desc="import", unit="shard", disable=not progress):
+        done.append(import_shard(store, shard, source=source, split=split))
+    return done
+
+
+# -- export ------------------------------------------------------------------------------
+
+_EXPORT_QUERY = """
+WITH pairs AS (
+    SELECT r.*, count(*) OVER (PARTITION BY r.caption) AS n_prompt
+    FROM rankings r WHERE r.label_0 IS NOT NULL
+)
+SELECT
+    coalesce(i0.model, '') <> coalesce(i1.model, '') AS are_different,
+    p.best_image_uid,
+    p.caption,
+    p.created_at,
+    p.has_label,
+    p.image_0_uid,
+    i0.url AS image_0_url,
+    p.image_1_uid,
+    i1.url AS image_1_url,
+    {images}
+    p.label_0,
+    p.label_1,
+    i0.model AS model_0,
+    i1.model AS model_1,
+    p.ranking_id,
+    p.user_id,
+    coalesce(p.num_example_per_prompt, p.n_prompt) AS num_example_per_prompt
+FROM pairs p
+JOIN images i0 ON i0.image_uid = p.image_0_uid
+JOIN images i1 ON i1.image_uid = p.image_1_uid
+WHERE p.split = ?
+ORDER BY p.created_at, p.ranking_id
+"""
+
+
+def export_pairs(
+    store: Store,
+    out_dir: str | Path,
+    images: bool = True,
+    shard_rows: int = 1000,
+    overwrite: bool = False,
+) -> list[ExportedSplit]:
+    """Write preference pairs as Pick-a-Pic v2 shards, `OUT/<split>/<split>-i-of-n.parquet`.
+
+    Ties are exported as 0.5/0.5 with best_image_uid 'none'; both-bad and skip votes are
+    not pairs and stay behind. The folder appears whole or not at all.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise DataError(f"{out_dir} is not empty: choose a new folder or pass --overwrite")
+    schema = PICKAPIC_SCHEMA if images else NO_IMAGES_SCHEMA
+    query = _EXPORT_QUERY.format(images="i0.jpg AS jpg_0, i1.jpg AS jpg_1," if images else "")
+    cur = store.cursor()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    try:
+        with transaction(cur):  # one consistent snapshot, even while an app writes
+            splits = cur.execute(
+                "SELECT DISTINCT split FROM rankings WHERE label_0 IS NOT NULL ORDER BY split"
+            ).fetchall()
+            exported = [
+                _export_split(cur, query, schema, split, staging, shard_rows)
+                for (split,) in splits
+            ]
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return [
+        ExportedSplit(e.split, e.rows, [out_dir / f.relative_to(staging) for f in e.files])
+        for e in exported
+    ]
+
+
+def _export_split(cur, query, schema, split, root: Path, shard_rows: int) -> ExportedSplit:
+    total = cur.execute(
+        "SELECT count(*) FROM rankings WHERE label_0 IS NOT NULL AND split = ?", [split]
+    ).fetchone()[0]
+    n_shards = max(1, math.ceil(total / shard_rows))
+    (root / split).mkdir()
+    files: list[Path] = []
+    writer, in_shard, rows = None, 0, 0
+    for batch in cur.execute(query, [split]).to_arrow_reader(batch_size=shard_rows):
+        table = pa.Table.from_batches([batch]).cast(schema)
+        start = 0
+        while start < table.num_rows:
+            if writer is None:
+                path = root / split / f"{split}-{len(files):05d}-of-{n_shards:05d}.parquet"
+                writer = pq.ParquetWriter(path, schema)
+                files.append(path)
+                in_shard = 0
+            take = min(shard_rows - in_shard, table.num_rows - start)
+            writer.write_table(table.slice(start, take), row_group_size=256)
+            start, in_shard, rows = start + take, in_shard + take, rows + take
+            if in_shard == shard_rows:
+                writer.close()
+                writer = None
+    if writer is not None:
+        writer.close()
+    return ExportedSplit(split, rows, files)

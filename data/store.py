@@ -1,0 +1,351 @@
+"""The preference store: one DuckDB file holding images, rankings and users.
+
+DuckDB allows one read-write process per file. The process that owns the file (an app)
+shares one `Store` between its threads; each thread gets its own cursor. Another process
+that finds the file locked gets a `StoreLockedError` naming the holder and the fix.
+
+A vote is one transaction. Its `vote_id` is the client's idempotency key: a replayed
+vote (double click, client retry) is stored once and answered with the first result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+from datetime import datetime, timezone
+from pathlib import Path
+
+import duckdb
+
+from data.errors import DataError, StoreLockedError
+from data.migrations import LATEST_VERSION, MIGRATIONS
+
+DEFAULT_DB = Path("runs/prefs.duckdb")
+OUTCOMES = ("left", "right", "tie", "both_bad", "skip")
+TIE_UID = "none"  # Pick-a-Pic's best_image_uid for a tie
+
+
+def stable_id(text: str) -> int:
+    """A positive 63-bit integer derived from `text`.
+
+    Pick-a-Pic's ranking_id and user_id are int64. Deriving ours from the vote id and
+    the user name keeps them stable across servers (two annotate servers exporting
+    shards for one trainer never collide) and clear of the public set's small integers.
+    """
+    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
+
+
+def new_uid() -> str:
+    """A fresh image or vote id (uuid4, as Pick-a-Pic uses)."""
+    return str(uuid.uuid4())
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One generated (or imported) image and how it was made."""
+
+    image_uid: str
+    jpg: bytes
+    prompt: str | None = None
+    model: str | None = None
+    seed: int | None = None
+    guidance_scale: float | None = None
+    steps: int | None = None
+    scheduler: str | None = None
+    width: int | None = None
+    height: int | None = None
+    gen_ms: float | None = None
+    url: str | None = None
+
+
+@dataclass(frozen=True)
+class Vote:
+    """What a person did with one shown pair.
+
+    `shown_left` is the index (0 or 1) of the image that was on the left, so `outcome`
+    ('left', 'right', 'tie', 'both_bad', 'skip') can be turned into Pick-a-Pic labels.
+    """
+
+    vote_id: str
+    caption: str
+    image_0_uid: str
+    image_1_uid: str
+    outcome: str
+    shown_left: int
+    user_id: int
+    dwell_ms: int | None = None
+    source: str = "human"
+    is_gold: bool = False
+    split: str = "train"
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """One stored row of `rankings`."""
+
+    ranking_id: int
+    vote_id: str | None
+    caption: str
+    image_0_uid: str
+    image_1_uid: str
+    label_0: float | None
+    label_1: float | None
+    best_image_uid: str | None
+    user_id: int
+    created_at: datetime
+    has_label: bool
+    num_example_per_prompt: int | None
+    shown_left: int | None
+    dwell_ms: int | None
+    outcome: str
+    source: str
+    is_gold: bool
+    split: str
+
+
+RANKING_COLUMNS = [f.name for f in fields(Ranking)]
+
+
+def preference_labels(
+    outcome: str, shown_left: int, image_0_uid: str, image_1_uid: str
+) -> tuple[float | None, float | None, str | None, bool]:
+    """(label_0, label_1, best_image_uid, has_label) for a vote, in Pick-a-Pic terms."""
+    if outcome not in OUTCOMES:
+        raise DataError(f"unknown outcome {outcome!r}: use one of {', '.join(OUTCOMES)}")
+    if shown_left not in (0, 1):
+        raise DataError(f"shown_left must be 0 or 1, got {shown_left!r}")
+    if outcome == "tie":
+        return 0.5, 0.5, TIE_UID, True
+    if outcome in ("both_bad", "skip"):
+        return None, None, None, False
+    winner = shown_left if outcome == "left" else 1 - shown_left
+    uids = (image_0_uid, image_1_uid)
+    return float(winner == 0), float(winner == 1), uids[winner], True
+
+
+def _lock_message(path: Path, error: Exception) -> str:
+    holder = re.search(r"held in (.+?) \(PID (\d+)\)", str(error))
+    who = f"process {holder.group(2)} ({holder.group(1)})" if holder else "another process"
+    return (
+        f"{path} is in use by {who}: stop the app that holds it, or read an export "
+        f"(python -m data export OUT_DIR --db {path}) instead"
+    )
+
+
+def connect(path: str | Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """Open a DuckDB file, turning its failures into one-line `DataError`s."""
+    path = Path(path)
+    if read_only and not path.exists():
+        raise DataError(f"{path} does not exist: record some votes or import shards first")
+    if not read_only:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return duckdb.connect(str(path), read_only=read_only)
+    except duckdb.IOException as error:
+        if "lock" in str(error).lower():
+            raise StoreLockedError(_lock_message(path, error)) from None
+        raise DataError(f"cannot open {path}: {str(error).splitlines()[0]}") from None
+    except duckdb.Error as error:
+        raise DataError(
+            f"{path} is not a preference store: {str(error).splitlines()[0]}"
+        ) from None
+
+
+@contextmanager
+def transaction(cursor: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    """BEGIN ... COMMIT, rolled back on any exception."""
+    cursor.execute("BEGIN TRANSACTION")
+    try:
+        yield cursor
+    except BaseException:
+        cursor.execute("ROLLBACK")
+        raise
+    cursor.execute("COMMIT")
+
+
+class Store:
+    """The preference store in one DuckDB file; share one instance between threads."""
+
+    def __init__(self, path: str | Path = DEFAULT_DB, read_only: bool = False):
+        self.path = Path(path)
+        self.read_only = read_only
+        self._con = connect(self.path, read_only=read_only)
+        self._local = threading.local()
+        self._migrate()
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def close(self) -> None:
+        self._con.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        """This thread's own cursor (DuckDB connections are not shared across threads)."""
+        cur = getattr(self._local, "cursor", None)
+        if cur is None:
+            cur = self._con.cursor()
+            self._local.cursor = cur
+        return cur
+
+    def schema_version(self) -> int:
+        row = self.cursor().execute("SELECT max(version) FROM schema_version").fetchone()
+        return row[0] or 0
+
+    def _migrate(self) -> None:
+        cur = self.cursor()
+        has_table = cur.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_version'"
+        ).fetchone()[0]
+        if self.read_only:
+            if not has_table:
+                raise DataError(f"{self.path} is not a preference store (no schema_version)")
+        else:
+            cur.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version ("
+                "version INTEGER PRIMARY KEY, applied_at TIMESTAMP DEFAULT current_timestamp)"
+            )
+        current = self.schema_version()
+        if current > LATEST_VERSION:
+            raise DataError(
+                f"{self.path} has schema version {current}, newer than this code "
+                f"({LATEST_VERSION}): upgrade the project"
+            )
+        pending = [(v, steps) for v, steps in MIGRATIONS if v > current]
+        if pending and self.read_only:
+            raise DataError(
+                f"{self.path} needs a schema upgrade: open it once read-write (any data command)"
+            )
+        for version, statements in pending:
+            with transaction(cur):
+                for statement in statements:
+                    cur.execute(statement)
+                cur.execute("INSERT INTO schema_version (version) VALUES (?)", [version])
+
+    # -- users -----------------------------------------------------------------
+
+    def user_id(self, name: str) -> int:
+        """The id of the annotator called `name`, registering them on first sight."""
+        name = name.strip()
+        if not name:
+            raise DataError("an annotator name is required")
+        user_id = stable_id(f"user:{name}")
+        self.cursor().execute(
+            "INSERT INTO users (user_id, name) VALUES (?, ?) ON CONFLICT DO NOTHING",
+            [user_id, name],
+        )
+        return user_id
+
+    # -- images and votes ------------------------------------------------------
+
+    def add_images(self, images: Iterable[ImageRecord]) -> None:
+        """Store images (one transaction); an image already stored is left as it is."""
+        cur = self.cursor()
+        with transaction(cur):
+            self._insert_images(cur, images)
+
+    @staticmethod
+    def _insert_images(cur: duckdb.DuckDBPyConnection, images: Iterable[ImageRecord]) -> None:
+        rows = [
+            [
+                im.image_uid, im.jpg, im.prompt, im.model, im.seed, im.guidance_scale,
+                im.steps, im.scheduler, im.width, im.height, im.gen_ms, im.url,
+            ]
+            for im in images
+        ]
+        if rows:
+            cur.executemany(
+                "INSERT INTO images (image_uid, jpg, prompt, model, seed, guidance_scale, "
+                "steps, scheduler, width, height, gen_ms, url) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                rows,
+            )
+
+    def record_vote(self, vote: Vote, images: Iterable[ImageRecord] = ()) -> Ranking:
+        """Store a vote (and the pair's images, if given) in one transaction.
+
+        Returns the stored ranking. A vote whose `vote_id` is already stored changes
+        nothing and returns the ranking stored the first time.
+        """
+        existing = self.ranking_by_vote(vote.vote_id)
+        if existing is not None:
+            return existing
+        label_0, label_1, best, has_label = preference_labels(
+            vote.outcome, vote.shown_left, vote.image_0_uid, vote.image_1_uid
+        )
+        cur = self.cursor()
+        try:
+            with transaction(cur):
+                self._insert_images(cur, images)
+                known = cur.execute(
+                    "SELECT count(*) FROM images WHERE image_uid IN (?, ?)",
+                    [vote.image_0_uid, vote.image_1_uid],
+                ).fetchone()[0]
+                if known != len({vote.image_0_uid, vote.image_1_uid}):
+                    raise DataError(
+                        f"vote {vote.vote_id} names an image that is not stored: "
+                        "store the pair's images first (or pass them with the vote)"
+                    )
+                cur.execute(
+                    "INSERT INTO rankings (ranking_id, vote_id, caption, image_0_uid, "
+                    "image_1_uid, label_0, label_1, best_image_uid, user_id, created_at, "
+                    "has_label, shown_left, dwell_ms, outcome, source, is_gold, split) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        stable_id(f"vote:{vote.vote_id}"), vote.vote_id, vote.caption,
+                        vote.image_0_uid, vote.image_1_uid, label_0, label_1, best,
+                        vote.user_id, datetime.now(timezone.utc).replace(tzinfo=None),
+                        has_label, vote.shown_left, vote.dwell_ms, vote.outcome,
+                        vote.source, vote.is_gold, vote.split,
+                    ],
+                )
+        except (duckdb.ConstraintException, duckdb.TransactionException):
+            # Another thread stored the same vote_id between our check and our insert.
+            existing = self.ranking_by_vote(vote.vote_id)
+            if existing is None:
+                raise
+            return existing
+        return self.ranking_by_vote(vote.vote_id)
+
+    def ranking_by_vote(self, vote_id: str) -> Ranking | None:
+        row = self.cursor().execute(
+            f"SELECT {', '.join(RANKING_COLUMNS)} FROM rankings WHERE vote_id = ?", [vote_id]
+        ).fetchone()
+        return Ranking(*row) if row else None
+
+    def rankings(self, where: str = "true", params: list | None = None) -> list[Ranking]:
+        """Stored rankings matching a SQL condition, oldest first."""
+        rows = self.cursor().execute(
+            f"SELECT {', '.join(RANKING_COLUMNS)} FROM rankings WHERE {where} "
+            "ORDER BY created_at, ranking_id",
+            params or [],
+        ).fetchall()
+        return [Ranking(*row) for row in rows]
+
+    def image_jpgs(self, uids: list[str]) -> dict[str, bytes]:
+        """JPEG bytes of the given images, by uid."""
+        if not uids:
+            return {}
+        marks = ", ".join("?" * len(uids))
+        rows = self.cursor().execute(
+            f"SELECT image_uid, jpg FROM images WHERE image_uid IN ({marks})", uids
+        ).fetchall()
+        return dict(rows)
+
+    def counts(self) -> dict[str, int]:
+        """Row counts per table, for summaries and tests."""
+        cur = self.cursor()
+        return {
+            table: cur.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+            for table in ("images", "rankings", "users")
+        }
