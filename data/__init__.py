@@ -1,0 +1,9 @@
+"""The data layer shared by annotate, train and eval.
+
+- `data.store`: the DuckDB store (images, rankings, users, migrations, votes).
+- `data.pickapic`: Pick-a-Pic parquet import and export.
+- `data.pairs`: the training view, a torch Dataset of (caption, preferred, rejected).
+- `data.stats`: what the store holds.
+
+This package never imports the apps (annotate, train, eval).
+"""

@@ -350,7 +350,7 @@ def _export_split(cur, query, schema, split, root: Path, shard_rows: int) -> Exp
     (root / split).mkdir()
     files: list[Path] = []
     writer, in_shard, rows = None, 0, 0
-    for batch in cur.execute(query, [split]).to_arrow_reader(batch_size=shard_rows):
+    for batch in cur.sql(query, params=[split]).to_arrow_reader(batch_size=shard_rows):
         table = pa.Table.from_batches([batch]).cast(schema)
         start = 0
         while start < table.num_rows:

@@ -1,0 +1,1 @@
+"""`python -m annotate`: the preference-collection app (not built yet)."""

@@ -1,0 +1,100 @@
+"""`python -m data import|export|stats`: move preference pairs in and out of the store."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from data.errors import DataError
+from data.pickapic import export_pairs, import_shards
+from data.stats import format_stats, store_stats
+from data.store import DEFAULT_DB, Store
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m data", description="The preference store: import, export, stats."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    imp = commands.add_parser(
+        "import",
+        help="import Pick-a-Pic v1/v2 parquet shards (public ones or our exports)",
+        description="Import parquet shards in the Pick-a-Pic v1/v2 schema (images inline). "
+        "Each file is all-or-nothing; importing a shard again adds nothing.",
+    )
+    imp.add_argument("paths", nargs="+", metavar="SHARD_OR_DIR", help="files or folders")
+    imp.add_argument("--db", type=Path, default=DEFAULT_DB, help="store file (%(default)s)")
+    imp.add_argument(
+        "--source", default="public:pickapic",
+        help="provenance recorded for these pairs (%(default)s)",
+    )
+    imp.add_argument(
+        "--split", default=None,
+        help="split for every row (default: from the folder or file name, else train)",
+    )
+
+    exp = commands.add_parser(
+        "export",
+        help="export preference pairs as Pick-a-Pic v2 parquet shards",
+        description="Write OUT_DIR/<split>/<split>-NNNNN-of-NNNNN.parquet with exactly the "
+        "pickapic_v2 columns. Ties are 0.5/0.5 with best_image_uid 'none'; both-bad and "
+        "skipped votes are not pairs and are not exported.",
+    )
+    exp.add_argument("out_dir", type=Path, metavar="OUT_DIR")
+    exp.add_argument("--db", type=Path, default=DEFAULT_DB, help="store file (%(default)s)")
+    exp.add_argument(
+        "--no-images", action="store_true",
+        help="leave out jpg_0/jpg_1, like the public pickapic_v2_no_images",
+    )
+    exp.add_argument(
+        "--shard-rows", type=int, default=1000, help="rows per parquet file (%(default)s)"
+    )
+    exp.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR")
+
+    st = commands.add_parser(
+        "stats",
+        help="pairs by source, outcome, user and model; tie, both-bad and left-side rates",
+    )
+    st.add_argument("--db", type=Path, default=DEFAULT_DB, help="store file (%(default)s)")
+    st.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return parser
+
+
+def run(args: argparse.Namespace) -> None:
+    if args.command == "import":
+        with Store(args.db) as store:
+            done = import_shards(store, args.paths, source=args.source, split=args.split)
+        rows, added = sum(f.rows for f in done), sum(f.added for f in done)
+        print(f"imported {len(done)} shard(s): {rows} rows read, {added} new pairs in {args.db}")
+    elif args.command == "export":
+        if args.shard_rows < 1:
+            raise DataError("--shard-rows must be at least 1")
+        with Store(args.db, read_only=True) as store:
+            splits = export_pairs(
+                store, args.out_dir, images=not args.no_images,
+                shard_rows=args.shard_rows, overwrite=args.overwrite,
+            )
+        summary = ", ".join(f"{s.split}: {s.rows} pairs in {len(s.files)} file(s)" for s in splits)
+        print(f"exported to {args.out_dir}: {summary or 'no pairs'}")
+    elif args.command == "stats":
+        with Store(args.db, read_only=True) as store:
+            stats = store_stats(store)
+        print(json.dumps(asdict(stats), indent=2) if args.json else format_stats(stats))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        run(args)
+    except DataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,261 @@
+"""The training view: preference pairs as a torch Dataset, winner first.
+
+One loader reads the store and parquet shards (ours and the public Pick-a-Pic set
+alike). Ties are dropped by default, as the paper's code does; both-bad and skip votes
+are never pairs. Several sources mix by a stated ratio, deterministically from a seed.
+
+Items come in storage order within each source, interleaved across sources: reading a
+parquet image means reading its row group, so sequential access (the trainer's one pass
+to cache latents) is fast. Shuffle with the DataLoader's sampler or over the cache.
+"""
+
+from __future__ import annotations
+
+import bisect
+import io
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+from PIL import Image
+from torch.utils.data import Dataset
+
+from data.errors import DataError
+from data.pickapic import check_schema, find_shards, split_of
+from data.store import Store
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where a pair came from: enough to trace it back to its row."""
+
+    source: str
+    ranking_id: int
+    user_id: int
+    preferred_uid: str
+    rejected_uid: str
+    preferred_model: str | None
+    rejected_model: str | None
+    tie: bool  # only with include_ties=True; then "preferred" is simply image 0
+    split: str
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    caption: str
+    preferred: Image.Image
+    rejected: Image.Image
+    provenance: Provenance
+
+
+def decode_image(data: bytes) -> Image.Image:
+    with Image.open(io.BytesIO(data)) as image:
+        return image.convert("RGB")
+
+
+def _winner_first(label_0: float) -> bool:
+    """Whether image 0 is the preferred one (a tie keeps the stored order)."""
+    return label_0 >= 0.5
+
+
+class StorePairs(Dataset):
+    """Pairs from the DuckDB store (its file, or a `Store` this process already holds)."""
+
+    def __init__(
+        self, store: str | Path | Store, split: str | None = "train", include_ties: bool = False
+    ):
+        self._store = store if isinstance(store, Store) else None
+        self._path = Path(store.path if isinstance(store, Store) else store)
+        self._pid = os.getpid()
+        where = "r.label_0 IS NOT NULL" + ("" if include_ties else " AND r.label_0 <> 0.5")
+        params: list = []
+        if split is not None:
+            where += " AND r.split = ?"
+            params.append(split)
+        rows = self._open().cursor().execute(
+            "SELECT r.caption, r.label_0, r.source, r.ranking_id, r.user_id, r.image_0_uid, "
+            "r.image_1_uid, i0.model, i1.model, r.split FROM rankings r "
+            "JOIN images i0 ON i0.image_uid = r.image_0_uid "
+            f"JOIN images i1 ON i1.image_uid = r.image_1_uid WHERE {where} "
+            "ORDER BY r.created_at, r.ranking_id",
+            params,
+        ).fetchall()
+        self._items = []
+        for caption, label_0, source, ranking_id, user_id, uid0, uid1, m0, m1, row_split in rows:
+            first = _winner_first(label_0)
+            self._items.append(
+                (
+                    caption,
+                    Provenance(
+                        source=source, ranking_id=ranking_id, user_id=user_id,
+                        preferred_uid=uid0 if first else uid1,
+                        rejected_uid=uid1 if first else uid0,
+                        preferred_model=m0 if first else m1,
+                        rejected_model=m1 if first else m0,
+                        tie=label_0 == 0.5, split=row_split,
+                    ),
+                )
+            )
+
+    def _open(self) -> Store:
+        # A DuckDB connection must not cross a fork: DataLoader workers open their own.
+        if self._store is None or self._pid != os.getpid():
+            self._store = Store(self._path, read_only=True)
+            self._pid = os.getpid()
+        return self._store
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getitem__(self, index: int) -> PreferencePair:
+        caption, prov = self._items[index]
+        jpgs = self._open().image_jpgs([prov.preferred_uid, prov.rejected_uid])
+        return PreferencePair(
+            caption, decode_image(jpgs[prov.preferred_uid]),
+            decode_image(jpgs[prov.rejected_uid]), prov,
+        )
+
+
+_INDEX_COLUMNS = [
+    "caption", "label_0", "ranking_id", "user_id", "image_0_uid", "image_1_uid",
+    "model_0", "model_1",
+]
+
+
+class ParquetPairs(Dataset):
+    """Pairs from Pick-a-Pic format shards: the public set or our exports."""
+
+    def __init__(
+        self,
+        paths: Sequence[str | Path],
+        source: str = "public:pickapic",
+        split: str | None = "train",
+        include_ties: bool = False,
+    ):
+        self._files = [p for p in find_shards(paths) if split is None or split_of(p) == split]
+        if not self._files:
+            raise DataError(f"no {split} shards in {', '.join(map(str, paths))}")
+        self._row_group_starts = []
+        self._items = []
+        self._cached: tuple = (None, None, None)
+        for file_index, path in enumerate(self._files):
+            shard = pq.ParquetFile(path)
+            check_schema(path, shard.schema_arrow)
+            meta = shard.metadata
+            self._row_group_starts.append(
+                np.cumsum([0] + [meta.row_group(g).num_rows for g in range(meta.num_row_groups)])
+            )
+            index = shard.read(columns=_INDEX_COLUMNS).to_pydict()
+            for row in range(meta.num_rows):
+                label_0 = index["label_0"][row]
+                if label_0 == 0.5 and not include_ties:
+                    continue
+                first = _winner_first(label_0)
+                uid0, uid1 = index["image_0_uid"][row], index["image_1_uid"][row]
+                m0, m1 = index["model_0"][row], index["model_1"][row]
+                prov = Provenance(
+                    source=source, ranking_id=index["ranking_id"][row],
+                    user_id=index["user_id"][row],
+                    preferred_uid=uid0 if first else uid1, rejected_uid=uid1 if first else uid0,
+                    preferred_model=m0 if first else m1, rejected_model=m1 if first else m0,
+                    tie=label_0 == 0.5, split=split_of(path),
+                )
+                self._items.append((file_index, row, first, index["caption"][row], prov))
+
+    def _row_group(self, file_index: int, group: int) -> dict[str, list]:
+        """The images of one row group; the last one read is kept for the next item."""
+        if self._cached[:2] != (file_index, group):
+            shard = pq.ParquetFile(self._files[file_index])
+            jpgs = shard.read_row_group(group, columns=["jpg_0", "jpg_1"]).to_pydict()
+            self._cached = (file_index, group, jpgs)
+        return self._cached[2]
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getitem__(self, index: int) -> PreferencePair:
+        file_index, row, first, caption, prov = self._items[index]
+        starts = self._row_group_starts[file_index]
+        group = bisect.bisect_right(starts, row) - 1
+        jpgs = self._row_group(file_index, group)
+        offset = row - int(starts[group])
+        image_0 = decode_image(jpgs["jpg_0"][offset])
+        image_1 = decode_image(jpgs["jpg_1"][offset])
+        preferred, rejected = (image_0, image_1) if first else (image_1, image_0)
+        return PreferencePair(caption, preferred, rejected, prov)
+
+
+class MixedPairs(Dataset):
+    """Several pair datasets mixed by ratio, deterministic given `seed`.
+
+    Source i contributes round(ratio_i * num_samples) items (ratios are normalised).
+    Without `num_samples`, the mix is as large as it can be without repeating any
+    source; with it, a source that runs out starts a fresh permutation (oversampling,
+    e.g. to weight a few hundred human pairs against the public set). The chosen items
+    are interleaved evenly, so every stretch of the mix holds the sources in ratio.
+    """
+
+    def __init__(
+        self,
+        sources: Sequence[Dataset],
+        ratios: Sequence[float] | None = None,
+        seed: int = 0,
+        num_samples: int | None = None,
+    ):
+        lengths = [len(s) for s in sources]
+        ratios = list(ratios) if ratios is not None else [float(n) for n in lengths]
+        if len(ratios) != len(sources):
+            raise DataError(f"{len(sources)} sources but {len(ratios)} ratios: give one each")
+        if any(r < 0 for r in ratios) or sum(ratios) <= 0:
+            raise DataError(f"ratios must be non-negative and not all zero, got {ratios}")
+        weights = [r / sum(ratios) for r in ratios]
+        for i, (n, w) in enumerate(zip(lengths, weights, strict=True)):
+            if w > 0 and n == 0:
+                raise DataError(f"source {i} has no pairs but ratio {ratios[i]}: drop it")
+        if num_samples is None:
+            pairs = zip(lengths, weights, strict=True)
+            num_samples = int(min(n / w for n, w in pairs if w > 0) + 1e-9)
+        rng = np.random.default_rng(seed)
+        keyed = []
+        for i, (n, w) in enumerate(zip(lengths, weights, strict=True)):
+            take = round(w * num_samples)
+            if take == 0:
+                continue
+            cycles = -(-take // n)
+            chosen = np.concatenate([rng.permutation(n) for _ in range(cycles)])[:take]
+            chosen.sort(kind="stable")
+            keyed += [((k + 0.5) / take, i, int(item)) for k, item in enumerate(chosen)]
+        keyed.sort()
+        self.sources = list(sources)
+        self._order = [(i, item) for _, i, item in keyed]
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def __getitem__(self, index: int) -> PreferencePair:
+        source, item = self._order[index]
+        return self.sources[source][item]
+
+    def source_counts(self) -> list[int]:
+        return [sum(1 for s, _ in self._order if s == i) for i in range(len(self.sources))]
+
+
+def load_pairs(
+    sources: Sequence[str | Path | Store],
+    ratios: Sequence[float] | None = None,
+    seed: int = 0,
+    num_samples: int | None = None,
+    split: str | None = "train",
+    include_ties: bool = False,
+) -> MixedPairs:
+    """One loader for every source: a `.duckdb` store, or parquet files and folders."""
+    datasets: list[Dataset] = []
+    for source in sources:
+        if isinstance(source, Store) or str(source).endswith(".duckdb"):
+            datasets.append(StorePairs(source, split=split, include_ties=include_ties))
+        else:
+            datasets.append(ParquetPairs([source], split=split, include_ties=include_ties))
+    return MixedPairs(datasets, ratios=ratios, seed=seed, num_samples=num_samples)

@@ -1,0 +1,1 @@
+"""`python -m eval`: the blind A/B evaluation app (not built yet)."""
