@@ -14,7 +14,7 @@ import hashlib
 import re
 import threading
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from datetime import datetime, timezone
@@ -28,6 +28,9 @@ from data.migrations import LATEST_VERSION, MIGRATIONS
 DEFAULT_DB = Path("runs/prefs.duckdb")
 OUTCOMES = ("left", "right", "tie", "both_bad", "skip")
 TIE_UID = "none"  # Pick-a-Pic's best_image_uid for a tie
+# DuckDB reports a write that raced another thread's commit as one of these.
+_CONFLICTS = (duckdb.ConstraintException, duckdb.TransactionException)
+_RETRIES = range(5)
 
 
 def stable_id(text: str) -> int:
@@ -240,9 +243,11 @@ class Store:
         if not name:
             raise DataError("an annotator name is required")
         user_id = stable_id(f"user:{name}")
-        self.cursor().execute(
-            "INSERT INTO users (user_id, name) VALUES (?, ?) ON CONFLICT DO NOTHING",
-            [user_id, name],
+        self._write(
+            lambda cur: cur.execute(
+                "INSERT INTO users (user_id, name) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                [user_id, name],
+            )
         )
         return user_id
 
@@ -250,9 +255,8 @@ class Store:
 
     def add_images(self, images: Iterable[ImageRecord]) -> None:
         """Store images (one transaction); an image already stored is left as it is."""
-        cur = self.cursor()
-        with transaction(cur):
-            self._insert_images(cur, images)
+        images = list(images)
+        self._write(lambda cur: self._insert_images(cur, images))
 
     @staticmethod
     def _insert_images(cur: duckdb.DuckDBPyConnection, images: Iterable[ImageRecord]) -> None:
@@ -277,48 +281,62 @@ class Store:
         Returns the stored ranking. A vote whose `vote_id` is already stored changes
         nothing and returns the ranking stored the first time.
         """
-        existing = self.ranking_by_vote(vote.vote_id)
-        if existing is not None:
-            return existing
         label_0, label_1, best, has_label = preference_labels(
             vote.outcome, vote.shown_left, vote.image_0_uid, vote.image_1_uid
         )
-        cur = self.cursor()
-        try:
-            with transaction(cur):
+        images = list(images)
+
+        def work(cur: duckdb.DuckDBPyConnection) -> None:
+            if self._ranking_by_vote(cur, vote.vote_id) is None:
                 self._insert_images(cur, images)
-                known = cur.execute(
-                    "SELECT count(*) FROM images WHERE image_uid IN (?, ?)",
-                    [vote.image_0_uid, vote.image_1_uid],
-                ).fetchone()[0]
-                if known != len({vote.image_0_uid, vote.image_1_uid}):
-                    raise DataError(
-                        f"vote {vote.vote_id} names an image that is not stored: "
-                        "store the pair's images first (or pass them with the vote)"
-                    )
-                cur.execute(
-                    "INSERT INTO rankings (ranking_id, vote_id, caption, image_0_uid, "
-                    "image_1_uid, label_0, label_1, best_image_uid, user_id, created_at, "
-                    "has_label, shown_left, dwell_ms, outcome, source, is_gold, split) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        stable_id(f"vote:{vote.vote_id}"), vote.vote_id, vote.caption,
-                        vote.image_0_uid, vote.image_1_uid, label_0, label_1, best,
-                        vote.user_id, datetime.now(timezone.utc).replace(tzinfo=None),
-                        has_label, vote.shown_left, vote.dwell_ms, vote.outcome,
-                        vote.source, vote.is_gold, vote.split,
-                    ],
-                )
-        except (duckdb.ConstraintException, duckdb.TransactionException):
-            # Another thread stored the same vote_id between our check and our insert.
-            existing = self.ranking_by_vote(vote.vote_id)
-            if existing is None:
-                raise
-            return existing
+                self._insert_vote(cur, vote, label_0, label_1, best, has_label)
+
+        self._write(work)
         return self.ranking_by_vote(vote.vote_id)
 
+    def _write(self, work: Callable[[duckdb.DuckDBPyConnection], None]) -> None:
+        """Run `work` in one transaction; again if it raced another thread's commit."""
+        cur = self.cursor()
+        for attempt in _RETRIES:
+            try:
+                with transaction(cur):
+                    work(cur)
+                return
+            except _CONFLICTS:
+                if attempt == _RETRIES[-1]:
+                    raise
+
+    @staticmethod
+    def _insert_vote(cur, vote: Vote, label_0, label_1, best, has_label) -> None:
+        known = cur.execute(
+            "SELECT count(*) FROM images WHERE image_uid IN (?, ?)",
+            [vote.image_0_uid, vote.image_1_uid],
+        ).fetchone()[0]
+        if known != len({vote.image_0_uid, vote.image_1_uid}):
+            raise DataError(
+                f"vote {vote.vote_id} names an image that is not stored: "
+                "store the pair's images first (or pass them with the vote)"
+            )
+        cur.execute(
+            "INSERT INTO rankings (ranking_id, vote_id, caption, image_0_uid, "
+            "image_1_uid, label_0, label_1, best_image_uid, user_id, created_at, "
+            "has_label, shown_left, dwell_ms, outcome, source, is_gold, split) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                stable_id(f"vote:{vote.vote_id}"), vote.vote_id, vote.caption,
+                vote.image_0_uid, vote.image_1_uid, label_0, label_1, best,
+                vote.user_id, datetime.now(timezone.utc).replace(tzinfo=None),
+                has_label, vote.shown_left, vote.dwell_ms, vote.outcome,
+                vote.source, vote.is_gold, vote.split,
+            ],
+        )
+
     def ranking_by_vote(self, vote_id: str) -> Ranking | None:
-        row = self.cursor().execute(
+        return self._ranking_by_vote(self.cursor(), vote_id)
+
+    @staticmethod
+    def _ranking_by_vote(cur: duckdb.DuckDBPyConnection, vote_id: str) -> Ranking | None:
+        row = cur.execute(
             f"SELECT {', '.join(RANKING_COLUMNS)} FROM rankings WHERE vote_id = ?", [vote_id]
         ).fetchone()
         return Ranking(*row) if row else None

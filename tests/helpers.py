@@ -1,0 +1,99 @@
+"""Builders for test data: real JPEGs, stored votes, and Pick-a-Pic shards."""
+
+from __future__ import annotations
+
+import io
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from data.pickapic import PICKAPIC_SCHEMA
+from data.store import ImageRecord, Store, Vote, new_uid
+
+
+def jpeg_bytes(color: tuple[int, int, int], size: int = 32, quality: int = 90) -> bytes:
+    """A small real JPEG of one colour, with a corner mark so no two colours decode alike."""
+    image = Image.new("RGB", (size, size), color)
+    image.putpixel((0, 0), (255 - color[0], 255 - color[1], 255 - color[2]))
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def color_of(image: Image.Image) -> tuple[int, int, int]:
+    """The colour at the centre of a decoded test image."""
+    return image.convert("RGB").getpixel((image.width // 2, image.height // 2))
+
+
+def image_pair(prompt: str, colors, models=("toy-a", "toy-b")) -> list[ImageRecord]:
+    return [
+        ImageRecord(
+            image_uid=new_uid(), jpg=jpeg_bytes(color), prompt=prompt, model=model, seed=k,
+            guidance_scale=7.5, steps=20, scheduler="DDIM", width=32, height=32, gen_ms=1.0,
+        )
+        for k, (color, model) in enumerate(zip(colors, models, strict=True))
+    ]
+
+
+def record(store: Store, prompt: str, outcome: str, shown_left: int = 0, user: str = "ann",
+           colors=((200, 0, 0), (0, 0, 200)), vote_id: str | None = None, **extra):
+    """Store a generated pair and one vote on it; returns (ranking, images)."""
+    images = image_pair(prompt, colors)
+    vote = Vote(
+        vote_id=vote_id or new_uid(), caption=prompt, image_0_uid=images[0].image_uid,
+        image_1_uid=images[1].image_uid, outcome=outcome, shown_left=shown_left,
+        user_id=store.user_id(user), **extra,
+    )
+    return store.record_vote(vote, images=images), images
+
+
+# Rows of a public-style shard: (caption, label_0, label_1); colours follow the labels so a
+# test can tell the winner from the pixels: the winner is red, the loser blue, ties green.
+PUBLIC_ROWS = [
+    ("a photo of a cat", 1.0, 0.0),
+    ("a photo of a cat", 0.0, 1.0),
+    ("a watercolor fox", 0.5, 0.5),
+    ("a watercolor fox", 1.0, 0.0),
+    ("", 0.0, 1.0),  # Pick-a-Pic has empty captions
+    ("a castle at dusk", 0.5, 0.5),
+]
+RED, BLUE, GREEN = (220, 10, 10), (10, 10, 220), (10, 200, 10)
+
+
+def public_shard_table(rows=PUBLIC_ROWS, start_id: int = 1000, image_size: int = 32):
+    """A table in the exact pickapic_v2 schema, including its leftover pandas index."""
+    columns: dict[str, list] = {f.name: [] for f in PICKAPIC_SCHEMA}
+    columns["__index_level_0__"] = []
+    created = datetime(2023, 3, 1, 12, 0, 0)
+    for i, (caption, label_0, label_1) in enumerate(rows):
+        uids = [f"{start_id + i:08d}-0000-4000-8000-00000000000{k}" for k in (0, 1)]
+        if label_0 == 0.5:
+            colors, best = (GREEN, GREEN), "none"
+        else:
+            colors = (RED, BLUE) if label_0 == 1.0 else (BLUE, RED)
+            best = uids[0] if label_0 == 1.0 else uids[1]
+        models = ("stabilityai/stable-diffusion-2-1", "yuvalkirstain/dreamlike-photoreal-2-flax")
+        values = {
+            "are_different": True, "best_image_uid": best, "caption": caption,
+            "created_at": created + timedelta(seconds=i, microseconds=123),
+            "has_label": True, "image_0_uid": uids[0],
+            "image_0_url": f"https://example.invalid/{uids[0]}.png", "image_1_uid": uids[1],
+            "image_1_url": f"https://example.invalid/{uids[1]}.png",
+            "jpg_0": jpeg_bytes(colors[0], image_size), "jpg_1": jpeg_bytes(colors[1], image_size),
+            "label_0": label_0, "label_1": label_1, "model_0": models[0], "model_1": models[1],
+            "ranking_id": start_id + i, "user_id": 7 + i % 3, "num_example_per_prompt": 2,
+            "__index_level_0__": i,
+        }
+        for name, value in values.items():
+            columns[name].append(value)
+    schema = PICKAPIC_SCHEMA.append(pa.field("__index_level_0__", pa.int64()))
+    return pa.table(columns, schema=schema)
+
+
+def write_shard(path: Path, table: pa.Table) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path)
+    return path
