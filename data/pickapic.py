@@ -343,9 +343,9 @@ def export_pairs(
 
 
 def _export_split(cur, query, schema, split, root: Path, shard_rows: int) -> ExportedSplit:
-    total = cur.execute(
+    [(total,)] = cur.execute(
         "SELECT count(*) FROM rankings WHERE label_0 IS NOT NULL AND split = ?", [split]
-    ).fetchone()[0]
+    ).fetchall()
     n_shards = max(1, math.ceil(total / shard_rows))
     (root / split).mkdir()
     files: list[Path] = []

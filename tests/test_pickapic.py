@@ -1,0 +1,273 @@
+"""Pick-a-Pic import and export: exact schema, round trips, and refused bad shards."""
+
+import subprocess
+import sys
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from helpers import PUBLIC_ROWS, public_shard_table, record, write_shard
+
+from data.errors import DataError, ShardError
+from data.pickapic import PICKAPIC_SCHEMA, export_pairs, import_shard, import_shards
+from data.store import Store
+
+# The public pickapic_v2 features (its dataset card), less the leftover pandas index.
+PUBLIC_FEATURES = {
+    "are_different": "bool", "best_image_uid": "string", "caption": "string",
+    "created_at": "timestamp[ns]", "has_label": "bool", "image_0_uid": "string",
+    "image_0_url": "string", "image_1_uid": "string", "image_1_url": "string",
+    "jpg_0": "binary", "jpg_1": "binary", "label_0": "float64", "label_1": "float64",
+    "model_0": "string", "model_1": "string", "ranking_id": "int64", "user_id": "int64",
+    "num_example_per_prompt": "int64",
+}
+
+
+@pytest.fixture
+def store(tmp_path):
+    with Store(tmp_path / "prefs.duckdb") as s:
+        yield s
+
+
+def snapshot(store: Store) -> dict:
+    """Everything in the store's data tables, for 'unchanged' checks."""
+    cur = store.cursor()
+    return {
+        table: cur.execute(f"SELECT * FROM {table} ORDER BY 1").fetchall()
+        for table in ("images", "rankings", "users")
+    }
+
+
+def fill_with_votes(store: Store) -> dict:
+    """One vote of each kind, on both sides; returns the expected exported rows by id."""
+    expected = {}
+    for prompt, outcome, shown_left in [
+        ("a red circle", "left", 0), ("a red circle", "left", 1), ("a blue square", "right", 0),
+        ("a blue square", "right", 1), ("a green triangle", "tie", 1),
+        ("a green triangle", "both_bad", 0), ("a cat", "skip", 1),
+    ]:
+        ranking, images = record(store, prompt, outcome, shown_left=shown_left, user="bo")
+        if outcome in ("both_bad", "skip"):
+            continue
+        expected[ranking.ranking_id] = {
+            "caption": prompt, "label_0": ranking.label_0, "label_1": ranking.label_1,
+            "best_image_uid": ranking.best_image_uid,
+            "image_0_uid": images[0].image_uid, "image_1_uid": images[1].image_uid,
+            "jpg_0": images[0].jpg, "jpg_1": images[1].jpg, "model_0": "toy-a",
+            "model_1": "toy-b", "are_different": True, "has_label": True,
+            "user_id": store.user_id("bo"), "created_at": ranking.created_at,
+        }
+    return expected
+
+
+def test_round_trip_through_export_pyarrow_datasets_and_reimport(store, tmp_path):
+    expected = fill_with_votes(store)
+    assert len(expected) == 5  # both-bad and skip are not pairs
+    splits = export_pairs(store, tmp_path / "export")
+    assert [(s.split, s.rows) for s in splits] == [("train", 5)]
+
+    table = pq.read_table(tmp_path / "export" / "train")
+    assert table.schema.names == PICKAPIC_SCHEMA.names
+    assert table.schema.equals(PICKAPIC_SCHEMA)
+    rows = {row["ranking_id"]: row for row in table.to_pylist()}
+    assert rows.keys() == expected.keys()
+    for ranking_id, want in expected.items():
+        got = rows[ranking_id]
+        for key, value in want.items():
+            if key == "created_at":
+                assert got[key].to_pydatetime() == value
+            else:
+                assert got[key] == value, key
+    tie = [r for r in rows.values() if r["label_0"] == 0.5]
+    assert len(tie) == 1 and tie[0]["best_image_uid"] == "none" and tie[0]["label_1"] == 0.5
+    assert {r["num_example_per_prompt"] for r in rows.values()} == {1, 2}
+
+    import datasets
+
+    loaded = datasets.load_dataset(
+        "parquet", data_files=str(tmp_path / "export" / "train" / "*.parquet"),
+        split="train", cache_dir=str(tmp_path / "hf-cache"),
+    )
+    assert {k: v.dtype for k, v in loaded.features.items()} == PUBLIC_FEATURES
+    assert list(loaded.features) == list(PUBLIC_FEATURES)
+    by_id = {row["ranking_id"]: row for row in loaded}
+    for ranking_id, want in expected.items():
+        assert by_id[ranking_id]["jpg_0"] == want["jpg_0"]
+        assert by_id[ranking_id]["label_0"] == want["label_0"]
+        assert by_id[ranking_id]["best_image_uid"] == want["best_image_uid"]
+
+    with Store(tmp_path / "again.duckdb") as again:
+        import_shards(again, [tmp_path / "export"], progress=False)
+        export_pairs(again, tmp_path / "export2")
+    assert pq.read_table(tmp_path / "export2" / "train").equals(table)
+
+
+def test_public_shard_in_exact_v2_schema_imports(store, tmp_path):
+    shard = write_shard(tmp_path / "data" / "train-00000-of-00645.parquet", public_shard_table())
+    assert "__index_level_0__" in pq.read_schema(shard).names
+    [done] = import_shards(store, [tmp_path / "data"], source="public:pickapic_v2",
+                           progress=False)
+    assert (done.rows, done.added) == (len(PUBLIC_ROWS), len(PUBLIC_ROWS))
+    cur = store.cursor()
+    outcomes = cur.execute(
+        "SELECT ranking_id, outcome, label_0, best_image_uid, shown_left, source, split "
+        "FROM rankings ORDER BY ranking_id"
+    ).fetchall()
+    assert [o[1] for o in outcomes] == ["left", "right", "tie", "left", "right", "tie"]
+    assert all(o[4] is None for o in outcomes)  # the public set never says the side
+    assert {o[5] for o in outcomes} == {"public:pickapic_v2"}
+    assert {o[6] for o in outcomes} == {"train"}
+    assert outcomes[2][3] == "none"
+
+    # importing the same shard again adds nothing
+    [again] = import_shards(store, [shard], progress=False)
+    assert again.added == 0 and store.counts()["rankings"] == len(PUBLIC_ROWS)
+
+    # and exporting it gives the public rows back, urls and all
+    export_pairs(store, tmp_path / "out")
+    exported = pq.read_table(tmp_path / "out" / "train").to_pylist()
+    original = public_shard_table().drop_columns(["__index_level_0__"]).to_pylist()
+    assert sorted(exported, key=lambda r: r["ranking_id"]) == original
+
+
+def test_export_writes_split_folders_and_reimport_keeps_splits(store, tmp_path):
+    record(store, "a cat", "left", split="train")
+    record(store, "a dog", "right", split="validation")
+    record(store, "a fox", "tie", split="validation")
+    export_pairs(store, tmp_path / "out", shard_rows=1)
+    assert sorted(p.relative_to(tmp_path / "out").as_posix()
+                  for p in (tmp_path / "out").rglob("*.parquet")) == [
+        "train/train-00000-of-00001.parquet",
+        "validation/validation-00000-of-00002.parquet",
+        "validation/validation-00001-of-00002.parquet",
+    ]
+    with Store(tmp_path / "b.duckdb") as other:
+        import_shards(other, [tmp_path / "out"], progress=False)
+        splits = dict(other.cursor().execute(
+            "SELECT split, count(*) FROM rankings GROUP BY 1").fetchall())
+    assert splits == {"train": 1, "validation": 2}
+
+
+def test_export_without_images_matches_the_no_images_set(store, tmp_path):
+    fill_with_votes(store)
+    export_pairs(store, tmp_path / "out", images=False)
+    schema = pq.read_schema(next((tmp_path / "out").rglob("*.parquet")))
+    assert schema.names == [n for n in PICKAPIC_SCHEMA.names if n not in ("jpg_0", "jpg_1")]
+
+
+def test_export_refuses_a_non_empty_folder(store, tmp_path):
+    fill_with_votes(store)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+    with pytest.raises(DataError, match="not empty"):
+        export_pairs(store, tmp_path / "out")
+    assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+    export_pairs(store, tmp_path / "out", overwrite=True)
+    assert not (tmp_path / "out" / "keep.txt").exists()
+
+
+# -- bad shards: each refused with file, row and problem; the store unchanged ------------
+
+
+def _corrupt(table: pa.Table, column: str, row: int, value) -> pa.Table:
+    values = table.column(column).to_pylist()
+    values[row] = value
+    index = table.schema.get_field_index(column)
+    return table.set_column(index, table.schema.field(column), pa.array(values,
+                            type=table.schema.field(column).type))
+
+
+BAD_SHARDS = {
+    "missing column": (
+        lambda t: t.drop_columns(["label_1"]), r"missing column\(s\) label_1"),
+    "no images": (
+        lambda t: t.drop_columns(["jpg_0", "jpg_1"]), r"no-images shard cannot be imported"),
+    "wrong type": (
+        lambda t: t.set_column(t.schema.get_field_index("label_0"), "label_0",
+                               pa.array([str(v) for v in t.column("label_0").to_pylist()])),
+        r"column label_0 has type string, expected number"),
+    "undecodable image": (
+        lambda t: _corrupt(t, "jpg_1", 3, b"\xff\xd8\xff\xe0 not really a jpeg"),
+        r"row 3: jpg_1 is not a decodable image"),
+    "truncated image": (
+        lambda t: _corrupt(t, "jpg_0", 4, t.column("jpg_0")[4].as_py()[:200]),
+        r"row 4: jpg_0 is not a decodable image"),
+    "label outside {0, 0.5, 1}": (
+        lambda t: _corrupt(_corrupt(t, "label_0", 5, 0.3), "label_1", 5, 0.7),
+        r"row 5: labels \(0.3, 0.7\) are not"),
+    "labels not summing to one": (
+        lambda t: _corrupt(t, "label_1", 1, 0.0), r"row 1: labels \(0, 0\) are not"),
+    "null caption": (lambda t: _corrupt(t, "caption", 2, None), r"row 2: caption is empty"),
+}
+
+
+@pytest.mark.parametrize("problem", BAD_SHARDS)
+def test_bad_shard_is_refused_with_file_row_and_problem(store, tmp_path, problem):
+    make_bad, message = BAD_SHARDS[problem]
+    record(store, "already here", "left")
+    before = snapshot(store)
+    shard = write_shard(tmp_path / "bad.parquet", make_bad(public_shard_table()))
+    with pytest.raises(ShardError, match=message) as info:
+        import_shards(store, [shard], progress=False)
+    assert str(shard) in str(info.value) and "\n" not in str(info.value)
+    assert snapshot(store) == before
+
+
+def test_bad_row_late_in_a_shard_rolls_back_the_whole_file(store, tmp_path):
+    good = write_shard(tmp_path / "a" / "good.parquet", public_shard_table(start_id=1))
+    bad_table = _corrupt(public_shard_table(start_id=100), "label_0", 5, 2.0)
+    bad = write_shard(tmp_path / "b" / "bad.parquet", bad_table)
+    import_shards(store, [good], progress=False)
+    before = snapshot(store)
+    with pytest.raises(ShardError, match="row 5"):
+        import_shard(store, bad, source="public:x", batch_rows=2)  # rows 0-3 went in first
+    assert snapshot(store) == before
+
+
+def test_not_parquet_and_missing_paths_are_one_line_errors(store, tmp_path):
+    junk = tmp_path / "junk.parquet"
+    junk.write_bytes(b"definitely not parquet")
+    with pytest.raises(ShardError, match="not a readable parquet file"):
+        import_shards(store, [junk], progress=False)
+    with pytest.raises(DataError, match="no such file or folder"):
+        import_shards(store, [tmp_path / "nowhere"], progress=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no .parquet files"):
+        import_shards(store, [tmp_path / "empty"], progress=False)
+
+
+# -- the command line ---------------------------------------------------------------------
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "data", *map(str, args)],
+                          capture_output=True, text=True)
+
+
+def test_cli_import_export_stats(tmp_path):
+    db = tmp_path / "prefs.duckdb"
+    shard = write_shard(tmp_path / "shards" / "train-0.parquet", public_shard_table())
+    out = run_cli("import", tmp_path / "shards", "--db", db)
+    assert out.returncode == 0, out.stderr
+    assert f"{len(PUBLIC_ROWS)} new pairs" in out.stdout
+    out = run_cli("import", shard, "--db", db)
+    assert "0 new pairs" in out.stdout
+
+    out = run_cli("stats", "--db", db)
+    assert out.returncode == 0, out.stderr
+    assert "rankings: 6" in out.stdout and "tie rate: 33.3%" in out.stdout
+    assert "public:pickapic" in out.stdout
+
+    out = run_cli("export", tmp_path / "out", "--db", db, "--no-images")
+    assert out.returncode == 0, out.stderr
+    assert "train: 6 pairs in 1 file(s)" in out.stdout
+    out = run_cli("export", tmp_path / "out", "--db", db)
+    assert out.returncode == 1 and out.stderr.startswith("error: ") and "--overwrite" in out.stderr
+
+
+def test_cli_bad_shard_prints_one_line_and_exits_nonzero(tmp_path):
+    bad = write_shard(tmp_path / "bad.parquet", public_shard_table().drop_columns(["jpg_0"]))
+    out = run_cli("import", bad, "--db", tmp_path / "prefs.duckdb")
+    assert out.returncode == 1
+    assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
+    assert "missing column(s) jpg_0" in out.stderr
