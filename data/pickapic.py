@@ -163,17 +163,31 @@ def _outcome(label_0: float) -> str:
     return "tie" if label_0 == 0.5 else ("left" if label_0 == 1.0 else "right")
 
 
-def _validated_rows(path: Path, batch: pa.RecordBatch, first_row: int) -> tuple[list, list]:
-    """Check one batch row by row; return (image rows, ranking rows) for the store."""
+_IMAGE_TYPES = pa.schema([
+    ("image_uid", pa.string()), ("jpg", pa.binary()), ("prompt", pa.string()),
+    ("model", pa.string()), ("width", pa.int32()), ("height", pa.int32()), ("url", pa.string()),
+])
+_RANKING_TYPES = pa.schema([
+    ("ranking_id", pa.int64()), ("caption", pa.string()), ("image_0_uid", pa.string()),
+    ("image_1_uid", pa.string()), ("label_0", pa.float64()), ("label_1", pa.float64()),
+    ("best_image_uid", pa.string()), ("user_id", pa.int64()),
+    ("created_at", pa.timestamp("ns")), ("has_label", pa.bool_()),
+    ("num_example_per_prompt", pa.int64()), ("outcome", pa.string()),
+])
+
+
+def _validated_tables(path: Path, batch: pa.RecordBatch, first_row: int):
+    """Check one batch row by row; return (images, rankings) as tables for the store."""
     cols = batch.to_pydict()
+    n = batch.num_rows
     for name in NOT_NULL_COLUMNS:
         nulls = pc.is_null(batch.column(name))
         if pc.any(nulls).as_py():
             row = first_row + pc.index(nulls, True).as_py()
             raise ShardError(f"{path}, row {row}: {name} is empty (null)")
     images: dict[str, list] = {}
-    rankings: list[list] = []
-    for i in range(batch.num_rows):
+    rankings: dict[str, list] = {name: [] for name in _RANKING_TYPES.names}
+    for i in range(n):
         row = first_row + i
         label_0, label_1 = float(cols["label_0"][i]), float(cols["label_1"][i])
         if label_0 not in VALID_LABELS or label_1 not in VALID_LABELS or label_0 + label_1 != 1:
@@ -181,8 +195,8 @@ def _validated_rows(path: Path, batch: pa.RecordBatch, first_row: int) -> tuple[
                 f"{path}, row {row}: labels ({label_0:g}, {label_1:g}) are not "
                 "(1, 0), (0, 1) or (0.5, 0.5)"
             )
-        for k in (0, 1):
-            uid = cols[f"image_{k}_uid"][i]
+        uids = (cols["image_0_uid"][i], cols["image_1_uid"][i])
+        for k, uid in enumerate(uids):
             if uid in images:
                 continue
             try:
@@ -191,26 +205,29 @@ def _validated_rows(path: Path, batch: pa.RecordBatch, first_row: int) -> tuple[
                 raise ShardError(
                     f"{path}, row {row}: jpg_{k} is not a decodable image ({error})"
                 ) from None
-            url = cols.get(f"image_{k}_url", [None] * batch.num_rows)[i]
+            url = cols.get(f"image_{k}_url", [None] * n)[i]
             images[uid] = [
                 uid, cols[f"jpg_{k}"][i], cols["caption"][i], cols[f"model_{k}"][i],
                 width, height, url,
             ]
-        best = cols.get("best_image_uid", [None] * batch.num_rows)[i]
+        best = cols.get("best_image_uid", [None] * n)[i]
         if best is None:
-            uids = (cols["image_0_uid"][i], cols["image_1_uid"][i])
             best = TIE_UID if label_0 == 0.5 else uids[0 if label_0 == 1.0 else 1]
-        has_label = cols.get("has_label", [True] * batch.num_rows)[i]
-        rankings.append(
-            [
-                cols["ranking_id"][i], cols["caption"][i], cols["image_0_uid"][i],
-                cols["image_1_uid"][i], label_0, label_1, best, cols["user_id"][i],
-                cols["created_at"][i], True if has_label is None else has_label,
-                cols.get("num_example_per_prompt", [None] * batch.num_rows)[i],
-                _outcome(label_0),
-            ]
+        has_label = cols.get("has_label", [True] * n)[i]
+        values = (
+            cols["ranking_id"][i], cols["caption"][i], uids[0], uids[1], label_0, label_1,
+            best, cols["user_id"][i], cols["created_at"][i],
+            True if has_label is None else has_label,
+            cols.get("num_example_per_prompt", [None] * n)[i], _outcome(label_0),
         )
-    return list(images.values()), rankings
+        for name, value in zip(_RANKING_TYPES.names, values, strict=True):
+            rankings[name].append(value)
+    image_columns = list(zip(*images.values(), strict=True)) or [[]] * len(_IMAGE_TYPES)
+    return (
+        pa.table(dict(zip(_IMAGE_TYPES.names, image_columns, strict=True)),
+                 schema=_IMAGE_TYPES),
+        pa.table(rankings, schema=_RANKING_TYPES),
+    )
 
 
 def import_shard(
@@ -228,20 +245,21 @@ def import_shard(
     seen = 0
     with transaction(cur):
         for batch in shard.iter_batches(batch_size=batch_rows, columns=columns):
-            images, rankings = _validated_rows(path, batch, seen)
+            images, rankings = _validated_tables(path, batch, seen)
             seen += batch.num_rows
-            cur.executemany(
-                "INSERT INTO images (image_uid, jpg, prompt, model, width, height, url) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                images,
+            cur.register("_import_images", images)
+            cur.register("_import_rankings", rankings)
+            cur.execute(
+                f"INSERT INTO images ({', '.join(_IMAGE_TYPES.names)}) "
+                "SELECT * FROM _import_images ON CONFLICT DO NOTHING"
             )
-            cur.executemany(
-                "INSERT INTO rankings (ranking_id, caption, image_0_uid, image_1_uid, "
-                "label_0, label_1, best_image_uid, user_id, created_at, has_label, "
-                "num_example_per_prompt, outcome, source, split) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                [r + [source, split] for r in rankings],
+            cur.execute(
+                f"INSERT INTO rankings ({', '.join(_RANKING_TYPES.names)}, source, split) "
+                "SELECT *, ?, ? FROM _import_rankings ON CONFLICT DO NOTHING",
+                [source, split],
             )
+            cur.unregister("_import_images")
+            cur.unregister("_import_rankings")
     added = store.counts()["rankings"] - before
     return ImportedFile(path=path, rows=seen, added=added)
 

@@ -1,0 +1,152 @@
+"""The training view: winners first, ties dropped, sources mixed by ratio, one loader."""
+
+import pytest
+import torch
+from helpers import BLUE, GREEN, PUBLIC_ROWS, RED, color_of, public_shard_table, record, write_shard
+
+from data.errors import DataError
+from data.pairs import MixedPairs, ParquetPairs, StorePairs, load_pairs
+from data.pickapic import export_pairs, import_shards
+from data.store import Store
+
+DECISIVE = sum(1 for _, label_0, _ in PUBLIC_ROWS if label_0 != 0.5)
+
+
+def close_to(color, target, tolerance=30):
+    return all(abs(a - b) <= tolerance for a, b in zip(color, target, strict=True))
+
+
+@pytest.fixture
+def shard(tmp_path):
+    return write_shard(tmp_path / "public" / "train-00000-of-00001.parquet", public_shard_table())
+
+
+def test_imported_public_shard_yields_winners_first_and_drops_ties(tmp_path, shard):
+    with Store(tmp_path / "prefs.duckdb") as store:
+        import_shards(store, [shard], progress=False)
+        pairs = StorePairs(store)
+        assert len(pairs) == DECISIVE
+        for pair in pairs:
+            assert close_to(color_of(pair.preferred), RED)
+            assert close_to(color_of(pair.rejected), BLUE)
+            assert not pair.provenance.tie
+            assert pair.provenance.source == "public:pickapic"
+        captions = [p.caption for p in pairs]
+        assert captions == [c for c, label_0, _ in PUBLIC_ROWS if label_0 != 0.5]
+
+
+def test_parquet_shard_is_read_the_same_way(shard):
+    pairs = ParquetPairs([shard])
+    assert len(pairs) == DECISIVE
+    assert all(close_to(color_of(p.preferred), RED) for p in pairs)
+    assert all(close_to(color_of(p.rejected), BLUE) for p in pairs)
+    with_ties = ParquetPairs([shard], include_ties=True)
+    ties = [p for p in with_ties if p.provenance.tie]
+    assert len(with_ties) == len(PUBLIC_ROWS) and len(ties) == 2
+    assert all(close_to(color_of(p.preferred), GREEN) for p in ties)
+
+
+def test_store_and_its_export_give_the_same_pairs(tmp_path):
+    path = tmp_path / "prefs.duckdb"
+    with Store(path) as store:
+        for k, (outcome, shown_left) in enumerate(
+            [("left", 0), ("left", 1), ("right", 0), ("right", 1), ("tie", 0), ("both_bad", 0),
+             ("skip", 1)]
+        ):
+            # the preferred image is always drawn red, so pixels tell the truth
+            winner = shown_left if outcome == "left" else 1 - shown_left
+            colors = (RED, BLUE) if winner == 0 else (BLUE, RED)
+            record(store, f"prompt {k}", outcome, shown_left=shown_left, colors=colors)
+        export_pairs(store, tmp_path / "export")
+    from_store = StorePairs(path)  # read-only, as a trainer process opens it
+    from_export = ParquetPairs([tmp_path / "export"], source="human")
+    assert len(from_store) == len(from_export) == 4
+    for a, b in zip(from_store, from_export, strict=True):
+        assert a.caption == b.caption
+        assert a.provenance == b.provenance
+        assert a.preferred.tobytes() == b.preferred.tobytes()
+        assert close_to(color_of(a.preferred), RED)
+        assert close_to(color_of(a.rejected), BLUE)
+
+
+def test_split_filter(tmp_path):
+    with Store(tmp_path / "prefs.duckdb") as store:
+        record(store, "train one", "left")
+        record(store, "held out", "left", split="validation")
+        assert [p.caption for p in StorePairs(store)] == ["train one"]
+        assert [p.caption for p in StorePairs(store, split="validation")] == ["held out"]
+        assert len(StorePairs(store, split=None)) == 2
+
+
+class Numbers(torch.utils.data.Dataset):
+    def __init__(self, name, n):
+        self.name, self.n = name, n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        return (self.name, i)
+
+
+def test_mix_holds_the_ratio_in_every_stretch_and_is_deterministic():
+    a, b = Numbers("a", 100), Numbers("b", 1000)
+    mix = MixedPairs([a, b], ratios=[1, 3], seed=7)
+    assert mix.source_counts() == [100, 300]  # limited by a: no source repeats
+    items = [mix[i] for i in range(len(mix))]
+    for start in range(0, 400, 40):
+        stretch = items[start:start + 40]
+        assert sum(1 for name, _ in stretch if name == "a") == 10
+    assert len({i for name, i in items if name == "a"}) == 100
+    again = MixedPairs([a, b], ratios=[1, 3], seed=7)
+    assert [again[i] for i in range(len(again))] == items
+    other = MixedPairs([a, b], ratios=[1, 3], seed=8)
+    assert [other[i] for i in range(len(other))] != items
+
+
+def test_mix_oversamples_a_small_source_when_asked():
+    small, big = Numbers("small", 10), Numbers("big", 1000)
+    mix = MixedPairs([small, big], ratios=[0.5, 0.5], num_samples=200, seed=0)
+    counts = {}
+    for name, i in (mix[k] for k in range(len(mix))):
+        counts.setdefault(name, []).append(i)
+    assert len(counts["small"]) == 100 and len(counts["big"]) == 100
+    assert sorted(set(counts["small"])) == list(range(10))  # every small item, ~10 times
+    assert len(set(counts["big"])) == 100  # the big source does not repeat
+
+
+def test_mix_refuses_bad_ratios():
+    with pytest.raises(DataError, match="2 sources but 1 ratios"):
+        MixedPairs([Numbers("a", 1), Numbers("b", 1)], ratios=[1])
+    with pytest.raises(DataError, match="has no pairs"):
+        MixedPairs([Numbers("a", 0), Numbers("b", 1)], ratios=[1, 1])
+
+
+def test_load_pairs_mixes_store_and_public_shards(tmp_path, shard):
+    path = tmp_path / "prefs.duckdb"
+    with Store(path) as store:
+        for k in range(8):
+            record(store, f"ours {k}", "left", colors=(RED, BLUE))
+    pairs = load_pairs([path, shard.parent], ratios=[1, 1], num_samples=8, seed=3)
+    assert len(pairs) == 8
+    sources = [p.provenance.source for p in pairs]
+    assert sources.count("human") == 4 and sources.count("public:pickapic") == 4
+    assert all(close_to(color_of(p.preferred), RED) for p in pairs)
+    again = load_pairs([path, shard.parent], ratios=[1, 1], num_samples=8, seed=3)
+    assert [p.provenance for p in again] == [p.provenance for p in pairs]
+
+
+def test_dataloader_workers_open_their_own_store_connection(tmp_path):
+    path = tmp_path / "prefs.duckdb"
+    with Store(path) as store:
+        for k in range(6):
+            record(store, f"p{k}", "right", shown_left=0, colors=(BLUE, RED))
+    loader = torch.utils.data.DataLoader(
+        StorePairs(path), batch_size=2, num_workers=2, collate_fn=list,
+        multiprocessing_context="fork",
+    )
+    seen = [pair for batch in loader for pair in batch]
+    assert sorted(p.caption for p in seen) == [f"p{k}" for k in range(6)]
+    assert all(close_to(color_of(p.preferred), RED) for p in seen)
