@@ -66,7 +66,7 @@ NOT_NULL_COLUMNS = (
     "ranking_id", "user_id", "created_at",
 )
 KNOWN_SPLITS = ("train", "validation", "test", "validation_unique", "test_unique")
-VALID_LABELS = (0.0, 0.5, 1.0)
+VALID_LABEL_SET = pa.array([0.0, 0.5, 1.0])
 
 _TYPE_CHECKS = {
     "string": (pa.types.is_string, pa.types.is_large_string),
@@ -157,111 +157,134 @@ def _image_size(data: bytes) -> tuple[int, int]:
     return size
 
 
-def _outcome(label_0: float) -> str:
-    # Public shards do not record which image was on the left (shown_left is NULL);
-    # their outcome is stated as if image_0 had been (docs/ARCHITECTURE.md).
-    return "tie" if label_0 == 0.5 else ("left" if label_0 == 1.0 else "right")
-
-
-_IMAGE_TYPES = pa.schema([
+_IMAGE_SCHEMA = pa.schema([
     ("image_uid", pa.string()), ("jpg", pa.binary()), ("prompt", pa.string()),
     ("model", pa.string()), ("width", pa.int32()), ("height", pa.int32()), ("url", pa.string()),
 ])
-_RANKING_TYPES = pa.schema([
-    ("ranking_id", pa.int64()), ("caption", pa.string()), ("image_0_uid", pa.string()),
-    ("image_1_uid", pa.string()), ("label_0", pa.float64()), ("label_1", pa.float64()),
-    ("best_image_uid", pa.string()), ("user_id", pa.int64()),
-    ("created_at", pa.timestamp("ns")), ("has_label", pa.bool_()),
-    ("num_example_per_prompt", pa.int64()), ("outcome", pa.string()),
-])
+_IMAGE_SOURCE_COLUMNS = (
+    "image_0_uid", "image_1_uid", "jpg_0", "jpg_1", "caption", "model_0", "model_1",
+    "image_0_url", "image_1_url",
+)
 
 
-def _validated_tables(path: Path, batch: pa.RecordBatch, first_row: int):
-    """Check one batch row by row; return (images, rankings) as tables for the store."""
-    cols = batch.to_pydict()
-    n = batch.num_rows
+def _check_batch(path: Path, batch: pa.RecordBatch, first_row: int, sizes: dict) -> None:
+    """Refuse the first bad row of a batch; note the size of each image not seen before."""
     for name in NOT_NULL_COLUMNS:
         nulls = pc.is_null(batch.column(name))
         if pc.any(nulls).as_py():
             row = first_row + pc.index(nulls, True).as_py()
             raise ShardError(f"{path}, row {row}: {name} is empty (null)")
-    images: dict[str, list] = {}
-    rankings: dict[str, list] = {name: [] for name in _RANKING_TYPES.names}
-    for i in range(n):
-        row = first_row + i
-        label_0, label_1 = float(cols["label_0"][i]), float(cols["label_1"][i])
-        if label_0 not in VALID_LABELS or label_1 not in VALID_LABELS or label_0 + label_1 != 1:
-            raise ShardError(
-                f"{path}, row {row}: labels ({label_0:g}, {label_1:g}) are not "
-                "(1, 0), (0, 1) or (0.5, 0.5)"
-            )
-        uids = (cols["image_0_uid"][i], cols["image_1_uid"][i])
-        for k, uid in enumerate(uids):
-            if uid in images:
+    label_0 = pc.cast(batch.column("label_0"), pa.float64())
+    label_1 = pc.cast(batch.column("label_1"), pa.float64())
+    bad = pc.invert(
+        pc.and_(
+            pc.and_(pc.is_in(label_0, VALID_LABEL_SET), pc.is_in(label_1, VALID_LABEL_SET)),
+            pc.equal(pc.add(label_0, label_1), 1.0),
+        )
+    )
+    if pc.any(bad).as_py():
+        i = pc.index(bad, True).as_py()
+        raise ShardError(
+            f"{path}, row {first_row + i}: labels ({label_0[i].as_py():g}, "
+            f"{label_1[i].as_py():g}) are not (1, 0), (0, 1) or (0.5, 0.5)"
+        )
+    for k in (0, 1):
+        uids, jpgs = batch.column(f"image_{k}_uid"), batch.column(f"jpg_{k}")
+        for i in range(batch.num_rows):
+            uid = uids[i].as_py()
+            if uid in sizes:
                 continue
             try:
-                width, height = _image_size(cols[f"jpg_{k}"][i])
+                sizes[uid] = _image_size(jpgs[i].as_py())
             except Exception as error:  # PIL raises many types for bad bytes
                 raise ShardError(
-                    f"{path}, row {row}: jpg_{k} is not a decodable image ({error})"
+                    f"{path}, row {first_row + i}: jpg_{k} is not a decodable image ({error})"
                 ) from None
-            url = cols.get(f"image_{k}_url", [None] * n)[i]
-            images[uid] = [
-                uid, cols[f"jpg_{k}"][i], cols["caption"][i], cols[f"model_{k}"][i],
-                width, height, url,
-            ]
-        best = cols.get("best_image_uid", [None] * n)[i]
-        if best is None:
-            best = TIE_UID if label_0 == 0.5 else uids[0 if label_0 == 1.0 else 1]
-        has_label = cols.get("has_label", [True] * n)[i]
-        values = (
-            cols["ranking_id"][i], cols["caption"][i], uids[0], uids[1], label_0, label_1,
-            best, cols["user_id"][i], cols["created_at"][i],
-            True if has_label is None else has_label,
-            cols.get("num_example_per_prompt", [None] * n)[i], _outcome(label_0),
-        )
-        for name, value in zip(_RANKING_TYPES.names, values, strict=True):
-            rankings[name].append(value)
-    image_columns = list(zip(*images.values(), strict=True)) or [[]] * len(_IMAGE_TYPES)
-    return (
-        pa.table(dict(zip(_IMAGE_TYPES.names, image_columns, strict=True)),
-                 schema=_IMAGE_TYPES),
-        pa.table(rankings, schema=_RANKING_TYPES),
-    )
+
+
+def _column(columns: list[str], name: str, default: str = "NULL") -> str:
+    return name if name in columns else default
+
+
+def _image_rows(batch: pa.RecordBatch, columns: list[str], sizes: dict, done: set) -> pa.Table:
+    """The batch's images not stored yet by this import, as a table for the store."""
+    rows: dict[str, list] = {name: [] for name in _IMAGE_SCHEMA.names}
+    for k in (0, 1):
+        urls = batch.column(f"image_{k}_url") if f"image_{k}_url" in columns else None
+        for i, uid in enumerate(batch.column(f"image_{k}_uid").to_pylist()):
+            if uid in done:
+                continue
+            done.add(uid)
+            width, height = sizes[uid]
+            values = (
+                uid, batch.column(f"jpg_{k}")[i].as_py(), batch.column("caption")[i].as_py(),
+                batch.column(f"model_{k}")[i].as_py(), width, height,
+                urls[i].as_py() if urls is not None else None,
+            )
+            for name, value in zip(_IMAGE_SCHEMA.names, values, strict=True):
+                rows[name].append(value)
+    return pa.table(rows, schema=_IMAGE_SCHEMA)
 
 
 def import_shard(
-    store: Store, path: Path, source: str, split: str | None = None, batch_rows: int = 256
+    store: Store, path: Path, source: str, split: str | None = None, batch_rows: int = 64
 ) -> ImportedFile:
-    """Import one shard in one transaction: all of its rows, or (on any error) none."""
+    """Import one shard: all of its pairs, or (on any error) none.
+
+    Three streaming passes keep memory flat for shards of any size: every row is
+    checked before anything is written; then images are stored in small transactions;
+    then the pairs, in one transaction, so they appear all at once. A crash between the
+    last two leaves some images without pairs (invisible to pairs, stats and export),
+    which importing the shard again reuses.
+    """
     try:
-        shard = pq.ParquetFile(path)
+        # Unbuffered page-by-page reads keep memory flat however large the row groups.
+        shard = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
     except Exception as error:
         raise ShardError(f"{path}: not a readable parquet file ({error})") from None
     columns = check_schema(path, shard.schema_arrow)
     split = split or split_of(path)
-    cur = store.cursor()
-    before = store.counts()["rankings"]
+
+    sizes: dict[str, tuple[int, int]] = {}
     seen = 0
-    with transaction(cur):
-        for batch in shard.iter_batches(batch_size=batch_rows, columns=columns):
-            images, rankings = _validated_tables(path, batch, seen)
-            seen += batch.num_rows
+    for batch in shard.iter_batches(batch_size=batch_rows, columns=list(NOT_NULL_COLUMNS)):
+        _check_batch(path, batch, seen, sizes)
+        seen += batch.num_rows
+
+    cur = store.cursor()
+    image_columns = [c for c in columns if c in _IMAGE_SOURCE_COLUMNS]
+    done: set[str] = set()
+    for batch in shard.iter_batches(batch_size=batch_rows, columns=image_columns):
+        images = _image_rows(batch, image_columns, sizes, done)
+        with transaction(cur):
             cur.register("_import_images", images)
-            cur.register("_import_rankings", rankings)
             cur.execute(
-                f"INSERT INTO images ({', '.join(_IMAGE_TYPES.names)}) "
+                f"INSERT INTO images ({', '.join(_IMAGE_SCHEMA.names)}) "
                 "SELECT * FROM _import_images ON CONFLICT DO NOTHING"
             )
-            cur.execute(
-                f"INSERT INTO rankings ({', '.join(_RANKING_TYPES.names)}, source, split) "
-                "SELECT *, ?, ? FROM _import_rankings ON CONFLICT DO NOTHING",
-                [source, split],
-            )
             cur.unregister("_import_images")
-            cur.unregister("_import_rankings")
-    added = store.counts()["rankings"] - before
-    return ImportedFile(path=path, rows=seen, added=added)
+
+    with transaction(cur):
+        [(before,)] = cur.execute("SELECT count(*) FROM rankings").fetchall()
+        cur.execute(
+            "INSERT INTO rankings (ranking_id, caption, image_0_uid, image_1_uid, label_0, "
+            "label_1, best_image_uid, user_id, created_at, has_label, "
+            "num_example_per_prompt, outcome, source, split) "
+            "SELECT ranking_id, caption, image_0_uid, image_1_uid, label_0, label_1, "
+            f"coalesce({_column(columns, 'best_image_uid')}, CASE WHEN label_0 = 0.5 "
+            f"THEN '{TIE_UID}' WHEN label_0 = 1 THEN image_0_uid ELSE image_1_uid END), "
+            "user_id, created_at::TIMESTAMP_NS, "
+            f"coalesce({_column(columns, 'has_label')}, true), "
+            f"{_column(columns, 'num_example_per_prompt')}, "
+            # Public shards do not record which image was on the left (shown_left is
+            # NULL); their outcome is stated as if image_0 had been (ARCHITECTURE.md).
+            "CASE WHEN label_0 = 0.5 THEN 'tie' WHEN label_0 = 1 THEN 'left' "
+            "ELSE 'right' END, $source, $split "
+            "FROM read_parquet($path) ON CONFLICT DO NOTHING",
+            {"path": str(path), "source": source, "split": split},
+        )
+        [(after,)] = cur.execute("SELECT count(*) FROM rankings").fetchall()
+    return ImportedFile(path=path, rows=seen, added=after - before)
 
 
 def import_shards(

@@ -26,6 +26,10 @@ from data.errors import DataError, StoreLockedError
 from data.migrations import LATEST_VERSION, MIGRATIONS
 
 DEFAULT_DB = Path("runs/prefs.duckdb")
+# DuckDB's own default is 80% of RAM, which it fills with cached pages during a large
+# import. A small cap keeps an import's memory flat (docs/BENCHMARKS.md); queries that
+# need more spill to a temporary folder beside the file.
+MEMORY_LIMIT = "256MB"
 OUTCOMES = ("left", "right", "tie", "both_bad", "skip")
 TIE_UID = "none"  # Pick-a-Pic's best_image_uid for a tie
 # DuckDB reports a write that raced another thread's commit as one of these.
@@ -149,7 +153,9 @@ def connect(path: str | Path, read_only: bool = False) -> duckdb.DuckDBPyConnect
     if not read_only:
         path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        return duckdb.connect(str(path), read_only=read_only)
+        return duckdb.connect(
+            str(path), read_only=read_only, config={"memory_limit": MEMORY_LIMIT}
+        )
     except duckdb.IOException as error:
         if "lock" in str(error).lower():
             raise StoreLockedError(_lock_message(path, error)) from None

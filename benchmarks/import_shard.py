@@ -1,0 +1,122 @@
+"""Import speed and peak memory for Pick-a-Pic shards of 512x512 JPEGs.
+
+Builds shards of N rows (two images a row, photo-like noise so JPEGs have realistic
+sizes), then imports each into a fresh store in a child process and reads its peak
+resident memory. Memory should stay flat as the shard grows: import streams batches.
+
+    python benchmarks/import_shard.py            # 1,000- and 2,000-row shards
+    python benchmarks/import_shard.py --rows 500 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from data.pickapic import PICKAPIC_SCHEMA  # noqa: E402
+
+CHILD = """
+import json, resource, sys, time
+from pathlib import Path
+from data.store import Store
+from data.pickapic import import_shards
+db, shard = sys.argv[1], sys.argv[2]
+start = time.perf_counter()
+with Store(db) as store:
+    done = import_shards(store, [shard], progress=False)
+seconds = time.perf_counter() - start
+peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"rows": done[0].rows, "seconds": seconds, "peak_rss_mb": peak_mb}))
+"""
+
+
+def photo_like_jpeg(rng: np.random.Generator, size: int = 512) -> bytes:
+    """A JPEG with smooth structure plus grain, about the size of a real 512px photo."""
+    coarse = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    base = np.asarray(Image.fromarray(coarse).resize((size, size), Image.BICUBIC), np.int16)
+    grain = rng.integers(-12, 13, (size, size, 3), dtype=np.int16)
+    pixels = np.clip(base + grain, 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def build_shard(path: Path, rows: int, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    schema = PICKAPIC_SCHEMA
+    with pq.ParquetWriter(path, schema) as writer:
+        for start in range(0, rows, 100):
+            n = min(100, rows - start)
+            ids = range(start, start + n)
+            uid = [[f"{i:08d}-0000-4000-8000-{k:012d}" for i in ids] for k in (0, 1)]
+            label_0 = [float(i % 3 == 0) if i % 5 else 0.5 for i in ids]
+            table = pa.table(
+                {
+                    "are_different": [True] * n,
+                    "best_image_uid": [
+                        "none" if label == 0.5 else uid[0 if label == 1.0 else 1][j]
+                        for j, label in enumerate(label_0)
+                    ],
+                    "caption": [f"benchmark prompt {i % 400}" for i in ids],
+                    "created_at": [datetime(2023, 3, 1) + timedelta(seconds=i) for i in ids],
+                    "has_label": [True] * n,
+                    "image_0_uid": uid[0], "image_0_url": [None] * n,
+                    "image_1_uid": uid[1], "image_1_url": [None] * n,
+                    "jpg_0": [photo_like_jpeg(rng) for _ in ids],
+                    "jpg_1": [photo_like_jpeg(rng) for _ in ids],
+                    "label_0": label_0, "label_1": [1 - label for label in label_0],
+                    "model_0": ["model-a"] * n, "model_1": ["model-b"] * n,
+                    "ranking_id": list(ids), "user_id": [i % 50 for i in ids],
+                    "num_example_per_prompt": [1] * n,
+                },
+                schema=schema,
+            )
+            writer.write_table(table, row_group_size=100)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, nargs="+", default=[1000, 2000])
+    args = parser.parse_args()
+    repo = Path(__file__).resolve().parents[1]
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for rows in args.rows:
+            shard = Path(tmp) / f"train-{rows}.parquet"
+            build_shard(shard, rows)
+            out = subprocess.run(
+                [sys.executable, "-c", CHILD, str(Path(tmp) / f"{rows}.duckdb"), str(shard)],
+                capture_output=True, text=True, cwd=repo, check=True,
+            )
+            measured = json.loads(out.stdout)
+            results.append({
+                "rows": rows,
+                "shard_mb": round(shard.stat().st_size / 2**20, 1),
+                "rows_per_s": round(rows / measured["seconds"], 1),
+                "seconds": round(measured["seconds"], 2),
+                "peak_rss_mb": round(measured["peak_rss_mb"], 1),
+            })
+    print(json.dumps({
+        "benchmark": "import_shard",
+        "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores",
+        "date": time.strftime("%Y-%m-%d"),
+        "results": results,
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()
