@@ -1,4 +1,7 @@
-"""`python -m annotate`: the preference-collection app, not built yet; this entry point says so and exits."""
+"""`python -m annotate`: the preference-collection app.
+
+Not built yet: this entry point says so and exits with status 2.
+"""
 
 import sys
 

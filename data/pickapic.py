@@ -227,14 +227,20 @@ def _image_rows(batch: pa.RecordBatch, columns: list[str], sizes: dict, done: se
 
 
 def import_shard(
-    store: Store, path: Path, source: str, split: str | None = None, batch_rows: int = 64
+    store: Store,
+    path: Path,
+    source: str,
+    split: str | None = None,
+    batch_rows: int = 64,
+    image_rows: int = 128,
 ) -> ImportedFile:
     """Import one shard: all of its pairs, or (on any error) none.
 
     Three streaming passes keep memory flat for shards of any size: every row is
-    checked before anything is written; then images are stored in small transactions;
+    checked before anything is written; then images are stored, `image_rows` rows per
+    transaction (more is faster and takes more memory: docs/BENCHMARKS.md);
     then the pairs, in one transaction, so they appear all at once. A crash between the
-    last two leaves some images without pairs (invisible to pairs, stats and export),
+    last two leaves some images without pairs (never part of a pair or an export),
     which importing the shard again reuses.
     """
     try:
@@ -254,7 +260,7 @@ def import_shard(
     cur = store.cursor()
     image_columns = [c for c in columns if c in _IMAGE_SOURCE_COLUMNS]
     done: set[str] = set()
-    for batch in shard.iter_batches(batch_size=batch_rows, columns=image_columns):
+    for batch in shard.iter_batches(batch_size=512, columns=image_columns):
         images = _image_rows(batch, image_columns, sizes, done)
         with transaction(cur):
             cur.register("_import_images", images)

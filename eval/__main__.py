@@ -1,4 +1,7 @@
-"""`python -m eval`: the blind A/B evaluation app, not built yet; this entry point says so and exits."""
+"""`python -m eval`: the blind A/B evaluation app.
+
+Not built yet: this entry point says so and exits with status 2.
+"""
 
 import sys
 

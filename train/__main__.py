@@ -1,7 +1,11 @@
-"""`accelerate launch -m train`: the Diffusion-DPO trainer, not built yet; this entry point says so and exits."""
+"""`accelerate launch -m train`: the Diffusion-DPO trainer.
+
+Not built yet: this entry point says so and exits with status 2.
+"""
 
 import sys
 
 if __name__ == "__main__":
-    print("accelerate launch -m train: not built yet (see the project's open issues)", file=sys.stderr)
+    message = "accelerate launch -m train: not built yet (see the project's open issues)"
+    print(message, file=sys.stderr)
     sys.exit(2)
