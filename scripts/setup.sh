@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Install the project, and what its tests need, into the active Python environment.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python}
+export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# PyTorch first, and its CPU build: a plain `torch` requirement resolves to a
+# multi-GB CUDA build. Where torch is already installed (say a CUDA build on a GPU
+# machine), it is kept.
+if ! "$PY" -c "import torch" 2>/dev/null; then
+  "$PY" -m pip install -q torch==2.13.0
+fi
+"$PY" -m pip install -q -e ".[test]"
