@@ -2,7 +2,7 @@
 # Install the project, and what its tests need, into the active Python environment.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python}
+PY=${PYTHON:-$(command -v python || command -v python3)}
 export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
 
 # PyTorch first, and its CPU build: a plain `torch` requirement resolves to a
