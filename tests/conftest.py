@@ -6,7 +6,6 @@ diffusers or gradio, so nothing can reach the network or the user's caches.
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -31,43 +30,11 @@ import pytest  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 
-# -- a CLIP tokenizer written locally (no download) ---------------------------------------
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP's reversible map from bytes to printable characters."""
-    printable = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    chars = printable[:]
-    extra = 0
-    for byte in range(256):
-        if byte not in printable:
-            printable.append(byte)
-            chars.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, map(chr, chars), strict=True))
-
-
-def write_clip_tokenizer(directory: Path, model_max_length: int = 16) -> Path:
-    """A byte-level CLIP tokenizer of 514 tokens: two specials, 256 bytes, 256 word ends."""
-    directory.mkdir(parents=True, exist_ok=True)
-    symbols = list(_bytes_to_unicode().values())
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for symbol in symbols + [s + "</w>" for s in symbols]:
-        vocab[symbol] = len(vocab)
-    (directory / "vocab.json").write_text(json.dumps(vocab))
-    (directory / "merges.txt").write_text("#version: 0.2\n")
-    (directory / "tokenizer_config.json").write_text(
-        json.dumps({"model_max_length": model_max_length, "tokenizer_class": "CLIPTokenizer"})
-    )
-    return directory
-
-
 def _tokenizer(directory: Path):
+    """The byte-level CLIP tokenizer (514 tokens), written locally: nothing downloads."""
     from transformers import CLIPTokenizer
+
+    from models.tokenizer import write_clip_tokenizer
 
     return CLIPTokenizer.from_pretrained(write_clip_tokenizer(directory), model_max_length=16)
 
