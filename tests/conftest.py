@@ -142,3 +142,46 @@ def tiny_sd_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_sdxl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A saved tiny SDXL-style pipeline directory (load with local_files_only=True)."""
     return build_tiny_sdxl(tmp_path_factory.mktemp("tiny-sdxl"))
+
+
+def build_tiny_clip(directory: Path) -> Path:
+    """A tiny random CLIP model with its processor, saved like a Hub CLIP checkpoint."""
+    import torch
+    from transformers import (
+        CLIPConfig,
+        CLIPImageProcessor,
+        CLIPModel,
+        CLIPProcessor,
+        CLIPTextConfig,
+        CLIPVisionConfig,
+    )
+
+    torch.manual_seed(0)
+    config = CLIPConfig(
+        text_config=CLIPTextConfig(
+            vocab_size=1000, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+            num_attention_heads=2, max_position_embeddings=16, bos_token_id=0,
+            eos_token_id=1, pad_token_id=1,
+        ).to_dict(),
+        vision_config=CLIPVisionConfig(
+            image_size=32, patch_size=8, hidden_size=32, intermediate_size=37,
+            num_hidden_layers=2, num_attention_heads=2,
+        ).to_dict(),
+        projection_dim=16,
+    )
+    model = CLIPModel(config)
+    processor = CLIPProcessor(
+        image_processor=CLIPImageProcessor(
+            size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+        ),
+        tokenizer=_tokenizer(directory / "_tok"),
+    )
+    model.save_pretrained(directory / "clip")
+    processor.save_pretrained(directory / "clip")
+    return directory / "clip"
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A saved tiny CLIP (model and processor) for the scorers, loadable offline."""
+    return build_tiny_clip(tmp_path_factory.mktemp("tiny-clip"))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import time
 from pathlib import Path
 
@@ -146,8 +147,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="pipeline folder")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--images", type=int, default=20000, help="training images")
-    parser.add_argument("--vae-steps", type=int, default=1500)
-    parser.add_argument("--vae-batch", type=int, default=64)
+    parser.add_argument("--vae-steps", type=int, default=500)
+    parser.add_argument("--vae-batch", type=int, default=32)
     parser.add_argument("--unet-steps", type=int, default=1000)
     parser.add_argument("--unet-batch", type=int, default=128)
     parser.add_argument(
@@ -203,6 +204,7 @@ def main(argv: list[str] | None = None) -> None:
         "unet_params_m": round(sum(p.numel() for p in unet.parameters()) / 1e6, 3),
         "vae_minutes": round(vae_minutes, 1),
         "total_minutes": round((time.time() - started) / 60, 1),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
     }
     (args.out / "training.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report))

@@ -1,0 +1,145 @@
+"""Generate image pairs for one prompt, recording how each image was made.
+
+Both images of a pair come from one batched pipeline call, each with its own seed and
+its own guidance scale. diffusers pipelines take one guidance scale per call; a
+per-image scale is applied by rescaling the text half of the UNet's output inside the
+call, which is exact: with call scale G and image scale g, the pipeline's
+`u + G * (t' - u)` with `t' = u + (g / G) * (t - u)` is `u + g * (t - u)`.
+Pairs from two different models take one call per model.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+
+from models.errors import ModelError
+from models.loading import LoadedModel
+
+
+@dataclass(frozen=True)
+class GeneratedImage:
+    """An image and its provenance: what the store's `images` table records."""
+
+    image: Image.Image
+    prompt: str
+    model: str
+    seed: int
+    guidance_scale: float
+    steps: int
+    scheduler: str
+    width: int
+    height: int
+    gen_ms: float
+
+
+@dataclass(frozen=True)
+class PairVariety:
+    """How the two images of a pair differ.
+
+    Seeds always differ (drawn from `rng` unless given). Guidance is `guidance` for both,
+    or, with `guidance_range`, drawn per image uniformly from it (Pick-a-Pic drew
+    U(3, 12)). Two models in `generate_pair` make the third kind of variety.
+    """
+
+    guidance: float = 7.5
+    guidance_range: tuple[float, float] | None = None
+    steps: int = 20
+
+    def draw(self, rng: random.Random) -> tuple[list[int], list[float]]:
+        seeds = [rng.randrange(2**31), rng.randrange(2**31)]
+        if self.guidance_range is None:
+            return seeds, [self.guidance, self.guidance]
+        low, high = self.guidance_range
+        return seeds, [round(rng.uniform(low, high), 2), round(rng.uniform(low, high), 2)]
+
+
+@contextmanager
+def _per_image_guidance(unet: torch.nn.Module, ratios: torch.Tensor):
+    """Scale each image's text-conditioned UNet output toward its unconditioned one."""
+
+    def hook(module, args, output):
+        sample = output[0] if isinstance(output, tuple) else output.sample
+        uncond, text = sample.chunk(2)
+        r = ratios.to(sample.device, sample.dtype).view(-1, *([1] * (sample.dim() - 1)))
+        guided = torch.cat([uncond, uncond + r * (text - uncond)])
+        if isinstance(output, tuple):
+            return (guided, *output[1:])
+        output.sample = guided
+        return output
+
+    handle = unet.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def generate(
+    model: LoadedModel,
+    prompt: str,
+    seeds: Sequence[int],
+    guidance_scales: Sequence[float],
+    steps: int = 20,
+    height: int | None = None,
+    width: int | None = None,
+) -> list[GeneratedImage]:
+    """One image per seed for `prompt`, in one batched call; the same inputs, the same images."""
+    if len(seeds) != len(guidance_scales):
+        raise ModelError("give one guidance scale per seed")
+    if not prompt.strip():
+        raise ModelError("the prompt is empty: type what the image should show")
+    n = len(seeds)
+    top = max(guidance_scales)
+    varies = len(set(guidance_scales)) > 1
+    if varies and min(guidance_scales) <= 1.0:
+        raise ModelError("per-image guidance scales must all be above 1")
+    pipe = model.pipeline
+    generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+    start = time.perf_counter()
+    with model.lock, torch.inference_mode():
+        guidance = (
+            _per_image_guidance(pipe.unet, torch.tensor(guidance_scales) / top)
+            if varies else nullcontext()
+        )
+        with guidance:
+            images = pipe(
+                [prompt] * n, num_inference_steps=steps, guidance_scale=top,
+                generator=generators, height=height, width=width,
+            ).images
+    gen_ms = (time.perf_counter() - start) * 1000 / n
+    return [
+        GeneratedImage(
+            image=image, prompt=prompt, model=model.name, seed=int(seed),
+            guidance_scale=float(g), steps=steps, scheduler=model.scheduler_name,
+            width=image.width, height=image.height, gen_ms=gen_ms,
+        )
+        for image, seed, g in zip(images, seeds, guidance_scales, strict=True)
+    ]
+
+
+def generate_pair(
+    models: LoadedModel | Sequence[LoadedModel],
+    prompt: str,
+    variety: PairVariety = PairVariety(),
+    rng: random.Random | None = None,
+    seeds: Sequence[int] | None = None,
+) -> tuple[GeneratedImage, GeneratedImage]:
+    """Two images for `prompt`: one batched call, or one call per model given two."""
+    rng = rng or random.Random()
+    drawn_seeds, guidance = variety.draw(rng)
+    seeds = list(seeds) if seeds is not None else drawn_seeds
+    if isinstance(models, LoadedModel):
+        first, second = generate(models, prompt, seeds, guidance, variety.steps)
+        return first, second
+    if len(models) != 2:
+        raise ModelError("a pair comes from one model or two")
+    [first] = generate(models[0], prompt, seeds[:1], guidance[:1], variety.steps)
+    [second] = generate(models[1], prompt, seeds[1:], guidance[1:], variety.steps)
+    return first, second
