@@ -49,11 +49,22 @@ def _text_config(hidden: int, **extra):
     )
 
 
+def _tiny_vae():
+    import torch
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    return AutoencoderKL(
+        block_out_channels=[4, 8], in_channels=3, out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+        latent_channels=4, norm_num_groups=2,
+    )
+
+
 def build_tiny_sd(directory: Path) -> Path:
     """A tiny Stable Diffusion 1.5-style pipeline, randomly initialised, saved to `directory`."""
     import torch
     from diffusers import (
-        AutoencoderKL,
         DDIMScheduler,
         StableDiffusionPipeline,
         UNet2DConditionModel,
@@ -67,12 +78,7 @@ def build_tiny_sd(directory: Path) -> Path:
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=8,
         norm_num_groups=2,
     )
-    torch.manual_seed(0)
-    vae = AutoencoderKL(
-        block_out_channels=[4, 8], in_channels=3, out_channels=3,
-        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
-        latent_channels=4, norm_num_groups=2,
-    )
+    vae = _tiny_vae()
     torch.manual_seed(0)
     text_encoder = CLIPTextModel(_text_config(8))
     scheduler = DDIMScheduler(
@@ -92,7 +98,6 @@ def build_tiny_sdxl(directory: Path) -> Path:
     """A tiny SDXL-style pipeline (two text encoders, text_time conditioning), saved."""
     import torch
     from diffusers import (
-        AutoencoderKL,
         EulerDiscreteScheduler,
         StableDiffusionXLPipeline,
         UNet2DConditionModel,
@@ -108,12 +113,7 @@ def build_tiny_sdxl(directory: Path) -> Path:
         addition_time_embed_dim=8, transformer_layers_per_block=(1, 2),
         projection_class_embeddings_input_dim=80, cross_attention_dim=64, norm_num_groups=1,
     )
-    torch.manual_seed(0)
-    vae = AutoencoderKL(
-        block_out_channels=[4, 8], in_channels=3, out_channels=3,
-        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
-        latent_channels=4, norm_num_groups=2,
-    )
+    vae = _tiny_vae()
     torch.manual_seed(0)
     text_encoder = CLIPTextModel(_text_config(32))
     torch.manual_seed(0)
