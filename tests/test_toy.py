@@ -69,3 +69,31 @@ def test_training_command_is_deterministic(tmp_path):
     model = load(str(tmp_path / "a"))
     images = model.pipeline("a red circle", num_inference_steps=2).images
     assert np.asarray(images[0]).shape == (32, 32, 3)
+
+
+def test_evaluate_command_reports_json_and_draws_the_grid(tmp_path):
+    import json
+
+    from PIL import Image
+
+    grid = tmp_path / "grid.png"
+    done = subprocess.run(
+        [sys.executable, "-m", "models.toy.evaluate", "--pairs", "18", "--steps", "4",
+         "--judge-images", "50", "--grid", str(grid)],
+        capture_output=True, text=True,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    assert report["model"] == "toy" and report["judge_accuracy"]["images"] == 50
+    assert 0.0 <= report["adherence"]["both"] <= 1.0 and report["adherence"]["pairs"] == 18
+    with Image.open(grid) as image:
+        assert image.size == (150 + 4 * 96, 18 * 96)
+
+
+def test_evaluate_command_on_a_missing_model_is_one_line(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "models.toy.evaluate", "--model", str(tmp_path)],
+        capture_output=True, text=True,
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip().count("\n") == 0 and "not a diffusers pipeline" in done.stderr
