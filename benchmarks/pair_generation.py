@@ -4,7 +4,8 @@
     python benchmarks/pair_generation.py --model PATH --steps 30
 
 Both ways run interleaved in one process, so the ratio is fair on a noisy machine. Also
-reports how long importing the model layer and `load(MODEL)` take in a fresh process.
+reports, for a fresh process, how long importing the model layer with diffusers'
+pipeline classes takes, and then `load(MODEL)`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline  # noqa: E402, F401
+
 from models.generate import generate  # noqa: E402
 from models.loading import load  # noqa: E402
 
