@@ -61,6 +61,19 @@ def _winner_first(label_0: float) -> bool:
     return label_0 >= 0.5
 
 
+def _provenance(source: str, ranking_id: int, user_id: int, label_0: float,
+                uids: tuple[str, str], models: tuple[str | None, str | None],
+                split: str) -> Provenance:
+    """A pair's provenance with image 0 and 1 put in preferred, rejected order."""
+    order = (0, 1) if _winner_first(label_0) else (1, 0)
+    return Provenance(
+        source=source, ranking_id=ranking_id, user_id=user_id,
+        preferred_uid=uids[order[0]], rejected_uid=uids[order[1]],
+        preferred_model=models[order[0]], rejected_model=models[order[1]],
+        tie=label_0 == 0.5, split=split,
+    )
+
+
 class StorePairs(Dataset):
     """Pairs from the DuckDB store (its file, or a `Store` this process already holds)."""
 
@@ -83,22 +96,12 @@ class StorePairs(Dataset):
             "ORDER BY r.created_at, r.ranking_id",
             params,
         ).fetchall()
-        self._items = []
-        for caption, label_0, source, ranking_id, user_id, uid0, uid1, m0, m1, row_split in rows:
-            first = _winner_first(label_0)
-            self._items.append(
-                (
-                    caption,
-                    Provenance(
-                        source=source, ranking_id=ranking_id, user_id=user_id,
-                        preferred_uid=uid0 if first else uid1,
-                        rejected_uid=uid1 if first else uid0,
-                        preferred_model=m0 if first else m1,
-                        rejected_model=m1 if first else m0,
-                        tie=label_0 == 0.5, split=row_split,
-                    ),
-                )
-            )
+        self._items = [
+            (caption, _provenance(source, ranking_id, user_id, label_0, (uid0, uid1),
+                                  (m0, m1), row_split))
+            for caption, label_0, source, ranking_id, user_id, uid0, uid1, m0, m1, row_split
+            in rows
+        ]
 
     def _open(self) -> Store:
         # A DuckDB connection must not cross a fork: DataLoader workers open their own.
@@ -153,16 +156,12 @@ class ParquetPairs(Dataset):
                 label_0 = index["label_0"][row]
                 if label_0 == 0.5 and not include_ties:
                     continue
-                first = _winner_first(label_0)
-                uid0, uid1 = index["image_0_uid"][row], index["image_1_uid"][row]
-                m0, m1 = index["model_0"][row], index["model_1"][row]
-                prov = Provenance(
-                    source=source, ranking_id=index["ranking_id"][row],
-                    user_id=index["user_id"][row],
-                    preferred_uid=uid0 if first else uid1, rejected_uid=uid1 if first else uid0,
-                    preferred_model=m0 if first else m1, rejected_model=m1 if first else m0,
-                    tie=label_0 == 0.5, split=split_of(path),
+                prov = _provenance(
+                    source, index["ranking_id"][row], index["user_id"][row], label_0,
+                    (index["image_0_uid"][row], index["image_1_uid"][row]),
+                    (index["model_0"][row], index["model_1"][row]), split_of(path),
                 )
+                first = _winner_first(label_0)
                 self._items.append((file_index, row, first, index["caption"][row], prov))
 
     def _row_group(self, file_index: int, group: int) -> dict[str, list]:
