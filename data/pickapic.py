@@ -206,7 +206,7 @@ def _column(columns: list[str], name: str, default: str = "NULL") -> str:
     return name if name in columns else default
 
 
-def _image_rows(batch: pa.RecordBatch, columns: list[str], sizes: dict, done: set) -> pa.Table:
+def _new_images(batch: pa.RecordBatch, columns: list[str], sizes: dict, done: set) -> pa.Table:
     """The batch's images not stored yet by this import, as a table for the store."""
     rows: dict[str, list] = {name: [] for name in _IMAGE_SCHEMA.names}
     for k in (0, 1):
@@ -260,8 +260,8 @@ def import_shard(
     cur = store.cursor()
     image_columns = [c for c in columns if c in _IMAGE_SOURCE_COLUMNS]
     done: set[str] = set()
-    for batch in shard.iter_batches(batch_size=512, columns=image_columns):
-        images = _image_rows(batch, image_columns, sizes, done)
+    for batch in shard.iter_batches(batch_size=image_rows, columns=image_columns):
+        images = _new_images(batch, image_columns, sizes, done)
         with transaction(cur):
             cur.register("_import_images", images)
             cur.execute(
@@ -304,11 +304,10 @@ def import_shards(
     shards = find_shards(paths)
     for shard in shards:  # refuse a bad schema before importing anything
         try:
-            check_schema(shard, pq.read_schema(shard))
-        except ShardError:
-            raise
+            schema = pq.read_schema(shard)
         except Exception as error:
             raise ShardError(f"{shard}: not a readable parquet file ({error})") from None
+        check_schema(shard, schema)
     done = []
     for shard in tqdm(shards, desc="import", unit="shard", disable=not progress):
         done.append(import_shard(store, shard, source=source, split=split))
