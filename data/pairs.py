@@ -113,6 +113,10 @@ class StorePairs(Dataset):
     def __len__(self) -> int:
         return len(self._items)
 
+    def describe(self, index: int) -> tuple[str, Provenance]:
+        """An item's caption and provenance, without reading its images."""
+        return self._items[index]
+
     def __getitem__(self, index: int) -> PreferencePair:
         caption, prov = self._items[index]
         jpgs = self._open().image_jpgs([prov.preferred_uid, prov.rejected_uid])
@@ -174,6 +178,10 @@ class ParquetPairs(Dataset):
 
     def __len__(self) -> int:
         return len(self._items)
+
+    def describe(self, index: int) -> tuple[str, Provenance]:
+        """An item's caption and provenance, without reading its images."""
+        return self._items[index][3:]
 
     def __getitem__(self, index: int) -> PreferencePair:
         file_index, row, first, caption, prov = self._items[index]
@@ -237,6 +245,11 @@ class MixedPairs(Dataset):
     def __getitem__(self, index: int) -> PreferencePair:
         source, item = self._order[index]
         return self.sources[source][item]
+
+    def describe(self, index: int) -> tuple[str, Provenance]:
+        """An item's caption and provenance, without reading its images."""
+        source, item = self._order[index]
+        return self.sources[source].describe(item)
 
     def source_counts(self) -> list[int]:
         return [sum(1 for s, _ in self._order if s == i) for i in range(len(self.sources))]

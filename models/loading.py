@@ -112,11 +112,13 @@ def load(
     device: str | None = None,
     dtype: torch.dtype | None = None,
     scheduler: str | None = None,
+    unet: torch.nn.Module | None = None,
 ) -> LoadedModel:
     """Load `name` on `device` in `dtype` (defaults: `default_device_and_dtype`).
 
     `scheduler` names a diffusers scheduler class (e.g. "EulerDiscreteScheduler") to use
-    instead of the model's own, configured from the model's scheduler config.
+    instead of the model's own, configured from the model's scheduler config. `unet`
+    replaces the model's own UNet (the trainer saves its result this way).
     """
     default_device, default_dtype = default_device_and_dtype()
     device, dtype = device or default_device, dtype or default_dtype
@@ -128,6 +130,7 @@ def load(
     try:
         pipeline = _pipeline_class(kind).from_pretrained(
             source, dtype=dtype, local_files_only=local,
+            **({"unet": unet} if unet is not None else {}),
             **({"safety_checker": None, "requires_safety_checker": False} if kind == "sd"
                else {}),
         )

@@ -1,1 +1,1 @@
-"""`accelerate launch -m train`: the Diffusion-DPO trainer (not built yet)."""
+"""`accelerate launch -m train`: the Diffusion-DPO trainer."""

@@ -1,0 +1,258 @@
+"""VAE latents and text embeddings, computed once per model and dataset, kept on disk.
+
+The official code runs the VAE and the text encoder(s) on every step; their outputs never
+change (only the UNet trains), so this computes them in one pass and memory-maps them.
+Both images of a pair get the same resize, crop and flip, decided once per pair from the
+seed; the VAE posterior's mean is stored (SD's VAE posterior std is negligible next to
+the latents). Text embeddings are stored once per distinct caption, plus the empty
+prompt's, which prompt dropout swaps in - the same unconditional embedding that the
+pipeline uses at inference (zeros for SDXL's `force_zeros_for_empty_prompt`).
+
+A cache folder is named by a hash of the model, the pairs (their ids, in order) and the
+preprocessing settings, so a later run on the same data reuses it and any change makes a
+new one. It is written to a temporary folder and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+FORMAT = 1
+ENCODE_BATCH = 32  # pairs per VAE / text encoder call while caching
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    resolution: int
+    random_crop: bool
+    random_flip: bool
+    seed: int
+
+
+@dataclass
+class CachedBatch:
+    """A batch of pairs ready for the UNet. `latents` is [B, 2, C, H, W], winner first."""
+
+    latents: torch.Tensor
+    text: torch.Tensor  # [B, L, D]
+    pooled: torch.Tensor | None = None  # SDXL: [B, D2]
+    time_ids: torch.Tensor | None = None  # SDXL: [B, 6]
+
+
+def prepare_pair(
+    preferred: Image.Image, rejected: Image.Image, prep: Preprocessing, index: int
+) -> tuple[np.ndarray, list[float]]:
+    """Both images as one [2, 3, R, R] array in [-1, 1], and SDXL's time ids for the pair.
+
+    The rejected image is first resized to the preferred one's size; then both get the same
+    resize (shortest side to R), crop and flip, drawn from the seed and the pair's index.
+    """
+    rng = random.Random(prep.seed * 1_000_003 + index)
+    if rejected.size != preferred.size:
+        rejected = rejected.resize(preferred.size, Image.BICUBIC)
+    width, height = preferred.size
+    r = prep.resolution
+    scale = r / min(width, height)
+    size = (max(r, round(width * scale)), max(r, round(height * scale)))
+    images = [im if im.size == size else im.resize(size, Image.BICUBIC)
+              for im in (preferred, rejected)]
+    if prep.random_crop:
+        top, left = rng.randint(0, size[1] - r), rng.randint(0, size[0] - r)
+    else:
+        top, left = (size[1] - r) // 2, (size[0] - r) // 2
+    flip = prep.random_flip and rng.random() < 0.5
+    arrays = []
+    for image in images:
+        image = image.crop((left, top, left + r, top + r))
+        if flip:
+            image = image.transpose(Image.FLIP_LEFT_RIGHT)
+        arrays.append(np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / 127.5 - 1.0)
+    return np.stack(arrays), [height, width, top, left, r, r]
+
+
+def _files_signature(folder: Path) -> list:
+    """Sizes and modification times of a model folder's files: cheap and change-sensitive."""
+    return sorted(
+        (str(p.relative_to(folder)), p.stat().st_size, int(p.stat().st_mtime))
+        for p in folder.rglob("*") if p.is_file()
+    )
+
+
+def model_fingerprint(name: str, source: str | None) -> dict:
+    """What identifies the VAE and text encoders a cache was made with."""
+    folder = Path(source) if source else None
+    if folder is None or not folder.is_dir():
+        return {"model": name}
+    parts = [p for p in ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
+             if (folder / p).is_dir()]
+    return {"model": str(folder.resolve()),
+            "files": {p: _files_signature(folder / p) for p in parts}}
+
+
+def data_fingerprint(pairs) -> str:
+    """A hash of the pairs in order: their captions, sources and image ids."""
+    digest = hashlib.sha256()
+    for index in range(len(pairs)):
+        caption, prov = pairs.describe(index)
+        digest.update(json.dumps([caption, prov.source, prov.ranking_id, prov.preferred_uid,
+                                  prov.rejected_uid]).encode())
+    return digest.hexdigest()
+
+
+def cache_key(model: dict, data: str, prep: Preprocessing) -> str:
+    text = json.dumps({"format": FORMAT, "model": model, "data": data, "prep": prep.__dict__},
+                      sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@torch.no_grad()
+def encode_prompts(pipeline, kind: str, prompts: list[str]) -> tuple[torch.Tensor, ...]:
+    """(embeddings, pooled or None) as the pipeline itself conditions on `prompts`."""
+    device = pipeline.unet.device if hasattr(pipeline.unet, "device") else "cpu"
+    if kind == "sdxl":
+        embeds, _, pooled, _ = pipeline.encode_prompt(
+            prompts, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False)
+        return embeds.float().cpu(), pooled.float().cpu()
+    embeds, _ = pipeline.encode_prompt(prompts, device, 1, False)
+    return embeds.float().cpu(), None
+
+
+@torch.no_grad()
+def encode_empty(pipeline, kind: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The unconditional embedding the pipeline uses for classifier-free guidance."""
+    device = pipeline.unet.device
+    if kind == "sdxl":
+        _, negative, _, negative_pooled = pipeline.encode_prompt(
+            "x", device=device, num_images_per_prompt=1, do_classifier_free_guidance=True)
+        return negative[0].float().cpu(), negative_pooled[0].float().cpu()
+    _, negative = pipeline.encode_prompt("x", device, 1, True)
+    return negative[0].float().cpu(), None
+
+
+@torch.no_grad()
+def _encode_latents(vae, pixels: np.ndarray) -> np.ndarray:
+    """[N, 3, R, R] pixels -> scaled latents, as the pipeline's VAE expects them."""
+    images = torch.from_numpy(pixels).to(vae.device, vae.dtype)
+    latents = vae.encode(images).latent_dist.mean
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    return ((latents.float() - shift) * vae.config.scaling_factor).cpu().numpy()
+
+
+class PairCache:
+    """A cache folder, memory-mapped: fetch any batch of pairs by index."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        self.meta = json.loads((directory / "meta.json").read_text())
+        self.latents = np.load(directory / "latents.npy", mmap_mode="r")
+        self.caption_index = np.load(directory / "caption_index.npy")
+        self.text = torch.from_numpy(np.load(directory / "text.npy").astype(np.float32))
+        pooled = directory / "pooled.npy"
+        self.pooled = torch.from_numpy(np.load(pooled).astype(np.float32)) \
+            if pooled.exists() else None
+        time_ids = directory / "time_ids.npy"
+        self.time_ids = torch.from_numpy(np.load(time_ids)) if time_ids.exists() else None
+
+    def __len__(self) -> int:
+        return len(self.caption_index)
+
+    @property
+    def empty_text(self) -> torch.Tensor:
+        return self.text[0]
+
+    @property
+    def empty_pooled(self) -> torch.Tensor | None:
+        return None if self.pooled is None else self.pooled[0]
+
+    def batch(self, indices: list[int], device: torch.device | str) -> CachedBatch:
+        order = np.asarray(indices)
+        captions = torch.from_numpy(self.caption_index[order])
+        return CachedBatch(
+            latents=torch.from_numpy(self.latents[order].astype(np.float32)).to(device),
+            text=self.text[captions].to(device),
+            pooled=None if self.pooled is None else self.pooled[captions].to(device),
+            time_ids=None if self.time_ids is None else self.time_ids[order].to(device),
+        )
+
+
+def build(pairs, pipeline, kind: str, prep: Preprocessing, directory: Path,
+          workers: int = 0) -> PairCache:
+    """Encode every pair of `pairs` once into `directory` (atomically) and open it."""
+    temp = directory.with_name(f"{directory.name}.tmp-{os.getpid()}")
+    shutil.rmtree(temp, ignore_errors=True)
+    temp.mkdir(parents=True)
+    captions = sorted({pairs.describe(i)[0] for i in range(len(pairs))})
+    row_of = {caption: row + 1 for row, caption in enumerate(captions)}  # row 0: empty
+    empty, empty_pooled = encode_empty(pipeline, kind)
+    texts, pooled = [empty[None]], [empty_pooled[None]] if empty_pooled is not None else []
+    for start in range(0, len(captions), ENCODE_BATCH):
+        embeds, pool = encode_prompts(pipeline, kind, captions[start:start + ENCODE_BATCH])
+        texts.append(embeds)
+        if pool is not None:
+            pooled.append(pool)
+    np.save(temp / "text.npy", torch.cat(texts).numpy().astype(np.float16))
+    if pooled:
+        np.save(temp / "pooled.npy", torch.cat(pooled).numpy().astype(np.float16))
+
+    loader = torch.utils.data.DataLoader(
+        _Prepared(pairs, prep), batch_size=ENCODE_BATCH, num_workers=workers,
+        collate_fn=_collate,
+    )
+    latents = time_ids = None
+    caption_index = np.zeros(len(pairs), dtype=np.int64)
+    done = 0
+    for pixels, ids, batch_captions in tqdm(loader, desc="caching latents", unit="batch"):
+        n = len(ids)
+        encoded = _encode_latents(pipeline.vae, pixels.reshape(-1, *pixels.shape[2:]))
+        encoded = encoded.reshape(n, 2, *encoded.shape[1:])
+        if latents is None:
+            latents = np.lib.format.open_memmap(
+                temp / "latents.npy", mode="w+", dtype=np.float16,
+                shape=(len(pairs), *encoded.shape[1:]))
+            time_ids = np.zeros((len(pairs), 6), dtype=np.float32)
+        latents[done:done + n] = encoded
+        time_ids[done:done + n] = ids
+        caption_index[done:done + n] = [row_of[c] for c in batch_captions]
+        done += n
+    latents.flush()
+    del latents
+    np.save(temp / "caption_index.npy", caption_index)
+    if kind == "sdxl":
+        np.save(temp / "time_ids.npy", time_ids)
+    meta = {"format": FORMAT, "pairs": len(pairs), "captions": len(captions), "kind": kind,
+            "prep": prep.__dict__}
+    (temp / "meta.json").write_text(json.dumps(meta, indent=1))
+    shutil.rmtree(directory, ignore_errors=True)
+    temp.rename(directory)
+    return PairCache(directory)
+
+
+class _Prepared(torch.utils.data.Dataset):
+    """Decoded, preprocessed pairs (in DataLoader workers when asked)."""
+
+    def __init__(self, pairs, prep: Preprocessing):
+        self.pairs, self.prep = pairs, prep
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int):
+        pair = self.pairs[index]
+        pixels, time_ids = prepare_pair(pair.preferred, pair.rejected, self.prep, index)
+        return pixels, time_ids, pair.caption
+
+
+def _collate(items):
+    pixels, time_ids, captions = zip(*items, strict=True)
+    return np.stack(pixels), np.asarray(time_ids, dtype=np.float32), list(captions)

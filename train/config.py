@@ -1,0 +1,240 @@
+"""Everything a training run is: one dataclass, filled from a preset or a file, then flags.
+
+    accelerate launch -m train toy --max_steps 300 --learning_rate 1e-5
+    accelerate launch -m train my_run.yaml
+
+Resolution order: the dataclass defaults, then the preset (train/presets.py) or the
+config file (YAML or JSON), then `--key value` flags. The resolved config is saved as
+`config.yaml` in the output folder, and that file is itself a valid config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import types
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+from train.errors import TrainError
+from train.presets import PRESETS
+
+
+def _help(text: str, default=MISSING, factory=MISSING):
+    if factory is not MISSING:
+        return field(default_factory=factory, metadata={"help": text})
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass
+class TrainConfig:
+    # What to train
+    model: str = _help("base model: `toy`, a local pipeline folder or a Hub id", "toy")
+    objective: str = _help("`dpo` (Diffusion-DPO) or `sft` (the paper's baseline: "
+                           "denoising loss on the preferred images only)", "dpo")
+    beta: float = _help("DPO beta in the official convention "
+                        "(inside = -0.5*beta*delta; paper 5000)", 5000.0)
+    lora_rank: int = _help("LoRA rank; 0 trains the full UNet", 0)
+    lora_alpha: float | None = _help("LoRA alpha (default: the rank, as diffusers' script)",
+                                     None)
+    lora_targets: list[str] = _help("UNet modules that get LoRA adapters",
+                                    factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+    # Data
+    data: list[str] = _help("pair sources: DuckDB stores (.duckdb) and Pick-a-Pic parquet "
+                            "files or folders", factory=lambda: ["runs/prefs.duckdb"])
+    data_ratios: list[float] | None = _help("mixing ratio per source (default: by size)", None)
+    num_samples: int | None = _help("pairs in the mix (default: as many as the ratios allow "
+                                    "without repeats)", None)
+    split: str = _help("which split of the sources to train on", "train")
+    include_ties: bool = _help("keep tied pairs (image 0 then counts as preferred)", False)
+    holdout_pairs: int = _help("pairs kept out of training to measure held-out implicit "
+                               "accuracy", 0)
+    resolution: int = _help("training resolution in pixels (square)", 512)
+    random_crop: bool = _help("random instead of centre crop (the same for both images)", False)
+    random_flip: bool = _help("flip a pair horizontally with probability 1/2 (both images "
+                              "together)", True)
+    prompt_dropout: float = _help("share of captions replaced by the empty prompt, for "
+                                  "classifier-free guidance", 0.1)
+    cache_dir: str = _help("where cached latents and text embeddings live", "runs/cache")
+    # Optimisation
+    batch_size: int = _help("pairs per process per forward pass", 1)
+    effective_batch: int = _help("pairs per optimizer step; gradient accumulation is "
+                                 "derived from it", 16)
+    max_steps: int = _help("optimizer steps", 1000)
+    learning_rate: float = _help("peak learning rate", 1e-5)
+    lr_scheduler: str = _help("diffusers schedule name: constant_with_warmup, constant, "
+                              "cosine, linear, ...", "constant_with_warmup")
+    warmup_steps: int = _help("learning-rate warmup steps", 0)
+    optimizer: str = _help("`adamw` or `adafactor`", "adamw")
+    adam_beta1: float = _help("AdamW beta1", 0.9)
+    adam_beta2: float = _help("AdamW beta2", 0.999)
+    weight_decay: float = _help("weight decay", 1e-2)
+    adam_epsilon: float = _help("AdamW epsilon", 1e-8)
+    max_grad_norm: float = _help("gradient clipping norm", 1.0)
+    mixed_precision: str = _help("`auto` (bf16 on GPU, fp32 on CPU), `no`, `fp16` or `bf16`",
+                                 "auto")
+    gradient_checkpointing: bool = _help("trade compute for memory in the UNet", False)
+    seed: int = _help("seed for data order, noise, timesteps and prompt dropout", 0)
+    # Output, checkpoints, logging
+    output_dir: str = _help("run folder (default: runs/train/<preset or config name>)", "")
+    resume: str | None = _help("`latest` or a checkpoint folder to continue from", None)
+    checkpoint_every: int = _help("save a resumable checkpoint every N steps (0: never)", 500)
+    checkpoints_kept: int = _help("how many checkpoints to keep (oldest removed first)", 3)
+    log_every: int = _help("log scalars every N steps", 10)
+    eval_every: int = _help("held-out accuracy, sample grid and sample score every N "
+                            "steps (0: never)", 0)
+    sample_prompts: list[str] = _help("fixed prompts of the sample grid", factory=list)
+    sample_seeds: int = _help("samples per prompt (seeds 0..N-1)", 2)
+    sample_steps: int = _help("sampler steps for the sample grid", 20)
+    sample_guidance: float = _help("guidance scale for the sample grid", 7.5)
+    scorer: str | None = _help("scorer for the samples: toy_judge, pickscore, clip, "
+                               "hpsv2, aesthetic or module:callable", None)
+    keep_best: bool = _help("also save the model with the best sample score to best/", False)
+
+    def accumulation(self, processes: int) -> int:
+        """Micro-steps per optimizer step for `processes` processes."""
+        per_pass = self.batch_size * processes
+        if self.effective_batch % per_pass:
+            raise TrainError(
+                f"effective_batch {self.effective_batch} is not a multiple of batch_size "
+                f"{self.batch_size} x {processes} processes: change either"
+            )
+        return self.effective_batch // per_pass
+
+    def check(self) -> None:
+        """One-line errors for settings that cannot work."""
+        if self.objective not in ("dpo", "sft"):
+            raise TrainError(f"objective must be dpo or sft, not {self.objective!r}")
+        if self.optimizer not in ("adamw", "adafactor"):
+            raise TrainError(f"optimizer must be adamw or adafactor, not {self.optimizer!r}")
+        if self.mixed_precision not in ("auto", "no", "fp16", "bf16"):
+            raise TrainError("mixed_precision must be auto, no, fp16 or bf16")
+        if self.keep_best and not (self.scorer and self.eval_every and self.sample_prompts):
+            raise TrainError("keep_best needs a scorer, eval_every and sample_prompts")
+        if not self.data:
+            raise TrainError("no data: give --data with a .duckdb store or parquet shards")
+        for name in ("batch_size", "effective_batch", "max_steps", "resolution"):
+            if getattr(self, name) < 1:
+                raise TrainError(f"{name} must be at least 1")
+
+
+KEYS = {f.name: f for f in fields(TrainConfig)}
+
+
+def _base_type(annotation: str):
+    """(scalar type, is_list) of a field's annotation like 'list[float] | None'."""
+    hint = typing.get_type_hints(TrainConfig)[annotation]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        hint = args[0]
+    if typing.get_origin(hint) is list:
+        return typing.get_args(hint)[0], True
+    return hint, False
+
+
+def _parse_scalar(kind, text: str):
+    if text.lower() in ("none", "null"):
+        return None
+    if kind is bool:
+        if text.lower() in ("true", "1", "yes"):
+            return True
+        if text.lower() in ("false", "0", "no"):
+            return False
+        raise ValueError(f"expected true or false, got {text!r}")
+    return kind(text)
+
+
+def _coerce(key: str, value):
+    """A value from a file or a flag, converted to the field's type, or a one-line error."""
+    kind, is_list = _base_type(key)
+    try:
+        if value is None:
+            return None
+        if is_list:
+            items = value if isinstance(value, list) else [value]
+            return [_parse_scalar(kind, str(v)) if isinstance(v, str) else kind(v)
+                    for v in items]
+        if isinstance(value, str):
+            return _parse_scalar(kind, value)
+        return kind(value)
+    except (TypeError, ValueError) as error:
+        raise TrainError(f"{key}: {error}") from None
+
+
+def _load_file(path: Path) -> dict:
+    try:
+        text = path.read_text()
+        values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (OSError, ValueError, yaml.YAMLError) as error:
+        raise TrainError(f"cannot read config {path}: {str(error).splitlines()[0]}") from None
+    if not isinstance(values, dict):
+        raise TrainError(f"{path} must hold a mapping of keys to values")
+    return values
+
+
+def _apply(config: TrainConfig, values: dict, origin: str) -> None:
+    for key, value in values.items():
+        key = key.replace("-", "_")
+        if key.startswith("_"):  # a preset's description
+            continue
+        if key not in KEYS:
+            raise TrainError(f"{origin}: unknown key {key!r} (see python -m train --help)")
+        setattr(config, key, _coerce(key, value))
+
+
+def resolve(preset_or_file: str, overrides: dict | None = None) -> TrainConfig:
+    """The config named by a preset or a file, with `overrides` on top."""
+    config = TrainConfig()
+    path = Path(preset_or_file)
+    if preset_or_file in PRESETS:
+        _apply(config, PRESETS[preset_or_file], f"preset {preset_or_file}")
+        name = preset_or_file
+    elif path.suffix in (".yaml", ".yml", ".json") and path.exists():
+        _apply(config, _load_file(path), str(path))
+        name = path.stem
+    else:
+        raise TrainError(
+            f"{preset_or_file!r} is neither a preset ({', '.join(PRESETS)}) nor a "
+            ".yaml/.json config file"
+        )
+    _apply(config, overrides or {}, "command line")
+    if not config.output_dir:
+        config.output_dir = str(Path("runs/train") / name)
+    config.check()
+    return config
+
+
+def save(config: TrainConfig, path: Path) -> None:
+    path.write_text(yaml.safe_dump(asdict(config), sort_keys=False))
+
+
+def parser() -> argparse.ArgumentParser:
+    presets = "\n".join(f"  {name:6} {values['_about']}" for name, values in PRESETS.items())
+    parse = argparse.ArgumentParser(
+        prog="accelerate launch -m train",
+        description="Diffusion-DPO fine-tuning of an SD1.5, SDXL or toy model on preference "
+                    "pairs.",
+        epilog=f"presets:\n{presets}\n\nEvery key can also be set in a YAML/JSON config "
+               "file. The resolved config is saved as OUTPUT_DIR/config.yaml.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parse.add_argument("preset", metavar="PRESET_OR_CONFIG",
+                       help="a preset name or a .yaml/.json config file")
+    keys = parse.add_argument_group("keys (each overrides the preset or file)")
+    defaults = TrainConfig()
+    for f in fields(TrainConfig):
+        _, is_list = _base_type(f.name)
+        keys.add_argument(
+            f"--{f.name}", nargs="+" if is_list else None, default=argparse.SUPPRESS,
+            metavar=f.name.upper(), help=f"{f.metadata['help']} (default: "
+                                         f"{getattr(defaults, f.name)!r})",
+        )
+    return parse
+
+
+def from_command_line(argv: list[str] | None = None) -> TrainConfig:
+    args = vars(parser().parse_args(argv))
+    return resolve(args.pop("preset"), args)

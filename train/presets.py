@@ -1,0 +1,60 @@
+"""Named recipes, like diffengine's `stable_diffusion_v15_dpo_pickascore`.
+
+Each preset sets only what differs from TrainConfig's defaults. The paper's recipes
+follow the official launchers (../shared/reference/dpo-anchors.md section 1): beta 5000,
+lr 1e-8 scaled by the effective batch of 2048 = 2.048e-5, constant LR after warmup,
+2000 steps, prompt dropout 0.2. The official runs use 16 GPUs x 1 pair x 128
+accumulation; here the accumulation is derived from `effective_batch` and the number of
+processes, so the same preset runs on 8 or 64 GPUs.
+"""
+
+from __future__ import annotations
+
+from models.toy.shapes import all_captions
+
+PARTI_STYLE_PROMPTS = [
+    "a photograph of an astronaut riding a horse",
+    "a bowl of soup that looks like a monster, knitted out of wool",
+    "a red fox in a snowy forest at dawn, detailed oil painting",
+    "a futuristic city skyline at night with flying cars",
+]
+
+PRESETS: dict[str, dict] = {
+    "sd15": {
+        "_about": "the paper's SD1.5 recipe (full UNet, AdamW, batch 2048, 2000 steps)",
+        "model": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+        "resolution": 512, "beta": 5000.0, "learning_rate": 2.048e-5,
+        "effective_batch": 2048, "batch_size": 8, "max_steps": 2000, "warmup_steps": 500,
+        "optimizer": "adamw", "prompt_dropout": 0.2, "checkpoint_every": 500,
+        "gradient_checkpointing": True, "eval_every": 100,
+        "sample_prompts": PARTI_STYLE_PROMPTS, "holdout_pairs": 500,
+    },
+    "sdxl": {
+        "_about": "the paper's SDXL recipe (full UNet, Adafactor, batch 2048, 2000 steps)",
+        "model": "stabilityai/stable-diffusion-xl-base-1.0",
+        "resolution": 1024, "beta": 5000.0, "learning_rate": 2.048e-5,
+        "effective_batch": 2048, "batch_size": 2, "max_steps": 2000, "warmup_steps": 200,
+        "optimizer": "adafactor", "prompt_dropout": 0.2, "checkpoint_every": 200,
+        "gradient_checkpointing": True, "eval_every": 100,
+        "sample_prompts": PARTI_STYLE_PROMPTS, "holdout_pairs": 500,
+    },
+    "lora": {
+        "_about": "one GPU: SD1.5 with LoRA rank 8, batch 32, 10k steps (diffusers' run)",
+        "model": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+        "resolution": 512, "beta": 5000.0, "lora_rank": 8, "learning_rate": 1e-5,
+        "effective_batch": 32, "batch_size": 16, "max_steps": 10000, "warmup_steps": 0,
+        "lr_scheduler": "constant", "optimizer": "adamw", "prompt_dropout": 0.1,
+        "checkpoint_every": 1000, "eval_every": 500,
+        "sample_prompts": PARTI_STYLE_PROMPTS, "holdout_pairs": 500,
+    },
+    "toy": {
+        "_about": "the bundled toy model on this laptop's CPU, judged by the toy judge",
+        "model": "toy", "resolution": 32, "beta": 5000.0, "learning_rate": 2e-5,
+        "effective_batch": 16, "batch_size": 16, "max_steps": 600, "warmup_steps": 0,
+        "lr_scheduler": "constant", "optimizer": "adamw", "prompt_dropout": 0.1,
+        "random_flip": True, "mixed_precision": "no", "checkpoint_every": 200,
+        "checkpoints_kept": 2, "log_every": 10, "eval_every": 100,
+        "sample_prompts": all_captions(), "sample_seeds": 4, "scorer": "toy_judge",
+        "holdout_pairs": 64,
+    },
+}

@@ -1,0 +1,87 @@
+"""Fixed-prompt, fixed-seed samples during training: a grid to look at, a score to log.
+
+Implicit accuracy cannot tell a run that improves the model from one that destroys it
+(both rise), so the trainer also generates the same images every N steps and scores them
+with a scorer from the model layer. Prompt embeddings are computed once at the start, so
+the text encoders need not stay in memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageDraw
+
+CHUNK = 16  # images per pipeline call
+
+
+@dataclass
+class SamplePrompts:
+    prompts: list[str]
+    embeds: torch.Tensor  # [P, L, D]
+    negative: torch.Tensor  # [L, D]
+    pooled: torch.Tensor | None = None  # SDXL
+    negative_pooled: torch.Tensor | None = None
+
+
+@torch.inference_mode()
+def generate(pipeline, prompts: SamplePrompts, seeds: int, steps: int, guidance: float,
+             resolution: int) -> list[list[Image.Image]]:
+    """images[p][s]: prompt p with seed s, the same every time for the same weights."""
+    jobs = [(p, s) for p in range(len(prompts.prompts)) for s in range(seeds)]
+    device = pipeline.unet.device
+    dtype = next(pipeline.unet.parameters()).dtype
+    images: list[list[Image.Image]] = [[] for _ in prompts.prompts]
+    for start in range(0, len(jobs), CHUNK):
+        chunk = jobs[start:start + CHUNK]
+        index = torch.tensor([p for p, _ in chunk])
+        extra = {}
+        if prompts.pooled is not None:
+            extra = {
+                "pooled_prompt_embeds": prompts.pooled[index].to(device, dtype),
+                "negative_pooled_prompt_embeds":
+                    prompts.negative_pooled.expand(len(chunk), -1).to(device, dtype),
+            }
+        out = pipeline(
+            prompt_embeds=prompts.embeds[index].to(device, dtype),
+            negative_prompt_embeds=prompts.negative.expand(len(chunk), -1, -1).to(device, dtype),
+            generator=[torch.Generator("cpu").manual_seed(s) for _, s in chunk],
+            num_inference_steps=steps, guidance_scale=guidance, height=resolution,
+            width=resolution, **extra,
+        ).images
+        for (p, _), image in zip(chunk, out, strict=True):
+            images[p].append(image)
+    return images
+
+
+def grid(images: list[list[Image.Image]], prompts: list[str], title: str) -> Image.Image:
+    """One row per prompt, one column per seed, the prompt written on the left."""
+    cell = max(96, min(256, images[0][0].width))
+    label, header = 220, 24
+    rows, cols = len(images), len(images[0])
+    sheet = Image.new("RGB", (label + cols * cell, header + rows * cell), "white")
+    pen = ImageDraw.Draw(sheet)
+    pen.text((6, 6), title, fill="black")
+    for r, (row, prompt) in enumerate(zip(images, prompts, strict=True)):
+        text = prompt if len(prompt) <= 34 else prompt[:33] + "..."
+        pen.text((6, header + r * cell + cell // 2 - 6), text, fill="black")
+        for c, image in enumerate(row):
+            resample = Image.NEAREST if image.width < cell else Image.BICUBIC
+            sheet.paste(image.resize((cell, cell), resample), (label + c * cell, header + r * cell))
+    return sheet
+
+
+def score(scorer, images: list[list[Image.Image]], prompts: list[str]) -> float:
+    """The mean score of all samples."""
+    flat_prompts = [p for p, row in zip(prompts, images, strict=True) for _ in row]
+    flat_images = [image for row in images for image in row]
+    return float(torch.as_tensor(scorer(flat_prompts, flat_images)).float().mean())
+
+
+def save_grid(sheet: Image.Image, folder: Path, step: int) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"step-{step:06d}.png"
+    sheet.save(path)
+    return path
