@@ -1,12 +1,16 @@
 """`accelerate launch -m train PRESET_OR_CONFIG [--key value ...]` (or `python -m train`)."""
 
 import json
+import os
 import sys
 
-from data.errors import DataError
-from models.errors import ModelError
-from train.config import from_command_line
-from train.errors import TrainError
+# transformers warns on import that torchvision is absent; this project never needs it.
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+from data.errors import DataError  # noqa: E402
+from models.errors import ModelError  # noqa: E402
+from train.config import from_command_line  # noqa: E402
+from train.errors import TrainError  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -14,14 +18,16 @@ def main(argv: list[str] | None = None) -> int:
         config = from_command_line(argv)
         from train.trainer import Run
 
-        summary = Run(config).train()
+        run = Run(config)
+        summary = run.train()
     except (TrainError, DataError, ModelError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted: continue with --resume latest", file=sys.stderr)
         return 130
-    print(json.dumps(summary))
+    if run.main:
+        print(json.dumps(summary))
     return 0
 
 

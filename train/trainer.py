@@ -182,8 +182,7 @@ class Run:
 
         self.noise_scheduler = DDPMScheduler.from_config(self.pipeline.scheduler.config)
 
-    def load_cache(self) -> None:
-        """Cache latents and embeddings (main process first), then free the encoders."""
+    def load_pairs(self):
         c = self.config
         pairs = load_pairs(c.data, ratios=c.data_ratios, seed=c.seed,
                            num_samples=c.num_samples, split=c.split,
@@ -191,6 +190,11 @@ class Run:
         if len(pairs) <= c.holdout_pairs:
             raise TrainError(f"{len(pairs)} pairs in {', '.join(c.data)}: too few to hold "
                              f"out {c.holdout_pairs}; collect more or lower --holdout_pairs")
+        return pairs
+
+    def load_cache(self, pairs) -> None:
+        """Cache latents and embeddings (main process first), then free the encoders."""
+        c = self.config
         prep = pair_cache.Preprocessing(c.resolution, c.random_crop, c.random_flip, c.seed)
         key = pair_cache.cache_key(
             pair_cache.model_fingerprint(c.model, self._model_source()),
@@ -245,7 +249,8 @@ class Run:
             from peft import LoraConfig
 
             unet.requires_grad_(False)
-            unet.to(dtype=self.weight_dtype)
+            if self.weight_dtype != torch.float32:
+                unet.to(dtype=self.weight_dtype)
             unet.add_adapter(LoraConfig(
                 r=c.lora_rank, lora_alpha=c.lora_alpha or c.lora_rank,
                 init_lora_weights="gaussian", target_modules=c.lora_targets))
@@ -254,8 +259,11 @@ class Run:
                     parameter.data = parameter.data.float()
             self.reference_unet = None
         else:
-            self.reference_unet = (copy.deepcopy(unet).to(dtype=self.weight_dtype)
-                                   .requires_grad_(False).eval()) if c.objective == "dpo" else None
+            self.reference_unet = None
+            if c.objective == "dpo":
+                self.reference_unet = copy.deepcopy(unet).requires_grad_(False).eval()
+                if self.weight_dtype != torch.float32:
+                    self.reference_unet.to(dtype=self.weight_dtype)
             unet.requires_grad_(True)
         unet.train()
         self.trainable = [p for p in unet.parameters() if p.requires_grad]
@@ -363,8 +371,9 @@ class Run:
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
             save(c, self.out / "config.yaml")
+        pairs = self.load_pairs()
         self.load_model()
-        self.load_cache()
+        self.load_cache(pairs)
         self.build_networks()
         from models.scorers import load_scorer
 

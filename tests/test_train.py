@@ -1,0 +1,290 @@
+"""The trainer on tiny SD1.5- and SDXL-style pipelines: what trains, what must not, resume.
+
+Runs are in-process (`Run(config).train()`) so the trained networks can be inspected;
+the command line and two-process runs go through subprocesses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from data.store import Store
+from models import load
+from tests.helpers import record
+from train.cache import Preprocessing, prepare_pair
+from train.config import TrainConfig, resolve
+from train.errors import TrainError
+from train.trainer import Run
+
+
+@pytest.fixture(scope="module")
+def store_path(tmp_path_factory):
+    """Twelve judged pairs of distinct colours, plus a tie and a both-bad vote."""
+    path = tmp_path_factory.mktemp("train-data") / "prefs.duckdb"
+    rng = np.random.default_rng(0)
+    with Store(path) as store:
+        for i in range(12):
+            colors = [tuple(int(c) for c in rng.integers(0, 256, 3)) for _ in range(2)]
+            record(store, f"prompt {i % 4}", "left" if i % 3 else "right", colors=colors)
+        record(store, "a tie", "tie")
+        record(store, "both bad", "both_bad")
+    return path
+
+
+def config_for(model_dir, store_path, out, **overrides) -> TrainConfig:
+    values = {
+        "model": str(model_dir), "data": [str(store_path)], "output_dir": str(out),
+        "cache_dir": str(out.parent / "cache"), "resolution": 32, "batch_size": 2,
+        "effective_batch": 4, "max_steps": 2, "learning_rate": 1e-3, "beta": 500.0,
+        "checkpoint_every": 0, "log_every": 1, "mixed_precision": "no", "holdout_pairs": 0,
+    }
+    values.update(overrides)
+    return resolve("toy", values)
+
+
+def unet_state(pipeline_dir) -> dict[str, torch.Tensor]:
+    return load_file(str(pipeline_dir / "unet" / "diffusion_pytorch_model.safetensors"))
+
+
+@pytest.mark.parametrize("kind", ["sd", "sdxl"])
+def test_full_training_changes_every_unet_weight_and_nothing_else(
+        kind, tiny_sd_dir, tiny_sdxl_dir, store_path, tmp_path):
+    base = tiny_sd_dir if kind == "sd" else tiny_sdxl_dir
+    summary = Run(config_for(base, store_path, tmp_path / "run", eval_every=0)).train()
+    assert summary["pairs"] == 12  # the tie and the both-bad vote are not pairs
+    final = tmp_path / "run" / "final"
+    before, after = unet_state(base), unet_state(final)
+    assert before.keys() == after.keys()
+    unchanged = [k for k in before if torch.equal(before[k].float(), after[k].float())]
+    assert unchanged == []
+    for part in ("vae", "text_encoder") + (("text_encoder_2",) if kind == "sdxl" else ()):
+        [weights] = (base / part).glob("*.safetensors")
+        original, saved = load_file(str(weights)), load_file(str(final / part / weights.name))
+        assert all(torch.equal(original[k], saved[k]) for k in original), part
+    assert load(str(final)).kind == kind  # the model layer opens the result by path
+
+
+@pytest.mark.parametrize("kind", ["sd", "sdxl"])
+def test_lora_training_changes_every_adapter_weight_and_no_base_weight(
+        kind, tiny_sd_dir, tiny_sdxl_dir, store_path, tmp_path):
+    base = tiny_sd_dir if kind == "sd" else tiny_sdxl_dir
+    config = config_for(base, store_path, tmp_path / "run", lora_rank=4, max_steps=3,
+                        eval_every=0)
+    run = Run(config)
+    run.train()
+    original = unet_state(base)
+    lora = {n: p for n, p in run.unet.named_parameters() if "lora_" in n}
+    assert lora and all(p.requires_grad for p in lora.values())
+    base_now = {n.replace(".base_layer", ""): p for n, p in run.unet.named_parameters()
+                if "lora_" not in n}
+    assert base_now.keys() == original.keys()
+    assert all(torch.equal(original[n], p.detach()) for n, p in base_now.items())
+    # B starts at zero and A at its gaussian init: after training both have moved
+    assert all(p.abs().sum() > 0 for n, p in lora.items() if "lora_B" in n)
+    saved = load_file(str(tmp_path / "run" / "final" / "pytorch_lora_weights.safetensors"))
+    assert len(saved) == len(lora)
+    assert all(not torch.equal(v, torch.zeros_like(v)) for v in saved.values())
+    # the model layer loads it by path, on top of the base it names
+    loaded = load(str(tmp_path / "run" / "final"))
+    plain = load(str(base))
+    prompt_args = {"prompt": "prompt 1", "num_inference_steps": 2, "height": 32, "width": 32,
+                   "output_type": "np"}
+    a = loaded.pipeline(**prompt_args, generator=torch.Generator().manual_seed(0)).images
+    b = plain.pipeline(**prompt_args, generator=torch.Generator().manual_seed(0)).images
+    assert not np.allclose(a, b)
+
+
+def test_lora_reference_is_the_base_and_adapters_come_back_on(tiny_sd_dir, store_path,
+                                                                tmp_path):
+    config = config_for(tiny_sd_dir, store_path, tmp_path / "run", lora_rank=4, max_steps=1,
+                        eval_every=0)
+    run = Run(config)
+    run.train()
+    plain = load(str(tiny_sd_dir)).pipeline.unet
+    sample = torch.randn(1, 4, 16, 16)
+    text = torch.randn(1, 16, 8)
+    with torch.no_grad():
+        reference = run.reference(sample, torch.tensor([10]), encoder_hidden_states=text)
+        expected = plain(sample, torch.tensor([10]), encoder_hidden_states=text).sample
+        policy = run.unet(sample, torch.tensor([10]), encoder_hidden_states=text).sample
+    assert torch.allclose(reference, expected, atol=1e-5)
+    assert not torch.allclose(policy, expected, atol=1e-5)  # adapters back on
+    with pytest.raises(AttributeError), torch.no_grad():
+        run.reference(sample, torch.tensor([10]), encoder_hidden_states="not a tensor")
+    after_error = run.unet(sample, torch.tensor([10]), encoder_hidden_states=text).sample
+    assert torch.allclose(after_error, policy)
+
+
+@pytest.mark.parametrize("lora_rank", [0, 4])
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(
+        lora_rank, tiny_sd_dir, store_path, tmp_path):
+    common = {"max_steps": 4, "checkpoint_every": 2, "checkpoints_kept": 5,
+              "lora_rank": lora_rank, "eval_every": 0}
+    whole = Run(config_for(tiny_sd_dir, store_path, tmp_path / "whole", **common))
+    whole.train()
+    # a second run that only has the first run's step-2 checkpoint, as after a crash
+    (tmp_path / "resumed" / "checkpoints").mkdir(parents=True)
+    shutil.copytree(tmp_path / "whole" / "checkpoints" / "checkpoint-000002",
+                    tmp_path / "resumed" / "checkpoints" / "checkpoint-000002")
+    resumed = Run(config_for(tiny_sd_dir, store_path, tmp_path / "resumed", resume="latest",
+                             **common))
+    summary = resumed.train()
+    assert summary["trained_steps"] == 2
+    for (name, a), (_, b) in zip(whole.unet.named_parameters(), resumed.unet.named_parameters(),
+                                 strict=True):
+        assert torch.allclose(a, b, atol=1e-6), name
+    assert resumed.lr_scheduler.last_epoch == whole.lr_scheduler.last_epoch == 4
+
+
+def test_a_run_does_not_silently_overwrite_an_earlier_one(tiny_sd_dir, store_path, tmp_path):
+    config = config_for(tiny_sd_dir, store_path, tmp_path / "run", checkpoint_every=1,
+                        checkpoints_kept=1, eval_every=0)
+    Run(config).train()
+    kept = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert kept == ["checkpoint-000002"]
+    with pytest.raises(TrainError, match="--resume latest"):
+        Run(config).train()
+
+
+def test_samples_are_scored_logged_and_the_best_kept(tiny_sd_dir, store_path, tmp_path):
+    scorer_file = tmp_path / "bright.py"
+    scorer_file.write_text(
+        "import numpy as np, torch\n"
+        "def score(prompts, images):\n"
+        "    return torch.tensor([float(np.asarray(i).mean()) for i in images])\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        config = config_for(tiny_sd_dir, store_path, tmp_path / "run", eval_every=1,
+                            sample_prompts=["prompt 0", "prompt 1"], sample_seeds=2,
+                            sample_steps=2, scorer="bright:score", keep_best=True,
+                            holdout_pairs=4)
+        summary = Run(config).train()
+    finally:
+        sys.path.remove(str(tmp_path))
+    run = tmp_path / "run"
+    evals = [json.loads(line) for line in (run / "eval.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in evals] == [0, 1, 2]
+    assert all(0 <= e["heldout_accuracy"] <= 1 and e["sample_score"] > 0 for e in evals)
+    best = max(evals, key=lambda e: e["sample_score"])
+    assert summary["best_step"] == best["step"]
+    assert (run / "best" / "unet").is_dir()
+    grid = Image.open(run / "samples" / "step-000002.png")
+    assert grid.width > 2 * 96 and grid.height > 2 * 96
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in logged] == [1, 2]
+    for key in ("loss", "accuracy", "reward_preferred", "reward_rejected", "margin",
+                "model_mse_preferred", "ref_mse_rejected", "grad_norm", "lr", "skipped_steps"):
+        assert key in logged[0], key
+    assert list((run / "logs" / "dpo").glob("events.out.tfevents.*"))  # TensorBoard
+
+
+def test_a_second_run_reuses_the_latent_cache(tiny_sd_dir, store_path, tmp_path):
+    first = Run(config_for(tiny_sd_dir, store_path, tmp_path / "a", eval_every=0, max_steps=1))
+    first.train()
+    second = Run(config_for(tiny_sd_dir, store_path, tmp_path / "b", eval_every=0,
+                            max_steps=1))
+    second.train()
+    assert not first.cache_reused and second.cache_reused
+    assert second.pipeline.text_encoder is None and second.pipeline.vae is None  # freed
+    other = Run(config_for(tiny_sd_dir, store_path, tmp_path / "c", eval_every=0,
+                           max_steps=1, random_flip=False))
+    other.train()
+    assert not other.cache_reused  # different preprocessing, different cache
+
+
+def test_both_images_of_a_pair_get_the_same_crop_and_flip():
+    preferred = Image.new("RGB", (48, 32), "white")
+    preferred.paste((255, 0, 0), (0, 0, 20, 32))  # a red band on the left
+    rejected = Image.new("RGB", (96, 64), "white")  # another size: resized to the first's
+    rejected.paste((0, 0, 255), (0, 0, 40, 64))
+    prep = Preprocessing(resolution=16, random_crop=True, random_flip=True, seed=0)
+    flips = set()
+    for index in range(20):
+        pixels, time_ids = prepare_pair(preferred, rejected, prep, index)
+        assert pixels.shape == (2, 3, 16, 16)
+        red = (pixels[0, 0] > 0.5) & (pixels[0, 2] < 0)
+        blue = (pixels[1, 2] > 0.5) & (pixels[1, 0] < 0)  # where the first image is red
+        assert red.any() and np.array_equal(red.any(axis=0), blue.any(axis=0)), index
+        flips.add(bool(red[:, -1].any()))
+        assert time_ids[:2] == [32, 48] and time_ids[4:] == [16, 16]
+    assert flips == {True, False}  # both flipped and unflipped pairs occur
+
+
+def test_config_from_preset_file_and_flags(tmp_path):
+    config = resolve("toy", {"learning_rate": "3e-5", "lora_rank": "4",
+                             "sample_prompts": ["a red circle"]})
+    assert (config.model, config.learning_rate, config.lora_rank) == ("toy", 3e-5, 4)
+    assert config.output_dir == "runs/train/toy"
+    path = tmp_path / "mine.yaml"
+    path.write_text("model: toy\nbeta: 2500\nmax_steps: 10\nrandom_flip: false\n")
+    from_file = resolve(str(path), {"max_steps": "20"})
+    assert (from_file.beta, from_file.max_steps, from_file.random_flip) == (2500.0, 20, False)
+    assert from_file.output_dir == "runs/train/mine"
+    with pytest.raises(TrainError, match="unknown key 'betta'"):
+        resolve("toy", {"betta": 1})
+    with pytest.raises(TrainError, match="neither a preset"):
+        resolve("sd3")
+    with pytest.raises(TrainError, match="not a multiple"):
+        TrainConfig(effective_batch=10, batch_size=4).accumulation(1)
+    assert TrainConfig(effective_batch=2048, batch_size=8).accumulation(16) == 16
+
+
+def run_command(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "train", *args], capture_output=True,
+                          text=True, env=env)
+
+
+def test_help_lists_every_key_and_the_presets():
+    out = run_command("--help")
+    assert out.returncode == 0
+    for key in ("--beta", "--lora_rank", "--effective_batch", "--resume", "--scorer"):
+        assert key in out.stdout
+    for preset in ("sd15", "sdxl", "lora", "toy"):
+        assert preset in out.stdout
+
+
+def test_bad_input_gets_one_line(tmp_path):
+    out = run_command("toy", "--data", str(tmp_path / "missing.duckdb"),
+                      "--output_dir", str(tmp_path / "run"))
+    assert out.returncode == 1
+    assert out.stderr.startswith("error: ") and out.stderr.count("\n") == 1, out.stderr
+    out = run_command("toy", "--max_steps", "many")
+    assert out.returncode == 1 and "max_steps" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_two_processes_train_and_write_one_checkpoint_once(tiny_sd_dir, store_path, tmp_path):
+    config = config_for(tiny_sd_dir, store_path, tmp_path / "run", max_steps=2,
+                        checkpoint_every=2, eval_every=0, batch_size=1, effective_batch=4)
+    config_file = tmp_path / "two.yaml"
+    from train.config import save
+
+    save(config, config_file)
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "GLOO_SOCKET_IFNAME": "lo"}
+    out = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+         "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+         "--dynamo_backend", "no", "--main_process_port", "29533", "-m", "train",
+         str(config_file)],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    checkpoints = sorted((tmp_path / "run" / "checkpoints").iterdir())
+    assert [p.name for p in checkpoints] == ["checkpoint-000002"]
+    files = sorted(p.name for p in checkpoints[0].iterdir())
+    assert files.count("model.safetensors") == 1
+    assert "random_states_0.pkl" in files and "random_states_1.pkl" in files
+    summaries = [line for line in out.stdout.splitlines() if line.startswith("{")]
+    assert len(summaries) == 1 and json.loads(summaries[0])["trained_steps"] == 2
+    logged = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in logged] == [1, 2]  # one writer
+    assert (tmp_path / "run" / "final" / "unet").is_dir()
