@@ -17,7 +17,7 @@ def test_every_data_command_explains_its_flags(command):
     assert "--db" in out.stdout and "runs/prefs.duckdb" in out.stdout
 
 
-@pytest.mark.parametrize("app", ["annotate", "train", "eval"])
+@pytest.mark.parametrize("app", ["annotate", "eval"])
 def test_unbuilt_apps_say_so_in_one_line_and_fail(app):
     out = run(app)
     assert out.returncode == 2
