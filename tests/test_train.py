@@ -156,7 +156,9 @@ def test_a_run_does_not_silently_overwrite_an_earlier_one(tiny_sd_dir, store_pat
         Run(config).train()
 
 
-def test_samples_are_scored_logged_and_the_best_kept(tiny_sd_dir, store_path, tmp_path):
+@pytest.mark.parametrize("kind", ["sd", "sdxl"])
+def test_samples_are_scored_logged_and_the_best_kept(kind, tiny_sd_dir, tiny_sdxl_dir,
+                                                     store_path, tmp_path):
     scorer_file = tmp_path / "bright.py"
     scorer_file.write_text(
         "import numpy as np, torch\n"
@@ -164,7 +166,8 @@ def test_samples_are_scored_logged_and_the_best_kept(tiny_sd_dir, store_path, tm
         "    return torch.tensor([float(np.asarray(i).mean()) for i in images])\n")
     sys.path.insert(0, str(tmp_path))
     try:
-        config = config_for(tiny_sd_dir, store_path, tmp_path / "run", eval_every=1,
+        base = tiny_sd_dir if kind == "sd" else tiny_sdxl_dir
+        config = config_for(base, store_path, tmp_path / "run", eval_every=1,
                             sample_prompts=["prompt 0", "prompt 1"], sample_seeds=2,
                             sample_steps=2, scorer="bright:score", keep_best=True,
                             holdout_pairs=4)
@@ -197,7 +200,7 @@ def test_a_second_run_reuses_the_latent_cache(tiny_sd_dir, store_path, tmp_path)
     assert not first.cache_reused and second.cache_reused
     assert second.pipeline.text_encoder is None and second.pipeline.vae is None  # freed
     other = Run(config_for(tiny_sd_dir, store_path, tmp_path / "c", eval_every=0,
-                           max_steps=1, random_flip=False))
+                           max_steps=1, random_flip=False, cache_workers=2))
     other.train()
     assert not other.cache_reused  # different preprocessing, different cache
 

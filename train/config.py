@@ -59,6 +59,7 @@ class TrainConfig:
     prompt_dropout: float = _help("share of captions replaced by the empty prompt, for "
                                   "classifier-free guidance", 0.1)
     cache_dir: str = _help("where cached latents and text embeddings live", "runs/cache")
+    cache_workers: int = _help("processes decoding images while the cache is built", 0)
     # Optimisation
     batch_size: int = _help("pairs per process per forward pass", 1)
     effective_batch: int = _help("pairs per optimizer step; gradient accumulation is "

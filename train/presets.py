@@ -27,7 +27,7 @@ PRESETS: dict[str, dict] = {
         "effective_batch": 2048, "batch_size": 8, "max_steps": 2000, "warmup_steps": 500,
         "optimizer": "adamw", "prompt_dropout": 0.2, "checkpoint_every": 500,
         "gradient_checkpointing": True, "eval_every": 100,
-        "sample_prompts": PARTI_STYLE_PROMPTS, "holdout_pairs": 500,
+        "sample_prompts": PARTI_STYLE_PROMPTS, "holdout_pairs": 500, "cache_workers": 8,
     },
     "sdxl": {
         "_about": "the paper's SDXL recipe (full UNet, Adafactor, batch 2048, 2000 steps)",
@@ -36,7 +36,7 @@ PRESETS: dict[str, dict] = {
         "effective_batch": 2048, "batch_size": 2, "max_steps": 2000, "warmup_steps": 200,
         "optimizer": "adafactor", "prompt_dropout": 0.2, "checkpoint_every": 200,
         "gradient_checkpointing": True, "eval_every": 100,
-        "sample_prompts": PARTI_STYLE_PROMPTS, "holdout_pairs": 500,
+        "sample_prompts": PARTI_STYLE_PROMPTS, "holdout_pairs": 500, "cache_workers": 8,
     },
     "lora": {
         "_about": "one GPU: SD1.5 with LoRA rank 8, batch 32, 10k steps (diffusers' run)",
@@ -45,7 +45,7 @@ PRESETS: dict[str, dict] = {
         "effective_batch": 32, "batch_size": 16, "max_steps": 10000, "warmup_steps": 0,
         "lr_scheduler": "constant", "optimizer": "adamw", "prompt_dropout": 0.1,
         "checkpoint_every": 1000, "eval_every": 500,
-        "sample_prompts": PARTI_STYLE_PROMPTS, "holdout_pairs": 500,
+        "sample_prompts": PARTI_STYLE_PROMPTS, "holdout_pairs": 500, "cache_workers": 8,
     },
     "toy": {
         "_about": "the bundled toy model on this laptop's CPU, judged by the toy judge",

@@ -206,7 +206,7 @@ class Run:
                 reused = True
             else:
                 self.cache = pair_cache.build(pairs, self.pipeline, self.model.kind, prep,
-                                              directory)
+                                              directory, workers=c.cache_workers)
                 reused = False
         if self.main:
             print(f"{len(pairs)} pairs, cache {directory} ({'reused' if reused else 'built'})")
