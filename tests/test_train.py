@@ -291,3 +291,39 @@ def test_two_processes_train_and_write_one_checkpoint_once(tiny_sd_dir, store_pa
     logged = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in logged] == [1, 2]  # one writer
     assert (tmp_path / "run" / "final" / "unet").is_dir()
+
+
+def test_sft_with_adafactor_and_checkpointing_trains_without_a_reference(
+        tiny_sd_dir, store_path, tmp_path):
+    config = config_for(tiny_sd_dir, store_path, tmp_path / "run", objective="sft",
+                        optimizer="adafactor", gradient_checkpointing=True, eval_every=0)
+    run = Run(config)
+    run.train()
+    assert run.reference_unet is None  # SFT needs no second UNet
+    assert run.unet.is_gradient_checkpointing
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert all(m["loss"] > 0 and "accuracy" not in m for m in logged)
+    before, after = unet_state(tiny_sd_dir), unet_state(tmp_path / "run" / "final")
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_non_finite_steps_are_skipped_and_counted(tiny_sd_dir, store_path, tmp_path):
+    # beta = inf makes inside = inf * 0 = nan while the model equals its reference
+    config = config_for(tiny_sd_dir, store_path, tmp_path / "run", beta=float("inf"),
+                        eval_every=0)
+    summary = Run(config).train()
+    assert summary["skipped_steps"] == 2
+    before, after = unet_state(tiny_sd_dir), unet_state(tmp_path / "run" / "final")
+    assert all(torch.equal(before[k], after[k]) for k in before)  # no step was taken
+
+
+def test_store_and_parquet_shards_train_together_by_ratio(tiny_sd_dir, store_path, tmp_path):
+    from data.pickapic import export_pairs
+
+    with Store(store_path, read_only=True) as store:
+        export_pairs(store, tmp_path / "export")
+    config = config_for(tiny_sd_dir, store_path, tmp_path / "run", eval_every=0, max_steps=1,
+                        data=[str(store_path), str(tmp_path / "export")],
+                        data_ratios=[1, 3], num_samples=40)
+    summary = Run(config).train()
+    assert summary["pairs"] == 40  # 10 from the store, 30 from the shards (oversampled)

@@ -409,7 +409,7 @@ class Run:
                 averaged["pairs_per_s"] = (trained_steps * c.effective_batch
                                            / (time.perf_counter() - began))
                 self._log(done, averaged)
-                bar.set_postfix(loss=f"{averaged['loss']:.4f}",
+                bar.set_postfix(loss=f"{averaged.get('loss', float('nan')):.4f}",
                                 acc=f"{averaged.get('accuracy', float('nan')):.2f}")
                 window, logged = {}, 0
             if c.eval_every and (done % c.eval_every == 0 or done == c.max_steps):
