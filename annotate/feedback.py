@@ -18,7 +18,6 @@ Speed comes from batching: the pairs of one prompt are drawn in one pipeline cal
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import io
 import itertools
@@ -37,6 +36,7 @@ import torch
 from PIL import Image
 
 from data.errors import DataError
+from data.prompts import read_prompts
 from data.store import DEFAULT_DB, ImageRecord, Store, Vote
 from models.errors import ModelError
 from models.generate import GeneratedImage, PairVariety, generate
@@ -139,40 +139,6 @@ def image_uid(vote_id: str, side: int) -> str:
 
 
 # -- prompts -------------------------------------------------------------------
-
-
-def read_prompts(path: str | Path) -> list[str]:
-    """Prompts from a text file (one a line; blank and '#' lines skipped) or a CSV.
-
-    A file is read as CSV when it is named *.csv or its first line is a CSV header
-    with a `prompt` column; then that column is taken.
-    """
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise FeedbackError(f"prompts file {path} not found") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise FeedbackError(f"cannot read prompts file {path}: {error}") from None
-    lines = text.splitlines()
-    header = next(csv.reader(lines[:1]), [])
-    if path.suffix.lower() == ".csv" or (len(header) > 1 and "prompt" in header):
-        prompts = _csv_prompts(path, lines)
-    else:
-        prompts = [s for s in (line.strip() for line in lines) if s and not s.startswith("#")]
-    if not prompts:
-        raise FeedbackError(f"{path} holds no prompts")
-    return prompts
-
-
-def _csv_prompts(path: Path, lines: list[str]) -> list[str]:
-    reader = csv.DictReader(lines)
-    columns = reader.fieldnames or []
-    if "prompt" not in columns:
-        raise FeedbackError(
-            f"{path} is a CSV without a 'prompt' column (its columns: {', '.join(columns)})"
-        )
-    return [s for s in ((row["prompt"] or "").strip() for row in reader) if s]
 
 
 def default_prompts(model: str) -> list[str]:

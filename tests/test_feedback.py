@@ -20,13 +20,11 @@ import torch
 from PIL import Image
 
 from annotate.feedback import (
-    FeedbackError,
     FeedbackRun,
     image_uid,
     main,
     outcome,
     plan_batches,
-    read_prompts,
 )
 from data.store import Store
 from models.toy.judge import score as judge
@@ -224,21 +222,6 @@ def test_the_web_app_is_still_not_built():
 
 
 # -- the plain functions ---------------------------------------------------------
-
-
-def test_prompt_files_skip_blanks_and_comments_and_read_a_csv_prompt_column(tmp_path):
-    text = tmp_path / "prompts.txt"
-    text.write_text("# toy prompts\na red circle\n\n  a blue square  \n#a green circle\n")
-    assert read_prompts(text) == ["a red circle", "a blue square"]
-    table = tmp_path / "prompts.csv"
-    table.write_text('id,prompt\n1,"a cat, sleeping"\n2,\n3,a dog\n')
-    assert read_prompts(table) == ["a cat, sleeping", "a dog"]
-    (tmp_path / "bad.csv").write_text("id,caption\n1,a cat\n")
-    with pytest.raises(FeedbackError, match="without a 'prompt' column"):
-        read_prompts(tmp_path / "bad.csv")
-    (tmp_path / "empty.txt").write_text("# nothing\n\n")
-    with pytest.raises(FeedbackError, match="holds no prompts"):
-        read_prompts(tmp_path / "empty.txt")
 
 
 def test_a_pair_follows_from_the_settings_and_its_index_alone():
