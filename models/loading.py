@@ -152,3 +152,19 @@ def scheduler_from_name(name: str, config) -> object:
     if cls is None or not name.endswith("Scheduler"):
         raise ModelError(f"unknown scheduler {name!r}: name a diffusers class, e.g. DDIMScheduler")
     return cls.from_config(config)
+
+
+def fingerprint(name: str, parts: tuple[str, ...] | None = None) -> dict:
+    """What identifies a model's weights: for a local folder (the toy model included), the
+    sizes and modification times of its files (of `parts` subfolders only, if given); for
+    a Hub id, the id. Caches key on it, so retraining a folder in place invalidates them.
+    """
+    folder = TOY_DIR if name == TOY_NAME else Path(name).expanduser()
+    if not folder.is_dir():
+        return {"model": name}
+    roots = [folder / p for p in parts if (folder / p).is_dir()] if parts else [folder]
+    files = sorted(
+        (str(f.relative_to(folder)), f.stat().st_size, int(f.stat().st_mtime))
+        for root in roots for f in root.rglob("*") if f.is_file()
+    )
+    return {"model": str(folder.resolve()), "files": files}

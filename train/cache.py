@@ -29,6 +29,7 @@ from PIL import Image
 from tqdm import tqdm
 
 FORMAT = 1
+ENCODER_PARTS = ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
 ENCODE_BATCH = 32  # pairs per VAE / text encoder call while caching
 
 
@@ -79,25 +80,6 @@ def prepare_pair(
             image = image.transpose(Image.FLIP_LEFT_RIGHT)
         arrays.append(np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / 127.5 - 1.0)
     return np.stack(arrays), [height, width, top, left, r, r]
-
-
-def _files_signature(folder: Path) -> list:
-    """Sizes and modification times of a model folder's files: cheap and change-sensitive."""
-    return sorted(
-        (str(p.relative_to(folder)), p.stat().st_size, int(p.stat().st_mtime))
-        for p in folder.rglob("*") if p.is_file()
-    )
-
-
-def model_fingerprint(name: str, source: str | None) -> dict:
-    """What identifies the VAE and text encoders a cache was made with."""
-    folder = Path(source) if source else None
-    if folder is None or not folder.is_dir():
-        return {"model": name}
-    parts = [p for p in ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
-             if (folder / p).is_dir()]
-    return {"model": str(folder.resolve()),
-            "files": {p: _files_signature(folder / p) for p in parts}}
 
 
 def data_fingerprint(pairs) -> str:

@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from data.pairs import load_pairs
-from models.loading import load
+from models.loading import fingerprint, load
 from train import cache as pair_cache
 from train import checkpoints, samples
 from train.config import TrainConfig, save
@@ -197,7 +197,7 @@ class Run:
         c = self.config
         prep = pair_cache.Preprocessing(c.resolution, c.random_crop, c.random_flip, c.seed)
         key = pair_cache.cache_key(
-            pair_cache.model_fingerprint(c.model, self._model_source()),
+            fingerprint(c.model, pair_cache.ENCODER_PARTS),
             pair_cache.data_fingerprint(pairs), prep)
         directory = Path(c.cache_dir) / key
         with self.accelerator.main_process_first():
@@ -223,11 +223,6 @@ class Run:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-
-    def _model_source(self) -> str | None:
-        from models.loading import TOY_DIR, TOY_NAME
-
-        return str(TOY_DIR) if self.config.model == TOY_NAME else self.config.model
 
     def _encode_sample_prompts(self) -> samples.SamplePrompts | None:
         c = self.config

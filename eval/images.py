@@ -1,0 +1,68 @@
+"""The images an evaluation compares, made once per model and reused.
+
+Both models get the same prompts, seeds, sampler, steps and guidance. Images live under
+`runs/eval/images/<key>/`, where the key hashes the model's fingerprint (its files'
+sizes and times, so a model retrained in place gets new images) and the sampling
+settings. File names are hashes of prompt and seed: they name no model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+from tqdm import tqdm
+
+from models.generate import generate
+from models.loading import fingerprint, load
+
+DEFAULT_ROOT = Path("runs/eval/images")
+
+
+@dataclass(frozen=True)
+class Sampling:
+    seeds: int = 2  # images per prompt, seeds 0..seeds-1
+    steps: int = 20
+    guidance: float = 7.5
+
+
+def _hash(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def image_name(prompt: str, seed: int) -> str:
+    return f"{_hash([prompt, seed])}.png"
+
+
+def model_folder(model: str, sampling: Sampling, root: Path = DEFAULT_ROOT) -> Path:
+    return root / _hash([fingerprint(model), sampling.steps, sampling.guidance])
+
+
+def images_for(model: str, prompts: list[str], sampling: Sampling,
+               root: Path = DEFAULT_ROOT) -> dict[tuple[str, int], Path]:
+    """Paths of every (prompt, seed) image of `model`, generating only what is missing."""
+    folder = model_folder(model, sampling, root)
+    folder.mkdir(parents=True, exist_ok=True)
+    wanted = {(p, s): folder / image_name(p, s) for p in dict.fromkeys(prompts)
+              for s in range(sampling.seeds)}
+    missing = sorted({p for (p, s), path in wanted.items() if not path.exists()},
+                     key=prompts.index)
+    if missing:
+        loaded = load(model)
+        for prompt in tqdm(missing, desc=f"images {Path(model).name}", unit="prompt"):
+            seeds = list(range(sampling.seeds))
+            for image in generate(loaded, prompt, seeds, [sampling.guidance] * len(seeds),
+                                  sampling.steps):
+                path = wanted[(prompt, image.seed)]
+                temp = path.with_suffix(".tmp.png")
+                image.image.save(temp)
+                temp.replace(path)
+    return wanted
+
+
+def open_image(path: Path) -> Image.Image:
+    with Image.open(path) as image:
+        return image.convert("RGB")

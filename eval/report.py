@@ -1,0 +1,128 @@
+"""What an evaluation says, as a markdown report and PNG charts under runs/eval/<name>/."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from eval.auto import AutoResult, mean_interval  # noqa: E402
+from eval.stats import Tally, tally_by_category  # noqa: E402
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def _interval(interval) -> str:
+    return "n/a" if interval is None else f"{100 * interval.low:.1f}-{100 * interval.high:.1f}%"
+
+
+def tally_rows(tallies: dict[str, Tally]) -> list[str]:
+    rows = ["| prompts | N | W / L / T / both bad | win rate | Wilson 95% | bootstrap 95% "
+            "(by prompt) | decisive W/(W+L) | Wilson 95% | sign test p |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for name, t in tallies.items():
+        rows.append(
+            f"| {name} | {t.n} | {t.wins} / {t.losses} / {t.ties} / {t.both_bad} | "
+            f"{_pct(t.win_rate)} | {_interval(t.wilson)} | {_interval(t.bootstrap)} | "
+            f"{_pct(t.decisive_win_rate)} | {_interval(t.decisive_wilson)} | "
+            f"{t.sign_test_p:.3g} |")
+    return rows
+
+
+def win_rate_chart(tallies: dict[str, Tally], title: str, path: Path) -> Path:
+    """Win rate of aligned over base per prompt group, with Wilson and bootstrap bars."""
+    names = [n for n, t in tallies.items() if t.win_rate is not None]
+    fig, ax = plt.subplots(figsize=(7, 1.8 + 0.5 * len(names)))
+    for row, name in enumerate(reversed(names)):
+        t = tallies[name]
+        ax.barh(row, t.win_rate, color="#4c72b0" if name == "all" else "#8da0cb")
+        ax.errorbar(t.win_rate, row, xerr=[[t.win_rate - t.wilson.low],
+                                           [t.wilson.high - t.win_rate]],
+                    color="black", capsize=4, label="Wilson 95%" if row == 0 else None)
+        if t.bootstrap is not None:
+            ax.plot([t.bootstrap.low, t.bootstrap.high], [row + 0.3] * 2, color="#dd8452",
+                    linewidth=3, label="bootstrap 95% (by prompt)" if row == 0 else None)
+        ax.text(1.01, row, f"{100 * t.win_rate:.1f}% (N={t.n})", va="center",
+                transform=ax.get_yaxis_transform())
+    ax.axvline(0.5, color="grey", linestyle="--", linewidth=1)
+    ax.set_yticks(range(len(names)), list(reversed(names)))
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("win rate of aligned over base, (W + T/2) / N")
+    ax.set_title(title, fontsize=10)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.35), ncol=2, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def score_chart(result: AutoResult, path: Path) -> Path:
+    """The two models' score distributions, their means marked."""
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    low = min(result.base_scores.min(), result.aligned_scores.min())
+    high = max(result.base_scores.max(), result.aligned_scores.max())
+    bins = list(low + (high - low) * k / 30 for k in range(31)) if high > low else 10
+    for scores, label, color in ((result.base_scores, "base", "#8c8c8c"),
+                                 (result.aligned_scores, "aligned", "#4c72b0")):
+        mean, _ = mean_interval(scores)
+        ax.hist(scores, bins=bins, alpha=0.55, color=color,
+                label=f"{label}: mean {mean:.3f}")
+        ax.axvline(mean, color=color, linewidth=2)
+    ax.set_xlabel(f"{result.scorer} score")
+    ax.set_ylabel("images")
+    ax.set_title(f"{result.scorer} scores, {len(result.base_scores)} images per model",
+                 fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_auto_report(result: AutoResult, out: Path, command: str) -> dict:
+    """report.md, win_rate.png, scores.png and summary.json in `out`; returns the summary."""
+    out.mkdir(parents=True, exist_ok=True)
+    tallies = tally_by_category(result.votes)
+    base_mean, base_ci = mean_interval(result.base_scores)
+    aligned_mean, aligned_ci = mean_interval(result.aligned_scores)
+    win_rate_chart(tallies, f"{result.aligned} over {result.base}, judged by {result.scorer}",
+                   out / "win_rate.png")
+    score_chart(result, out / "scores.png")
+    s = result.sampling
+    lines = [
+        f"# {result.aligned} against {result.base}, judged by {result.scorer}", "",
+        f"`{command}`", "",
+        f"{len(result.votes)} pairs: {len({p.text for p in result.prompts})} prompts x "
+        f"{s.seeds} seeds (0..{s.seeds - 1}), {s.steps} steps, guidance {s.guidance}, the "
+        f"same seed for both models. The higher score wins; a difference of "
+        f"{result.tie_margin} or less is a tie.", "",
+        *tally_rows(tallies), "",
+        "| model | mean score | 95% interval |", "|---|---|---|",
+        f"| base: {result.base} | {base_mean:.4f} | {base_ci.low:.4f}-{base_ci.high:.4f} |",
+        f"| aligned: {result.aligned} | {aligned_mean:.4f} | "
+        f"{aligned_ci.low:.4f}-{aligned_ci.high:.4f} |", "",
+        "![win rate](win_rate.png)", "", "![scores](scores.png)", "",
+    ]
+    (out / "report.md").write_text("\n".join(lines))
+    overall = tallies["all"]
+    summary = {
+        "base": result.base, "aligned": result.aligned, "scorer": result.scorer,
+        "pairs": len(result.votes), "wins": overall.wins, "losses": overall.losses,
+        "ties": overall.ties, "win_rate": overall.win_rate,
+        "wilson": None if overall.wilson is None else [overall.wilson.low, overall.wilson.high],
+        "bootstrap": None if overall.bootstrap is None
+        else [overall.bootstrap.low, overall.bootstrap.high],
+        "decisive_win_rate": overall.decisive_win_rate,
+        "decisive_wilson": None if overall.decisive_wilson is None
+        else [overall.decisive_wilson.low, overall.decisive_wilson.high],
+        "sign_test_p": overall.sign_test_p, "base_mean_score": base_mean,
+        "aligned_mean_score": aligned_mean, "report": str(out / "report.md"),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary

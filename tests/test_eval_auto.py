@@ -1,0 +1,89 @@
+"""`eval auto`: the toy model against itself and against a visibly broken copy."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+
+from data.prompts import Prompt
+from eval.auto import compare
+from eval.images import Sampling
+from eval.report import write_auto_report
+from models.loading import TOY_DIR
+from models.scorers import load_scorer
+from models.toy.shapes import all_captions
+
+PROMPTS = [Prompt(c, c.split()[-1]) for c in all_captions()]
+
+
+@pytest.fixture(scope="module")
+def broken_toy(tmp_path_factory):
+    """The toy pipeline with noise in every UNet weight: it no longer draws its prompt."""
+    from diffusers import UNet2DConditionModel
+
+    folder = tmp_path_factory.mktemp("broken") / "pipeline"
+    shutil.copytree(TOY_DIR, folder)
+    unet = UNet2DConditionModel.from_pretrained(folder / "unet")
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for parameter in unet.parameters():
+            parameter.add_(torch.randn_like(parameter) * parameter.float().std().nan_to_num(0.1))
+    unet.save_pretrained(folder / "unet")
+    return folder
+
+
+def test_the_toy_model_against_itself_is_a_coin_toss(tmp_path):
+    sampling = Sampling(seeds=1, steps=6)
+    result = compare("toy", "toy", PROMPTS, load_scorer("toy_judge"), "toy_judge", sampling,
+                     root=tmp_path / "images")
+    summary = write_auto_report(result, tmp_path / "report", "test")
+    assert summary["pairs"] == 18 and summary["ties"] == 18  # identical images
+    assert summary["win_rate"] == 0.5
+    assert summary["wilson"][0] < 0.5 < summary["wilson"][1]
+    assert summary["bootstrap"][0] <= 0.5 <= summary["bootstrap"][1]
+    # one folder of images, made once and shared: file names carry no model name
+    [folder] = (tmp_path / "images").iterdir()
+    names = [p.name for p in folder.iterdir()]
+    assert len(names) == 18 and not any("toy" in n for n in names)
+
+
+def test_a_visibly_worse_model_loses_clearly_and_the_report_says_so(broken_toy, tmp_path):
+    sampling = Sampling(seeds=2, steps=10)
+    result = compare("toy", str(broken_toy), PROMPTS, load_scorer("toy_judge"), "toy_judge",
+                     sampling, root=tmp_path / "images")
+    summary = write_auto_report(result, tmp_path / "report", "python -m eval auto ...")
+    assert summary["pairs"] == 36
+    assert summary["wilson"][1] < 0.5 and summary["bootstrap"][1] < 0.5
+    assert summary["aligned_mean_score"] < summary["base_mean_score"]
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "| all | 36 |" in report and "| circle | 12 |" in report
+    for chart in ("win_rate.png", "scores.png"):
+        with Image.open(tmp_path / "report" / chart) as image:
+            assert image.format == "PNG" and image.width > 500 and image.height > 200
+    # the same comparison again reuses every image
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "images").rglob("*.png")}
+    compare("toy", str(broken_toy), PROMPTS, load_scorer("toy_judge"), "toy_judge",
+            sampling, root=tmp_path / "images")
+    after = {p: p.stat().st_mtime_ns for p in (tmp_path / "images").rglob("*.png")}
+    assert before == after and len(before) == 72
+
+
+def test_the_command_says_what_to_train_first(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "eval", "auto"], capture_output=True,
+                         text=True, cwd=tmp_path)
+    assert out.returncode == 1
+    assert out.stderr.startswith("error: no aligned model") and out.stderr.count("\n") == 1
+
+
+def test_the_command_writes_a_report(tmp_path, broken_toy):
+    out = subprocess.run(
+        [sys.executable, "-m", "eval", "auto", "--aligned", str(broken_toy), "--seeds", "1",
+         "--steps", "4", "--out", str(tmp_path / "r"), "--images", str(tmp_path / "i")],
+        capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    assert summary["pairs"] == 18 and (tmp_path / "r" / "report.md").exists()
