@@ -101,7 +101,7 @@ def cache_key(model: dict, data: str, prep: Preprocessing) -> str:
 @torch.no_grad()
 def encode_prompts(pipeline, kind: str, prompts: list[str]) -> tuple[torch.Tensor, ...]:
     """(embeddings, pooled or None) as the pipeline itself conditions on `prompts`."""
-    device = pipeline.unet.device if hasattr(pipeline.unet, "device") else "cpu"
+    device = pipeline.unet.device
     if kind == "sdxl":
         embeds, _, pooled, _ = pipeline.encode_prompt(
             prompts, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False)

@@ -31,9 +31,6 @@ from train.loss import DPOTerms, dpo_loss, per_sample_error, sft_loss
 from train.output import save_model
 
 HELDOUT_SEED = 1234  # the held-out check uses the same noise and timesteps every time
-METRICS = ("loss", "accuracy", "reward_preferred", "reward_rejected", "margin",
-           "model_mse_preferred", "model_mse_rejected", "ref_mse_preferred",
-           "ref_mse_rejected")
 
 
 def mixed_precision(config: TrainConfig) -> str:
