@@ -36,6 +36,7 @@ import torch
 from PIL import Image
 
 from data.errors import DataError
+from data.pairs import decode_image
 from data.prompts import read_prompts
 from data.store import DEFAULT_DB, ImageRecord, Store, Vote
 from models.errors import ModelError
@@ -198,11 +199,6 @@ def jpeg(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def decode(jpg: bytes) -> Image.Image:
-    """Stored JPEG bytes back to RGB pixels, as a trainer will read them."""
-    return Image.open(io.BytesIO(jpg)).convert("RGB")
-
-
 def score_images(scorer: Scorer, name: str, prompts: list[str],
                  images: list[Image.Image]) -> list[float]:
     """One finite score per image, or a one-line ModelError naming the scorer."""
@@ -288,7 +284,7 @@ def run_batch(run: FeedbackRun, model: LoadedModel, labeller: Labeller, store: S
     start = time.perf_counter()
     # Score what is stored (the JPEG), so a label always describes the stored pair.
     scores = score_images(labeller.scorer, labeller.name, [prompt] * len(jpgs),
-                          [decode(j) for j in jpgs])
+                          [decode_image(j) for j in jpgs])
     counts.score_s += time.perf_counter() - start
 
     start = time.perf_counter()

@@ -23,7 +23,6 @@ generated. Prints JSON.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import platform
 import random
@@ -39,17 +38,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from annotate.feedback import jpeg  # noqa: E402
 from data.store import ImageRecord, Store, Vote, new_uid  # noqa: E402
 from models.toy.shapes import SHAPES, draw, random_spec  # noqa: E402
 from train.config import resolve  # noqa: E402
 from train.loss import dpo_loss, per_sample_error  # noqa: E402
 from train.trainer import Run  # noqa: E402
-
-
-def jpeg(image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, "JPEG", quality=95)
-    return buffer.getvalue()
 
 
 def drawn_pairs(path: Path, n: int) -> None:

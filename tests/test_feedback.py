@@ -9,7 +9,6 @@ subcommand's `main` in this process: the same code, without paying a fresh proce
 
 from __future__ import annotations
 
-import io
 import json
 import subprocess
 import sys
@@ -17,7 +16,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 
 from annotate.feedback import (
     FeedbackRun,
@@ -26,6 +24,7 @@ from annotate.feedback import (
     outcome,
     plan_batches,
 )
+from data.pairs import decode_image
 from data.store import Store
 from models.toy.judge import score as judge
 from models.toy.shapes import all_captions
@@ -75,10 +74,6 @@ def stored_pairs(db: Path) -> list[tuple]:
     return [(*row, names[row[5]]) for row in rows]
 
 
-def decode(jpg: bytes) -> Image.Image:
-    return Image.open(io.BytesIO(jpg)).convert("RGB")
-
-
 # -- the command ---------------------------------------------------------------
 
 
@@ -101,7 +96,7 @@ def test_records_200_judged_toy_pairs_in_one_run(first_run):
         assert source == "ai:toy_judge" and user == "ai:toy_judge"
         assert shown_left == 0 and model == "toy" and steps == 2
         assert seed_0 != seed_1 and g_0 == g_1 == 7.5
-        s0, s1 = judge([caption, caption], [decode(jpg_0), decode(jpg_1)]).tolist()
+        s0, s1 = judge([caption, caption], [decode_image(jpg_0), decode_image(jpg_1)]).tolist()
         if abs(s0 - s1) > 0.01:  # the judge re-scores the stored JPEGs
             clear += 1
             assert result_ == ("left" if s0 > s1 else "right")
@@ -141,7 +136,7 @@ def test_a_module_callable_scorer_labels_by_its_own_scores(tmp_path, monkeypatch
     assert {p[4] for p in pairs} == {f"ai:{spec}"}
     assert any(p[10] != p[15] for p in pairs)  # guidance drawn per image
     for p in pairs:
-        bright = [sum(decode(j).convert("L").getdata()) / 1024 for j in (p[8], p[13])]
+        bright = [sum(decode_image(j).convert("L").getdata()) / 1024 for j in (p[8], p[13])]
         if abs(bright[0] - bright[1]) > 0.5:
             assert p[2] == ("left" if bright[0] > bright[1] else "right")
 
