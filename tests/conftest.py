@@ -185,3 +185,22 @@ def build_tiny_clip(directory: Path) -> Path:
 def tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A saved tiny CLIP (model and processor) for the scorers, loadable offline."""
     return build_tiny_clip(tmp_path_factory.mktemp("tiny-clip"))
+
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Debian chromium driven by Playwright (scripts/setup.sh installs it)."""
+    import shutil
+
+    from playwright.sync_api import sync_playwright
+
+    executable = shutil.which("chromium")
+    if executable is None:
+        pytest.fail("chromium is not installed: run scripts/setup.sh (apt-get install chromium)")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -97,3 +99,14 @@ def write_shard(path: Path, table: pa.Table) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, path)
     return path
+
+
+@contextmanager
+def serving(demo, **launch_options) -> Iterator[str]:
+    """Serve a Gradio app on 127.0.0.1 for the test's duration; yields its URL."""
+    demo.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True,
+                **launch_options)
+    try:
+        yield demo.local_url
+    finally:
+        demo.close()
