@@ -1,13 +1,17 @@
-"""`python -m annotate`: the preference-collection app.
+"""`python -m annotate`: the preference-collection page (annotate/serve.py).
 
-`python -m annotate feedback ...` labels generated pairs with a scorer (annotate/feedback.py).
-The web app is not built yet: anything else says so and exits with status 2.
+`python -m annotate feedback ...` labels generated pairs with a scorer instead
+(annotate/feedback.py).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
+
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -17,8 +21,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from annotate.feedback import main as feedback
 
         return feedback(argv[1:])
-    print("python -m annotate: not built yet (see the project's open issues)", file=sys.stderr)
-    return 2
+    from annotate.serve import main as serve
+
+    return serve(argv)
 
 
 if __name__ == "__main__":

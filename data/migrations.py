@@ -64,6 +64,19 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             """,
         ],
     ),
+    (
+        2,
+        [
+            # The known answer of a gold (control) pair, kept apart from the Pick-a-Pic
+            # columns: one row per gold vote, written in the vote's transaction.
+            """
+            CREATE TABLE gold_answers (
+                vote_id        VARCHAR PRIMARY KEY,
+                best_image_uid VARCHAR NOT NULL
+            )
+            """,
+        ],
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

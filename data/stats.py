@@ -19,6 +19,7 @@ class StoreStats:
     both_bad_rate: float | None  # both-bad / votes that were not skipped
     left_win_rate: float | None  # left / (left + right), where the side is known
     left_win_votes: int  # the decisive votes behind left_win_rate
+    gold: dict[str, tuple[int, int]]  # annotator -> (right answers, answered gold pairs)
 
 
 def _ratio(part: int, whole: int) -> float | None:
@@ -55,6 +56,16 @@ def store_stats(store: Store) -> StoreStats:
         both_bad_rate=_ratio(by_outcome.get("both_bad", 0), voted),
         left_win_rate=_ratio(left, decisive),
         left_win_votes=decisive,
+        gold={
+            str(name): (right, answered)
+            for name, right, answered in cur.execute(
+                "SELECT coalesce(u.name, r.source || ':' || r.user_id), "
+                "count(*) FILTER (r.best_image_uid = g.best_image_uid), count(*) "
+                "FROM rankings r JOIN gold_answers g USING (vote_id) "
+                "LEFT JOIN users u USING (user_id) "
+                "WHERE r.outcome <> 'skip' GROUP BY 1 ORDER BY 1"
+            ).fetchall()
+        },
     )
 
 
@@ -78,4 +89,9 @@ def format_stats(stats: StoreStats) -> str:
     ):
         lines.append(f"\n{title}:")
         lines += [f"  {n:>8}  {key}" for key, n in table.items()] or ["  (none)"]
+    lines.append("\ngold accuracy by user (tie, both-bad: wrong; skips left out):")
+    lines += [
+        f"  {pct(right / answered):>8}  {name} ({right}/{answered})"
+        for name, (right, answered) in stats.gold.items()
+    ] or ["  (no gold pairs answered)"]
     return "\n".join(lines)

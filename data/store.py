@@ -77,6 +77,7 @@ class Vote:
 
     `shown_left` is the index (0 or 1) of the image that was on the left, so `outcome`
     ('left', 'right', 'tie', 'both_bad', 'skip') can be turned into Pick-a-Pic labels.
+    A gold (control) pair's vote names the known better image in `gold_best_uid`.
     """
 
     vote_id: str
@@ -90,6 +91,7 @@ class Vote:
     source: str = "human"
     is_gold: bool = False
     split: str = "train"
+    gold_best_uid: str | None = None
 
 
 @dataclass(frozen=True)
@@ -336,6 +338,11 @@ class Store:
                 vote.source, vote.is_gold, vote.split,
             ],
         )
+        if vote.gold_best_uid is not None:
+            cur.execute(
+                "INSERT INTO gold_answers (vote_id, best_image_uid) VALUES (?, ?)",
+                [vote.vote_id, vote.gold_best_uid],
+            )
 
     def ranking_by_vote(self, vote_id: str) -> Ranking | None:
         return self._ranking_by_vote(self.cursor(), vote_id)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
@@ -89,8 +89,12 @@ def generate(
     steps: int = 20,
     height: int | None = None,
     width: int | None = None,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> list[GeneratedImage]:
-    """One image per seed for `prompt`, in one batched call; the same inputs, the same images."""
+    """One image per seed for `prompt`, in one batched call; the same inputs, the same images.
+
+    `on_step(done, total)` is called after each sampler step, for progress displays.
+    """
     if len(seeds) != len(guidance_scales):
         raise ModelError("give one guidance scale per seed")
     if not prompt.strip():
@@ -101,6 +105,13 @@ def generate(
     if varies and min(guidance_scales) <= 1.0:
         raise ModelError("per-image guidance scales must all be above 1")
     pipe = model.pipeline
+    step_callback = None
+    if on_step is not None:
+
+        def step_callback(pipeline, step, timestep, tensors):
+            on_step(step + 1, steps)
+            return tensors
+
     generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
     start = time.perf_counter()
     with model.lock, torch.inference_mode():
@@ -112,6 +123,7 @@ def generate(
             images = pipe(
                 [prompt] * n, num_inference_steps=steps, guidance_scale=top,
                 generator=generators, height=height, width=width,
+                callback_on_step_end=step_callback,
             ).images
     gen_ms = (time.perf_counter() - start) * 1000 / n
     return [
@@ -130,16 +142,27 @@ def generate_pair(
     variety: PairVariety = PairVariety(),
     rng: random.Random | None = None,
     seeds: Sequence[int] | None = None,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> tuple[GeneratedImage, GeneratedImage]:
-    """Two images for `prompt`: one batched call, or one call per model given two."""
+    """Two images for `prompt`: one batched call, or one call per model given two.
+
+    `on_step(done, total)` reports progress over the whole pair.
+    """
     rng = rng or random.Random()
     drawn_seeds, guidance = variety.draw(rng)
     seeds = list(seeds) if seeds is not None else drawn_seeds
     if isinstance(models, LoadedModel):
-        first, second = generate(models, prompt, seeds, guidance, variety.steps)
+        first, second = generate(models, prompt, seeds, guidance, variety.steps, on_step=on_step)
         return first, second
     if len(models) != 2:
         raise ModelError("a pair comes from one model or two")
-    [first] = generate(models[0], prompt, seeds[:1], guidance[:1], variety.steps)
-    [second] = generate(models[1], prompt, seeds[1:], guidance[1:], variety.steps)
+    steps = variety.steps
+
+    def half(offset: int):
+        if on_step is None:
+            return None
+        return lambda done, _total: on_step(offset + done, 2 * steps)
+
+    [first] = generate(models[0], prompt, seeds[:1], guidance[:1], steps, on_step=half(0))
+    [second] = generate(models[1], prompt, seeds[1:], guidance[1:], steps, on_step=half(steps))
     return first, second

@@ -1,0 +1,158 @@
+"""The annotate page: layout and wiring only; the logic is in annotate/rounds.py.
+
+Every event's function takes the name box (ignored with a login: the user id then comes
+from the login alone), the mode and the round id held by the page, and answers with the
+whole view: both images, the prompt shown, the round id, the tally, the note and the
+vote buttons (enabled only when both images are there).
+"""
+
+from __future__ import annotations
+
+import random
+
+import gradio as gr
+
+from annotate.rounds import AnnotateError, Annotator, Collector, Round
+from annotate.screening import PromptRefused
+from annotate.worker import WorkerError
+from data.errors import DataError
+
+BUTTONS = [  # (outcome, label, key name shown, KeyboardEvent.key values)
+    ("left", "Left is better", "←", ["ArrowLeft"]),
+    ("right", "Right is better", "→", ["ArrowRight"]),
+    ("tie", "Tie", "↓", ["ArrowDown"]),
+    ("both_bad", "Both are bad", "↑", ["ArrowUp"]),
+    ("skip", "Skip", "S", ["s", "S"]),
+]
+MODE_CHOICES = [
+    ("New pair for this prompt", "new"),
+    ("Keep the winner", "keep"),
+    ("Auto: next prompt from the prompt set", "auto"),
+]
+_ERRORS = (AnnotateError, PromptRefused, WorkerError, DataError)
+
+CSS = ".pair img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }"
+
+
+def page_script() -> str:
+    """Run once per page load: keys press the vote buttons (not while typing), and the
+    tiny toy images are scaled up without blur."""
+    keys = {key: f"vote-{outcome}" for outcome, _, _, names in BUTTONS for key in names}
+    entries = ", ".join(f'"{key}": "{elem}"' for key, elem in keys.items())
+    return f"""() => {{
+  const style = document.createElement("style");
+  style.textContent = "{CSS}";
+  document.head.appendChild(style);
+  document.addEventListener("keydown", (event) => {{
+    const target = event.target;
+    if (target && (target.tagName === "INPUT" || target.tagName === "TEXTAREA"
+                   || target.isContentEditable)) return;
+    if (event.ctrlKey || event.metaKey || event.altKey || event.repeat) return;
+    const id = {{{entries}}}[event.key];
+    const button = id && document.getElementById(id);
+    if (button && !button.disabled) {{ event.preventDefault(); button.click(); }}
+  }});
+}}"""
+
+
+def build(collector: Collector, prompt_set: list[str] | None = None, auth: bool = False,
+          cap: int | None = None) -> gr.Blocks:
+    """The page for one server; `auth` hides the name box (the login names the user)."""
+    pick = random.Random()
+
+    def who(name: str, request: gr.Request) -> Annotator:
+        if auth:
+            return collector.annotator(request.username)
+        return collector.annotator(name)
+
+    def view(annotator: Annotator, shown: Round | None, note: str | None = None):
+        tally = collector.tally(annotator).text(cap)
+        if shown is None:
+            return (None, None, "", "", tally, note or "", *_buttons(False))
+        note = "\n\n".join(n for n in (note, shown.note) if n)
+        return (shown.left, shown.right, shown.prompt, shown.round_id, tally, note,
+                *_buttons(True))
+
+    def generate(name, prompt, mode, request: gr.Request, progress=gr.Progress()):
+        try:
+            annotator = who(name, request)
+            shown = collector.start(annotator, prompt or "", mode, _reporter(progress))
+        except _ERRORS as error:
+            raise gr.Error(str(error), print_exception=False) from None
+        return view(annotator, shown)
+
+    def voter(outcome: str):
+        def vote(name, mode, round_id, request: gr.Request, progress=gr.Progress()):
+            try:
+                annotator = who(name, request)
+                _, voted = collector.vote(annotator, round_id, outcome)
+                if voted is None:  # a repeated vote: the page already moved on
+                    return (gr.skip(),) * 6 + tuple(_buttons(True))
+                try:
+                    shown = collector.next_round(annotator, voted, outcome, mode,
+                                                 _reporter(progress))
+                except _ERRORS as error:  # the vote is stored; say why nothing follows
+                    return view(annotator, None, f"Vote recorded. {error}")
+            except _ERRORS as error:
+                raise gr.Error(str(error), print_exception=False) from None
+            return view(annotator, shown)
+
+        return vote
+
+    def from_set():
+        if not prompt_set:
+            raise gr.Error("This server has no prompt set: start it with --prompts FILE.",
+                           print_exception=False)
+        return pick.choice(prompt_set)
+
+    with gr.Blocks(title="Which image is better?", delete_cache=(600, 3600)) as demo:
+        gr.Markdown("## Which image is better?\nType a prompt and press Generate, then "
+                    "pick the image you prefer.")
+        with gr.Row():
+            name = gr.Textbox(label="Your name", elem_id="name", visible=not auth, scale=1)
+            tally = gr.Markdown(elem_id="tally")
+        with gr.Row():
+            prompt = gr.Textbox(label="Prompt", elem_id="prompt", scale=4,
+                                placeholder="a red circle on a white background")
+            generate_button = gr.Button("Generate", variant="primary", elem_id="generate",
+                                        scale=1)
+            set_button = gr.Button("Prompt from the set", elem_id="from-set", scale=1)
+        mode = gr.Radio(MODE_CHOICES, value="new", label="After a vote", elem_id="mode")
+        shown_prompt = gr.Textbox(label="Prompt shown", interactive=False,
+                                  elem_id="shown-prompt")
+        with gr.Row(elem_classes="pair"):
+            left = gr.Image(label="Left", interactive=False, elem_id="left-image",
+                            format="png", height=320, buttons=[])
+            right = gr.Image(label="Right", interactive=False, elem_id="right-image",
+                             format="png", height=320, buttons=[])
+        with gr.Row():
+            buttons = [
+                gr.Button(f"{label} ({key})", elem_id=f"vote-{outcome}", interactive=False)
+                for outcome, label, key, _ in BUTTONS
+            ]
+        gr.Markdown("Keys: ← left is better · → right is better · ↓ tie · "
+                    "↑ both are bad · S skip", elem_id="shortcuts")
+        note = gr.Markdown(elem_id="note")
+        round_id = gr.State("")
+
+        outputs = [left, right, shown_prompt, round_id, tally, note, *buttons]
+        events = dict(outputs=outputs, concurrency_limit=None, show_progress="full")
+        gr.on([generate_button.click, prompt.submit], generate, [name, prompt, mode],
+              api_name="generate", **events)
+        for (outcome, *_), button in zip(BUTTONS, buttons, strict=True):
+            button.click(voter(outcome), [name, mode, round_id],
+                         api_name=f"vote_{outcome}", **events)
+        set_button.click(from_set, None, prompt, api_visibility="private")
+        demo.load(None, js=page_script())
+    return demo
+
+
+def _buttons(enabled: bool) -> list:
+    return [gr.update(interactive=enabled) for _ in BUTTONS]
+
+
+def _reporter(progress: gr.Progress):
+    def report(text: str, fraction: float | None) -> None:
+        progress(fraction, desc=text)
+
+    return report

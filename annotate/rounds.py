@@ -1,0 +1,244 @@
+"""The collection logic behind the page: rounds shown to annotators and their votes.
+
+A round is one pair shown to one annotator. Its id is the vote's idempotency key, so a
+double click or a client retry stores one ranking. Rounds live on the server (the page
+holds only the id); a vote is checked against the annotator the round was shown to, then
+stored with the pair's images in one transaction before the next round is made.
+
+After a vote the next round follows the annotator's mode:
+- "new": a fresh pair for the same prompt (or the same prompt set);
+- "keep": Pick-a-Pic's keep-the-winner chain: the winner stays, the loser is replaced by a
+  new image for the same prompt (a tie, both-bad or skip starts a fresh pair);
+- "auto": a fresh pair for the prompt set's next prompt, without asking for a prompt.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from PIL import Image
+
+from annotate.feedback import jpeg, record
+from annotate.gold import GoldPair
+from annotate.screening import Blocklist, screen
+from annotate.worker import SET_SOURCE, PairWorker, Progress
+from data.pairs import decode_image
+from data.store import ImageRecord, Ranking, Store, Vote, new_uid
+from models.generate import GeneratedImage
+
+MODES = ("new", "keep", "auto")
+VOTE_OUTCOMES = ("left", "right", "tie", "both_bad", "skip")
+_MAX_ROUNDS = 10_000  # rounds awaiting a vote, across sessions; the oldest are forgotten
+
+
+class AnnotateError(Exception):
+    """Something the annotator must do differently; the message says what."""
+
+
+@dataclass(frozen=True)
+class Annotator:
+    user_id: int
+    name: str
+
+
+@dataclass(frozen=True)
+class Tally:
+    today: int
+    total: int
+
+    def text(self, cap: int | None) -> str:
+        limit = f" of {cap}" if cap else ""
+        return f"Your votes today: {self.today}{limit} · in total: {self.total}"
+
+
+@dataclass(frozen=True)
+class Round:
+    """One pair shown to one annotator; images in storage order (image_0, image_1)."""
+
+    round_id: str
+    user_id: int
+    source: str  # the prompt, or SET_SOURCE
+    prompt: str
+    images: tuple[ImageRecord, ImageRecord]
+    pictures: tuple[Image.Image, Image.Image]
+    shown_left: int  # which of the two images is on the left
+    shown_at: float  # time.monotonic() when the round was made
+    gold_best_uid: str | None = None
+    note: str | None = None
+
+    @property
+    def left(self) -> Image.Image:
+        return self.pictures[self.shown_left]
+
+    @property
+    def right(self) -> Image.Image:
+        return self.pictures[1 - self.shown_left]
+
+
+@dataclass(frozen=True)
+class Settings:
+    gold_rate: float = 0.05
+    daily_cap: int | None = None
+    blocklist: Blocklist = Blocklist()
+
+
+class Collector:
+    """One per server: makes rounds for annotators and records their votes."""
+
+    def __init__(self, store: Store, worker: PairWorker, settings: Settings = Settings(),
+                 gold: list[GoldPair] | None = None,
+                 count_tokens: tuple[Callable[[str], int], int] | None = None,
+                 rng: random.Random | None = None):
+        self.store = store
+        self.worker = worker
+        self.settings = settings
+        self.gold = gold or []
+        self._count, self._limit = count_tokens or (None, None)
+        self._rng = rng or random.Random()
+        self._rng_lock = threading.Lock()
+        self._rounds: OrderedDict[str, Round] = OrderedDict()
+        self._lock = threading.Lock()
+
+    # -- annotators --------------------------------------------------------------
+
+    def annotator(self, name: str) -> Annotator:
+        name = (name or "").strip()
+        if not name:
+            raise AnnotateError("Type your name first: your votes are recorded under it.")
+        return Annotator(self.store.user_id(name), name)
+
+    def tally(self, annotator: Annotator) -> Tally:
+        midnight = datetime.now(timezone.utc).replace(
+            tzinfo=None, hour=0, minute=0, second=0, microsecond=0)
+        today, total = self.store.cursor().execute(
+            "SELECT count(*) FILTER (created_at >= ?), count(*) FROM rankings "
+            "WHERE user_id = ? AND source = 'human' AND outcome <> 'skip'",
+            [midnight, annotator.user_id],
+        ).fetchone()
+        return Tally(today, total)
+
+    def _check_cap(self, annotator: Annotator) -> None:
+        cap = self.settings.daily_cap
+        if cap is not None and self.tally(annotator).today >= cap:
+            raise AnnotateError(f"You have reached today's limit of {cap} votes. "
+                                "Thank you! Come back tomorrow.")
+
+    # -- rounds ------------------------------------------------------------------
+
+    def start(self, annotator: Annotator, prompt: str, mode: str,
+              progress: Progress | None = None) -> Round:
+        """The first round for a typed prompt (or, in auto mode, for the prompt set)."""
+        self._check_mode(mode)
+        self._check_cap(annotator)
+        if mode == "auto" and not prompt.strip():
+            return self._fresh(annotator, SET_SOURCE, progress)
+        note = screen(prompt, self.settings.blocklist, self._count, self._limit)
+        return self._fresh(annotator, prompt, progress, note)
+
+    def vote(self, annotator: Annotator, round_id: str, outcome: str,
+             dwell_ms: int | None = None) -> tuple[Ranking, Round | None]:
+        """Store the vote on a round; (the ranking, the round), or (ranking, None) if repeated.
+
+        A round already voted on returns its first ranking and no round, so the page
+        keeps showing what followed it.
+        """
+        if outcome not in VOTE_OUTCOMES:
+            raise AnnotateError(f"unknown vote {outcome!r}: use one of {', '.join(VOTE_OUTCOMES)}")
+        with self._lock:
+            shown = self._rounds.get(round_id)
+        if shown is None:
+            ranking = self.store.ranking_by_vote(round_id) if round_id else None
+            if ranking is None or ranking.user_id != annotator.user_id:
+                raise AnnotateError("This pair is no longer open: press Generate for a new one.")
+            return ranking, None
+        if shown.user_id != annotator.user_id:
+            raise AnnotateError("This pair was shown to another annotator: press Generate.")
+        if dwell_ms is None:
+            dwell_ms = int((time.monotonic() - shown.shown_at) * 1000)
+        gold = shown.gold_best_uid is not None
+        ranking = self.store.record_vote(
+            Vote(
+                vote_id=shown.round_id, caption=shown.prompt,
+                image_0_uid=shown.images[0].image_uid, image_1_uid=shown.images[1].image_uid,
+                outcome=outcome, shown_left=shown.shown_left, user_id=annotator.user_id,
+                dwell_ms=dwell_ms, source="human", is_gold=gold,
+                split="gold" if gold else "train", gold_best_uid=shown.gold_best_uid,
+            ),
+            shown.images,
+        )
+        with self._lock:
+            self._rounds.pop(round_id, None)
+        return ranking, shown
+
+    def next_round(self, annotator: Annotator, voted: Round, outcome: str, mode: str,
+                   progress: Progress | None = None) -> Round:
+        """The round after a vote on `voted`, as the mode says."""
+        self._check_mode(mode)
+        self._check_cap(annotator)
+        if mode == "auto":
+            return self._fresh(annotator, SET_SOURCE, progress)
+        if (mode == "keep" and outcome in ("left", "right")
+                and voted.gold_best_uid is None):
+            winner = voted.shown_left if outcome == "left" else 1 - voted.shown_left
+            return self._challenge(annotator, voted, winner, progress)
+        return self._fresh(annotator, voted.source, progress, voted.note)
+
+    def _check_mode(self, mode: str) -> None:
+        if mode not in MODES:
+            raise AnnotateError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
+
+    def _fresh(self, annotator: Annotator, source: str, progress: Progress | None,
+               note: str | None = None) -> Round:
+        with self._rng_lock:
+            gold = self.gold and self._rng.random() < self.settings.gold_rate
+            gold_pair = self._rng.choice(self.gold) if gold else None
+        if gold_pair is not None:
+            return self._remember(annotator, source, gold_pair.prompt,
+                                  (gold_pair.better, gold_pair.worse), None, note,
+                                  gold_pair.better.image_uid)
+        pair = self.worker.take(source, progress)
+        if source == SET_SOURCE and self._count is not None:
+            note = screen(pair.prompt, Blocklist(), self._count, self._limit)
+        records = (_record(pair.images[0]), _record(pair.images[1]))
+        return self._remember(annotator, source, pair.prompt, records,
+                              tuple(image.image for image in pair.images), note)
+
+    def _challenge(self, annotator: Annotator, voted: Round, winner: int,
+                   progress: Progress | None) -> Round:
+        """The winner of `voted` against a new image for its prompt."""
+        pair = self.worker.take(voted.prompt, progress)
+        loser_model = voted.images[1 - winner].model
+        new = next((im for im in pair.images if im.model == loser_model), pair.images[0])
+        return self._remember(
+            annotator, voted.prompt, voted.prompt, (voted.images[winner], _record(new)),
+            (voted.pictures[winner], new.image), voted.note,
+        )
+
+    def _remember(self, annotator: Annotator, source: str, prompt: str,
+                  images: tuple[ImageRecord, ImageRecord],
+                  pictures: tuple[Image.Image, Image.Image] | None, note: str | None,
+                  gold_best_uid: str | None = None) -> Round:
+        if pictures is None:
+            pictures = tuple(decode_image(image.jpg) for image in images)
+        with self._rng_lock:
+            shown_left = self._rng.randrange(2)
+        shown = Round(
+            round_id=new_uid(), user_id=annotator.user_id, source=source, prompt=prompt,
+            images=images, pictures=pictures, shown_left=shown_left,
+            shown_at=time.monotonic(), gold_best_uid=gold_best_uid, note=note,
+        )
+        with self._lock:
+            self._rounds[shown.round_id] = shown
+            while len(self._rounds) > _MAX_ROUNDS:
+                self._rounds.popitem(last=False)
+        return shown
+
+
+def _record(image: GeneratedImage) -> ImageRecord:
+    return record(image, new_uid(), jpeg(image.image))

@@ -1,0 +1,200 @@
+"""`python -m annotate`: start the collection page on one model (or two to compare)."""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NoReturn
+
+from annotate.feedback import TOY, default_prompts
+from annotate.gold import GoldFileError, read_gold
+from annotate.rounds import Collector, Settings
+from annotate.screening import Blocklist, token_counter
+from annotate.worker import PairWorker, PromptSet
+from data.errors import DataError
+from data.prompts import read_prompts
+from data.store import DEFAULT_DB, Store
+from models.errors import ModelError
+from models.generate import PairVariety
+
+
+class ServeError(Exception):
+    """A flag or file the server cannot start with; the message names the fix."""
+
+
+@dataclass
+class AppConfig:
+    models: list[str] = field(default_factory=lambda: [TOY])
+    db: Path = DEFAULT_DB
+    prompts: Path | None = None
+    auth: Path | None = None
+    gold: Path | None = None
+    gold_rate: float = 0.05
+    daily_cap: int | None = None
+    blocklist: Path | None = None
+    variety: PairVariety = field(default_factory=PairVariety)
+    buffer: int = 3
+    seed: int | None = None
+
+
+@dataclass
+class Server:
+    """What a running page holds; `close()` stops the worker and closes the store."""
+
+    demo: object
+    worker: PairWorker
+    store: Store
+    logins: list[tuple[str, str]] | None
+
+    def close(self) -> None:
+        self.worker.stop()
+        self.store.close()
+
+
+def read_logins(path: Path) -> list[tuple[str, str]]:
+    """`user:password` lines (blank and # lines skipped)."""
+    if not path.is_file():
+        raise ServeError(f"{path} does not exist: write one user:password per line")
+    logins = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        user, sep, password = line.strip().partition(":")
+        if not sep or not user.strip() or not password:
+            raise ServeError(f"{path}:{number}: write user:password")
+        logins.append((user.strip(), password))
+    if not logins:
+        raise ServeError(f"{path} has no logins: write one user:password per line")
+    return logins
+
+
+def open_app(config: AppConfig) -> Server:
+    """Load the models, open the store, start the worker, and build the page."""
+    from diffusers.utils import logging as diffusers_logging
+
+    from annotate.app import build
+    from models.generate import generate_pair
+    from models.loading import load
+
+    diffusers_logging.set_verbosity_error()  # the page itself notes truncated prompts
+    diffusers_logging.disable_progress_bar()
+
+    if not 1 <= len(config.models) <= 2:
+        raise ServeError("give one --model, or two to compare them")
+    if not 0 <= config.gold_rate <= 1:
+        raise ServeError("--gold-rate is a share of rounds between 0 and 1")
+    logins = read_logins(config.auth) if config.auth else None
+    gold = read_gold(config.gold) if config.gold else []
+    blocklist = Blocklist.read(config.blocklist) if config.blocklist else Blocklist()
+    if config.prompts:
+        prompts = read_prompts(config.prompts)
+    else:
+        prompts = default_prompts(TOY) if config.models[0] == TOY else None
+    loaded = [load(name) for name in config.models]
+    rng = random.Random(config.seed)
+    target = loaded[0] if len(loaded) == 1 else loaded
+
+    def make_pair(prompt, on_step):
+        return generate_pair(target, prompt, config.variety, rng, on_step=on_step)
+
+    prompt_set = PromptSet(prompts) if prompts else None
+    worker = PairWorker(make_pair, prompt_set, buffer_size=config.buffer)
+    store = Store(config.db)
+    collector = Collector(
+        store, worker, Settings(config.gold_rate, config.daily_cap, blocklist), gold,
+        token_counter(loaded[0].pipeline.tokenizer), random.Random(config.seed),
+    )
+    demo = build(collector, prompts, auth=logins is not None, cap=config.daily_cap)
+    worker.start()
+    return Server(demo, worker, store, logins)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise ServeError(f"{message} (see {self.prog} --help)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="python -m annotate",
+        description="The preference-collection page: two images per prompt, the annotator "
+        "picks one, and each vote is stored in the Pick-a-Pic format. "
+        "`python -m annotate feedback --help`: the headless AI-feedback command.",
+    )
+    parser.add_argument("--model", action="append", metavar="NAME",
+                        help="model: toy, a Hub id, a local pipeline or LoRA folder; give "
+                        "it twice to compare two models (default: toy)")
+    parser.add_argument("--db", type=Path, default=DEFAULT_DB, metavar="PATH",
+                        help="store file (%(default)s)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to serve on (%(default)s; 0.0.0.0 opens it to the "
+                        "network: use --auth then)")
+    parser.add_argument("--port", type=int, default=7860, help="port (%(default)s)")
+    parser.add_argument("--prompts", type=Path, metavar="FILE",
+                        help="prompt set for Auto mode and 'Prompt from the set': one per "
+                        "line, or CSV/TSV with a prompt column (default for toy: its 18 "
+                        "captions)")
+    parser.add_argument("--auth", type=Path, metavar="FILE",
+                        help="require a login: one user:password per line; the user id "
+                        "then comes from the login only")
+    parser.add_argument("--gold", type=Path, metavar="FILE",
+                        help="gold pairs, JSON Lines {prompt, better, worse} (docs/ANNOTATE.md)")
+    parser.add_argument("--gold-rate", type=float, default=0.05, metavar="R",
+                        help="share of rounds that show a gold pair (%(default)s)")
+    parser.add_argument("--daily-cap", type=int, metavar="N",
+                        help="votes per annotator per day (UTC); no cap by default")
+    parser.add_argument("--blocklist", type=Path, metavar="FILE",
+                        help="words or phrases that must not be generated, one per line")
+    parser.add_argument("--steps", type=int, default=20, help="sampling steps (%(default)s)")
+    guidance = parser.add_mutually_exclusive_group()
+    guidance.add_argument("--guidance", type=float, default=7.5, metavar="G",
+                          help="guidance scale of both images (%(default)s)")
+    guidance.add_argument("--guidance-range", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                          help="draw each image's guidance from LOW..HIGH (Pick-a-Pic: 3 12)")
+    parser.add_argument("--seed", type=int, metavar="N",
+                        help="seed of the pair seeds and sides, for a reproducible session")
+    parser.add_argument("--buffer", type=int, default=3, metavar="N",
+                        help="pairs made ahead per prompt source (%(default)s; 0: none)")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> tuple[AppConfig, str, int]:
+    variety = PairVariety(
+        guidance=args.guidance,
+        guidance_range=tuple(args.guidance_range) if args.guidance_range else None,
+        steps=args.steps,
+    )
+    config = AppConfig(
+        models=args.model or [TOY], db=args.db, prompts=args.prompts, auth=args.auth,
+        gold=args.gold, gold_rate=args.gold_rate, daily_cap=args.daily_cap,
+        blocklist=args.blocklist, variety=variety, buffer=args.buffer, seed=args.seed,
+    )
+    return config, args.host, args.port
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Serve until interrupted; 1 with one line on stderr when it cannot start."""
+    try:
+        config, host, port = config_from_args(build_parser().parse_args(argv))
+        server = open_app(config)
+    except (ServeError, GoldFileError, DataError, ModelError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    try:
+        server.demo.launch(server_name=host, server_port=port, auth=server.logins,
+                           prevent_thread_lock=True, quiet=True)
+        print(f"annotate: open {server.demo.local_url} (Ctrl+C stops; votes are in "
+              f"{config.db})", flush=True)
+        server.demo.block_thread()
+    except OSError as error:
+        print(f"error: cannot serve on {host}:{port}: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
+    return 0
