@@ -42,7 +42,7 @@ def token_counter(tokenizer) -> tuple[Callable[[str], int], int]:
 
     The count includes the start and end tokens, as the limit does.
     """
-    return (lambda text: len(tokenizer(text, truncation=False).input_ids),
+    return (lambda text: len(tokenizer(text, truncation=False, verbose=False).input_ids),
             int(tokenizer.model_max_length))
 
 

@@ -201,6 +201,10 @@ class PairWorker:
                 continue
             with self._cond:
                 self.made += 1
+                if waiter is None:  # someone who started waiting meanwhile comes first
+                    waiter = next((w for w in self._waiting if w.source == source), None)
+                    if waiter is not None:
+                        self._waiting.remove(waiter)
                 if waiter is not None:
                     waiter.future.set_result(pair)
                 elif source in self._buffers:
