@@ -1,5 +1,8 @@
-"""`python -m eval auto ...`: the automatic judge. The blind A/B app is not built yet.
+"""`python -m eval`: the blind A/B page; `eval auto`: the automatic judge; `eval report`.
 
+    python -m eval                                                 # toy against the newest run
+    python -m eval --base M --aligned M2 --prompts parti.tsv --voter ann
+    python -m eval report                                          # tallies of the votes
     python -m eval auto --aligned runs/train/toy/final            # toy base, toy judge
     python -m eval auto --base M --aligned M2 --prompts parti.tsv --scorer pickscore
 """
@@ -16,6 +19,7 @@ from pathlib import Path
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from data.errors import DataError  # noqa: E402
+from eval.votes import DEFAULT_VOTES  # noqa: E402
 from models.errors import ModelError  # noqa: E402
 
 TOY = "toy"
@@ -37,6 +41,123 @@ def default_prompts(base: str):
     return [Prompt(c, next(s for s in SHAPES if c.endswith(s))) for c in all_captions()]
 
 
+def _sampling_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--seeds", type=int, default=2,
+                        help="images per prompt and model, seeds 0..N-1 (default: 2)")
+    parser.add_argument("--steps", type=int, default=20, help="sampler steps (default: 20)")
+    parser.add_argument("--guidance", type=float, default=7.5,
+                        help="guidance scale (default: 7.5)")
+
+
+def _model_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--base", default=TOY, help="the base model (default: toy)")
+    parser.add_argument("--aligned", help="the aligned model (default: the newest "
+                                          "runs/train/*/final)")
+    parser.add_argument("--prompts", help="prompt set: one per line, or CSV/TSV with prompt "
+                                          "and category columns (default for toy: the 18 "
+                                          "toy captions, by shape)")
+
+
+def run_name(aligned: str) -> str:
+    """A report folder's name for a model: the run's name for runs/train/<run>/final."""
+    path = Path(aligned)
+    return path.parent.name if path.name == "final" and path.parent.name else path.name
+
+
+def _aligned(args: argparse.Namespace) -> str:
+    aligned = args.aligned or newest_trained_model()
+    if aligned is None:
+        raise DataError("no aligned model: train one first (accelerate launch -m train toy) "
+                        "or name it with --aligned")
+    return aligned
+
+
+def blind_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m eval",
+        description="The blind A/B page: the same prompt and seed through both models, sides "
+                    "shuffled; people vote A better, B better, tie or both bad, and the "
+                    "models are named only after the vote. Votes go to --db. Also: "
+                    "'python -m eval report' (tallies of the votes), 'python -m eval auto' "
+                    "(a scorer instead of people); each has --help.")
+    _model_flags(parser)
+    _sampling_flags(parser)
+    parser.add_argument("--db", default=str(DEFAULT_VOTES),
+                        help=f"the eval's votes file, not the annotate store (default: "
+                             f"{DEFAULT_VOTES})")
+    parser.add_argument("--voter", help="your name, recorded with every vote (default: the "
+                                        "page asks)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to serve on (default: 127.0.0.1, this machine only; "
+                             "0.0.0.0 for the network)")
+    parser.add_argument("--port", type=int, help="port (default: the first free from 7860)")
+    parser.add_argument("--images", default="runs/eval/images",
+                        help="image cache folder, shared with eval auto (default: "
+                             "runs/eval/images)")
+    return parser
+
+
+def blind(argv: list[str]) -> int:
+    args = blind_parser().parse_args(argv)
+    aligned = _aligned(args)
+    from data.prompts import read_prompt_set
+    from eval.app import build_app, launch_options
+    from eval.blind import BlindEval
+    from eval.images import Sampling
+    from eval.votes import VoteStore
+
+    prompts = read_prompt_set(args.prompts) if args.prompts else default_prompts(args.base)
+    votes = VoteStore(args.db)  # first, so a locked file fails before any image is made
+    blind_eval = BlindEval.prepare(args.base, aligned, prompts,
+                                   Sampling(args.seeds, args.steps, args.guidance), votes,
+                                   Path(args.images))
+    demo = build_app(blind_eval, args.voter)
+    demo.launch(prevent_thread_lock=True, quiet=True, **launch_options(args.host, args.port))
+    print(f"blind eval of {len(blind_eval.items)} pairs at {demo.local_url} "
+          f"(votes: {args.db}; Ctrl+C stops)", flush=True)
+    try:
+        demo.block_thread()
+    finally:
+        votes.close()
+    return 0
+
+
+def report_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m eval report",
+        description="Tally the blind page's votes, aligned over base: win rate, decisive win "
+                    "rate, tie and both-bad rates, Wilson 95%, sign test, prompt-clustered "
+                    "bootstrap, side-A (left) win rate; per prompt category. Writes report.md, "
+                    "win_rate.png and summary.json.")
+    parser.add_argument("--db", default=str(DEFAULT_VOTES),
+                        help=f"the eval's votes file (default: {DEFAULT_VOTES})")
+    parser.add_argument("--base", help="only votes with this base model")
+    parser.add_argument("--aligned", help="only votes with this aligned model (default: the "
+                                          "comparison voted on last)")
+    parser.add_argument("--out", help="report folder (default: runs/eval/human-<aligned name>)")
+    return parser
+
+
+def report(argv: list[str]) -> int:
+    args = report_parser().parse_args(argv)
+    from eval.report import write_human_report
+    from eval.votes import VoteStore
+
+    with VoteStore(args.db, read_only=True) as store:
+        comparisons = [c for c in store.comparisons()
+                       if args.base in (None, c[0]) and args.aligned in (None, c[1])]
+        if not comparisons:
+            which = "" if args.base is None and args.aligned is None else " for these models"
+            raise DataError(f"no votes yet{which} in {args.db}: vote first (python -m eval)")
+        base, aligned, _ = comparisons[0]
+        votes = store.votes(base, aligned)
+    out = Path(args.out or Path("runs/eval") / f"human-{run_name(aligned)}")
+    command = "python -m eval report " + shlex.join(argv)
+    summary = write_human_report(votes, out, command, others=comparisons[1:])
+    print(json.dumps(summary))
+    return 0
+
+
 def auto_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m eval auto",
@@ -44,20 +165,11 @@ def auto_parser() -> argparse.ArgumentParser:
                     "and tally aligned over base: win rates, Wilson and prompt-clustered "
                     "bootstrap intervals, sign test, mean scores. Writes report.md, "
                     "win_rate.png, scores.png and summary.json.")
-    parser.add_argument("--base", default=TOY, help="the base model (default: toy)")
-    parser.add_argument("--aligned", help="the aligned model (default: the newest "
-                                          "runs/train/*/final)")
-    parser.add_argument("--prompts", help="prompt set: one per line, or CSV/TSV with prompt "
-                                          "and category columns (default for toy: the 18 "
-                                          "toy captions, by shape)")
+    _model_flags(parser)
     parser.add_argument("--scorer", default="toy_judge",
                         help="toy_judge, pickscore, clip, aesthetic, hpsv2 or module:callable "
                              "(default: toy_judge)")
-    parser.add_argument("--seeds", type=int, default=2,
-                        help="images per prompt and model, seeds 0..N-1 (default: 2)")
-    parser.add_argument("--steps", type=int, default=20, help="sampler steps (default: 20)")
-    parser.add_argument("--guidance", type=float, default=7.5,
-                        help="guidance scale (default: 7.5)")
+    _sampling_flags(parser)
     parser.add_argument("--tie-margin", type=float, default=0.0,
                         help="score difference at or below which a pair is a tie (default: 0)")
     parser.add_argument("--out", help="report folder (default: runs/eval/auto-<aligned name>)")
@@ -74,10 +186,7 @@ def auto(argv: list[str]) -> int:
     from eval.report import write_auto_report
     from models.scorers import load_scorer
 
-    aligned = args.aligned or newest_trained_model()
-    if aligned is None:
-        raise DataError("no aligned model: train one first (accelerate launch -m train toy) "
-                        "or name it with --aligned")
+    aligned = _aligned(args)
     prompts = read_prompt_set(args.prompts) if args.prompts else default_prompts(args.base)
     out = Path(args.out or Path("runs/eval") / f"auto-{Path(aligned).parent.name}")
     result = compare(args.base, aligned, prompts, load_scorer(args.scorer), args.scorer,
@@ -90,14 +199,14 @@ def auto(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["auto"]:
-        try:
-            return auto(argv[1:])
-        except (DataError, ModelError) as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 1
-    print("python -m eval: not built yet (see the project's open issues)", file=sys.stderr)
-    return 2
+    command = {"auto": auto, "report": report}.get(argv[0] if argv else "")
+    try:
+        return command(argv[1:]) if command else blind(argv)
+    except (DataError, ModelError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

@@ -10,8 +10,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from data.errors import DataError  # noqa: E402
 from eval.auto import AutoResult, mean_interval  # noqa: E402
-from eval.stats import Tally, tally_by_category  # noqa: E402
+from eval.stats import Tally, Vote, tally_by_category  # noqa: E402
+from eval.votes import VoteRow  # noqa: E402
 
 
 def _pct(value: float | None) -> str:
@@ -85,44 +87,100 @@ def score_chart(result: AutoResult, path: Path) -> Path:
     return path
 
 
+def _pair(interval) -> list[float] | None:
+    return None if interval is None else [interval.low, interval.high]
+
+
+def tally_summary(t: Tally) -> dict:
+    """A tally as plain JSON values."""
+    return {"n": t.n, "wins": t.wins, "losses": t.losses, "ties": t.ties,
+            "both_bad": t.both_bad, "win_rate": t.win_rate, "wilson": _pair(t.wilson),
+            "bootstrap": _pair(t.bootstrap), "decisive_win_rate": t.decisive_win_rate,
+            "decisive_wilson": _pair(t.decisive_wilson), "sign_test_p": t.sign_test_p,
+            "tie_rate": t.tie_rate, "both_bad_rate": t.both_bad_rate,
+            "left_win_rate": t.left_win_rate, "left_decisive_votes": t.left_decisive_votes}
+
+
+def rate_rows(tallies: dict[str, Tally]) -> list[str]:
+    """Tie and both-bad rates and the left-side (side A) win rate, per prompt group."""
+    rows = ["| prompts | tie rate T/N | both-bad rate B/(N+B) | left (side A) image won, of "
+            "decisive votes |", "|---|---|---|---|"]
+    for name, t in tallies.items():
+        rows.append(f"| {name} | {_pct(t.tie_rate)} | {_pct(t.both_bad_rate)} | "
+                    f"{_pct(t.left_win_rate)} of {t.left_decisive_votes} |")
+    return rows
+
+
+def write_report(out: Path, title: str, intro: list[str], votes: list[Vote], summary: dict,
+                 sections: list[str] = (), rates: bool = False) -> dict:
+    """The report every evaluation writes: report.md, win_rate.png and summary.json.
+
+    `intro` and `sections` are markdown lines before and after the tallies; `summary`
+    holds what the evaluation adds to the overall tally's figures. Returns the summary.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    tallies = tally_by_category(votes)
+    win_rate_chart(tallies, title, out / "win_rate.png")
+    lines = [f"# {title}", "", *intro, "", *tally_rows(tallies), "",
+             *([*rate_rows(tallies), ""] if rates else []), *sections,
+             "![win rate](win_rate.png)", ""]
+    (out / "report.md").write_text("\n".join(lines))
+    summary = {**summary, **tally_summary(tallies["all"]),
+               "categories": {name: tally_summary(t) for name, t in tallies.items()
+                              if name != "all"},
+               "report": str(out / "report.md")}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
 def write_auto_report(result: AutoResult, out: Path, command: str) -> dict:
     """report.md, win_rate.png, scores.png and summary.json in `out`; returns the summary."""
     out.mkdir(parents=True, exist_ok=True)
-    tallies = tally_by_category(result.votes)
     base_mean, base_ci = mean_interval(result.base_scores)
     aligned_mean, aligned_ci = mean_interval(result.aligned_scores)
-    win_rate_chart(tallies, f"{result.aligned} over {result.base}, judged by {result.scorer}",
-                   out / "win_rate.png")
     score_chart(result, out / "scores.png")
     s = result.sampling
-    lines = [
-        f"# {result.aligned} against {result.base}, judged by {result.scorer}", "",
+    intro = [
         f"`{command}`", "",
         f"{len(result.votes)} pairs: {len({p.text for p in result.prompts})} prompts x "
         f"{s.seeds} seeds (0..{s.seeds - 1}), {s.steps} steps, guidance {s.guidance}, the "
         f"same seed for both models. The higher score wins; a difference of "
-        f"{result.tie_margin} or less is a tie.", "",
-        *tally_rows(tallies), "",
+        f"{result.tie_margin} or less is a tie.",
+    ]
+    sections = [
         "| model | mean score | 95% interval |", "|---|---|---|",
         f"| base: {result.base} | {base_mean:.4f} | {base_ci.low:.4f}-{base_ci.high:.4f} |",
         f"| aligned: {result.aligned} | {aligned_mean:.4f} | "
         f"{aligned_ci.low:.4f}-{aligned_ci.high:.4f} |", "",
-        "![win rate](win_rate.png)", "", "![scores](scores.png)", "",
+        "![scores](scores.png)", "",
     ]
-    (out / "report.md").write_text("\n".join(lines))
-    overall = tallies["all"]
-    summary = {
-        "base": result.base, "aligned": result.aligned, "scorer": result.scorer,
-        "pairs": len(result.votes), "wins": overall.wins, "losses": overall.losses,
-        "ties": overall.ties, "win_rate": overall.win_rate,
-        "wilson": None if overall.wilson is None else [overall.wilson.low, overall.wilson.high],
-        "bootstrap": None if overall.bootstrap is None
-        else [overall.bootstrap.low, overall.bootstrap.high],
-        "decisive_win_rate": overall.decisive_win_rate,
-        "decisive_wilson": None if overall.decisive_wilson is None
-        else [overall.decisive_wilson.low, overall.decisive_wilson.high],
-        "sign_test_p": overall.sign_test_p, "base_mean_score": base_mean,
-        "aligned_mean_score": aligned_mean, "report": str(out / "report.md"),
-    }
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    return summary
+    summary = {"base": result.base, "aligned": result.aligned, "scorer": result.scorer,
+               "pairs": len(result.votes), "base_mean_score": base_mean,
+               "aligned_mean_score": aligned_mean}
+    return write_report(out, f"{result.aligned} against {result.base}, judged by "
+                             f"{result.scorer}", intro, result.votes, summary, sections)
+
+
+def write_human_report(votes: list[VoteRow], out: Path, command: str,
+                       others: list[tuple[str, str, int]] = ()) -> dict:
+    """The blind page's votes on one comparison as report.md, win_rate.png, summary.json."""
+    if not votes:
+        raise DataError("no votes to report")
+    base, aligned = votes[0].base_model, votes[0].aligned_model
+    voters = sorted({v.voter for v in votes})
+    settings = sorted({(v.steps, v.guidance) for v in votes})
+    intro = [
+        f"`{command}`", "",
+        f"{len(votes)} blind votes by {len(voters)} voter(s) ({', '.join(voters)}) on "
+        f"{len({v.prompt for v in votes})} prompts, "
+        f"{votes[0].created_at:%Y-%m-%d %H:%M} to {votes[-1].created_at:%Y-%m-%d %H:%M} UTC; "
+        f"sampling (steps, guidance): {', '.join(f'{s}, {g}' for s, g in settings)}, the same "
+        "seed for both models, sides shuffled per pair. N counts wins, losses and ties; "
+        "both-bad votes state no preference.",
+    ]
+    if others:
+        intro += ["", "Other comparisons in this file (report one with --base/--aligned): "
+                  + "; ".join(f"{a} against {b} ({n} votes)" for b, a, n in others) + "."]
+    summary = {"base": base, "aligned": aligned, "votes": len(votes), "voters": voters}
+    return write_report(out, f"{aligned} against {base}, blind votes", intro,
+                        [v.as_stat() for v in votes], summary, rates=True)

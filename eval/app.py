@@ -1,0 +1,140 @@
+"""The blind A/B page: layout and wiring only; the logic is eval/blind.py's.
+
+Every event is private (`api_visibility="private"`: hidden from API clients), and none
+returns anything that names a model before `BlindEval.vote` has committed the vote.
+The pair id travels in `gr.State`, which stays on the server.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+
+import gradio as gr
+
+from data.errors import DataError
+from eval.blind import BlindEval, Reveal
+from eval.stats import Tally
+
+IDS = {"A": "eval-vote-a", "B": "eval-vote-b", "tie": "eval-vote-tie", "both_bad": "eval-vote-bad"}
+LABELS = {"A": "A is better  [a / ←]", "B": "B is better  [b / →]", "tie": "Tie  [t / ↓]",
+          "both_bad": "Both are bad  [x / ↑]"}
+NEXT_LABEL = "Next pair  [n / Enter]"
+
+# Keyboard shortcuts: a click on the matching button, unless the key is typed into a
+# text field (the voter's name) or the button is disabled.
+HEAD = """
+<script>
+document.addEventListener("keydown", (event) => {
+  if (event.ctrlKey || event.metaKey || event.altKey || event.repeat) return;
+  const target = event.target;
+  if (target && (target.isContentEditable ||
+                 ["INPUT", "TEXTAREA", "SELECT"].includes(target.tagName))) return;
+  if (event.key === "Enter" && target && target.tagName === "BUTTON") return;
+  const ids = {a: "eval-vote-a", ArrowLeft: "eval-vote-a", b: "eval-vote-b",
+               ArrowRight: "eval-vote-b", t: "eval-vote-tie", ArrowDown: "eval-vote-tie",
+               x: "eval-vote-bad", ArrowUp: "eval-vote-bad", n: "eval-next", Enter: "eval-next"};
+  const id = ids[event.key.length === 1 ? event.key.toLowerCase() : event.key];
+  const button = id && document.getElementById(id);
+  if (button && !button.disabled) {
+    event.preventDefault();
+    button.click();
+  }
+});
+</script>
+"""
+CSS = "#eval-image-a img, #eval-image-b img { image-rendering: pixelated; }"
+
+
+def _text(value: str) -> str:
+    """User text shown literally in Markdown (no HTML, no markup)."""
+    return re.sub(r"([\\`*_{}\[\]()#+\-.!|~>])", r"\\\1", html.escape(value))
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def tally_text(tallies: dict[str, Tally]) -> str:
+    """The running tally of every vote on this comparison, aligned over base."""
+    t = tallies["all"]
+    if t.n + t.both_bad == 0:
+        return "**Tally, aligned over base:** no votes yet."
+    wilson = "" if t.wilson is None else \
+        f" (Wilson 95% {100 * t.wilson.low:.1f}-{100 * t.wilson.high:.1f}%)"
+    return (f"**Tally, aligned over base:** {t.n + t.both_bad} votes: {t.wins} aligned, "
+            f"{t.losses} base, {t.ties} ties, {t.both_bad} both bad. Win rate "
+            f"{_pct(t.win_rate)}{wilson}; decisive {_pct(t.decisive_win_rate)}; sign test "
+            f"p = {t.sign_test_p:.3g}; the left image won {_pct(t.left_win_rate)} of "
+            f"{t.left_decisive_votes} decisive votes.")
+
+
+def reveal_text(reveal: Reveal) -> str:
+    """Which model made which image, and what the vote meant."""
+    v = reveal.vote
+    said = {"A": "A is better", "B": "B is better", "tie": "a tie",
+            "both_bad": "both are bad"}[v.choice]
+    meaning = {"aligned": "a win for aligned", "base": "a win for base", "tie": "a tie",
+               "both_bad": "no preference (both bad)"}[v.outcome]
+    return (f"**Image A: {v.side_a}** ({_text(reveal.model_a)}) · **Image B: "
+            f"{reveal.side_b}** ({_text(reveal.model_b)}). You said {said}: {meaning}.")
+
+
+def build_app(blind: BlindEval, voter: str | None = None) -> gr.Blocks:
+    """The page for one comparison. `voter`: a fixed name; otherwise the page asks."""
+    with gr.Blocks(title="Blind A/B evaluation") as demo:
+        gr.Markdown("## Which image is better for its prompt?\nThe two models' images are "
+                    "shown in random order; who made which is shown after you vote. "
+                    "Shortcuts: **a** or **←** A is better, **b** or **→** B is better, "
+                    "**t** or **↓** tie, **x** or **↑** both are bad, **n** or **Enter** "
+                    "next pair.", elem_id="eval-help")
+        name = gr.Textbox(value=voter or "", label="Your name (recorded with your votes)",
+                          visible=voter is None, elem_id="eval-voter", max_lines=1)
+        pair_id = gr.State(None)
+        prompt = gr.Markdown(elem_id="eval-prompt")
+        with gr.Row():
+            image_a = gr.Image(label="A", interactive=False, format="png", buttons=[],
+                               height=320, elem_id="eval-image-a")
+            image_b = gr.Image(label="B", interactive=False, format="png", buttons=[],
+                               height=320, elem_id="eval-image-b")
+        with gr.Row():
+            buttons = {c: gr.Button(LABELS[c], elem_id=IDS[c], interactive=False,
+                                    variant="primary" if c in ("A", "B") else "secondary")
+                       for c in IDS}
+        reveal = gr.Markdown(elem_id="eval-reveal")
+        next_button = gr.Button(NEXT_LABEL, elem_id="eval-next", interactive=False)
+        tally = gr.Markdown(tally_text(blind.tallies()), elem_id="eval-tally")
+
+        def show(voter_name: str):
+            shown = blind.show(blind.deal(voter_name.strip()))
+            return (shown.pair_id, f"### {_text(shown.prompt)}", shown.image_a, shown.image_b,
+                    "", *[gr.Button(interactive=True)] * len(buttons),
+                    gr.Button(interactive=False), tally_text(blind.tallies()))
+
+        shown_outputs = [pair_id, prompt, image_a, image_b, reveal, *buttons.values(),
+                         next_button, tally]
+        demo.load(show, [name], shown_outputs, api_visibility="private")
+        next_button.click(show, [name], shown_outputs, api_visibility="private")
+
+        def voter_for(choice: str):
+            def vote(current: str | None, voter_name: str):
+                try:
+                    revealed = blind.vote(current or "", voter_name, choice)
+                except DataError as error:
+                    gr.Warning(str(error))
+                    return (gr.skip(),) * (len(buttons) + 3)
+                return (reveal_text(revealed), *[gr.Button(interactive=False)] * len(buttons),
+                        gr.Button(interactive=True), tally_text(blind.tallies()))
+            return vote
+
+        for choice, button in buttons.items():
+            button.click(voter_for(choice), [pair_id, name],
+                         [reveal, *buttons.values(), next_button, tally],
+                         api_visibility="private", concurrency_limit=None)
+    return demo
+
+
+def launch_options(host: str, port: int | None) -> dict:
+    """How the page is served: the shortcuts' script, no run history kept in the browser."""
+    return {"server_name": host, "server_port": port, "head": HEAD, "css": CSS,
+            "run_history": False, "footer_links": ["gradio", "settings"]}

@@ -1,0 +1,194 @@
+"""The blind eval's own votes: one DuckDB file (default runs/eval/votes.duckdb).
+
+The eval keeps its votes apart from the annotate store: they judge models, not images
+for training, and must never be exported as preference pairs. DuckDB allows one
+read-write process per file, so the running blind app owns the file and
+`python -m eval report` reads it when the app is stopped.
+
+A vote is one transaction, committed before the page hears of it. Its `vote_id` is the
+id of the shown pair, so a double click or a client retry stores one row and is
+answered with the first vote.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from contextlib import suppress
+from dataclasses import dataclass, fields
+from datetime import datetime, timezone
+from pathlib import Path
+
+import duckdb
+
+from data.errors import DataError, StoreLockedError
+from eval.stats import Vote
+
+DEFAULT_VOTES = Path("runs/eval/votes.duckdb")
+SIDES = ("base", "aligned")
+CHOICES = ("A", "B", "tie", "both_bad")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS votes (
+    vote_id VARCHAR PRIMARY KEY,
+    voter VARCHAR NOT NULL,
+    prompt VARCHAR NOT NULL,
+    category VARCHAR,
+    seed INTEGER NOT NULL,
+    base_model VARCHAR NOT NULL,
+    aligned_model VARCHAR NOT NULL,
+    side_a VARCHAR NOT NULL CHECK (side_a IN ('base', 'aligned')),
+    choice VARCHAR NOT NULL CHECK (choice IN ('A', 'B', 'tie', 'both_bad')),
+    outcome VARCHAR NOT NULL CHECK (outcome IN ('aligned', 'base', 'tie', 'both_bad')),
+    steps INTEGER NOT NULL,
+    guidance DOUBLE NOT NULL,
+    dwell_ms BIGINT,
+    created_at TIMESTAMP NOT NULL
+)
+"""
+
+
+@dataclass(frozen=True)
+class VoteRow:
+    """One stored vote: which model was on side A, what the voter chose, what that means."""
+
+    vote_id: str
+    voter: str
+    prompt: str
+    category: str | None
+    seed: int
+    base_model: str
+    aligned_model: str
+    side_a: str  # 'base' or 'aligned': the model whose image was labelled A (on the left)
+    choice: str  # 'A', 'B', 'tie' or 'both_bad': the button pressed
+    outcome: str  # 'aligned', 'base', 'tie' or 'both_bad': the choice in model terms
+    steps: int
+    guidance: float
+    dwell_ms: int | None
+    created_at: datetime
+
+    def as_stat(self) -> Vote:
+        """The vote as eval.stats counts it (aligned over base, side A is the left)."""
+        return Vote(self.prompt, self.outcome, self.side_a == "aligned", self.category)
+
+
+COLUMNS = [f.name for f in fields(VoteRow)]
+
+
+def outcome_of(choice: str, side_a: str) -> str:
+    """The model that won a choice made between sides A and B (or 'tie', 'both_bad')."""
+    if choice not in CHOICES:
+        raise DataError(f"unknown choice {choice!r}: use one of {', '.join(CHOICES)}")
+    if side_a not in SIDES:
+        raise DataError(f"side_a must be one of {SIDES}, got {side_a!r}")
+    if choice == "A":
+        return side_a
+    if choice == "B":
+        return SIDES[1 - SIDES.index(side_a)]
+    return choice
+
+
+def _open(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
+    if read_only and not path.exists():
+        raise DataError(f"no votes yet: {path} does not exist (vote first: python -m eval)")
+    if not read_only:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return duckdb.connect(str(path), read_only=read_only)
+    except duckdb.IOException as error:
+        if "lock" in str(error).lower():
+            holder = re.search(r"\(PID (\d+)\)", str(error))
+            who = f"process {holder.group(1)}" if holder else "another process"
+            raise StoreLockedError(
+                f"{path} is in use by {who} (a running blind eval app?): stop it first, "
+                "or read the tallies on its page") from None
+        raise DataError(f"cannot open {path}: {str(error).splitlines()[0]}") from None
+    except duckdb.Error as error:
+        raise DataError(f"{path} is not a votes file: {str(error).splitlines()[0]}") from None
+
+
+class VoteStore:
+    """The votes file; one instance per process, shared by the app's threads."""
+
+    def __init__(self, path: str | Path = DEFAULT_VOTES, read_only: bool = False):
+        self.path = Path(path)
+        self._con = _open(self.path, read_only)
+        self._local = threading.local()
+        try:
+            if read_only:
+                self.cursor().execute("SELECT count(*) FROM votes")
+            else:
+                self.cursor().execute(SCHEMA)
+        except duckdb.Error:
+            self._con.close()
+            raise DataError(f"{self.path} is not a votes file (no votes table)") from None
+
+    def close(self) -> None:
+        self._con.close()
+
+    def __enter__(self) -> VoteStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        """This thread's cursor (a DuckDB connection is not shared between threads)."""
+        cursor = getattr(self._local, "cursor", None)
+        if cursor is None:
+            cursor = self._local.cursor = self._con.cursor()
+        return cursor
+
+    def record(self, row: VoteRow) -> VoteRow:
+        """Store `row` unless its vote_id is stored already; returns the stored row.
+
+        The insert commits before this returns. A replay of the same vote_id (a double
+        click, even one with another choice) keeps the first vote and returns it.
+        """
+        outcome = outcome_of(row.choice, row.side_a)
+        if outcome != row.outcome:
+            raise DataError(f"vote {row.vote_id}: outcome {row.outcome!r} does not follow "
+                            f"from choice {row.choice!r} with {row.side_a} on side A")
+        cursor = self.cursor()
+        # a conflict means a concurrent twin of this vote committed first
+        with suppress(duckdb.ConstraintException, duckdb.TransactionException):
+            cursor.execute(
+                f"INSERT INTO votes ({', '.join(COLUMNS)}) VALUES "
+                f"({', '.join('?' * len(COLUMNS))}) ON CONFLICT (vote_id) DO NOTHING",
+                [getattr(row, c) for c in COLUMNS])
+        stored = self.get(row.vote_id)
+        if stored is None:
+            raise DataError(f"vote {row.vote_id} was not stored")
+        return stored
+
+    def get(self, vote_id: str) -> VoteRow | None:
+        rows = self._select("vote_id = ?", [vote_id])
+        return rows[0] if rows else None
+
+    def _select(self, where: str, params: list) -> list[VoteRow]:
+        result = self.cursor().execute(
+            f"SELECT {', '.join(COLUMNS)} FROM votes WHERE {where} ORDER BY created_at, vote_id",
+            params).fetchall()
+        return [VoteRow(*row) for row in result]
+
+    def votes(self, base: str | None = None, aligned: str | None = None) -> list[VoteRow]:
+        """Every vote, or those of one comparison (either model may be left open)."""
+        return self._select("(? IS NULL OR base_model = ?) AND (? IS NULL OR aligned_model = ?)",
+                            [base, base, aligned, aligned])
+
+    def comparisons(self) -> list[tuple[str, str, int]]:
+        """(base, aligned, votes) of every comparison voted on, the latest voted first."""
+        return [tuple(r) for r in self.cursor().execute(
+            "SELECT base_model, aligned_model, count(*) FROM votes GROUP BY ALL "
+            "ORDER BY max(created_at) DESC").fetchall()]
+
+    def seen(self, voter: str, base: str, aligned: str) -> dict[tuple[str, int], int]:
+        """How many times `voter` voted on each (prompt, seed) of this comparison."""
+        return {(p, s): n for p, s, n in self.cursor().execute(
+            "SELECT prompt, seed, count(*) FROM votes WHERE voter = ? AND base_model = ? "
+            "AND aligned_model = ? GROUP BY ALL", [voter, base, aligned]).fetchall()}
+
+
+def now() -> datetime:
+    """The vote time, UTC without a zone (DuckDB TIMESTAMP)."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)
