@@ -20,7 +20,6 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from data.errors import DataError  # noqa: E402
 from eval.votes import DEFAULT_VOTES  # noqa: E402
-from models.errors import ModelError  # noqa: E402
 
 TOY = "toy"
 
@@ -140,7 +139,6 @@ def report_parser() -> argparse.ArgumentParser:
 
 def report(argv: list[str]) -> int:
     args = report_parser().parse_args(argv)
-    from eval.report import write_human_report
     from eval.votes import VoteStore
 
     with VoteStore(args.db, read_only=True) as store:
@@ -151,6 +149,8 @@ def report(argv: list[str]) -> int:
             raise DataError(f"no votes yet{which} in {args.db}: vote first (python -m eval)")
         base, aligned, _ = comparisons[0]
         votes = store.votes(base, aligned)
+    from eval.report import write_human_report  # matplotlib: only once there are votes
+
     out = Path(args.out or Path("runs/eval") / f"human-{run_name(aligned)}")
     command = "python -m eval report " + shlex.join(argv)
     summary = write_human_report(votes, out, command, others=comparisons[1:])
@@ -197,12 +197,21 @@ def auto(argv: list[str]) -> int:
     return 0
 
 
+def _user_errors() -> tuple[type[Exception], ...]:
+    """DataError, and ModelError once the model layer is loaded: `report` and `--help`
+    never import it (it imports torch, seconds before anything happens)."""
+    models_errors = sys.modules.get("models.errors")
+    return (DataError, *([models_errors.ModelError] if models_errors else []))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = {"auto": auto, "report": report}.get(argv[0] if argv else "")
     try:
         return command(argv[1:]) if command else blind(argv)
-    except (DataError, ModelError) as error:
+    except Exception as error:
+        if not isinstance(error, _user_errors()):
+            raise
         print(f"error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

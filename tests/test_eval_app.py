@@ -1,0 +1,396 @@
+"""The blind A/B evaluation: pairing, votes, the page (voted through a browser), blindness
+and `python -m eval report`.
+
+The models are two copies of the toy pipeline under unmistakable folder names (the
+aligned one with noise in its UNet, so the two images of a pair differ), so a test can
+search everything the browser received for their names.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timedelta
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from data.errors import DataError
+from data.prompts import Prompt
+from eval.__main__ import main
+from eval.app import build_app, launch_options
+from eval.blind import BlindEval, deal_order
+from eval.images import Sampling, model_folder
+from eval.report import write_human_report
+from eval.votes import VoteRow, VoteStore, outcome_of
+from models.loading import TOY_DIR
+from tests.helpers import serving
+
+PROMPTS = [Prompt("a red circle on a white background", "circle"),
+           Prompt("a blue square on a white background", "square")]
+SAMPLING = Sampling(seeds=1, steps=4)
+BASE_NAME, ALIGNED_NAME = "basemodel-qz7k", "alignedmodel-wx3v"
+
+
+# -- plain functions, no models ------------------------------------------------------
+
+
+def fake_eval(tmp_path, rng=None, seeds=2) -> BlindEval:
+    """A BlindEval over hand-made images: base draws red, aligned draws blue."""
+    images = {}
+    for side, color in (("base", (200, 0, 0)), ("aligned", (0, 0, 200))):
+        folder = tmp_path / side
+        folder.mkdir(exist_ok=True)
+        images[side] = {}
+        for p in PROMPTS:
+            for s in range(seeds):
+                path = folder / f"{abs(hash((p.text, s)))}.png"
+                Image.new("RGB", (8, 8), color).save(path)
+                images[side][(p.text, s)] = path
+    votes = VoteStore(tmp_path / "votes.duckdb")
+    return BlindEval("base-m", "aligned-m", PROMPTS, Sampling(seeds=seeds), images, votes, rng)
+
+
+def row(vote_id, outcome, side_a, prompt="p1", category=None, voter="ann", minutes=0):
+    choice = {"tie": "tie", "both_bad": "both_bad"}.get(outcome) or \
+        ("A" if outcome == side_a else "B")
+    return VoteRow(vote_id, voter, prompt, category, 0, "toy", "runs/train/x/final", side_a,
+                   choice, outcome, 4, 7.5, 100, datetime(2025, 1, 1) + timedelta(minutes=minutes))
+
+
+def test_choices_mean_models_through_the_recorded_side():
+    assert outcome_of("A", "aligned") == "aligned" and outcome_of("B", "aligned") == "base"
+    assert outcome_of("A", "base") == "base" and outcome_of("B", "base") == "aligned"
+    assert outcome_of("tie", "base") == "tie" and outcome_of("both_bad", "aligned") == "both_bad"
+    with pytest.raises(DataError):
+        outcome_of("left", "base")
+
+
+def test_sides_are_shuffled_per_pair_and_recorded_with_the_vote(tmp_path):
+    blind = fake_eval(tmp_path, random.Random(0))
+    red, blue = (200, 0, 0), (0, 0, 200)
+    sides = []
+    for k in range(12):
+        pair = blind.deal("ann")
+        shown = blind.show(pair)
+        # the browser gets bare pixels and an opaque id: no path, no model
+        assert isinstance(shown.image_a, np.ndarray) and shown.image_a.dtype == np.uint8
+        assert re.fullmatch(r"[0-9a-f]{32}", shown.pair_id)
+        colour_a = tuple(int(c) for c in shown.image_a[4, 4])
+        assert colour_a == (red if pair.side_a == "base" else blue)
+        choice = ("A", "B", "tie", "both_bad")[k % 4]
+        reveal = blind.vote(pair.pair_id, "ann", choice)
+        assert reveal.vote.side_a == pair.side_a and reveal.vote.choice == choice
+        assert reveal.model_a == blind.models[pair.side_a] and reveal.model_b != reveal.model_a
+        assert reveal.vote.outcome == outcome_of(choice, pair.side_a)
+        sides.append(pair.side_a)
+    assert 3 <= sides.count("aligned") <= 9  # shuffled, not fixed
+    stored = blind.votes.votes()
+    assert [v.side_a for v in stored] == sides and len({v.vote_id for v in stored}) == 12
+    assert {v.seed for v in stored} == {0, 1} and {v.category for v in stored} == {
+        "circle", "square"}
+    assert all(v.dwell_ms is not None and v.voter == "ann" for v in stored)
+
+
+def test_each_voter_gets_the_pairs_they_voted_on_least():
+    items = [(p, s) for p in PROMPTS for s in range(2)]
+    seen = {(PROMPTS[0].text, 0): 2, (PROMPTS[0].text, 1): 1, (PROMPTS[1].text, 0): 1}
+    rng = random.Random(1)
+    assert {deal_order(items, seen, rng) for _ in range(20)} == {(PROMPTS[1], 1)}
+
+
+def test_a_vote_is_stored_once_however_often_it_is_sent(tmp_path):
+    blind = fake_eval(tmp_path, random.Random(3))
+    pair = blind.deal("ann")
+    first = blind.vote(pair.pair_id, "ann", "A")
+    again = blind.vote(pair.pair_id, "ann", "B")  # a second click, another button
+    assert again.vote == first.vote and again.vote.choice == "A"
+    # a burst of concurrent clicks on a fresh pair: one row, every answer the same
+    pair = blind.deal("ann")
+    answers, errors = [], []
+
+    def click(choice):
+        try:
+            answers.append(blind.vote(pair.pair_id, "ann", choice).vote)
+        except Exception as error:  # noqa: BLE001 - the test reports any failure
+            errors.append(error)
+
+    threads = [threading.Thread(target=click, args=(c,)) for c in ("A", "B", "tie", "A")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(set(answers)) == 1
+    assert len(blind.votes.votes()) == 2
+    with pytest.raises(DataError, match="unknown or expired"):
+        blind.vote("not-a-pair", "ann", "A")
+    with pytest.raises(DataError, match="name"):
+        blind.vote(blind.deal("").pair_id, "  ", "A")
+
+
+def test_the_report_tallies_votes_overall_and_by_category(tmp_path):
+    votes = [  # circle: 3 aligned wins, 1 loss; square: 1 win, 1 tie, 1 both bad
+        row("1", "aligned", "aligned", "c1", "circle"), row("2", "aligned", "base", "c1", "circle"),
+        row("3", "aligned", "aligned", "c2", "circle"), row("4", "base", "base", "c2", "circle"),
+        row("5", "aligned", "base", "s1", "square"), row("6", "tie", "aligned", "s1", "square"),
+        row("7", "both_bad", "base", "s2", "square", voter="bob", minutes=5),
+    ]
+    summary = write_human_report(votes, tmp_path, "python -m eval report")
+    assert (summary["wins"], summary["losses"], summary["ties"], summary["both_bad"]) == \
+        (4, 1, 1, 1)
+    assert summary["n"] == 6 and summary["win_rate"] == pytest.approx(4.5 / 6)
+    assert summary["decisive_win_rate"] == pytest.approx(0.8)
+    assert summary["tie_rate"] == pytest.approx(1 / 6)
+    assert summary["both_bad_rate"] == pytest.approx(1 / 7)
+    # side A (the left) won votes 1, 3 and 4 of the five decisive ones
+    assert summary["left_win_rate"] == pytest.approx(3 / 5)
+    assert summary["sign_test_p"] == pytest.approx(0.375)
+    assert summary["voters"] == ["ann", "bob"] and summary["aligned"] == "runs/train/x/final"
+    circle, square = summary["categories"]["circle"], summary["categories"]["square"]
+    assert (circle["wins"], circle["losses"], square["ties"], square["both_bad"]) == (3, 1, 1, 1)
+    low, high = summary["wilson"]
+    assert low < summary["win_rate"] < high
+    report = (tmp_path / "report.md").read_text()
+    assert "| all | 6 | 4 / 1 / 1 / 1 |" in report and "| circle | 4 |" in report
+    assert "| all | 16.7% | 14.3% | 60.0% of 5 |" in report
+    with Image.open(tmp_path / "win_rate.png") as chart:
+        assert chart.format == "PNG"
+
+
+# -- the command ---------------------------------------------------------------------
+
+
+def run_eval(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "eval", *args], capture_output=True,
+                          text=True, cwd=cwd, timeout=120)
+
+
+def test_report_command_on_votes_and_its_one_line_errors(tmp_path, capsys):
+    db = tmp_path / "votes.duckdb"
+    assert main(["report", "--db", str(db)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: no votes yet") and err.count("\n") == 1
+    VoteStore(db).close()  # the file exists, with no votes in it
+    assert main(["report", "--db", str(db)]) == 1
+    assert capsys.readouterr().err.startswith("error: no votes yet")
+    with VoteStore(db) as store:
+        for k, (outcome, side) in enumerate([("aligned", "base"), ("base", "aligned"),
+                                             ("aligned", "aligned")]):
+            store.record(row(str(k), outcome, side, f"p{k}", minutes=k))
+        store.record(VoteRow("other", "ann", "p", None, 0, "toy", "elsewhere", "base", "A",
+                             "base", 4, 7.5, None, datetime(2024, 1, 1)))
+        # while the votes file is held (by a running app), report says so in one line
+        held = run_eval("report", "--db", str(db), cwd=tmp_path)
+        assert held.returncode == 1 and held.stderr.count("\n") == 1
+        assert "in use by" in held.stderr
+    assert main(["report", "--db", str(db), "--out", str(tmp_path / "r")]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["aligned"] == "runs/train/x/final" and summary["votes"] == 3
+    assert summary["wins"] == 2 and summary["losses"] == 1
+    report = (tmp_path / "r" / "report.md").read_text()
+    assert "elsewhere against toy (1 votes)" in report  # the other comparison is named
+    assert main(["report", "--db", str(db), "--aligned", "elsewhere", "--out",
+                 str(tmp_path / "r2")]) == 0
+    assert json.loads(capsys.readouterr().out)["losses"] == 1
+
+
+def test_the_page_says_what_to_train_first(tmp_path):
+    out = run_eval(cwd=tmp_path)
+    assert out.returncode == 1 and out.stderr.count("\n") == 1
+    assert "accelerate launch -m train toy" in out.stderr
+
+
+# -- the page, through a browser -----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """Two toy copies with telltale names; the aligned one's UNet is perturbed."""
+    root = tmp_path_factory.mktemp("models")
+    base, aligned = root / BASE_NAME, root / ALIGNED_NAME
+    shutil.copytree(TOY_DIR, base)
+    shutil.copytree(TOY_DIR, aligned)
+    [weights] = (aligned / "unet").glob("*.safetensors")
+    tensors = load_file(weights)
+    generator = torch.Generator().manual_seed(0)
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point():
+            noise = torch.randn(tensor.shape, generator=generator, dtype=torch.float32)
+            tensors[name] = tensor + (0.3 * tensor.float().std().nan_to_num(0.1)
+                                      * noise).to(tensor.dtype)
+    save_file(tensors, weights)
+    return str(base), str(aligned)
+
+
+@pytest.fixture(scope="module")
+def app(models, tmp_path_factory):
+    """The page served on 127.0.0.1, with its BlindEval and image cache root."""
+    root = tmp_path_factory.mktemp("eval")
+    votes = VoteStore(root / "votes.duckdb")
+    blind = BlindEval.prepare(*models, PROMPTS, SAMPLING, votes, root / "images")
+    options = {k: v for k, v in launch_options("127.0.0.1", None).items()
+               if k not in ("server_name", "server_port")}
+    with serving(build_app(blind), **options) as url:
+        yield url, blind, root
+    votes.close()
+
+
+# Gradio's client reads its queue's server-sent events through fetch (and EventSource in
+# some versions); a response still open cannot be read by Playwright, so the page keeps
+# a copy of every chunk it receives.
+TEE_STREAMS = """
+window.__received = [];
+const originalFetch = window.fetch;
+window.fetch = async (...args) => {
+  const response = await originalFetch(...args);
+  try {
+    const reader = response.clone().body.getReader();
+    const decoder = new TextDecoder();
+    (async () => {
+      for (;;) {
+        const {done, value} = await reader.read();
+        if (done) break;
+        window.__received.push(decoder.decode(value, {stream: true}));
+      }
+    })().catch(() => {});
+  } catch (error) {}
+  return response;
+};
+if (window.EventSource) {
+  const Original = window.EventSource;
+  window.EventSource = class extends Original {
+    constructor(...args) {
+      super(...args);
+      this.addEventListener("message", (event) => window.__received.push(event.data));
+    }
+  };
+}
+"""
+
+
+def open_page(browser, url):
+    page = browser.new_page()
+    page.goto(url)
+    page.wait_for_function(
+        "() => document.querySelector('#eval-image-b img') && "
+        "!document.querySelector('#eval-vote-a').disabled", timeout=30_000)
+    return page
+
+
+def wait_revealed(page, votes_before):
+    page.wait_for_function("() => document.querySelector('#eval-reveal').innerText"
+                           ".includes('Image A:')", timeout=15_000)
+    page.wait_for_function("n => document.querySelector('#eval-tally').innerText"
+                           ".includes(`${n} votes:`)", arg=votes_before + 1, timeout=15_000)
+    return page.inner_text("#eval-reveal")
+
+
+def side_a_in(reveal: str) -> str:
+    return re.search(r"Image A: (base|aligned)", reveal).group(1)
+
+
+def test_voting_blind_through_the_page(browser, app):
+    url, blind, _ = app
+    page = open_page(browser, url)
+    assert "a / ←" in page.inner_text("#eval-vote-a")  # the shortcuts are on the page
+    assert page.is_disabled("#eval-next")
+    page.fill("#eval-voter input, #eval-voter textarea", "alice")
+    # vote 1 by mouse
+    prompt = page.inner_text("#eval-prompt")
+    page.click("#eval-vote-a")
+    reveal = wait_revealed(page, 0)
+    assert page.is_disabled("#eval-vote-b") and page.is_enabled("#eval-next")
+    first_side = side_a_in(reveal)
+    # vote 2 by keyboard: n for the next pair, t for a tie
+    page.locator("body").click(position={"x": 1, "y": 1})  # focus off the name field
+    page.keyboard.press("n")
+    page.wait_for_function("() => !document.querySelector('#eval-vote-a').disabled && "
+                           "document.querySelector('#eval-reveal').innerText.trim() === ''",
+                           timeout=15_000)
+    second_prompt = page.inner_text("#eval-prompt")
+    assert second_prompt != prompt  # alice has not voted on the other prompt yet
+    page.keyboard.press("t")
+    reveal2 = wait_revealed(page, 1)
+    # typing into the name field is not a vote
+    page.keyboard.press("n")
+    page.wait_for_function("() => !document.querySelector('#eval-vote-a').disabled",
+                           timeout=15_000)
+    name = page.locator("#eval-voter input, #eval-voter textarea")
+    name.press_sequentially(" bat")
+    name.fill("alice")
+    assert page.inner_text("#eval-reveal").strip() == ""
+    # vote 3: a double click stores one vote
+    page.dblclick("#eval-vote-b")
+    wait_revealed(page, 2)
+    time.sleep(0.5)
+    rows = blind.votes.votes()
+    assert [r.choice for r in rows] == ["A", "tie", "B"] and {r.voter for r in rows} == {"alice"}
+    assert rows[0].side_a == first_side and rows[1].side_a == side_a_in(reveal2)
+    assert rows[0].outcome == first_side and rows[1].outcome == "tie"
+    assert rows[2].outcome == ("base" if rows[2].side_a == "aligned" else "aligned")
+    assert [r.prompt for r in rows[:2]] == [prompt.strip(), second_prompt.strip()]
+    assert {r.category for r in rows} <= {"circle", "square"}
+    wins = sum(r.outcome == "aligned" for r in rows)
+    assert f"3 votes: {wins} aligned, {2 - wins} base, 1 ties, 0 both bad" in \
+        page.inner_text("#eval-tally")
+    page.close()
+
+
+def test_nothing_before_the_vote_tells_which_model_made_which_image(browser, app, models):
+    url, blind, root = app
+    secrets = {BASE_NAME, ALIGNED_NAME, *models,
+               *(model_folder(m, SAMPLING, root / "images").name for m in models)}
+    for path in blind.images["base"].values():
+        secrets.add(str(path))
+    responses = []
+    page = browser.new_page()
+    page.add_init_script(TEE_STREAMS)
+    page.on("response", lambda response: responses.append(response))
+    page.goto(url)
+    page.wait_for_function(
+        "() => document.querySelector('#eval-image-b img') && "
+        "!document.querySelector('#eval-vote-a').disabled", timeout=30_000)
+    received = [page.content().encode()]
+    sources = page.eval_on_selector_all("img", "images => images.map(i => i.src)")
+    received.append(" ".join(sources).encode())
+    for response in responses:
+        received.append(response.url.encode())
+        received.append(json.dumps(response.headers).encode())
+        if "event-stream" in response.headers.get("content-type", ""):
+            continue  # still open; its messages are in window.__received
+        try:
+            received.append(response.body())
+        except Exception:  # noqa: BLE001 - a redirect or aborted request has no body
+            continue
+    streamed = page.evaluate("() => window.__received.join('\\n')")
+    assert "process_completed" in streamed and len(sources) >= 2  # SSE payloads seen
+    received.append(streamed.encode())
+    everything = b"\n".join(received)
+    for secret in secrets:
+        assert secret.encode() not in everything, secret
+    text = page.inner_text("body")
+    assert not re.search(r"\b[AB]\b\W{0,4}(is\W+)?(by\W+)?(the\W+)?(base|aligned)\b", text, re.I)
+    assert page.inner_text("#eval-reveal").strip() == ""
+    # no API client can call the page's events (all private)
+    from gradio_client import Client
+
+    assert not Client(url, verbose=False).view_api(print_info=False,
+                                                    return_format="dict")["named_endpoints"]
+    # after the vote the reveal names both models, so the searches above could fail
+    page.fill("#eval-voter input, #eval-voter textarea", "bob")
+    page.click("#eval-vote-bad")
+    reveal = wait_revealed(page, len(blind.votes.votes()))
+    assert BASE_NAME in reveal and ALIGNED_NAME in reveal
+    assert re.search(r"Image A: (base|aligned)", reveal)
+    after = page.content() + page.evaluate("() => window.__received.join('\\n')")
+    assert BASE_NAME in after and ALIGNED_NAME in after  # the same collection sees them now
+    page.close()
