@@ -387,8 +387,9 @@ def test_nothing_before_the_vote_tells_which_model_made_which_image(browser, app
                                                     return_format="dict")["named_endpoints"]
     # after the vote the reveal names both models, so the searches above could fail
     page.fill("#eval-voter input, #eval-voter textarea", "bob")
+    before = len(blind.votes.votes())
     page.click("#eval-vote-bad")
-    reveal = wait_revealed(page, len(blind.votes.votes()))
+    reveal = wait_revealed(page, before)
     assert BASE_NAME in reveal and ALIGNED_NAME in reveal
     assert re.search(r"Image A: (base|aligned)", reveal)
     after = page.content() + page.evaluate("() => window.__received.join('\\n')")
