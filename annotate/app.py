@@ -31,7 +31,8 @@ MODE_CHOICES = [
 ]
 _ERRORS = (AnnotateError, PromptRefused, WorkerError, DataError)
 
-CSS = ".pair img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }"
+CSS = (".pair img { width: 100% !important; height: 100% !important; object-fit: contain;"
+       " image-rendering: pixelated; }")
 
 
 def page_script() -> str:
