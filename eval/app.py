@@ -43,7 +43,9 @@ document.addEventListener("keydown", (event) => {
 });
 </script>
 """
-CSS = "#eval-image-a img, #eval-image-b img { image-rendering: pixelated; }"
+# small images (the toy model's) fill their pane, sharp
+CSS = """#eval-image-a img, #eval-image-b img {
+  width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }"""
 
 
 def _text(value: str) -> str:
@@ -62,7 +64,8 @@ def tally_text(tallies: dict[str, Tally]) -> str:
         return "**Tally, aligned over base:** no votes yet."
     wilson = "" if t.wilson is None else \
         f" (Wilson 95% {100 * t.wilson.low:.1f}-{100 * t.wilson.high:.1f}%)"
-    return (f"**Tally, aligned over base:** {t.n + t.both_bad} votes: {t.wins} aligned, "
+    total = t.n + t.both_bad
+    return (f"**Tally, aligned over base:** {total} vote{'s' * (total != 1)}: {t.wins} aligned, "
             f"{t.losses} base, {t.ties} ties, {t.both_bad} both bad. Win rate "
             f"{_pct(t.win_rate)}{wilson}; decisive {_pct(t.decisive_win_rate)}; sign test "
             f"p = {t.sign_test_p:.3g}; the left image won {_pct(t.left_win_rate)} of "
@@ -102,7 +105,8 @@ def build_app(blind: BlindEval, voter: str | None = None) -> gr.Blocks:
                                     variant="primary" if c in ("A", "B") else "secondary")
                        for c in IDS}
         reveal = gr.Markdown(elem_id="eval-reveal")
-        next_button = gr.Button(NEXT_LABEL, elem_id="eval-next", interactive=False)
+        next_button = gr.Button(NEXT_LABEL, elem_id="eval-next", interactive=False,
+                                variant="primary")
         tally = gr.Markdown(tally_text(blind.tallies()), elem_id="eval-tally")
 
         def show(voter_name: str):

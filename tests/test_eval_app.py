@@ -290,7 +290,7 @@ def wait_revealed(page, votes_before):
     page.wait_for_function("() => document.querySelector('#eval-reveal').innerText"
                            ".includes('Image A:')", timeout=15_000)
     page.wait_for_function("n => document.querySelector('#eval-tally').innerText"
-                           ".includes(`${n} votes:`)", arg=votes_before + 1, timeout=15_000)
+                           ".includes(`: ${n} vote`)", arg=votes_before + 1, timeout=15_000)
     return page.inner_text("#eval-reveal")
 
 
