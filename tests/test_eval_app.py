@@ -8,6 +8,7 @@ search everything the browser received for their names.
 
 from __future__ import annotations
 
+import io
 import json
 import random
 import re
@@ -362,15 +363,22 @@ def test_nothing_before_the_vote_tells_which_model_made_which_image(browser, app
     received = [page.content().encode()]
     sources = page.eval_on_selector_all("img", "images => images.map(i => i.src)")
     received.append(" ".join(sources).encode())
+    images_seen = []
     for response in responses:
         received.append(response.url.encode())
         received.append(json.dumps(response.headers).encode())
         if "event-stream" in response.headers.get("content-type", ""):
             continue  # still open; its messages are in window.__received
         try:
-            received.append(response.body())
+            body = response.body()
         except Exception:  # noqa: BLE001 - a redirect or aborted request has no body
             continue
+        received.append(body)
+        if response.headers.get("content-type", "").startswith("image/"):
+            with Image.open(io.BytesIO(body)) as image:  # pixels only, no text chunks
+                images_seen.append(image.info)
+    assert len(images_seen) >= 2 and not any(set(info) - {"dpi", "gamma"}
+                                             for info in images_seen), images_seen
     streamed = page.evaluate("() => window.__received.join('\\n')")
     assert "process_completed" in streamed and len(sources) >= 2  # SSE payloads seen
     received.append(streamed.encode())
