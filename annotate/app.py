@@ -137,7 +137,8 @@ def build(collector: Collector, prompt_set: list[str] | None = None, auth: bool 
         round_id = gr.State("")
 
         outputs = [left, right, shown_prompt, round_id, tally, note, *buttons]
-        events = dict(outputs=outputs, concurrency_limit=None, show_progress="full")
+        events = dict(outputs=outputs, concurrency_limit=None, show_progress="full",
+                      show_progress_on=[left, right])
         gr.on([generate_button.click, prompt.submit], generate, [name, prompt, mode],
               api_name="generate", **events)
         for (outcome, *_), button in zip(BUTTONS, buttons, strict=True):

@@ -72,15 +72,20 @@ class PairWorker:
     `buffer_size` pairs are kept ready per source (0 turns prefetching off: every pair
     is made when it is asked for). Sources unused for `idle_s` seconds lose their
     buffer, and at most `max_sources` are kept, so a busy server's memory stays bounded.
+    A refill starts `refill_delay_s` after a pair was served from a buffer, so that the
+    answer to the vote leaves before a generation takes the CPU.
     """
 
     def __init__(self, make_pair: MakePair, prompt_set: PromptSet | None = None,
-                 buffer_size: int = 3, idle_s: float = 600.0, max_sources: int = 32):
+                 buffer_size: int = 3, idle_s: float = 600.0, max_sources: int = 32,
+                 refill_delay_s: float = 0.3):
         self._make_pair = make_pair
         self._prompt_set = prompt_set
         self.buffer_size = buffer_size
         self._idle_s = idle_s
         self._max_sources = max_sources
+        self._refill_delay_s = refill_delay_s
+        self._served_at = 0.0
         self._cond = threading.Condition()
         self._waiting: deque[_Waiter] = deque()
         self._buffers: dict[str, _Buffer] = {}
@@ -112,9 +117,8 @@ class PairWorker:
         with self._cond:
             buffer = self._touch(source)
             if buffer.pairs:
-                pair = buffer.pairs.popleft()
-                self._cond.notify_all()  # a slot is free: refill it
-                return pair
+                self._served_at = time.monotonic()
+                return buffer.pairs.popleft()
             waiter = _Waiter(source)
             self._waiting.append(waiter)
             self._cond.notify_all()
@@ -175,7 +179,7 @@ class PairWorker:
             del self._buffers[source]
         hungry = [(len(b.pairs), -b.used_at, s) for s, b in self._buffers.items()
                   if len(b.pairs) < self.buffer_size]
-        if not hungry:
+        if not hungry or now - self._served_at < self._refill_delay_s:
             return None
         return min(hungry)[2], None
 
@@ -184,7 +188,7 @@ class PairWorker:
             with self._cond:
                 job = None
                 while self._running and (job := self._next_job()) is None:
-                    self._cond.wait()
+                    self._cond.wait(timeout=self._refill_delay_s)
                 if not self._running:
                     for waiter in self._waiting:
                         waiter.future.set_exception(WorkerError("the server is shutting down"))
