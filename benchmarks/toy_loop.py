@@ -1,0 +1,318 @@
+"""The whole toy loop, from a clean folder: AI feedback, Diffusion-DPO, automatic evaluation.
+
+    python benchmarks/toy_loop.py                             # into runs/toy-loop (must not exist)
+    python benchmarks/toy_loop.py --runs runs/toy-loop-sft --data runs/toy-loop/prefs.duckdb \\
+        --objective sft                                       # the SFT baseline on the same pairs
+    python benchmarks/toy_loop.py --figures runs/toy-loop --out docs   # the docs' PNGs
+
+Stages, each a subprocess of the project's own commands, timed:
+
+1. collect: `python -m annotate feedback` (toy model, toy judge) into RUNS/prefs.duckdb
+   (skipped with --data: train on an existing store instead);
+2. train: `python -m train toy` (the preset; extra keys after --train-args) into
+   RUNS/train, with its latent cache in RUNS/cache;
+3. adherence: `python -m models.toy.evaluate` on the base and on the aligned model
+   (prompt/seed pairs with seeds from 1,000,000 up);
+4. judge: `python -m eval auto` (18 captions x seeds 0..22 = 414 same-seed pairs, tie
+   margin 0.1), images in RUNS/eval-images, report in RUNS/eval.
+
+Then the decisive win rate's prompt-clustered bootstrap (eval auto's bootstrap is of the
+win rate with ties; resampling prompts over the decisive votes alone gives W/(W+L)'s),
+checks that no collected image used an evaluation or selection seed, and prints one JSON
+object (also written to RUNS/result.json) with the criteria of issue 7: at least 400
+judged pairs, the lower end of the decisive win rate's Wilson 95% interval above 70%,
+adherence up by at least 15 points, the whole loop under 30 minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+EVAL_SEEDS = 23  # eval auto: seeds 0..22
+ADHERENCE_PAIRS = 400  # models.toy.evaluate: seeds 1,000,000..1,000,399
+TIE_MARGIN = 0.1
+
+
+def run_stage(name: str, command: list[str], logs: Path,
+              threads: int | None = None) -> tuple[str, float]:
+    """Run one command, its stderr to logs/NAME.log; (stdout, minutes). Exits on failure.
+    `threads` caps torch's CPU threads (OMP_NUM_THREADS) for the command."""
+    logs.mkdir(parents=True, exist_ok=True)
+    print(f"[toy_loop] {name}: {' '.join(command)}", file=sys.stderr, flush=True)
+    start = time.monotonic()
+    with open(logs / f"{name}.log", "w") as log:
+        env = dict(os.environ)
+        if threads:
+            env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+        done = subprocess.run(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=log,
+                              text=True, env=env)
+    minutes = (time.monotonic() - start) / 60
+    (logs / f"{name}.out").write_text(done.stdout)
+    if done.returncode:
+        raise SystemExit(f"error: stage {name} failed (exit {done.returncode}); "
+                         f"see {logs / (name + '.log')}")
+    print(f"[toy_loop] {name}: {minutes:.2f} min", file=sys.stderr, flush=True)
+    return done.stdout, minutes
+
+
+def last_json(text: str) -> dict:
+    """The JSON object a command printed: its last line, or all of stdout (indented)."""
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    try:
+        return json.loads(lines[-1])
+    except (IndexError, json.JSONDecodeError):
+        return json.loads(text)
+
+
+def store_counts(db: Path) -> dict:
+    """Pairs by outcome, and images whose seed an evaluation or the sample grid uses."""
+    import duckdb
+
+    with duckdb.connect(str(db), read_only=True) as con:
+        outcomes = dict(con.execute(
+            "SELECT outcome, count(*) FROM rankings GROUP BY outcome").fetchall())
+        overlap = con.execute(
+            "SELECT count(*) FROM images WHERE seed < ? OR seed BETWEEN ? AND ? "
+            "OR seed BETWEEN ? AND ?",
+            [EVAL_SEEDS, 1_000_000, 1_000_000 + ADHERENCE_PAIRS - 1, 2_000_000, 2_000_099],
+        ).fetchone()[0]
+    decisive = outcomes.get("left", 0) + outcomes.get("right", 0)
+    return {"pairs": sum(outcomes.values()), "decisive": decisive,
+            "ties": outcomes.get("tie", 0), "images_on_eval_seeds": int(overlap)}
+
+
+def decisive_bootstrap(aligned: str, images: Path) -> tuple[dict, list[float] | None]:
+    """Re-tally eval auto's cached images in process: W/L/T and the decisive rate's
+    prompt-clustered bootstrap interval."""
+    from eval.__main__ import default_prompts
+    from eval.auto import compare
+    from eval.images import Sampling
+    from eval.stats import clustered_bootstrap
+    from models.scorers import load_scorer
+
+    result = compare("toy", aligned, default_prompts("toy"), load_scorer("toy_judge"),
+                     "toy_judge", Sampling(EVAL_SEEDS, 20, 7.5), TIE_MARGIN, images)
+    decisive = [v for v in result.votes if v.outcome in ("aligned", "base")]
+    counts = {k: sum(v.outcome == k for v in result.votes) for k in ("aligned", "base", "tie")}
+    interval = clustered_bootstrap(decisive)
+    return counts, None if interval is None else [interval.low, interval.high]
+
+
+def rel(path: Path | str) -> str:
+    """A path as the commands print it: relative to the repository when inside it."""
+    path = Path(path).resolve()
+    return os.path.relpath(path, ROOT) if path.is_relative_to(ROOT) else str(path)
+
+
+def loop(args: argparse.Namespace) -> dict:
+    runs = Path(args.runs).resolve()
+    if runs.exists():
+        if not args.force:
+            raise SystemExit(f"error: {runs} exists: the loop starts from a clean folder "
+                             "(remove it, or pass --force to have it removed)")
+        shutil.rmtree(runs)
+    runs.mkdir(parents=True)
+    logs = runs / "logs"
+    py = sys.executable
+    minutes: dict[str, float] = {}
+    started = time.monotonic()
+
+    if args.data:
+        db = Path(args.data).resolve()
+        collected = {"reused": rel(db)}
+    else:
+        db = runs / "prefs.duckdb"
+        out, minutes["collect"] = run_stage("collect", [
+            py, "-m", "annotate", "feedback", "--pairs", str(args.pairs),
+            "--per-prompt", str(args.per_prompt), "--tie-margin", str(TIE_MARGIN),
+            "--seed", str(args.seed), "--db", str(db), "--no-progress",
+            *(["--threads", str(args.threads)] if args.threads else []),
+        ], logs, args.threads)
+        collected = last_json(out)
+    counts = store_counts(db)
+
+    train_dir = runs / "train"
+    _, minutes["train"] = run_stage("train", [
+        py, "-m", "train", "toy", "--data", str(db), "--output_dir", str(train_dir),
+        "--cache_dir", str(runs / "cache"), "--objective", args.objective,
+        *args.train_args,
+    ], logs, args.threads)
+    summary = json.loads((train_dir / "summary.json").read_text())
+    aligned = str(train_dir / args.model)
+    if not (train_dir / args.model).exists():
+        raise SystemExit(f"error: {aligned} was not written (keep_best off?)")
+
+    adherence = {}
+    for name, model in (("base", "toy"), ("aligned", aligned)):
+        out, minutes[f"adherence_{name}"] = run_stage(f"adherence_{name}", [
+            py, "-m", "models.toy.evaluate", "--model", model,
+            "--pairs", str(ADHERENCE_PAIRS), "--judge-images", "0",
+        ], logs, args.threads)
+        adherence[name] = last_json(out)["adherence"]
+
+    images = runs / "eval-images"
+    out, minutes["eval_auto"] = run_stage("eval_auto", [
+        py, "-m", "eval", "auto", "--aligned", aligned, "--seeds", str(EVAL_SEEDS),
+        "--tie-margin", str(TIE_MARGIN), "--out", str(runs / "eval"), "--images", str(images),
+    ], logs, args.threads)
+    judged = last_json(out)
+    start = time.monotonic()
+    recount, boot = decisive_bootstrap(aligned, images)
+    minutes["bootstrap"] = (time.monotonic() - start) / 60
+    if (recount["aligned"], recount["base"], recount["tie"]) != (
+            judged["wins"], judged["losses"], judged["ties"]):
+        raise SystemExit(f"error: re-tally {recount} differs from eval auto's {judged}")
+    minutes["total"] = (time.monotonic() - started) / 60
+
+    gain = adherence["aligned"]["both"] - adherence["base"]["both"]
+    config = (train_dir / "config.yaml").read_text()
+    result = {
+        "runs": rel(runs),
+        "objective": args.objective,
+        "model": rel(aligned),
+        "pairs": {**counts, "collect": collected},
+        "train": {k: summary.get(k) for k in (
+            "steps", "pairs", "heldout_pairs", "seconds", "best_step", "best_score")},
+        "train_args": args.train_args,
+        "threads": args.threads,
+        "minutes": {k: round(v, 2) for k, v in minutes.items()},
+        "adherence": {
+            "base": adherence["base"], "aligned": adherence["aligned"],
+            "gain_points": round(100 * gain, 1),
+        },
+        "eval_auto": {
+            "pairs": judged["pairs"], "wins": judged["wins"], "losses": judged["losses"],
+            "ties": judged["ties"], "win_rate": judged["win_rate"],
+            "wilson": judged["wilson"], "bootstrap": judged["bootstrap"],
+            "decisive_win_rate": judged["decisive_win_rate"],
+            "decisive_wilson": judged["decisive_wilson"], "decisive_bootstrap": boot,
+            "sign_test_p": judged["sign_test_p"],
+            "base_mean_score": judged["base_mean_score"],
+            "aligned_mean_score": judged["aligned_mean_score"],
+        },
+        "selection_seeds": {key: int(value) for key, value in (
+            line.split(":", 1) for line in config.splitlines()
+            if line.startswith(("sample_seed_start:", "sample_seeds:")))},
+        "criteria": {
+            "judged_pairs_at_least_400": judged["pairs"] >= 400,
+            "decisive_wilson_low_above_70": judged["decisive_wilson"][0] > 0.70,
+            "adherence_up_15_points": gain >= 0.15,
+            "under_30_minutes": minutes["total"] < 30,
+            "no_collected_image_on_eval_seeds": counts["images_on_eval_seeds"] == 0,
+        },
+    }
+    result["passed"] = all(result["criteria"].values())
+    (runs / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+# -- figures for docs/RESULTS.md ----------------------------------------------------------
+
+
+def figures(runs: Path, out: Path, prefix: str) -> list[Path]:
+    """Training curves (from metrics.jsonl and eval.jsonl, what TensorBoard shows) and the
+    sample grids at step 0 and at the evaluated model's step, side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    train = runs / "train"
+    result = json.loads((runs / "result.json").read_text())
+    metrics = [json.loads(line) for line in (train / "metrics.jsonl").read_text().splitlines()]
+    evals = [json.loads(line) for line in (train / "eval.jsonl").read_text().splitlines()]
+    steps = [m["step"] for m in metrics]
+    panels = [("loss", "loss (ln 2 = 0.69 at the start)"), ("accuracy", "implicit accuracy"),
+              ("margin", "reward margin (winner - loser)")]
+    if result["objective"] == "sft":
+        panels = [("loss", "SFT loss (winners' denoising error)")]
+    fig, axes = plt.subplots(1, len(panels) + 1, figsize=(4 * (len(panels) + 1), 3.2),
+                             squeeze=False)
+    for ax, (key, title) in zip(axes[0], panels, strict=False):
+        values = [m.get(key) for m in metrics]
+        ax.plot(steps, values, color="0.75", lw=0.8, label="every 10 steps")
+        smooth = [sum(chunk) / len(chunk)
+                  for chunk in (values[max(0, i - 4):i + 1] for i in range(len(values)))]
+        ax.plot(steps, smooth, color="C0", lw=1.5, label="mean of 5")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[0][0].legend(fontsize=7)
+    ax = axes[0][-1]
+    estep = [e["step"] for e in evals]
+    ax.plot(estep, [e.get("sample_score") for e in evals], "o-", color="C1",
+            label="sample score (toy judge, 72 images)")
+    if any("heldout_accuracy" in e for e in evals):
+        ax.plot(estep, [e.get("heldout_accuracy") for e in evals], "s--", color="C2",
+                label="held-out implicit accuracy (64 pairs)")
+    best = result["train"].get("best_step")
+    if best is not None and result["model"].endswith("best"):
+        ax.axvline(best, color="0.5", ls=":", lw=1)
+    ax.set_title("every 100 steps", fontsize=9)
+    ax.set_xlabel("step", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=6.5, loc="lower right")
+    fig.tight_layout()
+    curves = out / f"{prefix}_curves.png"
+    fig.savefig(curves, dpi=90)
+    plt.close(fig)
+
+    last = best if result["model"].endswith("best") and best is not None else \
+        result["train"]["steps"]
+    before = Image.open(train / "samples" / "step-000000.png").convert("RGB")
+    after = Image.open(train / "samples" / f"step-{last:06d}.png").convert("RGB")
+    gap = 16
+    sheet = Image.new("RGB", (before.width + after.width + gap, before.height), "white")
+    sheet.paste(before, (0, 0))
+    sheet.paste(after, (before.width + gap, 0))
+    sheet = sheet.resize((sheet.width * 2 // 5, sheet.height * 2 // 5), Image.LANCZOS)
+    grids = out / f"{prefix}_before_after.png"
+    sheet.quantize(colors=128).save(grids, optimize=True)
+    return [curves, grids]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--runs", default="runs/toy-loop",
+                        help="the loop's folder; must not exist (default: runs/toy-loop)")
+    parser.add_argument("--force", action="store_true", help="remove --runs first if it exists")
+    parser.add_argument("--pairs", type=int, default=2400,
+                        help="AI-feedback pairs to collect (default: 2400)")
+    parser.add_argument("--per-prompt", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0, help="feedback's --seed")
+    parser.add_argument("--threads", type=int,
+                        help="torch CPU threads for every stage (default: torch's, one per "
+                             "core; on a machine shared with other torch jobs 1 is much faster)")
+    parser.add_argument("--data", help="train on this store instead of collecting")
+    parser.add_argument("--objective", choices=("dpo", "sft"), default="dpo")
+    parser.add_argument("--model", choices=("final", "best"), default="final",
+                        help="which model of the run to evaluate (default: final)")
+    parser.add_argument("--train-args", nargs=argparse.REMAINDER, default=[],
+                        help="more `--key value` for python -m train toy (last on the line)")
+    parser.add_argument("--figures", type=Path,
+                        help="only draw the PNGs of a finished loop folder")
+    parser.add_argument("--out", type=Path, default=Path("docs"), help="where --figures go")
+    parser.add_argument("--prefix", default="toy_loop", help="file name prefix of --figures")
+    args = parser.parse_args()
+    if args.figures:
+        for path in figures(args.figures, args.out, args.prefix):
+            print(path)
+        return
+    print(json.dumps(loop(args), indent=2))
+
+
+if __name__ == "__main__":
+    main()
