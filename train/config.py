@@ -88,7 +88,10 @@ class TrainConfig:
     eval_every: int = _help("held-out accuracy, sample grid and sample score every N "
                             "steps (0: never)", 0)
     sample_prompts: list[str] = _help("fixed prompts of the sample grid", factory=list)
-    sample_seeds: int = _help("samples per prompt (seeds 0..N-1)", 2)
+    sample_seeds: int = _help("samples per prompt (seeds sample_seed_start.."
+                              "sample_seed_start+N-1)", 2)
+    sample_seed_start: int = _help("first seed of the sample grid; keep it apart from the "
+                                   "seeds an evaluation uses when keep_best picks by it", 0)
     sample_steps: int = _help("sampler steps for the sample grid", 20)
     sample_guidance: float = _help("guidance scale for the sample grid", 7.5)
     scorer: str | None = _help("scorer for the samples: toy_judge, pickscore, clip, "

@@ -28,9 +28,10 @@ class SamplePrompts:
 
 @torch.inference_mode()
 def generate(pipeline, prompts: SamplePrompts, seeds: int, steps: int, guidance: float,
-             resolution: int) -> list[list[Image.Image]]:
-    """images[p][s]: prompt p with seed s, the same every time for the same weights."""
-    jobs = [(p, s) for p in range(len(prompts.prompts)) for s in range(seeds)]
+             resolution: int, seed_start: int = 0) -> list[list[Image.Image]]:
+    """images[p][s]: prompt p with seed seed_start + s, the same every time for the same
+    weights."""
+    jobs = [(p, seed_start + s) for p in range(len(prompts.prompts)) for s in range(seeds)]
     device = pipeline.unet.device
     dtype = next(pipeline.unet.parameters()).dtype
     images: list[list[Image.Image]] = [[] for _ in prompts.prompts]

@@ -347,7 +347,8 @@ class Run:
             c = self.config
             self.unet.eval()
             images = samples.generate(self.pipeline, self.sample_prompts, c.sample_seeds,
-                                      c.sample_steps, c.sample_guidance, c.resolution)
+                                      c.sample_steps, c.sample_guidance, c.resolution,
+                                      c.sample_seed_start)
             self.unet.train()
             title = f"step {step}"
             if self.scorer is not None:
