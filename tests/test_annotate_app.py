@@ -205,3 +205,27 @@ def test_with_a_login_the_user_id_comes_from_the_login_alone(guarded):
     assert ranking.user_id == stable_id("user:alice")
     names = server.store.cursor().execute("SELECT name FROM users").fetchall()
     assert names == [("alice",)]
+
+
+def test_the_command_serves_the_toy_model_on_localhost_and_prints_the_url(tmp_path):
+    import re
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "annotate", "--port", str(port)],
+                              cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                              text=True)
+    try:
+        line = server.stdout.readline()
+        url = re.search(r"open (http://\S+)", line).group(1)
+        assert url == f"http://127.0.0.1:{port}/"
+        assert "runs/prefs.duckdb" in line
+        assert httpx.get(url, timeout=30).status_code == 200
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    assert (tmp_path / "runs" / "prefs.duckdb").exists()

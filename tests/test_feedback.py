@@ -209,13 +209,6 @@ def test_bad_inputs_are_one_line_errors_with_exit_1(tmp_path, capsys, args, says
     assert out.err.count("\n") == 1 and out.err.startswith("error: ") and says in out.err
 
 
-def test_the_web_app_is_still_not_built():
-    result = subprocess.run([sys.executable, "-m", "annotate"], capture_output=True,
-                            text=True, cwd=REPO)
-    assert result.returncode == 2 and result.stdout == ""
-    assert result.stderr == "python -m annotate: not built yet (see the project's open issues)\n"
-
-
 # -- the plain functions ---------------------------------------------------------
 
 
