@@ -1,1 +1,1 @@
-"""`python -m annotate`: the preference-collection app (not built yet)."""
+"""`python -m annotate`: the preference-collection page and headless AI feedback."""
