@@ -1,27 +1,29 @@
-"""The whole toy loop, from a clean folder: AI feedback, Diffusion-DPO, automatic evaluation.
+"""The whole toy loop as README.md writes it, from a clean folder: AI feedback,
+Diffusion-DPO, automatic evaluation.
 
     python benchmarks/toy_loop.py                             # into runs/toy-loop (must not exist)
-    python benchmarks/toy_loop.py --runs runs/toy-loop-sft --data runs/toy-loop/prefs.duckdb \\
+    python benchmarks/toy_loop.py --runs runs/toy-loop-sft --data runs/toy-loop/runs/prefs.duckdb \\
         --objective sft                                       # the SFT baseline on the same pairs
     python benchmarks/toy_loop.py --figures runs/toy-loop --out docs   # the docs' PNGs
 
-Stages, each a subprocess of the project's own commands, timed:
+The stages are README.md's own commands, read from it and run as written by bash in the
+folder --runs (so their `runs/...` paths land in RUNS/runs/...), each timed, with this
+script's options appended where they ask for a change (argparse keeps the last value):
 
-1. collect: `python -m annotate feedback` (toy model, toy judge) into RUNS/prefs.duckdb
-   (skipped with --data: train on an existing store instead);
-2. train: `python -m train toy` (the preset; extra keys after --train-args) into
-   RUNS/train, with its latent cache in RUNS/cache;
-3. adherence: `python -m models.toy.evaluate` on the base and on the aligned model
+1. collect: `python -m annotate feedback ...` (toy model, toy judge) into
+   runs/prefs.duckdb (skipped with --data: train on an existing store instead);
+2. train: `accelerate launch -m train toy` into runs/train/toy;
+3. adherence: `python -m models.toy.evaluate --model toy|runs/train/toy/final ...`
    (prompt/seed pairs with seeds from 1,000,000 up);
-4. judge: `python -m eval auto` (18 captions x seeds 0..22 = 414 same-seed pairs, tie
-   margin 0.1), images in RUNS/eval-images, report in RUNS/eval.
+4. judge: `python -m eval auto ...` (18 captions x seeds 0..22 = 414 same-seed pairs,
+   tie margin 0.1), images in runs/eval/images, report in runs/eval/auto-toy.
 
 Then the decisive win rate's prompt-clustered bootstrap (eval auto's bootstrap is of the
 win rate with ties; resampling prompts over the decisive votes alone gives W/(W+L)'s),
 checks that no collected image used an evaluation or selection seed, and prints one JSON
-object (also written to RUNS/result.json) with the criteria of issue 7: at least 400
-judged pairs, the lower end of the decisive win rate's Wilson 95% interval above 70%,
-adherence up by at least 15 points, the whole loop under 30 minutes.
+object (also written to RUNS/result.json) with the commands run and the criteria of
+issue 7: at least 400 judged pairs, the lower end of the decisive win rate's Wilson 95%
+interval above 70%, adherence up by at least 15 points, the whole loop under 30 minutes.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -38,24 +41,54 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.readme import commands  # noqa: E402
+
+# Which README command is which stage (a command starts with its prefix), and where the
+# README's commands put their results, relative to the folder they run in.
+STAGES = {
+    "collect": "python -m annotate feedback ",
+    "train": "accelerate launch -m train toy",
+    "adherence_base": "python -m models.toy.evaluate --model toy ",
+    "adherence_aligned": "python -m models.toy.evaluate --model runs/train/toy/final ",
+    "eval_auto": "python -m eval auto --aligned runs/train/toy/final ",
+}
+DB = Path("runs/prefs.duckdb")
+TRAIN = Path("runs/train/toy")
+IMAGES = Path("runs/eval/images")
+
 EVAL_SEEDS = 23  # eval auto: seeds 0..22
 ADHERENCE_PAIRS = 400  # models.toy.evaluate: seeds 1,000,000..1,000,399
 TIE_MARGIN = 0.1
 
 
-def run_stage(name: str, command: list[str], logs: Path,
+def readme_stages(readme: Path | None = None) -> dict[str, str]:
+    """Each stage's command, exactly as README.md writes it."""
+    texts = [c.text for c in (commands(readme) if readme else commands())]
+    stages = {}
+    for name, prefix in STAGES.items():
+        found = [text for text in texts if text.startswith(prefix)]
+        if len(found) != 1:
+            raise SystemExit(f"error: README.md should have one command starting {prefix!r} "
+                             f"(the {name} stage), not {len(found)}")
+        stages[name] = found[0]
+    return stages
+
+
+def run_stage(name: str, command: str, cwd: Path, logs: Path,
               threads: int | None = None) -> tuple[str, float]:
-    """Run one command, its stderr to logs/NAME.log; (stdout, minutes). Exits on failure.
+    """Run one shell command in `cwd` with bash, its stderr to logs/NAME.log; (stdout,
+    minutes). Exits on failure. `python` and `accelerate` are this interpreter's;
     `threads` caps torch's CPU threads (OMP_NUM_THREADS) for the command."""
     logs.mkdir(parents=True, exist_ok=True)
-    print(f"[toy_loop] {name}: {' '.join(command)}", file=sys.stderr, flush=True)
+    print(f"[toy_loop] {name}: {command}", file=sys.stderr, flush=True)
     start = time.monotonic()
     with open(logs / f"{name}.log", "w") as log:
         env = dict(os.environ)
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         if threads:
             env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-        done = subprocess.run(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=log,
-                              text=True, env=env)
+        done = subprocess.run(["bash", "-c", command], cwd=cwd, stdout=subprocess.PIPE,
+                              stderr=log, text=True, env=env)
     minutes = (time.monotonic() - start) / 60
     (logs / f"{name}.out").write_text(done.stdout)
     if done.returncode:
@@ -114,7 +147,30 @@ def rel(path: Path | str) -> str:
     return os.path.relpath(path, ROOT) if path.is_relative_to(ROOT) else str(path)
 
 
+def appended(args: argparse.Namespace) -> dict[str, list[str]]:
+    """What this script's options change in each README command, as flags to append."""
+    model = str(TRAIN / args.model)
+    extra: dict[str, list[str]] = {name: [] for name in STAGES}
+    if args.pairs is not None:
+        extra["collect"] += ["--pairs", str(args.pairs)]
+    if args.seed is not None:
+        extra["collect"] += ["--seed", str(args.seed)]
+    if args.threads:
+        extra["collect"] += ["--threads", str(args.threads)]
+    if args.data:
+        extra["train"] += ["--data", str(Path(args.data).resolve())]
+    if args.objective != "dpo":
+        extra["train"] += ["--objective", args.objective]
+    extra["train"] += args.train_args
+    if args.model != "final":
+        extra["adherence_aligned"] += ["--model", model]
+        extra["eval_auto"] += ["--aligned", model]
+    return extra
+
+
 def loop(args: argparse.Namespace) -> dict:
+    stages = readme_stages()
+    extra = appended(args)
     runs = Path(args.runs).resolve()
     if runs.exists():
         if not args.force:
@@ -123,51 +179,29 @@ def loop(args: argparse.Namespace) -> dict:
         shutil.rmtree(runs)
     runs.mkdir(parents=True)
     logs = runs / "logs"
-    py = sys.executable
     minutes: dict[str, float] = {}
+    ran: dict[str, str] = {}
+    outputs: dict[str, str] = {}
     started = time.monotonic()
+    for name, command in stages.items():
+        if name == "collect" and args.data:
+            continue
+        ran[name] = " ".join([command, shlex.join(extra[name])]).strip()
+        outputs[name], minutes[name] = run_stage(name, ran[name], runs, logs, args.threads)
 
-    if args.data:
-        db = Path(args.data).resolve()
-        collected = {"reused": rel(db)}
-    else:
-        db = runs / "prefs.duckdb"
-        out, minutes["collect"] = run_stage("collect", [
-            py, "-m", "annotate", "feedback", "--pairs", str(args.pairs),
-            "--per-prompt", str(args.per_prompt), "--tie-margin", str(TIE_MARGIN),
-            "--seed", str(args.seed), "--db", str(db), "--no-progress",
-            *(["--threads", str(args.threads)] if args.threads else []),
-        ], logs, args.threads)
-        collected = last_json(out)
+    db = Path(args.data).resolve() if args.data else runs / DB
+    collected = {"reused": rel(db)} if args.data else last_json(outputs["collect"])
     counts = store_counts(db)
-
-    train_dir = runs / "train"
-    _, minutes["train"] = run_stage("train", [
-        py, "-m", "train", "toy", "--data", str(db), "--output_dir", str(train_dir),
-        "--cache_dir", str(runs / "cache"), "--objective", args.objective,
-        *args.train_args,
-    ], logs, args.threads)
+    train_dir = runs / TRAIN
     summary = json.loads((train_dir / "summary.json").read_text())
     aligned = str(train_dir / args.model)
     if not (train_dir / args.model).exists():
         raise SystemExit(f"error: {aligned} was not written (keep_best off?)")
-
-    adherence = {}
-    for name, model in (("base", "toy"), ("aligned", aligned)):
-        out, minutes[f"adherence_{name}"] = run_stage(f"adherence_{name}", [
-            py, "-m", "models.toy.evaluate", "--model", model,
-            "--pairs", str(ADHERENCE_PAIRS), "--judge-images", "0",
-        ], logs, args.threads)
-        adherence[name] = last_json(out)["adherence"]
-
-    images = runs / "eval-images"
-    out, minutes["eval_auto"] = run_stage("eval_auto", [
-        py, "-m", "eval", "auto", "--aligned", aligned, "--seeds", str(EVAL_SEEDS),
-        "--tie-margin", str(TIE_MARGIN), "--out", str(runs / "eval"), "--images", str(images),
-    ], logs, args.threads)
-    judged = last_json(out)
+    adherence = {name: last_json(outputs[f"adherence_{name}"])["adherence"]
+                 for name in ("base", "aligned")}
+    judged = last_json(outputs["eval_auto"])
     start = time.monotonic()
-    recount, boot = decisive_bootstrap(aligned, images)
+    recount, boot = decisive_bootstrap(aligned, runs / IMAGES)
     minutes["bootstrap"] = (time.monotonic() - start) / 60
     if (recount["aligned"], recount["base"], recount["tie"]) != (
             judged["wins"], judged["losses"], judged["ties"]):
@@ -178,12 +212,12 @@ def loop(args: argparse.Namespace) -> dict:
     config = (train_dir / "config.yaml").read_text()
     result = {
         "runs": rel(runs),
+        "commands": ran,
         "objective": args.objective,
         "model": rel(aligned),
         "pairs": {**counts, "collect": collected},
         "train": {k: summary.get(k) for k in (
             "steps", "pairs", "heldout_pairs", "seconds", "best_step", "best_score")},
-        "train_args": args.train_args,
         "threads": args.threads,
         "minutes": {k: round(v, 2) for k, v in minutes.items()},
         "adherence": {
@@ -228,7 +262,7 @@ def figures(runs: Path, out: Path, prefix: str) -> list[Path]:
     import matplotlib.pyplot as plt
     from PIL import Image
 
-    train = runs / "train"
+    train = runs / TRAIN
     result = json.loads((runs / "result.json").read_text())
     metrics = [json.loads(line) for line in (train / "metrics.jsonl").read_text().splitlines()]
     evals = [json.loads(line) for line in (train / "eval.jsonl").read_text().splitlines()]
@@ -289,10 +323,9 @@ def main() -> None:
     parser.add_argument("--runs", default="runs/toy-loop",
                         help="the loop's folder; must not exist (default: runs/toy-loop)")
     parser.add_argument("--force", action="store_true", help="remove --runs first if it exists")
-    parser.add_argument("--pairs", type=int, default=2400,
-                        help="AI-feedback pairs to collect (default: 2400)")
-    parser.add_argument("--per-prompt", type=int, default=16)
-    parser.add_argument("--seed", type=int, default=0, help="feedback's --seed")
+    parser.add_argument("--pairs", type=int,
+                        help="AI-feedback pairs to collect (default: the README's)")
+    parser.add_argument("--seed", type=int, help="feedback's --seed (default: the README's)")
     parser.add_argument("--threads", type=int,
                         help="torch CPU threads for every stage (default: torch's, one per "
                              "core; on a machine shared with other torch jobs 1 is much faster)")
@@ -301,7 +334,7 @@ def main() -> None:
     parser.add_argument("--model", choices=("final", "best"), default="final",
                         help="which model of the run to evaluate (default: final)")
     parser.add_argument("--train-args", nargs=argparse.REMAINDER, default=[],
-                        help="more `--key value` for python -m train toy (last on the line)")
+                        help="more `--key value` for the train command (last on the line)")
     parser.add_argument("--figures", type=Path,
                         help="only draw the PNGs of a finished loop folder")
     parser.add_argument("--out", type=Path, default=Path("docs"), help="where --figures go")

@@ -15,7 +15,12 @@ from train.errors import TrainError  # noqa: E402
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        config = from_command_line(argv)
+        config, dry_run = from_command_line(argv)
+        if dry_run:
+            from train.plan import launched_processes, plan
+
+            print(plan(config, launched_processes()))
+            return 0
         from train.trainer import Run
 
         run = Run(config)

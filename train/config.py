@@ -236,9 +236,14 @@ def parser() -> argparse.ArgumentParser:
             metavar=f.name.upper(), help=f"{f.metadata['help']} (default: "
                                          f"{getattr(defaults, f.name)!r})",
         )
+    parse.add_argument("--dry_run", action="store_true",
+                       help="resolve the config, count the pairs and print the plan "
+                            "(processes, batch, accumulation), then stop: no model loads")
     return parse
 
 
-def from_command_line(argv: list[str] | None = None) -> TrainConfig:
+def from_command_line(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:
+    """The resolved config, and whether --dry_run asked for the plan only."""
     args = vars(parser().parse_args(argv))
-    return resolve(args.pop("preset"), args)
+    dry_run = args.pop("dry_run")
+    return resolve(args.pop("preset"), args), dry_run

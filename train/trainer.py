@@ -21,7 +21,6 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from data.pairs import load_pairs
 from models.loading import fingerprint, load
 from train import cache as pair_cache
 from train import checkpoints, samples
@@ -29,6 +28,7 @@ from train.config import TrainConfig, save
 from train.errors import TrainError
 from train.loss import DPOTerms, dpo_loss, per_sample_error, sft_loss
 from train.output import save_model
+from train.plan import training_pairs
 
 HELDOUT_SEED = 1234  # the held-out check uses the same noise and timesteps every time
 
@@ -180,14 +180,7 @@ class Run:
         self.noise_scheduler = DDPMScheduler.from_config(self.pipeline.scheduler.config)
 
     def load_pairs(self):
-        c = self.config
-        pairs = load_pairs(c.data, ratios=c.data_ratios, seed=c.seed,
-                           num_samples=c.num_samples, split=c.split,
-                           include_ties=c.include_ties)
-        if len(pairs) <= c.holdout_pairs:
-            raise TrainError(f"{len(pairs)} pairs in {', '.join(c.data)}: too few to hold "
-                             f"out {c.holdout_pairs}; collect more or lower --holdout_pairs")
-        return pairs
+        return training_pairs(self.config)
 
     def load_cache(self, pairs) -> None:
         """Cache latents and embeddings (main process first), then free the encoders."""

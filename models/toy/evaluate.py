@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pairs", type=int, default=200, help="held-out prompt/seed pairs")
     parser.add_argument("--guidance", type=float, default=7.5)
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--judge-images", type=int, default=2000,
+    parser.add_argument("--judge-images", type=int, default=0,
                         help="generator images to check the judge on (0: skip)")
     parser.add_argument("--grid", type=Path, help="also write a labelled sample grid PNG here")
     args = parser.parse_args(argv)

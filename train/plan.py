@@ -1,0 +1,58 @@
+"""What a run will do, before it loads a model: its pairs and its batch arithmetic.
+
+`python -m train PRESET --dry_run` prints this so a config can be checked on a laptop
+before it spends GPU hours: the data sources resolve and hold enough pairs, and the
+effective batch divides over the processes that `accelerate launch` will start.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict
+
+import yaml
+
+from data.pairs import MixedPairs, load_pairs
+from train.config import TrainConfig
+from train.errors import TrainError
+
+
+def training_pairs(config: TrainConfig) -> MixedPairs:
+    """The pair mix a run trains and holds out from (images are read later, lazily)."""
+    pairs = load_pairs(config.data, ratios=config.data_ratios, seed=config.seed,
+                       num_samples=config.num_samples, split=config.split,
+                       include_ties=config.include_ties)
+    if len(pairs) <= config.holdout_pairs:
+        raise TrainError(f"{len(pairs)} pairs in {', '.join(config.data)}: too few to hold "
+                         f"out {config.holdout_pairs}; collect more or lower --holdout_pairs")
+    return pairs
+
+
+def launched_processes() -> int:
+    """How many processes `accelerate launch` (or torchrun) started: 1 outside it."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def plan(config: TrainConfig, processes: int) -> str:
+    """The resolved config as YAML, then a few lines a person checks before a long run."""
+    accumulation = config.accumulation(processes)
+    pairs = training_pairs(config)
+    trained = len(pairs) - config.holdout_pairs
+    seen = config.effective_batch * config.max_steps
+    what = (f"LoRA rank {config.lora_rank}" if config.lora_rank else "full UNet")
+    sources = ", ".join(f"{source} ({count:,} pairs)"
+                        for source, count in zip(config.data, pairs.source_counts(),
+                                                 strict=True))
+    lines = [
+        yaml.safe_dump(asdict(config), sort_keys=False).rstrip(),
+        "",
+        f"model:  {config.model}, {what}, objective {config.objective}"
+        + (f" (beta {config.beta:g})" if config.objective == "dpo" else ""),
+        f"data:   {sources}; {config.holdout_pairs:,} held out, {trained:,} to train on",
+        f"batch:  {processes} process{'es' if processes > 1 else ''} x {config.batch_size} "
+        f"pairs x {accumulation} accumulation = {config.effective_batch:,} pairs per step",
+        f"length: {config.max_steps:,} steps = {seen:,} pairs seen, "
+        f"{seen / max(trained, 1):.1f} epochs",
+        f"output: {config.output_dir}",
+    ]
+    return "\n".join(lines)
