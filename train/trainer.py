@@ -12,6 +12,7 @@ import copy
 import gc
 import json
 import math
+import os
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict
@@ -135,6 +136,17 @@ def forward_pairs(unet, reference, noise_scheduler, batch, cache, generator, con
         "model_mse_rejected": model_l.detach().mean(), "ref_mse_preferred": ref_w.mean(),
         "ref_mse_rejected": ref_l.mean(),
     }
+
+
+def cpu_threads_hint(device: str, processes: int) -> str | None:
+    """A line when a CPU run uses fewer threads than the machine has: `accelerate launch`
+    sets OMP_NUM_THREADS=1 on a machine without GPUs unless told otherwise."""
+    cores = (os.cpu_count() or 1) // processes
+    threads = torch.get_num_threads()
+    if device != "cpu" or threads >= cores:
+        return None
+    return (f"training on {threads} CPU thread{'s' if threads > 1 else ''} of {cores}: "
+            f"for more, accelerate launch --num_cpu_threads_per_process {cores} -m train ...")
 
 
 class Run:
@@ -357,6 +369,8 @@ class Run:
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
             save(c, self.out / "config.yaml")
+            if (hint := cpu_threads_hint(acc.device.type, self.processes)):
+                print(hint)
         pairs = self.load_pairs()
         self.load_model()
         self.load_cache(pairs)

@@ -1,0 +1,304 @@
+"""The README cannot rot: every command in it is run here as written, or checked.
+
+One walk through README.md, in its order, in an empty folder that holds only what a new
+user would have there: a Pick-a-Pic shard where the README's download puts it. CHECKS
+says how each command is checked:
+
+- run: run as written; it must exit 0.
+- shrink: run as written with SHRINK's flags appended (argparse keeps the last value),
+  so the toy loop takes seconds; benchmarks/toy_loop.py runs the same text unshrunk.
+- serve: started as written, its page opened in chromium (the blind page takes a vote
+  that the next command reports), then stopped with Ctrl+C.
+- ci: .ci/run runs it.
+- gpu: it needs GPUs. accelerate's own parser and config loader read the launch part,
+  and the train part runs with --dry_run for that many processes: the preset resolves,
+  the data it names is there and holds enough pairs, and the batch divides.
+- parse: it needs a real model or the network; its program's own parser reads it, and
+  the model paths it names are the ones the trainer writes.
+- download: it needs the network; the file it fetches is the one later commands read
+  (and for `hf`, its --help knows every flag).
+
+A README command missing from CHECKS, or a CHECKS entry no longer in the README, fails.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import queue
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from helpers import public_shard_table
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # benchmarks/ is a folder of scripts, not an installed package
+
+from benchmarks.readme import README, Block, Command, blocks, commands, python_blocks  # noqa: E402
+from benchmarks.toy_loop import readme_stages  # noqa: E402
+
+TOY_FEEDBACK = "python -m annotate feedback --pairs 2400 --per-prompt 16 --tie-margin 0.1"
+TOY_TRAIN = "accelerate launch -m train toy"
+TOY_BASE = "python -m models.toy.evaluate --model toy --pairs 400"
+TOY_ALIGNED = "python -m models.toy.evaluate --model runs/train/toy/final --pairs 400"
+TOY_AUTO = "python -m eval auto --aligned runs/train/toy/final --seeds 23 --tie-margin 0.1"
+TOY_BLIND = "python -m eval --aligned runs/train/toy/final"
+SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+SHARDS = "pickapic_v2/data"
+SHARD = "data/train-00000-of-00645-8e4e2f1d6c0a.parquet"  # the public set's naming
+
+CHECKS = {
+    "bash scripts/setup.sh && python -m annotate": "serve",
+    "bash scripts/test.sh": "ci",
+    TOY_FEEDBACK: "shrink",
+    TOY_TRAIN: "shrink",
+    TOY_BASE: "shrink",
+    TOY_ALIGNED: "shrink",
+    TOY_AUTO: "shrink",
+    TOY_BLIND: "serve",
+    "python -m eval report": "run",
+    f"python -m annotate --model {SD15} --host 0.0.0.0": "parse",
+    "hf download yuvalkirstain/pickapic_v2 --repo-type dataset --include "
+    '"data/train-0000*" --local-dir pickapic_v2': "download",
+    f"accelerate launch -m train sd15 --data runs/prefs.duckdb {SHARDS} --dry_run": "run",
+    "accelerate launch --config_file docs/accelerate/multi_gpu.yaml -m train sd15 "
+    f"--data runs/prefs.duckdb {SHARDS}": "gpu",
+    f"accelerate launch --config_file docs/accelerate/multi_gpu.yaml -m train sdxl --data {SHARDS}":
+        "gpu",
+    f"accelerate launch -m train lora --data runs/prefs.duckdb {SHARDS}": "gpu",
+    "accelerate launch --config_file docs/accelerate/multi_node.yaml --machine_rank 0 -m train "
+    f"sd15 --data {SHARDS}": "gpu",
+    "curl -LO https://raw.githubusercontent.com/google-research/parti/main/PartiPrompts.tsv":
+        "download",
+    f"python -m eval --base {SD15} --aligned runs/train/sd15/final --prompts PartiPrompts.tsv "
+    "--host 0.0.0.0": "parse",
+    f"python -m eval auto --base {SD15} --aligned runs/train/sd15/final --prompts "
+    "PartiPrompts.tsv --scorer pickscore": "parse",
+    f"python -m data import {SHARDS} --source public:pickapic_v2": "run",
+    "python -m data stats": "run",
+    "python -m data export runs/export": "run",
+}
+
+# Size only: how many pairs, steps and seeds. Nothing here changes what a command does.
+SHRINK = {
+    TOY_FEEDBACK: ["--pairs", "48", "--per-prompt", "4"],
+    TOY_TRAIN: ["--max_steps", "2", "--eval_every", "0", "--holdout_pairs", "2"],
+    TOY_BASE: ["--pairs", "8"],
+    TOY_ALIGNED: ["--pairs", "8"],
+    TOY_AUTO: ["--seeds", "1"],
+}
+SIZE_FLAGS = {"--pairs", "--per-prompt", "--max_steps", "--eval_every", "--holdout_pairs",
+              "--seeds"}
+
+
+def test_every_readme_command_is_checked_and_every_check_is_in_the_readme():
+    written = [c.text for c in commands()]
+    unchecked = [text for text in written if text not in CHECKS]
+    assert not unchecked, f"README commands that tests/test_readme.py does not check: {unchecked}"
+    stale = [text for text in CHECKS if text not in written]
+    assert not stale, f"checks of commands no longer in README.md: {stale}"
+    assert len(python_blocks()) == 1
+    assert {b.language for b in blocks()} <= {"bash", "python"}
+
+
+def test_shrinking_only_changes_sizes_and_the_benchmark_runs_the_same_text():
+    for text, flags in SHRINK.items():
+        assert CHECKS[text] == "shrink"
+        assert set(flags[::2]) <= SIZE_FLAGS, text
+    assert set(readme_stages().values()) == set(SHRINK)
+
+
+def test_ci_runs_the_readme_test_command_and_it_sets_up_first():
+    assert re.search(r"^bash scripts/test\.sh$", (REPO / ".ci/run").read_text(), re.M)
+    test_script = (REPO / "scripts/test.sh").read_text()
+    assert re.search(r"^bash scripts/setup\.sh$", test_script, re.M)
+    assert re.search(r"pytest", test_script)
+
+
+def test_the_readme_links_and_picture_exist():
+    text = README.read_text()
+    targets = re.findall(r"\]\(([^)#\s]+)\)", text)
+    assert "docs/toy_loop_before_after.png" in targets
+    missing = [t for t in targets if not t.startswith("http") and not (REPO / t).exists()]
+    assert not missing, f"README links to files that do not exist: {missing}"
+
+
+# --- the walk ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def sandbox(tmp_path: Path) -> Path:
+    """An empty folder with 600 decisive public pairs where the README's download puts them
+    (enough for the sd15 and sdxl presets' 500 held-out pairs)."""
+    rows = [(f"a test prompt {i % 50}", float(i % 2), float(1 - i % 2)) for i in range(600)]
+    path = tmp_path / "pickapic_v2" / SHARD
+    path.parent.mkdir(parents=True)
+    pq.write_table(public_shard_table(rows, image_size=16), path)
+    return tmp_path
+
+
+def _environment(**extra: str) -> dict[str, str]:
+    env = dict(os.environ, **extra)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return env
+
+
+def _run(text: str, cwd: Path, **env: str) -> str:
+    done = subprocess.run(["bash", "-c", text], cwd=cwd, env=_environment(**env),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, (
+        f"`{text}` exited {done.returncode}:\n{done.stderr[-3000:]}\n{done.stdout[-2000:]}")
+    return done.stdout
+
+
+class _Served:
+    """A command started in its own process group, its stdout read line by line."""
+
+    def __init__(self, text: str, cwd: Path):
+        self.text = text
+        self.process = subprocess.Popen(
+            ["bash", "-c", text], cwd=cwd, env=_environment(), stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, start_new_session=True)
+        self.lines: queue.Queue = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def url(self) -> str:
+        while True:
+            line = self.lines.get(timeout=300)
+            assert line is not None, f"`{self.text}` stopped:\n{self.process.stderr.read()}"
+            found = re.search(r"(http://127\.0\.0\.1:\d+/)", line)
+            if found:
+                return found.group(1)
+
+    def stop(self) -> None:
+        """Ctrl+C, as a person stops it; it must exit within a minute."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGINT)
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            raise
+
+
+def _serve(text: str, cwd: Path, browser) -> None:
+    served = _Served(text, cwd)
+    try:
+        page = browser.new_page()
+        page.goto(served.url())
+        if text == TOY_BLIND:
+            page.wait_for_function(
+                "() => document.querySelector('#eval-image-b img') && "
+                "!document.querySelector('#eval-vote-a').disabled", timeout=60_000)
+            page.fill("#eval-voter input, #eval-voter textarea", "readme")
+            page.click("#eval-vote-a")
+            page.wait_for_function("() => document.querySelector('#eval-tally').innerText"
+                                   ".includes(': 1 vote')", timeout=30_000)
+        else:
+            page.get_by_text("Which image is better?").wait_for(timeout=60_000)
+            page.wait_for_selector("#vote-left", timeout=30_000)
+        page.close()
+    finally:
+        served.stop()
+
+
+def _check_run(text: str, cwd: Path) -> None:
+    out = _run(text, cwd)
+    if text == "python -m eval report":
+        assert '"votes": 1' in out
+        assert (cwd / "runs/eval/human-toy/report.md").exists()
+    if text.endswith("--dry_run"):
+        assert "1 process x 8 pairs x 256 accumulation = 2,048 pairs per step" in out, out
+
+
+def _check_gpu(text: str, cwd: Path) -> None:
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.commands.launch import launch_command_parser
+
+    launch = launch_command_parser().parse_args(shlex.split(text)[2:])
+    assert launch.module and launch.training_script == "train", text
+    processes = 1
+    if launch.config_file:
+        config = load_config_from_file(str(REPO / launch.config_file))
+        processes = launch.num_processes or config.num_processes
+        assert launch.machine_rank is None or launch.machine_rank < config.num_machines
+    out = _run(shlex.join([sys.executable, "-m", "train", *launch.training_script_args,
+                           "--dry_run"]), cwd, WORLD_SIZE=str(processes))
+    assert f"batch:  {processes} process" in out, out
+
+
+def _check_parse(text: str) -> None:
+    from annotate.serve import build_parser
+    from eval.__main__ import auto_parser, blind_parser
+    from train.config import resolve
+
+    argv = shlex.split(text)
+    programs = {("annotate",): build_parser, ("eval",): blind_parser,
+                ("eval", "auto"): auto_parser}
+    words = tuple(argv[2:4]) if argv[3:4] == ["auto"] else tuple(argv[2:3])
+    args = programs[words]().parse_args(argv[2 + len(words):])
+    aligned = getattr(args, "aligned", None)
+    if aligned:  # what the trainer writes for that preset
+        preset = Path(aligned).parent.name
+        assert str(Path(resolve(preset).output_dir) / "final") == aligned, text
+
+
+def _check_download(text: str, cwd: Path) -> None:
+    argv = shlex.split(text)
+    if argv[0] == "curl":
+        name = argv[-1].rsplit("/", 1)[1]
+        assert any(f"--prompts {name}" in t for t in CHECKS), f"nothing reads {name}"
+        return
+    help_text = _run("hf download --help", cwd)
+    for flag in (a for a in argv if a.startswith("--")):
+        assert flag in help_text, f"hf download has no {flag}"
+    pattern = argv[argv.index("--include") + 1]
+    local = argv[argv.index("--local-dir") + 1]
+    assert fnmatch.fnmatch(SHARD, pattern)
+    assert (cwd / local / SHARD).exists()  # where the walk's shard is: the README's path
+
+
+def _check_python(block: Block, cwd: Path) -> None:
+    out = _run(shlex.join([sys.executable, "-c", block.text]), cwd)
+    assert re.search(r"^\d+ ", out, re.M), out  # len(pairs) and a caption
+
+
+def test_the_readme_walk_from_an_empty_folder(sandbox, browser):
+    steps: list[Command | Block] = sorted([*commands(), *python_blocks()],
+                                          key=lambda step: step.line)
+    for step in steps:
+        where = f"README.md:{step.line}"
+        if isinstance(step, Block):
+            _check_python(step, sandbox)
+            continue
+        kind = CHECKS[step.text]
+        print(f"{where} [{kind}] {step.text}", flush=True)
+        if kind == "run":
+            _check_run(step.text, sandbox)
+        elif kind == "shrink":
+            _run(f"{step.text} {shlex.join(SHRINK[step.text])}", sandbox)
+        elif kind == "serve":
+            _serve(step.text.split(" && ")[-1], sandbox, browser)
+        elif kind == "gpu":
+            _check_gpu(step.text, sandbox)
+        elif kind == "parse":
+            _check_parse(step.text)
+        elif kind == "download":
+            _check_download(step.text, sandbox)
+        else:
+            assert kind == "ci"  # test_ci_runs_the_readme_test_command_and_it_sets_up_first
+    assert (sandbox / "runs/train/toy/final").is_dir()
+    assert (sandbox / "runs/eval/auto-toy/report.md").exists()
+    assert list((sandbox / "runs/export").rglob("*.parquet"))
