@@ -41,7 +41,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.readme import commands  # noqa: E402
+from benchmarks.readme import README, commands  # noqa: E402
 
 # Which README command is which stage (a command starts with its prefix), and where the
 # README's commands put their results, relative to the folder they run in.
@@ -61,9 +61,9 @@ ADHERENCE_PAIRS = 400  # models.toy.evaluate: seeds 1,000,000..1,000,399
 TIE_MARGIN = 0.1
 
 
-def readme_stages(readme: Path | None = None) -> dict[str, str]:
+def readme_stages(readme: Path = README) -> dict[str, str]:
     """Each stage's command, exactly as README.md writes it."""
-    texts = [c.text for c in (commands(readme) if readme else commands())]
+    texts = [c.text for c in commands(readme)]
     stages = {}
     for name, prefix in STAGES.items():
         found = [text for text in texts if text.startswith(prefix)]
