@@ -8,7 +8,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from data.errors import DataError
+from data.errors import DataError, UserError, report_user_error
 from data.pickapic import export_pairs, import_shards
 from data.stats import format_stats, store_stats
 from data.store import DEFAULT_DB, Store
@@ -90,9 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         run(args)
-    except DataError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    except UserError as error:
+        return report_user_error(error)
     return 0
 
 
