@@ -1,4 +1,4 @@
-"""Win rates of an aligned model over its base, with honest uncertainty (DESIGN.md section 7).
+"""Win rates of an aligned model over its base, with honest uncertainty (docs/EVAL.md).
 
 A vote compares the two models' images for one prompt and seed: the aligned one won,
 the base one won, a tie, or both bad. With W wins, L losses, T ties and B both-bad:

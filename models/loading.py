@@ -1,4 +1,4 @@
-"""Load a text-to-image pipeline by one name, as every command does (DESIGN.md section 4).
+"""Load a text-to-image pipeline by one name, as every command does (docs/ARCHITECTURE.md).
 
 A name is `toy` (the bundled model), a local diffusers pipeline folder, a Hub id, or a
 LoRA folder written by `train` (its weights plus `base_model.json` naming the base).

@@ -1,4 +1,4 @@
-"""The training run, top to bottom: set up, cache, loop, save (DESIGN.md section 5).
+"""The training run, top to bottom: set up, cache, loop, save (docs/ARCHITECTURE.md, `train/`).
 
 One optimizer step consumes `effective_batch` pairs, split over processes and
 accumulation micro-steps. Which pairs, which noise, which timesteps and which captions
