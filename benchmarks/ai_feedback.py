@@ -26,10 +26,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from annotate.feedback import FeedbackRun, collect, decode  # noqa: E402
+from annotate.feedback import FeedbackRun, collect  # noqa: E402
+from data.pairs import decode_image  # noqa: E402
 from data.store import Store  # noqa: E402
 from models.generate import PairVariety  # noqa: E402
 from models.loading import load  # noqa: E402
+from models.toy import TOY_NAME  # noqa: E402
 from models.toy.judge import score as judge  # noqa: E402
 from models.toy.shapes import all_captions  # noqa: E402
 
@@ -38,13 +40,12 @@ PASS = 0.5  # a judge score above this: colour and shape more likely right than 
 
 def stored_scores(store: Store) -> list[tuple[float, float]]:
     """The judge's scores of both stored images of every pair."""
-    rows = store.cursor().execute(
-        "SELECT r.caption, a.jpg, b.jpg FROM rankings r "
-        "JOIN images a ON a.image_uid = r.image_0_uid "
-        "JOIN images b ON b.image_uid = r.image_1_uid"
-    ).fetchall()
+    rankings = store.rankings()
+    jpgs = store.image_jpgs([uid for r in rankings for uid in (r.image_0_uid, r.image_1_uid)])
     return [
-        tuple(judge([caption] * 2, [decode(a), decode(b)]).tolist()) for caption, a, b in rows
+        tuple(judge([r.caption] * 2, [decode_image(jpgs[r.image_0_uid]),
+                                      decode_image(jpgs[r.image_1_uid])]).tolist())
+        for r in rankings
     ]
 
 
@@ -80,7 +81,7 @@ def main() -> None:
         variety=PairVariety(steps=args.steps),
     )
     start = time.perf_counter()
-    model = load("toy")
+    model = load(TOY_NAME)
     load_s = time.perf_counter() - start
     with tempfile.TemporaryDirectory() as tmp, Store(Path(tmp) / "prefs.duckdb") as store:
         counts = collect(run, store, judge, lambda: model, progress=False)
@@ -94,7 +95,7 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"),
         "load_average_at_start": round(load_avg, 2),
         "torch_threads": torch.get_num_threads(),
-        "model": "toy", "scorer": "toy_judge", "steps": args.steps, "batch": args.batch,
+        "model": TOY_NAME, "scorer": "toy_judge", "steps": args.steps, "batch": args.batch,
         "pairs": counts.added, "load_s": round(load_s, 2),
         "seconds": summary["seconds"], "pairs_per_min": summary["pairs_per_min"],
         "generate_s": summary["generate_s"], "score_s": summary["score_s"],

@@ -25,6 +25,7 @@ import torch  # noqa: E402
 from eval.auto import _score  # noqa: E402
 from eval.images import Sampling, images_for  # noqa: E402
 from models.scorers import load_scorer  # noqa: E402
+from models.toy import TOY_NAME  # noqa: E402
 from models.toy.shapes import all_captions  # noqa: E402
 
 
@@ -38,18 +39,18 @@ def main() -> None:
     sampling = Sampling(seeds=args.seeds, steps=args.steps)
     from models.loading import load
 
-    load("toy")  # import and first-load costs stay out of the timing
+    load(TOY_NAME)  # import and first-load costs stay out of the timing
     start = time.perf_counter()
-    paths = images_for("toy", prompts, sampling, root)
+    paths = images_for(TOY_NAME, prompts, sampling, root)
     generate_s = time.perf_counter() - start
     start = time.perf_counter()
-    images_for("toy", prompts, sampling, root)
+    images_for(TOY_NAME, prompts, sampling, root)
     reuse_s = time.perf_counter() - start
     ordered = list(paths.values())
     texts = [prompt for prompt, _ in paths]
     scorer = load_scorer("toy_judge")
     start = time.perf_counter()
-    _score(scorer, "toy_judge", texts, ordered, "toy")
+    _score(scorer, "toy_judge", texts, ordered, TOY_NAME)
     score_s = time.perf_counter() - start
     print(json.dumps({
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",

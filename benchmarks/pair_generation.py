@@ -27,13 +27,14 @@ from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline  # noqa
 
 from models.generate import generate  # noqa: E402
 from models.loading import load  # noqa: E402
+from models.toy import TOY_NAME  # noqa: E402
 
 IMPORT_S = time.perf_counter() - _STARTED
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="toy")
+    parser.add_argument("--model", default=TOY_NAME)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args()

@@ -21,8 +21,8 @@ script's options appended where they ask for a change (argparse keeps the last v
 Then the decisive win rate's prompt-clustered bootstrap (eval auto's bootstrap is of the
 win rate with ties; resampling prompts over the decisive votes alone gives W/(W+L)'s),
 checks that no collected image used an evaluation or selection seed, and prints one JSON
-object (also written to RUNS/result.json) with the commands run and the criteria of
-issue 7: at least 400 judged pairs, the lower end of the decisive win rate's Wilson 95%
+object (also written to RUNS/result.json) with the commands run and the loop's targets
+(docs/RESULTS.md): at least 400 judged pairs, the lower end of the decisive win rate's Wilson 95%
 interval above 70%, adherence up by at least 15 points, the whole loop under 30 minutes.
 """
 
@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.readme import README, commands  # noqa: E402
+from models.toy import TOY_NAME  # noqa: E402
 
 # Which README command is which stage (a command starts with its prefix), and where the
 # README's commands put their results, relative to the folder they run in.
@@ -57,6 +58,15 @@ TRAIN = Path("runs/train/toy")
 IMAGES = Path("runs/eval/images")
 
 EVAL_SEEDS = 23  # eval auto: seeds 0..22
+# --tiny: sizes only (pairs, steps, seeds), so the whole loop runs in about a minute; the
+# docs test appends the same flags to the same README commands.
+TINY = {
+    "collect": ["--pairs", "48", "--per-prompt", "4"],
+    "train": ["--max_steps", "2", "--eval_every", "0", "--holdout_pairs", "2"],
+    "adherence_base": ["--pairs", "8"],
+    "adherence_aligned": ["--pairs", "8"],
+    "eval_auto": ["--seeds", "1"],
+}
 ADHERENCE_PAIRS = 400  # models.toy.evaluate: seeds 1,000,000..1,000,399
 TIE_MARGIN = 0.1
 
@@ -124,7 +134,8 @@ def store_counts(db: Path) -> dict:
             "ties": outcomes.get("tie", 0), "images_on_eval_seeds": int(overlap)}
 
 
-def decisive_bootstrap(aligned: str, images: Path) -> tuple[dict, list[float] | None]:
+def decisive_bootstrap(aligned: str, images: Path,
+                       seeds: int = EVAL_SEEDS) -> tuple[dict, list[float] | None]:
     """Re-tally eval auto's cached images in process: W/L/T and the decisive rate's
     prompt-clustered bootstrap interval."""
     from eval.__main__ import default_prompts
@@ -133,8 +144,8 @@ def decisive_bootstrap(aligned: str, images: Path) -> tuple[dict, list[float] | 
     from eval.stats import clustered_bootstrap
     from models.scorers import load_scorer
 
-    result = compare("toy", aligned, default_prompts("toy"), load_scorer("toy_judge"),
-                     "toy_judge", Sampling(EVAL_SEEDS, 20, 7.5), TIE_MARGIN, images)
+    result = compare(TOY_NAME, aligned, default_prompts(TOY_NAME), load_scorer("toy_judge"),
+                     "toy_judge", Sampling(seeds, 20, 7.5), TIE_MARGIN, images)
     decisive = [v for v in result.votes if v.outcome in ("aligned", "base")]
     counts = {k: sum(v.outcome == k for v in result.votes) for k in ("aligned", "base", "tie")}
     interval = clustered_bootstrap(decisive)
@@ -150,7 +161,8 @@ def rel(path: Path | str) -> str:
 def appended(args: argparse.Namespace) -> dict[str, list[str]]:
     """What this script's options change in each README command, as flags to append."""
     model = str(TRAIN / args.model)
-    extra: dict[str, list[str]] = {name: [] for name in STAGES}
+    extra: dict[str, list[str]] = {name: list(TINY[name]) if args.tiny else []
+                                   for name in STAGES}
     if args.pairs is not None:
         extra["collect"] += ["--pairs", str(args.pairs)]
     if args.seed is not None:
@@ -201,7 +213,8 @@ def loop(args: argparse.Namespace) -> dict:
                  for name in ("base", "aligned")}
     judged = last_json(outputs["eval_auto"])
     start = time.monotonic()
-    recount, boot = decisive_bootstrap(aligned, runs / IMAGES)
+    recount, boot = decisive_bootstrap(aligned, runs / IMAGES,
+                                       int(TINY["eval_auto"][1]) if args.tiny else EVAL_SEEDS)
     minutes["bootstrap"] = (time.monotonic() - start) / 60
     if (recount["aligned"], recount["base"], recount["tie"]) != (
             judged["wins"], judged["losses"], judged["ties"]):
@@ -329,6 +342,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int,
                         help="torch CPU threads for every stage (default: torch's, one per "
                              "core; on a machine shared with other torch jobs 1 is much faster)")
+    parser.add_argument("--tiny", action="store_true",
+                        help="a smoke run: every stage at a tiny size (about a minute; "
+                             "its figures mean nothing)")
     parser.add_argument("--data", help="train on this store instead of collecting")
     parser.add_argument("--objective", choices=("dpo", "sft"), default="dpo")
     parser.add_argument("--model", choices=("final", "best"), default="final",

@@ -1,0 +1,111 @@
+"""Every benchmark runs, at a tiny size, and prints the JSON docs/BENCHMARKS.md reads.
+
+Each script is run as a user runs it (`python benchmarks/NAME.py ...`) with size flags
+only, so a broken import or a renamed API fails here rather than on the next person's
+run. The figures themselves mean nothing at these sizes; the keys and their kinds do.
+(`benchmarks/readme.py` is the README parser that tests/test_readme.py uses.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from conftest import REPO
+
+BENCHMARKS = REPO / "benchmarks"
+
+
+def bench(name: str, *flags: str, tmp_path, timeout: int = 600) -> dict:
+    """Run one benchmark in `tmp_path` (its temporary files too); the JSON it printed."""
+    env = dict(os.environ, TMPDIR=str(tmp_path), OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, str(BENCHMARKS / f"{name}.py"), *flags],
+                          capture_output=True, text=True, cwd=tmp_path, env=env,
+                          timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)
+
+
+def test_every_benchmark_script_is_run_here():
+    tested = {"ai_feedback", "annotate_latency", "eval_auto", "import_shard",
+              "pair_generation", "store_votes", "toy_loop", "train_throughput"}
+    assert {p.stem for p in BENCHMARKS.glob("*.py")} - {"readme", "__init__"} == tested
+
+
+def test_ai_feedback(tmp_path):
+    out = bench("ai_feedback", "--pairs", "4", "--steps", "2", "--batch", "2",
+                "--threads", "1", "--margins", "0", "0.1", tmp_path=tmp_path)
+    assert out["benchmark"] == "ai_feedback" and out["pairs"] == 4 and out["steps"] == 2
+    assert out["pairs_per_min"] > 0 and 0 <= out["pairs_both_pass"] <= 1
+    assert [m["tie_margin"] for m in out["outcome_mix"]] == [0.0, 0.1]
+    for mix in out["outcome_mix"]:
+        assert abs(mix["left"] + mix["right"] + mix["tie"] - 1) < 0.01
+
+
+def test_annotate_latency(tmp_path):
+    out = bench("annotate_latency", "--annotators", "1", "--buffers", "0", "--votes", "2",
+                "--think", "1", "--steps", "2", tmp_path=tmp_path)
+    assert out["benchmark"] == "annotate_latency" and out["steps"] == 2
+    (result,) = out["results"]
+    assert result["annotators"] == 1 and result["buffer"] == 0 and result["votes"] == 2
+    assert 0 < result["p50_ms"] <= result["p95_ms"] <= result["max_ms"]
+    assert result["pairs_made"] >= 3  # the first pair and one after each vote
+
+
+def test_eval_auto(tmp_path):
+    out = bench("eval_auto", "--seeds", "1", "--steps", "2", tmp_path=tmp_path)
+    assert out["images"] == 18 and out["steps"] == 2
+    assert out["generate_images_per_s"] > 0 and out["judge_images_per_s"] > 0
+    assert out["reuse_s"] >= 0
+
+
+def test_import_shard(tmp_path):
+    out = bench("import_shard", "--rows", "10", "20", tmp_path=tmp_path)
+    assert out["benchmark"] == "import_shard"
+    assert [r["rows"] for r in out["results"]] == [10, 20]
+    for result in out["results"]:
+        assert result["rows_per_s"] > 0 and result["peak_rss_mb"] > 0 and result["shard_mb"] > 0
+
+
+def test_pair_generation(tmp_path):
+    out = bench("pair_generation", "--steps", "2", "--repeats", "1", tmp_path=tmp_path)
+    assert out["benchmark"] == "pair_generation" and out["model"] == "toy"
+    assert out["batched_s_per_pair"] > 0 and out["separate_s_per_pair"] > 0
+    assert out["speedup"] > 0 and out["import_s"] > 0 and out["load_s"] > 0
+
+
+def test_store_votes(tmp_path):
+    out = bench("store_votes", "--votes", "16", tmp_path=tmp_path)
+    assert out["benchmark"] == "store_votes" and out["jpeg_kb"] > 0
+    cases = {(r["threads"], r["with_images"]): r for r in out["results"]}
+    assert set(cases) == {(1, False), (8, False), (1, True), (8, True)}
+    for result in cases.values():
+        assert result["votes"] == 16 and result["votes_per_s"] > 0
+        assert 0 < result["p50_ms"] <= result["p99_ms"]
+
+
+def test_train_throughput(tmp_path):
+    out = bench("train_throughput", "--pairs", "8", "--batch", "2", "--steps", "1",
+                "--rounds", "1", tmp_path=tmp_path)
+    assert out["batch_pairs"] == 2 and out["rounds"] == 1
+    assert set(out["pairs_per_s"]) == {"trainer_full", "floor_full", "uncached_full",
+                                       "trainer_lora", "floor_lora"}
+    assert all(v > 0 for v in out["pairs_per_s"].values())
+    assert set(out["peak_rss_mb"]) == {"full", "lora"}
+    held = out["unet_parameters_held"]
+    assert held["full"] == 2 * held["one_unet"] and held["lora"] > held["one_unet"]
+    assert 0 < out["trainable_parameters"]["lora"] < out["trainable_parameters"]["full"]
+
+
+def test_toy_loop(tmp_path):
+    out = bench("toy_loop", "--tiny", "--threads", "1", "--runs", str(tmp_path / "loop"),
+                tmp_path=tmp_path)
+    assert out["train"]["steps"] == 2 and out["pairs"]["pairs"] == 48
+    assert out["eval_auto"]["pairs"] == 18  # 18 captions x 1 seed
+    judged = out["eval_auto"]
+    assert judged["wins"] + judged["losses"] + judged["ties"] == judged["pairs"]
+    assert set(out["criteria"]) >= {"judged_pairs_at_least_400", "adherence_up_15_points"}
+    assert isinstance(out["passed"], bool) and out["pairs"]["images_on_eval_seeds"] == 0
+    assert (tmp_path / "loop" / "result.json").is_file()
