@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # benchmarks/ is a folder of scripts, not an installed package
 
 from benchmarks.readme import README, Block, Command, blocks, commands, python_blocks  # noqa: E402
-from benchmarks.toy_loop import readme_stages  # noqa: E402
+from benchmarks.toy_loop import TINY, readme_stages  # noqa: E402
 
 TOY_FEEDBACK = "python -m annotate feedback --pairs 2400 --per-prompt 16 --tie-margin 0.1"
 TOY_TRAIN = "accelerate launch -m train toy"
@@ -87,13 +87,8 @@ CHECKS = {
 }
 
 # Size only: how many pairs, steps and seeds. Nothing here changes what a command does.
-SHRINK = {
-    TOY_FEEDBACK: ["--pairs", "48", "--per-prompt", "4"],
-    TOY_TRAIN: ["--max_steps", "2", "--eval_every", "0", "--holdout_pairs", "2"],
-    TOY_BASE: ["--pairs", "8"],
-    TOY_ALIGNED: ["--pairs", "8"],
-    TOY_AUTO: ["--seeds", "1"],
-}
+# The toy-loop benchmark's --tiny sizes, appended to the same README commands.
+SHRINK = {readme_stages()[stage]: flags for stage, flags in TINY.items()}
 SIZE_FLAGS = {"--pairs", "--per-prompt", "--max_steps", "--eval_every", "--holdout_pairs",
               "--seeds"}
 
