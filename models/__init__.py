@@ -12,7 +12,7 @@
 Every pipeline is built here. Outside this package diffusers is touched only where it is a
 library rather than a model: the trainer's noise scheduler and learning-rate schedule
 (train/trainer.py), writing a trained pipeline or LoRA weights (train/output.py), and
-diffusers' log level on the annotate page (annotate/serve.py); tests/test_benchmarks.py
+diffusers' log level on the annotate page (annotate/serve.py); tests/test_docs.py
 holds the project to that list.
 
 This package never imports the apps (annotate, train, eval). `load` and `LoadedModel` are
