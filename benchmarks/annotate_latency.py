@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -99,7 +100,8 @@ def main() -> None:
                                                     args.votes, args.think))
                     seconds = time.perf_counter() - start
                 finally:
-                    server.demo.close()
+                    with contextlib.redirect_stdout(sys.stderr):  # Gradio's "Closing ..."
+                        server.demo.close()
                     made = server.worker.made
                     server.close()
             results.append({

@@ -23,6 +23,7 @@ generated. Prints JSON.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import random
@@ -68,10 +69,11 @@ def make_run(data: Path, out: Path, lora_rank: int, batch: int) -> Run:
         "lora_rank": lora_rank, "eval_every": 0, "holdout_pairs": 0, "batch_size": batch,
         "effective_batch": batch, "checkpoint_every": 0,
     })
-    run = Run(config)
-    run.load_model()
-    run.load_cache(run.load_pairs())
-    run.build_networks()
+    with contextlib.redirect_stdout(sys.stderr):  # the trainer's progress lines; JSON is ours
+        run = Run(config)
+        run.load_model()
+        run.load_cache(run.load_pairs())
+        run.build_networks()
     return run
 
 
