@@ -16,3 +16,7 @@ class StoreLockedError(DataError):
 
 class ShardError(DataError):
     """A parquet shard that cannot be imported as it is."""
+
+
+class DiskFullError(DataError):
+    """A write failed because the disk holding the store is full; nothing was half-written."""
