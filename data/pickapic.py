@@ -411,44 +411,54 @@ def import_shard(
     rankings = _shard_rankings(columns)
     repeated, already = _check_ids(cur, path, rankings)
 
-    image_columns = [c for c in columns if c in _IMAGE_SOURCE_COLUMNS]
-    done: set[str] = set()
+    done: set[str] = set()  # image uids this import has stored
     try:
-        for batch in shard.iter_batches(batch_size=image_rows, columns=image_columns):
-            images = _new_images(batch, image_columns, seen, done)
-            with transaction(cur):
-                cur.register("_import_images", images)
-                cur.execute(
-                    f"INSERT INTO images ({', '.join(_IMAGE_SCHEMA.names)}) "
-                    "SELECT * FROM _import_images ON CONFLICT DO NOTHING"
-                )
-                cur.unregister("_import_images")
-        with transaction(cur):
-            [(before,)] = cur.execute("SELECT count(*) FROM rankings").fetchall()
-            cur.execute(
-                "INSERT INTO rankings (ranking_id, caption, image_0_uid, image_1_uid, "
-                "label_0, label_1, best_image_uid, user_id, created_at, has_label, "
-                "num_example_per_prompt, outcome, source, split) "
-                "SELECT ranking_id, caption, image_0_uid, image_1_uid, label_0, label_1, "
-                "best_image_uid, user_id, created_at, has_label, num_example_per_prompt, "
-                # Public shards do not record which image was on the left (shown_left is
-                # NULL); their outcome is stated as if image_0 had been (ARCHITECTURE.md).
-                "CASE WHEN label_0 = 0.5 THEN 'tie' WHEN label_0 = 1 THEN 'left' "
-                f"ELSE 'right' END, $source, $split FROM ({rankings}) "
-                # A row repeating an earlier one exactly (checked above) is stored once.
-                "QUALIFY row_number() OVER (PARTITION BY ranking_id ORDER BY row) = 1 "
-                "ON CONFLICT DO NOTHING",
-                {"path": str(path), "source": source, "split": split},
-            )
-            [(after,)] = cur.execute("SELECT count(*) FROM rankings").fetchall()
+        _store_images(cur, shard, columns, seen, done, image_rows)
+        added = _store_rankings(cur, path, rankings, source, split)
     except BaseException as error:
         _forget_images(cur, done)
         if is_disk_full(error):
             raise disk_full_error(store.path, f"nothing of {path} was imported") from None
         raise
-    return ImportedFile(
-        path=path, rows=rows, added=after - before, already=already, repeated=repeated
-    )
+    return ImportedFile(path=path, rows=rows, added=added, already=already, repeated=repeated)
+
+
+def _store_images(cur, shard: pq.ParquetFile, columns: list[str], seen: dict, done: set,
+                  image_rows: int) -> None:
+    """Pass 2: the shard's images, `image_rows` rows per transaction."""
+    image_columns = [c for c in columns if c in _IMAGE_SOURCE_COLUMNS]
+    for batch in shard.iter_batches(batch_size=image_rows, columns=image_columns):
+        images = _new_images(batch, image_columns, seen, done)
+        with transaction(cur):
+            cur.register("_import_images", images)
+            cur.execute(
+                f"INSERT INTO images ({', '.join(_IMAGE_SCHEMA.names)}) "
+                "SELECT * FROM _import_images ON CONFLICT DO NOTHING"
+            )
+            cur.unregister("_import_images")
+
+
+def _store_rankings(cur, path: Path, rankings: str, source: str, split: str) -> int:
+    """Pass 3: the shard's pairs in one transaction; how many were new."""
+    with transaction(cur):
+        [(before,)] = cur.execute("SELECT count(*) FROM rankings").fetchall()
+        cur.execute(
+            "INSERT INTO rankings (ranking_id, caption, image_0_uid, image_1_uid, "
+            "label_0, label_1, best_image_uid, user_id, created_at, has_label, "
+            "num_example_per_prompt, outcome, source, split) "
+            "SELECT ranking_id, caption, image_0_uid, image_1_uid, label_0, label_1, "
+            "best_image_uid, user_id, created_at, has_label, num_example_per_prompt, "
+            # Public shards do not record which image was on the left (shown_left is
+            # NULL); their outcome is stated as if image_0 had been (ARCHITECTURE.md).
+            "CASE WHEN label_0 = 0.5 THEN 'tie' WHEN label_0 = 1 THEN 'left' "
+            f"ELSE 'right' END, $source, $split FROM ({rankings}) "
+            # A row repeating an earlier one exactly (checked before) is stored once.
+            "QUALIFY row_number() OVER (PARTITION BY ranking_id ORDER BY row) = 1 "
+            "ON CONFLICT DO NOTHING",
+            {"path": str(path), "source": source, "split": split},
+        )
+        [(after,)] = cur.execute("SELECT count(*) FROM rankings").fetchall()
+    return after - before
 
 
 def _first_line(error: Exception) -> str:
