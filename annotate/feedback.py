@@ -35,7 +35,7 @@ from typing import NoReturn
 import torch
 from PIL import Image
 
-from data.errors import DataError
+from data.errors import UserError, report_user_error
 from data.pairs import decode_image
 from data.prompts import read_prompts
 from data.store import DEFAULT_DB, ImageRecord, Store, Vote
@@ -49,7 +49,7 @@ JPEG_QUALITY = 95
 _UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "diffusion-dpo-loop/annotate/feedback")
 
 
-class FeedbackError(Exception):
+class FeedbackError(UserError):
     """A setting the user can fix; the message is the whole answer."""
 
 
@@ -463,9 +463,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 run, store, scorer, lambda: load(run.model), progress=not args.no_progress,
                 announce=lambda line: print(line, file=sys.stderr),
             )
-    except (FeedbackError, DataError, ModelError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    except UserError as error:
+        return report_user_error(error)
     except KeyboardInterrupt:
         print("interrupted before any pair was made", file=sys.stderr)
         return 130

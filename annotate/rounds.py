@@ -28,6 +28,7 @@ from annotate.feedback import jpeg, record
 from annotate.gold import GoldPair
 from annotate.screening import Blocklist, screen
 from annotate.worker import SET_SOURCE, PairWorker, Progress
+from data.errors import UserError
 from data.pairs import decode_image
 from data.store import ImageRecord, Ranking, Store, Vote, new_uid
 from models.generate import GeneratedImage
@@ -37,7 +38,7 @@ VOTE_OUTCOMES = ("left", "right", "tie", "both_bad", "skip")
 _MAX_ROUNDS = 10_000  # rounds awaiting a vote, across sessions; the oldest are forgotten
 
 
-class AnnotateError(Exception):
+class AnnotateError(UserError):
     """Something the annotator must do differently; the message says what."""
 
 

@@ -11,18 +11,17 @@ from pathlib import Path
 from typing import NoReturn
 
 from annotate.feedback import TOY, default_prompts
-from annotate.gold import GoldFileError, read_gold
+from annotate.gold import read_gold
 from annotate.rounds import Collector, Settings
 from annotate.screening import Blocklist, token_counter
 from annotate.worker import PairWorker, PromptSet
-from data.errors import DataError
+from data.errors import UserError, report_user_error
 from data.prompts import read_prompts
 from data.store import DEFAULT_DB, Store
-from models.errors import ModelError
 from models.generate import PairVariety
 
 
-class ServeError(Exception):
+class ServeError(UserError):
     """A flag or file the server cannot start with; the message names the fix."""
 
 
@@ -181,9 +180,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config, host, port = config_from_args(build_parser().parse_args(argv))
         server = open_app(config)
-    except (ServeError, GoldFileError, DataError, ModelError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    except (UserError, OSError) as error:
+        return report_user_error(error)
     try:
         server.demo.launch(server_name=host, server_port=port, auth=server.logins,
                            prevent_thread_lock=True, quiet=True)

@@ -8,7 +8,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from data.errors import DataError
+from data.errors import DataError, ShardError, UserError, report_user_error
 from data.images import MAX_SIDE
 from data.pickapic import ImportedFile, export_pairs, import_shards
 from data.stats import format_stats, store_stats
@@ -89,8 +89,9 @@ def run(args: argparse.Namespace) -> int:
                                  max_side=args.max_image_side)
         for result in done:
             if result.refused:
-                print(f"error: {result.refused}; nothing of this file was imported",
-                      file=sys.stderr)
+                report_user_error(
+                    ShardError(f"{result.refused}; nothing of this file was imported")
+                )
             else:
                 print(imported_line(result))
         imported = [f for f in done if not f.refused]
@@ -121,9 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return run(args)
-    except DataError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    except UserError as error:
+        return report_user_error(error)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from pathlib import Path
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-from data.errors import DataError  # noqa: E402
+from data.errors import DataError, UserError, report_user_error  # noqa: E402
 from eval.votes import DEFAULT_VOTES  # noqa: E402
 
 TOY = "toy"
@@ -197,23 +197,13 @@ def auto(argv: list[str]) -> int:
     return 0
 
 
-def _user_errors() -> tuple[type[Exception], ...]:
-    """DataError, and ModelError once the model layer is loaded: `report` and `--help`
-    never import it (it imports torch, seconds before anything happens)."""
-    models_errors = sys.modules.get("models.errors")
-    return (DataError, *([models_errors.ModelError] if models_errors else []))
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = {"auto": auto, "report": report}.get(argv[0] if argv else "")
     try:
         return command(argv[1:]) if command else blind(argv)
-    except Exception as error:
-        if not isinstance(error, _user_errors()):
-            raise
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    except UserError as error:
+        return report_user_error(error)
     except KeyboardInterrupt:
         return 130
 

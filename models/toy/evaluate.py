@@ -95,13 +95,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--grid", type=Path, help="also write a labelled sample grid PNG here")
     args = parser.parse_args(argv)
 
-    from models.errors import ModelError
+    from data.errors import UserError, report_user_error
     from models.loading import load
 
     try:
         model = load(args.model)
-    except ModelError as error:
-        raise SystemExit(f"error: {error}") from None
+    except UserError as error:
+        raise SystemExit(report_user_error(error)) from None
     report = {"model": args.model}
     if args.judge_images:
         report["judge_accuracy"] = judge_accuracy(args.judge_images)
