@@ -163,8 +163,8 @@ _IMAGE_SOURCE_COLUMNS = (
     "image_0_url", "image_1_url",
 )
 # What makes two rows with one ranking_id the same vote. num_example_per_prompt is left
-# out: it counts a prompt's rows in the set a shard came from (validation and
-# validation_unique hold the same rankings), and the split is the importer's choice.
+# out: it counts a prompt's rows in the set a shard came from (a subset such as
+# validation_unique may repeat another split's rankings), and the split is the importer's.
 _CONTENT_COLUMNS = (
     "caption", "image_0_uid", "image_1_uid", "label_0", "label_1", "best_image_uid",
     "user_id", "created_at", "has_label",

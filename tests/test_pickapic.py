@@ -340,7 +340,7 @@ def test_repeated_identical_rankings_add_nothing_and_say_so(store, tmp_path):
     [first] = import_shards(store, [write_shard(tmp_path / "a.parquet", doubled)],
                             progress=False)
     assert (first.rows, first.added, first.repeated, first.already) == (8, 6, 2, 0)
-    # the same rankings under another file name (validation_unique repeats validation)
+    # the same rankings under another file name (as a subset of another split would hold)
     [again] = import_shards(store, [write_shard(tmp_path / "copy.parquet", table)],
                             progress=False)
     assert (again.added, again.already, again.refused) == (0, 6, None)
