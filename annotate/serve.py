@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
 
-from annotate.feedback import TOY, default_prompts
+from annotate.feedback import default_prompts
 from annotate.gold import read_gold
 from annotate.rounds import Collector, Settings
 from annotate.screening import Blocklist, token_counter
@@ -19,6 +19,7 @@ from data.errors import UserError, report_user_error
 from data.prompts import read_prompts
 from data.store import DEFAULT_DB, Store
 from models.generate import PairVariety
+from models.toy import TOY_NAME
 
 
 class ServeError(UserError):
@@ -27,7 +28,7 @@ class ServeError(UserError):
 
 @dataclass
 class AppConfig:
-    models: list[str] = field(default_factory=lambda: [TOY])
+    models: list[str] = field(default_factory=lambda: [TOY_NAME])
     db: Path = DEFAULT_DB
     prompts: Path | None = None
     auth: Path | None = None
@@ -92,7 +93,7 @@ def open_app(config: AppConfig) -> Server:
     if config.prompts:
         prompts = read_prompts(config.prompts)
     else:
-        prompts = default_prompts(TOY) if config.models[0] == TOY else None
+        prompts = default_prompts(TOY_NAME) if config.models[0] == TOY_NAME else None
     loaded = [load(name) for name in config.models]
     rng = random.Random(config.seed)
     target = loaded[0] if len(loaded) == 1 else loaded
@@ -168,7 +169,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[AppConfig, str, int]:
         steps=args.steps,
     )
     config = AppConfig(
-        models=args.model or [TOY], db=args.db, prompts=args.prompts, auth=args.auth,
+        models=args.model or [TOY_NAME], db=args.db, prompts=args.prompts, auth=args.auth,
         gold=args.gold, gold_rate=args.gold_rate, daily_cap=args.daily_cap,
         blocklist=args.blocklist, variety=variety, buffer=args.buffer, seed=args.seed,
     )

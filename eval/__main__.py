@@ -20,8 +20,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from data.errors import DataError, UserError, report_user_error  # noqa: E402
 from eval.votes import DEFAULT_VOTES  # noqa: E402
-
-TOY = "toy"
+from models.toy import TOY_NAME  # noqa: E402
 
 
 def newest_trained_model(root: Path = Path("runs/train")) -> str | None:
@@ -34,7 +33,7 @@ def default_prompts(base: str):
     from data.prompts import Prompt
     from models.toy.shapes import SHAPES, all_captions
 
-    if base != TOY:
+    if base != TOY_NAME:
         raise DataError(f"--base {base} has no built-in prompts: give --prompts FILE "
                         "(one prompt per line, or a CSV/TSV with prompt and category columns)")
     return [Prompt(c, next(s for s in SHAPES if c.endswith(s))) for c in all_captions()]
@@ -49,7 +48,7 @@ def _sampling_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _model_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--base", default=TOY, help="the base model (default: toy)")
+    parser.add_argument("--base", default=TOY_NAME, help="the base model (default: toy)")
     parser.add_argument("--aligned", help="the aligned model (default: the newest "
                                           "runs/train/*/final)")
     parser.add_argument("--prompts", help="prompt set: one per line, or CSV/TSV with prompt "
