@@ -27,6 +27,10 @@ class ShardError(DataError):
     """A parquet shard that cannot be imported as it is."""
 
 
+class DiskFullError(DataError):
+    """A write failed because the disk holding the store is full; nothing was half-written."""
+
+
 def report_user_error(error: UserError) -> int:
     """Print `error: <message>` as one line on stderr; the exit status, 1."""
     print("error: " + " ".join(str(error).split()), file=sys.stderr)
