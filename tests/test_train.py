@@ -7,11 +7,14 @@ the command line and two-process runs go through subprocesses.
 from __future__ import annotations
 
 import json
+import logging
+import logging.handlers
 import math
 import os
 import shutil
 import subprocess
 import sys
+from dataclasses import fields
 
 import numpy as np
 import pytest
@@ -62,7 +65,14 @@ def unet_state(pipeline_dir) -> dict[str, torch.Tensor]:
 def test_full_training_changes_every_unet_weight_and_nothing_else(
         kind, tiny_sd_dir, tiny_sdxl_dir, store_path, tmp_path):
     base = tiny_sd_dir if kind == "sd" else tiny_sdxl_dir
-    summary = Run(config_for(base, store_path, tmp_path / "run", eval_every=0)).train()
+    warnings = logging.handlers.BufferingHandler(capacity=10_000)
+    logging.getLogger("diffusers").addHandler(warnings)  # diffusers' own root logger
+    try:
+        summary = Run(config_for(base, store_path, tmp_path / "run", eval_every=0)).train()
+    finally:
+        logging.getLogger("diffusers").removeHandler(warnings)
+    said = [record.getMessage() for record in warnings.buffer]
+    assert not [m for m in said if "kept in float32" in m], said  # its .to(dtype) warning
     assert summary["pairs"] == 12  # the tie and the both-bad vote are not pairs
     final = tmp_path / "run" / "final"
     before, after = unet_state(base), unet_state(final)
@@ -419,6 +429,9 @@ def test_help_lists_every_key_and_the_presets():
     assert out.returncode == 0
     for key in ("--beta", "--lora_rank", "--effective_batch", "--resume", "--scorer"):
         assert key in out.stdout
+    flat = " ".join(out.stdout.split())
+    assert "(default: by size)" in flat
+    assert flat.count("(default:") == len(fields(TrainConfig)), flat  # each key's once
     for preset in ("sd15", "sdxl", "lora", "toy"):
         assert preset in out.stdout
 
