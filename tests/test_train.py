@@ -11,10 +11,12 @@ import logging
 import logging.handlers
 import math
 import os
+import shlex
 import shutil
 import subprocess
 import sys
 from dataclasses import fields
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,6 +32,8 @@ from train.config import TrainConfig, resolve
 from train.errors import TrainError
 from train.plan import training_pairs
 from train.trainer import PREDICTION_TYPES, Run, batch_positions, forward_pairs, training_target
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -443,6 +447,24 @@ def test_bad_input_gets_one_line(tmp_path):
     assert out.stderr.startswith("error: ") and out.stderr.count("\n") == 1, out.stderr
     out = run_command("toy", "--max_steps", "many")
     assert out.returncode == 1 and "max_steps" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_an_error_under_readmes_accelerate_launch_is_its_one_line(tmp_path):
+    """README's launch flags: accelerate adds no traceback and no list of defaults."""
+    from benchmarks.readme import commands
+
+    [toy] = [c.text for c in commands() if c.text.endswith(" -m train toy")]
+    argv = shlex.split(toy)
+    launcher = Path(sys.executable).parent / "accelerate"
+    missing = tmp_path / "missing.duckdb"
+    out = subprocess.run(
+        [str(launcher), *argv[1:argv.index("-m")], "-m", "train", "toy", "--data",
+         str(missing), "--output_dir", str(tmp_path / "run")],
+        capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert out.returncode == 1
+    assert out.stderr.startswith("error: ") and out.stderr.count("\n") == 1, out.stderr
+    assert str(missing) in out.stderr and out.stdout == ""
+    assert not (tmp_path / "run").exists()  # nothing written for a run that cannot start
 
 
 def test_two_processes_train_and_write_one_checkpoint_once(tiny_sd_dir, store_path, tmp_path):
