@@ -1,4 +1,4 @@
-"""The Diffusion-DPO loss against values computed by hand (DESIGN.md section 5)."""
+"""The Diffusion-DPO loss against values computed by hand (docs/TRAINING.md)."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""The Diffusion-DPO objective and its SFT baseline, as pure functions (DESIGN.md section 5).
+"""The Diffusion-DPO objective and its SFT baseline, as pure functions (docs/TRAINING.md).
 
 With the same noise and timestep for the winner w and the loser l, each network's
 per-sample error is e = mean over C, H, W of (eps_pred - eps)^2. Then
