@@ -67,11 +67,7 @@ def make_run(data: Path, out: Path, lora_rank: int, batch: int) -> Run:
         "lora_rank": lora_rank, "eval_every": 0, "holdout_pairs": 0, "batch_size": batch,
         "effective_batch": batch, "checkpoint_every": 0,
     })
-    run = Run(config)
-    run.load_model()
-    run.load_cache(run.load_pairs())
-    run.build_networks()
-    return run
+    return Run(config)
 
 
 def floor_step(run: Run, batch) -> None:
@@ -85,12 +81,12 @@ def floor_step(run: Run, batch) -> None:
     model_w, model_l = error.chunk(2)
     ref_w, ref_l = ref.chunk(2)
     dpo_loss(model_w, model_l, ref_w, ref_l, run.config.beta).loss.backward()
-    run.optimizer.step()
-    run.optimizer.zero_grad(set_to_none=True)
+    run.nets.optimizer.step()
+    run.nets.optimizer.zero_grad(set_to_none=True)
 
 
 def fixed_batch(run: Run):
-    cached = run.cache.batch(list(range(run.config.batch_size)), "cpu")
+    cached = run.data.cache.batch(list(range(run.config.batch_size)), "cpu")
     latents = torch.cat([cached.latents[:, 0], cached.latents[:, 1]])
     noise = torch.randn_like(latents[: len(latents) // 2]).repeat(2, 1, 1, 1)
     timesteps = torch.randint(0, 1000, (len(latents) // 2,)).repeat(2)
