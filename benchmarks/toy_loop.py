@@ -12,7 +12,7 @@ script's options appended where they ask for a change (argparse keeps the last v
 
 1. collect: `python -m annotate feedback ...` (toy model, toy judge) into
    runs/prefs.duckdb (skipped with --data: train on an existing store instead);
-2. train: `accelerate launch -m train toy` into runs/train/toy;
+2. train: `accelerate launch ... -m train toy` into runs/train/toy;
 3. adherence: `python -m models.toy.evaluate --model toy|runs/train/toy/final ...`
    (prompt/seed pairs with seeds from 1,000,000 up);
 4. judge: `python -m eval auto ...` (18 captions x seeds 0..22 = 414 same-seed pairs,
@@ -48,7 +48,7 @@ from models.toy import TOY_NAME  # noqa: E402
 # README's commands put their results, relative to the folder they run in.
 STAGES = {
     "collect": "python -m annotate feedback ",
-    "train": "accelerate launch -m train toy",
+    "train": "accelerate launch -q --config_file docs/accelerate/one_process.yaml -m train toy",
     "adherence_base": "python -m models.toy.evaluate --model toy ",
     "adherence_aligned": "python -m models.toy.evaluate --model runs/train/toy/final ",
     "eval_auto": "python -m eval auto --aligned runs/train/toy/final ",
@@ -190,6 +190,7 @@ def loop(args: argparse.Namespace) -> dict:
                              "(remove it, or pass --force to have it removed)")
         shutil.rmtree(runs)
     runs.mkdir(parents=True)
+    shutil.copytree(ROOT / "docs" / "accelerate", runs / "docs" / "accelerate")  # README names
     logs = runs / "logs"
     minutes: dict[str, float] = {}
     ran: dict[str, str] = {}

@@ -28,6 +28,7 @@ import os
 import queue
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -45,7 +46,8 @@ from benchmarks.readme import README, Block, Command, blocks, commands, python_b
 from benchmarks.toy_loop import TINY, readme_stages  # noqa: E402
 
 TOY_FEEDBACK = "python -m annotate feedback --pairs 2400 --per-prompt 16 --tie-margin 0.1"
-TOY_TRAIN = "accelerate launch -m train toy"
+ONE_PROCESS = "accelerate launch -q --config_file docs/accelerate/one_process.yaml"
+TOY_TRAIN = f"{ONE_PROCESS} -m train toy"
 TOY_BASE = "python -m models.toy.evaluate --model toy --pairs 400"
 TOY_ALIGNED = "python -m models.toy.evaluate --model runs/train/toy/final --pairs 400"
 TOY_AUTO = "python -m eval auto --aligned runs/train/toy/final --seeds 23 --tie-margin 0.1"
@@ -67,12 +69,12 @@ CHECKS = {
     f"python -m annotate --model {SD15} --host 0.0.0.0": "parse",
     "hf download yuvalkirstain/pickapic_v2 --repo-type dataset --include "
     '"data/train-0000*" --local-dir pickapic_v2': "download",
-    f"accelerate launch -m train sd15 --data runs/prefs.duckdb {SHARDS} --dry_run": "run",
+    f"{ONE_PROCESS} -m train sd15 --data runs/prefs.duckdb {SHARDS} --dry_run": "run",
     "accelerate launch --config_file docs/accelerate/multi_gpu.yaml -m train sd15 "
     f"--data runs/prefs.duckdb {SHARDS}": "gpu",
     f"accelerate launch --config_file docs/accelerate/multi_gpu.yaml -m train sdxl --data {SHARDS}":
         "gpu",
-    f"accelerate launch -m train lora --data runs/prefs.duckdb {SHARDS}": "gpu",
+    f"{ONE_PROCESS} -m train lora --data runs/prefs.duckdb {SHARDS}": "gpu",
     "accelerate launch --config_file docs/accelerate/multi_node.yaml --machine_rank 0 -m train "
     f"sd15 --data {SHARDS}": "gpu",
     "curl -LO https://raw.githubusercontent.com/google-research/parti/main/PartiPrompts.tsv":
@@ -130,8 +132,9 @@ def test_the_readme_links_and_picture_exist():
 
 @pytest.fixture
 def sandbox(tmp_path: Path) -> Path:
-    """An empty folder with 600 decisive public pairs where the README's download puts them
-    (enough for the sd15 and sdxl presets' 500 held-out pairs)."""
+    """An empty folder with 600 decisive public pairs where the README's download puts them,
+    and the clone's accelerate configs, which README's launch commands name."""
+    shutil.copytree(REPO / "docs" / "accelerate", tmp_path / "docs" / "accelerate")
     rows = [(f"a test prompt {i % 50}", float(i % 2), float(1 - i % 2)) for i in range(600)]
     path = tmp_path / "pickapic_v2" / SHARD
     path.parent.mkdir(parents=True)

@@ -7,10 +7,16 @@ the command line and two-process runs go through subprocesses.
 from __future__ import annotations
 
 import json
+import logging
+import logging.handlers
+import math
 import os
+import shlex
 import shutil
 import subprocess
 import sys
+from dataclasses import fields
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,10 +27,13 @@ from safetensors.torch import load_file
 from data.store import Store
 from models import load
 from tests.helpers import record
-from train.cache import Preprocessing, prepare_pair
+from train.cache import Preprocessing, _encode_latents, mirrored, prepare_pair
 from train.config import TrainConfig, resolve
 from train.errors import TrainError
-from train.trainer import Run
+from train.plan import training_pairs
+from train.trainer import PREDICTION_TYPES, Run, batch_positions, forward_pairs, training_target
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +69,14 @@ def unet_state(pipeline_dir) -> dict[str, torch.Tensor]:
 def test_full_training_changes_every_unet_weight_and_nothing_else(
         kind, tiny_sd_dir, tiny_sdxl_dir, store_path, tmp_path):
     base = tiny_sd_dir if kind == "sd" else tiny_sdxl_dir
-    summary = Run(config_for(base, store_path, tmp_path / "run", eval_every=0)).train()
+    warnings = logging.handlers.BufferingHandler(capacity=10_000)
+    logging.getLogger("diffusers").addHandler(warnings)  # diffusers' own root logger
+    try:
+        summary = Run(config_for(base, store_path, tmp_path / "run", eval_every=0)).train()
+    finally:
+        logging.getLogger("diffusers").removeHandler(warnings)
+    said = [record.getMessage() for record in warnings.buffer]
+    assert not [m for m in said if "kept in float32" in m], said  # its .to(dtype) warning
     assert summary["pairs"] == 12  # the tie and the both-bad vote are not pairs
     final = tmp_path / "run" / "final"
     before, after = unet_state(base), unet_state(final)
@@ -143,7 +159,7 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(
     for (name, a), (_, b) in zip(whole.unet.named_parameters(), resumed.unet.named_parameters(),
                                  strict=True):
         assert torch.allclose(a, b, atol=1e-6), name
-    assert resumed.lr_scheduler.last_epoch == whole.lr_scheduler.last_epoch == 4
+    assert resumed.nets.lr_scheduler.last_epoch == whole.nets.lr_scheduler.last_epoch == 4
 
 
 def test_a_run_does_not_silently_overwrite_an_earlier_one(tiny_sd_dir, store_path, tmp_path):
@@ -197,30 +213,195 @@ def test_a_second_run_reuses_the_latent_cache(tiny_sd_dir, store_path, tmp_path)
     second = Run(config_for(tiny_sd_dir, store_path, tmp_path / "b", eval_every=0,
                             max_steps=1))
     second.train()
-    assert not first.cache_reused and second.cache_reused
-    assert second.pipeline.text_encoder is None and second.pipeline.vae is None  # freed
+    assert not first.data.reused and second.data.reused
+    freed = second.model.pipeline
+    assert freed.text_encoder is None and freed.vae is None
     other = Run(config_for(tiny_sd_dir, store_path, tmp_path / "c", eval_every=0,
                            max_steps=1, random_flip=False, cache_workers=2))
     other.train()
-    assert not other.cache_reused  # different preprocessing, different cache
+    assert not other.data.reused  # different preprocessing, different cache
 
 
-def test_both_images_of_a_pair_get_the_same_crop_and_flip():
+def test_both_images_of_a_pair_get_the_same_crop():
     preferred = Image.new("RGB", (48, 32), "white")
     preferred.paste((255, 0, 0), (0, 0, 20, 32))  # a red band on the left
     rejected = Image.new("RGB", (96, 64), "white")  # another size: resized to the first's
     rejected.paste((0, 0, 255), (0, 0, 40, 64))
     prep = Preprocessing(resolution=16, random_crop=True, random_flip=True, seed=0)
-    flips = set()
+    lefts = set()
     for index in range(20):
         pixels, time_ids = prepare_pair(preferred, rejected, prep, index)
         assert pixels.shape == (2, 3, 16, 16)
         red = (pixels[0, 0] > 0.5) & (pixels[0, 2] < 0)
         blue = (pixels[1, 2] > 0.5) & (pixels[1, 0] < 0)  # where the first image is red
         assert red.any() and np.array_equal(red.any(axis=0), blue.any(axis=0)), index
-        flips.add(bool(red[:, -1].any()))
+        assert red[:, 0].any()  # never mirrored here: flips are drawn per step
+        lefts.add(time_ids[3])
         assert time_ids[:2] == [32, 48] and time_ids[4:] == [16, 16]
-    assert flips == {True, False}  # both flipped and unflipped pairs occur
+    assert len(lefts) > 1  # the crop is random
+
+
+def test_random_flip_is_drawn_per_step_from_both_cached_orientations(
+        tiny_sd_dir, store_path, tmp_path):
+    """A pair appears mirrored at some steps and not at others, both images together,
+    the same for the same seed; the mirrored copy is the VAE's latent of the mirrored
+    images (the VAE is not flip-equivariant, so a flipped latent would not be)."""
+    config = config_for(tiny_sd_dir, store_path, tmp_path / "run", eval_every=0)
+    run = Run(config)
+    cache = run.data.cache
+    assert cache.flipped is not None and cache.flipped.shape == cache.latents.shape
+    ways: dict[int, set[bool]] = {}
+    for step in range(12):  # 4 epochs of the 12 pairs
+        for micro in range(run.accumulation):
+            batch, _ = run.micro_batch(step, micro)
+            positions = batch_positions(config, step, micro, 0, 1)
+            for index, latents in zip(run.data.order.at(positions), batch.latents,
+                                      strict=True):
+                plain = torch.from_numpy(cache.latents[index].astype(np.float32))
+                mirror = torch.from_numpy(cache.flipped[index].astype(np.float32))
+                assert torch.equal(latents, plain) != torch.equal(latents, mirror)
+                ways.setdefault(index, set()).add(torch.equal(latents, mirror))
+    assert sum(len(w) == 2 for w in ways.values()) >= 6, ways  # most pairs, both ways
+    again = Run(config_for(tiny_sd_dir, store_path, tmp_path / "again", eval_every=0))
+    for step, micro in [(0, 0), (5, 1), (11, 0)]:
+        assert torch.equal(again.micro_batch(step, micro)[0].latents,
+                           run.micro_batch(step, micro)[0].latents)
+    assert again.data.reused
+    pair = training_pairs(config)[3]
+    prep = Preprocessing(config.resolution, config.random_crop, True, config.seed)
+    pixels, _ = prepare_pair(pair.preferred, pair.rejected, prep, 3)
+    vae = load(str(tiny_sd_dir)).pipeline.vae
+    expected = torch.from_numpy(_encode_latents(vae, mirrored(pixels)))
+    got = torch.from_numpy(cache.flipped[3].astype(np.float32))
+    assert torch.allclose(got, expected, atol=2e-3)
+    plain = torch.from_numpy(cache.latents[3].astype(np.float32))
+    assert not torch.allclose(got, plain.flip(-1), atol=2e-3)
+
+
+@pytest.fixture
+def fresh_accelerator_state():
+    """accelerate keeps one process-wide state: a bf16 run in this process needs it reset,
+    and the next test needs it reset again."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_bf16_reference_computes_what_the_policy_does_at_step_0(
+        store_path, tmp_path, fresh_accelerator_state):
+    """CPU bf16 autocast, beta 5000: model = reference at step 0, so the loss is ln 2.
+    On the bundled toy model: a trained one, whose norm weights, unlike a fresh model's
+    ones and zeros, are not exact in bf16."""
+    from accelerate.state import AcceleratorState
+
+    for lora_rank in (0, 4):
+        AcceleratorState._reset_state(reset_partial_state=True)
+        out = tmp_path / f"rank{lora_rank}"
+        config = config_for("toy", store_path, out, mixed_precision="bf16",
+                            beta=5000.0, max_steps=1, eval_every=0, lora_rank=lora_rank)
+        run = Run(config)
+        assert run.accelerator.mixed_precision == "bf16"
+        run.train()
+        [first] = [json.loads(line) for line in (out / "metrics.jsonl").open()]
+        assert first["margin"] == 0.0 and first["accuracy"] == 0.5, (lora_rank, first)
+        assert first["loss"] == pytest.approx(math.log(2), abs=1e-6), (lora_rank, first)
+        assert first["ref_mse_preferred"] == first["model_mse_preferred"]
+
+
+@pytest.fixture(scope="module")
+def predicting_sample_dir(tiny_sd_dir, tmp_path_factory):
+    """The tiny SD pipeline with a scheduler that says it predicts the clean sample."""
+    folder = tmp_path_factory.mktemp("sample-model") / "pipeline"
+    shutil.copytree(tiny_sd_dir, folder)
+    config_file = folder / "scheduler" / "scheduler_config.json"
+    config = json.loads(config_file.read_text())
+    config_file.write_text(json.dumps({**config, "prediction_type": "sample"}))
+    return folder
+
+
+def test_a_sample_predicting_model_is_trained_against_the_clean_latents(
+        predicting_sample_dir, store_path, tmp_path):
+    config = config_for(predicting_sample_dir, store_path, tmp_path / "run", eval_every=0,
+                        objective="sft", prompt_dropout=0.0, max_steps=1)
+    run = Run(config)
+    assert run.noise_scheduler.config.prediction_type == "sample"
+    batch, generator = run.micro_batch(0, 0)
+    replay = torch.Generator().set_state(generator.get_state())
+    with torch.no_grad():
+        _, metrics = forward_pairs(run.unet, run.reference, run.noise_scheduler, batch,
+                                   run.data.cache, generator, config)
+        clean = batch.latents[:, 0]
+        noise = torch.randn(clean.shape, generator=replay)
+        timesteps = torch.randint(0, 1000, (len(clean),), generator=replay)
+        noisy = run.noise_scheduler.add_noise(clean, noise, timesteps)
+        predicted = run.unet(noisy, timesteps, encoder_hidden_states=batch.text).sample
+    against_clean = float((predicted - clean).pow(2).mean())
+    against_noise = float((predicted - noise).pow(2).mean())
+    assert float(metrics["model_mse_preferred"]) == pytest.approx(against_clean, rel=1e-5)
+    assert abs(against_clean - against_noise) > 1e-3
+    assert run.train()["trained_steps"] == 1
+
+
+def test_each_prediction_type_has_its_target_and_others_are_refused(tiny_sd_dir, store_path,
+                                                                     tmp_path):
+    from diffusers import DDPMScheduler
+
+    clean, noise = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    timesteps = torch.tensor([10, 900])
+    targets = {}
+    for kind in PREDICTION_TYPES:
+        scheduler = DDPMScheduler(prediction_type=kind)
+        targets[kind] = training_target(scheduler, clean, noise, timesteps)
+    assert torch.equal(targets["epsilon"], noise) and torch.equal(targets["sample"], clean)
+    velocity = DDPMScheduler().get_velocity(clean, noise, timesteps)
+    assert torch.equal(targets["v_prediction"], velocity)
+    assert not torch.allclose(velocity, noise) and not torch.allclose(velocity, clean)
+    folder = tmp_path / "flow"
+    shutil.copytree(tiny_sd_dir, folder)
+    config_file = folder / "scheduler" / "scheduler_config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()),
+                                       "prediction_type": "flow_prediction"}))
+    with pytest.raises(TrainError, match="predicts 'flow_prediction'"):
+        Run(config_for(folder, store_path, tmp_path / "run", eval_every=0))
+    assert not (tmp_path / "cache").exists()  # refused before any caching
+
+
+def test_a_run_is_ready_when_made_and_its_methods_add_no_state(tiny_sd_dir, store_path,
+                                                               tmp_path):
+    run = Run(config_for(tiny_sd_dir, store_path, tmp_path / "run", eval_every=0,
+                         holdout_pairs=64))
+    made = set(vars(run))
+    assert run.train_step(0)["lr"] > 0  # no other method has to run first
+    assert run.evaluate(0) == {"heldout_accuracy": run.heldout_accuracy()}
+    run.train()
+    assert set(vars(run)) == made
+
+
+def test_a_config_made_in_code_is_converted_and_checked(tmp_path):
+    assert TrainConfig(max_steps="5", beta="2500", random_flip="false").max_steps == 5
+    assert TrainConfig(data="one.duckdb").data == ["one.duckdb"]
+    for values, message in [({"max_steps": "many"}, "max_steps: "),
+                            ({"objective": "ppo"}, "objective must be dpo or sft"),
+                            ({"batch_size": 0}, "batch_size must be at least 1"),
+                            ({"holdout_pairs": -1}, "holdout_pairs must be 0 or more"),
+                            ({"prompt_dropout": 2}, "prompt_dropout must be between")]:
+        with pytest.raises(TrainError, match=message):
+            TrainConfig(**values)
+        key, value = next(iter(values.items()))
+        out = run_command("toy", f"--{key}", str(value))
+        assert out.returncode == 1 and out.stderr.count("\n") == 1, out.stderr
+        assert message in out.stderr  # the same line as the command line's
+
+
+def test_the_held_out_set_scales_with_the_collection(store_path, tmp_path):
+    config = TrainConfig(holdout_pairs=64)
+    assert [config.heldout(n) for n in (9, 12, 40, 640, 5000)] == [0, 1, 4, 64, 64]
+    out = run_command("toy", "--data", str(store_path), "--dry_run")
+    assert out.returncode == 0, out.stderr
+    assert "12 pairs); 1 held out (one in 10, at most holdout_pairs 64), 11 to train on" \
+        in out.stdout, out.stdout
 
 
 def test_config_from_preset_file_and_flags(tmp_path):
@@ -252,6 +433,9 @@ def test_help_lists_every_key_and_the_presets():
     assert out.returncode == 0
     for key in ("--beta", "--lora_rank", "--effective_batch", "--resume", "--scorer"):
         assert key in out.stdout
+    flat = " ".join(out.stdout.split())
+    assert "(default: by size)" in flat
+    assert flat.count("(default:") == len(fields(TrainConfig)), flat  # each key's once
     for preset in ("sd15", "sdxl", "lora", "toy"):
         assert preset in out.stdout
 
@@ -263,6 +447,24 @@ def test_bad_input_gets_one_line(tmp_path):
     assert out.stderr.startswith("error: ") and out.stderr.count("\n") == 1, out.stderr
     out = run_command("toy", "--max_steps", "many")
     assert out.returncode == 1 and "max_steps" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_an_error_under_readmes_accelerate_launch_is_its_one_line(tmp_path):
+    """README's launch flags: accelerate adds no traceback and no list of defaults."""
+    from benchmarks.readme import commands
+
+    [toy] = [c.text for c in commands() if c.text.endswith(" -m train toy")]
+    argv = shlex.split(toy)
+    launcher = Path(sys.executable).parent / "accelerate"
+    missing = tmp_path / "missing.duckdb"
+    out = subprocess.run(
+        [str(launcher), *argv[1:argv.index("-m")], "-m", "train", "toy", "--data",
+         str(missing), "--output_dir", str(tmp_path / "run")],
+        capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert out.returncode == 1
+    assert out.stderr.startswith("error: ") and out.stderr.count("\n") == 1, out.stderr
+    assert str(missing) in out.stderr and out.stdout == ""
+    assert not (tmp_path / "run").exists()  # nothing written for a run that cannot start
 
 
 def test_two_processes_train_and_write_one_checkpoint_once(tiny_sd_dir, store_path, tmp_path):
@@ -299,7 +501,7 @@ def test_sft_with_adafactor_and_checkpointing_trains_without_a_reference(
                         optimizer="adafactor", gradient_checkpointing=True, eval_every=0)
     run = Run(config)
     run.train()
-    assert run.reference_unet is None  # SFT needs no second UNet
+    assert run.nets.reference_unet is None  # SFT needs no second UNet
     assert run.unet.is_gradient_checkpointing
     logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
     assert all(m["loss"] > 0 and "accuracy" not in m for m in logged)

@@ -2,8 +2,12 @@
 
 The official code runs the VAE and the text encoder(s) on every step; their outputs never
 change (only the UNet trains), so this computes them in one pass and memory-maps them.
-Both images of a pair get the same resize, crop and flip, decided once per pair from the
-seed; the VAE posterior's mean is stored (SD's VAE posterior std is negligible next to
+Both images of a pair get the same resize and crop, decided once per pair from the seed.
+With `random_flip` each pair is encoded twice, as it is and mirrored (the VAE is not
+flip-equivariant, so mirroring a latent is not the latent of the mirrored image): the
+trainer then draws each step's flips from (seed, step) and reads either copy, so a pair
+appears both ways across epochs without a VAE call per step, at twice the cache's size.
+The VAE posterior's mean is stored (SD's VAE posterior std is negligible next to
 the latents). Text embeddings are stored once per distinct caption, plus the empty
 prompt's, which prompt dropout swaps in - the same unconditional embedding that the
 pipeline uses at inference (zeros for SDXL's `force_zeros_for_empty_prompt`).
@@ -28,7 +32,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-FORMAT = 1
+FORMAT = 2  # 2: the mirrored copy of every pair under random_flip
 ENCODER_PARTS = ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
 ENCODE_BATCH = 32  # pairs per VAE / text encoder call while caching
 
@@ -57,7 +61,8 @@ def prepare_pair(
     """Both images as one [2, 3, R, R] array in [-1, 1], and SDXL's time ids for the pair.
 
     The rejected image is first resized to the preferred one's size; then both get the same
-    resize (shortest side to R), crop and flip, drawn from the seed and the pair's index.
+    resize (shortest side to R) and crop, drawn from the seed and the pair's index. Flips
+    are the trainer's, per step (`mirrored`).
     """
     rng = random.Random(prep.seed * 1_000_003 + index)
     if rejected.size != preferred.size:
@@ -72,14 +77,16 @@ def prepare_pair(
         top, left = rng.randint(0, size[1] - r), rng.randint(0, size[0] - r)
     else:
         top, left = (size[1] - r) // 2, (size[0] - r) // 2
-    flip = prep.random_flip and rng.random() < 0.5
     arrays = []
     for image in images:
         image = image.crop((left, top, left + r, top + r))
-        if flip:
-            image = image.transpose(Image.FLIP_LEFT_RIGHT)
         arrays.append(np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / 127.5 - 1.0)
     return np.stack(arrays), [height, width, top, left, r, r]
+
+
+def mirrored(pixels: np.ndarray) -> np.ndarray:
+    """Pixels [..., H, W] flipped left to right (both images of a pair together)."""
+    return np.ascontiguousarray(pixels[..., ::-1])
 
 
 def data_fingerprint(pairs) -> str:
@@ -145,6 +152,8 @@ class PairCache:
             if pooled.exists() else None
         time_ids = directory / "time_ids.npy"
         self.time_ids = torch.from_numpy(np.load(time_ids)) if time_ids.exists() else None
+        flipped = directory / "flipped.npy"
+        self.flipped = np.load(flipped, mmap_mode="r") if flipped.exists() else None
 
     def __len__(self) -> int:
         return len(self.caption_index)
@@ -157,11 +166,18 @@ class PairCache:
     def empty_pooled(self) -> torch.Tensor | None:
         return None if self.pooled is None else self.pooled[0]
 
-    def batch(self, indices: list[int], device: torch.device | str) -> CachedBatch:
+    def batch(self, indices: list[int], device: torch.device | str,
+              flips: np.ndarray | None = None) -> CachedBatch:
+        """Pairs `indices`; where `flips` is true, both of that pair's images mirrored."""
         order = np.asarray(indices)
         captions = torch.from_numpy(self.caption_index[order])
+        latents = self.latents[order].astype(np.float32)
+        if flips is not None and flips.any():
+            if self.flipped is None:
+                raise ValueError(f"{self.directory} was built without random_flip")
+            latents[flips] = self.flipped[order[flips]]
         return CachedBatch(
-            latents=torch.from_numpy(self.latents[order].astype(np.float32)).to(device),
+            latents=torch.from_numpy(latents).to(device),
             text=self.text[captions].to(device),
             pooled=None if self.pooled is None else self.pooled[captions].to(device),
             time_ids=None if self.time_ids is None else self.time_ids[order].to(device),
@@ -191,7 +207,7 @@ def build(pairs, pipeline, kind: str, prep: Preprocessing, directory: Path,
         _Prepared(pairs, prep), batch_size=ENCODE_BATCH, num_workers=workers,
         collate_fn=_collate,
     )
-    latents = time_ids = None
+    latents = flipped = time_ids = None
     caption_index = np.zeros(len(pairs), dtype=np.int64)
     done = 0
     for pixels, ids, batch_captions in tqdm(loader, desc="caching latents", unit="batch"):
@@ -199,16 +215,24 @@ def build(pairs, pipeline, kind: str, prep: Preprocessing, directory: Path,
         encoded = _encode_latents(pipeline.vae, pixels.reshape(-1, *pixels.shape[2:]))
         encoded = encoded.reshape(n, 2, *encoded.shape[1:])
         if latents is None:
-            latents = np.lib.format.open_memmap(
-                temp / "latents.npy", mode="w+", dtype=np.float16,
-                shape=(len(pairs), *encoded.shape[1:]))
+            shape = (len(pairs), *encoded.shape[1:])
+            latents = np.lib.format.open_memmap(temp / "latents.npy", mode="w+",
+                                                dtype=np.float16, shape=shape)
+            if prep.random_flip:
+                flipped = np.lib.format.open_memmap(temp / "flipped.npy", mode="w+",
+                                                    dtype=np.float16, shape=shape)
             time_ids = np.zeros((len(pairs), 6), dtype=np.float32)
         latents[done:done + n] = encoded
+        if flipped is not None:
+            mirror = _encode_latents(pipeline.vae, mirrored(pixels).reshape(-1, *pixels.shape[2:]))
+            flipped[done:done + n] = mirror.reshape(n, 2, *mirror.shape[1:])
         time_ids[done:done + n] = ids
         caption_index[done:done + n] = [row_of[c] for c in batch_captions]
         done += n
-    latents.flush()
-    del latents
+    for array in (latents, flipped):
+        if array is not None:
+            array.flush()
+    del latents, flipped
     np.save(temp / "caption_index.npy", caption_index)
     if kind == "sdxl":
         np.save(temp / "time_ids.npy", time_ids)

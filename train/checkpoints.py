@@ -2,7 +2,7 @@
 
 A checkpoint is written to `checkpoint-NNNNNN.tmp` by every process and renamed when
 complete, so `latest` never names a half-written folder. The data position is the step
-number itself (batches are a function of the step, see trainer.batch_indices), so
+number itself (batches are a function of the step, see trainer.batch_positions), so
 resuming never replays the data loader.
 """
 

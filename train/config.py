@@ -5,12 +5,15 @@
 
 Resolution order: the dataclass defaults, then the preset (train/presets.py) or the
 config file (YAML or JSON), then `--key value` flags. The resolved config is saved as
-`config.yaml` in the output folder, and that file is itself a valid config.
+`config.yaml` in the output folder, and that file is itself a valid config. A config
+made in code, `TrainConfig(...)`, is converted and checked as it is made, with the same
+one-line errors as the command line.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import types
 import typing
@@ -22,6 +25,9 @@ import yaml
 from models.toy import TOY_NAME
 from train.errors import TrainError
 from train.presets import PRESETS
+
+HOLDOUT_SHARE = 10  # a run holds out at most one pair in this many
+
 
 
 def _help(text: str, default=MISSING, factory=MISSING):
@@ -51,8 +57,10 @@ class TrainConfig:
                                     "without repeats)", None)
     split: str = _help("which split of the sources to train on", "train")
     include_ties: bool = _help("keep tied pairs (image 0 then counts as preferred)", False)
-    holdout_pairs: int = _help("pairs kept out of training to measure held-out implicit "
-                               "accuracy", 0)
+    holdout_pairs: int = _help("at most this many pairs kept out of training to measure "
+                               "held-out implicit accuracy; a run holds out one pair in "
+                               f"{HOLDOUT_SHARE}, up to this (none under {HOLDOUT_SHARE} "
+                               "pairs)", 0)
     resolution: int = _help("training resolution in pixels (square)", 512)
     random_crop: bool = _help("random instead of centre crop (the same for both images)", False)
     random_flip: bool = _help("flip a pair horizontally with probability 1/2 (both images "
@@ -99,6 +107,11 @@ class TrainConfig:
                                "hpsv2, aesthetic or module:callable", None)
     keep_best: bool = _help("also save the model with the best sample score to best/", False)
 
+    def __post_init__(self) -> None:
+        for key in KEYS:
+            setattr(self, key, _coerce(key, getattr(self, key)))
+        self.check()
+
     def accumulation(self, processes: int) -> int:
         """Micro-steps per optimizer step for `processes` processes."""
         per_pass = self.batch_size * processes
@@ -124,11 +137,25 @@ class TrainConfig:
         for name in ("batch_size", "effective_batch", "max_steps", "resolution"):
             if getattr(self, name) < 1:
                 raise TrainError(f"{name} must be at least 1")
+        for name in ("lora_rank", "holdout_pairs", "checkpoint_every", "eval_every",
+                     "cache_workers"):
+            if getattr(self, name) < 0:
+                raise TrainError(f"{name} must be 0 or more")
+        if self.log_every < 1:
+            raise TrainError("log_every must be at least 1")
+        if not 0 <= self.prompt_dropout <= 1:
+            raise TrainError("prompt_dropout must be between 0 and 1")
+
+    def heldout(self, pairs: int) -> int:
+        """How many of `pairs` the run holds out: one in HOLDOUT_SHARE, at most
+        `holdout_pairs`, so a small first collection still trains."""
+        return min(self.holdout_pairs, pairs // HOLDOUT_SHARE)
 
 
 KEYS = {f.name: f for f in fields(TrainConfig)}
 
 
+@functools.cache
 def _base_type(annotation: str):
     """(scalar type, is_list) of a field's annotation like 'list[float] | None'."""
     hint = typing.get_type_hints(TrainConfig)[annotation]
@@ -232,11 +259,11 @@ def parser() -> argparse.ArgumentParser:
     defaults = TrainConfig()
     for f in fields(TrainConfig):
         _, is_list = _base_type(f.name)
-        keys.add_argument(
-            f"--{f.name}", nargs="+" if is_list else None, default=argparse.SUPPRESS,
-            metavar=f.name.upper(), help=f"{f.metadata['help']} (default: "
-                                         f"{getattr(defaults, f.name)!r})",
-        )
+        text = f.metadata["help"]
+        if "(default:" not in text:  # a key whose help says its default in words keeps it
+            text += f" (default: {getattr(defaults, f.name)!r})"
+        keys.add_argument(f"--{f.name}", nargs="+" if is_list else None,
+                          default=argparse.SUPPRESS, metavar=f.name.upper(), help=text)
     parse.add_argument("--dry_run", action="store_true",
                        help="resolve the config, count the pairs and print the plan "
                             "(processes, batch, accumulation), then stop: no model loads")

@@ -13,7 +13,7 @@ from dataclasses import asdict
 import yaml
 
 from data.pairs import MixedPairs, load_pairs
-from train.config import TrainConfig
+from train.config import HOLDOUT_SHARE, TrainConfig
 from train.errors import TrainError
 
 
@@ -22,10 +22,22 @@ def training_pairs(config: TrainConfig) -> MixedPairs:
     pairs = load_pairs(config.data, ratios=config.data_ratios, seed=config.seed,
                        num_samples=config.num_samples, split=config.split,
                        include_ties=config.include_ties)
-    if len(pairs) <= config.holdout_pairs:
-        raise TrainError(f"{len(pairs)} pairs in {', '.join(config.data)}: too few to hold "
-                         f"out {config.holdout_pairs}; collect more or lower --holdout_pairs")
+    if not len(pairs):
+        raise TrainError(f"no decisive pairs in {', '.join(config.data)}: collect some votes "
+                         "or import shards first")
     return pairs
+
+
+def holdout_line(config: TrainConfig, pairs: int) -> str:
+    """How the run splits its pairs, and by which rule, in words."""
+    held = config.heldout(pairs)
+    if not config.holdout_pairs:
+        rule = "holdout_pairs 0"
+    elif pairs < HOLDOUT_SHARE:
+        rule = f"none under {HOLDOUT_SHARE} pairs"
+    else:
+        rule = f"one in {HOLDOUT_SHARE}, at most holdout_pairs {config.holdout_pairs:,}"
+    return f"{held:,} held out ({rule}), {pairs - held:,} to train on"
 
 
 def launched_processes() -> int:
@@ -37,7 +49,7 @@ def plan(config: TrainConfig, processes: int) -> str:
     """The resolved config as YAML, then a few lines a person checks before a long run."""
     accumulation = config.accumulation(processes)
     pairs = training_pairs(config)
-    trained = len(pairs) - config.holdout_pairs
+    trained = len(pairs) - config.heldout(len(pairs))
     seen = config.effective_batch * config.max_steps
     what = (f"LoRA rank {config.lora_rank}" if config.lora_rank else "full UNet")
     sources = ", ".join(f"{source} ({count:,} pairs)"
@@ -48,7 +60,7 @@ def plan(config: TrainConfig, processes: int) -> str:
         "",
         f"model:  {config.model}, {what}, objective {config.objective}"
         + (f" (beta {config.beta:g})" if config.objective == "dpo" else ""),
-        f"data:   {sources}; {config.holdout_pairs:,} held out, {trained:,} to train on",
+        f"data:   {sources}; {holdout_line(config, len(pairs))}",
         f"batch:  {processes} process{'es' if processes > 1 else ''} x {config.batch_size} "
         f"pairs x {accumulation} accumulation = {config.effective_batch:,} pairs per step",
         f"length: {config.max_steps:,} steps = {seen:,} pairs seen, "

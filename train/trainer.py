@@ -1,9 +1,13 @@
-"""The training run, top to bottom: set up, cache, loop, save (docs/ARCHITECTURE.md, `train/`).
+"""The training run, top to bottom: set up, cache, loop, save (docs/TRAINING.md).
 
 One optimizer step consumes `effective_batch` pairs, split over processes and
-accumulation micro-steps. Which pairs, which noise, which timesteps and which captions
-are dropped are all functions of (seed, step, micro-step, rank): a resumed run sees
-exactly what an uninterrupted one would, and nothing replays a data loader.
+accumulation micro-steps. Which pairs, which of them are mirrored, which noise, which
+timesteps and which captions are dropped are all functions of (seed, step, micro-step,
+rank): a resumed run sees exactly what an uninterrupted one would, and nothing replays a
+data loader.
+
+`Run(config)` builds everything a run needs, in order, in `__init__` (each part by a
+function below that returns what it built); `Run.train()` is the loop.
 """
 
 from __future__ import annotations
@@ -15,25 +19,27 @@ import math
 import os
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from models.loading import fingerprint, load
+from models.loading import LoadedModel, fingerprint, load
 from train import cache as pair_cache
 from train import checkpoints, samples
 from train.config import TrainConfig, save
 from train.errors import TrainError
 from train.loss import DPOTerms, dpo_loss, per_sample_error, sft_loss
 from train.output import save_model
-from train.plan import training_pairs
+from train.plan import holdout_line, training_pairs
 
 HELDOUT_SEED = 1234  # the held-out check uses the same noise and timesteps every time
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
+# --- what a step sees ------------------------------------------------------------------
 def mixed_precision(config: TrainConfig) -> str:
     if config.mixed_precision != "auto":
         return config.mixed_precision
@@ -75,6 +81,11 @@ def batch_positions(config: TrainConfig, step: int, micro: int, rank: int,
     return range(start, start + config.batch_size)
 
 
+def draw_flips(generator: torch.Generator, pairs: int) -> np.ndarray:
+    """Which pairs of a micro-batch are mirrored (both images together), p = 1/2."""
+    return (torch.rand(pairs, generator=generator) < 0.5).numpy()
+
+
 @contextmanager
 def adapters_disabled(unet):
     """The LoRA model's reference: the same UNet with its adapters off, always back on."""
@@ -83,6 +94,24 @@ def adapters_disabled(unet):
         yield
     finally:
         unet.enable_adapters()
+
+
+def training_target(noise_scheduler, clean: torch.Tensor, noise: torch.Tensor,
+                    timesteps: torch.Tensor) -> torch.Tensor:
+    """What the UNet is trained to predict, as its scheduler's `prediction_type` says."""
+    kind = noise_scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return noise_scheduler.get_velocity(clean, noise, timesteps)
+    if kind == "sample":
+        return clean
+    raise unknown_prediction(kind)
+
+
+def unknown_prediction(kind: str) -> TrainError:
+    return TrainError(f"the model's scheduler predicts {kind!r}: the trainer trains "
+                      f"{', '.join(PREDICTION_TYPES)} models only")
 
 
 def unet_inputs(batch: pair_cache.CachedBatch, cache: pair_cache.PairCache,
@@ -100,8 +129,8 @@ def unet_inputs(batch: pair_cache.CachedBatch, cache: pair_cache.PairCache,
     return inputs
 
 
-def forward_pairs(unet, reference, noise_scheduler, batch, cache, generator, config,
-                  objective: str) -> tuple[torch.Tensor, dict]:
+def forward_pairs(unet, reference, noise_scheduler, batch, cache, generator,
+                  config: TrainConfig) -> tuple[torch.Tensor, dict]:
     """The loss of one micro-batch and its health metrics.
 
     Winner and loser share noise and timestep, and go through each network in one batched
@@ -112,14 +141,14 @@ def forward_pairs(unet, reference, noise_scheduler, batch, cache, generator, con
     noise = torch.randn(latents[:, 0].shape, generator=generator).to(latents.device)
     timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (pairs,),
                               generator=generator).to(latents.device)
-    copies = 1 if objective == "sft" else 2
-    clean = latents[:, 0] if copies == 1 else torch.cat([latents[:, 0], latents[:, 1]])
+    sft = config.objective == "sft"
+    copies = 1 if sft else 2
+    clean = latents[:, 0] if sft else torch.cat([latents[:, 0], latents[:, 1]])
     noise, timesteps = noise.repeat(copies, 1, 1, 1), timesteps.repeat(copies)
     noisy = noise_scheduler.add_noise(clean, noise, timesteps)
-    target = (noise_scheduler.get_velocity(clean, noise, timesteps)
-              if noise_scheduler.config.prediction_type == "v_prediction" else noise)
+    target = training_target(noise_scheduler, clean, noise, timesteps)
     inputs = unet_inputs(batch, cache, generator, config.prompt_dropout, copies)
-    if objective == "sft":
+    if sft:
         error = per_sample_error(unet(noisy, timesteps, **inputs).sample, target)
         loss = sft_loss(error)
         return loss, {"loss": loss.detach(), "model_mse_preferred": error.detach().mean()}
@@ -138,6 +167,7 @@ def forward_pairs(unet, reference, noise_scheduler, batch, cache, generator, con
     }
 
 
+# --- set-up: each part a function of what came before ----------------------------------
 def cpu_threads_hint(device: str, processes: int) -> str | None:
     """A line when a CPU run uses fewer threads than the machine has: `accelerate launch`
     sets OMP_NUM_THREADS=1 on a machine without GPUs unless told otherwise."""
@@ -149,198 +179,257 @@ def cpu_threads_hint(device: str, processes: int) -> str | None:
             f"for more, accelerate launch --num_cpu_threads_per_process {cores} -m train ...")
 
 
+def resume_point(config: TrainConfig, out: Path, main: bool) -> Path | None:
+    """The checkpoint to resume from; refuse to silently train over an earlier run."""
+    resume = checkpoints.find(out, config.resume) if config.resume else None
+    if resume is None and checkpoints.completed(out):
+        raise TrainError(f"{out} already holds checkpoints: pass --resume latest to continue, "
+                         "or --output_dir NEW for a fresh run")
+    if config.resume and resume is None and main:
+        print(f"no checkpoint in {out}: starting from step 0")
+    return resume
+
+
+def noise_schedule(model: LoadedModel):
+    """The training scheduler (DDPM with the model's own settings), refused at once if it
+    predicts something the loss does not know."""
+    from diffusers import DDPMScheduler
+
+    scheduler = DDPMScheduler.from_config(model.pipeline.scheduler.config)
+    if scheduler.config.prediction_type not in PREDICTION_TYPES:
+        raise unknown_prediction(scheduler.config.prediction_type)
+    return scheduler
+
+
+@dataclass
+class TrainingData:
+    """The pairs as the loop reads them: the cache, held-out indices and training stream."""
+
+    cache: pair_cache.PairCache
+    reused: bool  # an earlier run's cache was opened, nothing was encoded
+    heldout: np.ndarray  # cache indices, sorted
+    order: PairOrder  # the rest, one permutation per epoch
+
+
+def cache_pairs(config: TrainConfig, pairs, model: LoadedModel, accelerator) -> TrainingData:
+    """Cache latents and embeddings (main process first) and split off the held-out pairs."""
+    c = config
+    prep = pair_cache.Preprocessing(c.resolution, c.random_crop, c.random_flip, c.seed)
+    key = pair_cache.cache_key(fingerprint(c.model, pair_cache.ENCODER_PARTS),
+                               pair_cache.data_fingerprint(pairs), prep)
+    directory = Path(c.cache_dir) / key
+    with accelerator.main_process_first():
+        reused = (directory / "meta.json").exists()
+        cache = (pair_cache.PairCache(directory) if reused else
+                 pair_cache.build(pairs, model.pipeline, model.kind, prep, directory,
+                                  workers=c.cache_workers))
+    if accelerator.is_main_process:
+        print(f"{len(pairs)} pairs: {holdout_line(c, len(pairs))}; cache {directory} "
+              f"({'reused' if reused else 'built'})")
+    held = c.heldout(len(cache))
+    order = np.random.default_rng([c.seed, 7]).permutation(len(cache))
+    return TrainingData(cache, reused, np.sort(order[:held]),
+                        PairOrder(np.sort(order[held:]), c.seed))
+
+
+def sample_prompts(config: TrainConfig, model: LoadedModel) -> samples.SamplePrompts | None:
+    """The sample grid's prompts, encoded once (None when the run draws no grid)."""
+    if not (config.eval_every and config.sample_prompts):
+        return None
+    embeds, pooled = pair_cache.encode_prompts(model.pipeline, model.kind,
+                                               config.sample_prompts)
+    negative, negative_pooled = pair_cache.encode_empty(model.pipeline, model.kind)
+    return samples.SamplePrompts(config.sample_prompts, embeds, negative, pooled,
+                                 negative_pooled)
+
+
+def free_encoders(model: LoadedModel, keep_vae: bool) -> None:
+    """Drop what the cache made unnecessary: the text encoders, and the VAE without grids."""
+    model.pipeline.text_encoder = None
+    if model.kind == "sdxl":
+        model.pipeline.text_encoder_2 = None
+    if not keep_vae:
+        model.pipeline.vae = None
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+@dataclass
+class Networks:
+    """The trained UNet, its reference, and what steps it."""
+
+    unet: torch.nn.Module  # the trained UNet itself (LoRA: with its adapters)
+    ddp_unet: torch.nn.Module  # the same, as accelerate prepared it for the loop
+    reference_unet: torch.nn.Module | None  # full DPO's frozen copy; None: LoRA or SFT
+    trainable: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: torch.optim.lr_scheduler.LRScheduler
+
+
+def _cast(module: torch.nn.Module, dtype: torch.dtype) -> None:
+    # Module.half()/bfloat16() rather than .to(dtype): diffusers' .to warns about
+    # "modules that should be kept in float32: []" for a UNet that has none.
+    {torch.float16: module.half, torch.bfloat16: module.bfloat16}[dtype]()
+
+
+def build_networks(config: TrainConfig, unet: torch.nn.Module, accelerator) -> Networks:
+    """The trained UNet (full or LoRA), its reference, the optimizer and LR schedule.
+
+    Full DPO's reference is a frozen copy with the policy's own fp32 weights, run under
+    the same autocast: at step 0 the two compute the same thing, so the loss is ln 2
+    exactly (a bf16 copy would differ by rounding that beta 5000 turns into a loss far
+    from ln 2). It costs 4 bytes per UNet parameter instead of 2 (docs/TRAINING.md).
+    LoRA's reference is the base itself with its adapters off; the frozen base is cast
+    to the mixed-precision dtype, the adapters stay fp32.
+    """
+    c = config
+    if c.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    reference = None
+    if c.lora_rank:
+        from peft import LoraConfig
+
+        unet.requires_grad_(False)
+        if accelerator.mixed_precision in ("fp16", "bf16"):
+            _cast(unet, {"fp16": torch.float16, "bf16": torch.bfloat16}[
+                accelerator.mixed_precision])
+        unet.add_adapter(LoraConfig(
+            r=c.lora_rank, lora_alpha=c.lora_alpha or c.lora_rank,
+            init_lora_weights="gaussian", target_modules=c.lora_targets))
+        for parameter in unet.parameters():
+            if parameter.requires_grad:
+                parameter.data = parameter.data.float()
+    else:
+        if c.objective == "dpo":
+            reference = copy.deepcopy(unet).requires_grad_(False).eval()
+        unet.requires_grad_(True)
+    unet.train()
+    trainable = [p for p in unet.parameters() if p.requires_grad]
+    if c.optimizer == "adafactor":
+        from transformers.optimization import Adafactor
+
+        optimizer = Adafactor(trainable, lr=c.learning_rate, scale_parameter=False,
+                              relative_step=False, warmup_init=False,
+                              weight_decay=c.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(
+            trainable, lr=c.learning_rate, betas=(c.adam_beta1, c.adam_beta2),
+            weight_decay=c.weight_decay, eps=c.adam_epsilon)
+    from diffusers.optimization import get_scheduler
+
+    lr_scheduler = get_scheduler(c.lr_scheduler, optimizer, num_warmup_steps=c.warmup_steps,
+                                 num_training_steps=c.max_steps)
+    ddp_unet, optimizer = accelerator.prepare(unet, optimizer)
+    accelerator.register_for_checkpointing(lr_scheduler)
+    return Networks(unet, ddp_unet, reference, trainable, optimizer, lr_scheduler)
+
+
+# --- the run ---------------------------------------------------------------------------
 class Run:
-    """One training run. `Run(config).train()` does everything; the parts are methods."""
+    """One training run. `Run(config)` sets everything up; `.train()` runs the loop."""
 
     def __init__(self, config: TrainConfig):
         from accelerate import Accelerator
 
-        self.config = config
-        self.out = Path(config.output_dir)
-        self.accelerator = Accelerator(
-            mixed_precision=mixed_precision(config), log_with="tensorboard",
-            project_dir=str(self.out / "logs"),
-        )
-        self.lora = config.lora_rank > 0
-        self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
-            self.accelerator.mixed_precision, torch.float32)
-        self.processes = self.accelerator.num_processes
-        self.accumulation = config.accumulation(self.processes)
-        self.main = self.accelerator.is_main_process
-
-    # --- set-up --------------------------------------------------------------------------
-    def check_output_dir(self) -> Path | None:
-        """The checkpoint to resume from; refuse to silently train over an earlier run."""
-        resume = (checkpoints.find(self.out, self.config.resume)
-                  if self.config.resume else None)
-        if resume is None and checkpoints.completed(self.out):
-            raise TrainError(
-                f"{self.out} already holds checkpoints: pass --resume latest to continue, "
-                "or --output_dir NEW for a fresh run"
-            )
-        if self.config.resume and resume is None and self.main:
-            print(f"no checkpoint in {self.out}: starting from step 0")
-        return resume
-
-    def load_model(self) -> None:
-        self.model = load(self.config.model, device=str(self.accelerator.device),
-                          dtype=torch.float32)
-        self.pipeline = self.model.pipeline
-        self.unet = self.pipeline.unet
-        from diffusers import DDPMScheduler
-
-        self.noise_scheduler = DDPMScheduler.from_config(self.pipeline.scheduler.config)
-
-    def load_pairs(self):
-        return training_pairs(self.config)
-
-    def load_cache(self, pairs) -> None:
-        """Cache latents and embeddings (main process first), then free the encoders."""
-        c = self.config
-        prep = pair_cache.Preprocessing(c.resolution, c.random_crop, c.random_flip, c.seed)
-        key = pair_cache.cache_key(
-            fingerprint(c.model, pair_cache.ENCODER_PARTS),
-            pair_cache.data_fingerprint(pairs), prep)
-        directory = Path(c.cache_dir) / key
-        with self.accelerator.main_process_first():
-            if (directory / "meta.json").exists():
-                self.cache = pair_cache.PairCache(directory)
-                reused = True
-            else:
-                self.cache = pair_cache.build(pairs, self.pipeline, self.model.kind, prep,
-                                              directory, workers=c.cache_workers)
-                reused = False
+        config.check()  # a config changed after it was made
+        c = self.config = config
+        self.out = Path(c.output_dir)
+        self.accelerator = acc = Accelerator(
+            mixed_precision=mixed_precision(c), log_with="tensorboard",
+            project_dir=str(self.out / "logs"))
+        self.main = acc.is_main_process
+        self.processes = acc.num_processes
+        self.accumulation = c.accumulation(self.processes)
+        self.resume = resume_point(c, self.out, self.main)
+        pairs = training_pairs(c)
         if self.main:
-            print(f"{len(pairs)} pairs, cache {directory} ({'reused' if reused else 'built'})")
-        self.cache_reused = reused
-        order = np.random.default_rng([c.seed, 7]).permutation(len(self.cache))
-        self.heldout = np.sort(order[:c.holdout_pairs])
-        self.order = PairOrder(np.sort(order[c.holdout_pairs:]), c.seed)
-        self.sample_prompts = self._encode_sample_prompts()
-        self.pipeline.text_encoder = None
-        if self.model.kind == "sdxl":
-            self.pipeline.text_encoder_2 = None
-        if not self.sample_prompts:
-            self.pipeline.vae = None
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+            self.out.mkdir(parents=True, exist_ok=True)
+            save(c, self.out / "config.yaml")
+            if (hint := cpu_threads_hint(acc.device.type, self.processes)):
+                print(hint)
+        self.model = load(c.model, device=str(acc.device), dtype=torch.float32)
+        self.noise_scheduler = noise_schedule(self.model)
+        self.data = cache_pairs(c, pairs, self.model, acc)
+        self.sample_prompts = sample_prompts(c, self.model)
+        free_encoders(self.model, keep_vae=self.sample_prompts is not None)
+        self.nets = build_networks(c, self.model.pipeline.unet, acc)
+        from models.scorers import load_scorer
 
-    def _encode_sample_prompts(self) -> samples.SamplePrompts | None:
-        c = self.config
-        if not (c.eval_every and c.sample_prompts):
-            return None
-        embeds, pooled = pair_cache.encode_prompts(self.pipeline, self.model.kind,
-                                                   c.sample_prompts)
-        negative, negative_pooled = pair_cache.encode_empty(self.pipeline, self.model.kind)
-        return samples.SamplePrompts(c.sample_prompts, embeds, negative, pooled,
-                                     negative_pooled)
+        self.scorer = (load_scorer(c.scorer, device=str(acc.device))
+                       if c.scorer and self.main else None)
 
-    def build_networks(self) -> None:
-        """The trained UNet (full or LoRA), its reference, the optimizer and LR schedule."""
-        c = self.config
-        unet = self.unet
-        if c.gradient_checkpointing:
-            unet.enable_gradient_checkpointing()
-        if self.lora:
-            from peft import LoraConfig
-
-            unet.requires_grad_(False)
-            if self.weight_dtype != torch.float32:
-                unet.to(dtype=self.weight_dtype)
-            unet.add_adapter(LoraConfig(
-                r=c.lora_rank, lora_alpha=c.lora_alpha or c.lora_rank,
-                init_lora_weights="gaussian", target_modules=c.lora_targets))
-            for parameter in unet.parameters():
-                if parameter.requires_grad:
-                    parameter.data = parameter.data.float()
-            self.reference_unet = None
-        else:
-            self.reference_unet = None
-            if c.objective == "dpo":
-                self.reference_unet = copy.deepcopy(unet).requires_grad_(False).eval()
-                if self.weight_dtype != torch.float32:
-                    self.reference_unet.to(dtype=self.weight_dtype)
-            unet.requires_grad_(True)
-        unet.train()
-        self.trainable = [p for p in unet.parameters() if p.requires_grad]
-        if c.optimizer == "adafactor":
-            from transformers.optimization import Adafactor
-
-            optimizer = Adafactor(self.trainable, lr=c.learning_rate, scale_parameter=False,
-                                  relative_step=False, warmup_init=False,
-                                  weight_decay=c.weight_decay)
-        else:
-            optimizer = torch.optim.AdamW(
-                self.trainable, lr=c.learning_rate, betas=(c.adam_beta1, c.adam_beta2),
-                weight_decay=c.weight_decay, eps=c.adam_epsilon)
-        from diffusers.optimization import get_scheduler
-
-        self.lr_scheduler = get_scheduler(c.lr_scheduler, optimizer,
-                                          num_warmup_steps=c.warmup_steps,
-                                          num_training_steps=c.max_steps)
-        self.ddp_unet, self.optimizer = self.accelerator.prepare(unet, optimizer)
-        self.accelerator.register_for_checkpointing(self.lr_scheduler)
+    @property
+    def unet(self) -> torch.nn.Module:
+        return self.nets.unet
 
     def reference(self, noisy, timesteps, **inputs) -> torch.Tensor:
         """The frozen reference's prediction (for LoRA: adapters off)."""
         with self.accelerator.autocast():
-            if self.lora:
+            if self.config.lora_rank:
                 with adapters_disabled(self.unet):
                     return self.unet(noisy, timesteps, **inputs).sample
-            return self.reference_unet(noisy, timesteps, **inputs).sample
+            return self.nets.reference_unet(noisy, timesteps, **inputs).sample
 
-    # --- the loop ------------------------------------------------------------------------
+    def micro_batch(self, step: int, micro: int) -> tuple[pair_cache.CachedBatch,
+                                                          torch.Generator]:
+        """This process's pairs at (step, micro-step), mirrored as drawn, and the generator
+        that then draws their noise, timesteps and dropped captions."""
+        c, acc = self.config, self.accelerator
+        positions = batch_positions(c, step, micro, acc.process_index, self.processes)
+        generator = step_generator(c.seed, step, micro, acc.process_index)
+        flips = draw_flips(generator, len(positions)) if c.random_flip else None
+        batch = self.data.cache.batch(self.data.order.at(positions), acc.device, flips)
+        return batch, generator
+
     def train_step(self, step: int) -> dict[str, float]:
         """One optimizer step over `effective_batch` pairs; returns its metrics."""
-        c, acc = self.config, self.accelerator
-        rank = acc.process_index
+        c, acc, nets = self.config, self.accelerator, self.nets
         totals: dict[str, torch.Tensor] = {}
         for micro in range(self.accumulation):
-            positions = batch_positions(c, step, micro, rank, self.processes)
-            batch = self.cache.batch(self.order.at(positions), acc.device)
-            generator = step_generator(c.seed, step, micro, rank)
+            batch, generator = self.micro_batch(step, micro)
             last = micro == self.accumulation - 1
-            with nullcontext() if last else acc.no_sync(self.ddp_unet):
+            with nullcontext() if last else acc.no_sync(nets.ddp_unet):
                 with acc.autocast():
-                    loss, metrics = forward_pairs(self.ddp_unet, self.reference,
-                                                  self.noise_scheduler, batch, self.cache,
-                                                  generator, c, c.objective)
+                    loss, metrics = forward_pairs(nets.ddp_unet, self.reference,
+                                                  self.noise_scheduler, batch,
+                                                  self.data.cache, generator, c)
                 acc.backward(loss / self.accumulation)
             for name, value in metrics.items():
                 totals[name] = totals.get(name, 0) + value.float() / self.accumulation
-        grad_norm = acc.clip_grad_norm_(self.trainable, c.max_grad_norm)
+        grad_norm = acc.clip_grad_norm_(nets.trainable, c.max_grad_norm)
         finite = bool(torch.isfinite(torch.as_tensor(grad_norm)))
         if finite or acc.scaler is not None:  # fp16's scaler skips and backs off by itself
-            self.optimizer.step()
-        self.lr_scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+            nets.optimizer.step()
+        nets.lr_scheduler.step()
+        nets.optimizer.zero_grad(set_to_none=True)
         names = sorted(totals)
         values = acc.reduce(torch.stack([totals[n] for n in names]), reduction="mean")
         metrics = {n: float(v) for n, v in zip(names, values.tolist(), strict=True)}
         metrics["grad_norm"] = float(grad_norm) if finite else float("nan")
         metrics["skipped"] = 0.0 if finite else 1.0
-        metrics["lr"] = self.lr_scheduler.get_last_lr()[0]
+        metrics["lr"] = nets.lr_scheduler.get_last_lr()[0]
         return metrics
 
     @torch.no_grad()
     def heldout_accuracy(self) -> float | None:
-        """Implicit accuracy on held-out pairs, with fixed noise and timesteps."""
-        if not len(self.heldout) or self.config.objective != "dpo":
+        """Implicit accuracy on held-out pairs, with fixed noise and timesteps, unmirrored."""
+        heldout, c = self.data.heldout, self.config
+        if not len(heldout) or c.objective != "dpo":
             return None
         self.unet.eval()
+        fixed = replace(c, prompt_dropout=0.0)
         correct = 0.0
-        for start in range(0, len(self.heldout), self.config.batch_size):
-            indices = self.heldout[start:start + self.config.batch_size].tolist()
-            batch = self.cache.batch(indices, self.accelerator.device)
-            generator = step_generator(HELDOUT_SEED, start)
+        for start in range(0, len(heldout), c.batch_size):
+            indices = heldout[start:start + c.batch_size].tolist()
+            batch = self.data.cache.batch(indices, self.accelerator.device)
             with self.accelerator.autocast():
                 _, metrics = forward_pairs(self.unet, self.reference, self.noise_scheduler,
-                                           batch, self.cache, generator,
-                                           _no_dropout(self.config), "dpo")
+                                           batch, self.data.cache,
+                                           step_generator(HELDOUT_SEED, start), fixed)
             correct += float(metrics["accuracy"]) * len(indices)
         self.unet.train()
-        return correct / len(self.heldout)
+        return correct / len(heldout)
 
     def evaluate(self, step: int) -> dict[str, float]:
         """Held-out accuracy, the sample grid and its score (main process only)."""
@@ -351,7 +440,7 @@ class Run:
         if self.sample_prompts is not None:
             c = self.config
             self.unet.eval()
-            images = samples.generate(self.pipeline, self.sample_prompts, c.sample_seeds,
+            images = samples.generate(self.model.pipeline, self.sample_prompts, c.sample_seeds,
                                       c.sample_steps, c.sample_guidance, c.resolution,
                                       c.sample_seed_start)
             self.unet.train()
@@ -366,27 +455,13 @@ class Run:
 
     def train(self) -> dict:
         c, acc = self.config, self.accelerator
-        resume = self.check_output_dir()
-        if self.main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            save(c, self.out / "config.yaml")
-            if (hint := cpu_threads_hint(acc.device.type, self.processes)):
-                print(hint)
-        pairs = self.load_pairs()
-        self.load_model()
-        self.load_cache(pairs)
-        self.build_networks()
-        from models.scorers import load_scorer
-
-        self.scorer = (load_scorer(c.scorer, device=str(acc.device))
-                       if c.scorer and self.main else None)
         state = {"skipped_steps": 0, "best_score": None, "best_step": None}
         start = 0
-        if resume is not None:
-            state.update(checkpoints.load(acc, resume))
+        if self.resume is not None:
+            state.update(checkpoints.load(acc, self.resume))
             start = state.pop("step")
             if self.main:
-                print(f"resumed from {resume} at step {start}")
+                print(f"resumed from {self.resume} at step {start}")
         if self.main:
             acc.init_trackers("dpo")
             self._log_eval(start, state)
@@ -423,14 +498,14 @@ class Run:
         acc.wait_for_everyone()
         summary = {"output": str(self.out / "final"), "steps": c.max_steps,
                    "trained_steps": trained_steps, "skipped_steps": state["skipped_steps"],
-                   "pairs": len(self.cache), "heldout_pairs": len(self.heldout),
+                   "pairs": len(self.data.cache), "heldout_pairs": len(self.data.heldout),
                    "seconds": round(seconds, 1),
                    "pairs_per_s": round(trained_steps * c.effective_batch / max(seconds, 1e-9),
                                         2),
                    "best_score": state["best_score"], "best_step": state["best_step"]}
         if self.main:
-            save_model(acc.unwrap_model(self.ddp_unet), c.model, self.model.kind, self.lora,
-                       self.out / "final")
+            save_model(acc.unwrap_model(self.nets.ddp_unet), c.model, self.model.kind,
+                       bool(c.lora_rank), self.out / "final")
             (self.out / "summary.json").write_text(json.dumps(summary, indent=1))
         acc.end_training()
         return summary
@@ -453,9 +528,5 @@ class Run:
         if self.config.keep_best and score is not None and (
                 state["best_score"] is None or score > state["best_score"]):
             state["best_score"], state["best_step"] = score, step
-            save_model(self.unet, self.config.model, self.model.kind, self.lora,
-                       self.out / "best")
-
-
-def _no_dropout(config: TrainConfig) -> TrainConfig:
-    return TrainConfig(**{**asdict(config), "prompt_dropout": 0.0})
+            save_model(self.unet, self.config.model, self.model.kind,
+                       bool(self.config.lora_rank), self.out / "best")
