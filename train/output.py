@@ -67,12 +67,15 @@ def model_card(directory: Path, model: str, lora: bool, config: dict | None) -> 
     base = base_location(model)
     here = str(directory.resolve())
     on_hub = not Path(base).exists()
+    objective = (config or {}).get("objective", "dpo")
     front = ["---", "library_name: diffusers",
              *([f"base_model: {base}"] if on_hub else []),
-             "tags:", "- text-to-image", "- diffusion-dpo", *(["- lora"] if lora else []), "---"]
+             "tags:", "- text-to-image", "- diffusion-dpo" if objective == "dpo" else "- sft",
+             *(["- lora"] if lora else []), "---"]
     what = "LoRA weights for" if lora else "A full fine-tune of"
+    where = f" (`{base}`)" if base != model else ""
     lines = [*front, f"# {directory.parent.name}/{directory.name}", "",
-             f"{what} `{model}` (`{base}`), written by this project's trainer "
+             f"{what} `{model}`{where}, written by this project's trainer "
              "(`accelerate launch -m train`).", ""]
     lines += ["## How it was trained", "", *_training_lines(directory, lora, config), ""]
     load_lines = ([f"pipe = DiffusionPipeline.from_pretrained({json.dumps(base)})",
