@@ -114,7 +114,7 @@ def build(collector: Collector, prompt_set: list[str] | None = None, auth: bool 
             tally = gr.Markdown(elem_id="tally")
         with gr.Row():
             prompt = gr.Textbox(label="Prompt", elem_id="prompt", scale=4,
-                                placeholder="a red circle on a white background")
+                                placeholder="a red circle")
             generate_button = gr.Button("Generate", variant="primary", elem_id="generate",
                                         scale=1)
             set_button = gr.Button("Prompt from the set", elem_id="from-set", scale=1)

@@ -31,6 +31,7 @@ from playwright.async_api import async_playwright  # noqa: E402
 
 from annotate.serve import AppConfig, open_app  # noqa: E402
 from models.generate import PairVariety  # noqa: E402
+from models.toy.shapes import all_captions  # noqa: E402
 
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 SHOWN = """(before) => {
@@ -39,8 +40,7 @@ SHOWN = """(before) => {
     && imgs.every((img) => img.complete && img.naturalWidth > 0)
     && !document.querySelector('#vote-left').disabled;
 }"""
-PROMPTS = [f"a {c} {s} on a white background"
-           for c in ("red", "green", "blue", "yellow") for s in ("circle", "square")]
+PROMPTS = all_captions()  # prompts the toy reads whole: its own captions
 
 
 async def annotator(browser, url: str, k: int, votes: int, think: float) -> list[float]:

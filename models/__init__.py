@@ -19,6 +19,24 @@ This package never imports the apps (annotate, train, eval). `load` and `LoadedM
 imported on first use, so `models.errors` or `models.toy` cost no torch import.
 """
 
+import logging
+
+
+class _NoTorchvisionFallbackNote(logging.Filter):
+    """Drops transformers' note that its image processors fall back from torchvision to PIL.
+
+    diffusers' pipelines import CLIP's image processor, so every load printed it; the
+    project does not install torchvision and works with the PIL fallback. A filter on
+    that one logger keeps every other transformers warning (TRANSFORMERS_VERBOSITY=error
+    would hide them all, in every process started with this environment).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "requires torchvision (not installed)" not in record.getMessage()
+
+
+logging.getLogger("transformers.utils.import_utils").addFilter(_NoTorchvisionFallbackNote())
+
 __all__ = ["LoadedModel", "load"]
 
 

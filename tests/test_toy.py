@@ -1,11 +1,14 @@
 """The toy world: its judge, its tokenizer, its training command, and the bundled model."""
 
+import os
 import random
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from models.loading import TOY_DIR, load
 from models.toy.evaluate import adherence, judge_accuracy
@@ -69,6 +72,31 @@ def test_training_command_is_deterministic(tmp_path):
     model = load(str(tmp_path / "a"))
     images = model.pipeline("a red circle", num_inference_steps=2).images
     assert np.asarray(images[0]).shape == (32, 32, 3)
+    # a rebuild stores what the bundled model stores: fp16 values, the text encoder in fp32
+    for part, dtype in (("text_encoder", torch.float32), ("unet", torch.float16),
+                        ("vae", torch.float16)):
+        [weights] = (tmp_path / "a" / part).glob("*.safetensors")
+        tensors = load_file(str(weights))
+        assert {t.dtype for t in tensors.values()} == {dtype}, part
+        assert all(torch.equal(t, t.half().to(dtype)) for t in tensors.values()), part
+    assert plain_diffusers_images(tmp_path / "a").shape == (1, 32, 32, 3)
+
+
+def plain_diffusers_images(folder) -> np.ndarray:
+    """What a diffusers user gets from the folder: no dtype, no flags."""
+    from diffusers import DiffusionPipeline
+
+    pipeline = DiffusionPipeline.from_pretrained(str(folder))
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline("a red circle", num_inference_steps=2, output_type="np",
+                    generator=torch.Generator().manual_seed(0)).images
+
+
+def test_bundled_model_runs_under_plain_diffusers_as_it_does_here():
+    model = load("toy")
+    mine = model.pipeline("a red circle", num_inference_steps=2, output_type="np",
+                          generator=torch.Generator().manual_seed(0)).images
+    assert np.array_equal(plain_diffusers_images(TOY_DIR), mine)
 
 
 def test_evaluate_command_reports_json_and_draws_the_grid(tmp_path):
@@ -97,3 +125,41 @@ def test_evaluate_command_on_a_missing_model_is_one_line(tmp_path):
     )
     assert done.returncode == 1
     assert done.stderr.strip().count("\n") == 0 and "not a diffusers pipeline" in done.stderr
+
+
+def test_evaluate_prints_no_torchvision_note():
+    env = {k: v for k, v in os.environ.items() if k != "TRANSFORMERS_VERBOSITY"}
+    done = subprocess.run(
+        [sys.executable, "-m", "models.toy.evaluate", "--pairs", "2", "--steps", "2"],
+        capture_output=True, text=True, env=env,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "torchvision" not in done.stderr
+
+
+def test_every_prompt_offered_for_the_toy_is_read_whole(tmp_path):
+    """The prompt set, the trainer's sample prompts, the page's example prompt and the
+    latency benchmark's prompts all fit the toy's window, so no round carries the note
+    that part of its prompt is not seen."""
+    import runpy
+
+    from transformers import CLIPTokenizer
+
+    from annotate.screening import token_counter
+    from annotate.serve import AppConfig, open_app
+    from models.toy.shapes import all_captions
+    from train.presets import PRESETS
+
+    server = open_app(AppConfig(db=tmp_path / "prefs.duckdb", buffer=0))
+    try:
+        [placeholder] = [block.placeholder for block in server.demo.blocks.values()
+                         if getattr(block, "elem_id", None) == "prompt"]
+    finally:
+        server.close()
+    benchmark = runpy.run_path(str(TOY_DIR.parents[2] / "benchmarks" / "annotate_latency.py"))
+    offered = {"prompt set": all_captions(), "sample prompts": PRESETS["toy"]["sample_prompts"],
+               "page example": [placeholder], "latency benchmark": benchmark["PROMPTS"]}
+    count, limit = token_counter(CLIPTokenizer.from_pretrained(TOY_DIR / "tokenizer"))
+    too_long = {where: [p for p in prompts if count(p) > limit]
+                for where, prompts in offered.items()}
+    assert too_long == {where: [] for where in offered}

@@ -7,7 +7,8 @@ machine. Steps, in order: a word-level CLIP tokenizer and a frozen random CLIP t
 encoder; synthetic captioned shapes (models/toy/shapes.py); an AutoencoderKL
 (32x32 RGB -> 8x8x4 latents); a UNet2DConditionModel (epsilon prediction, 10% empty
 captions for classifier-free guidance) on cached latents. The result is a standard
-Stable Diffusion pipeline directory, weights stored in fp16 to stay small.
+Stable Diffusion pipeline directory that plain `DiffusionPipeline.from_pretrained` runs
+(see `save_pipeline` for the dtypes it stores).
 """
 
 from __future__ import annotations
@@ -142,6 +143,21 @@ def train_unet(unet, latents, text, caption_ids, steps, batch, seed, snapshot_ev
     return noise_scheduler
 
 
+def save_pipeline(pipe, out: Path) -> None:
+    """Save the UNet and VAE in fp16, to stay small, and the text encoder in fp32.
+
+    diffusers loads fp16 UNet and VAE weights as fp32 by default, but transformers keeps
+    the saved dtype, so an fp16 text encoder beside them fails a plain
+    `DiffusionPipeline.from_pretrained(out)` at its first call (Half against Float).
+    The text encoder's weights are rounded to fp16 first, as every part's are: the
+    shipped model is its fp16 values, and fp32 storage (0.2 MB more) holds them exactly.
+    """
+    pipe.unet.to(torch.float16)
+    pipe.vae.to(torch.float16)
+    pipe.text_encoder.to(torch.float16).to(torch.float32)
+    pipe.save_pretrained(out, safe_serialization=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m models.toy.train", description=__doc__)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="pipeline folder")
@@ -192,7 +208,7 @@ def main(argv: list[str] | None = None) -> None:
         safety_checker=None, feature_extractor=None, image_encoder=None,
         requires_safety_checker=False,
     )
-    pipe.to(torch.float16).save_pretrained(args.out, safe_serialization=True)
+    save_pipeline(pipe, args.out)
     for leftover in sorted(work.rglob("*"), reverse=True):
         leftover.unlink() if leftover.is_file() else leftover.rmdir()
     work.rmdir()
