@@ -19,6 +19,7 @@ import threading
 import time
 from datetime import datetime, timedelta
 
+import duckdb
 import numpy as np
 import pytest
 import torch
@@ -165,6 +166,38 @@ def test_the_report_tallies_votes_overall_and_by_category(tmp_path):
     assert "| all | 16.7% | 14.3% | 60.0% of 5 |" in report
     with Image.open(tmp_path / "win_rate.png") as chart:
         assert chart.format == "PNG"
+
+
+def test_the_votes_file_has_a_schema_version_and_keeps_to_its_own_kind(tmp_path):
+    from data.store import Store
+    from eval.votes import MIGRATIONS
+
+    path = tmp_path / "votes.duckdb"
+    with VoteStore(path) as store:
+        assert store.schema_version() == MIGRATIONS[-1][0]
+        store.record(row("1", "aligned", "base"))
+    with VoteStore(path, read_only=True) as store:  # reopening applies nothing twice
+        assert store.schema_version() == MIGRATIONS[-1][0] and len(store.votes()) == 1
+    # a votes file written before it had a schema_version is adopted, its votes kept
+    with VoteStore(path) as store:
+        store.record(row("2", "base", "aligned"))
+    old = tmp_path / "old.duckdb"
+    with duckdb.connect(str(old)) as con:
+        con.execute(MIGRATIONS[0][1][0])
+        con.execute(f"ATTACH '{path}' AS new (READ_ONLY)")
+        con.execute("INSERT INTO votes SELECT * FROM new.votes")
+    with pytest.raises(DataError, match="needs a schema upgrade: open it once read-write"):
+        VoteStore(old, read_only=True)
+    with VoteStore(old) as store:
+        assert store.schema_version() == 1 and len(store.votes()) == 2
+    # neither file is taken for the other: nothing is created in the wrong one
+    Store(tmp_path / "prefs.duckdb").close()
+    with pytest.raises(DataError, match="is not a votes file"):
+        VoteStore(tmp_path / "prefs.duckdb")
+    with pytest.raises(DataError, match="is not a preference store"):
+        Store(path)
+    with pytest.raises(DataError, match="is not a votes file"):
+        VoteStore(tmp_path / "prefs.duckdb", read_only=True)
 
 
 # -- the command ---------------------------------------------------------------------
