@@ -120,13 +120,19 @@ def blind(argv: list[str]) -> int:
     blind_eval = BlindEval.prepare(base, aligned, prompts,
                                    Sampling(args.seeds, args.steps, args.guidance), votes,
                                    Path(args.images))
-    demo = build_app(blind_eval, args.voter)
-    demo.launch(prevent_thread_lock=True, quiet=True, **launch_options(args.host, args.port))
-    print(f"blind eval of {len(blind_eval.items)} pairs at {demo.local_url} "
-          f"(votes: {args.db}; Ctrl+C stops)", flush=True)
     try:
+        demo = build_app(blind_eval, args.voter)
+        demo.launch(prevent_thread_lock=True, quiet=True, **launch_options(args.host, args.port))
+        # the page is up before any image is made: it shows the progress and deals each
+        # pair once both its images exist
+        print(f"blind eval of {len(blind_eval.items)} pairs at {demo.local_url} "
+              f"(votes: {args.db}; images are made in the background, the page shows how "
+              "far; Ctrl+C stops)", flush=True)
+        blind_eval.start(on_failure=lambda message: print(f"error: {message}",
+                                                          file=sys.stderr, flush=True))
         demo.block_thread()
     finally:
+        blind_eval.close()
         votes.close()
     return 0
 
