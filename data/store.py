@@ -10,8 +10,11 @@ vote (double click, client retry) is stored once and answered with the first res
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
 import re
+import shutil
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -22,7 +25,7 @@ from pathlib import Path
 
 import duckdb
 
-from data.errors import DataError, StoreLockedError
+from data.errors import DataError, DiskFullError, StoreLockedError
 from data.migrations import MIGRATIONS
 
 DEFAULT_DB = Path("runs/prefs.duckdb")
@@ -144,6 +147,27 @@ def _holder(error: Exception) -> str:
     return f"process {holder.group(2)} ({holder.group(1)})" if holder else "another process"
 
 
+def is_disk_full(error: BaseException) -> bool:
+    """Whether an OS or DuckDB error says the disk is full (ENOSPC)."""
+    if getattr(error, "errno", None) == errno.ENOSPC:
+        return True
+    return os.strerror(errno.ENOSPC) in str(error)  # DuckDB quotes the OS message
+
+
+def disk_full_error(path: Path, lost: str) -> DiskFullError:
+    """The one-line answer to a write that found the disk holding `path` full."""
+    try:
+        free = f"{shutil.disk_usage(path.resolve().parent).free / 2**20:.1f} MB free"
+    except OSError:
+        free = "free space unknown"
+    return DiskFullError(
+        f"no space left on the disk holding {path} ({free}): {lost}; "
+        "free some space and run the command again"
+    )
+
+
+
+
 @contextmanager
 def transaction(cursor: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
     """BEGIN ... COMMIT, rolled back on any exception."""
@@ -200,6 +224,8 @@ class DuckDBFile:
                 raise StoreLockedError(
                     f"{path} is in use by {_holder(error)}: {self.IN_USE.format(path=path)}"
                 ) from None
+            if is_disk_full(error):
+                raise disk_full_error(path, f"the {self.KIND} was not opened") from None
             raise DataError(f"cannot open {path}: {str(error).splitlines()[0]}") from None
         except duckdb.Error as error:
             raise DataError(f"{path} is not a {self.KIND}: {str(error).splitlines()[0]}") from None
@@ -266,8 +292,9 @@ class Store(DuckDBFile):
     MIGRATIONS = MIGRATIONS
     TABLE = "rankings"
     MISSING = "{path} does not exist: record some votes or import shards first"
-    IN_USE = ("stop the app that holds it, or read an export "
-              "(python -m data export OUT_DIR --db {path}) instead")
+    # DuckDB refuses a second process even read-only (so `data export` and `data stats`
+    # fail the same way): the one thing that works is to stop the holder first
+    IN_USE = "stop that process (Ctrl+C in its terminal), then run this command again"
     UPGRADE = "open it once read-write (any data command)"
 
     def __init__(self, path: str | Path = DEFAULT_DB, read_only: bool = False):
