@@ -2,11 +2,17 @@
 
 Blindness is a security property here. What the browser gets before a vote is a
 `Shown`: an opaque pair id (kept server-side in the page's state), the prompt and the
-two images as freshly decoded pixels, so Gradio writes them to content-addressed
-temporary files with no metadata. Which model made which image stays in this process
-(`BlindEval._pending`, keyed by the pair id) and is told only by `vote`, after the
-vote is committed. The image cache's folder names (per-model hashes) and file paths
-never leave the server.
+two images, each decoded and written afresh for this one showing as a PNG without
+metadata, under a random name in a folder of this process (`BlindEval.showings`). So
+no two showings share a URL, not even the same image shown again, to another voter or
+after a restart: a voter who has seen earlier reveals learns nothing from an address.
+(Content-addressed names, as Gradio gives images by default, would repeat.) Which
+model made which image stays in this process (`BlindEval._pending`, keyed by the pair
+id) and is told only by `vote`, after the vote is committed. The image cache's folder
+names (per-model hashes) and file paths never leave the server.
+
+Images are made in the background (`start`): the page is served at once and deals a
+pair as soon as both of its images exist, showing `progress` until then.
 
 Sides are drawn per pair from the operating system's random source (or a given `rng`,
 for tests) and recorded with the vote.
@@ -15,20 +21,26 @@ for tests) and recorded with the vote.
 from __future__ import annotations
 
 import random
+import secrets
+import shutil
+import tempfile
 import threading
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from data.errors import DataError
 from data.prompts import Prompt
 from eval.images import DEFAULT_ROOT, Sampling, images_for, open_image
 from eval.stats import Tally, tally_by_category
 from eval.votes import SIDES, VoteRow, VoteStore, now, outcome_of
+from models.errors import ModelError
 
 MAX_PENDING = 10_000  # pairs shown and not yet voted on, kept per server
 
@@ -46,12 +58,23 @@ class Pair:
 
 @dataclass(frozen=True)
 class Shown:
-    """All the browser may know of a pair before the vote."""
+    """All the browser may know of a pair before the vote: the images are files made for
+    this showing alone, under fresh random names."""
 
     pair_id: str
     prompt: str
-    image_a: np.ndarray
-    image_b: np.ndarray
+    image_a: Path
+    image_b: Path
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far the background image making is."""
+
+    images: int  # images that exist (made now or found in the cache)
+    total: int  # images the comparison needs
+    pairs: int  # (prompt, seed) pairs with both images, ready to deal
+    failed: str | None = None  # the one-line reason it stopped, if it did
 
 
 @dataclass(frozen=True)
@@ -72,6 +95,13 @@ def fresh_pixels(path: Path) -> np.ndarray:
     return np.array(open_image(path), dtype=np.uint8)
 
 
+def write_showing(pixels: np.ndarray, folder: Path) -> Path:
+    """`pixels` as a PNG with no metadata under a fresh random name in `folder`."""
+    path = folder / f"{secrets.token_hex(16)}.png"
+    Image.fromarray(pixels).save(path, format="PNG")
+    return path
+
+
 def deal_order(items: list[tuple[Prompt, int]], seen: dict[tuple[str, int], int],
                rng: random.Random) -> tuple[Prompt, int]:
     """The next (prompt, seed) for a voter: one they have voted on least, at random."""
@@ -80,50 +110,125 @@ def deal_order(items: list[tuple[Prompt, int]], seen: dict[tuple[str, int], int]
 
 
 class BlindEval:
-    """One comparison (base against aligned) served to any number of voters."""
+    """One comparison (base against aligned) served to any number of voters.
+
+    `images` maps each side to its (prompt, seed) image paths; given complete, every
+    pair can be dealt at once; `prepare` starts empty and `start` fills it.
+    """
 
     def __init__(self, base: str, aligned: str, prompts: list[Prompt], sampling: Sampling,
-                 images: dict[str, dict[tuple[str, int], Path]], votes: VoteStore,
-                 rng: random.Random | None = None):
+                 images: dict[str, dict[tuple[str, int], Path]] | None, votes: VoteStore,
+                 rng: random.Random | None = None, root: Path = DEFAULT_ROOT):
         if not prompts:
             raise DataError("no prompts to compare on")
         self.base, self.aligned = base, aligned
         self.models = {"base": base, "aligned": aligned}
         self.sampling = sampling
         self.items = [(p, s) for p in dict.fromkeys(prompts) for s in range(sampling.seeds)]
-        self.images = images
+        self.images = images or {"base": {}, "aligned": {}}
+        self.root = root  # the image cache `start` fills
         self.votes = votes
         self.rng = rng or random.SystemRandom()
+        self.showings = Path(tempfile.mkdtemp(prefix="eval-shown-"))
+        self.failed: str | None = None
         self._pending: OrderedDict[str, Pair] = OrderedDict()
+        self._files: dict[str, list[Path]] = {}
         self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._maker: threading.Thread | None = None
 
     @classmethod
     def prepare(cls, base: str, aligned: str, prompts: list[Prompt], sampling: Sampling,
                 votes: VoteStore, root: Path = DEFAULT_ROOT,
                 rng: random.Random | None = None) -> BlindEval:
-        """Make (or reuse from the cache) both models' images for every prompt and seed."""
-        texts = [p.text for p in prompts]
-        images = {"base": images_for(base, texts, sampling, root),
-                  "aligned": images_for(aligned, texts, sampling, root)}
-        return cls(base, aligned, prompts, sampling, images, votes, rng)
+        """A comparison whose images `start` makes (or finds in the cache) under `root`."""
+        return cls(base, aligned, prompts, sampling, None, votes, rng, root)
 
-    def deal(self, voter: str = "") -> Pair:
-        """A new pair for `voter` with its sides drawn, remembered until voted on."""
+    # -- the images, made in the background ----------------------------------------
+
+    def start(self, on_failure: Callable[[str], None] | None = None) -> None:
+        """Make both models' images in a background thread, one model at a time (one
+        pipeline in memory); each pair can be dealt once both its images exist."""
+        self._maker = threading.Thread(target=self._make, args=(on_failure,),
+                                       name="eval-images", daemon=True)
+        self._maker.start()
+
+    def _make(self, on_failure: Callable[[str], None] | None) -> None:
+        texts = [p.text for p, _ in self.items]
+        try:
+            for side in ("base", "aligned"):
+                images_for(self.models[side], texts, self.sampling, self.root,
+                           on_image=lambda key, path, side=side: self._add(side, key, path),
+                           stop=self._stop)
+        except (DataError, ModelError) as error:
+            self.failed = str(error)
+        except Exception as error:
+            self.failed = f"{type(error).__name__}: {error}"
+            raise
+        finally:
+            if self.failed and on_failure:
+                on_failure(self.failed)
+
+    def _add(self, side: str, key: tuple[str, int], path: Path) -> None:
+        with self._lock:
+            self.images[side][key] = path
+
+    def wait(self, timeout: float | None = None) -> Progress:
+        """Block until the background work has ended (or `timeout`); its progress."""
+        if self._maker is not None:
+            self._maker.join(timeout)
+        return self.progress()
+
+    def ready(self) -> list[tuple[Prompt, int]]:
+        """The (prompt, seed) items whose two images both exist."""
+        with self._lock:
+            return [(p, s) for p, s in self.items
+                    if all((p.text, s) in self.images[side] for side in SIDES)]
+
+    def progress(self) -> Progress:
+        with self._lock:
+            made = sum(len(self.images[side]) for side in SIDES)
+        return Progress(made, 2 * len(self.items), len(self.ready()), self.failed)
+
+    # -- pairs ---------------------------------------------------------------------
+
+    def deal(self, voter: str = "") -> Pair | None:
+        """A new pair for `voter` with its sides drawn, remembered until voted on; None
+        while no pair has both its images yet."""
+        ready = self.ready()
+        if not ready:
+            return None
         seen = self.votes.seen(voter, self.base, self.aligned) if voter else {}
         with self._lock:
-            prompt, seed = deal_order(self.items, seen, self.rng)
+            prompt, seed = deal_order(ready, seen, self.rng)
             pair = Pair(uuid.uuid4().hex, prompt, seed, self.rng.choice(SIDES), time.monotonic())
             self._pending[pair.pair_id] = pair
             while len(self._pending) > MAX_PENDING:
-                self._pending.popitem(last=False)
+                self._forget(self._pending.popitem(last=False)[0])
         return pair
 
     def show(self, pair: Pair) -> Shown:
-        """The pair as the browser may see it: the prompt and two anonymous images."""
+        """The pair as the browser may see it: the prompt and two anonymous images, as
+        files written for this showing only (freed once the pair is voted on)."""
         other = SIDES[1 - SIDES.index(pair.side_a)]
         key = (pair.prompt.text, pair.seed)
-        return Shown(pair.pair_id, pair.prompt.text, fresh_pixels(self.images[pair.side_a][key]),
-                     fresh_pixels(self.images[other][key]))
+        files = [write_showing(fresh_pixels(self.images[side][key]), self.showings)
+                 for side in (pair.side_a, other)]
+        with self._lock:
+            self._files.setdefault(pair.pair_id, []).extend(files)
+        return Shown(pair.pair_id, pair.prompt.text, *files)
+
+    def _forget(self, pair_id: str) -> None:
+        """Delete a pair's showing files (the caller holds the lock)."""
+        for path in self._files.pop(pair_id, []):
+            path.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        """Stop making images (between prompts) and delete every showing file."""
+        self._stop.set()
+        if self._maker is not None:
+            self._maker.join(timeout=5)
+        shutil.rmtree(self.showings, ignore_errors=True)
 
     def vote(self, pair_id: str, voter: str, choice: str) -> Reveal:
         """Record `choice` ('A', 'B', 'tie', 'both_bad') on a dealt pair, then reveal it.
@@ -148,6 +253,7 @@ class BlindEval:
                 dwell_ms=int(1000 * (time.monotonic() - pair.shown_at)), created_at=now()))
             with self._lock:
                 self._pending.pop(pair_id, None)
+                self._forget(pair_id)
         side_b = SIDES[1 - SIDES.index(stored.side_a)]
         return Reveal(stored, self.models[stored.side_a], self.models[side_b])
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,17 +44,29 @@ def model_folder(model: str, sampling: Sampling, root: Path = DEFAULT_ROOT) -> P
 
 
 def images_for(model: str, prompts: list[str], sampling: Sampling,
-               root: Path = DEFAULT_ROOT) -> dict[tuple[str, int], Path]:
-    """Paths of every (prompt, seed) image of `model`, generating only what is missing."""
+               root: Path = DEFAULT_ROOT,
+               on_image: Callable[[tuple[str, int], Path], None] | None = None,
+               stop: threading.Event | None = None) -> dict[tuple[str, int], Path]:
+    """Paths of every (prompt, seed) image of `model`, generating only what is missing.
+
+    `on_image(key, path)` hears of each image once it exists (those in the cache first),
+    so a caller can use images while the rest are made; `stop`, once set, ends the work
+    between prompts (the paths of images not made are then absent from the result).
+    """
     folder = model_folder(model, sampling, root)
     folder.mkdir(parents=True, exist_ok=True)
     wanted = {(p, s): folder / image_name(p, s) for p in dict.fromkeys(prompts)
               for s in range(sampling.seeds)}
+    for key, path in wanted.items():
+        if path.exists() and on_image:
+            on_image(key, path)
     missing = sorted({p for (p, s), path in wanted.items() if not path.exists()},
                      key=prompts.index)
     if missing:
         loaded = load(model)
         for prompt in tqdm(missing, desc=f"images {Path(model).name}", unit="prompt"):
+            if stop is not None and stop.is_set():
+                return {k: path for k, path in wanted.items() if path.exists()}
             seeds = list(range(sampling.seeds))
             for image in generate(loaded, prompt, seeds, [sampling.guidance] * len(seeds),
                                   sampling.steps):
@@ -60,6 +74,8 @@ def images_for(model: str, prompts: list[str], sampling: Sampling,
                 temp = path.with_suffix(".tmp.png")
                 image.image.save(temp)
                 temp.replace(path)
+                if on_image:
+                    on_image((prompt, image.seed), path)
     return wanted
 
 

@@ -1,9 +1,11 @@
 """The blind eval's own votes: one DuckDB file (default runs/eval/votes.duckdb).
 
 The eval keeps its votes apart from the annotate store: they judge models, not images
-for training, and must never be exported as preference pairs. DuckDB allows one
-read-write process per file, so the running blind app owns the file and
-`python -m eval report` reads it when the app is stopped.
+for training, and must never be exported as preference pairs. The file's lifecycle
+(the lock message, a cursor per thread, migrations with `schema_version`) is
+`data.store.DuckDBFile`'s, shared with the store; this module holds the votes table
+and its queries. DuckDB allows one read-write process per file, so the running blind
+app owns the file and `python -m eval report` reads it when the app is stopped.
 
 A vote is one transaction, committed before the page hears of it. Its `vote_id` is the
 id of the shown pair, so a double click or a client retry stores one row and is
@@ -12,8 +14,6 @@ answered with the first vote.
 
 from __future__ import annotations
 
-import re
-import threading
 from contextlib import suppress
 from dataclasses import dataclass, fields
 from datetime import datetime, timezone
@@ -21,14 +21,17 @@ from pathlib import Path
 
 import duckdb
 
-from data.errors import DataError, StoreLockedError
+from data.errors import DataError
+from data.store import DuckDBFile
 from eval.stats import Vote
 
 DEFAULT_VOTES = Path("runs/eval/votes.duckdb")
 SIDES = ("base", "aligned")
 CHOICES = ("A", "B", "tie", "both_bad")
 
-SCHEMA = """
+# Append a migration, never edit one. Version 1 adopts files written before the votes
+# file had a schema_version (their votes table is the same).
+MIGRATIONS: list[tuple[int, list[str]]] = [(1, ["""
 CREATE TABLE IF NOT EXISTS votes (
     vote_id VARCHAR PRIMARY KEY,
     voter VARCHAR NOT NULL,
@@ -45,7 +48,7 @@ CREATE TABLE IF NOT EXISTS votes (
     dwell_ms BIGINT,
     created_at TIMESTAMP NOT NULL
 )
-"""
+"""])]
 
 
 @dataclass(frozen=True)
@@ -88,56 +91,18 @@ def outcome_of(choice: str, side_a: str) -> str:
     return choice
 
 
-def _open(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
-    if read_only and not path.exists():
-        raise DataError(f"no votes yet: {path} does not exist (vote first: python -m eval)")
-    if not read_only:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        return duckdb.connect(str(path), read_only=read_only)
-    except duckdb.IOException as error:
-        if "lock" in str(error).lower():
-            holder = re.search(r"\(PID (\d+)\)", str(error))
-            who = f"process {holder.group(1)}" if holder else "another process"
-            raise StoreLockedError(
-                f"{path} is in use by {who} (a running blind eval app?): stop it first, "
-                "or read the tallies on its page") from None
-        raise DataError(f"cannot open {path}: {str(error).splitlines()[0]}") from None
-    except duckdb.Error as error:
-        raise DataError(f"{path} is not a votes file: {str(error).splitlines()[0]}") from None
-
-
-class VoteStore:
+class VoteStore(DuckDBFile):
     """The votes file; one instance per process, shared by the app's threads."""
 
+    KIND = "votes file"
+    MIGRATIONS = MIGRATIONS
+    TABLE = "votes"
+    MISSING = "no votes yet: {path} does not exist (vote first: python -m eval)"
+    IN_USE = "stop the blind eval app that holds it first, or read the tallies on its page"
+    UPGRADE = "open it once read-write (python -m eval --db {path})"
+
     def __init__(self, path: str | Path = DEFAULT_VOTES, read_only: bool = False):
-        self.path = Path(path)
-        self._con = _open(self.path, read_only)
-        self._local = threading.local()
-        try:
-            if read_only:
-                self.cursor().execute("SELECT count(*) FROM votes")
-            else:
-                self.cursor().execute(SCHEMA)
-        except duckdb.Error:
-            self._con.close()
-            raise DataError(f"{self.path} is not a votes file (no votes table)") from None
-
-    def close(self) -> None:
-        self._con.close()
-
-    def __enter__(self) -> VoteStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def cursor(self) -> duckdb.DuckDBPyConnection:
-        """This thread's cursor (a DuckDB connection is not shared between threads)."""
-        cursor = getattr(self._local, "cursor", None)
-        if cursor is None:
-            cursor = self._local.cursor = self._con.cursor()
-        return cursor
+        super().__init__(path, read_only)
 
     def record(self, row: VoteRow) -> VoteRow:
         """Store `row` unless its vote_id is stored already; returns the stored row.

@@ -3,11 +3,19 @@
 A name is `toy` (the bundled model), a local diffusers pipeline folder, a Hub id, or a
 LoRA folder written by `train` (its weights plus `base_model.json` naming the base).
 Whether it is an SD-family or an SDXL pipeline is read from the model's own files.
+
+`check(name)` answers, in a second and without loading weights, whether a name can be
+loaded at all, so a command can refuse a wrong name before it does any work: a name that
+looks like a path and is not there is a missing folder (never a Hub problem), and a Hub
+id that is neither in the local Hugging Face cache nor reachable fails at once, with no
+retries.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,15 +69,66 @@ def _pipeline_class(kind: str):
     return StableDiffusionXLPipeline if kind == "sdxl" else StableDiffusionPipeline
 
 
-def _model_index(name: str) -> tuple[str, dict]:
-    """(path or Hub id to load, its model_index.json), or a one-line error."""
+HUB_PROBE_TIMEOUT = 5.0  # seconds: one quick look at the Hub instead of minutes of retries
+_HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
+NO_HUB = "use `toy` or a local pipeline folder"
+
+
+def looks_like_path(name: str) -> bool:
+    """Whether `name` can only mean a local folder: it starts with `.`, `/` or `~`, names
+    runs/..., holds a backslash or more than one `/`, or is no valid Hub id."""
+    return (name.startswith((".", "/", "~", "runs/")) or "\\" in name
+            or name.count("/") > 1 or not _HUB_ID.fullmatch(name))
+
+
+@functools.cache
+def _hub_reachable(endpoint: str) -> bool:
+    """One request with a short timeout: does anything answer at the Hub's address?"""
+    from urllib.error import HTTPError
+    from urllib.request import Request, urlopen
+
+    try:
+        urlopen(Request(endpoint, method="HEAD"), timeout=HUB_PROBE_TIMEOUT).close()
+    except HTTPError:
+        return True  # an answer, if not a welcome one
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def _hub_index(name: str) -> tuple[dict, bool]:
+    """(model_index.json of Hub id `name`, whether to load it from the local cache only)."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    cached = try_to_load_from_cache(name, "model_index.json")
+    if isinstance(cached, str):
+        local_only = constants.HF_HUB_OFFLINE or not _hub_reachable(constants.ENDPOINT)
+        return json.loads(Path(cached).read_text()), local_only
+    if constants.HF_HUB_OFFLINE:
+        raise ModelError(f"{name} is not in the local Hugging Face cache and HF_HUB_OFFLINE "
+                         f"is set: {NO_HUB}, or unset HF_HUB_OFFLINE to download it")
+    if not _hub_reachable(constants.ENDPOINT):
+        raise ModelError(f"cannot reach the Hugging Face Hub ({constants.ENDPOINT}) to fetch "
+                         f"{name}, and it is not in the local cache: {NO_HUB}, or connect "
+                         "and try again")
+    from diffusers import DiffusionPipeline
+
+    try:
+        return dict(DiffusionPipeline.load_config(name)), False
+    except Exception as error:
+        raise ModelError(f"cannot load {name} from the Hub: {str(error).splitlines()[0]} "
+                         f"({NO_HUB})") from None
+
+
+def _model_index(name: str) -> tuple[str, dict, bool]:
+    """(path or Hub id to load, its model_index.json, local files only), or one line."""
     if name == TOY_NAME:
         if not (TOY_DIR / "model_index.json").exists():
             raise ModelError(
                 f"the toy model is missing from {TOY_DIR}: rebuild it with "
                 "`python -m models.toy.train`"
             )
-        return str(TOY_DIR), json.loads((TOY_DIR / "model_index.json").read_text())
+        return str(TOY_DIR), json.loads((TOY_DIR / "model_index.json").read_text()), True
     path = Path(name).expanduser()
     if path.exists():
         index = path / "model_index.json"
@@ -78,23 +137,23 @@ def _model_index(name: str) -> tuple[str, dict]:
                 f"{path} is not a diffusers pipeline folder (no model_index.json) "
                 f"nor a LoRA folder (no {LORA_WEIGHTS} with {LORA_BASE_FILE})"
             )
-        return str(path), json.loads(index.read_text())
-    from diffusers import DiffusionPipeline
+        return str(path), json.loads(index.read_text()), True
+    if looks_like_path(name):
+        raise ModelError(f"no such model folder: {name} (check the path: a trained model is "
+                         "runs/train/<run>/final; or name `toy` or a Hub id)")
+    index, local_only = _hub_index(name)
+    return name, index, local_only
 
-    try:
-        return name, dict(DiffusionPipeline.load_config(name))
-    except Exception as error:
-        from huggingface_hub import constants
 
-        if constants.HF_HUB_OFFLINE:
-            raise ModelError(
-                f"{name} is not available offline (not in the local Hugging Face cache): "
-                "use `toy`, a local pipeline folder, or go online"
-            ) from None
-        raise ModelError(
-            f"cannot load {name}: {str(error).splitlines()[0]} "
-            "(offline? use `toy` or a local pipeline folder)"
-        ) from None
+def check(name: str) -> str:
+    """Refuse, with one line and without loading weights, a name `load` cannot open.
+
+    Reads the model's (or a LoRA folder's base's) model_index.json; returns its kind,
+    'sd' or 'sdxl'. A command calls this for every model it names before any work.
+    """
+    folder = Path(name).expanduser()
+    base = lora_base(folder) if folder.is_dir() else None
+    return kind_of(_model_index(base or name)[1])
 
 
 def lora_base(path: Path) -> str | None:
@@ -124,9 +183,8 @@ def load(
     device, dtype = device or default_device, dtype or default_dtype
     lora_dir = Path(name).expanduser()
     base = lora_base(lora_dir) if lora_dir.is_dir() else None
-    source, index = _model_index(base or name)
+    source, index, local = _model_index(base or name)
     kind = kind_of(index)
-    local = Path(source).exists()
     try:
         pipeline = _pipeline_class(kind).from_pretrained(
             source, dtype=dtype, local_files_only=local,

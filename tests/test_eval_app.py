@@ -13,13 +13,14 @@ import json
 import random
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
 import time
 from datetime import datetime, timedelta
 
-import numpy as np
+import duckdb
 import pytest
 import torch
 from PIL import Image
@@ -29,7 +30,7 @@ from data.errors import DataError
 from data.prompts import Prompt
 from eval.__main__ import main
 from eval.app import build_app, launch_options
-from eval.blind import BlindEval, deal_order
+from eval.blind import BlindEval, Progress, deal_order
 from eval.images import Sampling, model_folder
 from eval.report import write_human_report
 from eval.votes import VoteRow, VoteStore, outcome_of
@@ -83,13 +84,19 @@ def test_sides_are_shuffled_per_pair_and_recorded_with_the_vote(tmp_path):
     for k in range(12):
         pair = blind.deal("ann")
         shown = blind.show(pair)
-        # the browser gets bare pixels and an opaque id: no path, no model
-        assert isinstance(shown.image_a, np.ndarray) and shown.image_a.dtype == np.uint8
+        # the browser gets an opaque id and two files written for this showing alone: a
+        # random name in the showings folder, pixels and no metadata
         assert re.fullmatch(r"[0-9a-f]{32}", shown.pair_id)
-        colour_a = tuple(int(c) for c in shown.image_a[4, 4])
+        for path in (shown.image_a, shown.image_b):
+            assert path.parent == blind.showings and re.fullmatch(r"[0-9a-f]{32}\.png", path.name)
+            with Image.open(path) as image:
+                assert image.info == {}
+        with Image.open(shown.image_a) as image:
+            colour_a = image.convert("RGB").getpixel((4, 4))
         assert colour_a == (red if pair.side_a == "base" else blue)
         choice = ("A", "B", "tie", "both_bad")[k % 4]
         reveal = blind.vote(pair.pair_id, "ann", choice)
+        assert not shown.image_a.exists()  # a voted pair's showing files are freed
         assert reveal.vote.side_a == pair.side_a and reveal.vote.choice == choice
         assert reveal.model_a == blind.models[pair.side_a] and reveal.model_b != reveal.model_a
         assert reveal.vote.outcome == outcome_of(choice, pair.side_a)
@@ -167,6 +174,38 @@ def test_the_report_tallies_votes_overall_and_by_category(tmp_path):
         assert chart.format == "PNG"
 
 
+def test_the_votes_file_has_a_schema_version_and_keeps_to_its_own_kind(tmp_path):
+    from data.store import Store
+    from eval.votes import MIGRATIONS
+
+    path = tmp_path / "votes.duckdb"
+    with VoteStore(path) as store:
+        assert store.schema_version() == MIGRATIONS[-1][0]
+        store.record(row("1", "aligned", "base"))
+    with VoteStore(path, read_only=True) as store:  # reopening applies nothing twice
+        assert store.schema_version() == MIGRATIONS[-1][0] and len(store.votes()) == 1
+    # a votes file written before it had a schema_version is adopted, its votes kept
+    with VoteStore(path) as store:
+        store.record(row("2", "base", "aligned"))
+    old = tmp_path / "old.duckdb"
+    with duckdb.connect(str(old)) as con:
+        con.execute(MIGRATIONS[0][1][0])
+        con.execute(f"ATTACH '{path}' AS new (READ_ONLY)")
+        con.execute("INSERT INTO votes SELECT * FROM new.votes")
+    with pytest.raises(DataError, match="needs a schema upgrade: open it once read-write"):
+        VoteStore(old, read_only=True)
+    with VoteStore(old) as store:
+        assert store.schema_version() == 1 and len(store.votes()) == 2
+    # neither file is taken for the other: nothing is created in the wrong one
+    Store(tmp_path / "prefs.duckdb").close()
+    with pytest.raises(DataError, match="is not a votes file"):
+        VoteStore(tmp_path / "prefs.duckdb")
+    with pytest.raises(DataError, match="is not a preference store"):
+        Store(path)
+    with pytest.raises(DataError, match="is not a votes file"):
+        VoteStore(tmp_path / "prefs.duckdb", read_only=True)
+
+
 # -- the command ---------------------------------------------------------------------
 
 
@@ -204,6 +243,25 @@ def test_report_command_on_votes_and_its_one_line_errors(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["losses"] == 1
 
 
+def test_images_are_made_in_the_background_and_a_pair_is_dealt_once_both_exist(
+        tmp_path, models):
+    with VoteStore(tmp_path / "votes.duckdb") as votes:
+        blind = BlindEval.prepare(*models, PROMPTS, Sampling(seeds=2, steps=2), votes,
+                                  tmp_path / "images")
+        assert blind.progress() == Progress(0, 8, 0) and blind.deal("ann") is None
+        blind.start()
+        assert blind.wait(timeout=300) == Progress(8, 8, 4)
+        assert blind.deal("ann") is not None
+        blind.close()
+        assert not blind.showings.exists()
+        # a second comparison over the same cache finds every image there at once
+        again = BlindEval.prepare(*models, PROMPTS, Sampling(seeds=2, steps=2), votes,
+                                  tmp_path / "images")
+        again.start()
+        assert again.wait(timeout=60) == Progress(8, 8, 4)
+        again.close()
+
+
 def test_the_page_says_what_to_train_first(tmp_path):
     out = run_eval(cwd=tmp_path)
     assert out.returncode == 1 and out.stderr.count("\n") == 1
@@ -238,11 +296,16 @@ def app(models, tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
     votes = VoteStore(root / "votes.duckdb")
     blind = BlindEval.prepare(*models, PROMPTS, SAMPLING, votes, root / "images")
-    options = {k: v for k, v in launch_options("127.0.0.1", None).items()
-               if k not in ("server_name", "server_port")}
-    with serving(build_app(blind), **options) as url:
+    blind.start()
+    assert blind.wait().pairs == len(PROMPTS)
+    with serving(build_app(blind), **OPTIONS) as url:
         yield url, blind, root
+    blind.close()
     votes.close()
+
+
+OPTIONS = {k: v for k, v in launch_options("127.0.0.1", None).items()
+           if k not in ("server_name", "server_port")}
 
 
 # Gradio's client reads its queue's server-sent events through fetch (and EventSource in
@@ -403,3 +466,77 @@ def test_nothing_before_the_vote_tells_which_model_made_which_image(browser, app
     after = page.content() + page.evaluate("() => window.__received.join('\\n')")
     assert BASE_NAME in after and ALIGNED_NAME in after  # the same collection sees them now
     page.close()
+
+
+def image_sources(page) -> list[str]:
+    return page.eval_on_selector_all("#eval-image-a img, #eval-image-b img",
+                                     "images => images.map(i => i.src)")
+
+
+def test_no_two_showings_of_an_image_share_an_address(browser, app, models):
+    """The same pair shown again, to another session and after a restart, gets new URLs:
+    a voter who saw earlier reveals cannot tell the models apart by an address."""
+    url, blind, root = app
+    showings = []  # (server, prompt, [src, src], [etag, etag])
+
+    def look(server_url: str, server: int, times: int) -> None:
+        for _ in range(times):
+            page = open_page(browser, server_url)
+            sources = image_sources(page)
+            etags = [page.request.get(src).headers.get("etag") for src in sources]
+            showings.append((server, page.inner_text("#eval-prompt"), sources, etags))
+            page.close()
+
+    look(url, 0, 3)
+    # the restart: a new server over the same image cache and votes file's folder
+    with VoteStore(root / "votes-restart.duckdb") as votes:
+        restarted = BlindEval.prepare(*models, PROMPTS, SAMPLING, votes, root / "images")
+        restarted.start()
+        assert restarted.wait().pairs == len(PROMPTS)
+        with serving(build_app(restarted), **OPTIONS) as second_url:
+            look(second_url, 1, 2)
+        restarted.close()
+    prompts = [prompt for _, prompt, _, _ in showings]
+    assert max(prompts.count(p) for p in prompts) >= 2  # a pair was shown more than once
+    sources = [src for *_, srcs, _ in showings for src in srcs]
+    assert len(sources) == 10 and len(set(sources)) == 10, sources
+    # every path component of one showing's URL is either shared by every image the same
+    # server sends (its fixed folder) or belongs to that one URL alone
+    for server in (0, 1):
+        paths = [src.split("/") for s, _, srcs, _ in showings if s == server for src in srcs]
+        shared = set.intersection(*map(set, paths))
+        own = [set(p) - shared for p in paths]
+        assert all(own) and all(a.isdisjoint(b) for i, a in enumerate(own) for b in own[i + 1:])
+    etags = [etag for *_, tags in showings for etag in tags]
+    assert None not in etags and len(set(etags)) == len(etags)
+
+
+def test_the_page_is_served_before_the_images_are_made_and_says_how_far(browser, tmp_path):
+    """The URL comes at once; the page shows the image making's progress (here: it stops,
+    as the aligned model has no UNet weights) and the terminal has the one-line error."""
+    aligned = tmp_path / "no-weights"
+    shutil.copytree(TOY_DIR, aligned)
+    for weights in (aligned / "unet").glob("*.safetensors"):
+        weights.unlink()
+    (tmp_path / "prompts.txt").write_text(f"{PROMPTS[0].text}\n")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "eval", "--aligned", str(aligned), "--prompts", "prompts.txt",
+         "--seeds", "1", "--steps", "2", "--images", str(tmp_path / "images"), "--db",
+         str(tmp_path / "votes.duckdb")],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = process.stdout.readline()
+        found = re.search(r"(http://127\.0\.0\.1:\d+/)", line)
+        assert found, line + process.stderr.read()
+        page = browser.new_page()
+        page.goto(found.group(1))
+        page.wait_for_function("() => document.querySelector('#eval-progress')?.innerText"
+                               ".includes('Making images stopped')", timeout=300_000)
+        assert page.is_disabled("#eval-vote-a")
+        page.close()
+    finally:
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+    errors = [e for e in err.splitlines() if e.startswith("error: ")]
+    assert len(errors) == 1 and "cannot load" in errors[0], err[-2000:]
+    assert "Traceback" not in err

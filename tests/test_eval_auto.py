@@ -1,9 +1,11 @@
 """`eval auto`: the toy model against itself and against a visibly broken copy."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -87,3 +89,41 @@ def test_the_command_writes_a_report(tmp_path, broken_toy):
     assert out.returncode == 0, out.stderr[-2000:]
     summary = json.loads(out.stdout.strip().splitlines()[-1])
     assert summary["pairs"] == 18 and (tmp_path / "r" / "report.md").exists()
+
+
+# -- every named model is checked before any work, and a wrong one fails at once --------
+
+MISSING = "runs/train/nope/final"
+HUB_ID = "some-org/some-model"
+NO_HUB = "use `toy` or a local pipeline folder"
+WRONG_NAMES = {  # (flag value, environment changes, the whole of stderr)
+    "missing folder": (MISSING, {}, f"error: --aligned: no such model folder: {MISSING} (check "
+                       "the path: a trained model is runs/train/<run>/final; or name `toy` "
+                       "or a Hub id)\n"),
+    "hub id, HF_HUB_OFFLINE=1": (HUB_ID, {"HF_HUB_OFFLINE": "1"},
+                                 f"error: --aligned: {HUB_ID} is not in the local Hugging Face "
+                                 f"cache and HF_HUB_OFFLINE is set: {NO_HUB}, or unset "
+                                 "HF_HUB_OFFLINE to download it\n"),
+    # a closed port on this machine: the Hub unreachable, and no outside address is tried
+    "hub id, hub unreachable": (HUB_ID, {"HF_HUB_OFFLINE": None, "TRANSFORMERS_OFFLINE": None,
+                                         "HF_ENDPOINT": "http://127.0.0.1:9"},
+                                f"error: --aligned: cannot reach the Hugging Face Hub "
+                                f"(http://127.0.0.1:9) to fetch {HUB_ID}, and it is not in the "
+                                f"local cache: {NO_HUB}, or connect and try again\n"),
+}
+
+
+@pytest.mark.parametrize("command", [["auto"], []], ids=["eval auto", "eval"])
+@pytest.mark.parametrize("case", list(WRONG_NAMES))
+def test_a_wrong_model_name_fails_at_once_in_one_line_before_any_work(tmp_path, command, case):
+    name, changes, expected = WRONG_NAMES[case]
+    env = {k: v for k, v in os.environ.items() if k not in changes}
+    env.update({k: v for k, v in changes.items() if v is not None})
+    started = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "eval", *command, "--aligned", name,
+                          "--images", str(tmp_path / "images")],
+                         capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    took = time.monotonic() - started
+    assert (out.returncode, out.stderr) == (1, expected)
+    assert not list(tmp_path.rglob("*.png"))  # the toy base made no image first
+    assert took < 45, f"{took:.0f} s"  # imports on a loaded machine; the check is instant

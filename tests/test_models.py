@@ -2,8 +2,11 @@
 
 import json
 import random
+import re
+import shutil
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +15,7 @@ from PIL import Image
 
 from models.errors import ModelError
 from models.generate import PairVariety, generate, generate_pair
-from models.loading import LORA_BASE_FILE, LORA_WEIGHTS, load
+from models.loading import LORA_BASE_FILE, LORA_WEIGHTS, check, load, looks_like_path
 from models.scorers import AestheticHead, load_scorer
 
 
@@ -139,7 +142,30 @@ def test_hub_id_offline_is_one_line_naming_toy():
     with pytest.raises(ModelError) as info:
         load("stabilityai/stable-diffusion-xl-base-1.0")
     message = str(info.value)
-    assert "not available offline" in message and "`toy`" in message and "\n" not in message
+    assert "not in the local Hugging Face cache" in message and "`toy`" in message
+    assert "\n" not in message
+
+
+def test_a_missing_folder_is_a_missing_folder_not_a_hub_problem(tmp_path):
+    for name in ("runs/train/nope/final", str(tmp_path / "nope"), "./nope", "a/b/c"):
+        with pytest.raises(ModelError, match=f"^no such model folder: {re.escape(name)} "):
+            check(name)
+    assert looks_like_path("runs/x") and not looks_like_path("org/model")
+
+
+def test_a_hub_id_in_the_local_cache_loads_offline(tiny_sd_dir):
+    """A Hub id the Hugging Face cache holds needs no network: as huggingface_hub lays a
+    download out (refs/main naming a snapshot folder)."""
+    from huggingface_hub import constants
+
+    repo = Path(constants.HF_HUB_CACHE) / "models--test-org--tiny-sd"
+    commit = "0" * 40
+    shutil.copytree(tiny_sd_dir, repo / "snapshots" / commit, dirs_exist_ok=True)
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+    assert check("test-org/tiny-sd") == "sd"
+    loaded = load("test-org/tiny-sd")
+    assert loaded.kind == "sd" and generate(loaded, "a cat", [0], [7.5], steps=1)
 
 
 def test_folder_that_is_not_a_pipeline_is_refused(tmp_path):

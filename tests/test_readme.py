@@ -33,6 +33,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -191,15 +192,28 @@ class _Served:
             raise
 
 
+def _wait_for_a_pair(page, stalled_s: float = 300) -> None:
+    """Until the blind page shows a pair to vote on. The page is up before its images are
+    made and says how far that is: this waits as long as the count moves, however loaded
+    the machine, and fails if it stops moving for `stalled_s` or the making stops."""
+    last, since = None, time.monotonic()
+    while not page.evaluate("() => !!document.querySelector('#eval-image-b img') && "
+                            "!document.querySelector('#eval-vote-a').disabled"):
+        progress = page.evaluate("() => document.querySelector('#eval-progress')?.innerText")
+        assert "stopped" not in (progress or ""), progress
+        if progress != last:
+            last, since = progress, time.monotonic()
+        assert time.monotonic() - since < stalled_s, f"no progress in {stalled_s} s: {last}"
+        time.sleep(1)
+
+
 def _serve(text: str, cwd: Path, browser) -> None:
     served = _Served(text, cwd)
     try:
         page = browser.new_page()
         page.goto(served.url())
         if text == TOY_BLIND:
-            page.wait_for_function(
-                "() => document.querySelector('#eval-image-b img') && "
-                "!document.querySelector('#eval-vote-a').disabled", timeout=60_000)
+            _wait_for_a_pair(page)
             page.fill("#eval-voter input, #eval-voter textarea", "readme")
             page.click("#eval-vote-a")
             page.wait_for_function("() => document.querySelector('#eval-tally').innerText"
