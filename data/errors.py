@@ -16,3 +16,8 @@ class StoreLockedError(DataError):
 
 class ShardError(DataError):
     """A parquet shard that cannot be imported as it is."""
+
+
+class StoreWriteError(DataError):
+    """The store could not commit a write (a full disk, a read-only file); nothing of
+    that write is kept, and the store can be written again once the cause is fixed."""

@@ -19,10 +19,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Protocol
 
 import duckdb
 
-from data.errors import DataError, StoreLockedError
+from data.errors import DataError, StoreLockedError, StoreWriteError
 from data.migrations import LATEST_VERSION, MIGRATIONS
 
 DEFAULT_DB = Path("runs/prefs.duckdb")
@@ -32,7 +33,9 @@ DEFAULT_DB = Path("runs/prefs.duckdb")
 MEMORY_LIMIT = "256MB"
 OUTCOMES = ("left", "right", "tie", "both_bad", "skip")
 TIE_UID = "none"  # Pick-a-Pic's best_image_uid for a tie
-# DuckDB reports a write that raced another thread's commit as one of these.
+# DuckDB reports a write that raced another thread's commit as one of these (a
+# TransactionException is a conflict only when it says so: a commit that could not be
+# written, a full disk say, is one too).
 _CONFLICTS = (duckdb.ConstraintException, duckdb.TransactionException)
 _RETRIES = range(5)
 
@@ -69,6 +72,32 @@ class ImageRecord:
     height: int | None = None
     gen_ms: float | None = None
     url: str | None = None
+
+    @classmethod
+    def generated(cls, image: Generated, uid: str, jpg: bytes) -> ImageRecord:
+        """The row of a generated image (a `models.generate.GeneratedImage`): its JPEG
+        and how it was made."""
+        return cls(
+            image_uid=uid, jpg=jpg, prompt=image.prompt, model=image.model, seed=image.seed,
+            guidance_scale=image.guidance_scale, steps=image.steps,
+            scheduler=image.scheduler, width=image.width, height=image.height,
+            gen_ms=image.gen_ms,
+        )
+
+
+class Generated(Protocol):
+    """What the store records of how an image was generated (the data layer does not
+    import models; `models.generate.GeneratedImage` has these fields)."""
+
+    prompt: str
+    model: str
+    seed: int
+    guidance_scale: float
+    steps: int
+    scheduler: str
+    width: int
+    height: int
+    gen_ms: float
 
 
 @dataclass(frozen=True)
@@ -145,6 +174,24 @@ def _lock_message(path: Path, error: Exception) -> str:
         f"{path} is in use by {who}: stop the app that holds it, or read an export "
         f"(python -m data export OUT_DIR --db {path}) instead"
     )
+
+
+def _is_conflict(error: Exception) -> bool:
+    if isinstance(error, duckdb.ConstraintException):
+        return True
+    return "conflict" in str(error).lower()
+
+
+def write_problem(path: Path, error: Exception) -> str:
+    """What stopped a write to the store at `path`, in a few words a person can act on."""
+    text = str(error)
+    lowered = text.lower()
+    if "no space left" in lowered or "disk full" in lowered:
+        return f"disk full ({path.parent}): free space"
+    if "read-only" in lowered or "permission denied" in lowered:
+        return f"{path} cannot be written (read-only or no permission): fix its permissions"
+    detail = text.splitlines()[0] if text else type(error).__name__
+    return f"{path} could not be written ({detail}): check the disk"
 
 
 def connect(path: str | Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
@@ -251,6 +298,10 @@ class Store:
         if not name:
             raise DataError("an annotator name is required")
         user_id = stable_id(f"user:{name}")
+        known = self.cursor().execute(
+            "SELECT count(*) FROM users WHERE user_id = ?", [user_id]).fetchone()[0]
+        if known:  # a read: a known annotator can vote while the disk is full
+            return user_id
         self._write(
             lambda cur: cur.execute(
                 "INSERT INTO users (user_id, name) VALUES (?, ?) ON CONFLICT DO NOTHING",
@@ -303,16 +354,25 @@ class Store:
         return self.ranking_by_vote(vote.vote_id)
 
     def _write(self, work: Callable[[duckdb.DuckDBPyConnection], None]) -> None:
-        """Run `work` in one transaction; again if it raced another thread's commit."""
+        """Run `work` in one transaction; again if it raced another thread's commit.
+
+        A write the file system refuses (a full disk, a read-only folder) rolls back and
+        raises `StoreWriteError` naming the problem; the store stays usable, so the same
+        write can be made again once the problem is fixed.
+        """
         cur = self.cursor()
         for attempt in _RETRIES:
             try:
                 with transaction(cur):
                     work(cur)
                 return
-            except _CONFLICTS:
+            except _CONFLICTS as error:
+                if not _is_conflict(error):
+                    raise StoreWriteError(write_problem(self.path, error)) from None
                 if attempt == _RETRIES[-1]:
                     raise
+            except (duckdb.IOException, duckdb.FatalException, OSError) as error:
+                raise StoreWriteError(write_problem(self.path, error)) from None
 
     @staticmethod
     def _insert_vote(cur, vote: Vote, label_0, label_1, best, has_label) -> None:
@@ -372,6 +432,21 @@ class Store:
             f"SELECT image_uid, jpg FROM images WHERE image_uid IN ({marks})", uids
         ).fetchall()
         return dict(rows)
+
+    def vote_tally(self, user_id: int, since: datetime, source: str = "human") -> tuple[int, int]:
+        """(votes since `since`, votes in all) of one user from `source`, skips not counted."""
+        return self.cursor().execute(
+            "SELECT count(*) FILTER (created_at >= ?), count(*) FROM rankings "
+            "WHERE user_id = ? AND source = ? AND outcome <> 'skip'",
+            [since, user_id, source],
+        ).fetchone()
+
+    def vote_ids(self, prefix: str) -> list[str]:
+        """Every stored vote id that starts with `prefix` (a feedback run's votes)."""
+        rows = self.cursor().execute(
+            "SELECT vote_id FROM rankings WHERE starts_with(vote_id, ?)", [prefix]
+        ).fetchall()
+        return [vote_id for (vote_id,) in rows]
 
     def counts(self) -> dict[str, int]:
         """Row counts per table, for summaries and tests."""
