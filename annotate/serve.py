@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
 
-from annotate.feedback import TOY, default_prompts
+from annotate.feedback import TOY
 from annotate.gold import GoldFileError, read_gold
 from annotate.rounds import MIN_DISPLAY_MS, Collector, Settings
 from annotate.screening import Blocklist, token_counter
@@ -23,6 +23,7 @@ from data.prompts import read_prompts
 from data.store import DEFAULT_DB, Store
 from models.errors import ModelError
 from models.generate import PairVariety
+from models.toy.shapes import all_captions
 
 
 class ServeError(Exception):
@@ -117,7 +118,7 @@ def open_app(config: AppConfig) -> Server:
     if config.prompts:
         prompts = read_prompts(config.prompts)
     else:
-        prompts = default_prompts(TOY) if config.models[0] == TOY else None
+        prompts = all_captions() if config.models[0] == TOY else None
     loaded = [load(name) for name in config.models]
     rng = random.Random(config.seed)
     target = loaded[0] if len(loaded) == 1 else loaded
