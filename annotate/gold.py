@@ -21,6 +21,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from data.errors import UserError
 from data.pairs import encode_jpeg
 from data.store import ImageRecord
 
@@ -28,7 +29,7 @@ GOLD_MODEL = "gold"
 _UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "diffusion-dpo-loop/annotate/gold")
 
 
-class GoldFileError(Exception):
+class GoldFileError(UserError):
     """The gold file cannot be used; the message names the line and the fix."""
 
 

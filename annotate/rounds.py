@@ -35,18 +35,17 @@ from PIL import Image
 from annotate.gold import GoldPair
 from annotate.screening import Blocklist, screen
 from annotate.worker import SET_SOURCE, PairWorker, Progress
-from data.errors import StoreWriteError
+from data.errors import DiskFullError, StoreWriteError, UserError
 from data.pairs import decode_image, encode_jpeg
-from data.store import ImageRecord, Ranking, Store, Vote, new_uid
+from data.store import OUTCOMES, ImageRecord, Ranking, Store, Vote, new_uid
 from models.generate import GeneratedImage
 
 MODES = ("new", "keep", "auto")
-VOTE_OUTCOMES = ("left", "right", "tie", "both_bad", "skip")
 _MAX_ROUNDS = 10_000  # rounds awaiting a vote, across sessions; the oldest are forgotten
 MIN_DISPLAY_MS = 500  # a pair is on screen this long before a vote on it counts
 
 
-class AnnotateError(Exception):
+class AnnotateError(UserError):
     """Something the annotator must do differently; the message says what."""
 
 
@@ -170,8 +169,8 @@ class Collector:
         annotator's current one, raises `StaleVote`; one sooner than the minimum display
         time raises `TooSoon`. Neither stores anything, nor does `VoteNotSaved`.
         """
-        if outcome not in VOTE_OUTCOMES:
-            raise AnnotateError(f"unknown vote {outcome!r}: use one of {', '.join(VOTE_OUTCOMES)}")
+        if outcome not in OUTCOMES:
+            raise AnnotateError(f"unknown vote {outcome!r}: use one of {', '.join(OUTCOMES)}")
         shown = self._claim(annotator, round_id, outcome)
         if isinstance(shown, Ranking):
             return shown, None
@@ -192,7 +191,9 @@ class Collector:
             )
         except StoreWriteError as error:
             self._settle(shown, stored=False)
-            raise VoteNotSaved(f"Could not save the vote: {error}, then vote again "
+            problem = (f"disk full ({self.store.path.parent}) - free space"
+                       if isinstance(error, DiskFullError) else str(error))
+            raise VoteNotSaved(f"Could not save the vote: {problem} and vote again "
                                "(the pair stays).") from None
         except BaseException:
             self._settle(shown, stored=False)

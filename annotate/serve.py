@@ -13,26 +13,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
 
-from annotate.feedback import TOY
-from annotate.gold import GoldFileError, read_gold
+from annotate.gold import read_gold
 from annotate.rounds import MIN_DISPLAY_MS, Collector, Settings
 from annotate.screening import Blocklist, token_counter
 from annotate.worker import PairWorker, PromptSet
-from data.errors import DataError
+from data.errors import UserError, report_user_error
 from data.prompts import read_prompts
 from data.store import DEFAULT_DB, Store
-from models.errors import ModelError
 from models.generate import PairVariety
+from models.toy import TOY_NAME
 from models.toy.shapes import all_captions
 
 
-class ServeError(Exception):
+class ServeError(UserError):
     """A flag or file the server cannot start with; the message names the fix."""
 
 
 @dataclass
 class AppConfig:
-    models: list[str] = field(default_factory=lambda: [TOY])
+    models: list[str] = field(default_factory=lambda: [TOY_NAME])
     db: Path = DEFAULT_DB
     prompts: Path | None = None
     auth: Path | None = None
@@ -118,7 +117,7 @@ def open_app(config: AppConfig) -> Server:
     if config.prompts:
         prompts = read_prompts(config.prompts)
     else:
-        prompts = all_captions() if config.models[0] == TOY else None
+        prompts = all_captions() if config.models[0] == TOY_NAME else None
     loaded = [load(name) for name in config.models]
     rng = random.Random(config.seed)
     target = loaded[0] if len(loaded) == 1 else loaded
@@ -202,7 +201,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[AppConfig, str, int]:
         steps=args.steps,
     )
     config = AppConfig(
-        models=args.model or [TOY], db=args.db, prompts=args.prompts, auth=args.auth,
+        models=args.model or [TOY_NAME], db=args.db, prompts=args.prompts, auth=args.auth,
         gold=args.gold, gold_rate=args.gold_rate, daily_cap=args.daily_cap,
         blocklist=args.blocklist, variety=variety, buffer=args.buffer, seed=args.seed,
         queue=args.queue, min_display_ms=args.min_display_ms,
@@ -221,9 +220,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config, host, port = config_from_args(build_parser().parse_args(argv))
         server = open_app(config)
-    except (ServeError, GoldFileError, DataError, ModelError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    except (UserError, OSError) as error:
+        return report_user_error(error)
     except KeyboardInterrupt:
         return 130
     try:
