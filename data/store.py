@@ -203,9 +203,13 @@ def disk_full_error(path: Path, lost: str) -> DiskFullError:
 
 
 def _is_conflict(error: Exception) -> bool:
+    """Whether a failed write raced another thread (retry) rather than hit the file system."""
     if isinstance(error, duckdb.ConstraintException):
         return True
-    return "conflict" in str(error).lower()
+    lowered = str(error).lower()
+    io_failure = ("could not write", "read-only", "permission denied", "i/o error",
+                  "input/output error")
+    return not (is_disk_full(error) or any(words in lowered for words in io_failure))
 
 
 def write_error(path: Path, error: Exception) -> StoreWriteError:
