@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import itertools
 import json
 import random
@@ -33,19 +32,17 @@ from pathlib import Path
 from typing import NoReturn
 
 import torch
-from PIL import Image
 
 from data.errors import UserError, report_user_error
-from data.pairs import decode_image
+from data.pairs import decode_image, encode_jpeg
 from data.prompts import read_prompts
 from data.store import DEFAULT_DB, ImageRecord, Store, Vote
 from models.errors import ModelError
-from models.generate import GeneratedImage, PairVariety, generate
+from models.generate import PairVariety, generate
 from models.loading import LoadedModel
 from models.scorers import Scorer, checked_scores
 from models.toy import TOY_NAME
 
-JPEG_QUALITY = 95
 _UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "diffusion-dpo-loop/annotate/feedback")
 
 
@@ -160,10 +157,7 @@ def default_prompts(model: str) -> list[str]:
 def existing_indices(store: Store, run: FeedbackRun) -> set[int]:
     """Indices of this run's pairs that the store already holds."""
     prefix = run.vote_prefix
-    rows = store.cursor().execute(
-        "SELECT vote_id FROM rankings WHERE starts_with(vote_id, ?)", [prefix]
-    ).fetchall()
-    return {int(vote_id[len(prefix):]) for (vote_id,) in rows}
+    return {int(vote_id[len(prefix):]) for vote_id in store.vote_ids(prefix)}
 
 
 def plan_batches(run: FeedbackRun, missing: Sequence[int]) -> list[list[int]]:
@@ -192,21 +186,6 @@ def outcome(score_0: float, score_1: float, margin: float) -> str:
 # -- one batch -----------------------------------------------------------------
 
 
-def jpeg(image: Image.Image) -> bytes:
-    """The image as the store keeps it (Pick-a-Pic stores JPEG bytes)."""
-    buffer = io.BytesIO()
-    image.convert("RGB").save(buffer, "JPEG", quality=JPEG_QUALITY)
-    return buffer.getvalue()
-
-
-def record(generated: GeneratedImage, uid: str, jpg: bytes) -> ImageRecord:
-    """The store's row for a generated image: the JPEG and how it was made."""
-    g = generated
-    return ImageRecord(
-        image_uid=uid, jpg=jpg, prompt=g.prompt, model=g.model, seed=g.seed,
-        guidance_scale=g.guidance_scale, steps=g.steps, scheduler=g.scheduler,
-        width=g.width, height=g.height, gen_ms=g.gen_ms,
-    )
 
 
 @dataclass
@@ -256,7 +235,7 @@ def run_batch(run: FeedbackRun, model: LoadedModel, labeller: Labeller, store: S
         model, prompt, [s for seeds, _ in draws for s in seeds],
         [g for _, scales in draws for g in scales], run.variety.steps,
     )
-    jpgs = [jpeg(im.image) for im in images]
+    jpgs = [encode_jpeg(im.image) for im in images]
     counts.generate_s += time.perf_counter() - start
 
     start = time.perf_counter()
@@ -268,7 +247,7 @@ def run_batch(run: FeedbackRun, model: LoadedModel, labeller: Labeller, store: S
     start = time.perf_counter()
     for k, index in enumerate(indices):
         vote_id = run.vote_id(index)
-        pair = [record(images[2 * k + s], image_uid(vote_id, s), jpgs[2 * k + s])
+        pair = [ImageRecord.generated(images[2 * k + s], image_uid(vote_id, s), jpgs[2 * k + s])
                 for s in (0, 1)]
         result = outcome(scores[2 * k], scores[2 * k + 1], run.tie_margin)
         store.record_vote(

@@ -21,8 +21,8 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from annotate.feedback import jpeg
 from data.errors import UserError
+from data.pairs import encode_jpeg
 from data.store import ImageRecord
 
 GOLD_MODEL = "gold"
@@ -53,7 +53,7 @@ def _image(folder: Path, name: object, prompt: str, where: str) -> ImageRecord:
         raise GoldFileError(f"{where}: {path} is not an image") from None
     # The same file always gets the same uid, so restarting a server stores it once.
     uid = str(uuid.uuid5(_UID_NAMESPACE, hashlib.sha256(raw).hexdigest()))
-    return ImageRecord(image_uid=uid, jpg=jpeg(image), prompt=prompt, model=GOLD_MODEL,
+    return ImageRecord(image_uid=uid, jpg=encode_jpeg(image), prompt=prompt, model=GOLD_MODEL,
                        width=image.width, height=image.height)
 
 

@@ -5,6 +5,14 @@ double click or a client retry stores one ranking. Rounds live on the server (th
 holds only the id); a vote is checked against the annotator the round was shown to, then
 stored with the pair's images in one transaction before the next round is made.
 
+A vote belongs to the pair that was on screen when it was cast: it names its round, and
+a vote for a round that is not the annotator's current one (a second key pressed while
+the first vote was on its way, a pair replaced by Generate) is refused with `StaleVote`,
+never moved on to the next pair. A vote that comes sooner than `min_display_ms` after
+the pair was delivered is refused too (`TooSoon`): nobody judges two images that fast.
+A vote the store cannot commit (a full disk) raises `VoteNotSaved` and keeps its round
+open, so the same vote can be cast again.
+
 After a vote the next round follows the annotator's mode:
 - "new": a fresh pair for the same prompt (or the same prompt set);
 - "keep": Pick-a-Pic's keep-the-winner chain: the winner stays, the loser is replaced by a
@@ -24,21 +32,33 @@ from datetime import datetime, timezone
 
 from PIL import Image
 
-from annotate.feedback import jpeg, record
 from annotate.gold import GoldPair
 from annotate.screening import Blocklist, screen
 from annotate.worker import SET_SOURCE, PairWorker, Progress
-from data.errors import UserError
-from data.pairs import decode_image
+from data.errors import DiskFullError, StoreWriteError, UserError
+from data.pairs import decode_image, encode_jpeg
 from data.store import OUTCOMES, ImageRecord, Ranking, Store, Vote, new_uid
 from models.generate import GeneratedImage
 
 MODES = ("new", "keep", "auto")
 _MAX_ROUNDS = 10_000  # rounds awaiting a vote, across sessions; the oldest are forgotten
+MIN_DISPLAY_MS = 500  # a pair is on screen this long before a vote on it counts
 
 
 class AnnotateError(UserError):
     """Something the annotator must do differently; the message says what."""
+
+
+class StaleVote(AnnotateError):
+    """A vote for a pair that is no longer on the annotator's screen; nothing is stored."""
+
+
+class TooSoon(AnnotateError):
+    """A vote cast before the pair was shown for the minimum time; nothing is stored."""
+
+
+class VoteNotSaved(AnnotateError):
+    """The store could not commit the vote; the round stays open for the same vote."""
 
 
 @dataclass(frozen=True)
@@ -86,6 +106,7 @@ class Settings:
     gold_rate: float = 0.05
     daily_cap: int | None = None
     blocklist: Blocklist = Blocklist()
+    min_display_ms: int = MIN_DISPLAY_MS
 
 
 class Collector:
@@ -102,7 +123,9 @@ class Collector:
         self._count, self._limit = count_tokens or (None, None)
         self._rng = rng or random.Random()
         self._rng_lock = threading.Lock()
-        self._rounds: OrderedDict[str, Round] = OrderedDict()
+        self._rounds: OrderedDict[str, Round] = OrderedDict()  # awaiting a vote
+        self._current: dict[int, str] = {}  # user id -> the round last shown to them
+        self._voting: dict[str, threading.Event] = {}  # rounds whose vote is being stored
         self._lock = threading.Lock()
 
     # -- annotators --------------------------------------------------------------
@@ -116,12 +139,7 @@ class Collector:
     def tally(self, annotator: Annotator) -> Tally:
         midnight = datetime.now(timezone.utc).replace(
             tzinfo=None, hour=0, minute=0, second=0, microsecond=0)
-        today, total = self.store.cursor().execute(
-            "SELECT count(*) FILTER (created_at >= ?), count(*) FROM rankings "
-            "WHERE user_id = ? AND source = 'human' AND outcome <> 'skip'",
-            [midnight, annotator.user_id],
-        ).fetchone()
-        return Tally(today, total)
+        return Tally(*self.store.vote_tally(annotator.user_id, midnight))
 
     def _check_cap(self, annotator: Annotator) -> None:
         cap = self.settings.daily_cap
@@ -145,36 +163,87 @@ class Collector:
              dwell_ms: int | None = None) -> tuple[Ranking, Round | None]:
         """Store the vote on a round; (the ranking, the round), or (ranking, None) if repeated.
 
-        A round already voted on returns its first ranking and no round, so the page
-        keeps showing what followed it.
+        The same vote sent again (a double click, a client retry) returns its first
+        ranking and no round, so the page keeps showing what followed it. A different
+        vote on a round already voted, or a vote on a round that is no longer the
+        annotator's current one, raises `StaleVote`; one sooner than the minimum display
+        time raises `TooSoon`. Neither stores anything, nor does `VoteNotSaved`.
         """
         if outcome not in OUTCOMES:
             raise AnnotateError(f"unknown vote {outcome!r}: use one of {', '.join(OUTCOMES)}")
-        with self._lock:
-            shown = self._rounds.get(round_id)
-        if shown is None:
-            ranking = self.store.ranking_by_vote(round_id) if round_id else None
-            if ranking is None or ranking.user_id != annotator.user_id:
-                raise AnnotateError("This pair is no longer open: press Generate for a new one.")
-            return ranking, None
-        if shown.user_id != annotator.user_id:
-            raise AnnotateError("This pair was shown to another annotator: press Generate.")
+        shown = self._claim(annotator, round_id, outcome)
+        if isinstance(shown, Ranking):
+            return shown, None
         if dwell_ms is None:
             dwell_ms = int((time.monotonic() - shown.shown_at) * 1000)
         gold = shown.gold_best_uid is not None
-        ranking = self.store.record_vote(
-            Vote(
-                vote_id=shown.round_id, caption=shown.prompt,
-                image_0_uid=shown.images[0].image_uid, image_1_uid=shown.images[1].image_uid,
-                outcome=outcome, shown_left=shown.shown_left, user_id=annotator.user_id,
-                dwell_ms=dwell_ms, source="human", is_gold=gold,
-                split="gold" if gold else "train", gold_best_uid=shown.gold_best_uid,
-            ),
-            shown.images,
-        )
-        with self._lock:
-            self._rounds.pop(round_id, None)
+        try:
+            ranking = self.store.record_vote(
+                Vote(
+                    vote_id=shown.round_id, caption=shown.prompt,
+                    image_0_uid=shown.images[0].image_uid,
+                    image_1_uid=shown.images[1].image_uid,
+                    outcome=outcome, shown_left=shown.shown_left, user_id=annotator.user_id,
+                    dwell_ms=dwell_ms, source="human", is_gold=gold,
+                    split="gold" if gold else "train", gold_best_uid=shown.gold_best_uid,
+                ),
+                shown.images,
+            )
+        except StoreWriteError as error:
+            self._settle(shown, stored=False)
+            problem = (f"disk full ({self.store.path.parent}) - free space"
+                       if isinstance(error, DiskFullError) else str(error))
+            raise VoteNotSaved(f"Could not save the vote: {problem} and vote again "
+                               "(the pair stays).") from None
+        except BaseException:
+            self._settle(shown, stored=False)
+            raise
+        self._settle(shown, stored=True)
         return ranking, shown
+
+    def _claim(self, annotator: Annotator, round_id: str, outcome: str) -> Round | Ranking:
+        """The open round `round_id`, taken out of the open rounds so that one vote
+        alone is stored on it; or the ranking already stored for the same vote."""
+        with self._lock:
+            shown = self._rounds.get(round_id)
+            if shown is not None and shown.user_id != annotator.user_id:
+                raise AnnotateError("This pair was shown to another annotator: press Generate.")
+            if shown is not None and self._current.get(annotator.user_id) == round_id:
+                waited_ms = (time.monotonic() - shown.shown_at) * 1000
+                if waited_ms < self.settings.min_display_ms:
+                    raise TooSoon("Too quick: look at both images first; that vote was not "
+                                  "stored, vote again.")
+                self._voting[round_id] = threading.Event()
+                return self._rounds.pop(round_id)
+            voting = self._voting.get(round_id)
+        if voting is not None:  # another vote on this round is being stored: its answer
+            voting.wait(timeout=60)
+        ranking = self.store.ranking_by_vote(round_id) if round_id else None
+        if ranking is not None and ranking.user_id == annotator.user_id:
+            if ranking.outcome == outcome:
+                return ranking
+            raise StaleVote(f"This pair already had your vote ({ranking.outcome}): "
+                            f"the second one ({outcome}) was not stored.")
+        if shown is not None:
+            raise StaleVote("That vote was for a pair no longer on your screen: it was not "
+                            "stored. Vote on the pair shown now.")
+        raise StaleVote("This pair is no longer open: press Generate for a new one.")
+
+    def _settle(self, shown: Round, stored: bool) -> None:
+        """The vote on `shown` is stored, or (not stored) its round is open again."""
+        with self._lock:
+            if not stored:
+                self._rounds[shown.round_id] = shown
+            self._voting.pop(shown.round_id).set()
+
+    def display_wait(self, round_id: str) -> float | None:
+        """Seconds until a vote on the open round `round_id` counts; None if not open."""
+        with self._lock:
+            shown = self._rounds.get(round_id)
+        if shown is None:
+            return None
+        waited = time.monotonic() - shown.shown_at
+        return max(0.0, self.settings.min_display_ms / 1000 - waited)
 
     def next_round(self, annotator: Annotator, voted: Round, outcome: str, mode: str,
                    progress: Progress | None = None) -> Round:
@@ -235,10 +304,13 @@ class Collector:
         )
         with self._lock:
             self._rounds[shown.round_id] = shown
+            self._current[annotator.user_id] = shown.round_id
             while len(self._rounds) > _MAX_ROUNDS:
                 self._rounds.popitem(last=False)
+            while len(self._current) > _MAX_ROUNDS:
+                self._current.pop(next(iter(self._current)))
         return shown
 
 
 def _record(image: GeneratedImage) -> ImageRecord:
-    return record(image, new_uid(), jpeg(image.image))
+    return ImageRecord.generated(image, new_uid(), encode_jpeg(image.image))

@@ -7,6 +7,11 @@ that was used recently, and serves people who are waiting before it refills buff
 
 A prompt source is what a session is drawing pairs from: one typed prompt (every pair
 for that prompt), or a prompt set (each pair for the set's next prompt, in order).
+
+The queue of people waiting is bounded (`max_waiting`): over it, `take` answers at once
+with `WorkerBusy` ("busy, N ahead") instead of holding a server thread for minutes, so
+a burst of requests cannot starve the page and the votes of threads. `stop` interrupts
+a generation between two sampler steps, so a server stops within a step's time.
 """
 
 from __future__ import annotations
@@ -29,6 +34,14 @@ Progress = Callable[[str, float | None], None]
 
 class WorkerError(UserError):
     """A pair could not be made (the generation failed, or it took too long)."""
+
+
+class WorkerBusy(WorkerError):
+    """Too many people are waiting for a pair; the message says how many."""
+
+
+class _Stopped(Exception):
+    """Raised from inside a generation when the worker is stopped."""
 
 
 @dataclass(frozen=True)
@@ -79,8 +92,11 @@ class PairWorker:
 
     def __init__(self, make_pair: MakePair, prompt_set: PromptSet | None = None,
                  buffer_size: int = 3, idle_s: float = 600.0, max_sources: int = 32,
-                 refill_delay_s: float = 0.3):
+                 refill_delay_s: float = 0.3, max_waiting: int = 8):
+        if max_waiting < 1:
+            raise ValueError("max_waiting must be at least 1")
         self._make_pair = make_pair
+        self.max_waiting = max_waiting
         self._prompt_set = prompt_set
         self.buffer_size = buffer_size
         self._idle_s = idle_s
@@ -103,12 +119,16 @@ class PairWorker:
         self._thread.start()
         return self
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 5.0) -> bool:
+        """Stop the thread, interrupting a generation at its next sampler step; whether
+        it ended within `timeout` seconds (it is a daemon thread either way)."""
         with self._cond:
             self._running = False
             self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout=60)
+        if self._thread is None:
+            return True
+        self._thread.join(timeout=timeout)
+        return not self._thread.is_alive()
 
     # -- what sessions call ------------------------------------------------------
 
@@ -120,6 +140,11 @@ class PairWorker:
             if buffer.pairs:
                 self._served_at = time.monotonic()
                 return buffer.pairs.popleft()
+            if not self._running:
+                raise WorkerError("the server is shutting down")
+            if len(self._waiting) >= self.max_waiting:
+                raise WorkerBusy(f"The generator is busy, {len(self._waiting)} ahead: "
+                                 "try again in a moment.")
             waiter = _Waiter(source)
             self._waiting.append(waiter)
             self._cond.notify_all()
@@ -197,6 +222,10 @@ class PairWorker:
             source, waiter = job
             try:
                 pair = self._make(source)
+            except _Stopped:
+                if waiter is not None:
+                    waiter.future.set_exception(WorkerError("the server is shutting down"))
+                continue
             except Exception as error:  # a waiter gets the failure; a refill stops until asked
                 with self._cond:
                     if waiter is not None:
@@ -224,6 +253,8 @@ class PairWorker:
             prompt = source
 
         def on_step(done: int, total: int) -> None:
+            if not self._running:
+                raise _Stopped
             self._progress = (done, total)
 
         self._progress = None

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from annotate.feedback import jpeg  # noqa: E402
+from data.pairs import encode_jpeg  # noqa: E402
 from data.store import ImageRecord, Store, Vote, new_uid  # noqa: E402
 from models.toy.shapes import SHAPES, draw, random_spec  # noqa: E402
 from train.config import resolve  # noqa: E402
@@ -55,7 +55,7 @@ def drawn_pairs(path: Path, n: int) -> None:
             good = random_spec(rng)
             other = random_spec(rng, color=good.color,
                                 shape=rng.choice([s for s in SHAPES if s != good.shape]))
-            images = [ImageRecord(new_uid(), jpeg(draw(spec)), good.caption, "drawn")
+            images = [ImageRecord(new_uid(), encode_jpeg(draw(spec)), good.caption, "drawn")
                       for spec in (good, other)]
             store.record_vote(Vote(new_uid(), good.caption, images[0].image_uid,
                                    images[1].image_uid, "left", 0, user), images)

@@ -27,7 +27,12 @@ class ShardError(DataError):
     """A parquet shard that cannot be imported as it is."""
 
 
-class DiskFullError(DataError):
+class StoreWriteError(DataError):
+    """The store could not commit a write (a full disk, a read-only file); nothing of
+    that write is kept, and the store can be written again once the cause is fixed."""
+
+
+class DiskFullError(StoreWriteError):
     """A write failed because the disk holding the store is full; nothing was half-written."""
 
 

@@ -51,9 +51,20 @@ class PreferencePair:
     provenance: Provenance
 
 
+JPEG_QUALITY = 95  # what our generated and gold images are stored at
+
+
 def decode_image(data: bytes) -> Image.Image:
     with Image.open(io.BytesIO(data)) as image:
         return image.convert("RGB")
+
+
+def encode_jpeg(image: Image.Image) -> bytes:
+    """The image as the store keeps it (Pick-a-Pic stores JPEG bytes); `decode_image`
+    reads it back."""
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, "JPEG", quality=JPEG_QUALITY)
+    return buffer.getvalue()
 
 
 def _winner_first(label_0: float) -> bool:

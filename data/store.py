@@ -22,11 +22,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Protocol
 
 import duckdb
 
-from data.errors import DataError, DiskFullError, StoreLockedError
-from data.migrations import MIGRATIONS
+from data.errors import DataError, DiskFullError, StoreLockedError, StoreWriteError
+from data.migrations import LATEST_VERSION, MIGRATIONS
 
 DEFAULT_DB = Path("runs/prefs.duckdb")
 # DuckDB's own default is 80% of RAM, which it fills with cached pages during a large
@@ -35,7 +36,9 @@ DEFAULT_DB = Path("runs/prefs.duckdb")
 MEMORY_LIMIT = "256MB"
 OUTCOMES = ("left", "right", "tie", "both_bad", "skip")
 TIE_UID = "none"  # Pick-a-Pic's best_image_uid for a tie
-# DuckDB reports a write that raced another thread's commit as one of these.
+# DuckDB reports a write that raced another thread's commit as one of these (a
+# TransactionException is a conflict only when it says so: a commit that could not be
+# written, a full disk say, is one too).
 _CONFLICTS = (duckdb.ConstraintException, duckdb.TransactionException)
 _RETRIES = range(5)
 
@@ -72,6 +75,32 @@ class ImageRecord:
     height: int | None = None
     gen_ms: float | None = None
     url: str | None = None
+
+    @classmethod
+    def generated(cls, image: Generated, uid: str, jpg: bytes) -> ImageRecord:
+        """The row of a generated image (a `models.generate.GeneratedImage`): its JPEG
+        and how it was made."""
+        return cls(
+            image_uid=uid, jpg=jpg, prompt=image.prompt, model=image.model, seed=image.seed,
+            guidance_scale=image.guidance_scale, steps=image.steps,
+            scheduler=image.scheduler, width=image.width, height=image.height,
+            gen_ms=image.gen_ms,
+        )
+
+
+class Generated(Protocol):
+    """What the store records of how an image was generated (the data layer does not
+    import models; `models.generate.GeneratedImage` has these fields)."""
+
+    prompt: str
+    model: str
+    seed: int
+    guidance_scale: float
+    steps: int
+    scheduler: str
+    width: int
+    height: int
+    gen_ms: float
 
 
 @dataclass(frozen=True)
@@ -141,10 +170,17 @@ def preference_labels(
     return float(winner == 0), float(winner == 1), uids[winner], True
 
 
-def _holder(error: Exception) -> str:
-    """Who holds a locked DuckDB file, from DuckDB's lock error."""
+def _lock_message(path: Path, error: Exception) -> str:
+    # DuckDB refuses a second process even read-only (so `data export` and `data stats`
+    # fail the same way): the one thing that works is to stop the holder first.
     holder = re.search(r"held in (.+?) \(PID (\d+)\)", str(error))
-    return f"process {holder.group(2)} ({holder.group(1)})" if holder else "another process"
+    if holder is None:
+        return f"{path} is in use by another process: stop it, then run this command again"
+    pid, program = holder.group(2), holder.group(1)
+    return (
+        f"{path} is in use by process {pid} ({program}): stop that process (Ctrl+C in "
+        f"its terminal, or kill {pid}), then run this command again"
+    )
 
 
 def is_disk_full(error: BaseException) -> bool:
@@ -166,6 +202,49 @@ def disk_full_error(path: Path, lost: str) -> DiskFullError:
     )
 
 
+def _is_conflict(error: Exception) -> bool:
+    """Whether a failed write raced another thread (retry) rather than hit the file system."""
+    if isinstance(error, duckdb.ConstraintException):
+        return True
+    lowered = str(error).lower()
+    io_failure = ("could not write", "read-only", "permission denied", "i/o error",
+                  "input/output error")
+    return not (is_disk_full(error) or any(words in lowered for words in io_failure))
+
+
+def write_error(path: Path, error: Exception) -> StoreWriteError:
+    """The one-line error of a write to the store at `path` that the file system refused."""
+    if is_disk_full(error):
+        return disk_full_error(path, "nothing of that write was kept")
+    lowered = str(error).lower()
+    if "read-only" in lowered or "permission denied" in lowered:
+        return StoreWriteError(f"{path} cannot be written (read-only or no permission): "
+                               "fix its permissions")
+    detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return StoreWriteError(f"{path} could not be written ({detail}): check the disk")
+
+
+def connect(path: str | Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """Open a DuckDB file, turning its failures into one-line `DataError`s."""
+    path = Path(path)
+    if read_only and not path.exists():
+        raise DataError(f"{path} does not exist: record some votes or import shards first")
+    if not read_only:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return duckdb.connect(
+            str(path), read_only=read_only, config={"memory_limit": MEMORY_LIMIT}
+        )
+    except duckdb.IOException as error:
+        if "lock" in str(error).lower():
+            raise StoreLockedError(_lock_message(path, error)) from None
+        if is_disk_full(error):
+            raise disk_full_error(path, "the store was not opened") from None
+        raise DataError(f"cannot open {path}: {str(error).splitlines()[0]}") from None
+    except duckdb.Error as error:
+        raise DataError(
+            f"{path} is not a preference store: {str(error).splitlines()[0]}"
+        ) from None
 
 
 @contextmanager
@@ -180,60 +259,22 @@ def transaction(cursor: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyCo
     cursor.execute("COMMIT")
 
 
-class DuckDBFile:
-    """One DuckDB file of a known kind, opened once per process and shared by its threads.
+class Store:
+    """The preference store in one DuckDB file; share one instance between threads."""
 
-    The lifecycle every such file has (the preference store, the eval's votes): open it,
-    turning DuckDB's failures into one-line `DataError`s (a lock names its holder and
-    what to do instead); one cursor per thread; close, also as a context manager; and the
-    schema as ordered migrations recorded in `schema_version`, each applied in one
-    transaction with its version row, so a crash leaves the file at the previous version.
-    A subclass sets the class attributes below and adds its own tables' queries.
-    """
-
-    KIND = "DuckDB file"  # what the file is, in messages
-    MIGRATIONS: list[tuple[int, list[str]]] = []
-    TABLE = ""  # a table migration 1 creates: a file with tables but not this one is foreign
-    MISSING = "{path} does not exist"  # read-only open of a missing file; then the fix
-    IN_USE = "stop the app that holds it"  # what to do while another process holds it
-    UPGRADE = "open it once read-write"  # how to apply pending migrations
-
-    def __init__(self, path: str | Path, read_only: bool = False):
+    def __init__(self, path: str | Path = DEFAULT_DB, read_only: bool = False):
         self.path = Path(path)
         self.read_only = read_only
-        self._con = self._connect()
+        self._con = connect(self.path, read_only=read_only)
         self._local = threading.local()
-        try:
-            self._migrate()
-        except BaseException:
-            self._con.close()
-            raise
+        self._migrate()
 
-    def _connect(self) -> duckdb.DuckDBPyConnection:
-        path = self.path
-        if self.read_only and not path.exists():
-            raise DataError(self.MISSING.format(path=path))
-        if not self.read_only:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            return duckdb.connect(
-                str(path), read_only=self.read_only, config={"memory_limit": MEMORY_LIMIT}
-            )
-        except duckdb.IOException as error:
-            if "lock" in str(error).lower():
-                raise StoreLockedError(
-                    f"{path} is in use by {_holder(error)}: {self.IN_USE.format(path=path)}"
-                ) from None
-            if is_disk_full(error):
-                raise disk_full_error(path, f"the {self.KIND} was not opened") from None
-            raise DataError(f"cannot open {path}: {str(error).splitlines()[0]}") from None
-        except duckdb.Error as error:
-            raise DataError(f"{path} is not a {self.KIND}: {str(error).splitlines()[0]}") from None
+    # -- lifecycle -------------------------------------------------------------
 
     def close(self) -> None:
         self._con.close()
 
-    def __enter__(self):
+    def __enter__(self) -> Store:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -253,52 +294,33 @@ class DuckDBFile:
 
     def _migrate(self) -> None:
         cur = self.cursor()
-        tables = {row[0] for row in cur.execute(
-            "SELECT table_name FROM information_schema.tables").fetchall()}
-        if tables and self.TABLE not in tables:
-            raise DataError(f"{self.path} is not a {self.KIND} (no {self.TABLE} table): "
-                            "name the right file")
-        upgrade = f"{self.path} needs a schema upgrade: {self.UPGRADE.format(path=self.path)}"
+        has_table = cur.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_version'"
+        ).fetchone()[0]
         if self.read_only:
-            if "schema_version" not in tables:
-                raise DataError(upgrade if tables else
-                                f"{self.path} is not a {self.KIND} (no schema_version)")
+            if not has_table:
+                raise DataError(f"{self.path} is not a preference store (no schema_version)")
         else:
             cur.execute(
                 "CREATE TABLE IF NOT EXISTS schema_version ("
                 "version INTEGER PRIMARY KEY, applied_at TIMESTAMP DEFAULT current_timestamp)"
             )
         current = self.schema_version()
-        latest = self.MIGRATIONS[-1][0]
-        if current > latest:
+        if current > LATEST_VERSION:
             raise DataError(
                 f"{self.path} has schema version {current}, newer than this code "
-                f"({latest}): upgrade the project"
+                f"({LATEST_VERSION}): upgrade the project"
             )
-        pending = [(v, steps) for v, steps in self.MIGRATIONS if v > current]
+        pending = [(v, steps) for v, steps in MIGRATIONS if v > current]
         if pending and self.read_only:
-            raise DataError(upgrade)
+            raise DataError(
+                f"{self.path} needs a schema upgrade: open it once read-write (any data command)"
+            )
         for version, statements in pending:
             with transaction(cur):
                 for statement in statements:
                     cur.execute(statement)
                 cur.execute("INSERT INTO schema_version (version) VALUES (?)", [version])
-
-
-class Store(DuckDBFile):
-    """The preference store in one DuckDB file; share one instance between threads."""
-
-    KIND = "preference store"
-    MIGRATIONS = MIGRATIONS
-    TABLE = "rankings"
-    MISSING = "{path} does not exist: record some votes or import shards first"
-    # DuckDB refuses a second process even read-only (so `data export` and `data stats`
-    # fail the same way): the one thing that works is to stop the holder first
-    IN_USE = "stop that process (Ctrl+C in its terminal), then run this command again"
-    UPGRADE = "open it once read-write (any data command)"
-
-    def __init__(self, path: str | Path = DEFAULT_DB, read_only: bool = False):
-        super().__init__(path, read_only)
 
     # -- users -----------------------------------------------------------------
 
@@ -308,6 +330,10 @@ class Store(DuckDBFile):
         if not name:
             raise DataError("an annotator name is required")
         user_id = stable_id(f"user:{name}")
+        known = self.cursor().execute(
+            "SELECT count(*) FROM users WHERE user_id = ?", [user_id]).fetchone()[0]
+        if known:  # a read: a known annotator can vote while the disk is full
+            return user_id
         self._write(
             lambda cur: cur.execute(
                 "INSERT INTO users (user_id, name) VALUES (?, ?) ON CONFLICT DO NOTHING",
@@ -360,16 +386,25 @@ class Store(DuckDBFile):
         return self.ranking_by_vote(vote.vote_id)
 
     def _write(self, work: Callable[[duckdb.DuckDBPyConnection], None]) -> None:
-        """Run `work` in one transaction; again if it raced another thread's commit."""
+        """Run `work` in one transaction; again if it raced another thread's commit.
+
+        A write the file system refuses (a full disk, a read-only folder) rolls back and
+        raises `StoreWriteError` naming the problem; the store stays usable, so the same
+        write can be made again once the problem is fixed.
+        """
         cur = self.cursor()
         for attempt in _RETRIES:
             try:
                 with transaction(cur):
                     work(cur)
                 return
-            except _CONFLICTS:
+            except _CONFLICTS as error:
+                if not _is_conflict(error):
+                    raise write_error(self.path, error) from None
                 if attempt == _RETRIES[-1]:
                     raise
+            except (duckdb.IOException, duckdb.FatalException, OSError) as error:
+                raise write_error(self.path, error) from None
 
     @staticmethod
     def _insert_vote(cur, vote: Vote, label_0, label_1, best, has_label) -> None:
@@ -429,6 +464,21 @@ class Store(DuckDBFile):
             f"SELECT image_uid, jpg FROM images WHERE image_uid IN ({marks})", uids
         ).fetchall()
         return dict(rows)
+
+    def vote_tally(self, user_id: int, since: datetime, source: str = "human") -> tuple[int, int]:
+        """(votes since `since`, votes in all) of one user from `source`, skips not counted."""
+        return self.cursor().execute(
+            "SELECT count(*) FILTER (created_at >= ?), count(*) FROM rankings "
+            "WHERE user_id = ? AND source = ? AND outcome <> 'skip'",
+            [since, user_id, source],
+        ).fetchone()
+
+    def vote_ids(self, prefix: str) -> list[str]:
+        """Every stored vote id that starts with `prefix` (a feedback run's votes)."""
+        rows = self.cursor().execute(
+            "SELECT vote_id FROM rankings WHERE starts_with(vote_id, ?)", [prefix]
+        ).fetchall()
+        return [vote_id for (vote_id,) in rows]
 
     def counts(self) -> dict[str, int]:
         """Row counts per table, for summaries and tests."""

@@ -110,3 +110,38 @@ def serving(demo, **launch_options) -> Iterator[str]:
         yield demo.local_url
     finally:
         demo.close()
+
+
+@contextmanager
+def small_filesystem(folder: Path, size: str = "4m") -> Iterator[Path]:
+    """A tmpfs of `size` mounted on `folder`, to fill for real; the test is skipped where
+    mounting is not allowed (not root)."""
+    import subprocess
+
+    import pytest
+
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs",
+                                  str(folder)], capture_output=True, text=True)
+    except FileNotFoundError:
+        pytest.skip("cannot mount a small tmpfs here: no mount command")
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def fill_disk(folder: Path) -> Path:
+    """Fill the file system of `folder` to the last byte; the filler file's path."""
+    filler = folder / "filler"
+    with open(filler, "wb", buffering=0) as out:
+        for chunk in (65536, 4096, 1):
+            try:
+                while True:
+                    out.write(b"\0" * chunk)
+            except OSError:
+                pass
+    return filler

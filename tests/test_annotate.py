@@ -11,14 +11,22 @@ import pytest
 from PIL import Image
 
 from annotate.gold import GoldFileError, read_gold
-from annotate.rounds import AnnotateError, Collector, Settings
+from annotate.rounds import (
+    AnnotateError,
+    Collector,
+    Settings,
+    StaleVote,
+    TooSoon,
+    VoteNotSaved,
+)
 from annotate.screening import Blocklist, PromptRefused, screen, token_counter
 from annotate.serve import ServeError, read_logins
-from annotate.worker import SET_SOURCE, PairWorker, PromptSet, WorkerError
+from annotate.worker import SET_SOURCE, PairWorker, PromptSet, WorkerBusy, WorkerError
 from data.stats import format_stats, store_stats
 from data.store import Store
 from models.generate import GeneratedImage, PairVariety, generate_pair
 from models.loading import load
+from tests.helpers import fill_disk, small_filesystem
 
 RED = "a red circle on a white background"
 BLUE = "a blue square on a white background"
@@ -119,6 +127,59 @@ def test_a_failed_generation_reaches_the_waiter_as_one_line():
         worker.stop()
 
 
+def test_over_its_queue_the_worker_answers_busy_at_once():
+    release = threading.Event()
+
+    def slow(prompt, on_step):
+        release.wait(30)
+        return fake_pair(prompt, on_step)
+
+    worker = PairWorker(slow, buffer_size=0, max_waiting=2).start()
+    results = []
+    try:
+        waiting = [threading.Thread(target=lambda k=k: results.append(
+            worker.take(f"prompt {k}").prompt)) for k in range(3)]
+        for thread in waiting:  # one is being made, two wait: the queue is full
+            thread.start()
+        wait_until(lambda: len(worker._waiting) == 2)
+        start = time.perf_counter()
+        with pytest.raises(WorkerBusy, match="busy, 2 ahead: try again in a moment"):
+            worker.take("one too many")
+        assert time.perf_counter() - start < 0.5
+        release.set()
+        for thread in waiting:
+            thread.join(timeout=30)
+        assert sorted(results) == ["prompt 0", "prompt 1", "prompt 2"]
+    finally:
+        release.set()
+        worker.stop()
+
+
+def test_stop_interrupts_a_generation_between_sampler_steps(toy):
+    steps = []
+
+    def make(prompt, on_step):
+        def step(done, total):
+            steps.append(done)
+            on_step(done, total)
+
+        return generate_pair(toy, prompt, PairVariety(steps=500), random.Random(0),
+                             on_step=step)
+
+    worker = PairWorker(make, buffer_size=0).start()
+    failure = []
+    waiter = threading.Thread(target=lambda: failure.append(
+        pytest.raises(WorkerError, worker.take, RED).value))
+    waiter.start()
+    wait_until(lambda: len(steps) >= 2, timeout=120)  # mid-generation
+    start = time.perf_counter()
+    assert worker.stop(timeout=10)
+    assert time.perf_counter() - start < 10  # one step, not the 500 left
+    waiter.join(timeout=10)
+    assert "shutting down" in str(failure[0])
+    assert len(steps) < 500
+
+
 # -- prompts --------------------------------------------------------------------------
 
 
@@ -155,8 +216,8 @@ def collector(tmp_path, toy):
 
     worker = PairWorker(make, PromptSet([RED, BLUE]), buffer_size=1).start()
     store = Store(tmp_path / "prefs.duckdb")
-    yield Collector(store, worker, count_tokens=token_counter(toy.pipeline.tokenizer),
-                    rng=random.Random(0))
+    yield Collector(store, worker, Settings(min_display_ms=0),
+                    count_tokens=token_counter(toy.pipeline.tokenizer), rng=random.Random(0))
     worker.stop()
     store.close()
 
@@ -198,8 +259,10 @@ def test_a_repeated_vote_stores_one_ranking_and_another_annotator_cannot_vote(co
     with pytest.raises(AnnotateError, match="another annotator"):
         collector.vote(bob, shown.round_id, "left")
     first, voted = collector.vote(ann, shown.round_id, "left")
-    again, none = collector.vote(ann, shown.round_id, "right")
+    again, none = collector.vote(ann, shown.round_id, "left")  # a client retry
     assert voted is not None and none is None and again == first
+    with pytest.raises(StaleVote, match=r"already had your vote \(left\)"):
+        collector.vote(ann, shown.round_id, "right")  # a second key: refused
     with pytest.raises(AnnotateError, match="no longer open"):
         collector.vote(bob, shown.round_id, "left")
     assert collector.store.counts()["rankings"] == 1
@@ -217,6 +280,98 @@ def test_concurrent_double_clicks_store_one_ranking(collector):
         thread.join()
     assert len({r.ranking_id for r in results}) == 1
     assert collector.store.counts()["rankings"] == 1
+
+
+def test_a_vote_for_a_pair_no_longer_on_screen_is_refused_never_moved_on(collector):
+    ann = collector.annotator("ann")
+    first = collector.start(ann, RED, "new")
+    _, voted = collector.vote(ann, first.round_id, "left")
+    second = collector.next_round(ann, voted, "left", "new")
+    # A second key, pressed before the page had the next pair, names the first pair.
+    with pytest.raises(StaleVote, match="was not stored"):
+        collector.vote(ann, first.round_id, "right")
+    replaced = collector.start(ann, BLUE, "new")  # Generate pressed: `second` is gone
+    with pytest.raises(StaleVote, match="no longer on your screen"):
+        collector.vote(ann, second.round_id, "tie")
+    ranking, _ = collector.vote(ann, replaced.round_id, "tie")
+    assert [(r.vote_id, r.outcome) for r in collector.store.rankings()] == [
+        (first.round_id, "left"), (replaced.round_id, "tie")]
+
+
+def test_two_different_votes_40_to_400_ms_apart_store_one_ranking(collector):
+    """What a page does when two keys are pressed in quick succession: the second vote
+    names the pair the page showed when it was pressed (the first, until the answer to
+    the first vote arrives)."""
+    collector.settings = Settings(min_display_ms=500)
+    ann = collector.annotator("ann")
+    rng = random.Random(3)
+    on_screen = {"round": collector.start(ann, RED, "new").round_id}
+    for _trial in range(6):
+        time.sleep(0.55)  # the pair on screen is shown long enough
+        answers = []
+
+        def first_key(answers=answers):
+            _, voted = collector.vote(ann, on_screen["round"], "left")
+            on_screen["round"] = collector.next_round(ann, voted, "left", "new").round_id
+            answers.append("stored")
+
+        thread = threading.Thread(target=first_key)
+        thread.start()
+        time.sleep(rng.uniform(0.04, 0.4))
+        try:
+            collector.vote(ann, on_screen["round"], "right")
+            answers.append("stored")
+        except (StaleVote, TooSoon):
+            answers.append("refused")
+        thread.join(timeout=60)
+        assert sorted(answers) == ["refused", "stored"]
+    assert [r.outcome for r in collector.store.rankings()] == ["left"] * 6
+
+
+def test_a_vote_sooner_than_the_minimum_display_time_is_refused(collector):
+    collector.settings = Settings(min_display_ms=400)
+    ann = collector.annotator("ann")
+    shown = collector.start(ann, RED, "new")
+    with pytest.raises(TooSoon, match="look at both images first"):
+        collector.vote(ann, shown.round_id, "left")
+    assert collector.store.counts()["rankings"] == 0
+    assert 0 < collector.display_wait(shown.round_id) <= 0.4
+    time.sleep(collector.display_wait(shown.round_id) + 0.01)
+    ranking, _ = collector.vote(ann, shown.round_id, "left")  # the same pair, now counted
+    assert ranking.vote_id == shown.round_id and collector.store.counts()["rankings"] == 1
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    with small_filesystem(tmp_path / "tiny") as folder:
+        yield folder
+
+
+def test_a_full_disk_refuses_the_vote_in_one_line_and_keeps_the_pair(tiny_disk, toy):
+    def make(prompt, on_step):
+        return generate_pair(toy, prompt, PairVariety(steps=2), random.Random(1))
+
+    worker = PairWorker(make, buffer_size=0).start()
+    store = Store(tiny_disk / "prefs.duckdb")
+    try:
+        collector = Collector(store, worker, Settings(min_display_ms=0))
+        ann = collector.annotator("ann")
+        shown = collector.start(ann, RED, "new")
+        filler = fill_disk(tiny_disk)
+        with pytest.raises(VoteNotSaved) as refused:
+            collector.vote(ann, shown.round_id, "left")
+        message = str(refused.value)
+        assert message.startswith("Could not save the vote: disk full")
+        assert "free space" in message and "\n" not in message
+        assert store.counts()["rankings"] == 0 and collector.display_wait(shown.round_id) == 0
+        filler.unlink()
+        ranking, voted = collector.vote(ann, shown.round_id, "left")  # the same vote
+        assert voted == shown and ranking.vote_id == shown.round_id
+    finally:
+        worker.stop()
+        store.close()
+    with Store(tiny_disk / "prefs.duckdb") as again:
+        assert [r.outcome for r in again.rankings()] == ["left"]
 
 
 def test_keep_the_winner_keeps_it_and_replaces_the_loser(collector):
@@ -247,7 +402,7 @@ def test_auto_mode_moves_through_the_prompt_set(collector):
 
 
 def test_the_daily_cap_stops_rounds_and_votes(collector):
-    collector.settings = Settings(daily_cap=2)
+    collector.settings = Settings(daily_cap=2, min_display_ms=0)
     ann = collector.annotator("ann")
     shown = collector.start(ann, RED, "new")
     for _ in range(2):
@@ -276,7 +431,7 @@ def write_gold(folder, pairs=1):
 
 def test_gold_rounds_score_annotators_and_never_reach_training(collector, tmp_path):
     collector.gold = read_gold(write_gold(tmp_path, pairs=2))
-    collector.settings = Settings(gold_rate=1.0)
+    collector.settings = Settings(gold_rate=1.0, min_display_ms=0)
     ann, bob = collector.annotator("ann"), collector.annotator("bob")
     for annotator, right_answers in ((ann, 3), (bob, 1)):
         for k in range(4):
@@ -295,7 +450,7 @@ def test_gold_rounds_score_annotators_and_never_reach_training(collector, tmp_pa
     from data.pairs import StorePairs
 
     assert len(StorePairs(collector.store)) == 0  # the trainer reads the train split
-    collector.settings = Settings(gold_rate=0.0)
+    collector.settings = Settings(gold_rate=0.0, min_display_ms=0)
     assert collector.start(ann, BLUE, "new").gold_best_uid is None
 
 
@@ -319,3 +474,26 @@ def test_login_files(tmp_path):
         read_logins(path)
     with pytest.raises(ServeError, match="does not exist"):
         read_logins(tmp_path / "none")
+
+
+# -- layering --------------------------------------------------------------------------
+
+
+def test_the_page_s_modules_use_the_lower_layer_not_the_feedback_command():
+    """Helpers the page and the headless command share live in data/ and models/, and the
+    store's SQL in data/store.py: the annotate modules import no `annotate.feedback` and
+    hold no SQL of their own."""
+    import ast
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "annotate"
+    for path in sorted(folder.glob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        if path.name not in ("feedback.py", "__main__.py"):
+            assert "annotate.feedback" not in imported, path.name
+        strings = [node.value for node in ast.walk(tree)
+                   if isinstance(node, ast.Constant) and isinstance(node.value, str)]
+        sql = [text for text in strings
+               if any(word in text for word in ("SELECT ", "INSERT INTO", "DELETE FROM"))]
+        assert sql == [], (path.name, sql)

@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import io
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
 import threading
+import time
 
 import httpx
 import numpy as np
@@ -11,13 +18,15 @@ import pytest
 from gradio_client import Client
 from PIL import Image
 
+from annotate.rounds import MIN_DISPLAY_MS
 from annotate.serve import AppConfig, open_app
 from data.pairs import decode_image
-from data.store import stable_id
+from data.store import Store, stable_id
 from models.generate import PairVariety
-from tests.helpers import serving
+from tests.helpers import fill_disk, serving, small_filesystem
 
 RED = "a red circle on a white background"
+MIN_DISPLAY_S = MIN_DISPLAY_MS / 1000 + 0.05
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +34,7 @@ def app(tmp_path_factory):
     """The page on the toy model (2 steps: only the plumbing is under test here)."""
     folder = tmp_path_factory.mktemp("annotate")
     server = open_app(AppConfig(db=folder / "prefs.duckdb", variety=PairVariety(steps=2),
-                                seed=0, buffer=2))
+                                seed=0, buffer=2, queue=16))
     with serving(server.demo) as url:
         yield server, url
     server.close()
@@ -104,6 +113,32 @@ def test_a_person_votes_with_the_mouse_then_the_keyboard(browser, app):
     page.close()
 
 
+def test_two_different_keys_pressed_40_to_400_ms_apart_store_one_ranking(browser, app):
+    """The second key lands while the answer to the first is on its way, or just after
+    the next pair arrived: either way it is not a vote on the next pair."""
+    server, url = app
+    page = browser.new_page()
+    page.goto(url)
+    page.locator("#name textarea").fill("quick")
+    page.locator("#prompt textarea").fill(RED)
+    page.locator("#generate").click()
+    rng = random.Random(0)
+    trials = 8
+    for trial in range(trials):
+        wait_for_pair(page)
+        page.keyboard.press("ArrowLeft")
+        page.wait_for_timeout(rng.uniform(40, 400))
+        page.keyboard.press("ArrowRight")
+        page.wait_for_function(
+            f"() => document.querySelector('#tally').innerText.includes('today: {trial + 1}')",
+            timeout=60_000)
+    wait_for_pair(page)
+    page.wait_for_timeout(1000)  # a late second vote would be stored by now
+    rankings = user_rankings(server, "quick")
+    assert [r.outcome for r in rankings] == ["left"] * trials
+    page.close()
+
+
 def test_markup_in_a_prompt_is_shown_as_text_and_stored_verbatim(browser, app):
     server, url = app
     prompt = ('<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2">'
@@ -148,11 +183,14 @@ def test_sixteen_concurrent_sessions_each_vote_ten_times_under_their_own_names(a
 
     def annotate(k: int) -> None:
         try:
-            client = Client(url, verbose=False)
+            # 16 clients connecting at once on a loaded machine: more than httpx's 5 s
+            client = Client(url, verbose=False, httpx_kwargs={"timeout": 60})
             name, prompt = f"client-{k}", f"{RED} number {k}"
-            client.predict(name, prompt, "new", api_name="/generate")
+            result = client.predict(name, prompt, "new", api_name="/generate")
             for v in range(10):
-                result = client.predict(name, "new", api_name=f"/vote_{outcomes[(k + v) % 5]}")
+                time.sleep(MIN_DISPLAY_S)  # a vote counts once its pair was shown
+                result = client.predict(name, "new", result[3],
+                                        api_name=f"/vote_{outcomes[(k + v) % 5]}")
                 assert result[2] == prompt  # the next pair is for this session's prompt
         except Exception as error:  # reported below, with the session
             errors.append(f"client-{k}: {error!r}")
@@ -169,6 +207,27 @@ def test_sixteen_concurrent_sessions_each_vote_ten_times_under_their_own_names(a
         assert len(rankings) == 10
         assert {r.caption for r in rankings} == {f"{RED} number {k}"}
         assert [r.outcome for r in rankings] == [outcomes[(k + v) % 5] for v in range(10)]
+
+
+def test_an_api_client_voting_twice_40_to_400_ms_apart_stores_one_ranking(app):
+    """Like the page: the second vote names the round the client holds when it is cast
+    (the first, until the answer to the first vote arrives; then the next, too soon)."""
+    server, url = app
+    client = Client(url, verbose=False)
+    rng = random.Random(1)
+    shown = client.predict("api-quick", RED, "new", api_name="/generate")
+    trials = 10
+    for trial in range(trials):
+        time.sleep(MIN_DISPLAY_S)
+        first = client.submit("api-quick", "new", shown[3], api_name="/vote_left")
+        time.sleep(rng.uniform(0.04, 0.4))
+        holding = first.result()[3] if first.done() else shown[3]
+        second = client.predict("api-quick", "new", holding, api_name="/vote_right")
+        answers = [first.result(), second]
+        refused = [a for a in answers if "not stored" in a[5] or "Too quick" in a[5]]
+        assert len(refused) == 1, answers  # one vote stored, the other told it was not
+        [shown] = [a for a in answers if a not in refused]
+        assert len(user_rankings(server, "api-quick")) == trial + 1
 
 
 @pytest.fixture(scope="module")
@@ -199,23 +258,23 @@ def test_without_a_login_there_is_no_image_and_no_vote(guarded):
 def test_with_a_login_the_user_id_comes_from_the_login_alone(guarded):
     server, url = guarded
     client = Client(url, auth=("alice", "wonderland"), verbose=False)
-    client.predict("bob", RED, "new", api_name="/generate")  # the name field claims bob
-    client.predict("bob", "new", api_name="/vote_left")
+    shown = client.predict("bob", RED, "new", api_name="/generate")  # the name claims bob
+    time.sleep(MIN_DISPLAY_S)
+    client.predict("bob", "new", shown[3], api_name="/vote_left")
     [ranking] = server.store.rankings()
     assert ranking.user_id == stable_id("user:alice")
     names = server.store.cursor().execute("SELECT name FROM users").fetchall()
     assert names == [("alice",)]
 
 
-def test_the_command_serves_the_toy_model_on_localhost_and_prints_the_url(tmp_path):
-    import re
-    import socket
-    import subprocess
-    import sys
-
+def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+        return probe.getsockname()[1]
+
+
+def test_the_command_serves_the_toy_model_on_localhost_and_prints_the_url(tmp_path):
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "annotate", "--port", str(port)],
                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                               text=True)
@@ -229,3 +288,142 @@ def test_the_command_serves_the_toy_model_on_localhost_and_prints_the_url(tmp_pa
         server.terminate()
         server.wait(timeout=60)
     assert (tmp_path / "runs" / "prefs.duckdb").exists()
+
+
+# -- load, shutdown and a full disk ------------------------------------------------------
+
+
+def call(url: str, endpoint: str, data: list, timeout: float) -> tuple[str, float]:
+    """One Gradio API call over plain HTTP: (the answer's text, seconds it took)."""
+    start = time.perf_counter()
+    with httpx.Client(timeout=timeout) as http:
+        event = http.post(f"{url}gradio_api/call/{endpoint}", json={"data": data})
+        event.raise_for_status()
+        answer = http.get(f"{url}gradio_api/call/{endpoint}/{event.json()['event_id']}")
+    return answer.text, time.perf_counter() - start
+
+
+def test_a_burst_of_generate_calls_is_answered_and_leaves_the_page_and_votes_fast(tmp_path):
+    queue = 2
+    server = open_app(AppConfig(db=tmp_path / "prefs.duckdb", variety=PairVariety(steps=8),
+                                buffer=0, queue=queue, seed=0))
+    try:
+        with serving(server.demo) as url:
+            first, _ = call(url, "generate", ["voter", RED, "new"], timeout=300)
+            round_id = re.search(r'"([0-9a-f-]{36})"', first).group(1)
+            answers = []
+
+            def generate(k: int) -> None:
+                try:
+                    answers.append(call(url, "generate", [f"burst-{k}", f"{RED} {k}", "new"],
+                                        timeout=300))
+                except httpx.HTTPError as error:
+                    answers.append((f"no answer: {error!r}", 300.0))
+
+            burst = [threading.Thread(target=generate, args=(k,)) for k in range(50)]
+            for thread in burst:
+                thread.start()
+            time.sleep(1.0)  # the burst is in
+            start = time.perf_counter()
+            page = httpx.get(url, timeout=60)
+            page_s = time.perf_counter() - start
+            vote, vote_s = call(url, "vote_left", ["voter", "new", round_id], timeout=60)
+            for thread in burst:
+                thread.join(timeout=300)
+    finally:
+        server.close()
+    assert page.status_code == 200 and page_s < 10, page_s
+    assert "Vote recorded" in vote and vote_s < 10, (vote, vote_s)
+    assert len(answers) == 50
+    busy = [seconds for text, seconds in answers if "busy" in text]
+    pairs = [seconds for text, seconds in answers if "event: complete" in text
+             and "busy" not in text]
+    assert len(busy) + len(pairs) == 50, [text[:200] for text, _ in answers]
+    assert len(busy) >= 50 - queue - 1 and max(busy) < 20, busy  # at once, not a time-out
+    with Store(tmp_path / "prefs.duckdb") as store:
+        assert [r.user_id for r in store.rankings()] == [stable_id("user:voter")]
+
+
+def test_ctrl_c_mid_generation_stops_the_command_at_once_and_keeps_the_votes(tmp_path):
+    port = free_port()
+    command = subprocess.Popen(
+        [sys.executable, "-m", "annotate", "--port", str(port), "--steps", "12",
+         "--buffer", "0"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    try:
+        url = re.search(r"open (http://\S+)", command.stdout.readline()).group(1)
+        client = Client(url, verbose=False)
+        shown = client.predict("ann", RED, "new", api_name="/generate")
+        time.sleep(MIN_DISPLAY_S)
+        vote = client.submit("ann", "new", shown[3], api_name="/vote_left")
+        deadline = time.monotonic() + 300  # the vote is stored, the next pair under way:
+        while not any((unit.desc or "").startswith("generating step")
+                      for unit in vote.status().progress_data or []):
+            assert time.monotonic() < deadline and not vote.done()
+            time.sleep(0.05)
+        start = time.perf_counter()
+        command.send_signal(signal.SIGINT)
+        command.wait(timeout=60)
+        stopped_s = time.perf_counter() - start
+    finally:
+        command.kill()
+        _, stderr = command.communicate()
+    assert stopped_s < 4, stopped_s
+    assert command.returncode == 0, stderr
+    assert "Traceback" not in stderr and "FATAL" not in stderr, stderr
+    with Store(tmp_path / "runs" / "prefs.duckdb") as store:
+        [ranking] = store.rankings()
+        assert ranking.outcome == "left" and ranking.vote_id == shown[3]
+
+
+def test_sigterm_stops_the_command_at_once(tmp_path):
+    port = free_port()
+    command = subprocess.Popen([sys.executable, "-m", "annotate", "--port", str(port)],
+                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        assert "open http" in command.stdout.readline()
+        start = time.perf_counter()
+        command.terminate()
+        command.wait(timeout=60)
+        stopped_s = time.perf_counter() - start
+    finally:
+        command.kill()
+        _, stderr = command.communicate()
+    assert stopped_s < 4 and command.returncode == 0, (stopped_s, stderr)
+    assert "Traceback" not in stderr and "FATAL" not in stderr, stderr
+    with Store(tmp_path / "runs" / "prefs.duckdb") as store:  # closed cleanly, opens
+        assert store.counts()["rankings"] == 0
+
+
+def test_a_full_disk_shows_one_line_and_keeps_the_pair_for_the_same_vote(browser, tmp_path):
+    with small_filesystem(tmp_path / "tiny") as disk:
+        server = open_app(AppConfig(db=disk / "prefs.duckdb", variety=PairVariety(steps=2),
+                                    buffer=0, seed=0))
+        try:
+            with serving(server.demo) as url:
+                page = browser.new_page()
+                page.goto(url)
+                page.locator("#name textarea").fill("ann")
+                page.locator("#prompt textarea").fill(RED)
+                page.locator("#generate").click()
+                wait_for_pair(page)
+                src = page.locator("#left-image img").get_attribute("src")
+                filler = fill_disk(disk)
+                page.keyboard.press("ArrowLeft")
+                page.get_by_text("Could not save the vote: disk full").wait_for(timeout=60_000)
+                assert "free space" in page.locator("#note").inner_text()
+                assert page.locator(".toast-body").count() == 0  # no generic error
+                assert page.locator("#left-image img").get_attribute("src") == src
+                assert server.store.counts()["rankings"] == 0
+                filler.unlink()
+                wait_for_pair(page)
+                page.keyboard.press("ArrowLeft")  # the same vote, on the same pair
+                page.wait_for_function(
+                    "() => document.querySelector('#tally').innerText.includes('today: 1')",
+                    timeout=60_000)
+                [ranking] = server.store.rankings()
+                assert ranking.outcome == "left"
+                page.close()
+        finally:
+            server.close()

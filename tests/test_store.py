@@ -201,3 +201,38 @@ def test_not_a_duckdb_file_is_one_line_error(tmp_path):
 def test_locked_error_is_a_data_error():
     assert issubclass(StoreLockedError, DataError)
     assert issubclass(duckdb.IOException, duckdb.Error)
+
+
+def test_the_tally_and_a_run_s_vote_ids_are_store_queries(store):
+    from datetime import datetime, timedelta
+
+    for outcome in ("left", "skip", "tie"):
+        record(store, "a cat", outcome)
+    record(store, "a dog", "left", user="bob")
+    record(store, "a cat", "left", vote_id="ai-run-00000007", source="ai:toy_judge")
+    ann = store.user_id("ann")
+    now = datetime.now()
+    assert store.vote_tally(ann, now - timedelta(hours=1)) == (2, 2)  # a skip is no vote
+    assert store.vote_tally(ann, now + timedelta(hours=1)) == (0, 2)
+    assert store.vote_tally(ann, now - timedelta(hours=1), source="ai:toy_judge") == (1, 1)
+    assert store.vote_ids("ai-run-") == ["ai-run-00000007"]
+
+
+def test_a_generated_image_becomes_its_row_and_jpeg_round_trips():
+    from PIL import Image
+
+    from data.pairs import decode_image, encode_jpeg
+    from data.store import ImageRecord
+    from models.generate import GeneratedImage
+
+    picture = Image.new("RGB", (16, 8), (200, 30, 30))
+    made = GeneratedImage(image=picture, prompt="red", model="toy", seed=3, guidance_scale=7.5,
+                          steps=20, scheduler="DDIM", width=16, height=8, gen_ms=12.5)
+    jpg = encode_jpeg(picture)
+    row = ImageRecord.generated(made, "uid-1", jpg)
+    assert (row.image_uid, row.jpg, row.prompt, row.model, row.seed, row.steps) == (
+        "uid-1", jpg, "red", "toy", 3, 20)
+    assert (row.width, row.height, row.gen_ms, row.scheduler) == (16, 8, 12.5, "DDIM")
+    back = decode_image(jpg)
+    assert back.size == (16, 8) and max(abs(a - b) for a, b in zip(
+        back.getpixel((8, 4)), (200, 30, 30), strict=True)) < 8
