@@ -2,8 +2,10 @@
 
 Every event's function takes the name box (ignored with a login: the user id then comes
 from the login alone), the mode and the round id held by the page, and answers with the
-whole view: both images, the prompt shown, the round id, the tally, the note and the
-vote buttons (enabled only when both images are there).
+whole view: both images (enlarged for the page by `data.pages.enlarge`), the prompt
+shown, the round id, the tally, the note and the vote buttons (enabled only when both
+images are there). A request the server refuses (no name, an empty prompt) is answered
+in the note, under the prompt box, and leaves the rest of the view as it was.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from annotate.rounds import AnnotateError, Annotator, Collector, Round
 from annotate.screening import PromptRefused
 from annotate.worker import WorkerError
 from data.errors import DataError
+from data.pages import FRAME_PX, check_name, enlarge
 
 BUTTONS = [  # (outcome, label, key name shown, KeyboardEvent.key values)
     ("left", "Left is better", "←", ["ArrowLeft"]),
@@ -31,19 +34,12 @@ MODE_CHOICES = [
 ]
 _ERRORS = (AnnotateError, PromptRefused, WorkerError, DataError)
 
-CSS = (".pair img { width: 100% !important; height: 100% !important; object-fit: contain;"
-       " image-rendering: pixelated; }")
-
 
 def page_script() -> str:
-    """Run once per page load: keys press the vote buttons (not while typing), and the
-    tiny toy images are scaled up without blur."""
+    """Run once per page load: keys press the vote buttons (not while typing)."""
     keys = {key: f"vote-{outcome}" for outcome, _, _, names in BUTTONS for key in names}
     entries = ", ".join(f'"{key}": "{elem}"' for key, elem in keys.items())
     return f"""() => {{
-  const style = document.createElement("style");
-  style.textContent = "{CSS}";
-  document.head.appendChild(style);
   document.addEventListener("keydown", (event) => {{
     const target = event.target;
     if (target && (target.tagName === "INPUT" || target.tagName === "TEXTAREA"
@@ -64,22 +60,22 @@ def build(collector: Collector, prompt_set: list[str] | None = None, auth: bool 
     def who(name: str, request: gr.Request) -> Annotator:
         if auth:
             return collector.annotator(request.username)
-        return collector.annotator(name)
+        return collector.annotator(check_name(name))
 
     def view(annotator: Annotator, shown: Round | None, note: str | None = None):
         tally = collector.tally(annotator).text(cap)
         if shown is None:
             return (None, None, "", "", tally, note or "", *_buttons(False))
         note = "\n\n".join(n for n in (note, shown.note) if n)
-        return (shown.left, shown.right, shown.prompt, shown.round_id, tally, note,
-                *_buttons(True))
+        return (enlarge(shown.left), enlarge(shown.right), shown.prompt, shown.round_id,
+                tally, note, *_buttons(True))
 
     def generate(name, prompt, mode, request: gr.Request, progress=gr.Progress()):
         try:
             annotator = who(name, request)
             shown = collector.start(annotator, prompt or "", mode, _reporter(progress))
         except _ERRORS as error:
-            raise gr.Error(str(error), print_exception=False) from None
+            return refused(error)
         return view(annotator, shown)
 
     def voter(outcome: str):
@@ -95,37 +91,39 @@ def build(collector: Collector, prompt_set: list[str] | None = None, auth: bool 
                 except _ERRORS as error:  # the vote is stored; say why nothing follows
                     return view(annotator, None, f"Vote recorded. {error}")
             except _ERRORS as error:
-                raise gr.Error(str(error), print_exception=False) from None
+                return refused(error)
             return view(annotator, shown)
 
         return vote
 
     def from_set():
         if not prompt_set:
-            raise gr.Error("This server has no prompt set: start it with --prompts FILE.",
-                           print_exception=False)
-        return pick.choice(prompt_set)
+            return gr.skip(), "This server has no prompt set: start it with --prompts FILE."
+        return pick.choice(prompt_set), ""
 
     with gr.Blocks(title="Which image is better?", delete_cache=(600, 3600)) as demo:
-        gr.Markdown("## Which image is better?\nType a prompt and press Generate, then "
-                    "pick the image you prefer.")
-        with gr.Row():
-            name = gr.Textbox(label="Your name", elem_id="name", visible=not auth, scale=1)
+        with gr.Row(equal_height=True):
+            gr.Markdown("## Which image is better?\nType your name and a prompt, press "
+                        "Generate, then pick the image you prefer.")
             tally = gr.Markdown(elem_id="tally")
-        with gr.Row():
-            prompt = gr.Textbox(label="Prompt", elem_id="prompt", scale=4,
+        with gr.Row(equal_height=True):
+            name = gr.Textbox(label="Your name", elem_id="name", visible=not auth, scale=1)
+            prompt = gr.Textbox(label="Prompt", elem_id="prompt", scale=3,
                                 placeholder="a red circle on a white background")
             generate_button = gr.Button("Generate", variant="primary", elem_id="generate",
                                         scale=1)
             set_button = gr.Button("Prompt from the set", elem_id="from-set", scale=1)
-        mode = gr.Radio(MODE_CHOICES, value="new", label="After a vote", elem_id="mode")
-        shown_prompt = gr.Textbox(label="Prompt shown", interactive=False,
-                                  elem_id="shown-prompt")
-        with gr.Row(elem_classes="pair"):
+        note = gr.Markdown(elem_id="note")
+        with gr.Row(equal_height=True):
+            mode = gr.Radio(MODE_CHOICES, value="new", label="After a vote", elem_id="mode",
+                            scale=3)
+            shown_prompt = gr.Textbox(label="Prompt shown", interactive=False,
+                                      elem_id="shown-prompt", scale=2)
+        with gr.Row():
             left = gr.Image(label="Left", interactive=False, elem_id="left-image",
-                            format="png", height=320, buttons=[])
+                            format="png", height=FRAME_PX, buttons=[])
             right = gr.Image(label="Right", interactive=False, elem_id="right-image",
-                             format="png", height=320, buttons=[])
+                             format="png", height=FRAME_PX, buttons=[])
         with gr.Row():
             buttons = [
                 gr.Button(f"{label} ({key})", elem_id=f"vote-{outcome}", interactive=False)
@@ -133,7 +131,6 @@ def build(collector: Collector, prompt_set: list[str] | None = None, auth: bool 
             ]
         gr.Markdown("Keys: ← left is better · → right is better · ↓ tie · "
                     "↑ both are bad · S skip", elem_id="shortcuts")
-        note = gr.Markdown(elem_id="note")
         round_id = gr.State("")
 
         outputs = [left, right, shown_prompt, round_id, tally, note, *buttons]
@@ -144,9 +141,15 @@ def build(collector: Collector, prompt_set: list[str] | None = None, auth: bool 
         for (outcome, *_), button in zip(BUTTONS, buttons, strict=True):
             button.click(voter(outcome), [name, mode, round_id],
                          api_name=f"vote_{outcome}", **events)
-        set_button.click(from_set, None, prompt, api_visibility="private")
+        set_button.click(from_set, None, [prompt, note], api_visibility="private")
         demo.load(None, js=page_script())
     return demo
+
+
+def refused(error: Exception) -> tuple:
+    """The answer to a refused request: its one line in the note, the rest unchanged
+    (the images are not marked as errors, and a pair on screen can still be voted on)."""
+    return (*[gr.skip()] * 5, str(error), *[gr.skip()] * len(BUTTONS))
 
 
 def _buttons(enabled: bool) -> list:

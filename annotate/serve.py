@@ -16,6 +16,7 @@ from annotate.rounds import Collector, Settings
 from annotate.screening import Blocklist, token_counter
 from annotate.worker import PairWorker, PromptSet
 from data.errors import DataError
+from data.pages import PORT_HELP, pick_port
 from data.prompts import read_prompts
 from data.store import DEFAULT_DB, Store
 from models.errors import ModelError
@@ -133,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to serve on (%(default)s; 0.0.0.0 opens it to the "
                         "network: use --auth then)")
-    parser.add_argument("--port", type=int, default=7860, help="port (%(default)s)")
+    parser.add_argument("--port", type=int, help=PORT_HELP)
     parser.add_argument("--prompts", type=Path, metavar="FILE",
                         help="prompt set for Auto mode and 'Prompt from the set': one per "
                         "line, or CSV/TSV with a prompt column (default for toy: its 18 "
@@ -162,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def config_from_args(args: argparse.Namespace) -> tuple[AppConfig, str, int]:
+def config_from_args(args: argparse.Namespace) -> tuple[AppConfig, str, int | None]:
     variety = PairVariety(
         guidance=args.guidance,
         guidance_range=tuple(args.guidance_range) if args.guidance_range else None,
@@ -180,6 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Serve until interrupted; 1 with one line on stderr when it cannot start."""
     try:
         config, host, port = config_from_args(build_parser().parse_args(argv))
+        port = pick_port(host, port)  # before the store exists: a taken port creates nothing
         server = open_app(config)
     except (ServeError, GoldFileError, DataError, ModelError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -190,8 +192,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"annotate: open {server.demo.local_url} (Ctrl+C stops; votes are in "
               f"{config.db})", flush=True)
         server.demo.block_thread()
-    except OSError as error:
-        print(f"error: cannot serve on {host}:{port}: {error}", file=sys.stderr)
+    except OSError:  # pick_port found it free: another server took it since
+        print(f"error: port {port} on {host} was taken as the page started: give a free "
+              "one with --port", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         pass

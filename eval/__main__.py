@@ -19,6 +19,7 @@ from pathlib import Path
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from data.errors import DataError  # noqa: E402
+from data.pages import PORT_HELP, pick_port  # noqa: E402
 from eval.votes import DEFAULT_VOTES  # noqa: E402
 
 TOY = "toy"
@@ -89,7 +90,7 @@ def blind_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to serve on (default: 127.0.0.1, this machine only; "
                              "0.0.0.0 for the network)")
-    parser.add_argument("--port", type=int, help="port (default: the first free from 7860)")
+    parser.add_argument("--port", type=int, help=PORT_HELP)
     parser.add_argument("--images", default="runs/eval/images",
                         help="image cache folder, shared with eval auto (default: "
                              "runs/eval/images)")
@@ -99,6 +100,7 @@ def blind_parser() -> argparse.ArgumentParser:
 def blind(argv: list[str]) -> int:
     args = blind_parser().parse_args(argv)
     aligned = _aligned(args)
+    port = pick_port(args.host, args.port)  # before any file: a taken port creates nothing
     from data.prompts import read_prompt_set
     from eval.app import build_app, launch_options
     from eval.blind import BlindEval
@@ -111,7 +113,12 @@ def blind(argv: list[str]) -> int:
                                    Sampling(args.seeds, args.steps, args.guidance), votes,
                                    Path(args.images))
     demo = build_app(blind_eval, args.voter)
-    demo.launch(prevent_thread_lock=True, quiet=True, **launch_options(args.host, args.port))
+    try:
+        demo.launch(prevent_thread_lock=True, quiet=True, **launch_options(args.host, port))
+    except OSError:  # pick_port found it free: another server took it since
+        votes.close()
+        raise DataError(f"port {port} on {args.host} was taken as the page started: give "
+                        "a free one with --port") from None
     print(f"blind eval of {len(blind_eval.items)} pairs at {demo.local_url} "
           f"(votes: {args.db}; Ctrl+C stops)", flush=True)
     try:

@@ -13,6 +13,7 @@ import re
 import gradio as gr
 
 from data.errors import DataError
+from data.pages import FRAME_PX, check_name, enlarge
 from eval.blind import BlindEval, Reveal
 from eval.stats import Tally
 
@@ -43,9 +44,6 @@ document.addEventListener("keydown", (event) => {
 });
 </script>
 """
-# small images (the toy model's) fill their pane, sharp
-CSS = """#eval-image-a img, #eval-image-b img {
-  width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }"""
 
 
 def _text(value: str) -> str:
@@ -91,15 +89,16 @@ def build_app(blind: BlindEval, voter: str | None = None) -> gr.Blocks:
                     "Shortcuts: **a** or **←** A is better, **b** or **→** B is better, "
                     "**t** or **↓** tie, **x** or **↑** both are bad, **n** or **Enter** "
                     "next pair.", elem_id="eval-help")
-        name = gr.Textbox(value=voter or "", label="Your name (recorded with your votes)",
-                          visible=voter is None, elem_id="eval-voter", max_lines=1)
+        with gr.Row(equal_height=True):
+            prompt = gr.Markdown(elem_id="eval-prompt")
+            name = gr.Textbox(value=voter or "", label="Your name (recorded with your votes)",
+                              visible=voter is None, elem_id="eval-voter", max_lines=1)
         pair_id = gr.State(None)
-        prompt = gr.Markdown(elem_id="eval-prompt")
         with gr.Row():
             image_a = gr.Image(label="A", interactive=False, format="png", buttons=[],
-                               height=320, elem_id="eval-image-a")
+                               height=FRAME_PX, elem_id="eval-image-a")
             image_b = gr.Image(label="B", interactive=False, format="png", buttons=[],
-                               height=320, elem_id="eval-image-b")
+                               height=FRAME_PX, elem_id="eval-image-b")
         with gr.Row():
             buttons = {c: gr.Button(LABELS[c], elem_id=IDS[c], interactive=False,
                                     variant="primary" if c in ("A", "B") else "secondary")
@@ -111,8 +110,8 @@ def build_app(blind: BlindEval, voter: str | None = None) -> gr.Blocks:
 
         def show(voter_name: str):
             shown = blind.show(blind.deal(voter_name.strip()))
-            return (shown.pair_id, f"### {_text(shown.prompt)}", shown.image_a, shown.image_b,
-                    "", *[gr.Button(interactive=True)] * len(buttons),
+            return (shown.pair_id, f"### {_text(shown.prompt)}", enlarge(shown.image_a),
+                    enlarge(shown.image_b), "", *[gr.Button(interactive=True)] * len(buttons),
                     gr.Button(interactive=False), tally_text(blind.tallies()))
 
         shown_outputs = [pair_id, prompt, image_a, image_b, reveal, *buttons.values(),
@@ -123,7 +122,7 @@ def build_app(blind: BlindEval, voter: str | None = None) -> gr.Blocks:
         def voter_for(choice: str):
             def vote(current: str | None, voter_name: str):
                 try:
-                    revealed = blind.vote(current or "", voter_name, choice)
+                    revealed = blind.vote(current or "", check_name(voter_name), choice)
                 except DataError as error:
                     gr.Warning(str(error))
                     return (gr.skip(),) * (len(buttons) + 3)
@@ -140,5 +139,5 @@ def build_app(blind: BlindEval, voter: str | None = None) -> gr.Blocks:
 
 def launch_options(host: str, port: int | None) -> dict:
     """How the page is served: the shortcuts' script, no run history kept in the browser."""
-    return {"server_name": host, "server_port": port, "head": HEAD, "css": CSS,
+    return {"server_name": host, "server_port": port, "head": HEAD,
             "run_history": False, "footer_links": ["gradio", "settings"]}
