@@ -35,21 +35,21 @@ from typing import NoReturn
 import torch
 from PIL import Image
 
-from data.errors import DataError
+from data.errors import UserError, report_user_error
 from data.pairs import decode_image
 from data.prompts import read_prompts
 from data.store import DEFAULT_DB, ImageRecord, Store, Vote
 from models.errors import ModelError
 from models.generate import GeneratedImage, PairVariety, generate
 from models.loading import LoadedModel
-from models.scorers import Scorer
+from models.scorers import Scorer, checked_scores
+from models.toy import TOY_NAME
 
-TOY = "toy"
 JPEG_QUALITY = 95
 _UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "diffusion-dpo-loop/annotate/feedback")
 
 
-class FeedbackError(Exception):
+class FeedbackError(UserError):
     """A setting the user can fix; the message is the whole answer."""
 
 
@@ -65,7 +65,7 @@ class FeedbackRun:
     """
 
     prompts: tuple[str, ...]
-    model: str = TOY
+    model: str = TOY_NAME
     scorer: str = "toy_judge"
     pairs: int = 1000
     seed: int = 0
@@ -144,7 +144,7 @@ def image_uid(vote_id: str, side: int) -> str:
 
 def default_prompts(model: str) -> list[str]:
     """The toy captions for the toy model; other models need a prompts file."""
-    if model != TOY:
+    if model != TOY_NAME:
         raise FeedbackError(
             f"--model {model} has no built-in prompts: give --prompts FILE "
             "(one prompt per line, or a CSV with a 'prompt' column)"
@@ -197,28 +197,6 @@ def jpeg(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.convert("RGB").save(buffer, "JPEG", quality=JPEG_QUALITY)
     return buffer.getvalue()
-
-
-def score_images(scorer: Scorer, name: str, prompts: list[str],
-                 images: list[Image.Image]) -> list[float]:
-    """One finite score per image, or a one-line ModelError naming the scorer."""
-    try:
-        raw = scorer(prompts, images)
-    except ModelError:
-        raise
-    except Exception as error:
-        raise ModelError(f"scorer {name} failed: {type(error).__name__}: {error}") from None
-    try:
-        values = torch.as_tensor(raw).detach().cpu().double().flatten()
-    except (TypeError, ValueError, RuntimeError):
-        raise ModelError(f"scorer {name} returned {type(raw).__name__}, not scores") from None
-    if values.numel() != len(images):
-        raise ModelError(
-            f"scorer {name} returned {values.numel()} scores for {len(images)} images"
-        )
-    if not torch.isfinite(values).all():
-        raise ModelError(f"scorer {name} returned a score that is not a finite number")
-    return values.tolist()
 
 
 def record(generated: GeneratedImage, uid: str, jpg: bytes) -> ImageRecord:
@@ -283,8 +261,8 @@ def run_batch(run: FeedbackRun, model: LoadedModel, labeller: Labeller, store: S
 
     start = time.perf_counter()
     # Score what is stored (the JPEG), so a label always describes the stored pair.
-    scores = score_images(labeller.scorer, labeller.name, [prompt] * len(jpgs),
-                          [decode_image(j) for j in jpgs])
+    scores = checked_scores(labeller.scorer, labeller.name, [prompt] * len(jpgs),
+                            [decode_image(j) for j in jpgs])
     counts.score_s += time.perf_counter() - start
 
     start = time.perf_counter()
@@ -368,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
         "store. Resumable: run the same command again to continue, or with a larger "
         "--pairs to add more.",
     )
-    parser.add_argument("--model", default=TOY, metavar="NAME",
+    parser.add_argument("--model", default=TOY_NAME, metavar="NAME",
                         help="model name: toy, a Hub id, a local pipeline or LoRA folder "
                         "(%(default)s)")
     parser.add_argument("--prompts", type=Path, metavar="FILE",
@@ -463,9 +441,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 run, store, scorer, lambda: load(run.model), progress=not args.no_progress,
                 announce=lambda line: print(line, file=sys.stderr),
             )
-    except (FeedbackError, DataError, ModelError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    except UserError as error:
+        return report_user_error(error)
     except KeyboardInterrupt:
         print("interrupted before any pair was made", file=sys.stderr)
         return 130

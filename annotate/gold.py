@@ -22,13 +22,14 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from annotate.feedback import jpeg
+from data.errors import UserError
 from data.store import ImageRecord
 
 GOLD_MODEL = "gold"
 _UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "diffusion-dpo-loop/annotate/gold")
 
 
-class GoldFileError(Exception):
+class GoldFileError(UserError):
     """The gold file cannot be used; the message names the line and the fix."""
 
 

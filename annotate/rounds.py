@@ -28,16 +28,16 @@ from annotate.feedback import jpeg, record
 from annotate.gold import GoldPair
 from annotate.screening import Blocklist, screen
 from annotate.worker import SET_SOURCE, PairWorker, Progress
+from data.errors import UserError
 from data.pairs import decode_image
-from data.store import ImageRecord, Ranking, Store, Vote, new_uid
+from data.store import OUTCOMES, ImageRecord, Ranking, Store, Vote, new_uid
 from models.generate import GeneratedImage
 
 MODES = ("new", "keep", "auto")
-VOTE_OUTCOMES = ("left", "right", "tie", "both_bad", "skip")
 _MAX_ROUNDS = 10_000  # rounds awaiting a vote, across sessions; the oldest are forgotten
 
 
-class AnnotateError(Exception):
+class AnnotateError(UserError):
     """Something the annotator must do differently; the message says what."""
 
 
@@ -148,8 +148,8 @@ class Collector:
         A round already voted on returns its first ranking and no round, so the page
         keeps showing what followed it.
         """
-        if outcome not in VOTE_OUTCOMES:
-            raise AnnotateError(f"unknown vote {outcome!r}: use one of {', '.join(VOTE_OUTCOMES)}")
+        if outcome not in OUTCOMES:
+            raise AnnotateError(f"unknown vote {outcome!r}: use one of {', '.join(OUTCOMES)}")
         with self._lock:
             shown = self._rounds.get(round_id)
         if shown is None:

@@ -12,8 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from data.errors import UserError
 
-class PromptRefused(Exception):
+
+class PromptRefused(UserError):
     """The prompt cannot be generated; the message says why and what to do."""
 
 

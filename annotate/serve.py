@@ -10,26 +10,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
 
-from annotate.feedback import TOY, default_prompts
-from annotate.gold import GoldFileError, read_gold
+from annotate.feedback import default_prompts
+from annotate.gold import read_gold
 from annotate.rounds import Collector, Settings
 from annotate.screening import Blocklist, token_counter
 from annotate.worker import PairWorker, PromptSet
-from data.errors import DataError
+from data.errors import UserError, report_user_error
 from data.pages import PORT_HELP, pick_port
 from data.prompts import read_prompts
 from data.store import DEFAULT_DB, Store
-from models.errors import ModelError
 from models.generate import PairVariety
+from models.toy import TOY_NAME
 
 
-class ServeError(Exception):
+class ServeError(UserError):
     """A flag or file the server cannot start with; the message names the fix."""
 
 
 @dataclass
 class AppConfig:
-    models: list[str] = field(default_factory=lambda: [TOY])
+    models: list[str] = field(default_factory=lambda: [TOY_NAME])
     db: Path = DEFAULT_DB
     prompts: Path | None = None
     auth: Path | None = None
@@ -94,7 +94,7 @@ def open_app(config: AppConfig) -> Server:
     if config.prompts:
         prompts = read_prompts(config.prompts)
     else:
-        prompts = default_prompts(TOY) if config.models[0] == TOY else None
+        prompts = default_prompts(TOY_NAME) if config.models[0] == TOY_NAME else None
     loaded = [load(name) for name in config.models]
     rng = random.Random(config.seed)
     target = loaded[0] if len(loaded) == 1 else loaded
@@ -170,7 +170,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[AppConfig, str, int | No
         steps=args.steps,
     )
     config = AppConfig(
-        models=args.model or [TOY], db=args.db, prompts=args.prompts, auth=args.auth,
+        models=args.model or [TOY_NAME], db=args.db, prompts=args.prompts, auth=args.auth,
         gold=args.gold, gold_rate=args.gold_rate, daily_cap=args.daily_cap,
         blocklist=args.blocklist, variety=variety, buffer=args.buffer, seed=args.seed,
     )
@@ -183,9 +183,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         config, host, port = config_from_args(build_parser().parse_args(argv))
         port = pick_port(host, port)  # before the store exists: a taken port creates nothing
         server = open_app(config)
-    except (ServeError, GoldFileError, DataError, ModelError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    except (UserError, OSError) as error:
+        return report_user_error(error)
     try:
         server.demo.launch(server_name=host, server_port=port, auth=server.logins,
                            prevent_thread_lock=True, quiet=True)

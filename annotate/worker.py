@@ -20,13 +20,14 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 
+from data.errors import UserError
 from models.generate import GeneratedImage
 
 MakePair = Callable[[str, Callable[[int, int], None]], tuple[GeneratedImage, GeneratedImage]]
 Progress = Callable[[str, float | None], None]
 
 
-class WorkerError(Exception):
+class WorkerError(UserError):
     """A pair could not be made (the generation failed, or it took too long)."""
 
 

@@ -49,7 +49,7 @@ def main() -> None:
     texts = [prompt for prompt, _ in paths]
     scorer = load_scorer("toy_judge")
     start = time.perf_counter()
-    _score(scorer, texts, ordered, "toy")
+    _score(scorer, "toy_judge", texts, ordered, "toy")
     score_s = time.perf_counter() - start
     print(json.dumps({
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",

@@ -8,8 +8,9 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from data.errors import DataError
-from data.pickapic import export_pairs, import_shards
+from data.errors import DataError, ShardError, UserError, report_user_error
+from data.images import MAX_SIDE
+from data.pickapic import ImportedFile, export_pairs, import_shards
 from data.stats import format_stats, store_stats
 from data.store import DEFAULT_DB, Store
 
@@ -24,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
         "import",
         help="import Pick-a-Pic v1/v2 parquet shards (public ones or our exports)",
         description="Import parquet shards in the Pick-a-Pic v1/v2 schema (images inline). "
-        "Each file is all-or-nothing; importing a shard again adds nothing.",
+        "Each file is all-or-nothing: a file with a bad row is refused with its row and "
+        "problem, and the other files still import. Importing a shard again adds nothing.",
     )
     imp.add_argument("paths", nargs="+", metavar="SHARD_OR_DIR", help="files or folders")
     imp.add_argument("--db", type=Path, default=DEFAULT_DB, help="store file (%(default)s)")
@@ -35,6 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument(
         "--split", default=None,
         help="split for every row (default: from the folder or file name, else train)",
+    )
+    imp.add_argument(
+        "--max-image-side", type=int, default=MAX_SIDE, metavar="PX",
+        help="refuse an image that declares more pixels a side (%(default)s)",
     )
 
     exp = commands.add_parser(
@@ -64,12 +70,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run(args: argparse.Namespace) -> None:
+def imported_line(done: ImportedFile) -> str:
+    """One file's line: what it added, and the rows that added nothing."""
+    notes = [f"{done.already} already stored, identical"] if done.already else []
+    if done.repeated:
+        notes.append(f"{done.repeated} row(s) repeating an earlier row, stored once")
+    return f"{done.path}: {done.rows} rows, {done.added} new pairs" + (
+        f" ({'; '.join(notes)})" if notes else ""
+    )
+
+
+def run(args: argparse.Namespace) -> int:
     if args.command == "import":
+        if args.max_image_side < 1:
+            raise DataError("--max-image-side must be at least 1")
         with Store(args.db) as store:
-            done = import_shards(store, args.paths, source=args.source, split=args.split)
-        rows, added = sum(f.rows for f in done), sum(f.added for f in done)
-        print(f"imported {len(done)} shard(s): {rows} rows read, {added} new pairs in {args.db}")
+            done = import_shards(store, args.paths, source=args.source, split=args.split,
+                                 max_side=args.max_image_side)
+        for result in done:
+            if result.refused:
+                report_user_error(
+                    ShardError(f"{result.refused}; nothing of this file was imported")
+                )
+            else:
+                print(imported_line(result))
+        imported = [f for f in done if not f.refused]
+        rows, added = sum(f.rows for f in imported), sum(f.added for f in imported)
+        refused = len(done) - len(imported)
+        print(f"imported {len(imported)} of {len(done)} shard(s): {rows} rows read, "
+              f"{added} new pairs in {args.db}" + (f"; {refused} refused (see above)"
+                                                   if refused else ""))
+        return 1 if refused else 0
     elif args.command == "export":
         if args.shard_rows < 1:
             raise DataError("--shard-rows must be at least 1")
@@ -84,16 +115,15 @@ def run(args: argparse.Namespace) -> None:
         with Store(args.db, read_only=True) as store:
             stats = store_stats(store)
         print(json.dumps(asdict(stats), indent=2) if args.json else format_stats(stats))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        run(args)
-    except DataError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    return 0
+        return run(args)
+    except UserError as error:
+        return report_user_error(error)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,22 @@
-"""Errors that reach a user as one line.
+"""Errors that reach a user as one line, and the one way a command prints them.
 
-Every failure a user can fix (a locked file, a bad shard, a wrong path) is raised as a
-`DataError` whose message names the problem and the fix. The command-line entry points
-print `str(error)` on stderr and exit non-zero; nothing else is shown.
+Every failure a user can fix (a locked file, a bad shard, a wrong path, a bad flag) is
+raised as a `UserError` subclass whose message names the problem and the fix: `DataError`
+here, `ModelError` in models/errors.py, and each app's own (`TrainError`, `FeedbackError`,
+`ServeError`, `GoldFileError`, ...). Every command-line `main` catches `UserError` alone
+and returns `report_user_error(error)`: `error: <message>` on one stderr line, exit status
+1. Anything else is a bug and keeps its traceback.
 """
 
+import sys
 
-class DataError(Exception):
+
+class UserError(Exception):
     """A problem the user can fix; the message is the whole answer."""
+
+
+class DataError(UserError):
+    """A store, shard or file problem the user can fix."""
 
 
 class StoreLockedError(DataError):
@@ -16,3 +25,13 @@ class StoreLockedError(DataError):
 
 class ShardError(DataError):
     """A parquet shard that cannot be imported as it is."""
+
+
+class DiskFullError(DataError):
+    """A write failed because the disk holding the store is full; nothing was half-written."""
+
+
+def report_user_error(error: UserError) -> int:
+    """Print `error: <message>` as one line on stderr; the exit status, 1."""
+    print("error: " + " ".join(str(error).split()), file=sys.stderr)
+    return 1

@@ -8,7 +8,7 @@ they read the public set.
 
 from __future__ import annotations
 
-import io
+import hashlib
 import math
 import os
 import re
@@ -18,14 +18,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from PIL import Image
 from tqdm import tqdm
 
 from data.errors import DataError, ShardError
-from data.store import TIE_UID, Store, transaction
+from data.images import MAX_SIDE, ImageProblem, check_jpeg
+from data.store import TIE_UID, Store, disk_full_error, is_disk_full, transaction
 
 # The public pickapic_v2 features, in their order (its pandas index column aside).
 PICKAPIC_SCHEMA = pa.schema(
@@ -87,9 +88,14 @@ _EXPECTED_KIND = {
 
 @dataclass(frozen=True)
 class ImportedFile:
+    """What importing one shard did: all of its pairs added, or (refused) none."""
+
     path: Path
     rows: int  # rows in the shard
     added: int  # rankings new to the store
+    already: int = 0  # ranking_ids stored before with the same content (a re-import)
+    repeated: int = 0  # rows repeating an earlier row of the same file exactly
+    refused: str | None = None  # "FILE, row N: problem" when nothing was imported
 
 
 @dataclass(frozen=True)
@@ -148,15 +154,6 @@ def check_schema(path: Path, schema: pa.Schema) -> list[str]:
     return present
 
 
-def _image_size(data: bytes) -> tuple[int, int]:
-    """Decode an image cheaply (JPEG draft mode) to prove it is whole; its (width, height)."""
-    with Image.open(io.BytesIO(data)) as image:
-        size = image.size
-        image.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
-        image.load()
-    return size
-
-
 _IMAGE_SCHEMA = pa.schema([
     ("image_uid", pa.string()), ("jpg", pa.binary()), ("prompt", pa.string()),
     ("model", pa.string()), ("width", pa.int32()), ("height", pa.int32()), ("url", pa.string()),
@@ -165,10 +162,54 @@ _IMAGE_SOURCE_COLUMNS = (
     "image_0_uid", "image_1_uid", "jpg_0", "jpg_1", "caption", "model_0", "model_1",
     "image_0_url", "image_1_url",
 )
+# What makes two rows with one ranking_id the same vote. num_example_per_prompt is left
+# out: it counts a prompt's rows in the set a shard came from (a subset such as
+# validation_unique may repeat another split's rankings), and the split is the importer's.
+_CONTENT_COLUMNS = (
+    "caption", "image_0_uid", "image_1_uid", "label_0", "label_1", "best_image_uid",
+    "user_id", "created_at", "has_label",
+)
 
 
-def _check_batch(path: Path, batch: pa.RecordBatch, first_row: int, sizes: dict) -> None:
-    """Refuse the first bad row of a batch; note the size of each image not seen before."""
+@dataclass(frozen=True)
+class _SeenImage:
+    size: tuple[int, int]
+    digest: bytes
+    row: int
+
+
+def _shown(value: str, limit: int = 60) -> str:
+    """A value from a shard, quoted and cut short, safe to put in a one-line message."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 4] + "...'"
+
+
+def _best_problem(best: str, uids: tuple[str, str], label_0: float, label_1: float) -> str | None:
+    """Why `best_image_uid` contradicts the labels, or None when it agrees."""
+    winner = None if label_0 == 0.5 else (0 if label_0 == 1 else 1)
+    expected = TIE_UID if winner is None else uids[winner]
+    if best == expected:
+        return None
+    if best in uids:
+        named = f"image_{uids.index(best)}'s uid"
+    elif best == TIE_UID:
+        named = f"'{TIE_UID}', a tie's"
+    else:
+        named = f"{_shown(best)}, naming neither image"
+    says = (
+        f"a tie (best_image_uid '{TIE_UID}')" if winner is None else f"image_{winner} preferred"
+    )
+    return (
+        f"best_image_uid ({named}) contradicts the labels ({label_0:g}, {label_1:g}), "
+        f"which say {says}: fix the labels or best_image_uid"
+    )
+
+
+def _check_batch(
+    path: Path, batch: pa.RecordBatch, first_row: int, seen: dict[str, _SeenImage],
+    store: Store, max_side: int,
+) -> None:
+    """Refuse the first bad row of a batch; note each image not seen before."""
     for name in NOT_NULL_COLUMNS:
         nulls = pc.is_null(batch.column(name))
         if pc.any(nulls).as_py():
@@ -188,25 +229,114 @@ def _check_batch(path: Path, batch: pa.RecordBatch, first_row: int, sizes: dict)
             f"{path}, row {first_row + i}: labels ({label_0[i].as_py():g}, "
             f"{label_1[i].as_py():g}) are not (1, 0), (0, 1) or (0.5, 0.5)"
         )
-    for k in (0, 1):
-        uids, jpgs = batch.column(f"image_{k}_uid"), batch.column(f"jpg_{k}")
-        for i in range(batch.num_rows):
-            uid = uids[i].as_py()
-            if uid in sizes:
+    names = batch.schema.names
+    uids = [batch.column(f"image_{k}_uid").to_pylist() for k in (0, 1)]
+    jpgs = [batch.column(f"jpg_{k}") for k in (0, 1)]
+    best = batch.column("best_image_uid").to_pylist() if "best_image_uid" in names else None
+    labels = label_0.to_pylist(), label_1.to_pylist()
+    new: list[tuple[str, int, int, bytes]] = []  # (uid, row, k, bytes) first seen here
+    for i in range(batch.num_rows):
+        row = first_row + i
+        pair = (uids[0][i], uids[1][i])
+        if best is not None and best[i] is not None:
+            problem = _best_problem(best[i], pair, labels[0][i], labels[1][i])
+            if problem:
+                raise ShardError(f"{path}, row {row}: {problem}")
+        for k in (0, 1):
+            data = jpgs[k][i].as_py()
+            digest = hashlib.blake2b(data, digest_size=16).digest()
+            first = seen.get(pair[k])
+            if first is not None:
+                if first.digest != digest:
+                    raise ShardError(
+                        f"{path}, row {row}: image_{k}_uid {_shown(pair[k])} is also an "
+                        f"image of row {first.row}, with different bytes: one uid is one "
+                        "image; give one of them a new uid"
+                    )
                 continue
             try:
-                sizes[uid] = _image_size(jpgs[i].as_py())
-            except Exception as error:  # PIL raises many types for bad bytes
-                raise ShardError(
-                    f"{path}, row {first_row + i}: jpg_{k} is not a decodable image ({error})"
-                ) from None
+                size = check_jpeg(data, max_side)
+            except ImageProblem as problem:
+                raise ShardError(f"{path}, row {row}: jpg_{k} {problem}") from None
+            seen[pair[k]] = _SeenImage(size, digest, row)
+            new.append((pair[k], row, k, data))
+    stored = store.image_jpgs([uid for uid, *_ in new])
+    for uid, row, k, data in new:
+        if uid in stored and stored[uid] != data:
+            raise ShardError(
+                f"{path}, row {row}: image_{k}_uid {_shown(uid)} is already stored with "
+                "different bytes: one uid is one image; give this one a new uid"
+            )
 
 
 def _column(columns: list[str], name: str, default: str = "NULL") -> str:
     return name if name in columns else default
 
 
-def _new_images(batch: pa.RecordBatch, columns: list[str], sizes: dict, done: set) -> pa.Table:
+def _shard_rankings(columns: list[str]) -> str:
+    """SQL: the shard's rows as the store keeps them (`row` is the row's number)."""
+    best = _column(columns, "best_image_uid")
+    return (
+        "SELECT file_row_number AS row, ranking_id, caption, image_0_uid, image_1_uid, "
+        "label_0::DOUBLE AS label_0, label_1::DOUBLE AS label_1, "
+        f"coalesce({best}, CASE WHEN label_0 = 0.5 THEN '{TIE_UID}' WHEN label_0 = 1 "
+        "THEN image_0_uid ELSE image_1_uid END) AS best_image_uid, "
+        "user_id, created_at::TIMESTAMP_NS AS created_at, "
+        f"coalesce({_column(columns, 'has_label')}, true) AS has_label, "
+        f"{_column(columns, 'num_example_per_prompt')} AS num_example_per_prompt "
+        "FROM read_parquet($path, file_row_number = true)"
+    )
+
+
+_DIFFERS = " OR ".join(f"a.{c} IS DISTINCT FROM b.{c}" for c in _CONTENT_COLUMNS)
+_FIRST_DIFFERENCE = (
+    "CASE " + " ".join(f"WHEN a.{c} IS DISTINCT FROM b.{c} THEN '{c}'" for c in _CONTENT_COLUMNS)
+    + " END"
+)
+
+
+def _check_ids(cur: duckdb.DuckDBPyConnection, path: Path, shard: str) -> tuple[int, int]:
+    """Refuse a ranking_id that names two different votes, in the file or with the store.
+
+    Returns (repeated, already): rows that repeat an earlier row of the file exactly,
+    and the file's ranking_ids stored before with the same content.
+    """
+    params = {"path": str(path)}
+    clash = cur.execute(
+        f"WITH shard AS ({shard}) SELECT a.row, b.row, a.ranking_id, {_FIRST_DIFFERENCE} "
+        "FROM shard a JOIN shard b ON a.ranking_id = b.ranking_id AND b.row < a.row "
+        f"WHERE {_DIFFERS} ORDER BY a.row LIMIT 1",
+        params,
+    ).fetchone()
+    if clash:
+        row, first, ranking_id, column = clash
+        raise ShardError(
+            f"{path}, row {row}: ranking_id {ranking_id} repeats row {first} with a "
+            f"different {column}: one ranking_id is one vote; drop the row or give it a new id"
+        )
+    clash = cur.execute(
+        f"WITH shard AS ({shard}) SELECT a.row, a.ranking_id, {_FIRST_DIFFERENCE}, b.source "
+        "FROM shard a JOIN rankings b ON a.ranking_id = b.ranking_id "
+        f"WHERE {_DIFFERS} ORDER BY a.row LIMIT 1",
+        params,
+    ).fetchone()
+    if clash:
+        row, ranking_id, column, source = clash
+        raise ShardError(
+            f"{path}, row {row}: ranking_id {ranking_id} is already stored (from {source}) "
+            f"with a different {column}: one ranking_id is one vote; drop the row or give "
+            "it a new id"
+        )
+    [(rows, distinct, already)] = cur.execute(
+        f"WITH shard AS ({shard}) SELECT count(*), count(DISTINCT ranking_id), "
+        "(SELECT count(DISTINCT ranking_id) FROM shard JOIN rankings USING (ranking_id)) "
+        "FROM shard",
+        params,
+    ).fetchall()
+    return rows - distinct, already
+
+
+def _new_images(batch: pa.RecordBatch, columns: list[str], seen: dict, done: set) -> pa.Table:
     """The batch's images not stored yet by this import, as a table for the store."""
     rows: dict[str, list] = {name: [] for name in _IMAGE_SCHEMA.names}
     for k in (0, 1):
@@ -215,7 +345,7 @@ def _new_images(batch: pa.RecordBatch, columns: list[str], sizes: dict, done: se
             if uid in done:
                 continue
             done.add(uid)
-            width, height = sizes[uid]
+            width, height = seen[uid].size
             values = (
                 uid, batch.column(f"jpg_{k}")[i].as_py(), batch.column("caption")[i].as_py(),
                 batch.column(f"model_{k}")[i].as_py(), width, height,
@@ -226,42 +356,79 @@ def _new_images(batch: pa.RecordBatch, columns: list[str], sizes: dict, done: se
     return pa.table(rows, schema=_IMAGE_SCHEMA)
 
 
+def _forget_images(cur: duckdb.DuckDBPyConnection, uids: set[str]) -> None:
+    """Best effort after a failed import: drop its images that no pair references."""
+    if not uids:
+        return
+    try:
+        with transaction(cur):
+            cur.register("_import_forget", pa.table({"image_uid": sorted(uids)}))
+            cur.execute(
+                "DELETE FROM images WHERE image_uid IN (SELECT image_uid FROM _import_forget) "
+                "AND NOT EXISTS (SELECT 1 FROM rankings r "
+                "WHERE images.image_uid IN (r.image_0_uid, r.image_1_uid))"
+            )
+            cur.unregister("_import_forget")
+    except duckdb.Error:
+        pass  # what stays is never part of a pair, and a re-import reuses it
+
+
 def import_shard(
     store: Store,
     path: Path,
     source: str,
     split: str | None = None,
+    max_side: int = MAX_SIDE,
     batch_rows: int = 64,
     image_rows: int = 128,
 ) -> ImportedFile:
-    """Import one shard: all of its pairs, or (on any error) none.
+    """Import one shard: all of its pairs, or (raising `ShardError`) none.
 
     Three streaming passes keep memory flat for shards of any size: every row is
-    checked before anything is written; then images are stored, `image_rows` rows per
-    transaction (more is faster and takes more memory: docs/BENCHMARKS.md);
-    then the pairs, in one transaction, so they appear all at once. A crash between the
-    last two leaves some images without pairs (never part of a pair or an export),
-    which importing the shard again reuses.
+    checked before anything is written (values, images, and that no ranking_id names
+    two different votes); then images are stored, `image_rows` rows per transaction
+    (more is faster and takes more memory: docs/BENCHMARKS.md); then the pairs, in one
+    transaction, so they appear all at once. A failure in the last two removes the
+    file's images again where it can; a crash leaves some images without pairs (never
+    part of a pair or an export), which importing the shard again reuses. A full disk
+    raises `DiskFullError`.
     """
     try:
         # Unbuffered page-by-page reads keep memory flat however large the row groups.
         shard = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
     except Exception as error:
-        raise ShardError(f"{path}: not a readable parquet file ({error})") from None
+        raise ShardError(f"{path}: not a readable parquet file ({_first_line(error)})") from None
     columns = check_schema(path, shard.schema_arrow)
     split = split or split_of(path)
 
-    sizes: dict[str, tuple[int, int]] = {}
-    seen = 0
-    for batch in shard.iter_batches(batch_size=batch_rows, columns=list(NOT_NULL_COLUMNS)):
-        _check_batch(path, batch, seen, sizes)
-        seen += batch.num_rows
-
+    seen: dict[str, _SeenImage] = {}
+    rows = 0
+    checked = [*NOT_NULL_COLUMNS, *(["best_image_uid"] if "best_image_uid" in columns else [])]
+    for batch in shard.iter_batches(batch_size=batch_rows, columns=checked):
+        _check_batch(path, batch, rows, seen, store, max_side)
+        rows += batch.num_rows
     cur = store.cursor()
+    rankings = _shard_rankings(columns)
+    repeated, already = _check_ids(cur, path, rankings)
+
+    done: set[str] = set()  # image uids this import has stored
+    try:
+        _store_images(cur, shard, columns, seen, done, image_rows)
+        added = _store_rankings(cur, path, rankings, source, split)
+    except BaseException as error:
+        _forget_images(cur, done)
+        if is_disk_full(error):
+            raise disk_full_error(store.path, f"nothing of {path} was imported") from None
+        raise
+    return ImportedFile(path=path, rows=rows, added=added, already=already, repeated=repeated)
+
+
+def _store_images(cur, shard: pq.ParquetFile, columns: list[str], seen: dict, done: set,
+                  image_rows: int) -> None:
+    """Pass 2: the shard's images, `image_rows` rows per transaction."""
     image_columns = [c for c in columns if c in _IMAGE_SOURCE_COLUMNS]
-    done: set[str] = set()
     for batch in shard.iter_batches(batch_size=image_rows, columns=image_columns):
-        images = _new_images(batch, image_columns, sizes, done)
+        images = _new_images(batch, image_columns, seen, done)
         with transaction(cur):
             cur.register("_import_images", images)
             cur.execute(
@@ -270,27 +437,33 @@ def import_shard(
             )
             cur.unregister("_import_images")
 
+
+def _store_rankings(cur, path: Path, rankings: str, source: str, split: str) -> int:
+    """Pass 3: the shard's pairs in one transaction; how many were new."""
     with transaction(cur):
         [(before,)] = cur.execute("SELECT count(*) FROM rankings").fetchall()
         cur.execute(
-            "INSERT INTO rankings (ranking_id, caption, image_0_uid, image_1_uid, label_0, "
-            "label_1, best_image_uid, user_id, created_at, has_label, "
+            "INSERT INTO rankings (ranking_id, caption, image_0_uid, image_1_uid, "
+            "label_0, label_1, best_image_uid, user_id, created_at, has_label, "
             "num_example_per_prompt, outcome, source, split) "
             "SELECT ranking_id, caption, image_0_uid, image_1_uid, label_0, label_1, "
-            f"coalesce({_column(columns, 'best_image_uid')}, CASE WHEN label_0 = 0.5 "
-            f"THEN '{TIE_UID}' WHEN label_0 = 1 THEN image_0_uid ELSE image_1_uid END), "
-            "user_id, created_at::TIMESTAMP_NS, "
-            f"coalesce({_column(columns, 'has_label')}, true), "
-            f"{_column(columns, 'num_example_per_prompt')}, "
+            "best_image_uid, user_id, created_at, has_label, num_example_per_prompt, "
             # Public shards do not record which image was on the left (shown_left is
             # NULL); their outcome is stated as if image_0 had been (ARCHITECTURE.md).
             "CASE WHEN label_0 = 0.5 THEN 'tie' WHEN label_0 = 1 THEN 'left' "
-            "ELSE 'right' END, $source, $split "
-            "FROM read_parquet($path) ON CONFLICT DO NOTHING",
+            f"ELSE 'right' END, $source, $split FROM ({rankings}) "
+            # A row repeating an earlier one exactly (checked before) is stored once.
+            "QUALIFY row_number() OVER (PARTITION BY ranking_id ORDER BY row) = 1 "
+            "ON CONFLICT DO NOTHING",
             {"path": str(path), "source": source, "split": split},
         )
         [(after,)] = cur.execute("SELECT count(*) FROM rankings").fetchall()
-    return ImportedFile(path=path, rows=seen, added=after - before)
+    return after - before
+
+
+def _first_line(error: Exception) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
 
 
 def import_shards(
@@ -298,19 +471,22 @@ def import_shards(
     paths: Iterable[str | Path],
     source: str = "public:pickapic",
     split: str | None = None,
+    max_side: int = MAX_SIDE,
     progress: bool = True,
 ) -> list[ImportedFile]:
-    """Import shards file by file; each file is all-or-nothing, re-imports add nothing."""
-    shards = find_shards(paths)
-    for shard in shards:  # refuse a bad schema before importing anything
-        try:
-            schema = pq.read_schema(shard)
-        except Exception as error:
-            raise ShardError(f"{shard}: not a readable parquet file ({error})") from None
-        check_schema(shard, schema)
+    """Import shards file by file; each file is all-or-nothing, re-imports add nothing.
+
+    A refused file does not stop the others: its `ImportedFile.refused` says why, and
+    nothing of it is in the store. A full disk stops the import with `DiskFullError`
+    (the files before it stay imported).
+    """
     done = []
-    for shard in tqdm(shards, desc="import", unit="shard", disable=not progress):
-        done.append(import_shard(store, shard, source=source, split=split))
+    shards = find_shards(paths)
+    for shard in tqdm(shards, desc="import", unit="shard", disable=None if progress else True):
+        try:
+            done.append(import_shard(store, shard, source, split=split, max_side=max_side))
+        except ShardError as error:
+            done.append(ImportedFile(path=shard, rows=0, added=0, refused=str(error)))
     return done
 
 

@@ -10,8 +10,11 @@ vote (double click, client retry) is stored once and answered with the first res
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
 import re
+import shutil
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -22,7 +25,7 @@ from pathlib import Path
 
 import duckdb
 
-from data.errors import DataError, StoreLockedError
+from data.errors import DataError, DiskFullError, StoreLockedError
 from data.migrations import LATEST_VERSION, MIGRATIONS
 
 DEFAULT_DB = Path("runs/prefs.duckdb")
@@ -139,11 +142,34 @@ def preference_labels(
 
 
 def _lock_message(path: Path, error: Exception) -> str:
+    # DuckDB refuses a second process even read-only (so `data export` and `data stats`
+    # fail the same way): the one thing that works is to stop the holder first.
     holder = re.search(r"held in (.+?) \(PID (\d+)\)", str(error))
-    who = f"process {holder.group(2)} ({holder.group(1)})" if holder else "another process"
+    if holder is None:
+        return f"{path} is in use by another process: stop it, then run this command again"
+    pid, program = holder.group(2), holder.group(1)
     return (
-        f"{path} is in use by {who}: stop the app that holds it, or read an export "
-        f"(python -m data export OUT_DIR --db {path}) instead"
+        f"{path} is in use by process {pid} ({program}): stop that process (Ctrl+C in "
+        f"its terminal, or kill {pid}), then run this command again"
+    )
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether an OS or DuckDB error says the disk is full (ENOSPC)."""
+    if getattr(error, "errno", None) == errno.ENOSPC:
+        return True
+    return os.strerror(errno.ENOSPC) in str(error)  # DuckDB quotes the OS message
+
+
+def disk_full_error(path: Path, lost: str) -> DiskFullError:
+    """The one-line answer to a write that found the disk holding `path` full."""
+    try:
+        free = f"{shutil.disk_usage(path.resolve().parent).free / 2**20:.1f} MB free"
+    except OSError:
+        free = "free space unknown"
+    return DiskFullError(
+        f"no space left on the disk holding {path} ({free}): {lost}; "
+        "free some space and run the command again"
     )
 
 
@@ -161,6 +187,8 @@ def connect(path: str | Path, read_only: bool = False) -> duckdb.DuckDBPyConnect
     except duckdb.IOException as error:
         if "lock" in str(error).lower():
             raise StoreLockedError(_lock_message(path, error)) from None
+        if is_disk_full(error):
+            raise disk_full_error(path, "the store was not opened") from None
         raise DataError(f"cannot open {path}: {str(error).splitlines()[0]}") from None
     except duckdb.Error as error:
         raise DataError(

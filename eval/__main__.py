@@ -18,11 +18,10 @@ from pathlib import Path
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-from data.errors import DataError  # noqa: E402
+from data.errors import DataError, UserError, report_user_error  # noqa: E402
 from data.pages import PORT_HELP, pick_port  # noqa: E402
 from eval.votes import DEFAULT_VOTES  # noqa: E402
-
-TOY = "toy"
+from models.toy import TOY_NAME  # noqa: E402
 
 
 def newest_trained_model(root: Path = Path("runs/train")) -> str | None:
@@ -35,7 +34,7 @@ def default_prompts(base: str):
     from data.prompts import Prompt
     from models.toy.shapes import SHAPES, all_captions
 
-    if base != TOY:
+    if base != TOY_NAME:
         raise DataError(f"--base {base} has no built-in prompts: give --prompts FILE "
                         "(one prompt per line, or a CSV/TSV with prompt and category columns)")
     return [Prompt(c, next(s for s in SHAPES if c.endswith(s))) for c in all_captions()]
@@ -50,7 +49,7 @@ def _sampling_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _model_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--base", default=TOY, help="the base model (default: toy)")
+    parser.add_argument("--base", default=TOY_NAME, help="the base model (default: toy)")
     parser.add_argument("--aligned", help="the aligned model (default: the newest "
                                           "runs/train/*/final)")
     parser.add_argument("--prompts", help="prompt set: one per line, or CSV/TSV with prompt "
@@ -204,23 +203,13 @@ def auto(argv: list[str]) -> int:
     return 0
 
 
-def _user_errors() -> tuple[type[Exception], ...]:
-    """DataError, and ModelError once the model layer is loaded: `report` and `--help`
-    never import it (it imports torch, seconds before anything happens)."""
-    models_errors = sys.modules.get("models.errors")
-    return (DataError, *([models_errors.ModelError] if models_errors else []))
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = {"auto": auto, "report": report}.get(argv[0] if argv else "")
     try:
         return command(argv[1:]) if command else blind(argv)
-    except Exception as error:
-        if not isinstance(error, _user_errors()):
-            raise
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    except UserError as error:
+        return report_user_error(error)
     except KeyboardInterrupt:
         return 130
 

@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from data.prompts import Prompt
 from eval.images import DEFAULT_ROOT, Sampling, images_for, open_image
 from eval.stats import Interval, Vote
+from models.scorers import checked_scores
 
 SCORE_BATCH = 64
 
@@ -43,13 +43,14 @@ def mean_interval(scores: np.ndarray) -> tuple[float, Interval]:
     return mean, Interval(mean - half, mean + half)
 
 
-def _score(scorer, prompts: list[str], paths: list[Path], label: str) -> np.ndarray:
+def _score(scorer, name: str, prompts: list[str], paths: list[Path], label: str) -> np.ndarray:
+    """The scorer's checked scores of one model's images (`label`), in batches."""
     scores = []
     for start in tqdm(range(0, len(paths), SCORE_BATCH), desc=f"scoring {label}",
                       unit="batch"):
         images = [open_image(p) for p in paths[start:start + SCORE_BATCH]]
-        result = torch.as_tensor(scorer(prompts[start:start + SCORE_BATCH], images))
-        scores.append(result.float().reshape(-1).cpu().numpy())
+        scores.append(np.asarray(checked_scores(scorer, name,
+                                                prompts[start:start + SCORE_BATCH], images)))
     return np.concatenate(scores)
 
 
@@ -69,9 +70,9 @@ def compare(base: str, aligned: str, prompts: list[Prompt], scorer, scorer_name:
     aligned_paths = images_for(aligned, texts, sampling, root)
     pairs = [(p, s) for p in prompts for s in range(sampling.seeds)]
     pair_texts = [p.text for p, _ in pairs]
-    base_scores = _score(scorer, pair_texts, [base_paths[(p.text, s)] for p, s in pairs],
-                         "base")
-    aligned_scores = _score(scorer, pair_texts,
+    base_scores = _score(scorer, scorer_name, pair_texts,
+                         [base_paths[(p.text, s)] for p, s in pairs], "base")
+    aligned_scores = _score(scorer, scorer_name, pair_texts,
                             [aligned_paths[(p.text, s)] for p, s in pairs], "aligned")
     votes = [Vote(prompt.text, outcome(b, a, tie_margin), category=prompt.category)
              for (prompt, _), b, a in zip(pairs, base_scores, aligned_scores, strict=True)]

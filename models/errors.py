@@ -1,5 +1,7 @@
-"""Errors that reach a user as one line (see data/errors.py for the same rule)."""
+"""Errors that reach a user as one line (the rule is in data/errors.py)."""
+
+from data.errors import UserError
 
 
-class ModelError(Exception):
+class ModelError(UserError):
     """A model that cannot be loaded or used as asked; the message names the fix."""

@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 
 from models.errors import ModelError
+from models.toy import TOY_NAME
 
-TOY_NAME = "toy"
 TOY_DIR = Path(__file__).resolve().parent / "toy" / "pipeline"
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # diffusers' save_lora_weights name
 LORA_BASE_FILE = "base_model.json"  # {"base_model": "<name>"}, written beside it

@@ -159,6 +159,33 @@ def hpsv2_scorer(version: str = "v2.1") -> Scorer:
     return score
 
 
+def checked_scores(scorer: Scorer, name: str, prompts: Sequence[str],
+                   images: Sequence[Image.Image]) -> list[float]:
+    """One finite score per image, or a one-line ModelError naming the scorer.
+
+    Every caller of a scorer (AI feedback, `eval auto`, the trainer's samples) goes through
+    this: a user's `module:callable` may return anything, and a wrong count or a NaN
+    would otherwise become a silent label or a silent mean.
+    """
+    try:
+        raw = scorer(prompts, images)
+    except ModelError:
+        raise
+    except Exception as error:
+        raise ModelError(f"scorer {name} failed: {type(error).__name__}: {error}") from None
+    try:
+        values = torch.as_tensor(raw).detach().cpu().double().flatten()
+    except (TypeError, ValueError, RuntimeError):
+        raise ModelError(f"scorer {name} returned {type(raw).__name__}, not scores") from None
+    if values.numel() != len(images):
+        raise ModelError(
+            f"scorer {name} returned {values.numel()} scores for {len(images)} images"
+        )
+    if not torch.isfinite(values).all():
+        raise ModelError(f"scorer {name} returned a score that is not a finite number")
+    return values.tolist()
+
+
 def toy_judge() -> Scorer:
     from models.toy.judge import score
 

@@ -1,12 +1,23 @@
-"""A writer killed with SIGKILL loses nothing it acknowledged and leaves nothing half-written."""
+"""Writers that die or fail lose nothing they acknowledged and leave nothing half-written.
+
+SIGKILL mid-vote and mid-import, a disk that fills mid-import, and a store held by
+another process.
+"""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
-from helpers import public_shard_table, write_shard
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from helpers import public_shard_table, record, write_shard
 
 from data.store import Store
 
@@ -92,3 +103,90 @@ def test_sigkill_mid_import_leaves_all_or_nothing(tmp_path):
         count = store.counts()["rankings"]
     assert count in (0, 3000)
     assert count == 0 or "done" in rest
+
+
+def snapshot(store: Store) -> dict:
+    cur = store.cursor()
+    return {
+        table: cur.execute(f"SELECT * FROM {table} ORDER BY 1").fetchall()
+        for table in ("images", "rankings", "users")
+    }
+
+
+def data_command(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "data", *map(str, args)],
+                          capture_output=True, text=True,
+                          cwd=os.path.dirname(os.path.dirname(__file__)))
+
+
+@contextmanager
+def small_disk(path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of `size` mounted at `path` for the block (mounting needs root)."""
+    path.mkdir()
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                           capture_output=True, text=True)
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a {size} tmpfs here (needs root): {mount.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=True)
+
+
+def pq_image_bytes(shard: Path) -> int:
+    table = pq.read_table(shard, columns=["jpg_0", "jpg_1"])
+    return sum(pc.sum(pc.binary_length(table[c])).as_py() for c in ("jpg_0", "jpg_1"))
+
+
+def test_a_full_disk_ends_an_import_with_one_line_and_the_store_as_it_was(tmp_path):
+    rows = [("a prompt", 1.0, 0.0)] * 3000
+    shard = write_shard(tmp_path / "big.parquet", public_shard_table(rows=rows, image_size=64))
+    with small_disk(tmp_path / "disk", "3m") as disk:
+        db = disk / "prefs.duckdb"
+        with Store(db) as store:
+            record(store, "already here", "left")
+            before = snapshot(store)
+        images = pq_image_bytes(shard)
+        assert images > 2 * shutil.disk_usage(disk).free  # the shard cannot fit
+
+        out = data_command("import", shard, "--db", db)
+        assert out.returncode == 1
+        assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr, out.stderr
+        assert out.stderr.startswith(f"error: no space left on the disk holding {db} (")
+        assert f"MB free): nothing of {shard} was imported; free some space and run the " \
+            "command again" in out.stderr
+        with Store(db) as store:
+            assert snapshot(store) == before
+
+
+HOLDER = """
+import sys, time
+from data.store import Store
+store = Store(sys.argv[1])
+print("open", flush=True)
+time.sleep(300)
+"""
+
+
+def test_a_held_store_names_its_holder_and_a_way_out_that_works(tmp_path):
+    db = tmp_path / "prefs.duckdb"
+    with Store(db) as store:
+        record(store, "a cat", "left")
+    commands = [("stats", "--db", db), ("export", tmp_path / "out", "--db", db)]
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(db)], stdout=subprocess.PIPE,
+                              text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        for command in commands:
+            out = data_command(*command)
+            assert out.returncode == 1 and out.stderr.count("\n") == 1, out.stderr
+            assert f"{db} is in use by process {holder.pid} " in out.stderr
+            assert f"kill {holder.pid}), then run this command again" in out.stderr
+            # no other command to try: every one meets the same lock (export and stats did)
+            assert "python -m" not in out.stderr
+    finally:
+        holder.terminate()
+        holder.wait()
+    for command in commands:  # the advice followed: the same commands now work
+        out = data_command(*command)
+        assert out.returncode == 0, out.stderr

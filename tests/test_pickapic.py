@@ -1,5 +1,8 @@
 """Pick-a-Pic import and export: exact schema, round trips, and refused bad shards."""
 
+import io
+import re
+import struct
 import subprocess
 import sys
 
@@ -7,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from helpers import PUBLIC_ROWS, public_shard_table, record, write_shard
+from PIL import Image
 
 from data.errors import DataError, ShardError
 from data.pickapic import PICKAPIC_SCHEMA, export_pairs, import_shard, import_shards
@@ -177,6 +181,25 @@ def _corrupt(table: pa.Table, column: str, row: int, value) -> pa.Table:
                             type=table.schema.field(column).type))
 
 
+def _uid(table: pa.Table, k: int, row: int) -> str:
+    return table.column(f"image_{k}_uid")[row].as_py()
+
+
+def huge_header_jpeg(width: int = 12000, height: int = 12000) -> bytes:
+    """A real 1x1 JPEG whose frame header (SOF0) is patched to declare width x height."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (1, 1), (200, 0, 0)).save(buffer, "JPEG")
+    data = buffer.getvalue()
+    sof = data.index(b"\xff\xc0")  # marker, length (2), precision (1), height, width
+    return data[: sof + 5] + struct.pack(">HH", height, width) + data[sof + 9:]
+
+
+def png_bytes() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), (10, 200, 10)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
 BAD_SHARDS = {
     "missing column": (
         lambda t: t.drop_columns(["label_1"]), r"missing column\(s\) label_1"),
@@ -189,16 +212,56 @@ BAD_SHARDS = {
     "undecodable image": (
         lambda t: _corrupt(t, "jpg_1", 3, b"\xff\xd8\xff\xe0 not really a jpeg"),
         r"row 3: jpg_1 is not a decodable image"),
+    "bytes that are no image at all": (
+        lambda t: _corrupt(t, "jpg_1", 3, b"hello, these bytes are not an image"),
+        r"row 3: jpg_1 is not a decodable image"),
     "truncated image": (
         lambda t: _corrupt(t, "jpg_0", 4, t.column("jpg_0")[4].as_py()[:200]),
         r"row 4: jpg_0 is not a decodable image"),
+    "12000x12000 declared in 633 bytes": (
+        lambda t: _corrupt(t, "jpg_1", 2, huge_header_jpeg()),
+        r"row 2: jpg_1 declares 12000x12000 pixels, over the 4096 px per side limit"),
+    "PNG bytes in a jpg column": (
+        lambda t: _corrupt(t, "jpg_0", 1, png_bytes()),
+        r"row 1: jpg_0 holds PNG bytes, not JPEG: re-encode it as JPEG"),
     "label outside {0, 0.5, 1}": (
         lambda t: _corrupt(_corrupt(t, "label_0", 5, 0.3), "label_1", 5, 0.7),
         r"row 5: labels \(0.3, 0.7\) are not"),
     "labels not summing to one": (
         lambda t: _corrupt(t, "label_1", 1, 0.0), r"row 1: labels \(0, 0\) are not"),
     "null caption": (lambda t: _corrupt(t, "caption", 2, None), r"row 2: caption is empty"),
+    "best_image_uid the loser": (
+        lambda t: _corrupt(t, "best_image_uid", 0, _uid(t, 1, 0)),
+        r"row 0: best_image_uid \(image_1's uid\) contradicts the labels \(1, 0\), which say "
+        r"image_0 preferred"),
+    "best_image_uid naming neither image": (
+        lambda t: _corrupt(t, "best_image_uid", 3, "someone-else"),
+        r"row 3: best_image_uid \('someone-else', naming neither image\) contradicts"),
+    "a tie with a winner": (
+        lambda t: _corrupt(t, "best_image_uid", 2, _uid(t, 0, 2)),
+        r"row 2: best_image_uid \(image_0's uid\) contradicts the labels \(0.5, 0.5\), "
+        r"which say a tie"),
+    "a winner with a tie's best_image_uid": (
+        lambda t: _corrupt(t, "best_image_uid", 1, "none"),
+        r"row 1: best_image_uid \('none', a tie's\) contradicts the labels \(0, 1\)"),
+    "ranking_id repeated with other content": (
+        lambda t: _corrupt(t, "ranking_id", 4, 1001),
+        r"row 4: ranking_id 1001 repeats row 1 with a different caption: one ranking_id is "
+        r"one vote"),
+    "one image uid for two images": (
+        lambda t: _corrupt(t, "image_0_uid", 1, _uid(t, 0, 0)),
+        r"row 1: image_0_uid '00001000-0000-4000-8000-000000000000' is also an image of "
+        r"row 0, with different bytes"),
 }
+INTERNALS = re.compile(r"\b0x[0-9a-f]{4,}|object at|<\w|Traceback", re.IGNORECASE)
+
+
+def refusal(store: Store, shard) -> str:
+    """Import one shard that must be refused; the refusal's one line."""
+    [done] = import_shards(store, [shard], progress=False)
+    assert getattr(done, "refused", None), f"accepted: {done}"
+    assert done.added == 0
+    return done.refused
 
 
 @pytest.mark.parametrize("problem", BAD_SHARDS)
@@ -207,9 +270,10 @@ def test_bad_shard_is_refused_with_file_row_and_problem(store, tmp_path, problem
     record(store, "already here", "left")
     before = snapshot(store)
     shard = write_shard(tmp_path / "bad.parquet", make_bad(public_shard_table()))
-    with pytest.raises(ShardError, match=message) as info:
-        import_shards(store, [shard], progress=False)
-    assert str(shard) in str(info.value) and "\n" not in str(info.value)
+    refused = refusal(store, shard)
+    assert re.search(message, refused), refused
+    assert refused.startswith(f"{shard}") and "\n" not in refused
+    assert not INTERNALS.search(refused), refused
     assert snapshot(store) == before
 
 
@@ -227,13 +291,69 @@ def test_bad_row_late_in_a_shard_rolls_back_the_whole_file(store, tmp_path):
 def test_not_parquet_and_missing_paths_are_one_line_errors(store, tmp_path):
     junk = tmp_path / "junk.parquet"
     junk.write_bytes(b"definitely not parquet")
-    with pytest.raises(ShardError, match="not a readable parquet file"):
-        import_shards(store, [junk], progress=False)
+    assert "not a readable parquet file" in refusal(store, junk)
     with pytest.raises(DataError, match="no such file or folder"):
         import_shards(store, [tmp_path / "nowhere"], progress=False)
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="no .parquet files"):
         import_shards(store, [tmp_path / "empty"], progress=False)
+
+
+def test_the_image_size_limit_is_a_parameter(store, tmp_path):
+    shard = write_shard(tmp_path / "s.parquet", public_shard_table(image_size=64))
+    with Store(tmp_path / "other.duckdb") as other:
+        [done] = import_shards(other, [shard], max_side=32, progress=False)
+    assert "row 0: jpg_0 declares 64x64 pixels, over the 32 px per side limit" in done.refused
+    [done] = import_shards(store, [shard], max_side=64, progress=False)
+    assert done.added == len(PUBLIC_ROWS)
+
+
+# -- ranking_ids: one id is one vote -----------------------------------------------------
+
+
+def test_a_ranking_id_stored_before_with_other_content_is_refused(store, tmp_path):
+    import_shards(store, [write_shard(tmp_path / "a.parquet", public_shard_table())],
+                  progress=False)
+    before = snapshot(store)
+    # The same id with another caption: the later row would be dropped without a word.
+    other = _corrupt(public_shard_table(), "caption", 0, "a different vote")
+    refused = refusal(store, write_shard(tmp_path / "b.parquet", other))
+    assert refused == (
+        f"{tmp_path / 'b.parquet'}, row 0: ranking_id 1000 is already stored (from "
+        "public:pickapic) with a different caption: one ranking_id is one vote; drop the "
+        "row or give it a new id"
+    )
+    # The same ids on other images: before, the rows were dropped and their images kept.
+    renumbered = public_shard_table(start_id=5000)
+    renumbered = renumbered.set_column(
+        renumbered.schema.get_field_index("ranking_id"), "ranking_id",
+        pa.array(range(1000, 1000 + len(PUBLIC_ROWS)), pa.int64()))
+    refused = refusal(store, write_shard(tmp_path / "c.parquet", renumbered))
+    assert "row 0: ranking_id 1000 is already stored (from public:pickapic) with a " \
+        "different image_0_uid" in refused
+    assert snapshot(store) == before
+
+
+def test_repeated_identical_rankings_add_nothing_and_say_so(store, tmp_path):
+    table = public_shard_table()
+    doubled = pa.concat_tables([table, table.slice(0, 2)])  # rows 6, 7 repeat rows 0, 1
+    [first] = import_shards(store, [write_shard(tmp_path / "a.parquet", doubled)],
+                            progress=False)
+    assert (first.rows, first.added, first.repeated, first.already) == (8, 6, 2, 0)
+    # the same rankings under another file name (as a subset of another split would hold)
+    [again] = import_shards(store, [write_shard(tmp_path / "copy.parquet", table)],
+                            progress=False)
+    assert (again.added, again.already, again.refused) == (0, 6, None)
+    assert store.counts() == {"images": 12, "rankings": 6, "users": 0}
+
+
+def test_our_export_imported_into_its_own_store_adds_nothing(store, tmp_path):
+    fill_with_votes(store)
+    before = snapshot(store)
+    export_pairs(store, tmp_path / "out")
+    [done] = import_shards(store, [tmp_path / "out"], progress=False)
+    assert (done.refused, done.added, done.already) == (None, 0, 5)
+    assert snapshot(store) == before
 
 
 # -- the command line ---------------------------------------------------------------------
@@ -252,6 +372,7 @@ def test_cli_import_export_stats(tmp_path):
     assert f"{len(PUBLIC_ROWS)} new pairs" in out.stdout
     out = run_cli("import", shard, "--db", db)
     assert "0 new pairs" in out.stdout
+    assert f"{shard}: 6 rows, 0 new pairs (6 already stored, identical)" in out.stdout
 
     out = run_cli("stats", "--db", db)
     assert out.returncode == 0, out.stderr
@@ -271,3 +392,40 @@ def test_cli_bad_shard_prints_one_line_and_exits_nonzero(tmp_path):
     assert out.returncode == 1
     assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
     assert "missing column(s) jpg_0" in out.stderr
+
+
+def test_cli_non_image_bytes_give_one_line_without_internals(tmp_path):
+    table = _corrupt(public_shard_table(), "jpg_1", 3, b"hello, these bytes are not an image")
+    bad = write_shard(tmp_path / "bad.parquet", table)
+    out = run_cli("import", bad, "--db", tmp_path / "prefs.duckdb")
+    assert out.returncode == 1
+    assert out.stderr == (
+        f"error: {bad}, row 3: jpg_1 is not a decodable image (an unknown format, or a "
+        "damaged header); nothing of this file was imported\n"
+    )
+    assert not INTERNALS.search(out.stderr + out.stdout)
+
+
+def test_cli_imports_the_good_shard_of_a_folder_and_reports_only_the_bad(tmp_path):
+    db = tmp_path / "prefs.duckdb"
+    good = write_shard(tmp_path / "shards" / "a.parquet", public_shard_table(start_id=1))
+    bad_table = _corrupt(public_shard_table(start_id=100), "jpg_1", 2, huge_header_jpeg())
+    bad = write_shard(tmp_path / "shards" / "b.parquet", bad_table)
+    out = run_cli("import", tmp_path / "shards", "--db", db)
+    assert out.returncode == 1
+    assert out.stderr == (
+        f"error: {bad}, row 2: jpg_1 declares 12000x12000 pixels, over the 4096 px per side "
+        "limit (--max-image-side); nothing of this file was imported\n"
+    )
+    assert out.stdout.splitlines() == [
+        f"{good}: 6 rows, 6 new pairs",
+        f"imported 1 of 2 shard(s): 6 rows read, 6 new pairs in {db}; 1 refused (see above)",
+    ]
+    with Store(db, read_only=True) as store:
+        ids = [r.ranking_id for r in store.rankings()]
+    assert ids == list(range(1, 7))
+
+    # the limit is the user's to raise; the file then imports (the bytes still decode)
+    out = run_cli("import", bad, "--db", db, "--max-image-side", "12000")
+    assert out.returncode == 0, out.stderr
+    assert f"{bad}: 6 rows, 6 new pairs" in out.stdout

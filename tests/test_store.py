@@ -176,7 +176,7 @@ def test_second_process_gets_one_line_naming_the_fix(store):
     assert out.returncode == 3, out.stderr
     line = out.stdout.strip()
     assert "\n" not in line
-    assert "in use by process" in line and "stop the app" in line and "export" in line
+    assert "in use by process" in line and "stop that process" in line
 
 
 def test_cli_on_a_locked_store_prints_one_line(store):
@@ -187,7 +187,7 @@ def test_cli_on_a_locked_store_prints_one_line(store):
     assert out.returncode == 1
     assert out.stdout == ""
     assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
-    assert out.stderr.startswith("error: ") and "stop the app" in out.stderr
+    assert out.stderr.startswith("error: ") and "stop that process" in out.stderr
 
 
 def test_not_a_duckdb_file_is_one_line_error(tmp_path):

@@ -7,10 +7,8 @@ import sys
 # transformers warns on import that torchvision is absent; this project never needs it.
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-from data.errors import DataError  # noqa: E402
-from models.errors import ModelError  # noqa: E402
+from data.errors import UserError, report_user_error  # noqa: E402
 from train.config import from_command_line  # noqa: E402
-from train.errors import TrainError  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,9 +23,8 @@ def main(argv: list[str] | None = None) -> int:
 
         run = Run(config)
         summary = run.train()
-    except (TrainError, DataError, ModelError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    except UserError as error:
+        return report_user_error(error)
     except KeyboardInterrupt:
         print("interrupted: continue with --resume latest", file=sys.stderr)
         return 130

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import yaml
 
+from models.toy import TOY_NAME
 from train.errors import TrainError
 from train.presets import PRESETS
 
@@ -32,7 +33,7 @@ def _help(text: str, default=MISSING, factory=MISSING):
 @dataclass
 class TrainConfig:
     # What to train
-    model: str = _help("base model: `toy`, a local pipeline folder or a Hub id", "toy")
+    model: str = _help("base model: `toy`, a local pipeline folder or a Hub id", TOY_NAME)
     objective: str = _help("`dpo` (Diffusion-DPO) or `sft` (the paper's baseline: "
                            "denoising loss on the preferred images only)", "dpo")
     beta: float = _help("DPO beta in the official convention "

@@ -10,6 +10,7 @@ processes, so the same preset runs on 8 or 64 GPUs.
 
 from __future__ import annotations
 
+from models.toy import TOY_NAME
 from models.toy.shapes import all_captions
 
 PARTI_STYLE_PROMPTS = [
@@ -49,7 +50,7 @@ PRESETS: dict[str, dict] = {
     },
     "toy": {
         "_about": "the bundled toy model on this laptop's CPU, judged by the toy judge",
-        "model": "toy", "resolution": 32, "beta": 5000.0, "learning_rate": 2e-5,
+        "model": TOY_NAME, "resolution": 32, "beta": 5000.0, "learning_rate": 2e-5,
         "effective_batch": 16, "batch_size": 16, "max_steps": 400, "warmup_steps": 0,
         "lr_scheduler": "constant", "optimizer": "adamw", "prompt_dropout": 0.1,
         "random_flip": True, "mixed_precision": "no", "checkpoint_every": 200,

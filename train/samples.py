@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
+from models.scorers import checked_scores
+
 CHUNK = 16  # images per pipeline call
 
 
@@ -74,11 +76,12 @@ def grid(images: list[list[Image.Image]], prompts: list[str], title: str) -> Ima
     return sheet
 
 
-def score(scorer, images: list[list[Image.Image]], prompts: list[str]) -> float:
-    """The mean score of all samples."""
+def score(scorer, name: str, images: list[list[Image.Image]], prompts: list[str]) -> float:
+    """The mean checked score of all samples (a ModelError naming `name` if unusable)."""
     flat_prompts = [p for p, row in zip(prompts, images, strict=True) for _ in row]
     flat_images = [image for row in images for image in row]
-    return float(torch.as_tensor(scorer(flat_prompts, flat_images)).float().mean())
+    scores = checked_scores(scorer, name, flat_prompts, flat_images)
+    return sum(scores) / len(scores)
 
 
 def save_grid(sheet: Image.Image, folder: Path, step: int) -> Path:

@@ -357,7 +357,8 @@ class Run:
             self.unet.train()
             title = f"step {step}"
             if self.scorer is not None:
-                result["sample_score"] = samples.score(self.scorer, images, c.sample_prompts)
+                result["sample_score"] = samples.score(self.scorer, c.scorer, images,
+                                                         c.sample_prompts)
                 title += f"   {c.scorer} {result['sample_score']:.3f}"
             samples.save_grid(samples.grid(images, c.sample_prompts, title),
                               self.out / "samples", step)

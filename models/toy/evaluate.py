@@ -20,6 +20,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from models.toy import TOY_NAME
 from models.toy.judge import judge
 from models.toy.shapes import COLORS, SHAPES, all_captions, draw, random_spec
 
@@ -86,7 +87,7 @@ def sample_grid(model, path: Path, guidance: float = 7.5, steps: int = 20, seeds
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m models.toy.evaluate", description=__doc__)
-    parser.add_argument("--model", default="toy", help="a model name (default: toy)")
+    parser.add_argument("--model", default=TOY_NAME, help="a model name (default: %(default)s)")
     parser.add_argument("--pairs", type=int, default=200, help="held-out prompt/seed pairs")
     parser.add_argument("--guidance", type=float, default=7.5)
     parser.add_argument("--steps", type=int, default=20)
@@ -95,13 +96,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--grid", type=Path, help="also write a labelled sample grid PNG here")
     args = parser.parse_args(argv)
 
-    from models.errors import ModelError
+    from data.errors import UserError, report_user_error
     from models.loading import load
 
     try:
         model = load(args.model)
-    except ModelError as error:
-        raise SystemExit(f"error: {error}") from None
+    except UserError as error:
+        raise SystemExit(report_user_error(error)) from None
     report = {"model": args.model}
     if args.judge_images:
         report["judge_accuracy"] = judge_accuracy(args.judge_images)
