@@ -2,33 +2,23 @@
 
 Every event's function takes the name box (ignored with a login: the user id then comes
 from the login alone), the mode and the round id held by the page, and answers with the
-whole view: both images, the prompt shown, the round id, the tally, the note and the
-vote buttons. The round id is held by the page (a hidden textbox, not server-side
-state), so a vote names the pair that was on screen when it was cast. A new pair comes
-with its buttons off; `arm` turns them on once the pair has been shown for the minimum
-display time. A refused vote (stale, too soon, not saved) or a busy generator changes
-only the note, so the pair stays on screen.
+whole view: both images (enlarged for the page by `data.pages.enlarge`), the prompt
+shown, the round id, the tally, the note and the vote buttons (enabled only when both
+images are there). A request the server refuses (no name, an empty prompt) is answered
+in the note, under the prompt box, and leaves the rest of the view as it was.
 """
 
 from __future__ import annotations
 
-import asyncio
 import random
 
 import gradio as gr
 
-from annotate.rounds import (
-    AnnotateError,
-    Annotator,
-    Collector,
-    Round,
-    StaleVote,
-    TooSoon,
-    VoteNotSaved,
-)
+from annotate.rounds import AnnotateError, Annotator, Collector, Round
 from annotate.screening import PromptRefused
-from annotate.worker import WorkerBusy, WorkerError
+from annotate.worker import WorkerError
 from data.errors import DataError
+from data.pages import FRAME_PX, check_name, enlarge
 
 BUTTONS = [  # (outcome, label, key name shown, KeyboardEvent.key values)
     ("left", "Left is better", "←", ["ArrowLeft"]),
@@ -43,21 +33,13 @@ MODE_CHOICES = [
     ("Auto: next prompt from the prompt set", "auto"),
 ]
 _ERRORS = (AnnotateError, PromptRefused, WorkerError, DataError)
-_REFUSED = (StaleVote, TooSoon, VoteNotSaved, WorkerBusy)  # a note; the pair stays
-
-CSS = (".pair img { width: 100% !important; height: 100% !important; object-fit: contain;"
-       " image-rendering: pixelated; }")
 
 
 def page_script() -> str:
-    """Run once per page load: keys press the vote buttons (not while typing), and the
-    tiny toy images are scaled up without blur."""
+    """Run once per page load: keys press the vote buttons (not while typing)."""
     keys = {key: f"vote-{outcome}" for outcome, _, _, names in BUTTONS for key in names}
     entries = ", ".join(f'"{key}": "{elem}"' for key, elem in keys.items())
     return f"""() => {{
-  const style = document.createElement("style");
-  style.textContent = "{CSS}";
-  document.head.appendChild(style);
   document.addEventListener("keydown", (event) => {{
     const target = event.target;
     if (target && (target.tagName === "INPUT" || target.tagName === "TEXTAREA"
@@ -78,84 +60,70 @@ def build(collector: Collector, prompt_set: list[str] | None = None, auth: bool 
     def who(name: str, request: gr.Request) -> Annotator:
         if auth:
             return collector.annotator(request.username)
-        return collector.annotator(name)
+        return collector.annotator(check_name(name))
 
     def view(annotator: Annotator, shown: Round | None, note: str | None = None):
         tally = collector.tally(annotator).text(cap)
         if shown is None:
             return (None, None, "", "", tally, note or "", *_buttons(False))
         note = "\n\n".join(n for n in (note, shown.note) if n)
-        return (shown.left, shown.right, shown.prompt, shown.round_id, tally, note,
-                *_buttons(False))  # until `arm`: the pair is shown for the minimum time
-
-    def refused(error: Exception):
-        return (gr.skip(),) * 5 + (str(error),) + (gr.skip(),) * len(BUTTONS)
+        return (enlarge(shown.left), enlarge(shown.right), shown.prompt, shown.round_id,
+                tally, note, *_buttons(True))
 
     def generate(name, prompt, mode, request: gr.Request, progress=gr.Progress()):
         try:
             annotator = who(name, request)
             shown = collector.start(annotator, prompt or "", mode, _reporter(progress))
-        except _REFUSED as error:
-            return refused(error)
         except _ERRORS as error:
-            raise gr.Error(str(error), print_exception=False) from None
+            return refused(error)
         return view(annotator, shown)
-
-    async def arm(round_id: str):
-        """The vote buttons on once the pair has been shown long enough (never off)."""
-        wait = collector.display_wait(round_id)
-        if wait is None:
-            return [gr.skip() for _ in BUTTONS]
-        await asyncio.sleep(wait)
-        return _buttons(True)
 
     def voter(outcome: str):
         def vote(name, mode, round_id, request: gr.Request, progress=gr.Progress()):
             try:
                 annotator = who(name, request)
-                try:
-                    _, voted = collector.vote(annotator, round_id, outcome)
-                except _REFUSED as error:
-                    return refused(error)
+                _, voted = collector.vote(annotator, round_id, outcome)
                 if voted is None:  # a repeated vote: the page already moved on
-                    return (gr.skip(),) * (6 + len(BUTTONS))
+                    return (gr.skip(),) * 6 + tuple(_buttons(True))
                 try:
                     shown = collector.next_round(annotator, voted, outcome, mode,
                                                  _reporter(progress))
                 except _ERRORS as error:  # the vote is stored; say why nothing follows
                     return view(annotator, None, f"Vote recorded. {error}")
             except _ERRORS as error:
-                raise gr.Error(str(error), print_exception=False) from None
+                return refused(error)
             return view(annotator, shown)
 
         return vote
 
     def from_set():
         if not prompt_set:
-            raise gr.Error("This server has no prompt set: start it with --prompts FILE.",
-                           print_exception=False)
-        return pick.choice(prompt_set)
+            return gr.skip(), "This server has no prompt set: start it with --prompts FILE."
+        return pick.choice(prompt_set), ""
 
     with gr.Blocks(title="Which image is better?", delete_cache=(600, 3600)) as demo:
-        gr.Markdown("## Which image is better?\nType a prompt and press Generate, then "
-                    "pick the image you prefer.")
-        with gr.Row():
-            name = gr.Textbox(label="Your name", elem_id="name", visible=not auth, scale=1)
+        with gr.Row(equal_height=True):
+            gr.Markdown("## Which image is better?\nType your name and a prompt, press "
+                        "Generate, then pick the image you prefer.")
             tally = gr.Markdown(elem_id="tally")
-        with gr.Row():
-            prompt = gr.Textbox(label="Prompt", elem_id="prompt", scale=4,
-                                placeholder="a red circle")
+        with gr.Row(equal_height=True):
+            name = gr.Textbox(label="Your name", elem_id="name", visible=not auth, scale=1)
+            prompt = gr.Textbox(label="Prompt", elem_id="prompt", scale=3,
+                                placeholder="a red circle on a white background")
             generate_button = gr.Button("Generate", variant="primary", elem_id="generate",
                                         scale=1)
             set_button = gr.Button("Prompt from the set", elem_id="from-set", scale=1)
-        mode = gr.Radio(MODE_CHOICES, value="new", label="After a vote", elem_id="mode")
-        shown_prompt = gr.Textbox(label="Prompt shown", interactive=False,
-                                  elem_id="shown-prompt")
-        with gr.Row(elem_classes="pair"):
+        note = gr.Markdown(elem_id="note")
+        with gr.Row(equal_height=True):
+            mode = gr.Radio(MODE_CHOICES, value="new", label="After a vote", elem_id="mode",
+                            scale=3)
+            shown_prompt = gr.Textbox(label="Prompt shown", interactive=False,
+                                      elem_id="shown-prompt", scale=2)
+        with gr.Row():
             left = gr.Image(label="Left", interactive=False, elem_id="left-image",
-                            format="png", height=320, buttons=[])
+                            format="png", height=FRAME_PX, buttons=[])
             right = gr.Image(label="Right", interactive=False, elem_id="right-image",
-                             format="png", height=320, buttons=[])
+                             format="png", height=FRAME_PX, buttons=[])
         with gr.Row():
             buttons = [
                 gr.Button(f"{label} ({key})", elem_id=f"vote-{outcome}", interactive=False)
@@ -163,22 +131,25 @@ def build(collector: Collector, prompt_set: list[str] | None = None, auth: bool 
             ]
         gr.Markdown("Keys: ← left is better · → right is better · ↓ tie · "
                     "↑ both are bad · S skip", elem_id="shortcuts")
-        note = gr.Markdown(elem_id="note")
-        round_id = gr.Textbox("", visible=False, elem_id="round-id")
+        round_id = gr.State("")
 
         outputs = [left, right, shown_prompt, round_id, tally, note, *buttons]
         events = dict(outputs=outputs, concurrency_limit=None, show_progress="full",
                       show_progress_on=[left, right])
-        armed = dict(fn=arm, inputs=round_id, outputs=buttons, concurrency_limit=None,
-                     show_progress="hidden", api_visibility="private")
         gr.on([generate_button.click, prompt.submit], generate, [name, prompt, mode],
-              api_name="generate", **events).then(**armed)
+              api_name="generate", **events)
         for (outcome, *_), button in zip(BUTTONS, buttons, strict=True):
             button.click(voter(outcome), [name, mode, round_id],
-                         api_name=f"vote_{outcome}", **events).then(**armed)
-        set_button.click(from_set, None, prompt, api_visibility="private")
+                         api_name=f"vote_{outcome}", **events)
+        set_button.click(from_set, None, [prompt, note], api_visibility="private")
         demo.load(None, js=page_script())
     return demo
+
+
+def refused(error: Exception) -> tuple:
+    """The answer to a refused request: its one line in the note, the rest unchanged
+    (the images are not marked as errors, and a pair on screen can still be voted on)."""
+    return (*[gr.skip()] * 5, str(error), *[gr.skip()] * len(BUTTONS))
 
 
 def _buttons(enabled: bool) -> list:

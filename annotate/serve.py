@@ -4,25 +4,23 @@ from __future__ import annotations
 
 import argparse
 import random
-import signal
 import sys
-import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
 
+from annotate.feedback import default_prompts
 from annotate.gold import read_gold
-from annotate.rounds import MIN_DISPLAY_MS, Collector, Settings
+from annotate.rounds import Collector, Settings
 from annotate.screening import Blocklist, token_counter
 from annotate.worker import PairWorker, PromptSet
 from data.errors import UserError, report_user_error
+from data.pages import PORT_HELP, pick_port
 from data.prompts import read_prompts
 from data.store import DEFAULT_DB, Store
 from models.generate import PairVariety
 from models.toy import TOY_NAME
-from models.toy.shapes import all_captions
 
 
 class ServeError(UserError):
@@ -42,8 +40,6 @@ class AppConfig:
     variety: PairVariety = field(default_factory=PairVariety)
     buffer: int = 3
     seed: int | None = None
-    queue: int = 8
-    min_display_ms: int = MIN_DISPLAY_MS
 
 
 @dataclass
@@ -55,23 +51,8 @@ class Server:
     store: Store
     logins: list[tuple[str, str]] | None
 
-    def close(self, timeout: float = 1.0) -> None:
-        """Stop within about `timeout` seconds whatever the worker is doing.
-
-        The worker stops at its next sampler step (or is left, a daemon thread holding
-        no store state, when a step takes longer); the HTTP server gets the same time to
-        finish its answers; then the store is closed. Every vote that was acknowledged
-        was committed before its answer left, so none is lost.
-        """
-        deadline = time.monotonic() + timeout
-        self.worker.stop(timeout=timeout / 2)
-        server = getattr(self.demo, "server", None)
-        closing = threading.Thread(target=self.demo.close, kwargs={"verbose": False},
-                                   daemon=True)
-        closing.start()
-        closing.join(timeout=max(0.0, deadline - time.monotonic()))
-        if server is not None:
-            server.should_exit = True
+    def close(self) -> None:
+        self.worker.stop()
         self.store.close()
 
 
@@ -107,17 +88,13 @@ def open_app(config: AppConfig) -> Server:
         raise ServeError("give one --model, or two to compare them")
     if not 0 <= config.gold_rate <= 1:
         raise ServeError("--gold-rate is a share of rounds between 0 and 1")
-    if config.queue < 1:
-        raise ServeError("--queue must be at least 1")
-    if config.min_display_ms < 0:
-        raise ServeError("--min-display-ms must be 0 or more")
     logins = read_logins(config.auth) if config.auth else None
     gold = read_gold(config.gold) if config.gold else []
     blocklist = Blocklist.read(config.blocklist) if config.blocklist else Blocklist()
     if config.prompts:
         prompts = read_prompts(config.prompts)
     else:
-        prompts = all_captions() if config.models[0] == TOY_NAME else None
+        prompts = default_prompts(TOY_NAME) if config.models[0] == TOY_NAME else None
     loaded = [load(name) for name in config.models]
     rng = random.Random(config.seed)
     target = loaded[0] if len(loaded) == 1 else loaded
@@ -126,12 +103,10 @@ def open_app(config: AppConfig) -> Server:
         return generate_pair(target, prompt, config.variety, rng, on_step=on_step)
 
     prompt_set = PromptSet(prompts) if prompts else None
-    worker = PairWorker(make_pair, prompt_set, buffer_size=config.buffer,
-                        max_waiting=config.queue)
+    worker = PairWorker(make_pair, prompt_set, buffer_size=config.buffer)
     store = Store(config.db)
-    settings = Settings(config.gold_rate, config.daily_cap, blocklist, config.min_display_ms)
     collector = Collector(
-        store, worker, settings, gold,
+        store, worker, Settings(config.gold_rate, config.daily_cap, blocklist), gold,
         token_counter(loaded[0].pipeline.tokenizer), random.Random(config.seed),
     )
     demo = build(collector, prompts, auth=logins is not None, cap=config.daily_cap)
@@ -159,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to serve on (%(default)s; 0.0.0.0 opens it to the "
                         "network: use --auth then)")
-    parser.add_argument("--port", type=int, default=7860, help="port (%(default)s)")
+    parser.add_argument("--port", type=int, help=PORT_HELP)
     parser.add_argument("--prompts", type=Path, metavar="FILE",
                         help="prompt set for Auto mode and 'Prompt from the set': one per "
                         "line, or CSV/TSV with a prompt column (default for toy: its 18 "
@@ -185,16 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seed of the pair seeds and sides, for a reproducible session")
     parser.add_argument("--buffer", type=int, default=3, metavar="N",
                         help="pairs made ahead per prompt source (%(default)s; 0: none)")
-    parser.add_argument("--queue", type=int, default=8, metavar="N",
-                        help="people who may wait for a pair at once; more are told the "
-                        "generator is busy and to try again (%(default)s)")
-    parser.add_argument("--min-display-ms", type=int, default=MIN_DISPLAY_MS, metavar="MS",
-                        help="a pair is shown this long before its vote buttons work and a "
-                        "vote on it counts (%(default)s)")
     return parser
 
 
-def config_from_args(args: argparse.Namespace) -> tuple[AppConfig, str, int]:
+def config_from_args(args: argparse.Namespace) -> tuple[AppConfig, str, int | None]:
     variety = PairVariety(
         guidance=args.guidance,
         guidance_range=tuple(args.guidance_range) if args.guidance_range else None,
@@ -204,35 +173,27 @@ def config_from_args(args: argparse.Namespace) -> tuple[AppConfig, str, int]:
         models=args.model or [TOY_NAME], db=args.db, prompts=args.prompts, auth=args.auth,
         gold=args.gold, gold_rate=args.gold_rate, daily_cap=args.daily_cap,
         blocklist=args.blocklist, variety=variety, buffer=args.buffer, seed=args.seed,
-        queue=args.queue, min_display_ms=args.min_display_ms,
     )
     return config, args.host, args.port
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    """Serve until Ctrl+C or SIGTERM; 1 with one line on stderr when it cannot start."""
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _interrupt)  # stop as Ctrl+C does, store closed
+    """Serve until interrupted; 1 with one line on stderr when it cannot start."""
     try:
         config, host, port = config_from_args(build_parser().parse_args(argv))
+        port = pick_port(host, port)  # before the store exists: a taken port creates nothing
         server = open_app(config)
     except (UserError, OSError) as error:
         return report_user_error(error)
-    except KeyboardInterrupt:
-        return 130
     try:
         server.demo.launch(server_name=host, server_port=port, auth=server.logins,
                            prevent_thread_lock=True, quiet=True)
         print(f"annotate: open {server.demo.local_url} (Ctrl+C stops; votes are in "
               f"{config.db})", flush=True)
-        while server.demo.is_running:
-            time.sleep(0.1)
-    except OSError as error:
-        print(f"error: cannot serve on {host}:{port}: {error}", file=sys.stderr)
+        server.demo.block_thread()
+    except OSError:  # pick_port found it free: another server took it since
+        print(f"error: port {port} on {host} was taken as the page started: give a free "
+              "one with --port", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         pass

@@ -19,6 +19,7 @@ from pathlib import Path
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from data.errors import DataError, UserError, report_user_error  # noqa: E402
+from data.pages import PORT_HELP, pick_port  # noqa: E402
 from eval.votes import DEFAULT_VOTES  # noqa: E402
 from models.toy import TOY_NAME  # noqa: E402
 
@@ -62,21 +63,12 @@ def run_name(aligned: str) -> str:
     return path.parent.name if path.name == "final" and path.parent.name else path.name
 
 
-def _models(args: argparse.Namespace) -> tuple[str, str]:
-    """(base, aligned), both checked loadable before any work (a wrong name fails at once)."""
+def _aligned(args: argparse.Namespace) -> str:
     aligned = args.aligned or newest_trained_model()
     if aligned is None:
         raise DataError("no aligned model: train one first (accelerate launch -m train toy) "
                         "or name it with --aligned")
-    from models.errors import ModelError
-    from models.loading import check
-
-    for flag, name in (("--base", args.base), ("--aligned", aligned)):
-        try:
-            check(name)
-        except ModelError as error:
-            raise ModelError(f"{flag}: {error}") from None
-    return args.base, aligned
+    return aligned
 
 
 def blind_parser() -> argparse.ArgumentParser:
@@ -97,7 +89,7 @@ def blind_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to serve on (default: 127.0.0.1, this machine only; "
                              "0.0.0.0 for the network)")
-    parser.add_argument("--port", type=int, help="port (default: the first free from 7860)")
+    parser.add_argument("--port", type=int, help=PORT_HELP)
     parser.add_argument("--images", default="runs/eval/images",
                         help="image cache folder, shared with eval auto (default: "
                              "runs/eval/images)")
@@ -106,32 +98,31 @@ def blind_parser() -> argparse.ArgumentParser:
 
 def blind(argv: list[str]) -> int:
     args = blind_parser().parse_args(argv)
+    aligned = _aligned(args)
+    port = pick_port(args.host, args.port)  # before any file: a taken port creates nothing
     from data.prompts import read_prompt_set
-
-    prompts = read_prompt_set(args.prompts) if args.prompts else default_prompts(args.base)
-    base, aligned = _models(args)
     from eval.app import build_app, launch_options
     from eval.blind import BlindEval
     from eval.images import Sampling
     from eval.votes import VoteStore
 
+    prompts = read_prompt_set(args.prompts) if args.prompts else default_prompts(args.base)
     votes = VoteStore(args.db)  # first, so a locked file fails before any image is made
-    blind_eval = BlindEval.prepare(base, aligned, prompts,
+    blind_eval = BlindEval.prepare(args.base, aligned, prompts,
                                    Sampling(args.seeds, args.steps, args.guidance), votes,
                                    Path(args.images))
+    demo = build_app(blind_eval, args.voter)
     try:
-        demo = build_app(blind_eval, args.voter)
-        demo.launch(prevent_thread_lock=True, quiet=True, **launch_options(args.host, args.port))
-        # the page is up before any image is made: it shows the progress and deals each
-        # pair once both its images exist
-        print(f"blind eval of {len(blind_eval.items)} pairs at {demo.local_url} "
-              f"(votes: {args.db}; images are made in the background, the page shows how "
-              "far; Ctrl+C stops)", flush=True)
-        blind_eval.start(on_failure=lambda message: print(f"error: {message}",
-                                                          file=sys.stderr, flush=True))
+        demo.launch(prevent_thread_lock=True, quiet=True, **launch_options(args.host, port))
+    except OSError:  # pick_port found it free: another server took it since
+        votes.close()
+        raise DataError(f"port {port} on {args.host} was taken as the page started: give "
+                        "a free one with --port") from None
+    print(f"blind eval of {len(blind_eval.items)} pairs at {demo.local_url} "
+          f"(votes: {args.db}; Ctrl+C stops)", flush=True)
+    try:
         demo.block_thread()
     finally:
-        blind_eval.close()
         votes.close()
     return 0
 
@@ -201,10 +192,10 @@ def auto(argv: list[str]) -> int:
     from eval.report import write_auto_report
     from models.scorers import load_scorer
 
+    aligned = _aligned(args)
     prompts = read_prompt_set(args.prompts) if args.prompts else default_prompts(args.base)
-    base, aligned = _models(args)
     out = Path(args.out or Path("runs/eval") / f"auto-{Path(aligned).parent.name}")
-    result = compare(base, aligned, prompts, load_scorer(args.scorer), args.scorer,
+    result = compare(args.base, aligned, prompts, load_scorer(args.scorer), args.scorer,
                      Sampling(args.seeds, args.steps, args.guidance), args.tie_margin,
                      Path(args.images))
     command = "python -m eval auto " + shlex.join(argv)

@@ -13,7 +13,8 @@ import re
 import gradio as gr
 
 from data.errors import DataError
-from eval.blind import BlindEval, Progress, Reveal
+from data.pages import FRAME_PX, check_name, enlarge
+from eval.blind import BlindEval, Reveal
 from eval.stats import Tally
 
 IDS = {"A": "eval-vote-a", "B": "eval-vote-b", "tie": "eval-vote-tie", "both_bad": "eval-vote-bad"}
@@ -43,9 +44,6 @@ document.addEventListener("keydown", (event) => {
 });
 </script>
 """
-# small images (the toy model's) fill their pane, sharp
-CSS = """#eval-image-a img, #eval-image-b img {
-  width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }"""
 
 
 def _text(value: str) -> str:
@@ -72,18 +70,6 @@ def tally_text(tallies: dict[str, Tally]) -> str:
             f"{t.left_decisive_votes} decisive votes.")
 
 
-def progress_text(progress: Progress) -> str:
-    """Where the image making is, while it is not done; nothing once it is."""
-    if progress.failed:
-        return ("**Making images stopped** (the error is in the terminal that started this "
-                f"page). {progress.pairs} of {progress.total // 2} pairs can be shown.")
-    if progress.images >= progress.total:
-        return ""
-    waiting = "the first pair appears as soon as both its images exist" if not progress.pairs \
-        else f"{progress.pairs} of {progress.total // 2} pairs can be shown so far"
-    return f"**Making images: {progress.images} of {progress.total}** ({waiting})."
-
-
 def reveal_text(reveal: Reveal) -> str:
     """Which model made which image, and what the vote meant."""
     v = reveal.vote
@@ -97,24 +83,22 @@ def reveal_text(reveal: Reveal) -> str:
 
 def build_app(blind: BlindEval, voter: str | None = None) -> gr.Blocks:
     """The page for one comparison. `voter`: a fixed name; otherwise the page asks."""
-    gr.set_static_paths([blind.showings])  # each showing's own files, served as they are
     with gr.Blocks(title="Blind A/B evaluation") as demo:
         gr.Markdown("## Which image is better for its prompt?\nThe two models' images are "
                     "shown in random order; who made which is shown after you vote. "
                     "Shortcuts: **a** or **←** A is better, **b** or **→** B is better, "
                     "**t** or **↓** tie, **x** or **↑** both are bad, **n** or **Enter** "
                     "next pair.", elem_id="eval-help")
-        name = gr.Textbox(value=voter or "", label="Your name (recorded with your votes)",
-                          visible=voter is None, elem_id="eval-voter", max_lines=1)
+        with gr.Row(equal_height=True):
+            prompt = gr.Markdown(elem_id="eval-prompt")
+            name = gr.Textbox(value=voter or "", label="Your name (recorded with your votes)",
+                              visible=voter is None, elem_id="eval-voter", max_lines=1)
         pair_id = gr.State(None)
-        progress = gr.Markdown(progress_text(blind.progress()), elem_id="eval-progress")
-        waiting = gr.Timer(1.0, active=False)  # polls for a first pair while images are made
-        prompt = gr.Markdown(elem_id="eval-prompt")
         with gr.Row():
             image_a = gr.Image(label="A", interactive=False, format="png", buttons=[],
-                               height=320, elem_id="eval-image-a")
+                               height=FRAME_PX, elem_id="eval-image-a")
             image_b = gr.Image(label="B", interactive=False, format="png", buttons=[],
-                               height=320, elem_id="eval-image-b")
+                               height=FRAME_PX, elem_id="eval-image-b")
         with gr.Row():
             buttons = {c: gr.Button(LABELS[c], elem_id=IDS[c], interactive=False,
                                     variant="primary" if c in ("A", "B") else "secondary")
@@ -125,33 +109,20 @@ def build_app(blind: BlindEval, voter: str | None = None) -> gr.Blocks:
         tally = gr.Markdown(tally_text(blind.tallies()), elem_id="eval-tally")
 
         def show(voter_name: str):
-            pair = blind.deal(voter_name.strip())
-            status = progress_text(blind.progress())
-            if pair is None:
-                return (None, "", None, None, "", *[gr.Button(interactive=False)] * len(buttons),
-                        gr.Button(interactive=False), tally_text(blind.tallies()), status,
-                        gr.Timer(active=not blind.progress().failed))
-            shown = blind.show(pair)
-            return (shown.pair_id, f"### {_text(shown.prompt)}", shown.image_a, shown.image_b,
-                    "", *[gr.Button(interactive=True)] * len(buttons),
-                    gr.Button(interactive=False), tally_text(blind.tallies()), status,
-                    gr.Timer(active=False))
-
-        def show_when_ready(current: str | None, voter_name: str):
-            if current is not None:  # a pair is on the page already
-                return (gr.skip(),) * (len(shown_outputs) - 1) + (gr.Timer(active=False),)
-            return show(voter_name)
+            shown = blind.show(blind.deal(voter_name.strip()))
+            return (shown.pair_id, f"### {_text(shown.prompt)}", enlarge(shown.image_a),
+                    enlarge(shown.image_b), "", *[gr.Button(interactive=True)] * len(buttons),
+                    gr.Button(interactive=False), tally_text(blind.tallies()))
 
         shown_outputs = [pair_id, prompt, image_a, image_b, reveal, *buttons.values(),
-                         next_button, tally, progress, waiting]
+                         next_button, tally]
         demo.load(show, [name], shown_outputs, api_visibility="private")
         next_button.click(show, [name], shown_outputs, api_visibility="private")
-        waiting.tick(show_when_ready, [pair_id, name], shown_outputs, api_visibility="private")
 
         def voter_for(choice: str):
             def vote(current: str | None, voter_name: str):
                 try:
-                    revealed = blind.vote(current or "", voter_name, choice)
+                    revealed = blind.vote(current or "", check_name(voter_name), choice)
                 except DataError as error:
                     gr.Warning(str(error))
                     return (gr.skip(),) * (len(buttons) + 3)
@@ -168,5 +139,5 @@ def build_app(blind: BlindEval, voter: str | None = None) -> gr.Blocks:
 
 def launch_options(host: str, port: int | None) -> dict:
     """How the page is served: the shortcuts' script, no run history kept in the browser."""
-    return {"server_name": host, "server_port": port, "head": HEAD, "css": CSS,
+    return {"server_name": host, "server_port": port, "head": HEAD,
             "run_history": False, "footer_links": ["gradio", "settings"]}

@@ -67,10 +67,10 @@ def shown_images(page) -> tuple[Image.Image, Image.Image]:
 def stored_index(server, ranking, picture: Image.Image) -> int:
     """Which of the ranking's two stored images (0 or 1) looks like `picture`."""
     jpgs = server.store.image_jpgs([ranking.image_0_uid, ranking.image_1_uid])
-    distance = [
-        np.abs(np.asarray(decode_image(jpgs[uid]), float) - np.asarray(picture, float)).mean()
-        for uid in (ranking.image_0_uid, ranking.image_1_uid)
-    ]
+    stored = [decode_image(jpgs[uid]) for uid in (ranking.image_0_uid, ranking.image_1_uid)]
+    picture = picture.resize(stored[0].size, Image.Resampling.NEAREST)  # sent enlarged
+    distance = [np.abs(np.asarray(image, float) - np.asarray(picture, float)).mean()
+                for image in stored]
     assert min(distance) < 8 < max(distance), distance  # one matches, the other does not
     return int(np.argmin(distance))
 

@@ -1,0 +1,115 @@
+"""What the two pages (`annotate` and `eval`) share: how an image is sent to the page,
+which port a page takes, and what a typed name may be.
+
+It lives below both apps because the apps never import each other (docs/ARCHITECTURE.md).
+Nothing here imports Gradio.
+
+- Images: a small image (the toy model's are 32x32) would show at its native size in a
+  frame of `FRAME_PX` pixels. `enlarge` repeats each pixel into a square block (an
+  integer factor, nearest neighbour), so the browser shows it as large as fits, at 1:1,
+  with no interpolation to blur it. Only the copy sent to the page is enlarged; the
+  store keeps the bytes as generated. The factor depends on the image's size alone, so
+  on the blind page it says nothing about which model made an image.
+- Ports: `pick_port` is the one rule. With `--port`, that port, or a one-line error
+  naming `--port` when it is taken; without, 7860 or the next free one. Commands call it
+  before they open or create any file, so a taken port leaves nothing behind.
+- Names: `check_name` bounds a typed annotator or voter name and refuses control
+  characters, with a one-line message.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import unicodedata
+from typing import TypeVar
+
+import numpy as np
+from PIL import Image
+
+from data.errors import DataError
+
+FRAME_PX = 400  # the height of each image frame on both pages
+FIRST_PORT = 7860  # Gradio's default, and the first port tried without --port
+PORT_TRIES = 100
+PORT_HELP = f"port (default: {FIRST_PORT}, or the next free one when it is taken)"
+MAX_NAME = 64
+_ALLOWED_FORMAT = {"\u200c", "\u200d"}  # zero-width (non-)joiners, which some scripts need
+
+Picture = TypeVar("Picture", Image.Image, np.ndarray)
+
+
+def scale_for(width: int, height: int, frame: int = FRAME_PX) -> int:
+    """The integer factor that makes an image as large as fits in `frame` (1: as it is)."""
+    return max(1, frame // max(width, height, 1))
+
+
+def enlarge(image: Picture, frame: int = FRAME_PX) -> Picture:
+    """`image` with each pixel repeated into a `scale_for` square: a PIL image or an
+    (H, W, C) array in, the same kind out. Images already as large as the frame are
+    returned unchanged."""
+    if isinstance(image, np.ndarray):
+        factor = scale_for(image.shape[1], image.shape[0], frame)
+        return image if factor == 1 else image.repeat(factor, 0).repeat(factor, 1)
+    factor = scale_for(image.width, image.height, frame)
+    if factor == 1:
+        return image
+    return image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
+
+
+def port_free(host: str, port: int) -> bool:
+    """Whether a server can listen on `host:port` now (False: another one listens there).
+
+    Binds as Gradio and uvicorn do (SO_REUSEADDR), on `host` and on 127.0.0.1 (Gradio
+    checks there first), so the answer agrees with what `launch` will find. A host that
+    is not this machine's, or a port this user may not take, is a `DataError`.
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as error:
+        raise DataError(f"cannot serve on host {host!r} ({error}): check --host") from None
+    targets = {infos[0][0::4], (socket.AF_INET, ("127.0.0.1", port))}  # (family, address)
+    for family, address in targets:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as error:
+                if error.errno == errno.EADDRINUSE:
+                    return False
+                raise DataError(f"cannot serve on {host}:{port} ({error.strerror}): "
+                                "check --host and --port") from None
+    return True
+
+
+def pick_port(host: str, port: int | None) -> int:
+    """The port a page serves on: `port` when given and free, else the first free one
+    from `FIRST_PORT`. A taken or impossible `port` is a `DataError` naming `--port`."""
+    if port is not None:
+        if not 1 <= port <= 65535:
+            raise DataError(f"--port {port} is not a port number: give one from 1 to 65535")
+        if not port_free(host, port):
+            raise DataError(f"port {port} is in use on {host}: give a free one with --port, "
+                            f"or leave --port out to take the next free one from {FIRST_PORT}")
+        return port
+    for candidate in range(FIRST_PORT, FIRST_PORT + PORT_TRIES):
+        if port_free(host, candidate):
+            return candidate
+    raise DataError(f"ports {FIRST_PORT}-{FIRST_PORT + PORT_TRIES - 1} are all in use on "
+                    f"{host}: give a free one with --port")
+
+
+def check_name(name: str | None) -> str:
+    """A typed annotator or voter name, stripped; a `DataError` with a one-line message
+    when it is empty, longer than `MAX_NAME` characters or holds a control character."""
+    name = (name or "").strip()
+    if not name:
+        raise DataError("Type your name first (in \"Your name\"): your votes are recorded "
+                        "under it.")
+    if len(name) > MAX_NAME:
+        raise DataError(f"Your name is {len(name)} characters long: use at most {MAX_NAME}.")
+    for char in name:
+        if unicodedata.category(char).startswith("C") and char not in _ALLOWED_FORMAT:
+            raise DataError(f"Your name holds a control character (U+{ord(char):04X}): "
+                            "use letters, digits, spaces and punctuation only.")
+    return name

@@ -1,0 +1,91 @@
+"""Screenshots of both pages at real size, with a pair on screen, for docs/.
+
+    python scripts/screenshots.py [--aligned MODEL] [--out docs]
+
+A 1280x900 window at device scale 1, headless chromium (as the tests drive it): the
+annotate page on the toy model after "Prompt from the set" and Generate, and the blind
+page comparing toy with `--aligned` (default: toy itself). Everything it writes besides
+the two PNGs goes to a temporary folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+from playwright.sync_api import sync_playwright  # noqa: E402
+
+VIEWPORT = {"width": 1280, "height": 900}
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+LOADED = """selector => [...document.querySelectorAll(selector)]
+  .filter(i => i.complete && i.naturalWidth).length === 2"""
+
+
+def annotate_page(browser, folder: Path, out: Path) -> None:
+    from annotate.serve import AppConfig, open_app
+
+    server = open_app(AppConfig(db=folder / "prefs.duckdb", seed=0, buffer=0))
+    try:
+        server.demo.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True)
+        page = browser.new_page(viewport=VIEWPORT, device_scale_factor=1)
+        page.goto(server.demo.local_url)
+        page.locator("#name textarea").fill("ann")
+        page.locator("#from-set").click()
+        page.wait_for_function("() => document.querySelector('#prompt textarea').value")
+        page.locator("#generate").click()
+        page.wait_for_function(LOADED, arg="#left-image img, #right-image img",
+                               timeout=300_000)
+        page.screenshot(path=out)
+    finally:
+        server.demo.close()
+        server.close()
+
+
+def eval_page(browser, folder: Path, aligned: str, out: Path) -> None:
+    from eval.__main__ import default_prompts
+    from eval.app import build_app, launch_options
+    from eval.blind import BlindEval
+    from eval.images import Sampling
+    from eval.votes import VoteStore
+
+    votes = VoteStore(folder / "votes.duckdb")
+    try:
+        prompts = default_prompts("toy")[:2]
+        blind = BlindEval.prepare("toy", aligned, prompts, Sampling(seeds=1), votes,
+                                  folder / "images")
+        demo = build_app(blind)
+        demo.launch(prevent_thread_lock=True, quiet=True, **launch_options("127.0.0.1", None))
+        page = browser.new_page(viewport=VIEWPORT, device_scale_factor=1)
+        page.goto(demo.local_url)
+        page.wait_for_function(LOADED, arg="#eval-image-a img, #eval-image-b img",
+                               timeout=120_000)
+        page.screenshot(path=out)
+        demo.close()
+    finally:
+        votes.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--aligned", default="toy", help="the blind page's aligned model")
+    parser.add_argument("--out", type=Path, default=Path("docs"), help="folder for the PNGs")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as temp, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=shutil.which("chromium"),
+                                             args=ARGS)
+        annotate_page(browser, Path(temp), args.out / "annotate_page.png")
+        eval_page(browser, Path(temp), args.aligned, args.out / "eval_page.png")
+        browser.close()
+    print(f"wrote {args.out / 'annotate_page.png'} and {args.out / 'eval_page.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
