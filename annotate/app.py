@@ -3,20 +3,33 @@
 Every event's function takes the name box (ignored with a login: the user id then comes
 from the login alone), the mode and the round id held by the page, and answers with the
 whole view: both images (enlarged for the page by `data.pages.enlarge`), the prompt
-shown, the round id, the tally, the note and the vote buttons (enabled only when both
-images are there). A request the server refuses (no name, an empty prompt) is answered
-in the note, under the prompt box, and leaves the rest of the view as it was.
+shown, the round id, the tally, the note and the vote buttons. The round id is held by
+the page (a hidden textbox, not server-side state), so a vote names the pair that was on
+screen when it was cast. A new pair comes with its buttons off; `arm` turns them on once
+the pair has been shown for the minimum display time. A request the server refuses (no
+name, an empty prompt, a stale or too-soon vote, a vote not saved, a busy generator) is
+answered in the note, under the prompt box, and leaves the rest of the view as it was,
+so a pair on screen stays there and can still be voted on.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
 
 import gradio as gr
 
-from annotate.rounds import AnnotateError, Annotator, Collector, Round
+from annotate.rounds import (
+    AnnotateError,
+    Annotator,
+    Collector,
+    Round,
+    StaleVote,
+    TooSoon,
+    VoteNotSaved,
+)
 from annotate.screening import PromptRefused
-from annotate.worker import WorkerError
+from annotate.worker import WorkerBusy, WorkerError
 from data.errors import DataError
 from data.pages import FRAME_PX, check_name, enlarge
 
@@ -33,6 +46,7 @@ MODE_CHOICES = [
     ("Auto: next prompt from the prompt set", "auto"),
 ]
 _ERRORS = (AnnotateError, PromptRefused, WorkerError, DataError)
+_REFUSED = (StaleVote, TooSoon, VoteNotSaved, WorkerBusy)  # a note; the pair stays
 
 
 def page_script() -> str:
@@ -68,23 +82,34 @@ def build(collector: Collector, prompt_set: list[str] | None = None, auth: bool 
             return (None, None, "", "", tally, note or "", *_buttons(False))
         note = "\n\n".join(n for n in (note, shown.note) if n)
         return (enlarge(shown.left), enlarge(shown.right), shown.prompt, shown.round_id,
-                tally, note, *_buttons(True))
+                tally, note, *_buttons(False))  # until `arm`: shown for the minimum time
 
     def generate(name, prompt, mode, request: gr.Request, progress=gr.Progress()):
         try:
             annotator = who(name, request)
             shown = collector.start(annotator, prompt or "", mode, _reporter(progress))
-        except _ERRORS as error:
+        except (*_REFUSED, *_ERRORS) as error:
             return refused(error)
         return view(annotator, shown)
+
+    async def arm(round_id: str):
+        """The vote buttons on once the pair has been shown long enough (never off)."""
+        wait = collector.display_wait(round_id)
+        if wait is None:
+            return [gr.skip() for _ in BUTTONS]
+        await asyncio.sleep(wait)
+        return _buttons(True)
 
     def voter(outcome: str):
         def vote(name, mode, round_id, request: gr.Request, progress=gr.Progress()):
             try:
                 annotator = who(name, request)
-                _, voted = collector.vote(annotator, round_id, outcome)
+                try:
+                    _, voted = collector.vote(annotator, round_id, outcome)
+                except _REFUSED as error:
+                    return refused(error)
                 if voted is None:  # a repeated vote: the page already moved on
-                    return (gr.skip(),) * 6 + tuple(_buttons(True))
+                    return (gr.skip(),) * (6 + len(BUTTONS))
                 try:
                     shown = collector.next_round(annotator, voted, outcome, mode,
                                                  _reporter(progress))
@@ -109,7 +134,7 @@ def build(collector: Collector, prompt_set: list[str] | None = None, auth: bool 
         with gr.Row(equal_height=True):
             name = gr.Textbox(label="Your name", elem_id="name", visible=not auth, scale=1)
             prompt = gr.Textbox(label="Prompt", elem_id="prompt", scale=3,
-                                placeholder="a red circle on a white background")
+                                placeholder="a red circle")
             generate_button = gr.Button("Generate", variant="primary", elem_id="generate",
                                         scale=1)
             set_button = gr.Button("Prompt from the set", elem_id="from-set", scale=1)
@@ -131,16 +156,18 @@ def build(collector: Collector, prompt_set: list[str] | None = None, auth: bool 
             ]
         gr.Markdown("Keys: ← left is better · → right is better · ↓ tie · "
                     "↑ both are bad · S skip", elem_id="shortcuts")
-        round_id = gr.State("")
+        round_id = gr.Textbox("", visible=False, elem_id="round-id")
 
         outputs = [left, right, shown_prompt, round_id, tally, note, *buttons]
         events = dict(outputs=outputs, concurrency_limit=None, show_progress="full",
                       show_progress_on=[left, right])
+        armed = dict(fn=arm, inputs=round_id, outputs=buttons, concurrency_limit=None,
+                     show_progress="hidden", api_visibility="private")
         gr.on([generate_button.click, prompt.submit], generate, [name, prompt, mode],
-              api_name="generate", **events)
+              api_name="generate", **events).then(**armed)
         for (outcome, *_), button in zip(BUTTONS, buttons, strict=True):
             button.click(voter(outcome), [name, mode, round_id],
-                         api_name=f"vote_{outcome}", **events)
+                         api_name=f"vote_{outcome}", **events).then(**armed)
         set_button.click(from_set, None, [prompt, note], api_visibility="private")
         demo.load(None, js=page_script())
     return demo

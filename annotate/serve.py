@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import argparse
 import random
+import signal
 import sys
+import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
 
-from annotate.feedback import default_prompts
 from annotate.gold import read_gold
-from annotate.rounds import Collector, Settings
+from annotate.rounds import MIN_DISPLAY_MS, Collector, Settings
 from annotate.screening import Blocklist, token_counter
 from annotate.worker import PairWorker, PromptSet
 from data.errors import UserError, report_user_error
@@ -21,6 +23,7 @@ from data.prompts import read_prompts
 from data.store import DEFAULT_DB, Store
 from models.generate import PairVariety
 from models.toy import TOY_NAME
+from models.toy.shapes import all_captions
 
 
 class ServeError(UserError):
@@ -40,6 +43,8 @@ class AppConfig:
     variety: PairVariety = field(default_factory=PairVariety)
     buffer: int = 3
     seed: int | None = None
+    queue: int = 8
+    min_display_ms: int = MIN_DISPLAY_MS
 
 
 @dataclass
@@ -51,8 +56,23 @@ class Server:
     store: Store
     logins: list[tuple[str, str]] | None
 
-    def close(self) -> None:
-        self.worker.stop()
+    def close(self, timeout: float = 1.0) -> None:
+        """Stop within about `timeout` seconds whatever the worker is doing.
+
+        The worker stops at its next sampler step (or is left, a daemon thread holding
+        no store state, when a step takes longer); the HTTP server gets the same time to
+        finish its answers; then the store is closed. Every vote that was acknowledged
+        was committed before its answer left, so none is lost.
+        """
+        deadline = time.monotonic() + timeout
+        self.worker.stop(timeout=timeout / 2)
+        server = getattr(self.demo, "server", None)
+        closing = threading.Thread(target=self.demo.close, kwargs={"verbose": False},
+                                   daemon=True)
+        closing.start()
+        closing.join(timeout=max(0.0, deadline - time.monotonic()))
+        if server is not None:
+            server.should_exit = True
         self.store.close()
 
 
@@ -88,13 +108,17 @@ def open_app(config: AppConfig) -> Server:
         raise ServeError("give one --model, or two to compare them")
     if not 0 <= config.gold_rate <= 1:
         raise ServeError("--gold-rate is a share of rounds between 0 and 1")
+    if config.queue < 1:
+        raise ServeError("--queue must be at least 1")
+    if config.min_display_ms < 0:
+        raise ServeError("--min-display-ms must be 0 or more")
     logins = read_logins(config.auth) if config.auth else None
     gold = read_gold(config.gold) if config.gold else []
     blocklist = Blocklist.read(config.blocklist) if config.blocklist else Blocklist()
     if config.prompts:
         prompts = read_prompts(config.prompts)
     else:
-        prompts = default_prompts(TOY_NAME) if config.models[0] == TOY_NAME else None
+        prompts = all_captions() if config.models[0] == TOY_NAME else None
     loaded = [load(name) for name in config.models]
     rng = random.Random(config.seed)
     target = loaded[0] if len(loaded) == 1 else loaded
@@ -103,10 +127,12 @@ def open_app(config: AppConfig) -> Server:
         return generate_pair(target, prompt, config.variety, rng, on_step=on_step)
 
     prompt_set = PromptSet(prompts) if prompts else None
-    worker = PairWorker(make_pair, prompt_set, buffer_size=config.buffer)
+    worker = PairWorker(make_pair, prompt_set, buffer_size=config.buffer,
+                        max_waiting=config.queue)
     store = Store(config.db)
+    settings = Settings(config.gold_rate, config.daily_cap, blocklist, config.min_display_ms)
     collector = Collector(
-        store, worker, Settings(config.gold_rate, config.daily_cap, blocklist), gold,
+        store, worker, settings, gold,
         token_counter(loaded[0].pipeline.tokenizer), random.Random(config.seed),
     )
     demo = build(collector, prompts, auth=logins is not None, cap=config.daily_cap)
@@ -160,6 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seed of the pair seeds and sides, for a reproducible session")
     parser.add_argument("--buffer", type=int, default=3, metavar="N",
                         help="pairs made ahead per prompt source (%(default)s; 0: none)")
+    parser.add_argument("--queue", type=int, default=8, metavar="N",
+                        help="people who may wait for a pair at once; more are told the "
+                        "generator is busy and to try again (%(default)s)")
+    parser.add_argument("--min-display-ms", type=int, default=MIN_DISPLAY_MS, metavar="MS",
+                        help="a pair is shown this long before its vote buttons work and a "
+                        "vote on it counts (%(default)s)")
     return parser
 
 
@@ -173,24 +205,34 @@ def config_from_args(args: argparse.Namespace) -> tuple[AppConfig, str, int | No
         models=args.model or [TOY_NAME], db=args.db, prompts=args.prompts, auth=args.auth,
         gold=args.gold, gold_rate=args.gold_rate, daily_cap=args.daily_cap,
         blocklist=args.blocklist, variety=variety, buffer=args.buffer, seed=args.seed,
+        queue=args.queue, min_display_ms=args.min_display_ms,
     )
     return config, args.host, args.port
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Serve until interrupted; 1 with one line on stderr when it cannot start."""
+    """Serve until Ctrl+C or SIGTERM; 1 with one line on stderr when it cannot start."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)  # stop as Ctrl+C does, store closed
     try:
         config, host, port = config_from_args(build_parser().parse_args(argv))
         port = pick_port(host, port)  # before the store exists: a taken port creates nothing
         server = open_app(config)
     except (UserError, OSError) as error:
         return report_user_error(error)
+    except KeyboardInterrupt:
+        return 130
     try:
         server.demo.launch(server_name=host, server_port=port, auth=server.logins,
                            prevent_thread_lock=True, quiet=True)
         print(f"annotate: open {server.demo.local_url} (Ctrl+C stops; votes are in "
               f"{config.db})", flush=True)
-        server.demo.block_thread()
+        while server.demo.is_running:  # not block_thread: Ctrl+C must not wait on it
+            time.sleep(0.1)
     except OSError:  # pick_port found it free: another server took it since
         print(f"error: port {port} on {host} was taken as the page started: give a free "
               "one with --port", file=sys.stderr)

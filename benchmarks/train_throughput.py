@@ -23,6 +23,7 @@ generated. Prints JSON.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import random
@@ -40,6 +41,7 @@ import torch  # noqa: E402
 
 from data.pairs import encode_jpeg  # noqa: E402
 from data.store import ImageRecord, Store, Vote, new_uid  # noqa: E402
+from models.toy import TOY_NAME  # noqa: E402
 from models.toy.shapes import SHAPES, draw, random_spec  # noqa: E402
 from train.config import resolve  # noqa: E402
 from train.loss import dpo_loss, per_sample_error  # noqa: E402
@@ -67,7 +69,8 @@ def make_run(data: Path, out: Path, lora_rank: int, batch: int) -> Run:
         "lora_rank": lora_rank, "eval_every": 0, "holdout_pairs": 0, "batch_size": batch,
         "effective_batch": batch, "checkpoint_every": 0,
     })
-    return Run(config)
+    with contextlib.redirect_stdout(sys.stderr):  # the trainer's progress lines; JSON is ours
+        return Run(config)
 
 
 def floor_step(run: Run, batch) -> None:
@@ -126,10 +129,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     work = Path(tempfile.mkdtemp(prefix="train-bench-"))
-    if args.peak:  # a child process: train 10 steps one way, report the peak RSS
+    if args.peak:  # a child process: train --steps steps one way, report the peak RSS
         run = make_run(Path(args.data), work / args.peak, 8 if args.peak == "lora" else 0,
                        args.batch)
-        for step in range(10):
+        for step in range(args.steps):
             run.train_step(step)
         print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
         return
@@ -137,7 +140,8 @@ def main() -> None:
     peak_mb = {
         mode: int(subprocess.run(
             [sys.executable, __file__, "--peak", mode, "--data", str(work / "pairs.duckdb"),
-             "--batch", str(args.batch)], capture_output=True, text=True, check=True,
+             "--batch", str(args.batch), "--steps", str(args.steps)],
+            capture_output=True, text=True, check=True,
         ).stdout.split()[-1])
         for mode in ("full", "lora")
     }
@@ -146,7 +150,7 @@ def main() -> None:
 
     from models.loading import load
 
-    encoders = load("toy", device="cpu", dtype=torch.float32).pipeline
+    encoders = load(TOY_NAME, device="cpu", dtype=torch.float32).pipeline
     pixels = torch.rand(2 * args.batch, 3, 32, 32) * 2 - 1
     captions = ["a red circle"] * args.batch
     batches = {"full": fixed_batch(full), "lora": fixed_batch(lora)}

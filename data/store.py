@@ -27,7 +27,7 @@ from typing import Protocol
 import duckdb
 
 from data.errors import DataError, DiskFullError, StoreLockedError, StoreWriteError
-from data.migrations import LATEST_VERSION, MIGRATIONS
+from data.migrations import MIGRATIONS
 
 DEFAULT_DB = Path("runs/prefs.duckdb")
 # DuckDB's own default is 80% of RAM, which it fills with cached pages during a large
@@ -170,17 +170,10 @@ def preference_labels(
     return float(winner == 0), float(winner == 1), uids[winner], True
 
 
-def _lock_message(path: Path, error: Exception) -> str:
-    # DuckDB refuses a second process even read-only (so `data export` and `data stats`
-    # fail the same way): the one thing that works is to stop the holder first.
+def _holder(error: Exception) -> str:
+    """Who holds a locked DuckDB file, from DuckDB's lock error."""
     holder = re.search(r"held in (.+?) \(PID (\d+)\)", str(error))
-    if holder is None:
-        return f"{path} is in use by another process: stop it, then run this command again"
-    pid, program = holder.group(2), holder.group(1)
-    return (
-        f"{path} is in use by process {pid} ({program}): stop that process (Ctrl+C in "
-        f"its terminal, or kill {pid}), then run this command again"
-    )
+    return f"process {holder.group(2)} ({holder.group(1)})" if holder else "another process"
 
 
 def is_disk_full(error: BaseException) -> bool:
@@ -224,29 +217,6 @@ def write_error(path: Path, error: Exception) -> StoreWriteError:
     return StoreWriteError(f"{path} could not be written ({detail}): check the disk")
 
 
-def connect(path: str | Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
-    """Open a DuckDB file, turning its failures into one-line `DataError`s."""
-    path = Path(path)
-    if read_only and not path.exists():
-        raise DataError(f"{path} does not exist: record some votes or import shards first")
-    if not read_only:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        return duckdb.connect(
-            str(path), read_only=read_only, config={"memory_limit": MEMORY_LIMIT}
-        )
-    except duckdb.IOException as error:
-        if "lock" in str(error).lower():
-            raise StoreLockedError(_lock_message(path, error)) from None
-        if is_disk_full(error):
-            raise disk_full_error(path, "the store was not opened") from None
-        raise DataError(f"cannot open {path}: {str(error).splitlines()[0]}") from None
-    except duckdb.Error as error:
-        raise DataError(
-            f"{path} is not a preference store: {str(error).splitlines()[0]}"
-        ) from None
-
-
 @contextmanager
 def transaction(cursor: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
     """BEGIN ... COMMIT, rolled back on any exception."""
@@ -259,22 +229,60 @@ def transaction(cursor: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyCo
     cursor.execute("COMMIT")
 
 
-class Store:
-    """The preference store in one DuckDB file; share one instance between threads."""
+class DuckDBFile:
+    """One DuckDB file of a known kind, opened once per process and shared by its threads.
 
-    def __init__(self, path: str | Path = DEFAULT_DB, read_only: bool = False):
+    The lifecycle every such file has (the preference store, the eval's votes): open it,
+    turning DuckDB's failures into one-line `DataError`s (a lock names its holder and
+    what to do instead); one cursor per thread; close, also as a context manager; and the
+    schema as ordered migrations recorded in `schema_version`, each applied in one
+    transaction with its version row, so a crash leaves the file at the previous version.
+    A subclass sets the class attributes below and adds its own tables' queries.
+    """
+
+    KIND = "DuckDB file"  # what the file is, in messages
+    MIGRATIONS: list[tuple[int, list[str]]] = []
+    TABLE = ""  # a table migration 1 creates: a file with tables but not this one is foreign
+    MISSING = "{path} does not exist"  # read-only open of a missing file; then the fix
+    IN_USE = "stop the app that holds it"  # what to do while another process holds it
+    UPGRADE = "open it once read-write"  # how to apply pending migrations
+
+    def __init__(self, path: str | Path, read_only: bool = False):
         self.path = Path(path)
         self.read_only = read_only
-        self._con = connect(self.path, read_only=read_only)
+        self._con = self._connect()
         self._local = threading.local()
-        self._migrate()
+        try:
+            self._migrate()
+        except BaseException:
+            self._con.close()
+            raise
 
-    # -- lifecycle -------------------------------------------------------------
+    def _connect(self) -> duckdb.DuckDBPyConnection:
+        path = self.path
+        if self.read_only and not path.exists():
+            raise DataError(self.MISSING.format(path=path))
+        if not self.read_only:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            return duckdb.connect(
+                str(path), read_only=self.read_only, config={"memory_limit": MEMORY_LIMIT}
+            )
+        except duckdb.IOException as error:
+            if "lock" in str(error).lower():
+                raise StoreLockedError(
+                    f"{path} is in use by {_holder(error)}: {self.IN_USE.format(path=path)}"
+                ) from None
+            if is_disk_full(error):
+                raise disk_full_error(path, f"the {self.KIND} was not opened") from None
+            raise DataError(f"cannot open {path}: {str(error).splitlines()[0]}") from None
+        except duckdb.Error as error:
+            raise DataError(f"{path} is not a {self.KIND}: {str(error).splitlines()[0]}") from None
 
     def close(self) -> None:
         self._con.close()
 
-    def __enter__(self) -> Store:
+    def __enter__(self):
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -294,33 +302,52 @@ class Store:
 
     def _migrate(self) -> None:
         cur = self.cursor()
-        has_table = cur.execute(
-            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_version'"
-        ).fetchone()[0]
+        tables = {row[0] for row in cur.execute(
+            "SELECT table_name FROM information_schema.tables").fetchall()}
+        if tables and self.TABLE not in tables:
+            raise DataError(f"{self.path} is not a {self.KIND} (no {self.TABLE} table): "
+                            "name the right file")
+        upgrade = f"{self.path} needs a schema upgrade: {self.UPGRADE.format(path=self.path)}"
         if self.read_only:
-            if not has_table:
-                raise DataError(f"{self.path} is not a preference store (no schema_version)")
+            if "schema_version" not in tables:
+                raise DataError(upgrade if tables else
+                                f"{self.path} is not a {self.KIND} (no schema_version)")
         else:
             cur.execute(
                 "CREATE TABLE IF NOT EXISTS schema_version ("
                 "version INTEGER PRIMARY KEY, applied_at TIMESTAMP DEFAULT current_timestamp)"
             )
         current = self.schema_version()
-        if current > LATEST_VERSION:
+        latest = self.MIGRATIONS[-1][0]
+        if current > latest:
             raise DataError(
                 f"{self.path} has schema version {current}, newer than this code "
-                f"({LATEST_VERSION}): upgrade the project"
+                f"({latest}): upgrade the project"
             )
-        pending = [(v, steps) for v, steps in MIGRATIONS if v > current]
+        pending = [(v, steps) for v, steps in self.MIGRATIONS if v > current]
         if pending and self.read_only:
-            raise DataError(
-                f"{self.path} needs a schema upgrade: open it once read-write (any data command)"
-            )
+            raise DataError(upgrade)
         for version, statements in pending:
             with transaction(cur):
                 for statement in statements:
                     cur.execute(statement)
                 cur.execute("INSERT INTO schema_version (version) VALUES (?)", [version])
+
+
+class Store(DuckDBFile):
+    """The preference store in one DuckDB file; share one instance between threads."""
+
+    KIND = "preference store"
+    MIGRATIONS = MIGRATIONS
+    TABLE = "rankings"
+    MISSING = "{path} does not exist: record some votes or import shards first"
+    # DuckDB refuses a second process even read-only (so `data export` and `data stats`
+    # fail the same way): the one thing that works is to stop the holder first
+    IN_USE = "stop that process (Ctrl+C in its terminal), then run this command again"
+    UPGRADE = "open it once read-write (any data command)"
+
+    def __init__(self, path: str | Path = DEFAULT_DB, read_only: bool = False):
+        super().__init__(path, read_only)
 
     # -- users -----------------------------------------------------------------
 

@@ -63,12 +63,21 @@ def run_name(aligned: str) -> str:
     return path.parent.name if path.name == "final" and path.parent.name else path.name
 
 
-def _aligned(args: argparse.Namespace) -> str:
+def _models(args: argparse.Namespace) -> tuple[str, str]:
+    """(base, aligned), both checked loadable before any work (a wrong name fails at once)."""
     aligned = args.aligned or newest_trained_model()
     if aligned is None:
         raise DataError("no aligned model: train one first (accelerate launch -m train toy) "
                         "or name it with --aligned")
-    return aligned
+    from models.errors import ModelError
+    from models.loading import check
+
+    for flag, name in (("--base", args.base), ("--aligned", aligned)):
+        try:
+            check(name)
+        except ModelError as error:
+            raise ModelError(f"{flag}: {error}") from None
+    return args.base, aligned
 
 
 def blind_parser() -> argparse.ArgumentParser:
@@ -98,31 +107,38 @@ def blind_parser() -> argparse.ArgumentParser:
 
 def blind(argv: list[str]) -> int:
     args = blind_parser().parse_args(argv)
-    aligned = _aligned(args)
-    port = pick_port(args.host, args.port)  # before any file: a taken port creates nothing
     from data.prompts import read_prompt_set
+
+    prompts = read_prompt_set(args.prompts) if args.prompts else default_prompts(args.base)
+    base, aligned = _models(args)
+    port = pick_port(args.host, args.port)  # before any file: a taken port creates nothing
     from eval.app import build_app, launch_options
     from eval.blind import BlindEval
     from eval.images import Sampling
     from eval.votes import VoteStore
 
-    prompts = read_prompt_set(args.prompts) if args.prompts else default_prompts(args.base)
     votes = VoteStore(args.db)  # first, so a locked file fails before any image is made
-    blind_eval = BlindEval.prepare(args.base, aligned, prompts,
+    blind_eval = BlindEval.prepare(base, aligned, prompts,
                                    Sampling(args.seeds, args.steps, args.guidance), votes,
                                    Path(args.images))
-    demo = build_app(blind_eval, args.voter)
     try:
-        demo.launch(prevent_thread_lock=True, quiet=True, **launch_options(args.host, port))
-    except OSError:  # pick_port found it free: another server took it since
-        votes.close()
-        raise DataError(f"port {port} on {args.host} was taken as the page started: give "
-                        "a free one with --port") from None
-    print(f"blind eval of {len(blind_eval.items)} pairs at {demo.local_url} "
-          f"(votes: {args.db}; Ctrl+C stops)", flush=True)
-    try:
+        demo = build_app(blind_eval, args.voter)
+        try:
+            demo.launch(prevent_thread_lock=True, quiet=True,
+                        **launch_options(args.host, port))
+        except OSError:  # pick_port found it free: another server took it since
+            raise DataError(f"port {port} on {args.host} was taken as the page started: "
+                            "give a free one with --port") from None
+        # the page is up before any image is made: it shows the progress and deals each
+        # pair once both its images exist
+        print(f"blind eval of {len(blind_eval.items)} pairs at {demo.local_url} "
+              f"(votes: {args.db}; images are made in the background, the page shows how "
+              "far; Ctrl+C stops)", flush=True)
+        blind_eval.start(on_failure=lambda message: print(f"error: {message}",
+                                                          file=sys.stderr, flush=True))
         demo.block_thread()
     finally:
+        blind_eval.close()
         votes.close()
     return 0
 
@@ -192,10 +208,10 @@ def auto(argv: list[str]) -> int:
     from eval.report import write_auto_report
     from models.scorers import load_scorer
 
-    aligned = _aligned(args)
     prompts = read_prompt_set(args.prompts) if args.prompts else default_prompts(args.base)
+    base, aligned = _models(args)
     out = Path(args.out or Path("runs/eval") / f"auto-{Path(aligned).parent.name}")
-    result = compare(args.base, aligned, prompts, load_scorer(args.scorer), args.scorer,
+    result = compare(base, aligned, prompts, load_scorer(args.scorer), args.scorer,
                      Sampling(args.seeds, args.steps, args.guidance), args.tie_margin,
                      Path(args.images))
     command = "python -m eval auto " + shlex.join(argv)

@@ -13,8 +13,8 @@ import re
 import gradio as gr
 
 from data.errors import DataError
-from data.pages import FRAME_PX, check_name, enlarge
-from eval.blind import BlindEval, Reveal
+from data.pages import FRAME_PX, check_name
+from eval.blind import BlindEval, Progress, Reveal
 from eval.stats import Tally
 
 IDS = {"A": "eval-vote-a", "B": "eval-vote-b", "tie": "eval-vote-tie", "both_bad": "eval-vote-bad"}
@@ -70,6 +70,18 @@ def tally_text(tallies: dict[str, Tally]) -> str:
             f"{t.left_decisive_votes} decisive votes.")
 
 
+def progress_text(progress: Progress) -> str:
+    """Where the image making is, while it is not done; nothing once it is."""
+    if progress.failed:
+        return ("**Making images stopped** (the error is in the terminal that started this "
+                f"page). {progress.pairs} of {progress.total // 2} pairs can be shown.")
+    if progress.images >= progress.total:
+        return ""
+    waiting = "the first pair appears as soon as both its images exist" if not progress.pairs \
+        else f"{progress.pairs} of {progress.total // 2} pairs can be shown so far"
+    return f"**Making images: {progress.images} of {progress.total}** ({waiting})."
+
+
 def reveal_text(reveal: Reveal) -> str:
     """Which model made which image, and what the vote meant."""
     v = reveal.vote
@@ -83,6 +95,7 @@ def reveal_text(reveal: Reveal) -> str:
 
 def build_app(blind: BlindEval, voter: str | None = None) -> gr.Blocks:
     """The page for one comparison. `voter`: a fixed name; otherwise the page asks."""
+    gr.set_static_paths([blind.showings])  # each showing's own files, served as they are
     with gr.Blocks(title="Blind A/B evaluation") as demo:
         gr.Markdown("## Which image is better for its prompt?\nThe two models' images are "
                     "shown in random order; who made which is shown after you vote. "
@@ -94,6 +107,8 @@ def build_app(blind: BlindEval, voter: str | None = None) -> gr.Blocks:
             name = gr.Textbox(value=voter or "", label="Your name (recorded with your votes)",
                               visible=voter is None, elem_id="eval-voter", max_lines=1)
         pair_id = gr.State(None)
+        progress = gr.Markdown(progress_text(blind.progress()), elem_id="eval-progress")
+        waiting = gr.Timer(1.0, active=False)  # polls for a first pair while images are made
         with gr.Row():
             image_a = gr.Image(label="A", interactive=False, format="png", buttons=[],
                                height=FRAME_PX, elem_id="eval-image-a")
@@ -109,15 +124,28 @@ def build_app(blind: BlindEval, voter: str | None = None) -> gr.Blocks:
         tally = gr.Markdown(tally_text(blind.tallies()), elem_id="eval-tally")
 
         def show(voter_name: str):
-            shown = blind.show(blind.deal(voter_name.strip()))
-            return (shown.pair_id, f"### {_text(shown.prompt)}", enlarge(shown.image_a),
-                    enlarge(shown.image_b), "", *[gr.Button(interactive=True)] * len(buttons),
-                    gr.Button(interactive=False), tally_text(blind.tallies()))
+            pair = blind.deal(voter_name.strip())
+            status = progress_text(blind.progress())
+            if pair is None:
+                return (None, "", None, None, "", *[gr.Button(interactive=False)] * len(buttons),
+                        gr.Button(interactive=False), tally_text(blind.tallies()), status,
+                        gr.Timer(active=not blind.progress().failed))
+            shown = blind.show(pair)
+            return (shown.pair_id, f"### {_text(shown.prompt)}", shown.image_a, shown.image_b,
+                    "", *[gr.Button(interactive=True)] * len(buttons),
+                    gr.Button(interactive=False), tally_text(blind.tallies()), status,
+                    gr.Timer(active=False))
+
+        def show_when_ready(current: str | None, voter_name: str):
+            if current is not None:  # a pair is on the page already
+                return (gr.skip(),) * (len(shown_outputs) - 1) + (gr.Timer(active=False),)
+            return show(voter_name)
 
         shown_outputs = [pair_id, prompt, image_a, image_b, reveal, *buttons.values(),
-                         next_button, tally]
+                         next_button, tally, progress, waiting]
         demo.load(show, [name], shown_outputs, api_visibility="private")
         next_button.click(show, [name], shown_outputs, api_visibility="private")
+        waiting.tick(show_when_ready, [pair_id, name], shown_outputs, api_visibility="private")
 
         def voter_for(choice: str):
             def vote(current: str | None, voter_name: str):

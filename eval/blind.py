@@ -1,15 +1,15 @@
 """The blind A/B comparison, without a user interface: pairs, sides, votes, the reveal.
 
-Blindness is a security property here. What the browser gets before a vote is a
-`Shown`: an opaque pair id (kept server-side in the page's state), the prompt and the
-two images, each decoded and written afresh for this one showing as a PNG without
-metadata, under a random name in a folder of this process (`BlindEval.showings`). So
-no two showings share a URL, not even the same image shown again, to another voter or
-after a restart: a voter who has seen earlier reveals learns nothing from an address.
-(Content-addressed names, as Gradio gives images by default, would repeat.) Which
-model made which image stays in this process (`BlindEval._pending`, keyed by the pair
-id) and is told only by `vote`, after the vote is committed. The image cache's folder
-names (per-model hashes) and file paths never leave the server.
+Blindness is a security property here. What the browser gets before a vote is a `Shown`:
+an opaque pair id (kept server-side in the page's state), the prompt and the two images,
+each decoded, enlarged for the page (`data.pages.enlarge`) and written afresh for this
+one showing as a PNG without metadata, under a random name in a folder of this process
+(`BlindEval.showings`). So no two showings share a URL, not even the same image shown
+again, to another voter or after a restart: a voter who has seen earlier reveals learns
+nothing from an address. (Content-addressed names, as Gradio gives images by default,
+would repeat.) Which model made which image stays in this process (`BlindEval._pending`,
+keyed by the pair id) and is told only by `vote`, after the vote is committed. The image
+cache's folder names (per-model hashes) and file paths never leave the server.
 
 Images are made in the background (`start`): the page is served at once and deals a
 pair as soon as both of its images exist, showing `progress` until then.
@@ -36,6 +36,7 @@ import numpy as np
 from PIL import Image
 
 from data.errors import DataError
+from data.pages import enlarge
 from data.prompts import Prompt
 from eval.images import DEFAULT_ROOT, Sampling, images_for, open_image
 from eval.stats import Tally, tally_by_category
@@ -212,7 +213,7 @@ class BlindEval:
         files written for this showing only (freed once the pair is voted on)."""
         other = SIDES[1 - SIDES.index(pair.side_a)]
         key = (pair.prompt.text, pair.seed)
-        files = [write_showing(fresh_pixels(self.images[side][key]), self.showings)
+        files = [write_showing(enlarge(fresh_pixels(self.images[side][key])), self.showings)
                  for side in (pair.side_a, other)]
         with self._lock:
             self._files.setdefault(pair.pair_id, []).extend(files)

@@ -50,7 +50,7 @@ def save_model(unet: torch.nn.Module, model: str, kind: str, lora: bool, directo
         )
         (directory / LORA_BASE_FILE).write_text(json.dumps({"base_model": base_name(model)}))
     else:
-        trained = copy.deepcopy(unet).to("cpu", torch.float32)
+        trained = copy.deepcopy(unet).cpu().float()  # not .to(dtype): diffusers warns on it
         pipeline = load(model, device="cpu", dtype=torch.float32, unet=trained).pipeline
         pipeline.save_pretrained(directory, safe_serialization=True)
     run_config = directory.parent / RUN_CONFIG

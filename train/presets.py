@@ -1,7 +1,7 @@
 """Named recipes, like diffengine's `stable_diffusion_v15_dpo_pickascore`.
 
 Each preset sets only what differs from TrainConfig's defaults. The paper's recipes
-follow the official launchers of Wallace et al.: beta 5000,
+follow the official launchers (docs/TRAINING.md, "Presets and config files"): beta 5000,
 lr 1e-8 scaled by the effective batch of 2048 = 2.048e-5, constant LR after warmup,
 2000 steps, prompt dropout 0.2. The official runs use 16 GPUs x 1 pair x 128
 accumulation; here the accumulation is derived from `effective_batch` and the number of
