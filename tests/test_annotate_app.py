@@ -305,7 +305,8 @@ def call(url: str, endpoint: str, data: list, timeout: float) -> tuple[str, floa
 
 def test_a_burst_of_generate_calls_is_answered_and_leaves_the_page_and_votes_fast(tmp_path):
     queue = 2
-    server = open_app(AppConfig(db=tmp_path / "prefs.duckdb", variety=PairVariety(steps=8),
+    # enough steps that the pairs in progress and waiting outlast the burst's busy answers
+    server = open_app(AppConfig(db=tmp_path / "prefs.duckdb", variety=PairVariety(steps=200),
                                 buffer=0, queue=queue, seed=0))
     try:
         with serving(server.demo) as url:
@@ -323,7 +324,10 @@ def test_a_burst_of_generate_calls_is_answered_and_leaves_the_page_and_votes_fas
             burst = [threading.Thread(target=generate, args=(k,)) for k in range(50)]
             for thread in burst:
                 thread.start()
-            time.sleep(1.0)  # the burst is in
+            deadline = time.monotonic() + 60  # the burst is in: all but a few told busy
+            while sum("busy" in text for text, _ in answers) < 50 - queue - 1:
+                assert time.monotonic() < deadline, [text[:200] for text, _ in answers]
+                time.sleep(0.05)
             start = time.perf_counter()
             page = httpx.get(url, timeout=60)
             page_s = time.perf_counter() - start
