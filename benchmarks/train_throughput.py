@@ -183,13 +183,13 @@ def main() -> None:
         "cached_over_uncached": round(pairs_per_s["trainer_full"]
                                       / pairs_per_s["uncached_full"], 3),
         "unet_parameters_held": {
-            "full": parameters(full.unet) + parameters(full.reference_unet),
-            "lora": parameters(lora.unet) + parameters(lora.reference_unet),
+            "full": parameters(full.unet) + parameters(full.nets.reference_unet),
+            "lora": parameters(lora.unet) + parameters(lora.nets.reference_unet),
             "one_unet": parameters(encoders.unet),
         },
         "peak_rss_mb": peak_mb,
-        "trainable_parameters": {"full": sum(p.numel() for p in full.trainable),
-                                 "lora": sum(p.numel() for p in lora.trainable)},
+        "trainable_parameters": {"full": sum(p.numel() for p in full.nets.trainable),
+                                 "lora": sum(p.numel() for p in lora.nets.trainable)},
     }
     print(json.dumps(result, indent=1))
 

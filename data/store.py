@@ -170,10 +170,12 @@ def preference_labels(
     return float(winner == 0), float(winner == 1), uids[winner], True
 
 
-def _holder(error: Exception) -> str:
-    """Who holds a locked DuckDB file, from DuckDB's lock error."""
+def _holder(error: Exception) -> tuple[str, str]:
+    """(who, pid) of the process holding a locked DuckDB file, from DuckDB's lock error."""
     holder = re.search(r"held in (.+?) \(PID (\d+)\)", str(error))
-    return f"process {holder.group(2)} ({holder.group(1)})" if holder else "another process"
+    if not holder:
+        return "another process", "it"
+    return f"process {holder.group(2)} ({holder.group(1)})", holder.group(2)
 
 
 def is_disk_full(error: BaseException) -> bool:
@@ -244,7 +246,7 @@ class DuckDBFile:
     MIGRATIONS: list[tuple[int, list[str]]] = []
     TABLE = ""  # a table migration 1 creates: a file with tables but not this one is foreign
     MISSING = "{path} does not exist"  # read-only open of a missing file; then the fix
-    IN_USE = "stop the app that holds it"  # what to do while another process holds it
+    IN_USE = "stop the app that holds it"  # what to do while another holds it ({pid})
     UPGRADE = "open it once read-write"  # how to apply pending migrations
 
     def __init__(self, path: str | Path, read_only: bool = False):
@@ -270,8 +272,9 @@ class DuckDBFile:
             )
         except duckdb.IOException as error:
             if "lock" in str(error).lower():
+                who, pid = _holder(error)
                 raise StoreLockedError(
-                    f"{path} is in use by {_holder(error)}: {self.IN_USE.format(path=path)}"
+                    f"{path} is in use by {who}: {self.IN_USE.format(path=path, pid=pid)}"
                 ) from None
             if is_disk_full(error):
                 raise disk_full_error(path, f"the {self.KIND} was not opened") from None
@@ -343,7 +346,8 @@ class Store(DuckDBFile):
     MISSING = "{path} does not exist: record some votes or import shards first"
     # DuckDB refuses a second process even read-only (so `data export` and `data stats`
     # fail the same way): the one thing that works is to stop the holder first
-    IN_USE = "stop that process (Ctrl+C in its terminal), then run this command again"
+    IN_USE = ("stop that process (Ctrl+C in its terminal, or kill {pid}), then run this "
+              "command again")
     UPGRADE = "open it once read-write (any data command)"
 
     def __init__(self, path: str | Path = DEFAULT_DB, read_only: bool = False):
