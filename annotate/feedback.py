@@ -36,7 +36,7 @@ import torch
 from data.errors import UserError, report_user_error
 from data.pairs import decode_image, encode_jpeg
 from data.prompts import read_prompts
-from data.store import DEFAULT_DB, ImageRecord, Store, Vote
+from data.store import DEFAULT_DB, Store, Vote
 from models.errors import ModelError
 from models.generate import PairVariety, generate
 from models.loading import LoadedModel
@@ -247,7 +247,7 @@ def run_batch(run: FeedbackRun, model: LoadedModel, labeller: Labeller, store: S
     start = time.perf_counter()
     for k, index in enumerate(indices):
         vote_id = run.vote_id(index)
-        pair = [ImageRecord.generated(images[2 * k + s], image_uid(vote_id, s), jpgs[2 * k + s])
+        pair = [images[2 * k + s].record(image_uid(vote_id, s), jpgs[2 * k + s])
                 for s in (0, 1)]
         result = outcome(scores[2 * k], scores[2 * k + 1], run.tie_margin)
         store.record_vote(

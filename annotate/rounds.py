@@ -313,4 +313,4 @@ class Collector:
 
 
 def _record(image: GeneratedImage) -> ImageRecord:
-    return ImageRecord.generated(image, new_uid(), encode_jpeg(image.image))
+    return image.record(new_uid(), encode_jpeg(image.image))

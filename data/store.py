@@ -22,7 +22,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Protocol
 
 import duckdb
 
@@ -75,32 +74,6 @@ class ImageRecord:
     height: int | None = None
     gen_ms: float | None = None
     url: str | None = None
-
-    @classmethod
-    def generated(cls, image: Generated, uid: str, jpg: bytes) -> ImageRecord:
-        """The row of a generated image (a `models.generate.GeneratedImage`): its JPEG
-        and how it was made."""
-        return cls(
-            image_uid=uid, jpg=jpg, prompt=image.prompt, model=image.model, seed=image.seed,
-            guidance_scale=image.guidance_scale, steps=image.steps,
-            scheduler=image.scheduler, width=image.width, height=image.height,
-            gen_ms=image.gen_ms,
-        )
-
-
-class Generated(Protocol):
-    """What the store records of how an image was generated (the data layer does not
-    import models; `models.generate.GeneratedImage` has these fields)."""
-
-    prompt: str
-    model: str
-    seed: int
-    guidance_scale: float
-    steps: int
-    scheduler: str
-    width: int
-    height: int
-    gen_ms: float
 
 
 @dataclass(frozen=True)

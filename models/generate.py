@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
+from data.store import ImageRecord
 from models.errors import ModelError
 from models.loading import LoadedModel
 
@@ -37,6 +38,14 @@ class GeneratedImage:
     width: int
     height: int
     gen_ms: float
+
+    def record(self, uid: str, jpg: bytes) -> ImageRecord:
+        """The store's row of this image, as `jpg` (its JPEG bytes) under `uid`."""
+        return ImageRecord(
+            image_uid=uid, jpg=jpg, prompt=self.prompt, model=self.model, seed=self.seed,
+            guidance_scale=self.guidance_scale, steps=self.steps, scheduler=self.scheduler,
+            width=self.width, height=self.height, gen_ms=self.gen_ms,
+        )
 
 
 @dataclass(frozen=True)

@@ -222,14 +222,13 @@ def test_a_generated_image_becomes_its_row_and_jpeg_round_trips():
     from PIL import Image
 
     from data.pairs import decode_image, encode_jpeg
-    from data.store import ImageRecord
     from models.generate import GeneratedImage
 
     picture = Image.new("RGB", (16, 8), (200, 30, 30))
     made = GeneratedImage(image=picture, prompt="red", model="toy", seed=3, guidance_scale=7.5,
                           steps=20, scheduler="DDIM", width=16, height=8, gen_ms=12.5)
     jpg = encode_jpeg(picture)
-    row = ImageRecord.generated(made, "uid-1", jpg)
+    row = made.record("uid-1", jpg)
     assert (row.image_uid, row.jpg, row.prompt, row.model, row.seed, row.steps) == (
         "uid-1", jpg, "red", "toy", 3, 20)
     assert (row.width, row.height, row.gen_ms, row.scheduler) == (16, 8, 12.5, "DDIM")
