@@ -42,6 +42,8 @@ def annotate_page(browser, folder: Path, out: Path) -> None:
         page.locator("#generate").click()
         page.wait_for_function(LOADED, arg="#left-image img, #right-image img",
                                timeout=300_000)
+        page.wait_for_function("() => !document.querySelector('#vote-left').disabled")
+        page.wait_for_timeout(500)  # the buttons' fade-in, once armed
         page.screenshot(path=out)
     finally:
         server.demo.close()
@@ -56,19 +58,21 @@ def eval_page(browser, folder: Path, aligned: str, out: Path) -> None:
     from eval.votes import VoteStore
 
     votes = VoteStore(folder / "votes.duckdb")
+    prompts = default_prompts("toy")[:2]
+    blind = BlindEval.prepare("toy", aligned, prompts, Sampling(seeds=1), votes,
+                              folder / "images")
     try:
-        prompts = default_prompts("toy")[:2]
-        blind = BlindEval.prepare("toy", aligned, prompts, Sampling(seeds=1), votes,
-                                  folder / "images")
         demo = build_app(blind)
         demo.launch(prevent_thread_lock=True, quiet=True, **launch_options("127.0.0.1", None))
+        blind.start()  # the images, made in the background as the command makes them
         page = browser.new_page(viewport=VIEWPORT, device_scale_factor=1)
         page.goto(demo.local_url)
         page.wait_for_function(LOADED, arg="#eval-image-a img, #eval-image-b img",
-                               timeout=120_000)
+                               timeout=300_000)
         page.screenshot(path=out)
         demo.close()
     finally:
+        blind.close()
         votes.close()
 
 
