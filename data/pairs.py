@@ -23,7 +23,8 @@ import pyarrow.parquet as pq
 from PIL import Image
 from torch.utils.data import Dataset
 
-from data.errors import DataError
+from data.errors import DataError, ShardError
+from data.images import ImageProblem, check_jpeg
 from data.pickapic import check_schema, find_shards, split_of
 from data.store import Store
 
@@ -194,14 +195,25 @@ class ParquetPairs(Dataset):
         """An item's caption and provenance, without reading its images."""
         return self._items[index][3:]
 
+    def _decode(self, file_index: int, row: int, k: int, data: bytes) -> Image.Image:
+        """A shard's image, checked as `data import` checks it before it is decoded (a few
+        hundred bytes can declare a 12000x12000 image)."""
+        try:
+            check_jpeg(data)
+        except ImageProblem as problem:
+            raise ShardError(f"{self._files[file_index]}, row {row}: jpg_{k} {problem}; "
+                             "drop the row, or import the shard (python -m data import) and train "
+                             "from the store") from None
+        return decode_image(data)
+
     def __getitem__(self, index: int) -> PreferencePair:
         file_index, row, first, caption, prov = self._items[index]
         starts = self._row_group_starts[file_index]
         group = bisect.bisect_right(starts, row) - 1
         jpgs = self._row_group(file_index, group)
         offset = row - int(starts[group])
-        image_0 = decode_image(jpgs["jpg_0"][offset])
-        image_1 = decode_image(jpgs["jpg_1"][offset])
+        image_0, image_1 = (self._decode(file_index, row, k, jpgs[f"jpg_{k}"][offset])
+                            for k in (0, 1))
         preferred, rejected = (image_0, image_1) if first else (image_1, image_0)
         return PreferencePair(caption, preferred, rejected, prov)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -93,6 +94,15 @@ def public_shard_table(rows=PUBLIC_ROWS, start_id: int = 1000, image_size: int =
             columns[name].append(value)
     schema = PICKAPIC_SCHEMA.append(pa.field("__index_level_0__", pa.int64()))
     return pa.table(columns, schema=schema)
+
+
+def huge_header_jpeg(width: int = 12000, height: int = 12000) -> bytes:
+    """A real 1x1 JPEG whose frame header (SOF0) is patched to declare width x height."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (1, 1), (200, 0, 0)).save(buffer, "JPEG")
+    data = buffer.getvalue()
+    sof = data.index(b"\xff\xc0")  # marker, length (2), precision (1), height, width
+    return data[: sof + 5] + struct.pack(">HH", height, width) + data[sof + 9:]
 
 
 def write_shard(path: Path, table: pa.Table) -> Path:

@@ -1,10 +1,21 @@
 """The training view: winners first, ties dropped, sources mixed by ratio, one loader."""
 
+import pyarrow as pa
 import pytest
 import torch
-from helpers import BLUE, GREEN, PUBLIC_ROWS, RED, color_of, public_shard_table, record, write_shard
+from helpers import (
+    BLUE,
+    GREEN,
+    PUBLIC_ROWS,
+    RED,
+    color_of,
+    huge_header_jpeg,
+    public_shard_table,
+    record,
+    write_shard,
+)
 
-from data.errors import DataError
+from data.errors import DataError, ShardError
 from data.pairs import MixedPairs, ParquetPairs, StorePairs, load_pairs
 from data.pickapic import export_pairs, import_shards
 from data.store import Store
@@ -44,6 +55,21 @@ def test_parquet_shard_is_read_the_same_way(shard):
     ties = [p for p in with_ties if p.provenance.tie]
     assert len(with_ties) == len(PUBLIC_ROWS) and len(ties) == 2
     assert all(close_to(color_of(p.preferred), GREEN) for p in ties)
+
+
+def test_a_shard_read_for_training_refuses_an_image_that_declares_12000_px(tmp_path):
+    table = public_shard_table()
+    column = table.schema.get_field_index("jpg_1")
+    jpgs = table.column("jpg_1").to_pylist()
+    jpgs[1] = huge_header_jpeg()
+    path = write_shard(tmp_path / "bad" / "train-00000-of-00001.parquet",
+                       table.set_column(column, "jpg_1", pa.array(jpgs, pa.binary())))
+    pairs = ParquetPairs([path])
+    assert pairs[0].preferred.size == (32, 32)  # the good rows read as before
+    with pytest.raises(ShardError, match=r"row 1: jpg_1 declares 12000x12000 pixels, over "
+                                         r"the 4096 px per side limit") as refused:
+        pairs[1]
+    assert "\n" not in str(refused.value) and str(path) in str(refused.value)
 
 
 def test_store_and_its_export_give_the_same_pairs(tmp_path):

@@ -2,14 +2,13 @@
 
 import io
 import re
-import struct
 import subprocess
 import sys
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import PUBLIC_ROWS, public_shard_table, record, write_shard
+from helpers import PUBLIC_ROWS, huge_header_jpeg, public_shard_table, record, write_shard
 from PIL import Image
 
 from data.errors import DataError, ShardError
@@ -183,15 +182,6 @@ def _corrupt(table: pa.Table, column: str, row: int, value) -> pa.Table:
 
 def _uid(table: pa.Table, k: int, row: int) -> str:
     return table.column(f"image_{k}_uid")[row].as_py()
-
-
-def huge_header_jpeg(width: int = 12000, height: int = 12000) -> bytes:
-    """A real 1x1 JPEG whose frame header (SOF0) is patched to declare width x height."""
-    buffer = io.BytesIO()
-    Image.new("RGB", (1, 1), (200, 0, 0)).save(buffer, "JPEG")
-    data = buffer.getvalue()
-    sof = data.index(b"\xff\xc0")  # marker, length (2), precision (1), height, width
-    return data[: sof + 5] + struct.pack(">HH", height, width) + data[sof + 9:]
 
 
 def png_bytes() -> bytes:
