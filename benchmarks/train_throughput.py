@@ -14,8 +14,10 @@ machine (each figure is the median over rounds):
   encoding both images and the text encoder encoding the captions (pixels already decoded).
 - `trainer_lora` / `floor_lora`: the same with LoRA adapters (rank 8) and the reference
   taken from the same UNet with its adapters off.
+- `mapo_full` / `mapo_lora`: the trainer's step under `objective: mapo`, which has no
+  reference (no frozen copy, no reference forward), against `trainer_full` / `_lora`.
 Memory: trained and frozen UNet parameters held by each run (LoRA must hold one UNet),
-and the peak RSS of a fresh process that trains 10 steps each way.
+and the peak RSS of a fresh process that trains 10 steps each way (full, LoRA, MaPO full).
 Pairs are drawn shapes (winner: the caption's shape; loser: another), so nothing is
 generated. Prints JSON.
 """
@@ -63,11 +65,11 @@ def drawn_pairs(path: Path, n: int) -> None:
                                    images[1].image_uid, "left", 0, user), images)
 
 
-def make_run(data: Path, out: Path, lora_rank: int, batch: int) -> Run:
+def make_run(data: Path, out: Path, lora_rank: int, batch: int, objective: str = "dpo") -> Run:
     config = resolve("toy", {
         "data": [str(data)], "output_dir": str(out), "cache_dir": str(out.parent / "cache"),
         "lora_rank": lora_rank, "eval_every": 0, "holdout_pairs": 0, "batch_size": batch,
-        "effective_batch": batch, "checkpoint_every": 0,
+        "effective_batch": batch, "checkpoint_every": 0, "objective": objective,
     })
     with contextlib.redirect_stdout(sys.stderr):  # the trainer's progress lines; JSON is ours
         return Run(config)
@@ -124,14 +126,14 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--steps", type=int, default=10, help="steps per mode per round")
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--peak", choices=["full", "lora"], help=argparse.SUPPRESS)
+    parser.add_argument("--peak", choices=["full", "lora", "mapo"], help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.manual_seed(0)
     work = Path(tempfile.mkdtemp(prefix="train-bench-"))
     if args.peak:  # a child process: train --steps steps one way, report the peak RSS
         run = make_run(Path(args.data), work / args.peak, 8 if args.peak == "lora" else 0,
-                       args.batch)
+                       args.batch, "mapo" if args.peak == "mapo" else "dpo")
         for step in range(args.steps):
             run.train_step(step)
         print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
@@ -143,10 +145,12 @@ def main() -> None:
              "--batch", str(args.batch), "--steps", str(args.steps)],
             capture_output=True, text=True, check=True,
         ).stdout.split()[-1])
-        for mode in ("full", "lora")
+        for mode in ("full", "lora", "mapo")
     }
     full = make_run(work / "pairs.duckdb", work / "full", 0, args.batch)
     lora = make_run(work / "pairs.duckdb", work / "lora", 8, args.batch)
+    mapo_full = make_run(work / "pairs.duckdb", work / "mapo-full", 0, args.batch, "mapo")
+    mapo_lora = make_run(work / "pairs.duckdb", work / "mapo-lora", 8, args.batch, "mapo")
 
     from models.loading import load
 
@@ -163,6 +167,8 @@ def main() -> None:
                                              s.__setitem__(0, s[0] + 1)),
         "trainer_lora": lambda s=[0]: (lora.train_step(s[0]), s.__setitem__(0, s[0] + 1)),
         "floor_lora": lambda: floor_step(lora, batches["lora"]),
+        "mapo_full": lambda s=[0]: (mapo_full.train_step(s[0]), s.__setitem__(0, s[0] + 1)),
+        "mapo_lora": lambda s=[0]: (mapo_lora.train_step(s[0]), s.__setitem__(0, s[0] + 1)),
     }
     for function in modes.values():  # warm-up
         timed(function, 2)
@@ -182,9 +188,16 @@ def main() -> None:
         },
         "cached_over_uncached": round(pairs_per_s["trainer_full"]
                                       / pairs_per_s["uncached_full"], 3),
+        "mapo_over_dpo": {
+            "full": round(pairs_per_s["mapo_full"] / pairs_per_s["trainer_full"], 3),
+            "lora": round(pairs_per_s["mapo_lora"] / pairs_per_s["trainer_lora"], 3),
+            "peak_rss_full": round(peak_mb["mapo"] / peak_mb["full"], 3),
+        },
         "unet_parameters_held": {
             "full": parameters(full.unet) + parameters(full.nets.reference_unet),
             "lora": parameters(lora.unet) + parameters(lora.nets.reference_unet),
+            "mapo_full": parameters(mapo_full.unet)
+            + parameters(mapo_full.nets.reference_unet),
             "one_unet": parameters(encoders.unet),
         },
         "peak_rss_mb": peak_mb,

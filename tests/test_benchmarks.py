@@ -91,11 +91,13 @@ def test_train_throughput(tmp_path):
                 "--rounds", "1", tmp_path=tmp_path)
     assert out["batch_pairs"] == 2 and out["rounds"] == 1
     assert set(out["pairs_per_s"]) == {"trainer_full", "floor_full", "uncached_full",
-                                       "trainer_lora", "floor_lora"}
+                                       "trainer_lora", "floor_lora", "mapo_full", "mapo_lora"}
     assert all(v > 0 for v in out["pairs_per_s"].values())
-    assert set(out["peak_rss_mb"]) == {"full", "lora"}
+    assert set(out["peak_rss_mb"]) == {"full", "lora", "mapo"}
+    assert set(out["mapo_over_dpo"]) == {"full", "lora", "peak_rss_full"}
     held = out["unet_parameters_held"]
     assert held["full"] == 2 * held["one_unet"] and held["lora"] > held["one_unet"]
+    assert held["mapo_full"] == held["one_unet"]  # MaPO holds no reference copy
     assert 0 < out["trainable_parameters"]["lora"] < out["trainable_parameters"]["full"]
 
 

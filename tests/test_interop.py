@@ -96,7 +96,7 @@ assert out.shape == (1, 32, 32, 3) and np.isfinite(out).all()
 def test_a_trained_full_pipeline_runs_as_its_card_says(work):
     final = work / "full" / "final"
     card = (final / "README.md").read_text()
-    assert "objective: dpo, beta 5000.0" in card and "steps: 1" in card
+    assert "objective: dpo (beta 5000)" in card and "steps: 1" in card
     run_as_user("""
 scope = {}
 exec(card_code(sys.argv[1]), scope)  # the card's own snippet, as a user pastes it

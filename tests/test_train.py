@@ -141,11 +141,40 @@ def test_lora_reference_is_the_base_and_adapters_come_back_on(tiny_sd_dir, store
     assert torch.allclose(after_error, policy)
 
 
+@pytest.mark.parametrize("kind", ["sd", "sdxl", "toy"])
 @pytest.mark.parametrize("lora_rank", [0, 4])
+@pytest.mark.parametrize("objective", ["ipo", "mapo"])
+def test_each_objective_trains_full_and_lora_and_only_dpo_and_ipo_use_a_reference(
+        objective, lora_rank, kind, tiny_sd_dir, tiny_sdxl_dir, store_path, tmp_path):
+    base = {"sd": tiny_sd_dir, "sdxl": tiny_sdxl_dir, "toy": "toy"}[kind]
+    config = config_for(base, store_path, tmp_path / "run", objective=objective,
+                        lora_rank=lora_rank, max_steps=3, eval_every=0)
+    run = Run(config)
+    reference_calls = []
+    reference = run.reference
+    run.reference = lambda *args, **kw: reference_calls.append(1) or reference(*args, **kw)
+    before = {n: p.detach().clone() for n, p in run.unet.named_parameters() if p.requires_grad}
+    run.train()
+    after = dict(run.unet.named_parameters())
+    unchanged = [n for n, p in before.items() if torch.equal(p, after[n].detach())]
+    if lora_rank:  # lora_A may keep a row a step leaves alone; every B moves off zero
+        unchanged = [n for n in unchanged if "lora_B" in n]
+    assert before and unchanged == [], unchanged
+    needs_reference = objective == "ipo"
+    assert bool(reference_calls) == needs_reference
+    assert (run.nets.reference_unet is not None) == (needs_reference and not lora_rank)
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert all(math.isfinite(m["loss"]) and "accuracy" in m and "margin" in m for m in logged)
+    card = (tmp_path / "run" / "final" / "README.md").read_text()
+    assert f"objective: {objective} (" in card
+
+
+@pytest.mark.parametrize(("objective", "lora_rank"),
+                         [("dpo", 0), ("dpo", 4), ("ipo", 4), ("mapo", 0)])
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(
-        lora_rank, tiny_sd_dir, store_path, tmp_path):
+        objective, lora_rank, tiny_sd_dir, store_path, tmp_path):
     common = {"max_steps": 4, "checkpoint_every": 2, "checkpoints_kept": 5,
-              "lora_rank": lora_rank, "eval_every": 0}
+              "lora_rank": lora_rank, "eval_every": 0, "objective": objective}
     whole = Run(config_for(tiny_sd_dir, store_path, tmp_path / "whole", **common))
     whole.train()
     # a second run that only has the first run's step-2 checkpoint, as after a crash
@@ -383,7 +412,8 @@ def test_a_config_made_in_code_is_converted_and_checked(tmp_path):
     assert TrainConfig(max_steps="5", beta="2500", random_flip="false").max_steps == 5
     assert TrainConfig(data="one.duckdb").data == ["one.duckdb"]
     for values, message in [({"max_steps": "many"}, "max_steps: "),
-                            ({"objective": "ppo"}, "objective must be dpo or sft"),
+                            ({"objective": "ppo"}, "objective must be one of dpo, ipo, mapo, sft"),
+                            ({"beta_mapo": 0}, "beta_mapo must be above 0"),
                             ({"batch_size": 0}, "batch_size must be at least 1"),
                             ({"holdout_pairs": -1}, "holdout_pairs must be 0 or more"),
                             ({"prompt_dropout": 2}, "prompt_dropout must be between")]:
@@ -467,9 +497,12 @@ def test_an_error_under_readmes_accelerate_launch_is_its_one_line(tmp_path):
     assert not (tmp_path / "run").exists()  # nothing written for a run that cannot start
 
 
-def test_two_processes_train_and_write_one_checkpoint_once(tiny_sd_dir, store_path, tmp_path):
+@pytest.mark.parametrize("objective", ["dpo", "mapo"])
+def test_two_processes_train_and_write_one_checkpoint_once(objective, tiny_sd_dir, store_path,
+                                                            tmp_path):
     config = config_for(tiny_sd_dir, store_path, tmp_path / "run", max_steps=2,
-                        checkpoint_every=2, eval_every=0, batch_size=1, effective_batch=4)
+                        checkpoint_every=2, eval_every=0, batch_size=1, effective_batch=4,
+                        objective=objective)
     config_file = tmp_path / "two.yaml"
     from train.config import save
 

@@ -1,11 +1,11 @@
-"""The Diffusion-DPO loss against values computed by hand (docs/TRAINING.md)."""
+"""The objectives (DPO, IPO, MaPO, SFT) against values computed by hand (docs/TRAINING.md)."""
 
 import math
 
 import pytest
 import torch
 
-from train.loss import dpo_loss, per_sample_error, sft_loss
+from train.loss import dpo_loss, ipo_loss, mapo_loss, per_sample_error, sft_loss
 
 
 def t(*values):
@@ -72,3 +72,76 @@ def test_per_sample_error_and_sft():
     errors = per_sample_error(prediction, target)
     assert errors.tolist() == [1.0, 1.0]  # (4*1)/4 and (4+0+0+0)/4
     assert sft_loss(t(1.0, 3.0)).item() == 2.0
+
+
+# -- IPO: (rho - 1/(2 beta))^2 with rho = (r_w - r_l) - (e_w - e_l) ---------------------
+
+
+def test_ipo_at_initialisation_is_the_squared_target_margin():
+    errors = t(0.3, 0.1, 0.7)
+    terms = ipo_loss(errors, errors.flip(0), errors, errors.flip(0), beta=10)
+    assert terms.loss.item() == pytest.approx((1 / 20) ** 2, rel=1e-6)  # 0.0025
+    assert terms.margin.item() == 0.0 and terms.accuracy.item() == 0.5
+
+
+def test_ipo_matches_hand_computed_values_and_a_swap_moves_away_from_the_target():
+    # rho = (0.4 - 0.4) - (0.3 - 0.5) = 0.2; target 1/(2*10) = 0.05: (0.15)^2 = 0.0225
+    terms = ipo_loss(t(0.3), t(0.5), t(0.4), t(0.4), beta=10)
+    assert terms.loss.item() == pytest.approx(0.0225, rel=1e-5)
+    assert terms.inside.item() == pytest.approx(0.5 * 10 * 0.2)  # DPO's margin, logged alike
+    # swapped: rho = -0.2, (-0.25)^2 = 0.0625
+    swapped = ipo_loss(t(0.5), t(0.3), t(0.4), t(0.4), beta=10)
+    assert swapped.loss.item() == pytest.approx(0.0625, rel=1e-5)
+    assert swapped.accuracy.item() == 0.0
+
+
+def test_ipo_pulls_the_margin_to_its_target_from_either_side():
+    below = t(0.30).requires_grad_()  # rho = 0 < 0.05: lower the winner's error
+    ipo_loss(below, t(0.30), t(0.30), t(0.30), beta=10).loss.backward()
+    assert below.grad.item() == pytest.approx(2 * (0 - 0.05) * -1)  # d/d e_w = -2(rho - c)
+    above = t(0.10).requires_grad_()  # rho = 0.2 > 0.05: the winner's error may rise
+    ipo_loss(above, t(0.30), t(0.30), t(0.30), beta=10).loss.backward()
+    assert above.grad.item() == pytest.approx(-2 * (0.2 - 0.05))
+
+
+# -- MaPO: mean(e_w) - beta * mean(logsigmoid(T (f(e_w) - f(e_l)))), f(e) = s e/(e^(s e)-1)
+
+
+def mapo_by_hand(e_w: float, e_l: float, beta: float, s: float, T: int) -> float:
+    def f(e):
+        return s * e / (math.exp(s * e) - 1)
+
+    z = T * (f(e_w) - f(e_l))
+    return e_w - beta * -math.log1p(math.exp(-z))
+
+
+def test_mapo_matches_hand_computed_values():
+    # f(0.2) = 0.1/(e^0.1 - 1) = 0.950833, f(0.4) = 0.2/(e^0.2 - 1) = 0.903331
+    # z = 10 * 0.047502 = 0.47502; logsigmoid(z) = -0.48359; loss = 0.2 + 0.1 * 0.48359
+    terms = mapo_loss(t(0.2), t(0.4), beta_mapo=0.1, snr=0.5, num_train_timesteps=10)
+    assert terms.loss.item() == pytest.approx(0.248359, abs=1e-5)
+    assert terms.loss.item() == pytest.approx(mapo_by_hand(0.2, 0.4, 0.1, 0.5, 10), rel=1e-5)
+    assert terms.margin.item() == pytest.approx(0.047502, abs=1e-5)
+    assert terms.accuracy.item() == 1.0  # the winner denoised better
+
+
+def test_mapo_with_equal_errors_is_the_winner_loss_plus_beta_ln2():
+    errors = t(0.3, 0.1, 0.7)
+    terms = mapo_loss(errors, errors, beta_mapo=0.1, snr=0.5, num_train_timesteps=1000)
+    assert terms.loss.item() == pytest.approx(errors.mean().item() + 0.1 * math.log(2),
+                                              rel=1e-6)
+    assert terms.accuracy.item() == 0.5
+
+
+def test_mapo_swap_flips_the_margin_and_the_gradient_favours_the_winner():
+    forward = mapo_loss(t(0.2, 0.5), t(0.4, 0.3), 0.1, 0.5, 10)
+    swapped = mapo_loss(t(0.4, 0.3), t(0.2, 0.5), 0.1, 0.5, 10)
+    assert torch.allclose(swapped.log_odds, -forward.log_odds)
+    e_w, e_l = t(0.3).requires_grad_(), t(0.3).requires_grad_()
+    mapo_loss(e_w, e_l, 0.1, 0.5, 1000).loss.backward()
+    assert e_w.grad.item() > 0 and e_l.grad.item() < 0  # descent: winner's error down
+
+
+def test_mapo_is_finite_at_zero_error_and_in_fp32():
+    terms = mapo_loss(torch.zeros(2, dtype=torch.bfloat16), t(0.1, 0.0), 0.1, 0.5, 1000)
+    assert torch.isfinite(terms.loss) and terms.loss.dtype == torch.float32

@@ -27,6 +27,8 @@ from train.errors import TrainError
 from train.presets import PRESETS
 
 HOLDOUT_SHARE = 10  # a run holds out at most one pair in this many
+OBJECTIVES = ("dpo", "ipo", "mapo", "sft")
+REFERENCE_OBJECTIVES = ("dpo", "ipo")  # the others train with no reference model
 
 
 
@@ -40,10 +42,14 @@ def _help(text: str, default=MISSING, factory=MISSING):
 class TrainConfig:
     # What to train
     model: str = _help("base model: `toy`, a local pipeline folder or a Hub id", TOY_NAME)
-    objective: str = _help("`dpo` (Diffusion-DPO) or `sft` (the paper's baseline: "
+    objective: str = _help("`dpo` (Diffusion-DPO), `ipo` (IPO on DPO's margin), `mapo` "
+                           "(MaPO: no reference model) or `sft` (the paper's baseline: "
                            "denoising loss on the preferred images only)", "dpo")
-    beta: float = _help("DPO beta in the official convention "
-                        "(inside = -0.5*beta*delta; paper 5000)", 5000.0)
+    beta: float = _help("DPO beta in the official convention (inside = -0.5*beta*delta; "
+                        "paper 5000); for ipo, the margin pulled to is 1/(2*beta)", 5000.0)
+    beta_mapo: float = _help("MaPO's weight of its margin term (MaPO's default)", 0.1)
+    mapo_snr: float = _help("MaPO's constant s in its error score s*e/(exp(s*e)-1) "
+                            "(MaPO's default)", 0.5)
     lora_rank: int = _help("LoRA rank; 0 trains the full UNet", 0)
     lora_alpha: float | None = _help("LoRA alpha (default: the rank, as diffusers' script)",
                                      None)
@@ -124,8 +130,9 @@ class TrainConfig:
 
     def check(self) -> None:
         """One-line errors for settings that cannot work."""
-        if self.objective not in ("dpo", "sft"):
-            raise TrainError(f"objective must be dpo or sft, not {self.objective!r}")
+        if self.objective not in OBJECTIVES:
+            raise TrainError(f"objective must be one of {', '.join(OBJECTIVES)}, "
+                             f"not {self.objective!r}")
         if self.optimizer not in ("adamw", "adafactor"):
             raise TrainError(f"optimizer must be adamw or adafactor, not {self.optimizer!r}")
         if self.mixed_precision not in ("auto", "no", "fp16", "bf16"):
@@ -143,6 +150,9 @@ class TrainConfig:
                 raise TrainError(f"{name} must be 0 or more")
         if self.log_every < 1:
             raise TrainError("log_every must be at least 1")
+        for name in ("beta", "beta_mapo", "mapo_snr"):
+            if not getattr(self, name) > 0:
+                raise TrainError(f"{name} must be above 0")
         if not 0 <= self.prompt_dropout <= 1:
             raise TrainError("prompt_dropout must be between 0 and 1")
 
@@ -153,6 +163,17 @@ class TrainConfig:
 
 
 KEYS = {f.name: f for f in fields(TrainConfig)}
+_OBJECTIVE_KEYS = {"dpo": ("beta",), "ipo": ("beta",), "mapo": ("beta_mapo", "mapo_snr"),
+                   "sft": ()}
+
+
+def objective_text(values: dict) -> str:
+    """An objective with the settings it uses, as a run's config (or its YAML) has them:
+    "dpo (beta 5000)", "mapo (beta_mapo 0.1, mapo_snr 0.5)", "sft"."""
+    objective = values.get("objective", "dpo")
+    settings = ", ".join(f"{key} {values.get(key, KEYS[key].default):g}"
+                         for key in _OBJECTIVE_KEYS.get(objective, ()))
+    return f"{objective} ({settings})" if settings else objective
 
 
 @functools.cache

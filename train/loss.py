@@ -1,4 +1,4 @@
-"""The Diffusion-DPO objective and its SFT baseline, as pure functions (docs/TRAINING.md).
+"""The preference objectives and the SFT baseline, as pure functions (docs/TRAINING.md).
 
 With the same noise and timestep for the winner w and the loser l, each network's
 per-sample error is e = mean over C, H, W of (eps_pred - eps)^2. Then
@@ -10,6 +10,9 @@ in fp32 - the official code's form, so beta is in its convention (paper: 5000; d
 script writes 2500 without the 0.5, the same thing). The mean is outside the logsigmoid
 (putting it inside is the bug of diffusers#6702). At initialisation, model = reference,
 inside = 0 and the loss is ln 2.
+
+IPO and MaPO train on the same pairs and errors: IPO on the same margin with a squared
+loss (`ipo_loss`), MaPO with no reference model at all (`mapo_loss`).
 """
 
 from __future__ import annotations
@@ -63,6 +66,76 @@ def dpo_loss(
         reward_preferred=reward_preferred.detach().mean(),
         reward_rejected=reward_rejected.detach().mean(), margin=inside.mean(),
     )
+
+
+def ipo_loss(
+    model_preferred: torch.Tensor,
+    model_rejected: torch.Tensor,
+    ref_preferred: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    beta: float,
+) -> DPOTerms:
+    """IPO on Diffusion-DPO's margin, as diffusers' research script defines it.
+
+    With rho = (r_w - r_l) - (e_w - e_l), how much more the model lowered the winner's
+    error than the loser's, relative to the reference: loss = mean((rho - 1/(2 beta))^2).
+    So beta sets the margin the model is pulled to (1/(2 beta), in units of per-sample
+    error) instead of scaling a logistic loss: a larger beta keeps the model closer to
+    its reference. At initialisation rho = 0 and the loss is 1/(4 beta^2). The rewards,
+    margin and accuracy are DPO's (`dpo_loss`), so the two read alike in the logs.
+    """
+    terms = dpo_loss(model_preferred, model_rejected, ref_preferred, ref_rejected, beta)
+    rho = (ref_preferred.float().detach() - ref_rejected.float().detach()) - (
+        model_preferred.float() - model_rejected.float())
+    terms.loss = (rho - 1 / (2 * beta)).pow(2).mean()
+    return terms
+
+
+@dataclass
+class MaPOTerms:
+    """MaPO's loss and what to watch: the log-odds margin should rise above zero."""
+
+    loss: torch.Tensor  # scalar, differentiable
+    log_odds: torch.Tensor  # per pair, detached: f(e_w) - f(e_l)
+    accuracy: torch.Tensor  # share of pairs with log_odds > 0 (the winner denoised better)
+    ratio: torch.Tensor  # mean logsigmoid(T * log_odds): the preference term, at most 0
+    margin: torch.Tensor  # mean(log_odds)
+
+
+def mapo_loss(
+    model_preferred: torch.Tensor,
+    model_rejected: torch.Tensor,
+    beta_mapo: float,
+    snr: float,
+    num_train_timesteps: int,
+) -> MaPOTerms:
+    """MaPO (Hong et al., arXiv 2406.06424), which needs no reference model.
+
+    Each error e becomes a likelihood-like score f(e) = s e / (exp(s e) - 1) (1 at e = 0,
+    falling as e grows; s the `snr` constant), and
+
+        loss = mean(e_w) - beta_mapo * mean(logsigmoid(T * (f(e_w) - f(e_l))))
+
+    with T the scheduler's training timesteps: the winner's plain denoising loss plus a
+    margin term that pushes its score above the loser's. With no reference, its value at
+    step 0 is no constant (DPO's is ln 2): it is whatever the base model's errors give.
+    """
+    model_preferred, model_rejected = model_preferred.float(), model_rejected.float()
+
+    def score(error: torch.Tensor) -> torch.Tensor:
+        scaled = snr * error
+        small = scaled.abs() < 1e-6  # the limit at 0, where the quotient is 0/0
+        return torch.where(small, torch.ones_like(scaled),
+                           scaled / torch.expm1(torch.where(small, torch.ones_like(scaled),
+                                                            scaled)))
+
+    log_odds = score(model_preferred) - score(model_rejected)
+    ratio = F.logsigmoid(num_train_timesteps * log_odds)
+    loss = model_preferred.mean() - beta_mapo * ratio.mean()
+    log_odds = log_odds.detach()
+    accuracy = (log_odds > 0).float().mean() + 0.5 * (log_odds == 0).float().mean()
+    return MaPOTerms(loss=loss, log_odds=log_odds, accuracy=accuracy,
+                     ratio=ratio.detach().mean(), margin=log_odds.mean())
 
 
 def sft_loss(model_preferred: torch.Tensor) -> torch.Tensor:

@@ -16,9 +16,11 @@ import torch
 import yaml
 
 from models.loading import LORA_BASE_FILE, LORA_WEIGHTS, TOY_DIR, TOY_NAME, load
+from train.config import objective_text
 
 CARD = "README.md"
 RUN_CONFIG = "config.yaml"  # the trainer writes the resolved config beside final/ and best/
+TAGS = {"dpo": "diffusion-dpo", "ipo": "diffusion-ipo", "mapo": "mapo", "sft": "sft"}
 
 
 def base_name(model: str) -> str:
@@ -70,7 +72,7 @@ def model_card(directory: Path, model: str, lora: bool, config: dict | None) -> 
     objective = (config or {}).get("objective", "dpo")
     front = ["---", "library_name: diffusers",
              *([f"base_model: {base}"] if on_hub else []),
-             "tags:", "- text-to-image", "- diffusion-dpo" if objective == "dpo" else "- sft",
+             "tags:", "- text-to-image", f"- {TAGS.get(objective, objective)}",
              *(["- lora"] if lora else []), "---"]
     what = "LoRA weights for" if lora else "A full fine-tune of"
     where = f" (`{base}`)" if base != model else ""
@@ -99,10 +101,8 @@ def model_card(directory: Path, model: str, lora: bool, config: dict | None) -> 
 def _training_lines(directory: Path, lora: bool, config: dict | None) -> list[str]:
     if config is None:
         return ["Not recorded (no run config beside this folder)."]
-    objective = config.get("objective", "dpo")
     steps = config.get("max_steps")
-    lines = [f"- objective: {objective}"
-             + (f", beta {config.get('beta')}" if objective == "dpo" else ""),
+    lines = [f"- objective: {objective_text(config)}",
              f"- steps: {steps}" if directory.name != "best" else
              f"- steps: the best sample score's step of up to {steps} (`best_step` in "
              "../summary.json)",

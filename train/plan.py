@@ -13,7 +13,7 @@ from dataclasses import asdict
 import yaml
 
 from data.pairs import MixedPairs, load_pairs
-from train.config import HOLDOUT_SHARE, TrainConfig
+from train.config import HOLDOUT_SHARE, TrainConfig, objective_text
 from train.errors import TrainError
 
 
@@ -58,8 +58,7 @@ def plan(config: TrainConfig, processes: int) -> str:
     lines = [
         yaml.safe_dump(asdict(config), sort_keys=False).rstrip(),
         "",
-        f"model:  {config.model}, {what}, objective {config.objective}"
-        + (f" (beta {config.beta:g})" if config.objective == "dpo" else ""),
+        f"model:  {config.model}, {what}, objective {objective_text(asdict(config))}",
         f"data:   {sources}; {holdout_line(config, len(pairs))}",
         f"batch:  {processes} process{'es' if processes > 1 else ''} x {config.batch_size} "
         f"pairs x {accumulation} accumulation = {config.effective_batch:,} pairs per step",

@@ -29,9 +29,9 @@ from tqdm import tqdm
 from models.loading import LoadedModel, fingerprint, load
 from train import cache as pair_cache
 from train import checkpoints, samples
-from train.config import TrainConfig, save
+from train.config import REFERENCE_OBJECTIVES, TrainConfig, save
 from train.errors import TrainError
-from train.loss import DPOTerms, dpo_loss, per_sample_error, sft_loss
+from train.loss import DPOTerms, dpo_loss, ipo_loss, mapo_loss, per_sample_error, sft_loss
 from train.output import save_model
 from train.plan import holdout_line, training_pairs
 
@@ -134,7 +134,7 @@ def forward_pairs(unet, reference, noise_scheduler, batch, cache, generator,
     """The loss of one micro-batch and its health metrics.
 
     Winner and loser share noise and timestep, and go through each network in one batched
-    forward: [winners; losers]. SFT sees the winners only.
+    forward: [winners; losers]. SFT sees the winners only; MaPO and SFT need no reference.
     """
     latents = batch.latents
     pairs = latents.shape[0]
@@ -152,12 +152,23 @@ def forward_pairs(unet, reference, noise_scheduler, batch, cache, generator,
         error = per_sample_error(unet(noisy, timesteps, **inputs).sample, target)
         loss = sft_loss(error)
         return loss, {"loss": loss.detach(), "model_mse_preferred": error.detach().mean()}
+    if config.objective == "mapo":
+        error = per_sample_error(unet(noisy, timesteps, **inputs).sample, target)
+        model_w, model_l = error.chunk(2)
+        mapo = mapo_loss(model_w, model_l, config.beta_mapo, config.mapo_snr,
+                         noise_scheduler.config.num_train_timesteps)
+        return mapo.loss, {
+            "loss": mapo.loss.detach(), "accuracy": mapo.accuracy, "margin": mapo.margin,
+            "ratio": mapo.ratio, "model_mse_preferred": model_w.detach().mean(),
+            "model_mse_rejected": model_l.detach().mean(),
+        }
     with torch.no_grad():
         ref_error = per_sample_error(reference(noisy, timesteps, **inputs), target)
     error = per_sample_error(unet(noisy, timesteps, **inputs).sample, target)
     model_w, model_l = error.chunk(2)
     ref_w, ref_l = ref_error.chunk(2)
-    terms: DPOTerms = dpo_loss(model_w, model_l, ref_w, ref_l, config.beta)
+    loss_of = ipo_loss if config.objective == "ipo" else dpo_loss
+    terms: DPOTerms = loss_of(model_w, model_l, ref_w, ref_l, config.beta)
     return terms.loss, {
         "loss": terms.loss.detach(), "accuracy": terms.accuracy,
         "reward_preferred": terms.reward_preferred, "reward_rejected": terms.reward_rejected,
@@ -261,7 +272,7 @@ class Networks:
 
     unet: torch.nn.Module  # the trained UNet itself (LoRA: with its adapters)
     ddp_unet: torch.nn.Module  # the same, as accelerate prepared it for the loop
-    reference_unet: torch.nn.Module | None  # full DPO's frozen copy; None: LoRA or SFT
+    reference_unet: torch.nn.Module | None  # full DPO's or IPO's frozen copy; else None
     trainable: list[torch.nn.Parameter]
     optimizer: torch.optim.Optimizer
     lr_scheduler: torch.optim.lr_scheduler.LRScheduler
@@ -301,7 +312,7 @@ def build_networks(config: TrainConfig, unet: torch.nn.Module, accelerator) -> N
             if parameter.requires_grad:
                 parameter.data = parameter.data.float()
     else:
-        if c.objective == "dpo":
+        if c.objective in REFERENCE_OBJECTIVES:
             reference = copy.deepcopy(unet).requires_grad_(False).eval()
         unet.requires_grad_(True)
     unet.train()
@@ -415,7 +426,7 @@ class Run:
     def heldout_accuracy(self) -> float | None:
         """Implicit accuracy on held-out pairs, with fixed noise and timesteps, unmirrored."""
         heldout, c = self.data.heldout, self.config
-        if not len(heldout) or c.objective != "dpo":
+        if not len(heldout) or c.objective == "sft":
             return None
         self.unet.eval()
         fixed = replace(c, prompt_dropout=0.0)
