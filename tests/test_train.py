@@ -169,6 +169,23 @@ def test_each_objective_trains_full_and_lora_and_only_dpo_and_ipo_use_a_referenc
     assert f"objective: {objective} (" in card
 
 
+@pytest.mark.parametrize("objective", ["dpo", "ipo"])
+def test_the_winner_safe_switch_scales_the_losers_gradient_and_is_logged(
+        objective, tiny_sd_dir, store_path, tmp_path):
+    config = config_for(tiny_sd_dir, store_path, tmp_path / "run", objective=objective,
+                        winner_safe=True, winner_safe_mu=0.9, max_steps=3, eval_every=0)
+    run = Run(config)
+    before = {n: p.detach().clone() for n, p in run.unet.named_parameters()}
+    run.train()
+    assert any(not torch.equal(before[n], p) for n, p in run.unet.named_parameters())
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert logged and all(0 <= m["loser_scale"] <= 1 for m in logged)
+    card = (tmp_path / "run" / "final" / "README.md").read_text()
+    assert "winner_safe mu 0.9" in card
+    with pytest.raises(TrainError, match="winner_safe applies to dpo and ipo, not mapo"):
+        TrainConfig(objective="mapo", winner_safe=True)
+
+
 @pytest.mark.parametrize(("objective", "lora_rank"),
                          [("dpo", 0), ("dpo", 4), ("ipo", 4), ("mapo", 0)])
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(

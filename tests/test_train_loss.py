@@ -5,7 +5,15 @@ import math
 import pytest
 import torch
 
-from train.loss import dpo_loss, ipo_loss, mapo_loss, per_sample_error, sft_loss
+from train.loss import (
+    dpo_loss,
+    ipo_loss,
+    mapo_loss,
+    per_sample_error,
+    scaled_gradient,
+    sft_loss,
+    winner_safe_scale,
+)
 
 
 def t(*values):
@@ -145,3 +153,37 @@ def test_mapo_swap_flips_the_margin_and_the_gradient_favours_the_winner():
 def test_mapo_is_finite_at_zero_error_and_in_fp32():
     terms = mapo_loss(torch.zeros(2, dtype=torch.bfloat16), t(0.1, 0.0), 0.1, 0.5, 1000)
     assert torch.isfinite(terms.loss) and terms.loss.dtype == torch.float32
+
+
+# -- the winner-safe switch: lambda = clip((1 - mu) |g_w|^2 / (g_l . g_w), 0, 1) ----------
+
+
+def test_winner_safe_scale_matches_hand_computed_values():
+    r_w = torch.tensor([[1.0, 0.0]])
+    # g_l . g_w = 1, |g_w|^2 = 1: (1 - 0.5) * 1 / 1 = 0.5
+    assert winner_safe_scale(r_w, torch.tensor([[1.0, 1.0]]), mu=0.5).item() == 0.5
+    # opposed gradients: nothing to hold back
+    assert winner_safe_scale(r_w, torch.tensor([[-1.0, 0.0]]), mu=0.5).item() == 1.0
+    # a small aligned loser gradient would allow 10: clipped to 1
+    assert winner_safe_scale(r_w, torch.tensor([[0.1, 0.0]]), mu=0.0).item() == 1.0
+    # mu = 1 asks the step to lower the winner's error by all of |g_w|^2: no loser at all
+    assert winner_safe_scale(r_w, torch.tensor([[1.0, 1.0]]), mu=1.0).item() == 0.0
+
+
+def test_winner_safe_scale_keeps_the_winners_error_from_rising_to_first_order():
+    generator = torch.Generator().manual_seed(0)
+    for mu in (0.0, 0.5, 0.9):
+        for _ in range(50):
+            r_w, r_l = torch.randn(2, 3, 4, 4, generator=generator)
+            r_l = r_l + 2 * r_w  # often aligned with the winner's
+            scale = winner_safe_scale(r_w[None], r_l[None], mu)
+            step = -r_w + scale * r_l  # descent on e_w, ascent on e_l, as DPO's loss asks
+            assert torch.dot(step.flatten(), r_w.flatten()) <= -mu * r_w.pow(2).sum() + 1e-4
+
+
+def test_scaled_gradient_keeps_the_value_and_scales_the_gradient():
+    x = t(2.0, 3.0).requires_grad_()
+    y = scaled_gradient(x, torch.tensor(0.25))
+    assert y.tolist() == [2.0, 3.0]
+    y.sum().backward()
+    assert x.grad.tolist() == [0.25, 0.25]

@@ -47,6 +47,10 @@ class TrainConfig:
                            "denoising loss on the preferred images only)", "dpo")
     beta: float = _help("DPO beta in the official convention (inside = -0.5*beta*delta; "
                         "paper 5000); for ipo, the margin pulled to is 1/(2*beta)", 5000.0)
+    winner_safe: bool = _help("dpo and ipo: scale the loser's gradient so a step does not "
+                              "raise the winner's error (Diffusion-SDPO)", False)
+    winner_safe_mu: float = _help("winner_safe's margin mu in [0, 1]: how much a step must "
+                                  "lower the winner's error (the SDPO scripts' 0.9)", 0.9)
     beta_mapo: float = _help("MaPO's weight of its margin term (MaPO's default)", 0.1)
     mapo_snr: float = _help("MaPO's constant s in its error score s*e/(exp(s*e)-1) "
                             "(MaPO's default)", 0.5)
@@ -150,6 +154,11 @@ class TrainConfig:
                 raise TrainError(f"{name} must be 0 or more")
         if self.log_every < 1:
             raise TrainError("log_every must be at least 1")
+        if not 0 <= self.winner_safe_mu <= 1:
+            raise TrainError("winner_safe_mu must be between 0 and 1")
+        if self.winner_safe and self.objective not in REFERENCE_OBJECTIVES:
+            raise TrainError(f"winner_safe applies to {' and '.join(REFERENCE_OBJECTIVES)}, "
+                             f"not {self.objective}: drop --winner_safe or change --objective")
         for name in ("beta", "beta_mapo", "mapo_snr"):
             if not getattr(self, name) > 0:
                 raise TrainError(f"{name} must be above 0")
@@ -173,6 +182,8 @@ def objective_text(values: dict) -> str:
     objective = values.get("objective", "dpo")
     settings = ", ".join(f"{key} {values.get(key, KEYS[key].default):g}"
                          for key in _OBJECTIVE_KEYS.get(objective, ()))
+    if values.get("winner_safe"):
+        settings += f", winner_safe mu {values.get('winner_safe_mu', 0.9):g}"
     return f"{objective} ({settings})" if settings else objective
 
 

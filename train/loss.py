@@ -12,7 +12,9 @@ script writes 2500 without the 0.5, the same thing). The mean is outside the log
 inside = 0 and the loss is ln 2.
 
 IPO and MaPO train on the same pairs and errors: IPO on the same margin with a squared
-loss (`ipo_loss`), MaPO with no reference model at all (`mapo_loss`).
+loss (`ipo_loss`), MaPO with no reference model at all (`mapo_loss`). The winner-safe
+switch of the DPO family (`winner_safe_scale`) scales the loser's gradient so that a step
+does not raise the winner's error.
 """
 
 from __future__ import annotations
@@ -136,6 +138,30 @@ def mapo_loss(
     accuracy = (log_odds > 0).float().mean() + 0.5 * (log_odds == 0).float().mean()
     return MaPOTerms(loss=loss, log_odds=log_odds, accuracy=accuracy,
                      ratio=ratio.detach().mean(), margin=log_odds.mean())
+
+
+def winner_safe_scale(residual_preferred: torch.Tensor, residual_rejected: torch.Tensor,
+                      mu: float) -> torch.Tensor:
+    """Diffusion-SDPO's scale of the loser's gradient (arXiv 2511.03317), in [0, 1].
+
+    From the output-space residuals (prediction - target, [pairs, C, H, W]) of winners
+    and losers: g_w and g_l, the gradients of the winners' and the losers' mean errors,
+    are proportional to them. An update along -g_w + lambda g_l keeps the winner's error
+    from rising to first order, (-g_w + lambda g_l) . g_w <= -mu |g_w|^2, when
+    lambda <= (1 - mu) |g_w|^2 / (g_l . g_w); where g_l . g_w <= 0 nothing needs
+    holding back and lambda is 1. One scalar for the batch, no gradient of its own.
+    """
+    g_w = residual_preferred.detach().float().flatten()
+    g_l = residual_rejected.detach().float().flatten()
+    aligned = torch.dot(g_l, g_w)
+    if aligned <= 0:
+        return torch.ones((), device=g_w.device)
+    return ((1 - mu) * torch.dot(g_w, g_w) / aligned).clamp(0.0, 1.0)
+
+
+def scaled_gradient(value: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """`value` unchanged, with its gradient multiplied by `scale`."""
+    return value.detach() + scale * (value - value.detach())
 
 
 def sft_loss(model_preferred: torch.Tensor) -> torch.Tensor:

@@ -31,7 +31,16 @@ from train import cache as pair_cache
 from train import checkpoints, samples
 from train.config import REFERENCE_OBJECTIVES, TrainConfig, save
 from train.errors import TrainError
-from train.loss import DPOTerms, dpo_loss, ipo_loss, mapo_loss, per_sample_error, sft_loss
+from train.loss import (
+    DPOTerms,
+    dpo_loss,
+    ipo_loss,
+    mapo_loss,
+    per_sample_error,
+    scaled_gradient,
+    sft_loss,
+    winner_safe_scale,
+)
 from train.output import save_model
 from train.plan import holdout_line, training_pairs
 
@@ -164,12 +173,18 @@ def forward_pairs(unet, reference, noise_scheduler, batch, cache, generator,
         }
     with torch.no_grad():
         ref_error = per_sample_error(reference(noisy, timesteps, **inputs), target)
-    error = per_sample_error(unet(noisy, timesteps, **inputs).sample, target)
+    prediction = unet(noisy, timesteps, **inputs).sample
+    error = per_sample_error(prediction, target)
     model_w, model_l = error.chunk(2)
     ref_w, ref_l = ref_error.chunk(2)
+    extra = {}
+    if config.winner_safe:
+        scale = winner_safe_scale(*(prediction - target).chunk(2), config.winner_safe_mu)
+        model_l = scaled_gradient(model_l, scale)
+        extra["loser_scale"] = scale
     loss_of = ipo_loss if config.objective == "ipo" else dpo_loss
     terms: DPOTerms = loss_of(model_w, model_l, ref_w, ref_l, config.beta)
-    return terms.loss, {
+    return terms.loss, {**extra,
         "loss": terms.loss.detach(), "accuracy": terms.accuracy,
         "reward_preferred": terms.reward_preferred, "reward_rejected": terms.reward_rejected,
         "margin": terms.margin, "model_mse_preferred": model_w.detach().mean(),
