@@ -42,6 +42,20 @@ class Provenance:
     rejected_model: str | None
     tie: bool  # only with include_ties=True; then "preferred" is simply image 0
     split: str
+    both_bad: bool = False  # only with include_both_bad=True; "preferred" is image 0
+
+
+def image_labels(prov: Provenance) -> tuple[int, int]:
+    """Unpaired labels of a pair's (preferred, rejected) images, +1 liked and -1 disliked,
+    as an objective that reads single images (KTO) takes them: a decisive vote likes its
+    winner and dislikes its loser; "both bad" dislikes both. A tie says neither, so it
+    has no labels (a `DataError`)."""
+    if prov.both_bad:
+        return -1, -1
+    if prov.tie:
+        raise DataError(f"ranking {prov.ranking_id} is a tie: a tie likes or dislikes "
+                        "neither image, so it has no unpaired labels")
+    return 1, -1
 
 
 @dataclass(frozen=True)
@@ -76,13 +90,14 @@ def _winner_first(label_0: float) -> bool:
 def _provenance(source: str, ranking_id: int, user_id: int, label_0: float,
                 uids: tuple[str, str], models: tuple[str | None, str | None],
                 split: str) -> Provenance:
-    """A pair's provenance with image 0 and 1 put in preferred, rejected order."""
-    order = (0, 1) if _winner_first(label_0) else (1, 0)
+    """A pair's provenance with image 0 and 1 put in preferred, rejected order (a vote
+    with no labels, "both bad", keeps the stored order)."""
+    order = (0, 1) if label_0 is None or _winner_first(label_0) else (1, 0)
     return Provenance(
         source=source, ranking_id=ranking_id, user_id=user_id,
         preferred_uid=uids[order[0]], rejected_uid=uids[order[1]],
         preferred_model=models[order[0]], rejected_model=models[order[1]],
-        tie=label_0 == 0.5, split=split,
+        tie=label_0 == 0.5, split=split, both_bad=label_0 is None,
     )
 
 
@@ -90,12 +105,14 @@ class StorePairs(Dataset):
     """Pairs from the DuckDB store (its file, or a `Store` this process already holds)."""
 
     def __init__(
-        self, store: str | Path | Store, split: str | None = "train", include_ties: bool = False
+        self, store: str | Path | Store, split: str | None = "train", include_ties: bool = False,
+        include_both_bad: bool = False,
     ):
         self._store = store if isinstance(store, Store) else None
         self._path = Path(store.path if isinstance(store, Store) else store)
         self._pid = os.getpid()
-        where = "r.label_0 IS NOT NULL" + ("" if include_ties else " AND r.label_0 <> 0.5")
+        where = "(r.label_0 IS NOT NULL" + ("" if include_ties else " AND r.label_0 <> 0.5")
+        where += " OR r.outcome = 'both_bad')" if include_both_bad else ")"
         params: list = []
         if split is not None:
             where += " AND r.split = ?"
@@ -285,12 +302,15 @@ def load_pairs(
     num_samples: int | None = None,
     split: str | None = "train",
     include_ties: bool = False,
+    include_both_bad: bool = False,
 ) -> MixedPairs:
-    """One loader for every source: a `.duckdb` store, or parquet files and folders."""
+    """One loader for every source: a `.duckdb` store, or parquet files and folders.
+    `include_both_bad` adds a store's "both bad" votes (Pick-a-Pic shards have none)."""
     datasets: list[Dataset] = []
     for source in sources:
         if isinstance(source, Store) or str(source).endswith(".duckdb"):
-            datasets.append(StorePairs(source, split=split, include_ties=include_ties))
+            datasets.append(StorePairs(source, split=split, include_ties=include_ties,
+                                       include_both_bad=include_both_bad))
         else:
             datasets.append(ParquetPairs([source], split=split, include_ties=include_ties))
     return MixedPairs(datasets, ratios=ratios, seed=seed, num_samples=num_samples)

@@ -16,7 +16,7 @@ from helpers import (
 )
 
 from data.errors import DataError, ShardError
-from data.pairs import MixedPairs, ParquetPairs, StorePairs, load_pairs
+from data.pairs import MixedPairs, ParquetPairs, StorePairs, image_labels, load_pairs
 from data.pickapic import export_pairs, import_shards
 from data.store import Store
 
@@ -176,3 +176,20 @@ def test_dataloader_workers_open_their_own_store_connection(tmp_path):
     seen = [pair for batch in loader for pair in batch]
     assert sorted(p.caption for p in seen) == [f"p{k}" for k in range(6)]
     assert all(close_to(color_of(p.preferred), RED) for p in seen)
+
+
+def test_both_bad_votes_join_as_pairs_with_both_images_disliked_only_when_asked(tmp_path):
+    path = tmp_path / "prefs.duckdb"
+    with Store(path) as store:
+        for k, outcome in enumerate(["left", "right", "tie", "both_bad", "skip"]):
+            record(store, f"prompt {k}", outcome)
+    plain = StorePairs(path)
+    assert [image_labels(plain.describe(i)[1]) for i in range(len(plain))] == [(1, -1)] * 2
+    with_both_bad = StorePairs(path, include_both_bad=True)
+    labels = [image_labels(with_both_bad.describe(i)[1]) for i in range(len(with_both_bad))]
+    assert labels == [(1, -1), (1, -1), (-1, -1)]
+    assert with_both_bad[2].caption == "prompt 3"
+    with_ties = StorePairs(path, include_ties=True)
+    tie = next(i for i in range(len(with_ties)) if with_ties.describe(i)[1].tie)
+    with pytest.raises(DataError, match="a tie likes or dislikes neither image"):
+        image_labels(with_ties.describe(tie)[1])

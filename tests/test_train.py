@@ -143,8 +143,8 @@ def test_lora_reference_is_the_base_and_adapters_come_back_on(tiny_sd_dir, store
 
 @pytest.mark.parametrize("kind", ["sd", "sdxl", "toy"])
 @pytest.mark.parametrize("lora_rank", [0, 4])
-@pytest.mark.parametrize("objective", ["ipo", "mapo"])
-def test_each_objective_trains_full_and_lora_and_only_dpo_and_ipo_use_a_reference(
+@pytest.mark.parametrize("objective", ["ipo", "kto", "mapo"])
+def test_each_objective_trains_full_and_lora_and_only_dpo_ipo_kto_use_a_reference(
         objective, lora_rank, kind, tiny_sd_dir, tiny_sdxl_dir, store_path, tmp_path):
     base = {"sd": tiny_sd_dir, "sdxl": tiny_sdxl_dir, "toy": "toy"}[kind]
     config = config_for(base, store_path, tmp_path / "run", objective=objective,
@@ -160,13 +160,28 @@ def test_each_objective_trains_full_and_lora_and_only_dpo_and_ipo_use_a_referenc
     if lora_rank:  # lora_A may keep a row a step leaves alone; every B moves off zero
         unchanged = [n for n in unchanged if "lora_B" in n]
     assert before and unchanged == [], unchanged
-    needs_reference = objective == "ipo"
+    needs_reference = objective in ("ipo", "kto")
     assert bool(reference_calls) == needs_reference
     assert (run.nets.reference_unet is not None) == (needs_reference and not lora_rank)
     logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
     assert all(math.isfinite(m["loss"]) and "accuracy" in m and "margin" in m for m in logged)
     card = (tmp_path / "run" / "final" / "README.md").read_text()
     assert f"objective: {objective} (" in card
+
+
+def test_kto_trains_on_both_bad_votes_too_with_both_images_disliked(tiny_sd_dir, store_path,
+                                                                   tmp_path):
+    run = Run(config_for(tiny_sd_dir, store_path, tmp_path / "run", objective="kto",
+                         max_steps=2, eval_every=0))
+    summary = run.train()
+    assert summary["pairs"] == 13  # the 12 decisive pairs and the both-bad vote, not the tie
+    labels = {tuple(row) for row in run.data.liked.tolist()}
+    assert labels == {(True, False), (False, False)}
+    assert run.data.liked.tolist().count([False, False]) == 1
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert all("reward_liked" in m and "reference_point" in m for m in logged)
+    with pytest.raises(TrainError, match="include_ties does not apply to kto"):
+        TrainConfig(objective="kto", include_ties=True)
 
 
 @pytest.mark.parametrize("objective", ["dpo", "ipo"])
@@ -187,7 +202,7 @@ def test_the_winner_safe_switch_scales_the_losers_gradient_and_is_logged(
 
 
 @pytest.mark.parametrize(("objective", "lora_rank"),
-                         [("dpo", 0), ("dpo", 4), ("ipo", 4), ("mapo", 0)])
+                         [("dpo", 0), ("dpo", 4), ("ipo", 4), ("kto", 4), ("mapo", 0)])
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(
         objective, lora_rank, tiny_sd_dir, store_path, tmp_path):
     common = {"max_steps": 4, "checkpoint_every": 2, "checkpoints_kept": 5,
@@ -429,7 +444,7 @@ def test_a_config_made_in_code_is_converted_and_checked(tmp_path):
     assert TrainConfig(max_steps="5", beta="2500", random_flip="false").max_steps == 5
     assert TrainConfig(data="one.duckdb").data == ["one.duckdb"]
     for values, message in [({"max_steps": "many"}, "max_steps: "),
-                            ({"objective": "ppo"}, "objective must be one of dpo, ipo, mapo, sft"),
+                            ({"objective": "ppo"}, "objective must be one of dpo, ipo, kto"),
                             ({"beta_mapo": 0}, "beta_mapo must be above 0"),
                             ({"batch_size": 0}, "batch_size must be at least 1"),
                             ({"holdout_pairs": -1}, "holdout_pairs must be 0 or more"),

@@ -1,4 +1,4 @@
-"""The objectives (DPO, IPO, MaPO, SFT) against values computed by hand (docs/TRAINING.md)."""
+"""The objectives (DPO, IPO, KTO, MaPO, SFT) against values computed by hand (docs/TRAINING.md)."""
 
 import math
 
@@ -8,6 +8,7 @@ import torch
 from train.loss import (
     dpo_loss,
     ipo_loss,
+    kto_loss,
     mapo_loss,
     per_sample_error,
     scaled_gradient,
@@ -187,3 +188,36 @@ def test_scaled_gradient_keeps_the_value_and_scales_the_gradient():
     assert y.tolist() == [2.0, 3.0]
     y.sum().backward()
     assert x.grad.tolist() == [0.25, 0.25]
+
+
+# -- KTO: mean(1 - sigmoid(y * beta * (g - Q))), g = r - e, Q = max(0, mean(g)) ------------
+
+
+def test_kto_at_initialisation_is_one_half():
+    errors = t(0.3, 0.1, 0.7, 0.2)
+    terms = kto_loss(errors, errors, torch.tensor([True, False, True, False]), beta=1000)
+    assert terms.loss.item() == pytest.approx(0.5)
+    assert terms.accuracy.item() == 0.5 and terms.margin.item() == 0.0
+
+
+def test_kto_matches_hand_computed_values():
+    # g = [0.1, -0.1], Q = max(0, 0) = 0; y * beta * g = [1, 1]: 1 - sigmoid(1) = 0.268941
+    liked = torch.tensor([True, False])
+    terms = kto_loss(t(0.2, 0.4), t(0.3, 0.3), liked, beta=10)
+    assert terms.loss.item() == pytest.approx(1 - 1 / (1 + math.exp(-1)), rel=1e-6)
+    assert terms.reward_liked.item() == pytest.approx(1.0)
+    assert terms.reward_disliked.item() == pytest.approx(-1.0)
+    assert terms.accuracy.item() == 1.0
+    # g = [0.2, 0], Q = 0.1: the reference point moves both by -0.1, giving [1, 1] again
+    shifted = kto_loss(t(0.1, 0.3), t(0.3, 0.3), liked, beta=10)
+    assert shifted.loss.item() == pytest.approx(terms.loss.item(), rel=1e-6)
+    assert shifted.reference_point.item() == pytest.approx(1.0)
+    # the labels swapped: sigmoid(1) = 0.731059
+    swapped = kto_loss(t(0.2, 0.4), t(0.3, 0.3), ~liked, beta=10)
+    assert swapped.loss.item() == pytest.approx(1 / (1 + math.exp(-1)), rel=1e-6)
+
+
+def test_kto_lowers_liked_errors_and_raises_disliked_ones():
+    errors = t(0.3, 0.3).requires_grad_()
+    kto_loss(errors, t(0.3, 0.3), torch.tensor([True, False]), beta=10).loss.backward()
+    assert errors.grad[0] > 0 and errors.grad[1] < 0  # descent: liked down, disliked up

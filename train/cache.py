@@ -53,6 +53,7 @@ class CachedBatch:
     text: torch.Tensor  # [B, L, D]
     pooled: torch.Tensor | None = None  # SDXL: [B, D2]
     time_ids: torch.Tensor | None = None  # SDXL: [B, 6]
+    liked: torch.Tensor | None = None  # KTO: [B, 2], each image liked (True) or disliked
 
 
 def prepare_pair(

@@ -27,8 +27,9 @@ from train.errors import TrainError
 from train.presets import PRESETS
 
 HOLDOUT_SHARE = 10  # a run holds out at most one pair in this many
-OBJECTIVES = ("dpo", "ipo", "mapo", "sft")
-REFERENCE_OBJECTIVES = ("dpo", "ipo")  # the others train with no reference model
+OBJECTIVES = ("dpo", "ipo", "kto", "mapo", "sft")
+REFERENCE_OBJECTIVES = ("dpo", "ipo", "kto")  # the others train with no reference model
+PAIRED_REFERENCE_OBJECTIVES = ("dpo", "ipo")  # the DPO family, where winner_safe applies
 
 
 
@@ -42,11 +43,13 @@ def _help(text: str, default=MISSING, factory=MISSING):
 class TrainConfig:
     # What to train
     model: str = _help("base model: `toy`, a local pipeline folder or a Hub id", TOY_NAME)
-    objective: str = _help("`dpo` (Diffusion-DPO), `ipo` (IPO on DPO's margin), `mapo` "
-                           "(MaPO: no reference model) or `sft` (the paper's baseline: "
-                           "denoising loss on the preferred images only)", "dpo")
+    objective: str = _help("`dpo` (Diffusion-DPO), `ipo` (IPO on DPO's margin), `kto` "
+                           "(Diffusion-KTO: each image liked or disliked, both-bad votes "
+                           "too), `mapo` (MaPO: no reference model) or `sft` (the paper's "
+                           "baseline: denoising loss on the preferred images only)", "dpo")
     beta: float = _help("DPO beta in the official convention (inside = -0.5*beta*delta; "
-                        "paper 5000); for ipo, the margin pulled to is 1/(2*beta)", 5000.0)
+                        "paper 5000); for ipo, the margin pulled to is 1/(2*beta); for "
+                        "kto, the scale of the raw error gain", 5000.0)
     winner_safe: bool = _help("dpo and ipo: scale the loser's gradient so a step does not "
                               "raise the winner's error (Diffusion-SDPO)", False)
     winner_safe_mu: float = _help("winner_safe's margin mu in [0, 1]: how much a step must "
@@ -156,9 +159,13 @@ class TrainConfig:
             raise TrainError("log_every must be at least 1")
         if not 0 <= self.winner_safe_mu <= 1:
             raise TrainError("winner_safe_mu must be between 0 and 1")
-        if self.winner_safe and self.objective not in REFERENCE_OBJECTIVES:
-            raise TrainError(f"winner_safe applies to {' and '.join(REFERENCE_OBJECTIVES)}, "
-                             f"not {self.objective}: drop --winner_safe or change --objective")
+        if self.winner_safe and self.objective not in PAIRED_REFERENCE_OBJECTIVES:
+            raise TrainError(f"winner_safe applies to "
+                             f"{' and '.join(PAIRED_REFERENCE_OBJECTIVES)}, not "
+                             f"{self.objective}: drop --winner_safe or change --objective")
+        if self.objective == "kto" and self.include_ties:
+            raise TrainError("include_ties does not apply to kto: a tie likes or dislikes "
+                             "neither image; drop --include_ties")
         for name in ("beta", "beta_mapo", "mapo_snr"):
             if not getattr(self, name) > 0:
                 raise TrainError(f"{name} must be above 0")
@@ -172,8 +179,8 @@ class TrainConfig:
 
 
 KEYS = {f.name: f for f in fields(TrainConfig)}
-_OBJECTIVE_KEYS = {"dpo": ("beta",), "ipo": ("beta",), "mapo": ("beta_mapo", "mapo_snr"),
-                   "sft": ()}
+_OBJECTIVE_KEYS = {"dpo": ("beta",), "ipo": ("beta",), "kto": ("beta",),
+                   "mapo": ("beta_mapo", "mapo_snr"), "sft": ()}
 
 
 def objective_text(values: dict) -> str:

@@ -12,9 +12,10 @@ script writes 2500 without the 0.5, the same thing). The mean is outside the log
 inside = 0 and the loss is ln 2.
 
 IPO and MaPO train on the same pairs and errors: IPO on the same margin with a squared
-loss (`ipo_loss`), MaPO with no reference model at all (`mapo_loss`). The winner-safe
-switch of the DPO family (`winner_safe_scale`) scales the loser's gradient so that a step
-does not raise the winner's error.
+loss (`ipo_loss`), MaPO with no reference model at all (`mapo_loss`); KTO on single images
+each liked or disliked (`kto_loss`), so it also learns from votes that are not pairs.
+The winner-safe switch of the DPO family (`winner_safe_scale`) scales the loser's
+gradient so that a step does not raise the winner's error.
 """
 
 from __future__ import annotations
@@ -138,6 +139,56 @@ def mapo_loss(
     accuracy = (log_odds > 0).float().mean() + 0.5 * (log_odds == 0).float().mean()
     return MaPOTerms(loss=loss, log_odds=log_odds, accuracy=accuracy,
                      ratio=ratio.detach().mean(), margin=log_odds.mean())
+
+
+@dataclass
+class KTOTerms:
+    """KTO's loss and what to watch: liked images' rewards should rise above disliked."""
+
+    loss: torch.Tensor  # scalar, differentiable
+    accuracy: torch.Tensor  # share of images on their label's side of the reference point
+    reward_liked: torch.Tensor  # mean beta * (r - e) over liked images (0 when none)
+    reward_disliked: torch.Tensor
+    margin: torch.Tensor  # reward_liked - reward_disliked
+    reference_point: torch.Tensor  # Q, in reward units
+
+
+def kto_loss(
+    model_errors: torch.Tensor,
+    ref_errors: torch.Tensor,
+    liked: torch.Tensor,
+    beta: float,
+) -> KTOTerms:
+    """Diffusion-KTO (Li et al., arXiv 2404.04465) on single images, each liked or not.
+
+    Per image, g = r - e (how much more the model lowered its error than the reference
+    did); the batch's reference point is Q = max(0, mean(g)), held fixed; with y = +1 for
+    a liked image and -1 for a disliked one,
+
+        loss = mean(1 - sigmoid(y * beta * (g - Q)))
+
+    as Diffusion-KTO's code computes it (its default "sigmoid" utility, both weights 1,
+    beta multiplying the raw error difference; its script's default beta is 1000).
+    At initialisation g = 0 and the loss is 1/2.
+    """
+    model_errors, ref_errors = model_errors.float(), ref_errors.float().detach()
+    sign = torch.where(liked.bool(), 1.0, -1.0).to(model_errors.device)
+    gain = ref_errors - model_errors
+    point = gain.detach().mean().clamp(min=0)
+    utility = sign * beta * (gain - point)
+    loss = (1 - torch.sigmoid(utility)).mean()
+    utility, reward = utility.detach(), beta * gain.detach()
+    is_liked = sign > 0
+
+    def mean_of(mask: torch.Tensor) -> torch.Tensor:
+        return reward[mask].mean() if mask.any() else reward.new_zeros(())
+
+    reward_liked, reward_disliked = mean_of(is_liked), mean_of(~is_liked)
+    return KTOTerms(
+        loss=loss, accuracy=(utility > 0).float().mean() + 0.5 * (utility == 0).float().mean(),
+        reward_liked=reward_liked, reward_disliked=reward_disliked,
+        margin=reward_liked - reward_disliked, reference_point=beta * point,
+    )
 
 
 def winner_safe_scale(residual_preferred: torch.Tensor, residual_rejected: torch.Tensor,

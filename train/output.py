@@ -20,7 +20,8 @@ from train.config import objective_text
 
 CARD = "README.md"
 RUN_CONFIG = "config.yaml"  # the trainer writes the resolved config beside final/ and best/
-TAGS = {"dpo": "diffusion-dpo", "ipo": "diffusion-ipo", "mapo": "mapo", "sft": "sft"}
+TAGS = {"dpo": "diffusion-dpo", "ipo": "diffusion-ipo", "kto": "diffusion-kto", "mapo": "mapo",
+        "sft": "sft"}
 
 
 def base_name(model: str) -> str:

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from data.pairs import image_labels
 from models.loading import LoadedModel, fingerprint, load
 from train import cache as pair_cache
 from train import checkpoints, samples
@@ -35,6 +36,7 @@ from train.loss import (
     DPOTerms,
     dpo_loss,
     ipo_loss,
+    kto_loss,
     mapo_loss,
     per_sample_error,
     scaled_gradient,
@@ -175,6 +177,15 @@ def forward_pairs(unet, reference, noise_scheduler, batch, cache, generator,
         ref_error = per_sample_error(reference(noisy, timesteps, **inputs), target)
     prediction = unet(noisy, timesteps, **inputs).sample
     error = per_sample_error(prediction, target)
+    if config.objective == "kto":
+        liked = torch.cat([batch.liked[:, 0], batch.liked[:, 1]])
+        kto = kto_loss(error, ref_error, liked, config.beta)
+        return kto.loss, {
+            "loss": kto.loss.detach(), "accuracy": kto.accuracy, "margin": kto.margin,
+            "reward_liked": kto.reward_liked, "reward_disliked": kto.reward_disliked,
+            "reference_point": kto.reference_point, "model_mse": error.detach().mean(),
+            "ref_mse": ref_error.mean(),
+        }
     model_w, model_l = error.chunk(2)
     ref_w, ref_l = ref_error.chunk(2)
     extra = {}
@@ -235,6 +246,15 @@ class TrainingData:
     reused: bool  # an earlier run's cache was opened, nothing was encoded
     heldout: np.ndarray  # cache indices, sorted
     order: PairOrder  # the rest, one permutation per epoch
+    liked: np.ndarray | None = None  # KTO: [pairs, 2], each cached image liked or disliked
+
+    def batch(self, indices: list[int], device, flips: np.ndarray | None = None
+              ) -> pair_cache.CachedBatch:
+        """Cached pairs `indices` (mirrored where `flips`), with KTO's labels if it has them."""
+        batch = self.cache.batch(indices, device, flips)
+        if self.liked is None:
+            return batch
+        return replace(batch, liked=torch.from_numpy(self.liked[indices]).to(device))
 
 
 def cache_pairs(config: TrainConfig, pairs, model: LoadedModel, accelerator) -> TrainingData:
@@ -254,8 +274,12 @@ def cache_pairs(config: TrainConfig, pairs, model: LoadedModel, accelerator) -> 
               f"({'reused' if reused else 'built'})")
     held = c.heldout(len(cache))
     order = np.random.default_rng([c.seed, 7]).permutation(len(cache))
+    liked = None
+    if c.objective == "kto":
+        liked = np.array([[label > 0 for label in image_labels(pairs.describe(i)[1])]
+                          for i in range(len(pairs))], dtype=bool).reshape(-1, 2)
     return TrainingData(cache, reused, np.sort(order[:held]),
-                        PairOrder(np.sort(order[held:]), c.seed))
+                        PairOrder(np.sort(order[held:]), c.seed), liked)
 
 
 def sample_prompts(config: TrainConfig, model: LoadedModel) -> samples.SamplePrompts | None:
@@ -405,7 +429,7 @@ class Run:
         positions = batch_positions(c, step, micro, acc.process_index, self.processes)
         generator = step_generator(c.seed, step, micro, acc.process_index)
         flips = draw_flips(generator, len(positions)) if c.random_flip else None
-        batch = self.data.cache.batch(self.data.order.at(positions), acc.device, flips)
+        batch = self.data.batch(self.data.order.at(positions), acc.device, flips)
         return batch, generator
 
     def train_step(self, step: int) -> dict[str, float]:
@@ -448,7 +472,7 @@ class Run:
         correct = 0.0
         for start in range(0, len(heldout), c.batch_size):
             indices = heldout[start:start + c.batch_size].tolist()
-            batch = self.data.cache.batch(indices, self.accelerator.device)
+            batch = self.data.batch(indices, self.accelerator.device)
             with self.accelerator.autocast():
                 _, metrics = forward_pairs(self.unet, self.reference, self.noise_scheduler,
                                            batch, self.data.cache,
