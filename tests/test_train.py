@@ -268,6 +268,40 @@ def test_samples_are_scored_logged_and_the_best_kept(kind, tiny_sd_dir, tiny_sdx
     assert list((run / "logs" / "dpo").glob("events.out.tfevents.*"))  # TensorBoard
 
 
+def test_a_guard_scorer_is_logged_beside_the_score_and_bounds_the_best_checkpoint(
+        store_path, tmp_path):
+    scorer_file = tmp_path / "dark.py"  # a preference that ignores the prompt
+    scorer_file.write_text(
+        "import numpy as np, torch\n"
+        "def score(prompts, images):\n"
+        "    return torch.tensor([-float(np.asarray(i).mean()) for i in images])\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        config = config_for("toy", store_path, tmp_path / "run", eval_every=1, max_steps=4,
+                            sample_prompts=["a red circle", "a blue square"], sample_seeds=2,
+                            sample_steps=4, scorer="dark:score", keep_best=True,
+                            guard_scorers=["toy_judge"], guard_max_drop=0.0,
+                            learning_rate=3e-3)
+        summary = Run(config).train()
+    finally:
+        sys.path.remove(str(tmp_path))
+    run = tmp_path / "run"
+    evals = [json.loads(line) for line in (run / "eval.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in evals] == [0, 1, 2, 3, 4]
+    assert all(0 <= e["guard_toy_judge"] <= 1 for e in evals)
+    start = evals[0]["guard_toy_judge"]
+    allowed = [e for e in evals if e["guard_toy_judge"] >= start]  # max drop 0: no lower
+    assert len(allowed) < len(evals)  # at this learning rate adherence falls: the guard binds
+    best = max(allowed, key=lambda e: e["sample_score"])
+    assert summary["best_step"] == best["step"]
+    assert summary["best_guards"] == {"guard_toy_judge": best["guard_toy_judge"]}
+    assert summary["guard_start"] == {"guard_toy_judge": start}
+    chart = Image.open(run / "scores.png")
+    assert chart.width >= 400  # the score and the guard, on one chart
+    with pytest.raises(TrainError, match="guard_max_drop needs keep_best and guard_scorers"):
+        TrainConfig(guard_max_drop=0.05)
+
+
 def test_a_second_run_reuses_the_latent_cache(tiny_sd_dir, store_path, tmp_path):
     first = Run(config_for(tiny_sd_dir, store_path, tmp_path / "a", eval_every=0, max_steps=1))
     first.train()

@@ -119,6 +119,12 @@ class TrainConfig:
     scorer: str | None = _help("scorer for the samples: toy_judge, pickscore, clip, "
                                "hpsv2, aesthetic or module:callable", None)
     keep_best: bool = _help("also save the model with the best sample score to best/", False)
+    guard_scorers: list[str] = _help("scorers watched beside `scorer` on the same samples, to "
+                                     "catch a model that games it (toy: toy_judge); logged "
+                                     "as guard_<name>", factory=list)
+    guard_max_drop: float | None = _help("keep_best keeps only a step whose every guard score "
+                                         "is at most this far below its first one (the "
+                                         "scorer's units: toy_judge 0.05 = 5 points)", None)
 
     def __post_init__(self) -> None:
         for key in KEYS:
@@ -146,6 +152,10 @@ class TrainConfig:
             raise TrainError("mixed_precision must be auto, no, fp16 or bf16")
         if self.keep_best and not (self.scorer and self.eval_every and self.sample_prompts):
             raise TrainError("keep_best needs a scorer, eval_every and sample_prompts")
+        if self.guard_scorers and not (self.eval_every and self.sample_prompts):
+            raise TrainError("guard_scorers need eval_every and sample_prompts")
+        if self.guard_max_drop is not None and not (self.keep_best and self.guard_scorers):
+            raise TrainError("guard_max_drop needs keep_best and guard_scorers")
         if not self.data:
             raise TrainError("no data: give --data with a .duckdb store or parquet shards")
         for name in ("batch_size", "effective_batch", "max_steps", "resolution"):

@@ -89,3 +89,39 @@ def save_grid(sheet: Image.Image, folder: Path, step: int) -> Path:
     path = folder / f"step-{step:06d}.png"
     sheet.save(path)
     return path
+
+
+def plot_scores(rows: list[dict], path: Path, scorer: str | None) -> Path | None:
+    """The sample score and every guard score against the step, on one chart (`rows`:
+    eval.jsonl's); None when there is nothing to draw."""
+    names = [n for n in ("sample_score", *sorted({k for r in rows for k in r
+                                                   if k.startswith("guard_")}))
+             if any(n in r for r in rows)]
+    if not names:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 3.5), dpi=100)
+    guard_axes = axes.twinx() if len(names) > 1 and names[0] == "sample_score" else axes
+    lines = []
+    for index, name in enumerate(names):
+        points = [(r["step"], r[name]) for r in rows if name in r]
+        label = (scorer or "score") if name == "sample_score" else \
+            f"guard: {name.removeprefix('guard_')}"
+        on = axes if name == "sample_score" else guard_axes
+        lines += on.plot(*zip(*points, strict=True), marker="o", label=label,
+                         color=f"C{index}")
+    axes.set_xlabel("step")
+    axes.set_ylabel(scorer or "score")
+    axes.set_title("mean scores of the fixed-seed samples", fontsize=10)
+    if guard_axes is not axes:
+        guard_axes.set_ylabel("guard scores")
+    axes.legend(lines, [line.get_label() for line in lines], loc="best")
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return path

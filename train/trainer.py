@@ -375,6 +375,13 @@ def build_networks(config: TrainConfig, unet: torch.nn.Module, accelerator) -> N
     return Networks(unet, ddp_unet, reference, trainable, optimizer, lr_scheduler)
 
 
+def within_guard(guards: dict[str, float], start: dict[str, float],
+                 max_drop: float | None) -> bool:
+    """Whether every guard score is at most `max_drop` below its first value (no bound:
+    always)."""
+    return max_drop is None or all(guards[name] >= start[name] - max_drop for name in start)
+
+
 # --- the run ---------------------------------------------------------------------------
 class Run:
     """One training run. `Run(config)` sets everything up; `.train()` runs the loop."""
@@ -408,6 +415,8 @@ class Run:
 
         self.scorer = (load_scorer(c.scorer, device=str(acc.device))
                        if c.scorer and self.main else None)
+        self.guards = ({name: load_scorer(name, device=str(acc.device))
+                        for name in c.guard_scorers} if self.main else {})
 
     @property
     def unet(self) -> torch.nn.Module:
@@ -499,6 +508,9 @@ class Run:
                 result["sample_score"] = samples.score(self.scorer, c.scorer, images,
                                                          c.sample_prompts)
                 title += f"   {c.scorer} {result['sample_score']:.3f}"
+            for name, guard in self.guards.items():
+                result[f"guard_{name}"] = samples.score(guard, name, images, c.sample_prompts)
+                title += f"   guard {name} {result[f'guard_{name}']:.3f}"
             samples.save_grid(samples.grid(images, c.sample_prompts, title),
                               self.out / "samples", step)
         return result
@@ -553,10 +565,17 @@ class Run:
                    "pairs_per_s": round(trained_steps * c.effective_batch / max(seconds, 1e-9),
                                         2),
                    "best_score": state["best_score"], "best_step": state["best_step"]}
+        if c.guard_scorers:
+            summary["guard_start"] = state.get("guard_start")
+            summary["best_guards"] = state.get("best_guards")
         if self.main:
             save_model(acc.unwrap_model(self.nets.ddp_unet), c.model, self.model.kind,
                        bool(c.lora_rank), self.out / "final")
             (self.out / "summary.json").write_text(json.dumps(summary, indent=1))
+            evals = self.out / "eval.jsonl"
+            if evals.exists():
+                samples.plot_scores([json.loads(line) for line in evals.open()],
+                                    self.out / "scores.png", c.scorer)
         acc.end_training()
         return summary
 
@@ -574,9 +593,13 @@ class Run:
         self.accelerator.log({f"eval/{k}": v for k, v in result.items()}, step=step)
         with open(self.out / "eval.jsonl", "a") as log:
             log.write(json.dumps({"step": step, **result}) + "\n")
+        guards = {k: v for k, v in result.items() if k.startswith("guard_")}
+        state.setdefault("guard_start", guards)  # the first evaluation's: the base's at step 0
         score = result.get("sample_score")
         if self.config.keep_best and score is not None and (
-                state["best_score"] is None or score > state["best_score"]):
+                state["best_score"] is None or score > state["best_score"]) and within_guard(
+                guards, state["guard_start"], self.config.guard_max_drop):
             state["best_score"], state["best_step"] = score, step
+            state["best_guards"] = guards
             save_model(self.unet, self.config.model, self.model.kind,
                        bool(self.config.lora_rank), self.out / "best")
