@@ -43,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.readme import README, commands  # noqa: E402
 from models.toy import TOY_NAME  # noqa: E402
+from train.config import OBJECTIVES  # noqa: E402
 
 # Which README command is which stage (a command starts with its prefix), and where the
 # README's commands put their results, relative to the folder they run in.
@@ -231,7 +232,8 @@ def loop(args: argparse.Namespace) -> dict:
         "model": rel(aligned),
         "pairs": {**counts, "collect": collected},
         "train": {k: summary.get(k) for k in (
-            "steps", "pairs", "heldout_pairs", "seconds", "best_step", "best_score")},
+            "steps", "pairs", "heldout_pairs", "seconds", "best_step", "best_score",
+            "peak_rss_mb")},
         "threads": args.threads,
         "minutes": {k: round(v, 2) for k, v in minutes.items()},
         "adherence": {
@@ -347,7 +349,7 @@ def main() -> None:
                         help="a smoke run: every stage at a tiny size (about a minute; "
                              "its figures mean nothing)")
     parser.add_argument("--data", help="train on this store instead of collecting")
-    parser.add_argument("--objective", choices=("dpo", "sft"), default="dpo")
+    parser.add_argument("--objective", choices=OBJECTIVES, default="dpo")
     parser.add_argument("--model", choices=("final", "best"), default="final",
                         help="which model of the run to evaluate (default: final)")
     parser.add_argument("--train-args", nargs=argparse.REMAINDER, default=[],

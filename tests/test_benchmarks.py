@@ -29,7 +29,7 @@ def bench(name: str, *flags: str, tmp_path, timeout: int = 600) -> dict:
 
 
 def test_every_benchmark_script_is_run_here():
-    tested = {"ai_feedback", "annotate_latency", "eval_auto", "import_shard",
+    tested = {"ai_feedback", "annotate_latency", "eval_auto", "import_shard", "objectives",
               "pair_generation", "store_votes", "toy_loop", "train_throughput"}
     assert {p.stem for p in BENCHMARKS.glob("*.py")} - {"readme", "__init__"} == tested
 
@@ -111,3 +111,15 @@ def test_toy_loop(tmp_path):
     assert set(out["criteria"]) >= {"judged_pairs_at_least_400", "adherence_up_15_points"}
     assert isinstance(out["passed"], bool) and out["pairs"]["images_on_eval_seeds"] == 0
     assert (tmp_path / "loop" / "result.json").is_file()
+
+
+def test_objectives(tmp_path):
+    out = bench("objectives", "--tiny", "--threads", "1", "--collect", "--runs",
+                str(tmp_path / "objectives"), "--only", "kto", "dpo_safe", tmp_path=tmp_path)
+    assert [r["variant"] for r in out["rows"]] == ["kto", "dpo_safe"]
+    assert [r["objective"] for r in out["rows"]] == ["kto", "dpo"]
+    for r in out["rows"]:
+        assert 0 <= r["adherence_aligned"] <= 1 and r["peak_rss_mb"] > 0
+        assert sum(r["judged"]) == 18  # 18 captions x 1 seed at the tiny size
+    config = (tmp_path / "objectives" / "dpo_safe" / "runs" / "train" / "toy" / "config.yaml")
+    assert "winner_safe: true" in config.read_text()

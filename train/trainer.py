@@ -17,6 +17,7 @@ import gc
 import json
 import math
 import os
+import resource
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
@@ -564,7 +565,10 @@ class Run:
                    "seconds": round(seconds, 1),
                    "pairs_per_s": round(trained_steps * c.effective_batch / max(seconds, 1e-9),
                                         2),
-                   "best_score": state["best_score"], "best_step": state["best_step"]}
+                   "best_score": state["best_score"], "best_step": state["best_step"],
+                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}
+        if torch.cuda.is_available():
+            summary["peak_gpu_mb"] = torch.cuda.max_memory_allocated() // 2**20
         if c.guard_scorers:
             summary["guard_start"] = state.get("guard_start")
             summary["best_guards"] = state.get("best_guards")
