@@ -191,6 +191,10 @@ def auto_parser() -> argparse.ArgumentParser:
     parser.add_argument("--scorer", default="toy_judge",
                         help="toy_judge, pickscore, clip, aesthetic, hpsv2 or module:callable "
                              "(default: toy_judge)")
+    parser.add_argument("--also", nargs="+", default=[], metavar="SCORER",
+                        help="more scorers reported beside --scorer on the same images (for "
+                             "a prompt-blind preference such as aesthetic, a prompt-following "
+                             "one such as toy_judge or clip)")
     _sampling_flags(parser)
     parser.add_argument("--tie-margin", type=float, default=0.0,
                         help="score difference at or below which a pair is a tie (default: 0)")
@@ -211,11 +215,12 @@ def auto(argv: list[str]) -> int:
     prompts = read_prompt_set(args.prompts) if args.prompts else default_prompts(args.base)
     base, aligned = _models(args)
     out = Path(args.out or Path("runs/eval") / f"auto-{Path(aligned).parent.name}")
-    result = compare(base, aligned, prompts, load_scorer(args.scorer), args.scorer,
-                     Sampling(args.seeds, args.steps, args.guidance), args.tie_margin,
-                     Path(args.images))
+    sampling = Sampling(args.seeds, args.steps, args.guidance)
+    scorers = {name: load_scorer(name) for name in [args.scorer, *args.also]}  # all, first
+    result, *also = [compare(base, aligned, prompts, scorer, name, sampling, args.tie_margin,
+                             Path(args.images)) for name, scorer in scorers.items()]
     command = "python -m eval auto " + shlex.join(argv)
-    print(json.dumps(write_auto_report(result, out, command)))
+    print(json.dumps(write_auto_report(result, out, command, also)))
     return 0
 
 

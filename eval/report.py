@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from data.errors import DataError  # noqa: E402
 from eval.auto import AutoResult, mean_interval  # noqa: E402
-from eval.stats import Tally, Vote, tally_by_category  # noqa: E402
+from eval.stats import Tally, Vote, tally, tally_by_category  # noqa: E402
 from eval.votes import VoteRow  # noqa: E402
 
 
@@ -133,8 +133,28 @@ def write_report(out: Path, title: str, intro: list[str], votes: list[Vote], sum
     return summary
 
 
-def write_auto_report(result: AutoResult, out: Path, command: str) -> dict:
-    """report.md, win_rate.png, scores.png and summary.json in `out`; returns the summary."""
+def scorer_rows(results: list[AutoResult]) -> tuple[list[str], dict]:
+    """Every scorer's verdict on the same images side by side: a markdown table and its
+    figures by scorer."""
+    lines = ["| scorer | base mean | aligned mean | wins / losses / ties | decisive win rate "
+             "(Wilson 95%) |", "|---|---|---|---|---|"]
+    figures = {}
+    for r in results:
+        t = tally(r.votes)
+        base_mean, aligned_mean = mean_interval(r.base_scores)[0], \
+            mean_interval(r.aligned_scores)[0]
+        lines.append(f"| {r.scorer} | {base_mean:.4f} | {aligned_mean:.4f} | {t.wins} / "
+                     f"{t.losses} / {t.ties} | {_pct(t.decisive_win_rate)} "
+                     f"({_interval(t.decisive_wilson)}) |")
+        figures[r.scorer] = {"base_mean_score": base_mean, "aligned_mean_score": aligned_mean,
+                             **tally_summary(t)}
+    return lines, figures
+
+
+def write_auto_report(result: AutoResult, out: Path, command: str,
+                      also: list[AutoResult] = ()) -> dict:
+    """report.md, win_rate.png, scores.png and summary.json in `out`; returns the summary.
+    `also`: the same images judged by other scorers, reported beside `result`'s."""
     out.mkdir(parents=True, exist_ok=True)
     base_mean, base_ci = mean_interval(result.base_scores)
     aligned_mean, aligned_ci = mean_interval(result.aligned_scores)
@@ -157,6 +177,12 @@ def write_auto_report(result: AutoResult, out: Path, command: str) -> dict:
     summary = {"base": result.base, "aligned": result.aligned, "scorer": result.scorer,
                "pairs": len(result.votes), "base_mean_score": base_mean,
                "aligned_mean_score": aligned_mean}
+    if also:
+        table, figures = scorer_rows([result, *also])
+        sections += ["## Every scorer on the same images", "",
+                     f"The tallies above are {result.scorer}'s; a preference can rise while "
+                     "another quality falls.", "", *table, ""]
+        summary["scorers"] = figures
     return write_report(out, f"{result.aligned} against {result.base}, judged by "
                              f"{result.scorer}", intro, result.votes, summary, sections)
 

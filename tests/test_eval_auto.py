@@ -91,6 +91,31 @@ def test_the_command_writes_a_report(tmp_path, broken_toy):
     assert summary["pairs"] == 18 and (tmp_path / "r" / "report.md").exists()
 
 
+def test_every_scorer_given_is_reported_side_by_side_on_the_same_images(tmp_path, broken_toy):
+    (tmp_path / "bright.py").write_text(  # a preference blind to the prompt
+        "import numpy as np, torch\n"
+        "def score(prompts, images):\n"
+        "    return torch.tensor([float(np.asarray(i).mean()) for i in images])\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "eval", "auto", "--aligned", str(broken_toy), "--seeds", "1",
+         "--steps", "4", "--scorer", "bright:score", "--also", "toy_judge",
+         "--out", str(tmp_path / "r"), "--images", str(tmp_path / "i")],
+        capture_output=True, text=True, cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    assert summary["scorer"] == "bright:score" and set(summary["scorers"]) == {
+        "bright:score", "toy_judge"}
+    judge = summary["scorers"]["toy_judge"]
+    assert judge["wins"] + judge["losses"] + judge["ties"] == 18
+    assert judge["losses"] > judge["wins"]  # the broken model draws no prompt: the judge says so
+    assert summary["scorers"]["bright:score"]["wins"] == summary["wins"]
+    report = (tmp_path / "r" / "report.md").read_text()
+    assert "## Every scorer on the same images" in report
+    assert "| toy_judge |" in report and "| bright:score |" in report
+    assert len(list((tmp_path / "i").rglob("*.png"))) == 36  # generated once, judged twice
+
+
 # -- every named model is checked before any work, and a wrong one fails at once --------
 
 MISSING = "runs/train/nope/final"
