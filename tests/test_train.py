@@ -563,7 +563,7 @@ def test_an_error_under_readmes_accelerate_launch_is_its_one_line(tmp_path):
     assert not (tmp_path / "run").exists()  # nothing written for a run that cannot start
 
 
-@pytest.mark.parametrize("objective", ["dpo", "mapo"])
+@pytest.mark.parametrize("objective", ["dpo", "ipo", "kto", "mapo", "sft"])
 def test_two_processes_train_and_write_one_checkpoint_once(objective, tiny_sd_dir, store_path,
                                                             tmp_path):
     config = config_for(tiny_sd_dir, store_path, tmp_path / "run", max_steps=2,
