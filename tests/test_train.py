@@ -563,6 +563,24 @@ def test_an_error_under_readmes_accelerate_launch_is_its_one_line(tmp_path):
     assert not (tmp_path / "run").exists()  # nothing written for a run that cannot start
 
 
+def test_an_error_under_a_two_process_launch_is_said_once_and_first(tmp_path):
+    """torch's launcher adds its failure report after it; the answer is the first line."""
+    missing = tmp_path / "missing.duckdb"
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "GLOO_SOCKET_IFNAME": "lo"}
+    out = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "-q", "--multi_gpu",
+         "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+         "--dynamo_backend", "no", "--main_process_port", "29534", "-m", "train", "toy",
+         "--data", str(missing), "--batch_size", "1", "--effective_batch", "2",
+         "--output_dir", str(tmp_path / "run")],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert out.returncode != 0
+    first = out.stderr.splitlines()[0]
+    assert first.startswith("error: ") and str(missing) in first, out.stderr
+    assert out.stderr.count("error: ") == 1, out.stderr  # not once per process
+    assert "Traceback" not in out.stderr
+
+
 @pytest.mark.parametrize("objective", ["dpo", "ipo", "kto", "mapo", "sft"])
 def test_two_processes_train_and_write_one_checkpoint_once(objective, tiny_sd_dir, store_path,
                                                             tmp_path):

@@ -22,6 +22,13 @@ def main(argv: list[str] | None = None) -> int:
         from train.trainer import Run
 
         run = Run(config)
+    except UserError as error:
+        # every process of a launch meets the same setup error: one of them says it
+        return 1 if os.environ.get("RANK", "0") != "0" else report_user_error(error)
+    except KeyboardInterrupt:
+        print("interrupted: continue with --resume latest", file=sys.stderr)
+        return 130
+    try:
         summary = run.train()
     except UserError as error:
         return report_user_error(error)
