@@ -71,13 +71,13 @@ CHECKS = {
     "hf download yuvalkirstain/pickapic_v2 --repo-type dataset --include "
     '"data/train-0000*" --local-dir pickapic_v2': "download",
     f"{ONE_PROCESS} -m train sd15 --data runs/prefs.duckdb {SHARDS} --dry_run": "run",
-    "accelerate launch --config_file docs/accelerate/multi_gpu.yaml -m train sd15 "
+    "accelerate launch -q --config_file docs/accelerate/multi_gpu.yaml -m train sd15 "
     f"--data runs/prefs.duckdb {SHARDS}": "gpu",
-    f"accelerate launch --config_file docs/accelerate/multi_gpu.yaml -m train sdxl --data {SHARDS}":
-        "gpu",
+    f"accelerate launch -q --config_file docs/accelerate/multi_gpu.yaml -m train sdxl "
+    f"--data {SHARDS}": "gpu",
     f"{ONE_PROCESS} -m train lora --data runs/prefs.duckdb {SHARDS}": "gpu",
-    "accelerate launch --config_file docs/accelerate/multi_node.yaml --machine_rank 0 -m train "
-    f"sd15 --data {SHARDS}": "gpu",
+    "accelerate launch -q --config_file docs/accelerate/multi_node.yaml --machine_rank 0 "
+    f"-m train sd15 --data {SHARDS}": "gpu",
     "curl -LO https://raw.githubusercontent.com/google-research/parti/main/PartiPrompts.tsv":
         "download",
     f"python -m eval --base {SD15} --aligned runs/train/sd15/final --prompts PartiPrompts.tsv "
