@@ -341,7 +341,8 @@ def test_random_flip_is_drawn_per_step_from_both_cached_orientations(
     """A pair appears mirrored at some steps and not at others, both images together,
     the same for the same seed; the mirrored copy is the VAE's latent of the mirrored
     images (the VAE is not flip-equivariant, so a flipped latent would not be)."""
-    config = config_for(tiny_sd_dir, store_path, tmp_path / "run", eval_every=0)
+    config = config_for(tiny_sd_dir, store_path, tmp_path / "run", eval_every=0,
+                        flip_per_pair=False)
     run = Run(config)
     cache = run.data.cache
     assert cache.flipped is not None and cache.flipped.shape == cache.latents.shape
@@ -357,7 +358,8 @@ def test_random_flip_is_drawn_per_step_from_both_cached_orientations(
                 assert torch.equal(latents, plain) != torch.equal(latents, mirror)
                 ways.setdefault(index, set()).add(torch.equal(latents, mirror))
     assert sum(len(w) == 2 for w in ways.values()) >= 6, ways  # most pairs, both ways
-    again = Run(config_for(tiny_sd_dir, store_path, tmp_path / "again", eval_every=0))
+    again = Run(config_for(tiny_sd_dir, store_path, tmp_path / "again", eval_every=0,
+                           flip_per_pair=False))
     for step, micro in [(0, 0), (5, 1), (11, 0)]:
         assert torch.equal(again.micro_batch(step, micro)[0].latents,
                            run.micro_batch(step, micro)[0].latents)
@@ -371,6 +373,26 @@ def test_random_flip_is_drawn_per_step_from_both_cached_orientations(
     assert torch.allclose(got, expected, atol=2e-3)
     plain = torch.from_numpy(cache.latents[3].astype(np.float32))
     assert not torch.allclose(got, plain.flip(-1), atol=2e-3)
+
+
+def test_flip_per_pair_keeps_each_pairs_orientation_for_the_whole_run(
+        tiny_sd_dir, store_path, tmp_path):
+    config = config_for(tiny_sd_dir, store_path, tmp_path / "run", eval_every=0,
+                        flip_per_pair=True)
+    run = Run(config)
+    cache = run.data.cache
+    ways: dict[int, set[bool]] = {}
+    for step in range(12):
+        for micro in range(run.accumulation):
+            batch, _ = run.micro_batch(step, micro)
+            positions = batch_positions(config, step, micro, 0, 1)
+            for index, latents in zip(run.data.order.at(positions), batch.latents,
+                                      strict=True):
+                mirror = torch.from_numpy(cache.flipped[index].astype(np.float32))
+                ways.setdefault(index, set()).add(torch.equal(latents, mirror))
+    assert all(len(w) == 1 for w in ways.values())  # one orientation each, every epoch
+    assert {next(iter(w)) for w in ways.values()} == {True, False}  # some of each
+    assert run.data.pair_flips.tolist() == [ways[i] == {True} for i in range(len(ways))]
 
 
 @pytest.fixture

@@ -77,7 +77,10 @@ class TrainConfig:
     resolution: int = _help("training resolution in pixels (square)", 512)
     random_crop: bool = _help("random instead of centre crop (the same for both images)", False)
     random_flip: bool = _help("flip a pair horizontally with probability 1/2 (both images "
-                              "together)", True)
+                              "together), drawn every step", True)
+    flip_per_pair: bool = _help("with random_flip: draw each pair's flip once, from (seed, "
+                                "pair index), and keep it for the whole run (the toy preset's "
+                                "recipe, measured better there)", False)
     prompt_dropout: float = _help("share of captions replaced by the empty prompt, for "
                                   "classifier-free guidance", 0.1)
     cache_dir: str = _help("where cached latents and text embeddings live", "runs/cache")

@@ -53,7 +53,8 @@ PRESETS: dict[str, dict] = {
         "model": TOY_NAME, "resolution": 32, "beta": 5000.0, "learning_rate": 2e-5,
         "effective_batch": 16, "batch_size": 16, "max_steps": 400, "warmup_steps": 0,
         "lr_scheduler": "constant", "optimizer": "adamw", "prompt_dropout": 0.1,
-        "random_flip": True, "mixed_precision": "no", "checkpoint_every": 200,
+        "random_flip": True, "flip_per_pair": True, "mixed_precision": "no",
+        "checkpoint_every": 200,
         "checkpoints_kept": 2, "log_every": 10, "eval_every": 100,
         "sample_prompts": all_captions(), "sample_seeds": 4,
         # seeds 2,000,000-2,000,003: apart from eval auto's (0..N-1) and

@@ -17,6 +17,7 @@ import gc
 import json
 import math
 import os
+import random
 import resource
 import time
 from contextlib import contextmanager, nullcontext
@@ -248,6 +249,7 @@ class TrainingData:
     heldout: np.ndarray  # cache indices, sorted
     order: PairOrder  # the rest, one permutation per epoch
     liked: np.ndarray | None = None  # KTO: [pairs, 2], each cached image liked or disliked
+    pair_flips: np.ndarray | None = None  # flip_per_pair: each pair's flip for the whole run
 
     def batch(self, indices: list[int], device, flips: np.ndarray | None = None
               ) -> pair_cache.CachedBatch:
@@ -279,8 +281,12 @@ def cache_pairs(config: TrainConfig, pairs, model: LoadedModel, accelerator) -> 
     if c.objective == "kto":
         liked = np.array([[label > 0 for label in image_labels(pairs.describe(i)[1])]
                           for i in range(len(pairs))], dtype=bool).reshape(-1, 2)
+    pair_flips = None
+    if c.random_flip and c.flip_per_pair:
+        pair_flips = np.array([random.Random(c.seed * 1_000_003 + i).random() < 0.5
+                               for i in range(len(cache))])
     return TrainingData(cache, reused, np.sort(order[:held]),
-                        PairOrder(np.sort(order[held:]), c.seed), liked)
+                        PairOrder(np.sort(order[held:]), c.seed), liked, pair_flips)
 
 
 def sample_prompts(config: TrainConfig, model: LoadedModel) -> samples.SamplePrompts | None:
@@ -438,8 +444,13 @@ class Run:
         c, acc = self.config, self.accelerator
         positions = batch_positions(c, step, micro, acc.process_index, self.processes)
         generator = step_generator(c.seed, step, micro, acc.process_index)
-        flips = draw_flips(generator, len(positions)) if c.random_flip else None
-        batch = self.data.batch(self.data.order.at(positions), acc.device, flips)
+        indices = self.data.order.at(positions)
+        flips = None
+        if self.data.pair_flips is not None:
+            flips = self.data.pair_flips[indices]
+        elif c.random_flip:
+            flips = draw_flips(generator, len(positions))
+        batch = self.data.batch(indices, acc.device, flips)
         return batch, generator
 
     def train_step(self, step: int) -> dict[str, float]:
@@ -482,7 +493,8 @@ class Run:
         correct = 0.0
         for start in range(0, len(heldout), c.batch_size):
             indices = heldout[start:start + c.batch_size].tolist()
-            batch = self.data.batch(indices, self.accelerator.device)
+            flips = None if self.data.pair_flips is None else self.data.pair_flips[indices]
+            batch = self.data.batch(indices, self.accelerator.device, flips)
             with self.accelerator.autocast():
                 _, metrics = forward_pairs(self.unet, self.reference, self.noise_scheduler,
                                            batch, self.data.cache,
