@@ -243,8 +243,11 @@ class BlindEval:
         stored = self.votes.get(pair_id) if pair_id else None
         if stored is None:
             pair = self._pending.get(pair_id) if pair_id else None
-            if pair is None:
+            if pair is None:  # a concurrent click may have just stored it and let it go
+                stored = self.votes.get(pair_id) if pair_id else None
+            if pair is None and stored is None:
                 raise DataError("this pair is unknown or expired: press Next for a new one")
+        if stored is None:
             stored = self.votes.record(VoteRow(
                 vote_id=pair.pair_id, voter=voter, prompt=pair.prompt.text,
                 category=pair.prompt.category, seed=pair.seed, base_model=self.base,
