@@ -336,6 +336,23 @@ def test_both_images_of_a_pair_get_the_same_crop():
     assert len(lefts) > 1  # the crop is random
 
 
+def orientations(run: Run, config: TrainConfig, steps: int) -> dict[int, set[bool]]:
+    """For each pair the loop read in `steps` steps, whether it came mirrored (True),
+    plain (False) or both; every latent read is exactly one of the two cached copies."""
+    cache, ways = run.data.cache, {}
+    for step in range(steps):
+        for micro in range(run.accumulation):
+            batch, _ = run.micro_batch(step, micro)
+            positions = batch_positions(config, step, micro, 0, 1)
+            for index, latents in zip(run.data.order.at(positions), batch.latents,
+                                      strict=True):
+                plain = torch.from_numpy(cache.latents[index].astype(np.float32))
+                mirror = torch.from_numpy(cache.flipped[index].astype(np.float32))
+                assert torch.equal(latents, plain) != torch.equal(latents, mirror)
+                ways.setdefault(index, set()).add(torch.equal(latents, mirror))
+    return ways
+
+
 def test_random_flip_is_drawn_per_step_from_both_cached_orientations(
         tiny_sd_dir, store_path, tmp_path):
     """A pair appears mirrored at some steps and not at others, both images together,
@@ -346,17 +363,7 @@ def test_random_flip_is_drawn_per_step_from_both_cached_orientations(
     run = Run(config)
     cache = run.data.cache
     assert cache.flipped is not None and cache.flipped.shape == cache.latents.shape
-    ways: dict[int, set[bool]] = {}
-    for step in range(12):  # 4 epochs of the 12 pairs
-        for micro in range(run.accumulation):
-            batch, _ = run.micro_batch(step, micro)
-            positions = batch_positions(config, step, micro, 0, 1)
-            for index, latents in zip(run.data.order.at(positions), batch.latents,
-                                      strict=True):
-                plain = torch.from_numpy(cache.latents[index].astype(np.float32))
-                mirror = torch.from_numpy(cache.flipped[index].astype(np.float32))
-                assert torch.equal(latents, plain) != torch.equal(latents, mirror)
-                ways.setdefault(index, set()).add(torch.equal(latents, mirror))
+    ways = orientations(run, config, steps=12)  # 4 epochs of the 12 pairs
     assert sum(len(w) == 2 for w in ways.values()) >= 6, ways  # most pairs, both ways
     again = Run(config_for(tiny_sd_dir, store_path, tmp_path / "again", eval_every=0,
                            flip_per_pair=False))
@@ -380,16 +387,7 @@ def test_flip_per_pair_keeps_each_pairs_orientation_for_the_whole_run(
     config = config_for(tiny_sd_dir, store_path, tmp_path / "run", eval_every=0,
                         flip_per_pair=True)
     run = Run(config)
-    cache = run.data.cache
-    ways: dict[int, set[bool]] = {}
-    for step in range(12):
-        for micro in range(run.accumulation):
-            batch, _ = run.micro_batch(step, micro)
-            positions = batch_positions(config, step, micro, 0, 1)
-            for index, latents in zip(run.data.order.at(positions), batch.latents,
-                                      strict=True):
-                mirror = torch.from_numpy(cache.flipped[index].astype(np.float32))
-                ways.setdefault(index, set()).add(torch.equal(latents, mirror))
+    ways = orientations(run, config, steps=12)
     assert all(len(w) == 1 for w in ways.values())  # one orientation each, every epoch
     assert {next(iter(w)) for w in ways.values()} == {True, False}  # some of each
     assert run.data.pair_flips.tolist() == [ways[i] == {True} for i in range(len(ways))]
