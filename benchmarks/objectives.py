@@ -4,13 +4,20 @@ train, adherence and eval auto stages on the same store (benchmarks/toy_loop.py 
     python benchmarks/objectives.py --data runs/toy-loop/runs/prefs.duckdb
     python benchmarks/objectives.py --collect                 # collect the README's pairs first
     python benchmarks/objectives.py --data STORE --only ipo kto --train-args --learning_rate 1e-5
+    python benchmarks/objectives.py --data STORE --sweep --jobs 2 --threads 1
 
 Each variant runs in its own folder under --runs (RUNS/<variant>), with the toy preset's
-settings unless --train-args changes them for all. The variants: dpo, ipo, kto, mapo,
-sft, and dpo with the winner-safe switch (dpo_safe). Prints one JSON object: a row per
-variant (adherence before and after on the same 400 held-out prompt/seed pairs, the
-decisive win rate over base with its Wilson interval, training minutes, the trainer's
-peak RSS) and where each loop's full result is.
+settings and the variant's own (VARIANTS: each objective's best setting in the sweep of
+docs/RESULTS.md), then --train-args for all. The variants: dpo, ipo, kto, mapo, sft, and
+dpo with the winner-safe switch (dpo_safe). Prints one JSON object: a row per variant
+(adherence before and after on the same 400 held-out prompt/seed pairs, the decisive win
+rate over base with its Wilson interval, training minutes, the trainer's peak RSS, and the
+selection score) and where each loop's full result is.
+
+--sweep runs every setting of SWEEP instead (RUNS/<variant>/<setting>) and names each
+variant's best by the selection score alone: the toy judge's mean score of the trainer's
+own final samples, on seeds 2,000,000 up that neither held-out check uses, so the
+settings are chosen without looking at the figures they are then reported by.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import argparse
 import json
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,6 +38,22 @@ VARIANTS = {  # name: (objective, extra train flags)
     "sft": ("sft", []),
     "dpo_safe": ("dpo", ["--winner_safe", "true"]),
 }
+# What --sweep tries for each variant, on top of VARIANTS' objective and the toy preset's
+# settings (beta 5000, learning rate 2e-5, 400 steps of 16 pairs): the setting each
+# objective's paper or reference code suggests and one step either side where it matters.
+SWEEP: dict[str, list[list[str]]] = {
+    "dpo": [[], ["--beta", "2500"]],
+    "ipo": [["--beta", "500"], ["--beta", "50"], ["--learning_rate", "5e-6"]],
+    "kto": [[], ["--beta", "1000"]],
+    "mapo": [[], ["--beta_mapo", "1.0"]],
+    "sft": [[], ["--learning_rate", "1e-5"]],
+    "dpo_safe": [[], ["--winner_safe_mu", "0.5"]],
+}
+
+
+def setting_name(flags: list[str]) -> str:
+    """A folder name for a sweep setting: `beta_500`, or `preset` for no change."""
+    return "_".join(flag.lstrip("-") for flag in flags) or "preset"
 
 
 def run_loop(runs: Path, flags: list[str]) -> dict:
@@ -42,10 +66,19 @@ def run_loop(runs: Path, flags: list[str]) -> dict:
     return json.loads((runs / "result.json").read_text())
 
 
-def row(name: str, result: dict) -> dict:
+def selection_score(result: dict) -> float | None:
+    """The trainer's last sample score (its own seeds, apart from both held-out checks)."""
+    evals = Path(result["runs"]) / "runs" / "train" / "toy" / "eval.jsonl"
+    if not evals.exists():
+        return None  # a --tiny run samples nothing
+    return json.loads(evals.read_text().splitlines()[-1])["sample_score"]
+
+
+def row(name: str, result: dict, flags: list[str]) -> dict:
     judged, adherence = result["eval_auto"], result["adherence"]
     return {
-        "variant": name, "objective": result["objective"],
+        "variant": name, "objective": result["objective"], "flags": flags,
+        "selection_score": selection_score(result),
         "adherence_base": adherence["base"]["both"],
         "adherence_aligned": adherence["aligned"]["both"],
         "gain_points": adherence["gain_points"],
@@ -69,6 +102,10 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=Path("runs/objectives"),
                         help="one folder per variant below it (default: runs/objectives)")
     parser.add_argument("--only", nargs="+", choices=VARIANTS, help="these variants only")
+    parser.add_argument("--sweep", action="store_true",
+                        help="every SWEEP setting of each variant, and the best by selection")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="loops run at once (with --threads, so they share the cores)")
     parser.add_argument("--seed", type=int, help="feedback's --seed, with --collect")
     parser.add_argument("--threads", type=int, help="torch CPU threads for every stage")
     parser.add_argument("--tiny", action="store_true",
@@ -85,14 +122,27 @@ def main() -> None:
         run_loop(runs / "collect", [*common, *(["--seed", str(args.seed)]
                                                if args.seed is not None else [])])
         data = runs / "collect" / "runs" / "prefs.duckdb"  # where the README's command puts it
-    rows = []
+    runs_of = []  # (variant, its train flags, its folder)
     for name in args.only or VARIANTS:
-        objective, flags = VARIANTS[name]
-        train_args = [*flags, *args.train_args]
-        result = run_loop(runs / name, [*common, "--data", str(data), "--objective", objective,
-                                        *(["--train-args", *train_args] if train_args else [])])
-        rows.append(row(name, result))
-    print(json.dumps({"data": str(data), "tiny": args.tiny, "rows": rows}, indent=1))
+        flags = VARIANTS[name][1]
+        for setting in SWEEP[name] if args.sweep else [[]]:
+            folder = runs / name / setting_name(setting) if args.sweep else runs / name
+            runs_of.append((name, [*flags, *setting, *args.train_args], folder))
+
+    def one(name: str, train_args: list[str], folder: Path) -> dict:
+        flags = [*common, "--data", str(data), "--objective", VARIANTS[name][0]]
+        result = run_loop(folder, [*flags, *(["--train-args", *train_args] if train_args else [])])
+        return row(name, result, train_args)
+
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        rows = list(pool.map(lambda job: one(*job), runs_of))
+    report = {"data": str(data), "tiny": args.tiny, "jobs": args.jobs,
+              "threads": args.threads, "rows": rows}
+    if args.sweep:
+        report["best"] = {name: max((r for r in rows if r["variant"] == name),
+                                    key=lambda r: r["selection_score"] or 0.0)["flags"]
+                          for name in dict.fromkeys(r["variant"] for r in rows)}
+    print(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@
     python -m eval report                                          # tallies of the votes
     python -m eval auto --aligned runs/train/toy/final            # toy base, toy judge
     python -m eval auto --base M --aligned M2 --prompts parti.tsv --scorer pickscore
+    python -m eval leaderboard                                     # toy and every run, ranked
+    python -m eval leaderboard --models M M2 M3 --prompts parti.tsv --scorer pickscore
 """
 
 from __future__ import annotations
@@ -224,9 +226,99 @@ def auto(argv: list[str]) -> int:
     return 0
 
 
+def leaderboard_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m eval leaderboard",
+        description="Rank any number of models from pairwise comparisons on the same prompts "
+                    "and seeds: every pair of models judged by a scorer, and by the blind "
+                    "page's votes where they exist (a board each). Bradley-Terry ratings "
+                    "with prompt-bootstrap intervals and the win-rate matrix. Writes "
+                    "leaderboard.md, leaderboard-<judge>.png and leaderboard.json.")
+    parser.add_argument("--models", nargs="+",
+                        help="the models, the first one the anchor (default: toy, then every "
+                             "runs/train/*/final, oldest first)")
+    parser.add_argument("--names", nargs="+", help="a short name per model (default: the run "
+                                                   "folder's name, or the model's)")
+    parser.add_argument("--prompts", help="prompt set: one per line, or CSV/TSV with prompt "
+                                          "and category columns (default for toy: the 18 "
+                                          "toy captions)")
+    parser.add_argument("--scorer", default="toy_judge",
+                        help="the automatic judge: toy_judge, pickscore, clip, aesthetic, "
+                             "hpsv2 or module:callable (default: toy_judge)")
+    parser.add_argument("--votes", default=str(DEFAULT_VOTES),
+                        help=f"blind votes to rank by as well, when the file exists (default: "
+                             f"{DEFAULT_VOTES})")
+    _sampling_flags(parser)
+    parser.add_argument("--tie-margin", type=float, default=0.0,
+                        help="score difference at or below which a match is a tie (default: 0)")
+    parser.add_argument("--prior", type=float, default=1.0,
+                        help="virtual ties per pair of models, so an unbeaten model has a "
+                             "finite rating (default: 1; 0: the plain maximum likelihood)")
+    parser.add_argument("--out", default="runs/eval/leaderboard",
+                        help="report folder (default: runs/eval/leaderboard)")
+    parser.add_argument("--images", default="runs/eval/images",
+                        help="image cache folder, shared with eval auto (default: "
+                             "runs/eval/images)")
+    return parser
+
+
+def leaderboard(argv: list[str]) -> int:
+    args = leaderboard_parser().parse_args(argv)
+    from data.prompts import read_prompt_set
+    from models.errors import ModelError
+    from models.loading import check
+
+    finals = sorted(Path("runs/train").glob("*/final"), key=lambda p: p.stat().st_mtime)
+    models = args.models or [TOY_NAME, *(str(p) for p in finals if p.is_dir())]
+    if len(models) < 2:
+        raise DataError("a leaderboard needs two models or more: train one (accelerate launch "
+                        "-m train toy) or name them with --models")
+    names = args.names or [run_name(m) for m in models]
+    if len(names) != len(models):
+        raise DataError(f"--names gives {len(names)} names for {len(models)} models: one each")
+    if len(set(names)) != len(names):
+        raise DataError("two models share a name on the board: give --names")
+    for model in models:
+        try:
+            check(model)
+        except ModelError as error:
+            raise ModelError(f"--models: {error}") from None
+    prompts = read_prompt_set(args.prompts) if args.prompts else default_prompts(models[0])
+    from eval.auto import score_images
+    from eval.images import Sampling, images_for
+    from eval.leaderboard import fit, scored_matches, vote_matches, write_boards
+    from models.scorers import load_scorer
+
+    sampling = Sampling(args.seeds, args.steps, args.guidance)
+    texts = [p.text for p in prompts]
+    keys = [(t, s) for t in texts for s in range(sampling.seeds)]
+    scorer = load_scorer(args.scorer)
+    scores = {}
+    for model, name in zip(models, names, strict=True):
+        paths = images_for(model, texts, sampling, Path(args.images))
+        scores[model] = score_images(scorer, args.scorer, [t for t, _ in keys],
+                                     [paths[k] for k in keys], name)
+    boards = [fit(scored_matches(models, texts, sampling.seeds, scores, args.tie_margin),
+                  models, f"{args.scorer} (tie margin {args.tie_margin:g})", args.prior)]
+    if Path(args.votes).exists():
+        from eval.votes import VoteStore
+
+        with VoteStore(args.votes, read_only=True) as store:
+            voted = vote_matches(store.votes(), models)
+        if voted:
+            try:
+                boards.append(fit(voted, models, "people (blind votes)", args.prior))
+            except DataError as error:  # votes that do not link every model: say, go on
+                print(f"note: no people's board: {error}", file=sys.stderr)
+    command = "python -m eval leaderboard " + shlex.join(argv)
+    print(json.dumps(write_boards(boards, names, Path(args.out), command)))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    command = {"auto": auto, "report": report}.get(argv[0] if argv else "")
+    command = {"auto": auto, "report": report,
+               "leaderboard": leaderboard}.get(argv[0] if argv else "")
     try:
         return command(argv[1:]) if command else blind(argv)
     except UserError as error:

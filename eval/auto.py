@@ -43,7 +43,8 @@ def mean_interval(scores: np.ndarray) -> tuple[float, Interval]:
     return mean, Interval(mean - half, mean + half)
 
 
-def _score(scorer, name: str, prompts: list[str], paths: list[Path], label: str) -> np.ndarray:
+def score_images(scorer, name: str, prompts: list[str], paths: list[Path],
+                 label: str) -> np.ndarray:
     """The scorer's checked scores of one model's images (`label`), in batches."""
     scores = []
     for start in tqdm(range(0, len(paths), SCORE_BATCH), desc=f"scoring {label}",
@@ -70,9 +71,9 @@ def compare(base: str, aligned: str, prompts: list[Prompt], scorer, scorer_name:
     aligned_paths = images_for(aligned, texts, sampling, root)
     pairs = [(p, s) for p in prompts for s in range(sampling.seeds)]
     pair_texts = [p.text for p, _ in pairs]
-    base_scores = _score(scorer, scorer_name, pair_texts,
+    base_scores = score_images(scorer, scorer_name, pair_texts,
                          [base_paths[(p.text, s)] for p, s in pairs], "base")
-    aligned_scores = _score(scorer, scorer_name, pair_texts,
+    aligned_scores = score_images(scorer, scorer_name, pair_texts,
                             [aligned_paths[(p.text, s)] for p, s in pairs], "aligned")
     votes = [Vote(prompt.text, outcome(b, a, tie_margin), category=prompt.category)
              for (prompt, _), b, a in zip(pairs, base_scores, aligned_scores, strict=True)]

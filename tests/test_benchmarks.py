@@ -114,12 +114,18 @@ def test_toy_loop(tmp_path):
 
 
 def test_objectives(tmp_path):
-    out = bench("objectives", "--tiny", "--threads", "1", "--collect", "--runs",
-                str(tmp_path / "objectives"), "--only", "kto", "dpo_safe", tmp_path=tmp_path)
-    assert [r["variant"] for r in out["rows"]] == ["kto", "dpo_safe"]
-    assert [r["objective"] for r in out["rows"]] == ["kto", "dpo"]
+    # the sweep of one variant: its settings run side by side in their own folders
+    out = bench("objectives", "--tiny", "--threads", "1", "--collect", "--sweep", "--jobs", "2",
+                "--runs", str(tmp_path / "objectives"), "--only", "dpo_safe", tmp_path=tmp_path)
+    assert [r["flags"] for r in out["rows"]] == [
+        ["--winner_safe", "true"], ["--winner_safe", "true", "--winner_safe_mu", "0.5"]]
+    assert {r["objective"] for r in out["rows"]} == {"dpo"}
     for r in out["rows"]:
         assert 0 <= r["adherence_aligned"] <= 1 and r["peak_rss_mb"] > 0
         assert sum(r["judged"]) == 18  # 18 captions x 1 seed at the tiny size
-    config = (tmp_path / "objectives" / "dpo_safe" / "runs" / "train" / "toy" / "config.yaml")
-    assert "winner_safe: true" in config.read_text()
+    assert out["best"]["dpo_safe"] in [r["flags"] for r in out["rows"]]
+    folder = tmp_path / "objectives" / "dpo_safe"
+    config = (folder / "winner_safe_mu_0.5" / "runs" / "train" / "toy" / "config.yaml").read_text()
+    assert "winner_safe: true" in config and "winner_safe_mu: 0.5" in config
+    assert "winner_safe_mu: 0.9" in (folder / "preset" / "runs" / "train" / "toy" /
+                                     "config.yaml").read_text()

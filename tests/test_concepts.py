@@ -70,11 +70,11 @@ def test_the_trainers_samples_check_their_scores(scorer, says):
 @pytest.mark.parametrize("scorer, says", [(_too_few, "scores for"),
                                           (_not_a_number, "not a finite number")])
 def test_eval_auto_checks_its_scores(tmp_path, scorer, says):
-    from eval.auto import _score
+    from eval.auto import score_images
 
     paths = []
     for k, image in enumerate(_images(3)):
         image.save(tmp_path / f"{k}.png")
         paths.append(tmp_path / f"{k}.png")
     with pytest.raises(ModelError, match=f"scorer mine.*{says}"):
-        _score(scorer, "mine", ["a"] * 3, paths, "base")
+        score_images(scorer, "mine", ["a"] * 3, paths, "base")

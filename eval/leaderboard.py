@@ -1,0 +1,295 @@
+"""Any number of models ranked from pairwise comparisons on the same prompts and seeds.
+
+A match is one prompt and seed seen through two models and judged: one image won, or a
+tie. The Bradley-Terry model gives each model a strength theta with
+    P(i beats j) = sigmoid(theta_i - theta_j),
+fitted by maximum likelihood with a tie counted as half a win for each side (as arena
+leaderboards do). Every pair of models that met also gets `prior` virtual ties, so a model
+that never lost still has a finite rating; the prior's pull fades as matches accumulate,
+and prior=0 gives the plain maximum-likelihood fit. Ratings are on the Elo scale
+(400 log10 of the odds) with the first model at 1000. Intervals are percentiles of a
+bootstrap that resamples prompts, not matches: the matches of one prompt are not
+independent. Both-bad votes state no preference and are not matches.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from data.errors import DataError
+from eval.stats import Interval
+
+ELO = 400 / math.log(10)  # rating points per unit of theta
+ANCHOR = 1000.0
+RESULTS = ("first", "second", "tie")
+
+
+@dataclass(frozen=True)
+class Match:
+    """One prompt and seed through two models, judged."""
+
+    prompt: str
+    seed: int
+    first: str
+    second: str
+    result: str  # one of RESULTS: which model's image won, or a tie
+
+
+@dataclass
+class Board:
+    """The fitted leaderboard, models in their given order."""
+
+    models: list[str]
+    judge: str
+    ratings: np.ndarray  # Elo scale, models[0] at ANCHOR
+    intervals: list[Interval]  # bootstrap 95%, by prompt
+    wins: np.ndarray  # [i, j]: i's wins over j, ties counted one half each
+    games: np.ndarray  # [i, j]: matches between i and j
+    prompts: int
+    prior: float
+
+    def ranked(self) -> list[int]:
+        """Model indices, best rating first."""
+        return sorted(range(len(self.models)), key=lambda i: -self.ratings[i])
+
+    def win_rate(self, i: int, j: int) -> float | None:
+        """i's observed win rate over j, (W + T/2) / N; None if they never met."""
+        return float(self.wins[i, j] / self.games[i, j]) if self.games[i, j] else None
+
+
+def win_counts(matches: Sequence[Match], models: Sequence[str]) -> np.ndarray:
+    """[i, j]: how often models[i] beat models[j], a tie counting one half to each."""
+    index = {m: k for k, m in enumerate(models)}
+    wins = np.zeros((len(models), len(models)))
+    for match in matches:
+        if match.result not in RESULTS:
+            raise DataError(f"unknown match result {match.result!r}: use one of {RESULTS}")
+        if match.first == match.second:
+            raise DataError(f"a match of {match.first} against itself: compare two models")
+        try:
+            i, j = index[match.first], index[match.second]
+        except KeyError as missing:
+            raise DataError(f"match of {missing} which is not on the board") from None
+        if match.result == "tie":
+            wins[i, j] += 0.5
+            wins[j, i] += 0.5
+        else:
+            winner, loser = (i, j) if match.result == "first" else (j, i)
+            wins[winner, loser] += 1
+    return wins
+
+
+def check_connected(games: np.ndarray, models: Sequence[str]) -> None:
+    """Ratings compare only models linked by matches, directly or through others."""
+    reached, frontier = {0}, [0]
+    while frontier:
+        i = frontier.pop()
+        for j in np.flatnonzero(games[i] > 0):
+            if int(j) not in reached:
+                reached.add(int(j))
+                frontier.append(int(j))
+    apart = [m for k, m in enumerate(models) if k not in reached]
+    if apart:
+        raise DataError(f"{', '.join(apart)} never met {models[0]}, directly or through other "
+                        "models: compare them on the same prompts and seeds first")
+
+
+def bradley_terry(wins: np.ndarray, prior: float = 1.0, tol: float = 1e-10,
+                  max_iter: int = 100_000) -> np.ndarray:
+    """Strengths theta (mean 0) maximising the Bradley-Terry likelihood of `wins`.
+
+    Hunter's MM update p_i <- W_i / sum_j n_ij / (p_i + p_j), which raises the
+    likelihood at every step. A model with no win and no prior has no finite strength:
+    give prior > 0, or matches it won.
+    """
+    met = (wins + wins.T) > 0
+    wins = wins + (prior / 2) * met  # `prior` virtual ties per pair that met
+    games = wins + wins.T
+    total = wins.sum(axis=1)
+    if np.any(total <= 0):
+        raise DataError("a model that never won or tied has no finite Bradley-Terry rating: "
+                        "use a prior above 0")
+    strength = np.ones(len(wins))
+    for _ in range(max_iter):
+        new = total / (games / (strength[:, None] + strength[None, :])).sum(axis=1)
+        new /= np.exp(np.log(new).mean())
+        if np.max(np.abs(np.log(new) - np.log(strength))) < tol:
+            strength = new
+            break
+        strength = new
+    return np.log(strength)
+
+
+def fit(matches: Sequence[Match], models: Sequence[str], judge: str, prior: float = 1.0,
+        samples: int = 1000, seed: int = 0) -> Board:
+    """The leaderboard of `models` from `matches`, with prompt-bootstrap intervals."""
+    models = list(models)
+    if len(set(models)) != len(models):
+        raise DataError("a model is named twice on the board: name each once")
+    by_prompt: dict[str, list[Match]] = defaultdict(list)
+    for match in matches:
+        by_prompt[match.prompt].append(match)
+    per_prompt = np.array([win_counts(group, models) for group in by_prompt.values()])
+    if not len(per_prompt):
+        raise DataError("no matches to rank: judge some pairs first")
+    wins = per_prompt.sum(axis=0)
+    games = wins + wins.T
+    check_connected(games, models)
+
+    def ratings(w: np.ndarray) -> np.ndarray:
+        theta = bradley_terry(w, prior)
+        return ANCHOR + ELO * (theta - theta[0])
+
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(samples):
+        resampled = per_prompt[rng.integers(0, len(per_prompt), len(per_prompt))].sum(axis=0)
+        met = resampled + resampled.T
+        try:  # a draw that leaves a model apart or winless says nothing about it
+            check_connected(met, models)
+            draws.append(ratings(resampled))
+        except DataError:
+            continue
+    spread = np.percentile(np.array(draws), [2.5, 97.5], axis=0) if draws else None
+    intervals = [Interval(float(spread[0, k]), float(spread[1, k])) if spread is not None
+                 else Interval(float("nan"), float("nan")) for k in range(len(models))]
+    return Board(models, judge, ratings(wins), intervals, wins, games, len(per_prompt), prior)
+
+
+def scored_matches(models: Sequence[str], prompts: Sequence[str], seeds: int,
+                   scores: dict[str, np.ndarray], tie_margin: float) -> list[Match]:
+    """Every pair of models on every prompt and seed, the higher score winning.
+
+    `scores[model]` holds one score per (prompt, seed), prompts outer, seeds 0..seeds-1;
+    scores within `tie_margin` of each other are a tie.
+    """
+    keys = [(p, s) for p in prompts for s in range(seeds)]
+    matches = []
+    for a in range(len(models)):
+        for b in range(a + 1, len(models)):
+            first, second = scores[models[a]], scores[models[b]]
+            for k, (prompt, seed) in enumerate(keys):
+                gap = float(first[k] - second[k])
+                result = "tie" if abs(gap) <= tie_margin else "first" if gap > 0 else "second"
+                matches.append(Match(prompt, seed, models[a], models[b], result))
+    return matches
+
+
+def vote_matches(votes, models: Sequence[str]) -> list[Match]:
+    """The blind page's votes (eval.votes.VoteRow) between models on the board."""
+    results = {"base": "first", "aligned": "second", "tie": "tie"}
+    return [Match(v.prompt, v.seed, v.base_model, v.aligned_model, results[v.outcome])
+            for v in votes if v.outcome in results
+            and v.base_model in models and v.aligned_model in models]
+
+
+def _rating(board: Board, k: int) -> str:
+    low, high = board.intervals[k].low, board.intervals[k].high
+    return f"{board.ratings[k]:.0f} ({low:.0f}-{high:.0f})"
+
+
+def markdown(board: Board, names: Sequence[str]) -> list[str]:
+    """The ranking table and the pairwise win-rate matrix, as markdown lines."""
+    lines = [f"Judge: {board.judge}; {int(board.games.sum() / 2)} matches on "
+             f"{board.prompts} prompts; Bradley-Terry ratings (Elo scale, {names[0]} = "
+             f"{ANCHOR:.0f}) with 95% intervals from {board.prompts}-prompt bootstraps; prior "
+             f"{board.prior:g} virtual tie per pair.", "",
+             "| rank | model | rating (95%) | P(beats " + names[0] + ") | matches | "
+             "win rate, all matches |", "|---|---|---|---|---|---|"]
+    for rank, k in enumerate(board.ranked(), 1):
+        p_base = 1 / (1 + 10 ** (-(board.ratings[k] - board.ratings[0]) / 400))
+        games = board.games[k].sum()
+        rate = board.wins[k].sum() / games if games else float("nan")
+        lines.append(f"| {rank} | {names[k]} | {_rating(board, k)} | {100 * p_base:.1f}% | "
+                     f"{games:.0f} | {100 * rate:.1f}% |")
+    order = board.ranked()
+    lines += ["", "Row beats column, (W + T/2) / N, N matches:", "",
+              "| | " + " | ".join(names[k] for k in order) + " |",
+              "|---|" + "---|" * len(order)]
+    for i in order:
+        cells = []
+        for j in order:
+            rate = board.win_rate(i, j)
+            cells.append("" if i == j else "n/a" if rate is None else
+                         f"{100 * rate:.1f}% ({board.games[i, j]:.0f})")
+        lines.append(f"| {names[i]} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def chart(board: Board, names: Sequence[str], path: Path) -> Path:
+    """Ratings with their intervals beside the win-rate matrix, one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    order = board.ranked()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 1.6 + 0.55 * len(order)),
+                                      gridspec_kw={"width_ratios": [1, 1.1]})
+    for row, k in enumerate(reversed(order)):
+        interval = board.intervals[k]
+        left.errorbar(board.ratings[k], row,
+                      xerr=[[board.ratings[k] - interval.low], [interval.high - board.ratings[k]]],
+                      fmt="o", color="#4c72b0", capsize=4)
+        left.text(interval.high, row, f"  {board.ratings[k]:.0f}", va="center", fontsize=8)
+    left.axvline(ANCHOR, color="grey", linestyle="--", linewidth=1)
+    left.set_yticks(range(len(order)), [names[k] for k in reversed(order)])
+    left.set_xlabel(f"Bradley-Terry rating (Elo scale, {names[0]} = {ANCHOR:.0f}), 95% bootstrap")
+    left.set_title(f"judge: {board.judge}", fontsize=10)
+    matrix = np.full((len(order), len(order)), np.nan)
+    for a, i in enumerate(order):
+        for b, j in enumerate(order):
+            rate = board.win_rate(i, j)
+            if i != j and rate is not None:
+                matrix[a, b] = rate
+    right.imshow(matrix, cmap="RdBu", vmin=0, vmax=1)
+    for a in range(len(order)):
+        for b in range(len(order)):
+            if not np.isnan(matrix[a, b]):
+                right.text(b, a, f"{100 * matrix[a, b]:.0f}%", ha="center", va="center",
+                           fontsize=8)
+    right.set_xticks(range(len(order)), [names[k] for k in order], rotation=30, ha="right")
+    right.set_yticks(range(len(order)), [names[k] for k in order])
+    right.set_title("row beats column, (W + T/2) / N", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def summary(board: Board, names: Sequence[str]) -> dict:
+    """The board as plain JSON values."""
+    return {"judge": board.judge, "prompts": board.prompts, "prior": board.prior,
+            "models": [{"name": names[k], "model": board.models[k],
+                        "rating": float(board.ratings[k]),
+                        "interval": [board.intervals[k].low, board.intervals[k].high],
+                        "matches": float(board.games[k].sum())} for k in board.ranked()],
+            "win_rate": {names[i]: {names[j]: board.win_rate(i, j)
+                                    for j in range(len(names)) if j != i}
+                         for i in range(len(names))}}
+
+
+def write_boards(boards: list[Board], names: Sequence[str], out: Path, command: str) -> dict:
+    """leaderboard.md, one leaderboard-<judge>.png per board and leaderboard.json in `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    lines = ["# Leaderboard", "", f"`{command}`", ""]
+    for board in boards:
+        picture = chart(board, names, out / f"leaderboard-{slug(board.judge)}.png")
+        lines += [f"## {board.judge}", "", *markdown(board, names), "",
+                  f"![{board.judge}]({picture.name})", ""]
+    (out / "leaderboard.md").write_text("\n".join(lines))
+    result = {"boards": [summary(b, names) for b in boards], "report": str(out / "leaderboard.md")}
+    (out / "leaderboard.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def slug(text: str) -> str:
+    """A file name part for a judge: `toy_judge (tie margin 0.1)` -> `toy-judge-tie-margin-0-1`."""
+    return "-".join("".join(c if c.isalnum() else " " for c in text).split())

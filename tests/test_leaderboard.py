@@ -1,0 +1,115 @@
+"""`eval leaderboard`: the Bradley-Terry fit against hand computations, and the command."""
+
+import json
+import math
+import subprocess
+import sys
+from datetime import datetime
+
+import numpy as np
+import pytest
+
+from data.errors import DataError
+from eval.leaderboard import Match, bradley_terry, fit, win_counts
+from eval.votes import VoteRow, VoteStore
+from tests.test_eval_auto import broken_toy  # noqa: F401  (a fixture)
+
+
+def matches(first: str, second: str, wins: int, losses: int, ties: int = 0,
+            prompt: str = "p") -> list[Match]:
+    results = ["first"] * wins + ["second"] * losses + ["tie"] * ties
+    return [Match(prompt, seed, first, second, r) for seed, r in enumerate(results)]
+
+
+def test_two_models_three_wins_to_one_differ_by_ln_3():
+    board = fit(matches("a", "b", 3, 1), ["a", "b"], "hand", prior=0, samples=0)
+    # P(a beats b) = 3/4 = sigmoid(ln 3); on the Elo scale 400 log10(3) points
+    assert board.ratings[0] == 1000
+    assert board.ratings[1] == pytest.approx(1000 - 400 * math.log10(3), abs=1e-6)
+
+
+def test_a_chain_separates_into_its_links():
+    # a-b 3:1 and b-c 2:2, a and c never met: the likelihood is a product of the two links
+    ms = matches("a", "b", 3, 1) + matches("b", "c", 2, 2)
+    theta = bradley_terry(win_counts(ms, ["a", "b", "c"]), prior=0)
+    assert theta[0] - theta[1] == pytest.approx(math.log(3), abs=1e-8)
+    assert theta[1] == pytest.approx(theta[2], abs=1e-8)
+    assert theta.mean() == pytest.approx(0, abs=1e-12)
+
+
+def test_a_tie_is_half_a_win_to_each():
+    # a won once and tied twice: a has 1 + 2/2 wins over b, b has 2/2 over a
+    assert win_counts(matches("a", "b", 1, 0, ties=2), ["a", "b"]).tolist() == [[0, 2], [1, 0]]
+    theta = bradley_terry(win_counts(matches("a", "b", 0, 0, ties=4), ["a", "b"]), prior=0)
+    assert theta[0] == pytest.approx(theta[1])
+
+
+def test_at_the_fit_every_model_is_expected_to_win_what_it_won():
+    # the maximum-likelihood condition: sum_j n_ij sigmoid(theta_i - theta_j) = W_i
+    rng = np.random.default_rng(1)
+    wins = rng.integers(1, 9, size=(4, 4)).astype(float)
+    np.fill_diagonal(wins, 0)
+    theta = bradley_terry(wins, prior=0)
+    games = wins + wins.T
+    expected = (games / (1 + np.exp(theta[None, :] - theta[:, None]))).sum(axis=1)
+    assert expected == pytest.approx(wins.sum(axis=1), abs=1e-6)
+
+
+def test_an_unbeaten_model_needs_the_prior_and_the_prior_pulls_to_even():
+    unbeaten = matches("a", "b", 5, 0)
+    with pytest.raises(DataError, match="prior above 0"):
+        fit(unbeaten, ["a", "b"], "hand", prior=0, samples=0)
+    board = fit(unbeaten, ["a", "b"], "hand", prior=1, samples=0)
+    # one virtual tie: 5.5 wins to 0.5, so theta_a - theta_b = ln 11
+    assert board.ratings[0] - board.ratings[1] == pytest.approx(400 * math.log10(11))
+
+
+def test_models_that_never_met_cannot_be_ranked_together():
+    with pytest.raises(DataError, match="c never met a"):
+        fit(matches("a", "b", 2, 1), ["a", "b", "c"], "hand", samples=0)
+    with pytest.raises(DataError, match="not on the board"):
+        fit(matches("a", "x", 2, 1), ["a", "b"], "hand", samples=0)
+
+
+def test_the_bootstrap_resamples_prompts_and_brackets_the_fit():
+    ms = [m for p in range(12) for m in matches("a", "b", 3 + p % 3, 2, prompt=f"p{p}")]
+    board = fit(ms, ["a", "b"], "hand", samples=300)
+    assert board.prompts == 12
+    low, high = board.intervals[1].low, board.intervals[1].high
+    assert low < board.ratings[1] < high < 1000  # b is worse, and the interval says so
+    assert board.intervals[0].low == board.intervals[0].high == 1000  # the anchor
+
+
+def vote(i: int, outcome: str, aligned: str) -> VoteRow:
+    choice = {"base": "A", "aligned": "B", "tie": "tie"}[outcome]
+    return VoteRow(f"v{i}", "ann", f"prompt {i % 3}", None, i, "toy", aligned, "base", choice,
+                   outcome, 6, 7.5, 1000, datetime(2026, 12, 2, 12, 0, i))
+
+
+def test_the_command_ranks_the_toy_above_a_broken_copy_by_scorer_and_by_votes(
+        broken_toy, tmp_path):  # noqa: F811
+    votes = tmp_path / "votes.duckdb"
+    with VoteStore(votes) as store:
+        for i, outcome in enumerate(["base"] * 7 + ["aligned"] + ["tie"] * 2):
+            store.record(vote(i, outcome, str(broken_toy)))
+    out = tmp_path / "board"
+    done = subprocess.run(
+        [sys.executable, "-m", "eval", "leaderboard", "--models", "toy", str(broken_toy),
+         "--names", "toy", "broken", "--seeds", "1", "--steps", "6", "--votes", str(votes),
+         "--out", str(out), "--images", str(tmp_path / "images")],
+        capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    scorer, people = result["boards"]
+    assert scorer["judge"].startswith("toy_judge") and people["judge"].startswith("people")
+    for board in (scorer, people):
+        assert [m["name"] for m in board["models"]] == ["toy", "broken"]
+        broken = board["models"][1]
+        assert broken["interval"][0] <= broken["rating"] <= broken["interval"][1] < 1000
+    assert scorer["models"][0]["matches"] == 18  # 18 captions x 1 seed
+    # the people's board is the 10 votes: 7 + 1 ties' halves against 1 + 1, plus the prior
+    assert people["win_rate"]["toy"]["broken"] == pytest.approx(0.8)
+    assert people["models"][1]["rating"] == pytest.approx(1000 - 400 * math.log10(8.5 / 2.5))
+    report = (out / "leaderboard.md").read_text()
+    assert "| 1 | toy |" in report and "Row beats column" in report
+    assert (out / "leaderboard-people-blind-votes.png").stat().st_size > 10_000
