@@ -425,6 +425,57 @@ def test_bf16_reference_computes_what_the_policy_does_at_step_0(
         assert first["ref_mse_preferred"] == first["model_mse_preferred"]
 
 
+def perturbed_copy(pipeline_dir: Path, out: Path, scale: float = 0.05) -> Path:
+    """`pipeline_dir` with a little noise in every UNet weight: another round's model."""
+    from diffusers import UNet2DConditionModel
+
+    shutil.copytree(pipeline_dir, out)
+    unet = UNet2DConditionModel.from_pretrained(out / "unet")
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for parameter in unet.parameters():
+            parameter.add_(scale * torch.randn_like(parameter) * parameter.std().nan_to_num(1))
+    unet.save_pretrained(out / "unet")
+    return out
+
+
+def first_metrics(out: Path) -> dict:
+    return json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+
+
+def test_a_reference_model_apart_from_the_trained_one(tiny_sd_dir, store_path, tmp_path):
+    # trained from a later round's weights against the base: step 0's errors differ
+    later = perturbed_copy(tiny_sd_dir, tmp_path / "later")
+    before = unet_state(tiny_sd_dir)
+    config = config_for(later, store_path, tmp_path / "apart", reference_model=str(tiny_sd_dir))
+    Run(config).train()
+    first = first_metrics(tmp_path / "apart")
+    assert first["ref_mse_preferred"] != pytest.approx(first["model_mse_preferred"], rel=1e-3)
+    assert first["loss"] != pytest.approx(math.log(2), abs=1e-4)
+    after = unet_state(tmp_path / "apart" / "final")
+    later_state = unet_state(later)
+    assert all(not torch.equal(after[k], later_state[k]) for k in after)  # trained from later
+    assert all(torch.equal(before[k], unet_state(tiny_sd_dir)[k]) for k in before)
+    # the model itself named as its reference is the default's run, loss ln 2 at step 0
+    same = config_for(tiny_sd_dir, store_path, tmp_path / "same", reference_model=str(tiny_sd_dir),
+                      max_steps=1)
+    Run(same).train()
+    first = first_metrics(tmp_path / "same")
+    assert first["loss"] == pytest.approx(math.log(2), abs=1e-7)
+    assert first["ref_mse_preferred"] == first["model_mse_preferred"]
+
+
+def test_a_reference_model_must_fit_the_trained_one(tiny_sd_dir, tiny_sdxl_dir, store_path,
+                                                    tmp_path):
+    with pytest.raises(TrainError, match="not the same architecture"):
+        Run(config_for(tiny_sd_dir, store_path, tmp_path / "a",
+                       reference_model=str(tiny_sdxl_dir)))
+    for values, message in [({"objective": "mapo"}, "mapo trains without a reference"),
+                            ({"lora_rank": 4}, "needs full fine-tuning")]:
+        with pytest.raises(TrainError, match=message):
+            TrainConfig(reference_model="toy", **values)
+
+
 @pytest.fixture(scope="module")
 def predicting_sample_dir(tiny_sd_dir, tmp_path_factory):
     """The tiny SD pipeline with a scheduler that says it predicts the clean sample."""

@@ -47,6 +47,10 @@ class TrainConfig:
                            "(Diffusion-KTO: each image liked or disliked, both-bad votes "
                            "too), `mapo` (MaPO: no reference model) or `sft` (the paper's "
                            "baseline: denoising loss on the preferred images only)", "dpo")
+    reference_model: str | None = _help(
+        "dpo, ipo and kto with full fine-tuning: the frozen reference, when it is not `model` "
+        "itself (training in rounds: `model` the last round's, this the base); the same "
+        "architecture as `model` (default: `model`)", None)
     beta: float = _help("DPO beta in the official convention (inside = -0.5*beta*delta; "
                         "paper 5000); for ipo, the margin pulled to is 1/(2*beta); for "
                         "kto, the scale of the raw error gain", 5000.0)
@@ -155,6 +159,12 @@ class TrainConfig:
             raise TrainError("mixed_precision must be auto, no, fp16 or bf16")
         if self.keep_best and not (self.scorer and self.eval_every and self.sample_prompts):
             raise TrainError("keep_best needs a scorer, eval_every and sample_prompts")
+        if self.reference_model and self.objective not in REFERENCE_OBJECTIVES:
+            raise TrainError(f"reference_model: {self.objective} trains without a reference "
+                             "model; leave it out")
+        if self.reference_model and self.lora_rank:
+            raise TrainError("reference_model needs full fine-tuning (lora_rank 0): LoRA's "
+                             "reference is its own base with the adapters off")
         if self.guard_scorers and not (self.eval_every and self.sample_prompts):
             raise TrainError("guard_scorers need eval_every and sample_prompts")
         if self.guard_max_drop is not None and not (self.keep_best and self.guard_scorers):

@@ -330,6 +330,20 @@ def _cast(module: torch.nn.Module, dtype: torch.dtype) -> None:
     {torch.float16: module.half, torch.bfloat16: module.bfloat16}[dtype]()
 
 
+def reference_copy(config: TrainConfig, unet: torch.nn.Module, device: str) -> torch.nn.Module:
+    """Full fine-tuning's frozen reference: `reference_model`'s UNet, or the policy's own
+    weights before training."""
+    if not config.reference_model:
+        return copy.deepcopy(unet).requires_grad_(False).eval()
+    other = load(config.reference_model, device=device, dtype=torch.float32).pipeline.unet
+    mine, theirs = unet.state_dict(), other.state_dict()
+    if mine.keys() != theirs.keys() or any(mine[k].shape != theirs[k].shape for k in mine):
+        raise TrainError(f"reference_model {config.reference_model} is not the same "
+                         f"architecture as model {config.model}: give a reference of the "
+                         "same network (the base it was fine-tuned from)")
+    return other.requires_grad_(False).eval()
+
+
 def build_networks(config: TrainConfig, unet: torch.nn.Module, accelerator) -> Networks:
     """The trained UNet (full or LoRA), its reference, the optimizer and LR schedule.
 
@@ -359,7 +373,7 @@ def build_networks(config: TrainConfig, unet: torch.nn.Module, accelerator) -> N
                 parameter.data = parameter.data.float()
     else:
         if c.objective in REFERENCE_OBJECTIVES:
-            reference = copy.deepcopy(unet).requires_grad_(False).eval()
+            reference = reference_copy(c, unet, str(accelerator.device))
         unet.requires_grad_(True)
     unet.train()
     trainable = [p for p in unet.parameters() if p.requires_grad]
