@@ -1,0 +1,104 @@
+"""`python -m rounds`: rounds of collect, train and evaluate, killed at any point and resumed."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import pytest
+import torch
+from safetensors.torch import load_file
+
+TINY = ["--rounds", "2", "--pairs", "24", "--per-prompt", "4", "--eval-seeds", "1",
+        "--adherence-pairs", "8", "--train-args", "--max_steps", "8", "--eval_every", "0",
+        "--holdout_pairs", "2", "--checkpoint_every", "2", "--checkpoints_kept", "5"]
+
+
+def command(out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "rounds", "--out", str(out), *extra, *TINY]
+
+
+def start(out: Path, cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen(command(out), cwd=cwd, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def kill_when(process: subprocess.Popen, ready, timeout: float = 900) -> None:
+    """SIGKILL the whole command (its children too) once `ready()` holds, as a crash."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "the moment to kill never came"
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def pair_ids(store: Path) -> list[str]:
+    with duckdb.connect(str(store), read_only=True) as con:
+        return [r[0] for r in con.execute("SELECT vote_id FROM rankings ORDER BY vote_id").fetchall()]
+
+
+def unet(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "unet" / "diffusion_pytorch_model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory):
+    """Two tiny rounds, uninterrupted."""
+    cwd = tmp_path_factory.mktemp("whole")
+    done = subprocess.run(command(cwd / "rounds"), cwd=cwd, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return cwd / "rounds", json.loads(done.stdout)
+
+
+def test_each_round_trains_from_the_last_against_the_base_and_is_ranked(whole):
+    out, printed = whole
+    assert [r["round"] for r in printed["rounds"]] == [1, 2]
+    for k in (1, 2):
+        folder = out / f"round-{k}"
+        assert len(pair_ids(folder / "prefs.duckdb")) == 24
+        config = (folder / "train" / "config.yaml").read_text()
+        start_model = "toy" if k == 1 else str(out / "round-1" / "train" / "final")
+        assert f"model: {start_model}\n" in config
+        assert ("reference_model: toy" in config) == (k == 2)  # round 1's model is the base
+    # round 2's images come from round 1's model, and name it
+    with duckdb.connect(str(out / "round-2" / "prefs.duckdb"), read_only=True) as con:
+        models = {r[0] for r in con.execute("SELECT DISTINCT model FROM images").fetchall()}
+    assert models == {str(out / "round-1" / "train" / "final")}
+    assert (out / "round-2" / "versus-round-1" / "report.md").is_file()
+    board = json.loads((out / "leaderboard.json").read_text())
+    [scored] = board["boards"]
+    assert {m["name"] for m in scored["models"]} == {"base", "round-1", "round-2"}
+    assert (out / "leaderboard" / "leaderboard.md").is_file()
+
+
+def test_killed_mid_training_and_mid_collection_it_resumes_to_the_same_result(whole, tmp_path):
+    reference, _ = whole
+    out = tmp_path / "rounds"
+    checkpoints = out / "round-1" / "train" / "checkpoints"
+    kill_when(start(out, tmp_path), lambda: any(checkpoints.glob("checkpoint-*/*")))
+    assert not (out / "round-1" / "train.json").exists()  # killed while training
+    kill_when(start(out, tmp_path), lambda: (out / "round-2" / "logs" / "collect.log").exists())
+    assert not (out / "round-2" / "collect.json").exists()  # killed while collecting
+    done = subprocess.run(command(out), cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    for k in (1, 2):
+        assert pair_ids(out / f"round-{k}" / "prefs.duckdb") == \
+            pair_ids(reference / f"round-{k}" / "prefs.duckdb")
+    resumed, uninterrupted = (unet(folder / "round-2" / "train" / "final")
+                              for folder in (out, reference))
+    for name, weight in uninterrupted.items():
+        assert torch.allclose(resumed[name], weight, atol=1e-5), name
+
+
+def test_a_rerun_with_other_settings_is_refused_in_one_line(whole):
+    out, _ = whole
+    done = subprocess.run([sys.executable, "-m", "rounds", "--out", str(out), "--mix", "0.5",
+                           *TINY], capture_output=True, text=True, cwd=out.parent)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert "other settings (mix)" in done.stderr
