@@ -30,17 +30,21 @@ def start(out: Path, cwd: Path) -> subprocess.Popen:
 def kill_when(process: subprocess.Popen, ready, timeout: float = 900) -> None:
     """SIGKILL the whole command (its children too) once `ready()` holds, as a crash."""
     deadline = time.monotonic() + timeout
-    while not ready():
-        assert process.poll() is None, process.communicate()
-        assert time.monotonic() < deadline, "the moment to kill never came"
-        time.sleep(0.02)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    try:
+        while not ready():
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "the moment to kill never came"
+            time.sleep(0.02)
+    finally:  # a failed wait leaves nothing running either
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def pair_ids(store: Path) -> list[str]:
     with duckdb.connect(str(store), read_only=True) as con:
-        return [r[0] for r in con.execute("SELECT vote_id FROM rankings ORDER BY vote_id").fetchall()]
+        rows = con.execute("SELECT vote_id FROM rankings ORDER BY vote_id").fetchall()
+    return [r[0] for r in rows]
 
 
 def unet(folder: Path) -> dict[str, torch.Tensor]:
