@@ -7,8 +7,8 @@ train, adherence and eval auto stages on the same store (benchmarks/toy_loop.py 
     python benchmarks/objectives.py --data STORE --sweep --jobs 2 --threads 1
 
 Each variant runs in its own folder under --runs (RUNS/<variant>), with the toy preset's
-settings and the variant's own (VARIANTS: each objective's best setting in the sweep of
-docs/RESULTS.md), then --train-args for all. The variants: dpo, ipo, kto, mapo, sft, and
+settings and the variant's best from the sweep (BEST, docs/RESULTS.md), then --train-args
+for all. The variants: dpo, ipo, kto, mapo, sft, and
 dpo with the winner-safe switch (dpo_safe). Prints one JSON object: a row per variant
 (adherence before and after on the same 400 held-out prompt/seed pairs, the decisive win
 rate over base with its Wilson interval, training minutes, the trainer's peak RSS, and the
@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = {  # name: (objective, extra train flags)
+VARIANTS = {  # name: (objective, the flags that make the variant)
     "dpo": ("dpo", []),
     "ipo": ("ipo", []),
     "kto": ("kto", []),
@@ -51,6 +51,19 @@ SWEEP: dict[str, list[list[str]]] = {
     "sft": [[], ["--learning_rate", "1e-5"], ["--learning_rate", "2e-6"]],
     "dpo_safe": [[], ["--winner_safe_mu", "0.5"], ["--learning_rate", "5e-6"]],
 }
+
+
+# Each variant's best SWEEP setting on the first collection, by selection score alone
+# (docs/RESULTS.md): what a run without --sweep uses.
+BEST: dict[str, list[str]] = {
+    "dpo": [],
+    "ipo": ["--learning_rate", "1e-6"],
+    "kto": ["--learning_rate", "5e-6"],
+    "mapo": ["--learning_rate", "5e-6"],
+    "sft": [],
+    "dpo_safe": ["--winner_safe_mu", "0.5"],
+}
+assert all(BEST[name] in SWEEP[name] for name in VARIANTS)
 
 
 def setting_name(flags: list[str]) -> str:
@@ -130,7 +143,7 @@ def main() -> None:
     runs_of = []  # (variant, its train flags, its folder)
     for name in args.only or VARIANTS:
         flags = VARIANTS[name][1]
-        for setting in SWEEP[name] if args.sweep else [[]]:
+        for setting in SWEEP[name] if args.sweep else [BEST[name]]:
             folder = runs / name / setting_name(setting) if args.sweep else runs / name
             runs_of.append((name, [*flags, *setting, *args.train_args], folder))
 

@@ -191,6 +191,8 @@ def vote_matches(votes, models: Sequence[str]) -> list[Match]:
 
 
 def _rating(board: Board, k: int) -> str:
+    if k == 0:
+        return f"{board.ratings[0]:.0f} (the anchor)"
     low, high = board.intervals[k].low, board.intervals[k].high
     return f"{board.ratings[k]:.0f} ({low:.0f}-{high:.0f})"
 

@@ -118,7 +118,8 @@ def test_objectives(tmp_path):
     out = bench("objectives", "--tiny", "--threads", "1", "--collect", "--sweep", "--jobs", "2",
                 "--runs", str(tmp_path / "objectives"), "--only", "dpo_safe", tmp_path=tmp_path)
     assert [r["flags"] for r in out["rows"]] == [
-        ["--winner_safe", "true"], ["--winner_safe", "true", "--winner_safe_mu", "0.5"]]
+        ["--winner_safe", "true"], ["--winner_safe", "true", "--winner_safe_mu", "0.5"],
+        ["--winner_safe", "true", "--learning_rate", "5e-6"]]
     assert {r["objective"] for r in out["rows"]} == {"dpo"}
     for r in out["rows"]:
         assert 0 <= r["adherence_aligned"] <= 1 and r["peak_rss_mb"] > 0
