@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from eval.auto import _score  # noqa: E402
+from eval.auto import score_images  # noqa: E402
 from eval.images import Sampling, images_for  # noqa: E402
 from models.scorers import load_scorer  # noqa: E402
 from models.toy import TOY_NAME  # noqa: E402
@@ -50,7 +50,7 @@ def main() -> None:
     texts = [prompt for prompt, _ in paths]
     scorer = load_scorer("toy_judge")
     start = time.perf_counter()
-    _score(scorer, "toy_judge", texts, ordered, TOY_NAME)
+    score_images(scorer, "toy_judge", texts, ordered, TOY_NAME)
     score_s = time.perf_counter() - start
     print(json.dumps({
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",

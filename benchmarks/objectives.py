@@ -89,7 +89,9 @@ def selection_score(result: dict) -> float | None:
     evals = Path(result["runs"]) / "runs" / "train" / "toy" / "eval.jsonl"
     if not evals.exists():
         return None  # a --tiny run samples nothing
-    return json.loads(evals.read_text().splitlines()[-1])["sample_score"]
+    scores = [json.loads(line).get("sample_score") for line in evals.read_text().splitlines()]
+    scores = [score for score in scores if score is not None]
+    return scores[-1] if scores else None
 
 
 def row(name: str, result: dict, flags: list[str]) -> dict:

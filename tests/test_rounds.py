@@ -42,9 +42,11 @@ def kill_when(process: subprocess.Popen, ready, timeout: float = 900) -> None:
 
 
 def pair_ids(store: Path) -> list[str]:
+    """The pairs' indices in their feedback run (a run's key names its model's path, which
+    differs between two run folders)."""
     with duckdb.connect(str(store), read_only=True) as con:
         rows = con.execute("SELECT vote_id FROM rankings ORDER BY vote_id").fetchall()
-    return [r[0] for r in rows]
+    return [r[0].rsplit("-", 1)[1] for r in rows]
 
 
 def unet(folder: Path) -> dict[str, torch.Tensor]:
