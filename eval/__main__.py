@@ -26,20 +26,37 @@ from eval.votes import DEFAULT_VOTES  # noqa: E402
 from models.toy import TOY_NAME  # noqa: E402
 
 
+def trained_models(root: Path = Path("runs/train")) -> list[str]:
+    """Every `final/` model under runs/train, the oldest written first."""
+    finals = [p for p in root.glob("*/final") if p.is_dir()]
+    return [str(p) for p in sorted(finals, key=lambda p: p.stat().st_mtime)]
+
+
 def newest_trained_model(root: Path = Path("runs/train")) -> str | None:
     """The most recently written `final/` model under runs/train, if any."""
-    finals = [p for p in root.glob("*/final") if p.is_dir()]
-    return str(max(finals, key=lambda p: p.stat().st_mtime)) if finals else None
+    finals = trained_models(root)
+    return finals[-1] if finals else None
+
+
+def check_model(flag: str, name: str) -> None:
+    """A model name that does not load fails at once, naming the flag that gave it."""
+    from models.errors import ModelError
+    from models.loading import check
+
+    try:
+        check(name)
+    except ModelError as error:
+        raise ModelError(f"{flag}: {error}") from None
 
 
 def default_prompts(base: str):
     from data.prompts import Prompt
-    from models.toy.shapes import SHAPES, all_captions
+    from models.toy.shapes import all_captions, parse_caption
 
     if base != TOY_NAME:
         raise DataError(f"--base {base} has no built-in prompts: give --prompts FILE "
                         "(one prompt per line, or a CSV/TSV with prompt and category columns)")
-    return [Prompt(c, next(s for s in SHAPES if c.endswith(s))) for c in all_captions()]
+    return [Prompt(c, parse_caption(c)[1]) for c in all_captions()]
 
 
 def _sampling_flags(parser: argparse.ArgumentParser) -> None:
@@ -48,6 +65,17 @@ def _sampling_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=20, help="sampler steps (default: 20)")
     parser.add_argument("--guidance", type=float, default=7.5,
                         help="guidance scale (default: 7.5)")
+
+
+def _images_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--images", default="runs/eval/images",
+                        help="image cache folder, shared by the blind page, eval auto and the "
+                             "leaderboard (default: runs/eval/images)")
+
+
+def _tie_margin_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tie-margin", type=float, default=0.0,
+                        help="score difference at or below which two images tie (default: 0)")
 
 
 def _model_flags(parser: argparse.ArgumentParser) -> None:
@@ -71,14 +99,8 @@ def _models(args: argparse.Namespace) -> tuple[str, str]:
     if aligned is None:
         raise DataError("no aligned model: train one first (accelerate launch -m train toy) "
                         "or name it with --aligned")
-    from models.errors import ModelError
-    from models.loading import check
-
     for flag, name in (("--base", args.base), ("--aligned", aligned)):
-        try:
-            check(name)
-        except ModelError as error:
-            raise ModelError(f"{flag}: {error}") from None
+        check_model(flag, name)
     return args.base, aligned
 
 
@@ -101,9 +123,7 @@ def blind_parser() -> argparse.ArgumentParser:
                         help="address to serve on (default: 127.0.0.1, this machine only; "
                              "0.0.0.0 for the network)")
     parser.add_argument("--port", type=int, help=PORT_HELP)
-    parser.add_argument("--images", default="runs/eval/images",
-                        help="image cache folder, shared with eval auto (default: "
-                             "runs/eval/images)")
+    _images_flag(parser)
     return parser
 
 
@@ -198,11 +218,9 @@ def auto_parser() -> argparse.ArgumentParser:
                              "a prompt-blind preference such as aesthetic, a prompt-following "
                              "one such as toy_judge or clip)")
     _sampling_flags(parser)
-    parser.add_argument("--tie-margin", type=float, default=0.0,
-                        help="score difference at or below which a pair is a tie (default: 0)")
+    _tie_margin_flag(parser)
     parser.add_argument("--out", help="report folder (default: runs/eval/auto-<aligned name>)")
-    parser.add_argument("--images", default="runs/eval/images",
-                        help="image cache folder (default: runs/eval/images)")
+    _images_flag(parser)
     return parser
 
 
@@ -249,27 +267,21 @@ def leaderboard_parser() -> argparse.ArgumentParser:
                         help=f"blind votes to rank by as well, when the file exists (default: "
                              f"{DEFAULT_VOTES})")
     _sampling_flags(parser)
-    parser.add_argument("--tie-margin", type=float, default=0.0,
-                        help="score difference at or below which a match is a tie (default: 0)")
+    _tie_margin_flag(parser)
     parser.add_argument("--prior", type=float, default=1.0,
                         help="virtual ties per pair of models, so an unbeaten model has a "
                              "finite rating (default: 1; 0: the plain maximum likelihood)")
     parser.add_argument("--out", default="runs/eval/leaderboard",
                         help="report folder (default: runs/eval/leaderboard)")
-    parser.add_argument("--images", default="runs/eval/images",
-                        help="image cache folder, shared with eval auto (default: "
-                             "runs/eval/images)")
+    _images_flag(parser)
     return parser
 
 
 def leaderboard(argv: list[str]) -> int:
     args = leaderboard_parser().parse_args(argv)
     from data.prompts import read_prompt_set
-    from models.errors import ModelError
-    from models.loading import check
 
-    finals = sorted(Path("runs/train").glob("*/final"), key=lambda p: p.stat().st_mtime)
-    models = args.models or [TOY_NAME, *(str(p) for p in finals if p.is_dir())]
+    models = args.models or [TOY_NAME, *trained_models()]
     if len(models) < 2:
         raise DataError("a leaderboard needs two models or more: train one (accelerate launch "
                         "-m train toy) or name them with --models")
@@ -279,10 +291,7 @@ def leaderboard(argv: list[str]) -> int:
     if len(set(names)) != len(names):
         raise DataError("two models share a name on the board: give --names")
     for model in models:
-        try:
-            check(model)
-        except ModelError as error:
-            raise ModelError(f"--models: {error}") from None
+        check_model("--models", model)
     prompts = read_prompt_set(args.prompts) if args.prompts else default_prompts(models[0])
     from eval.auto import score_images
     from eval.images import Sampling, images_for

@@ -24,11 +24,13 @@ from pathlib import Path
 import numpy as np
 
 from data.errors import DataError
+from eval.auto import outcome
 from eval.stats import Interval
 
 ELO = 400 / math.log(10)  # rating points per unit of theta
 ANCHOR = 1000.0
 RESULTS = ("first", "second", "tie")
+AS_MATCH = {"aligned": "first", "base": "second", "tie": "tie"}  # eval auto's outcomes
 
 
 @dataclass(frozen=True)
@@ -165,7 +167,7 @@ def fit(matches: Sequence[Match], models: Sequence[str], judge: str, prior: floa
 
 def scored_matches(models: Sequence[str], prompts: Sequence[str], seeds: int,
                    scores: dict[str, np.ndarray], tie_margin: float) -> list[Match]:
-    """Every pair of models on every prompt and seed, the higher score winning.
+    """Every pair of models on every prompt and seed, judged as eval auto judges a pair.
 
     `scores[model]` holds one score per (prompt, seed), prompts outer, seeds 0..seeds-1;
     scores within `tie_margin` of each other are a tie.
@@ -176,15 +178,14 @@ def scored_matches(models: Sequence[str], prompts: Sequence[str], seeds: int,
         for b in range(a + 1, len(models)):
             first, second = scores[models[a]], scores[models[b]]
             for k, (prompt, seed) in enumerate(keys):
-                gap = float(first[k] - second[k])
-                result = "tie" if abs(gap) <= tie_margin else "first" if gap > 0 else "second"
-                matches.append(Match(prompt, seed, models[a], models[b], result))
+                judged = outcome(second[k], first[k], tie_margin)  # first as the "aligned"
+                matches.append(Match(prompt, seed, models[a], models[b], AS_MATCH[judged]))
     return matches
 
 
 def vote_matches(votes, models: Sequence[str]) -> list[Match]:
     """The blind page's votes (eval.votes.VoteRow) between models on the board."""
-    results = {"base": "first", "aligned": "second", "tie": "tie"}
+    results = {"base": "first", "aligned": "second", "tie": "tie"}  # base is the first here
     return [Match(v.prompt, v.seed, v.base_model, v.aligned_model, results[v.outcome])
             for v in votes if v.outcome in results
             and v.base_model in models and v.aligned_model in models]

@@ -214,14 +214,14 @@ def toy_prompts(out: Path) -> str:
     and only the bundled one's name brings its prompts."""
     import csv
 
-    from models.toy.shapes import SHAPES, all_captions
+    from models.toy.shapes import all_captions, parse_caption
 
     path = out / "toy-prompts.csv"
     with open(path, "w", newline="") as file:
         writer = csv.writer(file)
         writer.writerow(["prompt", "category"])
         for caption in all_captions():
-            writer.writerow([caption, next(s for s in SHAPES if caption.endswith(s))])
+            writer.writerow([caption, parse_caption(caption)[1]])
     return str(path)
 
 
