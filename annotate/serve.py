@@ -55,6 +55,7 @@ class Server:
     worker: PairWorker
     store: Store
     logins: list[tuple[str, str]] | None
+    models: list[str] = field(default_factory=list)  # what the page serves, in words
 
     def close(self, timeout: float = 1.0) -> None:
         """Stop within about `timeout` seconds whatever the worker is doing.
@@ -137,7 +138,8 @@ def open_app(config: AppConfig) -> Server:
     )
     demo = build(collector, prompts, auth=logins is not None, cap=config.daily_cap)
     worker.start()
-    return Server(demo, worker, store, logins)
+    served = [m.name + ("" if m.round is None else f" (round {m.round})") for m in loaded]
+    return Server(demo, worker, store, logins, served)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -153,8 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
         "`python -m annotate feedback --help`: the headless AI-feedback command.",
     )
     parser.add_argument("--model", action="append", metavar="NAME",
-                        help="model: toy, a Hub id, a local pipeline or LoRA folder; give "
-                        "it twice to compare two models (default: toy)")
+                        help="model: toy, a Hub id, a local pipeline or LoRA folder, or a "
+                        "`python -m rounds` run folder (its newest round's model); give it "
+                        "twice to compare two models (default: toy)")
     parser.add_argument("--db", type=Path, default=DEFAULT_DB, metavar="PATH",
                         help="store file (%(default)s)")
     parser.add_argument("--host", default="127.0.0.1",
@@ -229,8 +232,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         server.demo.launch(server_name=host, server_port=port, auth=server.logins,
                            prevent_thread_lock=True, quiet=True)
-        print(f"annotate: open {server.demo.local_url} (Ctrl+C stops; votes are in "
-              f"{config.db})", flush=True)
+        print(f"annotate: open {server.demo.local_url} to label {' and '.join(server.models)}"
+              f" (Ctrl+C stops; votes are in {config.db})", flush=True)
         while server.demo.is_running:  # not block_thread: Ctrl+C must not wait on it
             time.sleep(0.1)
     except OSError:  # pick_port found it free: another server took it since

@@ -77,6 +77,14 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             """,
         ],
     ),
+    (
+        3,
+        [
+            # The round of `python -m rounds` whose model made the image; NULL for any
+            # other model (the base of a run included).
+            "ALTER TABLE images ADD COLUMN model_round INTEGER",
+        ],
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

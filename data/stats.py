@@ -14,7 +14,7 @@ class StoreStats:
     by_source: dict[str, int]
     by_outcome: dict[str, int]
     by_user: dict[str, int]  # annotator name (or the imported user id) -> rankings
-    by_model: dict[str, int]  # model -> pairs it appears in
+    by_model: dict[str, int]  # model (and its round, if rounds trained it) -> pairs it is in
     tie_rate: float | None  # ties / votes that were not skipped
     both_bad_rate: float | None  # both-bad / votes that were not skipped
     left_win_rate: float | None  # left / (left + right), where the side is known
@@ -48,7 +48,8 @@ def store_stats(store: Store) -> StoreStats:
             "FROM rankings r LEFT JOIN users u USING (user_id) GROUP BY 1 ORDER BY 2 DESC"
         ),
         by_model=counts(
-            "SELECT coalesce(i.model, '(unknown)'), count(DISTINCT r.ranking_id) "
+            "SELECT coalesce(i.model, '(unknown)') || coalesce(' (round ' || i.model_round || ')',"
+            " ''), count(DISTINCT r.ranking_id) "
             "FROM rankings r JOIN images i ON i.image_uid IN (r.image_0_uid, r.image_1_uid) "
             "GROUP BY 1 ORDER BY 2 DESC"
         ),

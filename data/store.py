@@ -74,6 +74,7 @@ class ImageRecord:
     height: int | None = None
     gen_ms: float | None = None
     url: str | None = None
+    model_round: int | None = None  # the round of `python -m rounds` that trained `model`
 
 
 @dataclass(frozen=True)
@@ -359,14 +360,15 @@ class Store(DuckDBFile):
             [
                 im.image_uid, im.jpg, im.prompt, im.model, im.seed, im.guidance_scale,
                 im.steps, im.scheduler, im.width, im.height, im.gen_ms, im.url,
+                im.model_round,
             ]
             for im in images
         ]
         if rows:
             cur.executemany(
                 "INSERT INTO images (image_uid, jpg, prompt, model, seed, guidance_scale, "
-                "steps, scheduler, width, height, gen_ms, url) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                "steps, scheduler, width, height, gen_ms, url, model_round) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 rows,
             )
 

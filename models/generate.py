@@ -38,6 +38,7 @@ class GeneratedImage:
     width: int
     height: int
     gen_ms: float
+    model_round: int | None = None  # the round of `python -m rounds` that made the model
 
     def record(self, uid: str, jpg: bytes) -> ImageRecord:
         """The store's row of this image, as `jpg` (its JPEG bytes) under `uid`."""
@@ -45,6 +46,7 @@ class GeneratedImage:
             image_uid=uid, jpg=jpg, prompt=self.prompt, model=self.model, seed=self.seed,
             guidance_scale=self.guidance_scale, steps=self.steps, scheduler=self.scheduler,
             width=self.width, height=self.height, gen_ms=self.gen_ms,
+            model_round=self.model_round,
         )
 
 
@@ -139,7 +141,7 @@ def generate(
         GeneratedImage(
             image=image, prompt=prompt, model=model.name, seed=int(seed),
             guidance_scale=float(g), steps=steps, scheduler=model.scheduler_name,
-            width=image.width, height=image.height, gen_ms=gen_ms,
+            width=image.width, height=image.height, gen_ms=gen_ms, model_round=model.round,
         )
         for image, seed, g in zip(images, seeds, guidance_scales, strict=True)
     ]

@@ -1,7 +1,8 @@
 """Load a text-to-image pipeline by one name, as every command does (docs/ARCHITECTURE.md).
 
-A name is `toy` (the bundled model), a local diffusers pipeline folder, a Hub id, or a
-LoRA folder written by `train` (its weights plus `base_model.json` naming the base).
+A name is `toy` (the bundled model), a local diffusers pipeline folder, a Hub id, a
+LoRA folder written by `train` (its weights plus `base_model.json` naming the base), or
+the run folder of `python -m rounds`, which stands for its newest finished round's model.
 Whether it is an SD-family or an SDXL pipeline is read from the model's own files.
 
 `check(name)` answers, in a second and without loading weights, whether a name can be
@@ -28,6 +29,11 @@ from models.toy import TOY_NAME
 TOY_DIR = Path(__file__).resolve().parent / "toy" / "pipeline"
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # diffusers' save_lora_weights name
 LORA_BASE_FILE = "base_model.json"  # {"base_model": "<name>"}, written beside it
+# A model trained by `python -m rounds` holds ROUND_FILE, {"round": k, "run": "<run folder>"}
+# (diffusers ignores the extra file); the run folder holds NEWEST_ROUND_FILE,
+# {"model": "<folder>", "round": k}, naming the newest round whose training finished.
+ROUND_FILE = "round.json"
+NEWEST_ROUND_FILE = "newest-round.json"
 
 
 @dataclass
@@ -39,6 +45,7 @@ class LoadedModel:
     kind: str  # "sd" or "sdxl"
     device: str
     dtype: torch.dtype
+    round: int | None = None  # the round of `python -m rounds` that trained it, if one did
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -134,8 +141,9 @@ def _model_index(name: str) -> tuple[str, dict, bool]:
         index = path / "model_index.json"
         if not index.exists():
             raise ModelError(
-                f"{path} is not a diffusers pipeline folder (no model_index.json) "
-                f"nor a LoRA folder (no {LORA_WEIGHTS} with {LORA_BASE_FILE})"
+                f"{path} is not a diffusers pipeline folder (no model_index.json), "
+                f"a LoRA folder (no {LORA_WEIGHTS} with {LORA_BASE_FILE}) nor a rounds "
+                f"run folder with a finished round (no {NEWEST_ROUND_FILE})"
             )
         return str(path), json.loads(index.read_text()), True
     if looks_like_path(name):
@@ -145,12 +153,27 @@ def _model_index(name: str) -> tuple[str, dict, bool]:
     return name, index, local_only
 
 
+def resolve(name: str) -> str:
+    """The model a name stands for: a rounds run folder's newest round, else the name."""
+    newest = Path(name).expanduser() / NEWEST_ROUND_FILE
+    if not newest.is_file():
+        return name
+    return json.loads(newest.read_text())["model"]
+
+
+def round_of(name: str) -> int | None:
+    """The round of `python -m rounds` that trained the model `name`, or None."""
+    marker = Path(resolve(name)).expanduser() / ROUND_FILE
+    return json.loads(marker.read_text())["round"] if marker.is_file() else None
+
+
 def check(name: str) -> str:
     """Refuse, with one line and without loading weights, a name `load` cannot open.
 
     Reads the model's (or a LoRA folder's base's) model_index.json; returns its kind,
     'sd' or 'sdxl'. A command calls this for every model it names before any work.
     """
+    name = resolve(name)
     folder = Path(name).expanduser()
     base = lora_base(folder) if folder.is_dir() else None
     return kind_of(_model_index(base or name)[1])
@@ -181,6 +204,7 @@ def load(
     """
     default_device, default_dtype = default_device_and_dtype()
     device, dtype = device or default_device, dtype or default_dtype
+    name = resolve(name)
     lora_dir = Path(name).expanduser()
     base = lora_base(lora_dir) if lora_dir.is_dir() else None
     source, index, local = _model_index(base or name)
@@ -200,7 +224,8 @@ def load(
         pipeline.scheduler = scheduler_from_name(scheduler, pipeline.scheduler.config)
     pipeline.to(device)
     pipeline.set_progress_bar_config(disable=True)
-    return LoadedModel(name=name, pipeline=pipeline, kind=kind, device=device, dtype=dtype)
+    return LoadedModel(name=name, pipeline=pipeline, kind=kind, device=device, dtype=dtype,
+                       round=round_of(name))
 
 
 def scheduler_from_name(name: str, config) -> object:
@@ -217,6 +242,7 @@ def fingerprint(name: str, parts: tuple[str, ...] | None = None) -> dict:
     sizes and modification times of its files (of `parts` subfolders only, if given); for
     a Hub id, the id. Caches key on it, so retraining a folder in place invalidates them.
     """
+    name = resolve(name)
     folder = TOY_DIR if name == TOY_NAME else Path(name).expanduser()
     if not folder.is_dir():
         return {"model": name}

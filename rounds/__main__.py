@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from data.errors import DataError, UserError, report_user_error
+from models.loading import NEWEST_ROUND_FILE, ROUND_FILE
 from models.toy import TOY_NAME
 
 REFERENCES = ("base", "previous")
@@ -132,6 +133,13 @@ def printed_json(text: str) -> dict:
         return json.loads(lines[-1]) if lines else {}
 
 
+def write_json(path: Path, value: dict) -> None:
+    """`value` as path's whole content, or path as it was (written aside, then renamed)."""
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(value, indent=1))
+    temporary.replace(path)
+
+
 def run_stage(folder: Path, name: str, args: list[str], launch: list[str] | None = None) -> dict:
     """One command, once: its JSON output, read back from folder/NAME.json if it finished
     before. Its stderr goes to folder/logs/NAME.log; a failure stops the rounds."""
@@ -151,10 +159,19 @@ def run_stage(folder: Path, name: str, args: list[str], launch: list[str] | None
                         "to continue once it is fixed")
     result = {**printed_json(finished.stdout),
               "minutes": round((time.monotonic() - start) / 60, 2)}
-    temporary = done.with_suffix(".tmp")
-    temporary.write_text(json.dumps(result, indent=1))
-    temporary.replace(done)  # a stage is done only once its whole record is written
+    write_json(done, result)  # a stage is done only once its whole record is written
     return result
+
+
+def mark_round(plan: RoundsPlan, out: Path, k: int) -> None:
+    """Name round k in its model (so every image it makes records the round) and, as the
+    newest round, in the run folder (so `--model OUT` anywhere means this model)."""
+    model = Path(model_of(plan, out, k))
+    marker, newest = model / ROUND_FILE, out / NEWEST_ROUND_FILE
+    if not marker.exists():  # written once: its time is part of the model's fingerprint
+        write_json(marker, {"round": k, "run": str(out.resolve())})
+    if not newest.exists() or json.loads(newest.read_text())["round"] < k:
+        write_json(newest, {"model": str(model.resolve()), "round": k})
 
 
 def adherence(model: str, pairs: int, folder: Path, name: str) -> dict:
@@ -168,6 +185,7 @@ def round_figures(plan: RoundsPlan, out: Path, k: int, launch: list[str] | None)
     folder.mkdir(parents=True, exist_ok=True)
     collected = run_stage(folder, "collect", collect_command(plan, out, k))
     trained = run_stage(folder, "train", train_command(plan, out, k), launch)
+    mark_round(plan, out, k)
     figures = {"round": k, "model": model_of(plan, out, k), "collect": collected,
                "train": trained}
     if plan.model == TOY_NAME:

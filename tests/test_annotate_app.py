@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -228,6 +229,35 @@ def test_an_api_client_voting_twice_40_to_400_ms_apart_stores_one_ranking(app):
         assert len(refused) == 1, answers  # one vote stored, the other told it was not
         [shown] = [a for a in answers if a not in refused]
         assert len(user_rankings(server, "api-quick")) == trial + 1
+
+
+def test_a_rounds_run_folder_serves_its_newest_round_and_each_image_names_it(tmp_path):
+    """`--model RUN` labels on-policy pairs: the newest round's model makes them, and every
+    stored image records that model and its round."""
+    import shutil
+
+    from models.loading import TOY_DIR
+    from rounds.__main__ import RoundsPlan, mark_round, model_of
+
+    run, plan = tmp_path / "run", RoundsPlan(rounds=2, pairs=1)
+    for k in (1, 2):
+        shutil.copytree(TOY_DIR, model_of(plan, run, k))
+        mark_round(plan, run, k)
+    newest = str(Path(model_of(plan, run, 2)).resolve())
+    server = open_app(AppConfig(models=[str(run)], db=tmp_path / "prefs.duckdb",
+                                variety=PairVariety(steps=2), buffer=0))
+    try:
+        assert server.models == [f"{newest} (round 2)"]
+        with serving(server.demo) as url:
+            client = Client(url, verbose=False)
+            shown = client.predict("ann", RED, "new", api_name="/generate")
+            time.sleep(MIN_DISPLAY_S)
+            client.predict("ann", "new", shown[3], api_name="/vote_left")
+        made_by = server.store.cursor().execute(
+            "SELECT model, model_round, count(*) FROM images GROUP BY ALL").fetchall()
+    finally:
+        server.close()
+    assert made_by[0][:2] == (newest, 2) and len(made_by) == 1 and made_by[0][2] >= 2
 
 
 @pytest.fixture(scope="module")

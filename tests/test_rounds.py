@@ -13,6 +13,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from models.loading import resolve, round_of
+
 TINY = ["--rounds", "2", "--pairs", "24", "--per-prompt", "4", "--eval-seeds", "1",
         "--adherence-pairs", "8", "--train-args", "--max_steps", "8", "--eval_every", "0",
         "--holdout_pairs", "2", "--checkpoint_every", "2", "--checkpoints_kept", "5"]
@@ -72,10 +74,16 @@ def test_each_round_trains_from_the_last_against_the_base_and_is_ranked(whole):
         start_model = "toy" if k == 1 else str(out / "round-1" / "train" / "final")
         assert f"model: {start_model}\n" in config
         assert ("reference_model: toy" in config) == (k == 2)  # round 1's model is the base
-    # round 2's images come from round 1's model, and name it
-    with duckdb.connect(str(out / "round-2" / "prefs.duckdb"), read_only=True) as con:
-        models = {r[0] for r in con.execute("SELECT DISTINCT model FROM images").fetchall()}
-    assert models == {str(out / "round-1" / "train" / "final")}
+    # each round's images come from the previous round's model, and name it and its round
+    made_by = {}
+    for k in (1, 2):
+        with duckdb.connect(str(out / f"round-{k}" / "prefs.duckdb"), read_only=True) as con:
+            made_by[k] = con.execute("SELECT DISTINCT model, model_round FROM images").fetchall()
+    assert made_by == {1: [("toy", None)],
+                       2: [(str(out / "round-1" / "train" / "final"), 1)]}
+    # the run folder stands for its newest round's model
+    newest = (out / "round-2" / "train" / "final").resolve()
+    assert resolve(str(out)) == str(newest) and round_of(str(out)) == 2
     assert (out / "round-2" / "versus-round-1" / "report.md").is_file()
     board = json.loads((out / "leaderboard.json").read_text())
     [scored] = board["boards"]
