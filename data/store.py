@@ -486,6 +486,64 @@ class Store(DuckDBFile):
         ).fetchall()
         return [vote_id for (vote_id,) in rows]
 
+    def labelled_pairs(self, models: Iterable[str]) -> list[str]:
+        """vote_ids of the labelled (decisive or tie), non-gold pairs whose two images were
+        both made by one of `models`, oldest first."""
+        models = list(models)
+        if not models:
+            return []
+        marks = ", ".join("?" * len(models))
+        return [vote_id for (vote_id,) in self.cursor().execute(
+            "SELECT r.vote_id FROM rankings r "
+            "JOIN images i0 ON i0.image_uid = r.image_0_uid "
+            "JOIN images i1 ON i1.image_uid = r.image_1_uid "
+            f"WHERE r.has_label AND NOT r.is_gold AND i0.model IN ({marks}) "
+            f"AND i1.model IN ({marks}) ORDER BY r.created_at, r.ranking_id",
+            models + models).fetchall()]
+
+    def models(self) -> list[str]:
+        """Every model name the stored images record."""
+        return [m for (m,) in self.cursor().execute(
+            "SELECT DISTINCT model FROM images WHERE model IS NOT NULL ORDER BY 1").fetchall()]
+
+    def copy_pairs(self, source: Store, vote_ids: list[str]) -> None:
+        """Copy these rankings of `source` with their images and annotators, as they are,
+        in one transaction (all or nothing); a ranking already here is left as it is."""
+        if not vote_ids:
+            return
+        read = source.cursor()
+        marks = ", ".join("?" * len(vote_ids))
+        columns = {table: [c for (c,) in read.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = ? "
+            "ORDER BY ordinal_position", [table]).fetchall()]
+            for table in ("rankings", "images", "users")}
+        chosen = f"SELECT * FROM rankings WHERE vote_id IN ({marks})"
+        taken = {
+            "rankings": read.execute(chosen, vote_ids).fetchall(),
+            "images": read.execute(
+                f"WITH r AS ({chosen}) SELECT * FROM images WHERE image_uid IN "
+                "(SELECT image_0_uid FROM r UNION SELECT image_1_uid FROM r)",
+                vote_ids).fetchall(),
+            "users": read.execute(
+                f"WITH r AS ({chosen}) SELECT * FROM users WHERE user_id IN "
+                "(SELECT user_id FROM r)", vote_ids).fetchall(),
+        }
+
+        def work(cur: duckdb.DuckDBPyConnection) -> None:
+            have = {v for (v,) in cur.execute(
+                f"SELECT vote_id FROM rankings WHERE vote_id IN ({marks})", vote_ids).fetchall()}
+            at = columns["rankings"].index("vote_id")
+            taken["rankings"] = [r for r in taken["rankings"] if r[at] not in have]
+            for table in ("users", "images", "rankings"):
+                if taken[table]:
+                    names = columns[table]
+                    cur.executemany(
+                        f"INSERT INTO {table} ({', '.join(names)}) VALUES "
+                        f"({', '.join('?' * len(names))}) ON CONFLICT DO NOTHING",
+                        taken[table])
+
+        self._write(work)
+
     def counts(self) -> dict[str, int]:
         """Row counts per table, for summaries and tests."""
         cur = self.cursor()

@@ -113,6 +113,10 @@ def blind_parser() -> argparse.ArgumentParser:
                     "'python -m eval report' (tallies of the votes), 'python -m eval auto' "
                     "(a scorer instead of people); each has --help.")
     _model_flags(parser)
+    parser.add_argument("--board", help="a leaderboard.json (python -m eval leaderboard): "
+                                        "compare its models, each pair drawn from the "
+                                        "closest-rated matchup with the fewest votes, "
+                                        "instead of --base and --aligned")
     _sampling_flags(parser)
     parser.add_argument("--db", default=str(DEFAULT_VOTES),
                         help=f"the eval's votes file, not the annotate store (default: "
@@ -131,8 +135,16 @@ def blind(argv: list[str]) -> int:
     args = blind_parser().parse_args(argv)
     from data.prompts import read_prompt_set
 
-    prompts = read_prompt_set(args.prompts) if args.prompts else default_prompts(args.base)
-    base, aligned = _models(args)
+    if args.board:
+        from eval.leaderboard import read_board
+
+        models, names, ratings = read_board(Path(args.board))
+        for model in models:
+            check_model("--board", model)
+    else:
+        models, names, ratings = list(_models(args)), None, None
+    prompts = read_prompt_set(args.prompts) if args.prompts else \
+        default_prompts(TOY_NAME if TOY_NAME in models else models[0])
     port = pick_port(args.host, args.port)  # before any file: a taken port creates nothing
     from eval.app import build_app, launch_options
     from eval.blind import BlindEval
@@ -140,9 +152,9 @@ def blind(argv: list[str]) -> int:
     from eval.votes import VoteStore
 
     votes = VoteStore(args.db)  # first, so a locked file fails before any image is made
-    blind_eval = BlindEval.prepare(base, aligned, prompts,
+    blind_eval = BlindEval.prepare(models, prompts,
                                    Sampling(args.seeds, args.steps, args.guidance), votes,
-                                   Path(args.images))
+                                   Path(args.images), names=names, ratings=ratings)
     try:
         demo = build_app(blind_eval, args.voter)
         try:
@@ -153,7 +165,8 @@ def blind(argv: list[str]) -> int:
                             "give a free one with --port") from None
         # the page is up before any image is made: it shows the progress and deals each
         # pair once both its images exist
-        print(f"blind eval of {len(blind_eval.items)} pairs at {demo.local_url} "
+        what = f"{len(models)} models, " if args.board else ""
+        print(f"blind eval of {what}{len(blind_eval.items)} pairs at {demo.local_url} "
               f"(votes: {args.db}; images are made in the background, the page shows how "
               "far; Ctrl+C stops)", flush=True)
         blind_eval.start(on_failure=lambda message: print(f"error: {message}",

@@ -74,11 +74,11 @@ def progress_text(progress: Progress) -> str:
     """Where the image making is, while it is not done; nothing once it is."""
     if progress.failed:
         return ("**Making images stopped** (the error is in the terminal that started this "
-                f"page). {progress.pairs} of {progress.total // 2} pairs can be shown.")
+                f"page). {progress.pairs} of {progress.items} pairs can be shown.")
     if progress.images >= progress.total:
         return ""
     waiting = "the first pair appears as soon as both its images exist" if not progress.pairs \
-        else f"{progress.pairs} of {progress.total // 2} pairs can be shown so far"
+        else f"{progress.pairs} of {progress.items} pairs can be shown so far"
     return f"**Making images: {progress.images} of {progress.total}** ({waiting})."
 
 
@@ -87,14 +87,28 @@ def reveal_text(reveal: Reveal) -> str:
     v = reveal.vote
     said = {"A": "A is better", "B": "B is better", "tie": "a tie",
             "both_bad": "both are bad"}[v.choice]
-    meaning = {"aligned": "a win for aligned", "base": "a win for base", "tie": "a tie",
-               "both_bad": "no preference (both bad)"}[v.outcome]
-    return (f"**Image A: {v.side_a}** ({_text(reveal.model_a)}) · **Image B: "
-            f"{reveal.side_b}** ({_text(reveal.model_b)}). You said {said}: {meaning}.")
+    winner = {v.side_a: reveal.name_a, reveal.side_b: reveal.name_b}.get(v.outcome)
+    meaning = f"a win for {_text(winner)}" if winner else \
+        {"tie": "a tie", "both_bad": "no preference (both bad)"}[v.outcome]
+    return (f"**Image A: {_text(reveal.name_a)}** ({_text(reveal.model_a)}) · **Image B: "
+            f"{_text(reveal.name_b)}** ({_text(reveal.model_b)}). You said {said}: {meaning}.")
+
+
+def board_text(matchups: list[tuple[str, str, int]]) -> str:
+    """How the board's votes so far fall on its matchups."""
+    voted = [f"{_text(a)} v {_text(b)}: {n}" for a, b, n in matchups if n]
+    return ("**Votes per matchup** (each pair is drawn from the closest-rated matchup with "
+            "the fewest votes): " + ("; ".join(voted) if voted else "none yet") + ".")
+
+
+def standing_text(blind: BlindEval) -> str:
+    """The running tally of a two-model comparison; a board's votes per matchup."""
+    return board_text(blind.matchup_votes()) if blind.is_board else tally_text(blind.tallies())
 
 
 def build_app(blind: BlindEval, voter: str | None = None) -> gr.Blocks:
-    """The page for one comparison. `voter`: a fixed name; otherwise the page asks."""
+    """The page for one comparison or board. `voter`: a fixed name; otherwise the page
+    asks."""
     gr.set_static_paths([blind.showings])  # each showing's own files, served as they are
     with gr.Blocks(title="Blind A/B evaluation") as demo:
         gr.Markdown("## Which image is better for its prompt?\nThe two models' images are "
@@ -121,19 +135,19 @@ def build_app(blind: BlindEval, voter: str | None = None) -> gr.Blocks:
         reveal = gr.Markdown(elem_id="eval-reveal")
         next_button = gr.Button(NEXT_LABEL, elem_id="eval-next", interactive=False,
                                 variant="primary")
-        tally = gr.Markdown(tally_text(blind.tallies()), elem_id="eval-tally")
+        tally = gr.Markdown(standing_text(blind), elem_id="eval-tally")
 
         def show(voter_name: str):
             pair = blind.deal(voter_name.strip())
             status = progress_text(blind.progress())
             if pair is None:
                 return (None, "", None, None, "", *[gr.Button(interactive=False)] * len(buttons),
-                        gr.Button(interactive=False), tally_text(blind.tallies()), status,
+                        gr.Button(interactive=False), standing_text(blind), status,
                         gr.Timer(active=not blind.progress().failed))
             shown = blind.show(pair)
             return (shown.pair_id, f"### {_text(shown.prompt)}", shown.image_a, shown.image_b,
                     "", *[gr.Button(interactive=True)] * len(buttons),
-                    gr.Button(interactive=False), tally_text(blind.tallies()), status,
+                    gr.Button(interactive=False), standing_text(blind), status,
                     gr.Timer(active=False))
 
         def show_when_ready(current: str | None, voter_name: str):
@@ -155,7 +169,7 @@ def build_app(blind: BlindEval, voter: str | None = None) -> gr.Blocks:
                     gr.Warning(str(error))
                     return (gr.skip(),) * (len(buttons) + 3)
                 return (reveal_text(revealed), *[gr.Button(interactive=False)] * len(buttons),
-                        gr.Button(interactive=True), tally_text(blind.tallies()))
+                        gr.Button(interactive=True), standing_text(blind))
             return vote
 
         for choice, button in buttons.items():

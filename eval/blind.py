@@ -16,6 +16,11 @@ pair as soon as both of its images exist, showing `progress` until then.
 
 Sides are drawn per pair from the operating system's random source (or a given `rng`,
 for tests) and recorded with the vote.
+
+A comparison is two models (base, then aligned) or a board of more (the models of a
+leaderboard, `python -m eval --board`). On a board each pair is dealt from the matchup
+whose next vote says most (`informative_matchup`: ratings close, few votes so far) and
+stored as a vote between those two, the one listed first as its base.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,8 +58,13 @@ class Pair:
     pair_id: str
     prompt: Prompt
     seed: int
+    base: str  # the matchup's two models (on a board: the one listed first is the base)
+    aligned: str
     side_a: str  # 'base' or 'aligned'
     shown_at: float  # time.monotonic() when dealt
+
+    def model(self, side: str) -> str:
+        return self.base if side == "base" else self.aligned
 
 
 @dataclass(frozen=True)
@@ -74,17 +84,20 @@ class Progress:
 
     images: int  # images that exist (made now or found in the cache)
     total: int  # images the comparison needs
-    pairs: int  # (prompt, seed) pairs with both images, ready to deal
+    pairs: int  # (prompt, seed) pairs with every model's image, ready to deal
+    items: int  # (prompt, seed) pairs the comparison shows
     failed: str | None = None  # the one-line reason it stopped, if it did
 
 
 @dataclass(frozen=True)
 class Reveal:
-    """The stored vote and which model made which side's image."""
+    """The stored vote and which model made which side's image (and its board name)."""
 
     vote: VoteRow
     model_a: str
     model_b: str
+    name_a: str
+    name_b: str
 
     @property
     def side_b(self) -> str:
@@ -103,6 +116,19 @@ def write_showing(pixels: np.ndarray, folder: Path) -> Path:
     return path
 
 
+def informative_matchup(matchups: Sequence[tuple[int, int]], ratings: Sequence[float],
+                        votes: dict[tuple[int, int], int], rng: random.Random) -> tuple[int, int]:
+    """The matchup (i, j) whose next vote tells most about the ratings: p(1 - p) / (1 + n),
+    p the chance that i beats j by the ratings (Elo scale), n the votes it has had; ties
+    drawn at random. Close ratings and few votes come first."""
+    def value(m: tuple[int, int]) -> float:
+        p = 1 / (1 + 10 ** ((ratings[m[1]] - ratings[m[0]]) / 400))
+        return p * (1 - p) / (1 + votes.get(m, 0))
+
+    best = max(value(m) for m in matchups)
+    return rng.choice([m for m in matchups if value(m) >= best * (1 - 1e-12)])
+
+
 def deal_order(items: list[tuple[Prompt, int]], seen: dict[tuple[str, int], int],
                rng: random.Random) -> tuple[Prompt, int]:
     """The next (prompt, seed) for a voter: one they have voted on least, at random."""
@@ -111,22 +137,33 @@ def deal_order(items: list[tuple[Prompt, int]], seen: dict[tuple[str, int], int]
 
 
 class BlindEval:
-    """One comparison (base against aligned) served to any number of voters.
+    """One comparison (base against aligned, or a board of more models) served to any
+    number of voters.
 
-    `images` maps each side to its (prompt, seed) image paths; given complete, every
-    pair can be dealt at once; `prepare` starts empty and `start` fills it.
+    `images` maps each model to its (prompt, seed) image paths; given complete, every
+    pair can be dealt at once; `prepare` starts empty and `start` fills it. `names` are
+    the models' names on the page after a vote (default: base and aligned, or the models
+    themselves); `ratings` a board's (Elo scale) by which its matchups are chosen.
     """
 
-    def __init__(self, base: str, aligned: str, prompts: list[Prompt], sampling: Sampling,
+    def __init__(self, models: Sequence[str], prompts: list[Prompt], sampling: Sampling,
                  images: dict[str, dict[tuple[str, int], Path]] | None, votes: VoteStore,
-                 rng: random.Random | None = None, root: Path = DEFAULT_ROOT):
+                 rng: random.Random | None = None, root: Path = DEFAULT_ROOT,
+                 names: Sequence[str] | None = None, ratings: Sequence[float] | None = None):
         if not prompts:
             raise DataError("no prompts to compare on")
-        self.base, self.aligned = base, aligned
-        self.models = {"base": base, "aligned": aligned}
+        if len(models) < 2 or len(set(models)) != len(models):
+            raise DataError("compare two different models or more")
+        self.models = list(models)
+        self.names = list(names or (SIDES if len(models) == 2 else models))
+        self.ratings = list(ratings or [0.0] * len(models))
+        if not len(self.names) == len(self.ratings) == len(self.models):
+            raise DataError("give one name and one rating per model")
+        self.is_board = len(models) > 2
+        self.matchups = [(i, j) for i in range(len(models)) for j in range(i + 1, len(models))]
         self.sampling = sampling
         self.items = [(p, s) for p in dict.fromkeys(prompts) for s in range(sampling.seeds)]
-        self.images = images or {"base": {}, "aligned": {}}
+        self.images = images or {m: {} for m in self.models}
         self.root = root  # the image cache `start` fills
         self.votes = votes
         self.rng = rng or random.SystemRandom()
@@ -139,16 +176,25 @@ class BlindEval:
         self._maker: threading.Thread | None = None
 
     @classmethod
-    def prepare(cls, base: str, aligned: str, prompts: list[Prompt], sampling: Sampling,
+    def prepare(cls, models: Sequence[str], prompts: list[Prompt], sampling: Sampling,
                 votes: VoteStore, root: Path = DEFAULT_ROOT,
-                rng: random.Random | None = None) -> BlindEval:
+                rng: random.Random | None = None, names: Sequence[str] | None = None,
+                ratings: Sequence[float] | None = None) -> BlindEval:
         """A comparison whose images `start` makes (or finds in the cache) under `root`."""
-        return cls(base, aligned, prompts, sampling, None, votes, rng, root)
+        return cls(models, prompts, sampling, None, votes, rng, root, names, ratings)
+
+    @property
+    def base(self) -> str:
+        return self.models[0]
+
+    @property
+    def aligned(self) -> str:
+        return self.models[1]
 
     # -- the images, made in the background ----------------------------------------
 
     def start(self, on_failure: Callable[[str], None] | None = None) -> None:
-        """Make both models' images in a background thread, one model at a time (one
+        """Make every model's images in a background thread, one model at a time (one
         pipeline in memory); each pair can be dealt once both its images exist."""
         self._maker = threading.Thread(target=self._make, args=(on_failure,),
                                        name="eval-images", daemon=True)
@@ -157,9 +203,9 @@ class BlindEval:
     def _make(self, on_failure: Callable[[str], None] | None) -> None:
         texts = [p.text for p, _ in self.items]
         try:
-            for side in ("base", "aligned"):
-                images_for(self.models[side], texts, self.sampling, self.root,
-                           on_image=lambda key, path, side=side: self._add(side, key, path),
+            for model in self.models:
+                images_for(model, texts, self.sampling, self.root,
+                           on_image=lambda key, path, model=model: self._add(model, key, path),
                            stop=self._stop)
         except (DataError, ModelError) as error:
             self.failed = str(error)
@@ -170,9 +216,9 @@ class BlindEval:
             if self.failed and on_failure:
                 on_failure(self.failed)
 
-    def _add(self, side: str, key: tuple[str, int], path: Path) -> None:
+    def _add(self, model: str, key: tuple[str, int], path: Path) -> None:
         with self._lock:
-            self.images[side][key] = path
+            self.images[model][key] = path
 
     def wait(self, timeout: float | None = None) -> Progress:
         """Block until the background work has ended (or `timeout`); its progress."""
@@ -180,40 +226,59 @@ class BlindEval:
             self._maker.join(timeout)
         return self.progress()
 
-    def ready(self) -> list[tuple[Prompt, int]]:
-        """The (prompt, seed) items whose two images both exist."""
+    def ready(self, models: Sequence[str] | None = None) -> list[tuple[Prompt, int]]:
+        """The (prompt, seed) items whose images by `models` (default: all) all exist."""
         with self._lock:
             return [(p, s) for p, s in self.items
-                    if all((p.text, s) in self.images[side] for side in SIDES)]
+                    if all((p.text, s) in self.images[m] for m in models or self.models)]
 
     def progress(self) -> Progress:
         with self._lock:
-            made = sum(len(self.images[side]) for side in SIDES)
-        return Progress(made, 2 * len(self.items), len(self.ready()), self.failed)
+            made = sum(len(self.images[m]) for m in self.models)
+        return Progress(made, len(self.models) * len(self.items), len(self.ready()),
+                        len(self.items), self.failed)
 
     # -- pairs ---------------------------------------------------------------------
 
     def deal(self, voter: str = "") -> Pair | None:
         """A new pair for `voter` with its sides drawn, remembered until voted on; None
         while no pair has both its images yet."""
-        ready = self.ready()
-        if not ready:
+        open_matchups = [m for m in self.matchups if self.ready(self._pair_of(m))]
+        if not open_matchups:
             return None
-        seen = self.votes.seen(voter, self.base, self.aligned) if voter else {}
+        counts = self._matchup_counts()
+        base, aligned = self._pair_of(
+            informative_matchup(open_matchups, self.ratings, counts, self.rng))
+        ready = self.ready([base, aligned])
+        seen = self.votes.seen(voter, base, aligned) if voter else {}
         with self._lock:
             prompt, seed = deal_order(ready, seen, self.rng)
-            pair = Pair(uuid.uuid4().hex, prompt, seed, self.rng.choice(SIDES), time.monotonic())
+            pair = Pair(uuid.uuid4().hex, prompt, seed, base, aligned, self.rng.choice(SIDES),
+                        time.monotonic())
             self._pending[pair.pair_id] = pair
             while len(self._pending) > MAX_PENDING:
                 self._forget(self._pending.popitem(last=False)[0])
         return pair
+
+    def _matchup_counts(self) -> dict[tuple[int, int], int]:
+        """Votes so far per matchup (i < j), whichever model was the base when voted."""
+        counts: dict[tuple[int, int], int] = {}
+        for b, a, n in self.votes.comparisons():
+            if b in self.models and a in self.models:
+                key = tuple(sorted((self.models.index(b), self.models.index(a))))
+                counts[key] = counts.get(key, 0) + n
+        return counts
+
+    def _pair_of(self, matchup: tuple[int, int]) -> list[str]:
+        return [self.models[matchup[0]], self.models[matchup[1]]]
 
     def show(self, pair: Pair) -> Shown:
         """The pair as the browser may see it: the prompt and two anonymous images, as
         files written for this showing only (freed once the pair is voted on)."""
         other = SIDES[1 - SIDES.index(pair.side_a)]
         key = (pair.prompt.text, pair.seed)
-        files = [write_showing(enlarge(fresh_pixels(self.images[side][key])), self.showings)
+        files = [write_showing(enlarge(fresh_pixels(self.images[pair.model(side)][key])),
+                               self.showings)
                  for side in (pair.side_a, other)]
         with self._lock:
             self._files.setdefault(pair.pair_id, []).extend(files)
@@ -250,18 +315,32 @@ class BlindEval:
         if stored is None:
             stored = self.votes.record(VoteRow(
                 vote_id=pair.pair_id, voter=voter, prompt=pair.prompt.text,
-                category=pair.prompt.category, seed=pair.seed, base_model=self.base,
-                aligned_model=self.aligned, side_a=pair.side_a, choice=choice,
+                category=pair.prompt.category, seed=pair.seed, base_model=pair.base,
+                aligned_model=pair.aligned, side_a=pair.side_a, choice=choice,
                 outcome=outcome_of(choice, pair.side_a), steps=self.sampling.steps,
                 guidance=self.sampling.guidance,
                 dwell_ms=int(1000 * (time.monotonic() - pair.shown_at)), created_at=now()))
             with self._lock:
                 self._pending.pop(pair_id, None)
                 self._forget(pair_id)
-        side_b = SIDES[1 - SIDES.index(stored.side_a)]
-        return Reveal(stored, self.models[stored.side_a], self.models[side_b])
+        by_side = {"base": stored.base_model, "aligned": stored.aligned_model}
+        a, b = by_side[stored.side_a], by_side[SIDES[1 - SIDES.index(stored.side_a)]]
+        return Reveal(stored, a, b, self.name_of(a, stored.side_a),
+                      self.name_of(b, SIDES[1 - SIDES.index(stored.side_a)]))
+
+    def name_of(self, model: str, side: str) -> str:
+        """A model's name on the page: its side in a two-model comparison, its board name
+        on a board."""
+        return self.names[self.models.index(model)] if self.is_board else side
 
     def tallies(self) -> dict[str, Tally]:
-        """Aligned over base from every vote on this comparison, overall and per category."""
+        """Aligned over base from every vote on a two-model comparison, overall and per
+        category."""
         votes = self.votes.votes(self.base, self.aligned)
         return tally_by_category([v.as_stat() for v in votes], bootstrap_samples=500)
+
+    def matchup_votes(self) -> list[tuple[str, str, int]]:
+        """(name, name, votes) of every matchup of a board, the most voted first."""
+        counts = self._matchup_counts()
+        rows = [(self.names[i], self.names[j], counts.get((i, j), 0)) for i, j in self.matchups]
+        return sorted(rows, key=lambda row: -row[2])

@@ -293,6 +293,21 @@ def write_boards(boards: list[Board], names: Sequence[str], out: Path, command: 
     return result
 
 
+def read_board(path: Path) -> tuple[list[str], list[str], list[float]]:
+    """(models, names, ratings) of a leaderboard.json's first board, best first."""
+    try:
+        board = json.loads(Path(path).read_text())["boards"][0]
+        rows = board["models"]
+        return ([r["model"] for r in rows], [r["name"] for r in rows],
+                [float(r["rating"]) for r in rows])
+    except FileNotFoundError:
+        raise DataError(f"no such board: {path} (make one: python -m eval leaderboard)") \
+            from None
+    except (ValueError, KeyError, IndexError, TypeError):
+        raise DataError(f"{path} is not a leaderboard.json of python -m eval leaderboard") \
+            from None
+
+
 def slug(text: str) -> str:
     """A file name part for a judge: `toy_judge (tie margin 0.1)` -> `toy-judge-tie-margin-0-1`."""
     return "-".join("".join(c if c.isalnum() else " " for c in text).split())

@@ -161,6 +161,15 @@ def resolve(name: str) -> str:
     return json.loads(newest.read_text())["model"]
 
 
+def same_model(a: str, b: str) -> bool:
+    """Whether two names stand for one model (the same name, or the same folder)."""
+    a, b = resolve(a), resolve(b)
+    if a == b:
+        return True
+    folders = [TOY_DIR if n == TOY_NAME else Path(n).expanduser() for n in (a, b)]
+    return all(f.is_dir() for f in folders) and folders[0].resolve() == folders[1].resolve()
+
+
 def round_of(name: str) -> int | None:
     """The round of `python -m rounds` that trained the model `name`, or None."""
     marker = Path(resolve(name)).expanduser() / ROUND_FILE

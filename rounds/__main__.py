@@ -2,12 +2,15 @@
 
     python -m rounds --rounds 3 --pairs 800                     # the toy world, into runs/rounds
     python -m rounds --rounds 3 --pairs 800 --reference previous --mix 0.3
+    python -m rounds --rounds 3 --pairs 800 --people runs/people.duckdb  # people label
     python -m rounds --rounds 2 --pairs 4000 --model M --preset lora --prompts parti.txt \\
         --scorer pickscore --launch "accelerate launch --multi_gpu --num_processes 8"
 
 Round k (1..N), in OUT/round-k/:
 1. collect: `python -m annotate feedback` with round k-1's model (round 1: --model) into
-   round-k/prefs.duckdb, labelled by --scorer, its seeds drawn from --seed + k;
+   round-k/prefs.duckdb, labelled by --scorer, its seeds drawn from --seed + k; or, with
+   --people STORE, the first --pairs labelled pairs of round k-1's model in that store of
+   people's votes (`python -m annotate --model OUT --db STORE` serves the newest round);
 2. train: `-m train PRESET` from round k-1's weights on round k's pairs (with --mix, that
    share of the mix from the earlier rounds' stores), against the base as the frozen
    reference (--reference base) or against round k-1's model (--reference previous);
@@ -15,7 +18,9 @@ Round k (1..N), in OUT/round-k/:
    `python -m eval auto` against the base and against round k-1.
 Then `python -m eval leaderboard` ranks the base and every round (OUT/leaderboard/), by
 the scorer and by people's blind votes if OUT/votes.duckdb holds any
-(`python -m eval --base A --aligned B --db OUT/votes.duckdb`).
+(`python -m eval --board OUT/leaderboard/leaderboard.json --db OUT/votes.duckdb`).
+Each trained round's model names its round (round.json), and OUT names its newest round
+(newest-round.json): `--model OUT` means that model to every command.
 
 The commands are the ones a user runs by hand; each stage's output is kept under the round
 (logs/STAGE.log, and STAGE.json once it succeeded). Run the same command again after a
@@ -37,7 +42,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from data.errors import DataError, UserError, report_user_error
-from models.loading import NEWEST_ROUND_FILE, ROUND_FILE
+from data.store import Store
+from models.loading import NEWEST_ROUND_FILE, ROUND_FILE, same_model
 from models.toy import TOY_NAME
 
 REFERENCES = ("base", "previous")
@@ -62,6 +68,7 @@ class RoundsPlan:
     adherence_pairs: int = 400
     feedback_args: list[str] = field(default_factory=list)
     train_args: list[str] = field(default_factory=list)
+    people: str | None = None  # a store of people's votes to take each round's pairs from
 
     def check(self) -> None:
         if self.rounds < 1 or self.pairs < 1:
@@ -174,6 +181,34 @@ def mark_round(plan: RoundsPlan, out: Path, k: int) -> None:
         write_json(newest, {"model": str(model.resolve()), "round": k})
 
 
+def people_pairs(plan: RoundsPlan, out: Path, k: int) -> dict:
+    """Round k's pairs from the people's store: the first --pairs labelled pairs whose two
+    images round k-1's model made, copied into round k's store in one transaction."""
+    model = model_of(plan, out, k - 1)
+    with Store(plan.people, read_only=True) as people:
+        available = people.labelled_pairs(m for m in people.models() if same_model(m, model))
+        if len(available) < plan.pairs:
+            serve = plan.model if k == 1 else str(out)
+            raise DataError(
+                f"round {k} needs {plan.pairs} labelled pairs from {model}; {plan.people} "
+                f"holds {len(available)}: label more (python -m annotate --model {serve} "
+                f"--db {plan.people}), stop the page, and run the same command again")
+        with Store(round_dir(out, k) / "prefs.duckdb") as store:
+            store.copy_pairs(people, available[:plan.pairs])
+    return {"source": "people", "people": plan.people, "pairs": plan.pairs}
+
+
+def collect(plan: RoundsPlan, out: Path, k: int) -> dict:
+    """Round k's pairs: labelled by the scorer, or taken from the people's store."""
+    folder = round_dir(out, k)
+    if plan.people is None:
+        return run_stage(folder, "collect", collect_command(plan, out, k))
+    done = folder / "collect.json"
+    if not done.exists():
+        write_json(done, people_pairs(plan, out, k))
+    return json.loads(done.read_text())
+
+
 def adherence(model: str, pairs: int, folder: Path, name: str) -> dict:
     return run_stage(folder, name, ["-m", "models.toy.evaluate", "--model", model,
                                     "--pairs", str(pairs), "--judge-images", "0"])
@@ -183,7 +218,7 @@ def round_figures(plan: RoundsPlan, out: Path, k: int, launch: list[str] | None)
     """Collect, train and evaluate round k (each stage skipped if it finished before)."""
     folder = round_dir(out, k)
     folder.mkdir(parents=True, exist_ok=True)
-    collected = run_stage(folder, "collect", collect_command(plan, out, k))
+    collected = collect(plan, out, k)
     trained = run_stage(folder, "train", train_command(plan, out, k), launch)
     mark_round(plan, out, k)
     figures = {"round": k, "model": model_of(plan, out, k), "collect": collected,
@@ -278,6 +313,11 @@ def parser() -> argparse.ArgumentParser:
                         "(default: 0, this round's only)")
     p.add_argument("--scorer", default="toy_judge",
                    help="labels the pairs and judges the rounds (default: toy_judge)")
+    p.add_argument("--people", metavar="STORE",
+                   help="take each round's pairs from this store of people's votes instead "
+                        "of labelling them by --scorer: round k takes the first --pairs "
+                        "pairs that round k-1's model made (serve it with python -m annotate "
+                        "--model OUT --db STORE)")
     p.add_argument("--tie-margin", type=float, default=0.1,
                    help="score gap at or below which a pair is a tie (default: 0.1)")
     p.add_argument("--per-prompt", type=int, default=16,
@@ -306,7 +346,8 @@ def main(argv: list[str] | None = None) -> int:
         reference=args.reference, mix=args.mix, scorer=args.scorer,
         tie_margin=args.tie_margin, per_prompt=args.per_prompt, prompts=args.prompts,
         seed=args.seed, eval_seeds=args.eval_seeds, adherence_pairs=args.adherence_pairs,
-        feedback_args=shlex.split(args.feedback_args), train_args=args.train_args)
+        feedback_args=shlex.split(args.feedback_args), train_args=args.train_args,
+        people=args.people)
     try:
         result = run(plan, Path(args.out), shlex.split(args.launch) if args.launch else None)
     except UserError as error:

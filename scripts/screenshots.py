@@ -59,7 +59,7 @@ def eval_page(browser, folder: Path, aligned: str, out: Path) -> None:
 
     votes = VoteStore(folder / "votes.duckdb")
     prompts = default_prompts("toy")[:2]
-    blind = BlindEval.prepare("toy", aligned, prompts, Sampling(seeds=1), votes,
+    blind = BlindEval.prepare(["toy", aligned], prompts, Sampling(seeds=1), votes,
                               folder / "images")
     try:
         demo = build_app(blind)

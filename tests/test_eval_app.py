@@ -30,7 +30,7 @@ from data.errors import DataError
 from data.prompts import Prompt
 from eval.__main__ import main
 from eval.app import build_app, launch_options
-from eval.blind import BlindEval, Progress, deal_order
+from eval.blind import BlindEval, Progress, deal_order, informative_matchup
 from eval.images import Sampling, model_folder
 from eval.report import write_human_report
 from eval.votes import VoteRow, VoteStore, outcome_of
@@ -49,17 +49,17 @@ BASE_NAME, ALIGNED_NAME = "basemodel-qz7k", "alignedmodel-wx3v"
 def fake_eval(tmp_path, rng=None, seeds=2) -> BlindEval:
     """A BlindEval over hand-made images: base draws red, aligned draws blue."""
     images = {}
-    for side, color in (("base", (200, 0, 0)), ("aligned", (0, 0, 200))):
-        folder = tmp_path / side
+    for model, color in (("base-m", (200, 0, 0)), ("aligned-m", (0, 0, 200))):
+        folder = tmp_path / model
         folder.mkdir(exist_ok=True)
-        images[side] = {}
+        images[model] = {}
         for p in PROMPTS:
             for s in range(seeds):
                 path = folder / f"{abs(hash((p.text, s)))}.png"
                 Image.new("RGB", (8, 8), color).save(path)
-                images[side][(p.text, s)] = path
+                images[model][(p.text, s)] = path
     votes = VoteStore(tmp_path / "votes.duckdb")
-    return BlindEval("base-m", "aligned-m", PROMPTS, Sampling(seeds=seeds), images, votes, rng)
+    return BlindEval(["base-m", "aligned-m"], PROMPTS, Sampling(seeds=seeds), images, votes, rng)
 
 
 def row(vote_id, outcome, side_a, prompt="p1", category=None, voter="ann", minutes=0):
@@ -98,7 +98,7 @@ def test_sides_are_shuffled_per_pair_and_recorded_with_the_vote(tmp_path):
         reveal = blind.vote(pair.pair_id, "ann", choice)
         assert not shown.image_a.exists()  # a voted pair's showing files are freed
         assert reveal.vote.side_a == pair.side_a and reveal.vote.choice == choice
-        assert reveal.model_a == blind.models[pair.side_a] and reveal.model_b != reveal.model_a
+        assert reveal.model_a == pair.model(pair.side_a) and reveal.model_b != reveal.model_a
         assert reveal.vote.outcome == outcome_of(choice, pair.side_a)
         sides.append(pair.side_a)
     assert 3 <= sides.count("aligned") <= 9  # shuffled, not fixed
@@ -114,6 +114,63 @@ def test_each_voter_gets_the_pairs_they_voted_on_least():
     seen = {(PROMPTS[0].text, 0): 2, (PROMPTS[0].text, 1): 1, (PROMPTS[1].text, 0): 1}
     rng = random.Random(1)
     assert {deal_order(items, seen, rng) for _ in range(20)} == {(PROMPTS[1], 1)}
+
+
+def test_a_board_matchup_is_the_closest_rated_with_the_fewest_votes():
+    rng = random.Random(0)
+    ratings = [1000, 1010, 1400]
+    matchups = [(0, 1), (0, 2), (1, 2)]
+    assert informative_matchup(matchups, ratings, {}, rng) == (0, 1)
+    # by hand: p(1 - p) / (1 + n) is 0.25 / 11 = 0.023 for (0, 1) after ten votes, 0.0866
+    # for (1, 2) (p = 1 / (1 + 10 ** 0.975)) and 0.0826 for (0, 2) (p = 1 / (1 + 10))
+    assert informative_matchup(matchups, ratings, {(0, 1): 10}, rng) == (1, 2)
+    # one vote on (1, 2) halves its value to 0.0433
+    assert informative_matchup(matchups, ratings, {(0, 1): 10, (1, 2): 1}, rng) == (0, 2)
+    # equal ratings: the matchup with the fewest votes, ties drawn at random
+    drawn = {informative_matchup(matchups, [0, 0, 0], {(0, 1): 1}, rng) for _ in range(40)}
+    assert drawn == {(0, 2), (1, 2)}
+
+
+def test_a_board_deals_its_informative_matchups_and_stores_each_vote_between_them(tmp_path):
+    """Three models on a board: each pair shows two of them, chosen by the ratings and the
+    votes so far; the vote names both models, and the reveal their board names."""
+    colors = {"m-best": (200, 0, 0), "m-close": (0, 200, 0), "m-far": (0, 0, 200)}
+    images = {}
+    for model, color in colors.items():
+        (tmp_path / model).mkdir()
+        images[model] = {}
+        for p in PROMPTS:
+            path = tmp_path / model / f"{abs(hash(p.text))}.png"
+            Image.new("RGB", (8, 8), color).save(path)
+            images[model][(p.text, 0)] = path
+    names = ["best", "close", "far"]
+    with VoteStore(tmp_path / "votes.duckdb") as votes:
+        blind = BlindEval(list(colors), PROMPTS, Sampling(seeds=1), images, votes,
+                          random.Random(0), names=names, ratings=[1100, 1090, 700])
+        dealt = []
+        for _ in range(8):
+            pair = blind.deal("ann")
+            shown = blind.show(pair)
+            with Image.open(shown.image_a) as image:
+                assert image.convert("RGB").getpixel((4, 4)) == colors[pair.model(pair.side_a)]
+            reveal = blind.vote(pair.pair_id, "ann", "A")
+            assert (reveal.vote.base_model, reveal.vote.aligned_model) == (pair.base,
+                                                                            pair.aligned)
+            assert reveal.name_a == names[list(colors).index(pair.model(pair.side_a))]
+            dealt.append((pair.base, pair.aligned))
+        # the close matchup first, until its votes make the far ones worth asking
+        assert dealt[0] == ("m-best", "m-close")
+        assert dealt.count(("m-best", "m-close")) > dealt.count(("m-close", "m-far")) > 0
+        assert ("close", "far", dealt.count(("m-close", "m-far"))) in blind.matchup_votes()
+        blind.close()
+
+
+def test_the_board_flag_refuses_a_file_that_is_no_board_in_one_line(tmp_path):
+    (tmp_path / "board.json").write_text("{}")
+    for board in ("board.json", "missing.json"):
+        out = run_eval("--board", board, cwd=tmp_path)
+        assert out.returncode == 1 and out.stderr.count("\n") == 1, out.stderr
+        assert board in out.stderr and "python -m eval leaderboard" in out.stderr
 
 
 def test_a_vote_is_stored_once_however_often_it_is_sent(tmp_path):
@@ -246,19 +303,19 @@ def test_report_command_on_votes_and_its_one_line_errors(tmp_path, capsys):
 def test_images_are_made_in_the_background_and_a_pair_is_dealt_once_both_exist(
         tmp_path, models):
     with VoteStore(tmp_path / "votes.duckdb") as votes:
-        blind = BlindEval.prepare(*models, PROMPTS, Sampling(seeds=2, steps=2), votes,
+        blind = BlindEval.prepare(models, PROMPTS, Sampling(seeds=2, steps=2), votes,
                                   tmp_path / "images")
-        assert blind.progress() == Progress(0, 8, 0) and blind.deal("ann") is None
+        assert blind.progress() == Progress(0, 8, 0, 4) and blind.deal("ann") is None
         blind.start()
-        assert blind.wait(timeout=300) == Progress(8, 8, 4)
+        assert blind.wait(timeout=300) == Progress(8, 8, 4, 4)
         assert blind.deal("ann") is not None
         blind.close()
         assert not blind.showings.exists()
         # a second comparison over the same cache finds every image there at once
-        again = BlindEval.prepare(*models, PROMPTS, Sampling(seeds=2, steps=2), votes,
+        again = BlindEval.prepare(models, PROMPTS, Sampling(seeds=2, steps=2), votes,
                                   tmp_path / "images")
         again.start()
-        assert again.wait(timeout=60) == Progress(8, 8, 4)
+        assert again.wait(timeout=60) == Progress(8, 8, 4, 4)
         again.close()
 
 
@@ -295,7 +352,7 @@ def app(models, tmp_path_factory):
     """The page served on 127.0.0.1, with its BlindEval and image cache root."""
     root = tmp_path_factory.mktemp("eval")
     votes = VoteStore(root / "votes.duckdb")
-    blind = BlindEval.prepare(*models, PROMPTS, SAMPLING, votes, root / "images")
+    blind = BlindEval.prepare(models, PROMPTS, SAMPLING, votes, root / "images")
     blind.start()
     assert blind.wait().pairs == len(PROMPTS)
     with serving(build_app(blind), **OPTIONS) as url:
@@ -413,7 +470,7 @@ def test_nothing_before_the_vote_tells_which_model_made_which_image(browser, app
     url, blind, root = app
     secrets = {BASE_NAME, ALIGNED_NAME, *models,
                *(model_folder(m, SAMPLING, root / "images").name for m in models)}
-    for path in blind.images["base"].values():
+    for path in blind.images[blind.base].values():
         secrets.add(str(path))
     responses = []
     page = browser.new_page()
@@ -490,7 +547,7 @@ def test_no_two_showings_of_an_image_share_an_address(browser, app, models):
     look(url, 0, 3)
     # the restart: a new server over the same image cache and votes file's folder
     with VoteStore(root / "votes-restart.duckdb") as votes:
-        restarted = BlindEval.prepare(*models, PROMPTS, SAMPLING, votes, root / "images")
+        restarted = BlindEval.prepare(models, PROMPTS, SAMPLING, votes, root / "images")
         restarted.start()
         assert restarted.wait().pairs == len(PROMPTS)
         with serving(build_app(restarted), **OPTIONS) as second_url:

@@ -276,13 +276,13 @@ def eval_page(tmp_path):
     """The blind page over hand-made 32x32 images (noise, so blur would show)."""
     prompts = [Prompt("a red circle", "circle")]
     images = {}
-    for k, side in enumerate(("base", "aligned")):
-        (tmp_path / side).mkdir()
-        path = tmp_path / side / "0.png"
+    for k, model in enumerate(("base-m", "aligned-m")):
+        (tmp_path / model).mkdir()
+        path = tmp_path / model / "0.png"
         Image.fromarray(noise(32, seed=k)).save(path)
-        images[side] = {("a red circle", 0): path}
+        images[model] = {("a red circle", 0): path}
     votes = VoteStore(tmp_path / "votes.duckdb")
-    blind = BlindEval("base-m", "aligned-m", prompts, Sampling(seeds=1), images, votes)
+    blind = BlindEval(["base-m", "aligned-m"], prompts, Sampling(seeds=1), images, votes)
     options = {k: v for k, v in launch_options("127.0.0.1", None).items()
                if k not in ("server_name", "server_port")}
     with serving(build_app(blind), **options) as url:

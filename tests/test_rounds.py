@@ -116,3 +116,32 @@ def test_a_rerun_with_other_settings_is_refused_in_one_line(whole):
                            *TINY], capture_output=True, text=True, cwd=out.parent)
     assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
     assert "other settings (mix)" in done.stderr
+
+
+def test_people_rounds_take_the_pairs_people_labelled_on_the_previous_round_s_model(tmp_path):
+    """--people: round 1 needs pairs of the base in the people's store, and names the page
+    that labels them; once there, it trains on exactly those pairs."""
+    people, out = tmp_path / "people.duckdb", tmp_path / "rounds"
+    rounds = [sys.executable, "-m", "rounds", "--out", str(out), "--people", str(people),
+              "--rounds", "1", "--pairs", "12", *TINY[4:]]
+
+    def label(pairs: int) -> None:  # the toy judge stands in for the people here
+        done = subprocess.run([sys.executable, "-m", "annotate", "feedback", "--db",
+                               str(people), "--pairs", str(pairs), "--per-prompt", "4",
+                               "--no-progress"], cwd=tmp_path, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+
+    label(8)
+    short = subprocess.run(rounds, cwd=tmp_path, capture_output=True, text=True)
+    assert short.returncode == 1 and short.stderr.count("\n") == 1, short.stderr
+    assert f"holds 8: label more (python -m annotate --model toy --db {people})" in short.stderr
+    label(20)  # the same feedback run, continued
+    done = subprocess.run(rounds, cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    with duckdb.connect(str(people), read_only=True) as con:
+        first = [r[0] for r in con.execute(
+            "SELECT vote_id FROM rankings ORDER BY created_at, ranking_id LIMIT 12").fetchall()]
+    with duckdb.connect(str(out / "round-1" / "prefs.duckdb"), read_only=True) as con:
+        taken = [r[0] for r in con.execute("SELECT vote_id FROM rankings").fetchall()]
+    assert sorted(taken) == sorted(first)
+    assert json.loads((out / "round-1" / "collect.json").read_text())["pairs"] == 12

@@ -235,3 +235,34 @@ def test_a_generated_image_becomes_its_row_and_jpeg_round_trips():
     back = decode_image(jpg)
     assert back.size == (16, 8) and max(abs(a - b) for a, b in zip(
         back.getpixel((8, 4)), (200, 30, 30), strict=True)) < 8
+
+
+def test_pairs_one_model_made_are_copied_whole_into_another_store(tmp_path, store):
+    """A round of `python -m rounds --people` takes the labelled, non-gold pairs of its
+    model from the people's store: rankings, images and annotators, as they were."""
+    from data.store import ImageRecord
+
+    def vote(model: str, outcome: str, **extra) -> str:
+        images = [ImageRecord(new_uid(), b"jpg", prompt="p", model=model, model_round=2)
+                  for _ in range(2)]
+        vote_id = new_uid()
+        store.record_vote(Vote(vote_id, "p", images[0].image_uid, images[1].image_uid,
+                               outcome, 1, store.user_id("ann"), **extra), images)
+        return vote_id
+
+    mine = [vote("m", "left"), vote("m", "tie")]
+    vote("other", "left")
+    vote("m", "skip")  # no label
+    vote("m", "right", is_gold=True, gold_best_uid=None)
+    mine.append(vote("m", "right"))
+    assert store.labelled_pairs(["m"]) == mine and set(store.models()) == {"m", "other"}
+    with Store(tmp_path / "round.duckdb") as copy:
+        copy.copy_pairs(store, mine[:2])
+        copy.copy_pairs(store, mine)  # again, and one more: nothing twice
+        assert copy.counts() == {"images": 6, "rankings": 3, "users": 1}
+        columns = "vote_id, outcome, label_0, label_1, best_image_uid, user_id, created_at"
+        assert copy.cursor().execute(f"SELECT {columns} FROM rankings ORDER BY 1").fetchall() \
+            == store.cursor().execute(f"SELECT {columns} FROM rankings WHERE vote_id IN "
+                                      "(?, ?, ?) ORDER BY 1", mine).fetchall()
+        assert copy.cursor().execute("SELECT DISTINCT model, model_round FROM images"
+                                     ).fetchall() == [("m", 2)]
