@@ -18,7 +18,8 @@ Round k (1..N), in OUT/round-k/:
    `python -m eval auto` against the base and against round k-1.
 Then `python -m eval leaderboard` ranks the base and every round (OUT/leaderboard/), by
 the scorer and by people's blind votes if OUT/votes.duckdb holds any
-(`python -m eval --board OUT/leaderboard/leaderboard.json --db OUT/votes.duckdb`).
+(`python -m eval --board OUT/leaderboard/leaderboard.json --db OUT/votes.duckdb`); it is
+fitted again on every run of the command, so a rerun adds the votes cast since.
 Each trained round's model names its round (round.json), and OUT names its newest round
 (newest-round.json): `--model OUT` means that model to every command.
 
@@ -236,6 +237,9 @@ def round_figures(plan: RoundsPlan, out: Path, k: int, launch: list[str] | None)
 
 
 def leaderboard(plan: RoundsPlan, out: Path) -> dict:
+    """The board of the base and every round, fitted afresh on every run (its images and
+    scores are cached), so a rerun adds the blind votes cast since."""
+    (out / "leaderboard.json").unlink(missing_ok=True)
     models = [model_of(plan, out, k) for k in range(plan.rounds + 1)]
     names = ["base", *(f"round-{k}" for k in range(1, plan.rounds + 1))]
     return run_stage(out, "leaderboard", [

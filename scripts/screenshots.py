@@ -1,11 +1,12 @@
 """Screenshots of both pages at real size, with a pair on screen, for docs/.
 
-    python scripts/screenshots.py [--aligned MODEL] [--out docs]
+    python scripts/screenshots.py [--aligned MODEL] [--board LEADERBOARD_JSON] [--out docs]
 
 A 1280x900 window at device scale 1, headless chromium (as the tests drive it): the
 annotate page on the toy model after "Prompt from the set" and Generate, and the blind
-page comparing toy with `--aligned` (default: toy itself). Everything it writes besides
-the two PNGs goes to a temporary folder.
+page comparing toy with `--aligned` (default: toy itself); with `--board`, also the blind
+page over that board's models after one vote (eval_board_page.png). Everything it writes
+besides the PNGs goes to a temporary folder.
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ def annotate_page(browser, folder: Path, out: Path) -> None:
         server.close()
 
 
-def eval_page(browser, folder: Path, aligned: str, out: Path) -> None:
+def eval_page(browser, folder: Path, models: list[str], out: Path, board: Path | None = None
+              ) -> None:
     from eval.__main__ import default_prompts
     from eval.app import build_app, launch_options
     from eval.blind import BlindEval
@@ -59,8 +61,13 @@ def eval_page(browser, folder: Path, aligned: str, out: Path) -> None:
 
     votes = VoteStore(folder / "votes.duckdb")
     prompts = default_prompts("toy")[:2]
-    blind = BlindEval.prepare(["toy", aligned], prompts, Sampling(seeds=1), votes,
-                              folder / "images")
+    names = ratings = None
+    if board:
+        from eval.leaderboard import read_board
+
+        models, names, ratings = read_board(board)
+    blind = BlindEval.prepare(models, prompts, Sampling(seeds=1), votes, folder / "images",
+                              names=names, ratings=ratings)
     try:
         demo = build_app(blind)
         demo.launch(prevent_thread_lock=True, quiet=True, **launch_options("127.0.0.1", None))
@@ -69,6 +76,11 @@ def eval_page(browser, folder: Path, aligned: str, out: Path) -> None:
         page.goto(demo.local_url)
         page.wait_for_function(LOADED, arg="#eval-image-a img, #eval-image-b img",
                                timeout=300_000)
+        if board:  # the reveal and the votes per matchup, after one vote
+            page.locator("#eval-voter textarea").fill("ann")
+            page.wait_for_timeout(800)
+            page.locator("#eval-vote-a").click()
+            page.wait_for_function("() => document.querySelector('#eval-reveal').innerText")
         page.screenshot(path=out)
         demo.close()
     finally:
@@ -79,15 +91,19 @@ def eval_page(browser, folder: Path, aligned: str, out: Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--aligned", default="toy", help="the blind page's aligned model")
+    parser.add_argument("--board", type=Path, help="a leaderboard.json: also the board page")
     parser.add_argument("--out", type=Path, default=Path("docs"), help="folder for the PNGs")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as temp, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=shutil.which("chromium"),
                                              args=ARGS)
         annotate_page(browser, Path(temp), args.out / "annotate_page.png")
-        eval_page(browser, Path(temp), args.aligned, args.out / "eval_page.png")
+        eval_page(browser, Path(temp), ["toy", args.aligned], args.out / "eval_page.png")
+        if args.board:
+            eval_page(browser, Path(temp) / "board", [], args.out / "eval_board_page.png",
+                      args.board)
         browser.close()
-    print(f"wrote {args.out / 'annotate_page.png'} and {args.out / 'eval_page.png'}")
+    print(f"wrote the pages' screenshots to {args.out}")
     return 0
 
 

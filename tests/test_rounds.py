@@ -145,3 +145,22 @@ def test_people_rounds_take_the_pairs_people_labelled_on_the_previous_round_s_mo
         taken = [r[0] for r in con.execute("SELECT vote_id FROM rankings").fetchall()]
     assert sorted(taken) == sorted(first)
     assert json.loads((out / "round-1" / "collect.json").read_text())["pairs"] == 12
+
+
+def test_a_rerun_ranks_the_rounds_by_the_blind_votes_cast_since(whole):
+    """People vote on the board's models (python -m eval --board ... --db OUT/votes.duckdb);
+    running the same command again adds their board beside the scorer's."""
+    from eval.votes import VoteRow, VoteStore, now
+
+    out, _ = whole
+    models = [f"{out}/round-{k}/train/final" for k in (1, 2)]
+    with VoteStore(out / "votes.duckdb") as votes:
+        for k, (base, aligned) in enumerate([("toy", models[0]), (models[0], models[1])]):
+            votes.record(VoteRow(f"v{k}", "ann", "a red circle", None, 0, base, aligned,
+                                 "aligned", "A", "aligned", 20, 7.5, 900, now()))
+    done = subprocess.run(command(out), cwd=out.parent, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    boards = json.loads((out / "leaderboard.json").read_text())["boards"]
+    assert [b["judge"] for b in boards][1] == "people (blind votes)"
+    assert {m["name"]: m["matches"] for m in boards[1]["models"]} == {
+        "base": 1, "round-1": 2, "round-2": 1}
