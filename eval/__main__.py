@@ -138,6 +138,8 @@ def blind(argv: list[str]) -> int:
     if args.board:
         from eval.leaderboard import read_board
 
+        if args.aligned:
+            raise DataError("give --board (its models) or --aligned, not both")
         models, names, ratings = read_board(Path(args.board))
         for model in models:
             check_model("--board", model)

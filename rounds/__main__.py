@@ -70,6 +70,7 @@ class RoundsPlan:
     feedback_args: list[str] = field(default_factory=list)
     train_args: list[str] = field(default_factory=list)
     people: str | None = None  # a store of people's votes to take each round's pairs from
+    keep_best: bool = False  # a round's model: its best sample score's step, not its last
 
     def check(self) -> None:
         if self.rounds < 1 or self.pairs < 1:
@@ -89,8 +90,12 @@ def round_dir(out: Path, k: int) -> Path:
 
 
 def model_of(plan: RoundsPlan, out: Path, k: int) -> str:
-    """Round k's model (round 0: the base)."""
-    return plan.model if k == 0 else str(round_dir(out, k) / "train" / "final")
+    """Round k's model (round 0: the base): its training's final model, or with
+    --keep-best the step whose samples scored best (the start included, so a round never
+    ends below where it began by that score)."""
+    if k == 0:
+        return plan.model
+    return str(round_dir(out, k) / "train" / ("best" if plan.keep_best else "final"))
 
 
 def collect_command(plan: RoundsPlan, out: Path, k: int) -> list[str]:
@@ -119,7 +124,8 @@ def train_command(plan: RoundsPlan, out: Path, k: int) -> list[str]:
             *(["--reference_model", reference] if reference != model_of(plan, out, k - 1)
               else []),
             "--seed", str(plan.seed + k), "--output_dir", str(round_dir(out, k) / "train"),
-            "--cache_dir", str(out / "cache"), "--resume", "latest", *plan.train_args]
+            "--cache_dir", str(out / "cache"), "--resume", "latest",
+            *(["--keep_best", "true"] if plan.keep_best else []), *plan.train_args]
 
 
 def eval_command(plan: RoundsPlan, out: Path, k: int, against: int) -> list[str]:
@@ -334,6 +340,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--adherence-pairs", type=int, default=400,
                    help="toy model: held-out prompt/seed pairs of the judge's adherence "
                         "(default: 400)")
+    p.add_argument("--keep-best", action="store_true",
+                   help="each round's model is its training's step with the best sample "
+                        "score (seeds apart from the evaluations'), the start included, "
+                        "instead of the last step")
     p.add_argument("--launch", help="how to start training, for example \"accelerate launch "
                                     "--multi_gpu --num_processes 8\" (default: this python)")
     p.add_argument("--feedback-args", default="",
@@ -351,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         tie_margin=args.tie_margin, per_prompt=args.per_prompt, prompts=args.prompts,
         seed=args.seed, eval_seeds=args.eval_seeds, adherence_pairs=args.adherence_pairs,
         feedback_args=shlex.split(args.feedback_args), train_args=args.train_args,
-        people=args.people)
+        people=args.people, keep_best=args.keep_best)
     try:
         result = run(plan, Path(args.out), shlex.split(args.launch) if args.launch else None)
     except UserError as error:

@@ -53,6 +53,9 @@ TOY_BASE = "python -m models.toy.evaluate --model toy --pairs 400"
 TOY_ALIGNED = "python -m models.toy.evaluate --model runs/train/toy/final --pairs 400"
 TOY_AUTO = "python -m eval auto --aligned runs/train/toy/final --seeds 23 --tie-margin 0.1"
 TOY_BLIND = "python -m eval --aligned runs/train/toy/final"
+TOY_ROUNDS = "python -m rounds --rounds 3 --pairs 800 --reference previous"
+ROUNDS_BOARD = "python -m eval --board runs/rounds/leaderboard/leaderboard.json --db " \
+    "runs/rounds/votes.duckdb"
 SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 SHARDS = "pickapic_v2/data"
 SHARD = "data/train-00000-of-00645-8e4e2f1d6c0a.parquet"  # the public set's naming
@@ -67,6 +70,9 @@ CHECKS = {
     TOY_AUTO: "shrink",
     TOY_BLIND: "serve",
     "python -m eval report": "run",
+    TOY_ROUNDS: "shrink",
+    "python -m annotate --model runs/rounds --db runs/people.duckdb": "serve",
+    ROUNDS_BOARD: "serve",
     f"python -m annotate --model {SD15} --host 0.0.0.0": "parse",
     "hf download yuvalkirstain/pickapic_v2 --repo-type dataset --include "
     '"data/train-0000*" --local-dir pickapic_v2': "download",
@@ -92,8 +98,12 @@ CHECKS = {
 # Size only: how many pairs, steps and seeds. Nothing here changes what a command does.
 # The toy-loop benchmark's --tiny sizes, appended to the same README commands.
 SHRINK = {readme_stages()[stage]: flags for stage, flags in TINY.items()}
+SHRINK[TOY_ROUNDS] = ["--rounds", "2", "--pairs", "16", "--per-prompt", "4", "--eval-seeds",
+                      "1", "--adherence-pairs", "8", "--train-args", "--max_steps", "2",
+                      "--eval_every", "0", "--holdout_pairs", "1"]
 SIZE_FLAGS = {"--pairs", "--per-prompt", "--max_steps", "--eval_every", "--holdout_pairs",
-              "--seeds"}
+              "--seeds", "--rounds", "--eval-seeds", "--adherence-pairs",
+              "--train-args"}  # rounds' --train-args carries the train stage's size flags
 
 
 def test_every_readme_command_is_checked_and_every_check_is_in_the_readme():
@@ -109,8 +119,8 @@ def test_every_readme_command_is_checked_and_every_check_is_in_the_readme():
 def test_shrinking_only_changes_sizes_and_the_benchmark_runs_the_same_text():
     for text, flags in SHRINK.items():
         assert CHECKS[text] == "shrink"
-        assert set(flags[::2]) <= SIZE_FLAGS, text
-    assert set(readme_stages().values()) == set(SHRINK)
+        assert {f for f in flags if f.startswith("--")} <= SIZE_FLAGS, text
+    assert set(readme_stages().values()) | {TOY_ROUNDS} == set(SHRINK)
 
 
 def test_ci_runs_the_readme_test_command_and_it_sets_up_first():
@@ -212,12 +222,13 @@ def _serve(text: str, cwd: Path, browser) -> None:
     try:
         page = browser.new_page()
         page.goto(served.url())
-        if text == TOY_BLIND:
+        if text in (TOY_BLIND, ROUNDS_BOARD):
             _wait_for_a_pair(page)
             page.fill("#eval-voter input, #eval-voter textarea", "readme")
             page.click("#eval-vote-a")
-            page.wait_for_function("() => document.querySelector('#eval-tally').innerText"
-                                   ".includes(': 1 vote')", timeout=30_000)
+            counted = ": 1 vote" if text == TOY_BLIND else ": 1."  # a board: per matchup
+            page.wait_for_function("text => document.querySelector('#eval-tally').innerText"
+                                   ".includes(text)", arg=counted, timeout=30_000)
         else:
             page.get_by_text("Which image is better?").wait_for(timeout=60_000)
             page.wait_for_selector("#vote-left", timeout=30_000)
@@ -314,3 +325,5 @@ def test_the_readme_walk_from_an_empty_folder(sandbox, browser):
     assert (sandbox / "runs/train/toy/final").is_dir()
     assert (sandbox / "runs/eval/auto-toy/report.md").exists()
     assert list((sandbox / "runs/export").rglob("*.parquet"))
+    assert (sandbox / "runs/rounds/leaderboard/leaderboard.md").exists()
+    assert (sandbox / "runs/rounds/votes.duckdb").exists()  # the board page's vote

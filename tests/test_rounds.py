@@ -164,3 +164,14 @@ def test_a_rerun_ranks_the_rounds_by_the_blind_votes_cast_since(whole):
     assert [b["judge"] for b in boards][1] == "people (blind votes)"
     assert {m["name"]: m["matches"] for m in boards[1]["models"]} == {
         "base": 1, "round-1": 2, "round-2": 1}
+
+
+def test_with_keep_best_each_round_starts_from_the_previous_round_s_best_step(tmp_path):
+    from rounds.__main__ import RoundsPlan, model_of, train_command
+
+    plan, out = RoundsPlan(rounds=2, pairs=8, keep_best=True), tmp_path / "rounds"
+    best = str(out / "round-1" / "train" / "best")
+    assert model_of(plan, out, 1) == best and model_of(plan, out, 0) == "toy"
+    command = train_command(plan, out, 2)
+    assert command[command.index("--model") + 1] == best
+    assert command[command.index("--keep_best") + 1] == "true"
