@@ -53,7 +53,7 @@ TOY_BASE = "python -m models.toy.evaluate --model toy --pairs 400"
 TOY_ALIGNED = "python -m models.toy.evaluate --model runs/train/toy/final --pairs 400"
 TOY_AUTO = "python -m eval auto --aligned runs/train/toy/final --seeds 23 --tie-margin 0.1"
 TOY_BLIND = "python -m eval --aligned runs/train/toy/final"
-TOY_ROUNDS = "python -m rounds --rounds 3 --pairs 800 --reference previous"
+TOY_ROUNDS = "python -m rounds --rounds 3 --pairs 800 --reference previous --keep-best"
 ROUNDS_BOARD = "python -m eval --board runs/rounds/leaderboard/leaderboard.json --db " \
     "runs/rounds/votes.duckdb"
 SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -71,7 +71,8 @@ CHECKS = {
     TOY_BLIND: "serve",
     "python -m eval report": "run",
     TOY_ROUNDS: "shrink",
-    "python -m annotate --model runs/rounds --db runs/people.duckdb": "serve",
+    "python -m annotate --model runs/rounds --db runs/people.duckdb --prompts "
+    "runs/rounds/toy-prompts.csv": "serve",
     ROUNDS_BOARD: "serve",
     f"python -m annotate --model {SD15} --host 0.0.0.0": "parse",
     "hf download yuvalkirstain/pickapic_v2 --repo-type dataset --include "
@@ -100,9 +101,9 @@ CHECKS = {
 SHRINK = {readme_stages()[stage]: flags for stage, flags in TINY.items()}
 SHRINK[TOY_ROUNDS] = ["--rounds", "2", "--pairs", "16", "--per-prompt", "4", "--eval-seeds",
                       "1", "--adherence-pairs", "8", "--train-args", "--max_steps", "2",
-                      "--eval_every", "0", "--holdout_pairs", "1"]
+                      "--eval_every", "2", "--sample_seeds", "1", "--holdout_pairs", "1"]
 SIZE_FLAGS = {"--pairs", "--per-prompt", "--max_steps", "--eval_every", "--holdout_pairs",
-              "--seeds", "--rounds", "--eval-seeds", "--adherence-pairs",
+              "--seeds", "--rounds", "--eval-seeds", "--adherence-pairs", "--sample_seeds",
               "--train-args"}  # rounds' --train-args carries the train stage's size flags
 
 
