@@ -152,8 +152,8 @@ class BlindEval:
                  names: Sequence[str] | None = None, ratings: Sequence[float] | None = None):
         if not prompts:
             raise DataError("no prompts to compare on")
-        if len(models) < 2 or len(set(models)) != len(models):
-            raise DataError("compare two different models or more")
+        if len(models) < 2 or (len(models) > 2 and len(set(models)) != len(models)):
+            raise DataError("compare two models, or a board of different ones")
         self.models = list(models)
         self.names = list(names or (SIDES if len(models) == 2 else models))
         self.ratings = list(ratings or [0.0] * len(models))
