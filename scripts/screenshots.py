@@ -77,10 +77,12 @@ def eval_page(browser, folder: Path, models: list[str], out: Path, board: Path |
         page.wait_for_function(LOADED, arg="#eval-image-a img, #eval-image-b img",
                                timeout=300_000)
         if board:  # the reveal and the votes per matchup, after one vote
-            page.locator("#eval-voter textarea").fill("ann")
+            page.fill("#eval-voter input, #eval-voter textarea", "ann")
             page.wait_for_timeout(800)
             page.locator("#eval-vote-a").click()
-            page.wait_for_function("() => document.querySelector('#eval-reveal').innerText")
+            page.wait_for_function("() => document.querySelector('#eval-tally').innerText"
+                                   ".includes(': 1.')", timeout=60_000)
+            page.wait_for_timeout(500)
         page.screenshot(path=out)
         demo.close()
     finally:
