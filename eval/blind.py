@@ -45,7 +45,7 @@ from data.pages import enlarge
 from data.prompts import Prompt
 from eval.images import DEFAULT_ROOT, Sampling, images_for, open_image
 from eval.stats import Tally, tally_by_category
-from eval.votes import SIDES, VoteRow, VoteStore, now, outcome_of
+from eval.votes import SIDES, VoteRow, VoteStore, now, other_side, outcome_of
 from models.errors import ModelError
 
 MAX_PENDING = 10_000  # pairs shown and not yet voted on, kept per server
@@ -101,7 +101,7 @@ class Reveal:
 
     @property
     def side_b(self) -> str:
-        return SIDES[1 - SIDES.index(self.vote.side_a)]
+        return other_side(self.vote.side_a)
 
 
 def fresh_pixels(path: Path) -> np.ndarray:
@@ -275,7 +275,7 @@ class BlindEval:
     def show(self, pair: Pair) -> Shown:
         """The pair as the browser may see it: the prompt and two anonymous images, as
         files written for this showing only (freed once the pair is voted on)."""
-        other = SIDES[1 - SIDES.index(pair.side_a)]
+        other = other_side(pair.side_a)
         key = (pair.prompt.text, pair.seed)
         files = [write_showing(enlarge(fresh_pixels(self.images[pair.model(side)][key])),
                                self.showings)
@@ -324,9 +324,9 @@ class BlindEval:
                 self._pending.pop(pair_id, None)
                 self._forget(pair_id)
         by_side = {"base": stored.base_model, "aligned": stored.aligned_model}
-        a, b = by_side[stored.side_a], by_side[SIDES[1 - SIDES.index(stored.side_a)]]
-        return Reveal(stored, a, b, self.name_of(a, stored.side_a),
-                      self.name_of(b, SIDES[1 - SIDES.index(stored.side_a)]))
+        side_b = other_side(stored.side_a)
+        a, b = by_side[stored.side_a], by_side[side_b]
+        return Reveal(stored, a, b, self.name_of(a, stored.side_a), self.name_of(b, side_b))
 
     def name_of(self, model: str, side: str) -> str:
         """A model's name on the page: its side in a two-model comparison, its board name

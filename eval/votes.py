@@ -78,6 +78,11 @@ class VoteRow:
 COLUMNS = [f.name for f in fields(VoteRow)]
 
 
+def other_side(side: str) -> str:
+    """'aligned' for 'base', 'base' for 'aligned'."""
+    return SIDES[1 - SIDES.index(side)]
+
+
 def outcome_of(choice: str, side_a: str) -> str:
     """The model that won a choice made between sides A and B (or 'tie', 'both_bad')."""
     if choice not in CHOICES:
@@ -87,7 +92,7 @@ def outcome_of(choice: str, side_a: str) -> str:
     if choice == "A":
         return side_a
     if choice == "B":
-        return SIDES[1 - SIDES.index(side_a)]
+        return other_side(side_a)
     return choice
 
 

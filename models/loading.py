@@ -161,12 +161,17 @@ def resolve(name: str) -> str:
     return json.loads(newest.read_text())["model"]
 
 
+def _folder(name: str) -> Path:
+    """Where a model's files would be if it is local: the toy's folder for `toy`."""
+    return TOY_DIR if name == TOY_NAME else Path(name).expanduser()
+
+
 def same_model(a: str, b: str) -> bool:
     """Whether two names stand for one model (the same name, or the same folder)."""
     a, b = resolve(a), resolve(b)
     if a == b:
         return True
-    folders = [TOY_DIR if n == TOY_NAME else Path(n).expanduser() for n in (a, b)]
+    folders = [_folder(n) for n in (a, b)]
     return all(f.is_dir() for f in folders) and folders[0].resolve() == folders[1].resolve()
 
 
@@ -252,7 +257,7 @@ def fingerprint(name: str, parts: tuple[str, ...] | None = None) -> dict:
     a Hub id, the id. Caches key on it, so retraining a folder in place invalidates them.
     """
     name = resolve(name)
-    folder = TOY_DIR if name == TOY_NAME else Path(name).expanduser()
+    folder = _folder(name)
     if not folder.is_dir():
         return {"model": name}
     roots = [folder / p for p in parts if (folder / p).is_dir()] if parts else [folder]
