@@ -12,7 +12,7 @@ from data.errors import DataError, ShardError, UserError, report_user_error
 from data.images import MAX_SIDE
 from data.pickapic import ImportedFile, export_pairs, import_shards
 from data.stats import format_stats, store_stats
-from data.store import DEFAULT_DB, Store
+from data.store import DEFAULT_DB, QUESTIONS, Store
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,13 +60,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--shard-rows", type=int, default=1000, help="rows per parquet file (%(default)s)"
     )
     exp.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR")
+    exp.add_argument("--question", default="preference", choices=list(QUESTIONS),
+                     help="which question's votes to export (%(default)s)")
+    exp.add_argument("--consensus", action="store_true",
+                     help="one row per pair, labelled as most of its votes say (no majority: "
+                     "a tie), instead of one row per vote")
+    exp.add_argument("--drop-flagged", action="store_true",
+                     help="leave out the votes of annotators that `stats` flags")
 
     st = commands.add_parser(
         "stats",
-        help="pairs by source, outcome, user and model; tie, both-bad and left-side rates",
+        help="pairs by source, outcome, user and model; tie, both-bad and left-side rates; "
+        "the crowd's agreement, each annotator's quality and who is flagged",
     )
     st.add_argument("--db", type=Path, default=DEFAULT_DB, help="store file (%(default)s)")
     st.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    st.add_argument("--question", default="preference", choices=list(QUESTIONS),
+                    help="the question whose votes agreement and annotator quality read "
+                    "(%(default)s)")
     return parser
 
 
@@ -107,13 +118,17 @@ def run(args: argparse.Namespace) -> int:
         with Store(args.db, read_only=True) as store:
             splits = export_pairs(
                 store, args.out_dir, images=not args.no_images,
-                shard_rows=args.shard_rows, overwrite=args.overwrite,
+                shard_rows=args.shard_rows, overwrite=args.overwrite, question=args.question,
+                consensus=args.consensus, drop_flagged=args.drop_flagged,
             )
         summary = ", ".join(f"{s.split}: {s.rows} pairs in {len(s.files)} file(s)" for s in splits)
         print(f"exported to {args.out_dir}: {summary or 'no pairs'}")
+        for split in splits:
+            if split.consensus is not None:
+                print(f"  {split.split} consensus: {split.consensus.text()}")
     elif args.command == "stats":
         with Store(args.db, read_only=True) as store:
-            stats = store_stats(store)
+            stats = store_stats(store, args.question)
         print(json.dumps(asdict(stats), indent=2) if args.json else format_stats(stats))
     return 0
 

@@ -85,6 +85,28 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             "ALTER TABLE images ADD COLUMN model_round INTEGER",
         ],
     ),
+    (
+        4,
+        [
+            # Which of the paper's questions a vote answers (data.store.QUESTIONS); a
+            # vote on all three is three rows, the general preference under the round's
+            # vote_id and the others under vote_id/question.
+            "ALTER TABLE rankings ADD COLUMN question VARCHAR DEFAULT 'preference'",
+            "UPDATE rankings SET question = 'preference' WHERE question IS NULL",
+            # Pairs that should get votes from `votes_wanted` different annotators,
+            # written with the pair's first vote.
+            """
+            CREATE TABLE overlap (
+                image_0_uid  VARCHAR NOT NULL,
+                image_1_uid  VARCHAR NOT NULL,
+                caption      VARCHAR NOT NULL,
+                votes_wanted INTEGER NOT NULL CHECK (votes_wanted >= 2),
+                created_at   TIMESTAMP NOT NULL DEFAULT current_timestamp,
+                PRIMARY KEY (image_0_uid, image_1_uid)
+            )
+            """,
+        ],
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

@@ -26,6 +26,7 @@ from torch.utils.data import Dataset
 from data.errors import DataError, ShardError
 from data.images import ImageProblem, check_jpeg
 from data.pickapic import check_schema, find_shards, split_of
+from data.quality import flagged_users
 from data.store import Store
 
 
@@ -106,17 +107,24 @@ class StorePairs(Dataset):
 
     def __init__(
         self, store: str | Path | Store, split: str | None = "train", include_ties: bool = False,
-        include_both_bad: bool = False,
+        include_both_bad: bool = False, question: str = "preference",
+        drop_flagged: bool = False,
     ):
         self._store = store if isinstance(store, Store) else None
         self._path = Path(store.path if isinstance(store, Store) else store)
         self._pid = os.getpid()
         where = "(r.label_0 IS NOT NULL" + ("" if include_ties else " AND r.label_0 <> 0.5")
         where += " OR r.outcome = 'both_bad')" if include_both_bad else ")"
-        params: list = []
+        where += " AND r.question = ?"
+        params: list = [question]
         if split is not None:
             where += " AND r.split = ?"
             params.append(split)
+        if drop_flagged:
+            flagged = flagged_users(self._open())
+            if flagged:
+                where += f" AND r.user_id NOT IN ({', '.join('?' * len(flagged))})"
+                params += flagged
         rows = self._open().cursor().execute(
             "SELECT r.caption, r.label_0, r.source, r.ranking_id, r.user_id, r.image_0_uid, "
             "r.image_1_uid, i0.model, i1.model, r.split FROM rankings r "
@@ -303,14 +311,19 @@ def load_pairs(
     split: str | None = "train",
     include_ties: bool = False,
     include_both_bad: bool = False,
+    question: str = "preference",
+    drop_flagged: bool = False,
 ) -> MixedPairs:
     """One loader for every source: a `.duckdb` store, or parquet files and folders.
-    `include_both_bad` adds a store's "both bad" votes (Pick-a-Pic shards have none)."""
+    `include_both_bad` adds a store's "both bad" votes (Pick-a-Pic shards have none).
+    `question` and `drop_flagged` (data.quality) choose a store's votes; a parquet
+    export holds one question's votes, as `data export` chose them."""
     datasets: list[Dataset] = []
     for source in sources:
         if isinstance(source, Store) or str(source).endswith(".duckdb"):
             datasets.append(StorePairs(source, split=split, include_ties=include_ties,
-                                       include_both_bad=include_both_bad))
+                                       include_both_bad=include_both_bad,
+                                       question=question, drop_flagged=drop_flagged))
         else:
             datasets.append(ParquetPairs([source], split=split, include_ties=include_ties))
     return MixedPairs(datasets, ratios=ratios, seed=seed, num_samples=num_samples)

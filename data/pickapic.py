@@ -26,7 +26,8 @@ from tqdm import tqdm
 
 from data.errors import DataError, ShardError
 from data.images import MAX_SIDE, ImageProblem, check_jpeg
-from data.store import TIE_UID, Store, disk_full_error, is_disk_full, transaction
+from data.quality import flagged_users
+from data.store import QUESTIONS, TIE_UID, Store, disk_full_error, is_disk_full, transaction
 
 # The public pickapic_v2 features, in their order (its pandas index column aside).
 PICKAPIC_SCHEMA = pa.schema(
@@ -103,6 +104,7 @@ class ExportedSplit:
     split: str
     rows: int
     files: list[Path]
+    consensus: Consensus | None = None
 
 
 # -- import ------------------------------------------------------------------------------
@@ -492,10 +494,34 @@ def import_shards(
 
 # -- export ------------------------------------------------------------------------------
 
+# The votes an export reads, one row each: {keep} chooses the question and annotators.
+_LABELLED = "SELECT * FROM rankings r WHERE r.label_0 IS NOT NULL AND {keep}"
+
+# One row per pair (and split): the label most of its votes give, a tie when no label
+# has more votes than each other; the id of its first vote, user_id 0 (several people).
+_CONSENSUS = """
+SELECT *,
+    CASE WHEN label_0 = 1 THEN image_0_uid WHEN label_0 = 0 THEN image_1_uid
+         ELSE 'none' END AS best_image_uid,
+    1 - label_0 AS label_1
+FROM (
+    SELECT *,
+        CASE WHEN w0 > greatest(w1, ties) THEN 1.0 WHEN w1 > greatest(w0, ties) THEN 0.0
+             ELSE 0.5 END AS label_0
+    FROM (
+        SELECT image_0_uid, image_1_uid, split, any_value(caption) AS caption,
+            max(created_at) AS created_at, true AS has_label, min(ranking_id) AS ranking_id,
+            0::BIGINT AS user_id, NULL::BIGINT AS num_example_per_prompt,
+            count(*) AS votes, count(*) FILTER (label_0 = 1) AS w0,
+            count(*) FILTER (label_1 = 1) AS w1, count(*) FILTER (label_0 = 0.5) AS ties
+        FROM labelled GROUP BY image_0_uid, image_1_uid, split
+    )
+)
+"""
+
 _EXPORT_QUERY = """
-WITH pairs AS (
-    SELECT r.*, count(*) OVER (PARTITION BY r.caption) AS n_prompt
-    FROM rankings r WHERE r.label_0 IS NOT NULL
+WITH labelled AS ({labelled}), exported AS ({rows}), pairs AS (
+    SELECT r.*, count(*) OVER (PARTITION BY r.caption) AS n_prompt FROM exported r
 )
 SELECT
     coalesce(i0.model, '') <> coalesce(i1.model, '') AS are_different,
@@ -523,33 +549,71 @@ ORDER BY p.created_at, p.ranking_id
 """
 
 
+@dataclass(frozen=True)
+class Consensus:
+    """How the votes of a consensus export's pairs agreed, in one split."""
+
+    pairs: int
+    votes: int
+    single: int  # pairs with one vote
+    unanimous: int  # 2+ votes, all alike
+    majority: int  # 2+ votes, one label ahead of each other
+    no_majority: int  # exported as ties (0.5/0.5), which training leaves out by default
+
+    def text(self) -> str:
+        return (f"{self.pairs} pairs from {self.votes} votes: {self.single} with one vote, "
+                f"{self.unanimous} unanimous, {self.majority} by majority, "
+                f"{self.no_majority} without a majority (exported as ties)")
+
+
+def _keep(store: Store, question: str, drop_flagged: bool) -> str:
+    if question not in QUESTIONS:
+        raise DataError(f"unknown question {question!r}: use one of {', '.join(QUESTIONS)}")
+    keep = f"r.question = '{question}'"
+    flagged = flagged_users(store) if drop_flagged else []
+    if flagged:
+        keep += f" AND r.user_id NOT IN ({', '.join(str(int(u)) for u in flagged)})"
+    return keep
+
+
 def export_pairs(
     store: Store,
     out_dir: str | Path,
     images: bool = True,
     shard_rows: int = 1000,
     overwrite: bool = False,
+    question: str = "preference",
+    consensus: bool = False,
+    drop_flagged: bool = False,
 ) -> list[ExportedSplit]:
     """Write preference pairs as Pick-a-Pic v2 shards, `OUT/<split>/<split>-i-of-n.parquet`.
 
-    Ties are exported as 0.5/0.5 with best_image_uid 'none'; both-bad and skip votes are
-    not pairs and stay behind. The folder appears whole or not at all.
+    One row per vote on `question`, as Pick-a-Pic; or (`consensus`) one row per pair,
+    labelled as most of its votes say, with how they agreed in `ExportedSplit.consensus`.
+    `drop_flagged` leaves out the votes of annotators `data.quality` flags. Ties are
+    exported as 0.5/0.5 with best_image_uid 'none'; both-bad and skip votes are not pairs
+    and stay behind. The folder appears whole or not at all.
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise DataError(f"{out_dir} is not empty: choose a new folder or pass --overwrite")
     schema = PICKAPIC_SCHEMA if images else NO_IMAGES_SCHEMA
-    query = _EXPORT_QUERY.format(images="i0.jpg AS jpg_0, i1.jpg AS jpg_1," if images else "")
+    labelled = _LABELLED.format(keep=_keep(store, question, drop_flagged))
+    rows = _CONSENSUS if consensus else "SELECT * FROM labelled"
+    query = _EXPORT_QUERY.format(
+        labelled=labelled, rows=rows,
+        images="i0.jpg AS jpg_0, i1.jpg AS jpg_1," if images else "")
     cur = store.cursor()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
     try:
         with transaction(cur):  # one consistent snapshot, even while an app writes
             splits = cur.execute(
-                "SELECT DISTINCT split FROM rankings WHERE label_0 IS NOT NULL ORDER BY split"
+                f"WITH labelled AS ({labelled}) SELECT DISTINCT split FROM labelled ORDER BY 1"
             ).fetchall()
             exported = [
-                _export_split(cur, query, schema, split, staging, shard_rows)
+                _export_split(cur, query, schema, split, staging, shard_rows,
+                              _consensus(cur, labelled, split) if consensus else None)
                 for (split,) in splits
             ]
         if out_dir.exists():
@@ -559,15 +623,27 @@ def export_pairs(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return [
-        ExportedSplit(e.split, e.rows, [out_dir / f.relative_to(staging) for f in e.files])
+        ExportedSplit(e.split, e.rows, [out_dir / f.relative_to(staging) for f in e.files],
+                      e.consensus)
         for e in exported
     ]
 
 
-def _export_split(cur, query, schema, split, root: Path, shard_rows: int) -> ExportedSplit:
-    [(total,)] = cur.execute(
-        "SELECT count(*) FROM rankings WHERE label_0 IS NOT NULL AND split = ?", [split]
-    ).fetchall()
+def _consensus(cur, labelled: str, split: str) -> Consensus:
+    kind = ("CASE WHEN votes = 1 THEN 'single' WHEN greatest(w0, w1, ties) = votes THEN "
+            "'unanimous' WHEN label_0 <> 0.5 OR ties > greatest(w0, w1) THEN 'majority' "
+            "ELSE 'none' END")
+    [row] = cur.execute(
+        f"WITH labelled AS ({labelled}), c AS (SELECT *, {kind} AS kind FROM ({_CONSENSUS})) "
+        "SELECT count(*), coalesce(sum(votes), 0), count(*) FILTER (kind = 'single'), "
+        "count(*) FILTER (kind = 'unanimous'), count(*) FILTER (kind = 'majority'), "
+        "count(*) FILTER (kind = 'none') FROM c WHERE split = ?", [split]).fetchall()
+    return Consensus(*(int(x) for x in row))
+
+
+def _export_split(cur, query, schema, split, root: Path, shard_rows: int,
+                  consensus: Consensus | None) -> ExportedSplit:
+    [(total,)] = cur.execute(f"SELECT count(*) FROM ({query})", [split]).fetchall()
     n_shards = max(1, math.ceil(total / shard_rows))
     (root / split).mkdir()
     files: list[Path] = []
@@ -589,4 +665,4 @@ def _export_split(cur, query, schema, split, root: Path, shard_rows: int) -> Exp
                 writer = None
     if writer is not None:
         writer.close()
-    return ExportedSplit(split, rows, files)
+    return ExportedSplit(split, rows, files, consensus)

@@ -34,6 +34,13 @@ DEFAULT_DB = Path("runs/prefs.duckdb")
 # need more spill to a temporary folder beside the file.
 MEMORY_LIMIT = "256MB"
 OUTCOMES = ("left", "right", "tie", "both_bad", "skip")
+# The three questions of the Diffusion-DPO paper's human evaluation, as put to annotators;
+# "preference" is the one every vote answers, and the one exported and trained on by default.
+QUESTIONS = {
+    "preference": "Which image do you prefer given the prompt?",
+    "appeal": "Which image is more visually appealing?",
+    "alignment": "Which image better fits the text description?",
+}
 TIE_UID = "none"  # Pick-a-Pic's best_image_uid for a tie
 # DuckDB reports a write that raced another thread's commit as one of these (a
 # TransactionException is a conflict only when it says so: a commit that could not be
@@ -98,6 +105,8 @@ class Vote:
     is_gold: bool = False
     split: str = "train"
     gold_best_uid: str | None = None
+    question: str = "preference"
+    votes_wanted: int = 1  # 2+: the pair is to be shown to that many annotators
 
 
 @dataclass(frozen=True)
@@ -122,6 +131,7 @@ class Ranking:
     source: str
     is_gold: bool
     split: str
+    question: str
 
 
 RANKING_COLUMNS = [f.name for f in fields(Ranking)]
@@ -372,21 +382,34 @@ class Store(DuckDBFile):
                 rows,
             )
 
-    def record_vote(self, vote: Vote, images: Iterable[ImageRecord] = ()) -> Ranking:
-        """Store a vote (and the pair's images, if given) in one transaction.
+    def record_vote(self, vote: Vote, images: Iterable[ImageRecord] = (),
+                    also: Iterable[Vote] = ()) -> Ranking:
+        """Store a vote (and the pair's images, if given) in one transaction; `also`:
+        its answers to the other questions, stored in the same transaction.
 
         Returns the stored ranking. A vote whose `vote_id` is already stored changes
         nothing and returns the ranking stored the first time.
         """
-        label_0, label_1, best, has_label = preference_labels(
-            vote.outcome, vote.shown_left, vote.image_0_uid, vote.image_1_uid
-        )
+        votes = [vote, *also]
+        for v in votes:
+            if v.question not in QUESTIONS:
+                raise DataError(f"unknown question {v.question!r}: use one of "
+                                f"{', '.join(QUESTIONS)}")
+        labelled = [(v, preference_labels(v.outcome, v.shown_left, v.image_0_uid,
+                                          v.image_1_uid)) for v in votes]
         images = list(images)
 
         def work(cur: duckdb.DuckDBPyConnection) -> None:
             if self._ranking_by_vote(cur, vote.vote_id) is None:
                 self._insert_images(cur, images)
-                self._insert_vote(cur, vote, label_0, label_1, best, has_label)
+                for v, labels in labelled:
+                    self._insert_vote(cur, v, *labels)
+                if vote.votes_wanted > 1:
+                    cur.execute(
+                        "INSERT INTO overlap (image_0_uid, image_1_uid, caption, "
+                        "votes_wanted) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                        [vote.image_0_uid, vote.image_1_uid, vote.caption,
+                         vote.votes_wanted])
 
         self._write(work)
         return self.ranking_by_vote(vote.vote_id)
@@ -426,14 +449,14 @@ class Store(DuckDBFile):
         cur.execute(
             "INSERT INTO rankings (ranking_id, vote_id, caption, image_0_uid, "
             "image_1_uid, label_0, label_1, best_image_uid, user_id, created_at, "
-            "has_label, shown_left, dwell_ms, outcome, source, is_gold, split) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "has_label, shown_left, dwell_ms, outcome, source, is_gold, split, question) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 stable_id(f"vote:{vote.vote_id}"), vote.vote_id, vote.caption,
                 vote.image_0_uid, vote.image_1_uid, label_0, label_1, best,
                 vote.user_id, datetime.now(timezone.utc).replace(tzinfo=None),
                 has_label, vote.shown_left, vote.dwell_ms, vote.outcome,
-                vote.source, vote.is_gold, vote.split,
+                vote.source, vote.is_gold, vote.split, vote.question,
             ],
         )
         if vote.gold_best_uid is not None:
@@ -461,6 +484,32 @@ class Store(DuckDBFile):
         ).fetchall()
         return [Ranking(*row) for row in rows]
 
+    def image_records(self, uids: list[str]) -> dict[str, ImageRecord]:
+        """The stored images with these uids, by uid."""
+        if not uids:
+            return {}
+        names = [f.name for f in fields(ImageRecord)]
+        rows = self.cursor().execute(
+            f"SELECT {', '.join(names)} FROM images WHERE image_uid IN "
+            f"({', '.join('?' * len(uids))})", uids).fetchall()
+        return {row[0]: ImageRecord(*row) for row in rows}
+
+    def open_overlap(self, user_id: int, limit: int = 64) -> list[tuple[str, str, str, int]]:
+        """Pairs still wanting votes that `user_id` has not been shown: (image_0_uid,
+        image_1_uid, caption, votes still wanted), nearest to complete first, then oldest.
+        A skip does not count as a vote, but the skipper is not shown the pair again."""
+        return self.cursor().execute(
+            "SELECT o.image_0_uid, o.image_1_uid, o.caption, "
+            "o.votes_wanted - count(r.ranking_id) AS wanted FROM overlap o "
+            "LEFT JOIN rankings r ON r.image_0_uid = o.image_0_uid "
+            "AND r.image_1_uid = o.image_1_uid AND r.question = 'preference' "
+            "AND r.source = 'human' AND r.outcome <> 'skip' "
+            "WHERE NOT EXISTS (SELECT 1 FROM rankings x WHERE x.user_id = ? "
+            "AND x.image_0_uid = o.image_0_uid AND x.image_1_uid = o.image_1_uid) "
+            "GROUP BY o.image_0_uid, o.image_1_uid, o.caption, o.votes_wanted, o.created_at "
+            "HAVING count(r.ranking_id) < o.votes_wanted "
+            "ORDER BY wanted, o.created_at LIMIT ?", [user_id, limit]).fetchall()
+
     def image_jpgs(self, uids: list[str]) -> dict[str, bytes]:
         """JPEG bytes of the given images, by uid."""
         if not uids:
@@ -475,7 +524,8 @@ class Store(DuckDBFile):
         """(votes since `since`, votes in all) of one user from `source`, skips not counted."""
         return self.cursor().execute(
             "SELECT count(*) FILTER (created_at >= ?), count(*) FROM rankings "
-            "WHERE user_id = ? AND source = ? AND outcome <> 'skip'",
+            "WHERE user_id = ? AND source = ? AND outcome <> 'skip' "
+            "AND question = 'preference'",
             [since, user_id, source],
         ).fetchone()
 
@@ -497,7 +547,8 @@ class Store(DuckDBFile):
             "SELECT r.vote_id FROM rankings r "
             "JOIN images i0 ON i0.image_uid = r.image_0_uid "
             "JOIN images i1 ON i1.image_uid = r.image_1_uid "
-            f"WHERE r.has_label AND NOT r.is_gold AND i0.model IN ({marks}) "
+            "WHERE r.has_label AND NOT r.is_gold AND r.question = 'preference' "
+            f"AND i0.model IN ({marks}) "
             f"AND i1.model IN ({marks}) ORDER BY r.created_at, r.ranking_id",
             models + models).fetchall()]
 

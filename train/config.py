@@ -22,6 +22,7 @@ from pathlib import Path
 
 import yaml
 
+from data.store import QUESTIONS
 from models.toy import TOY_NAME
 from train.errors import TrainError
 from train.presets import PRESETS
@@ -74,6 +75,10 @@ class TrainConfig:
                                     "without repeats)", None)
     split: str = _help("which split of the sources to train on", "train")
     include_ties: bool = _help("keep tied pairs (image 0 then counts as preferred)", False)
+    question: str = _help("which question's votes a store gives: preference, appeal or "
+                          "alignment (docs/ANNOTATE.md)", "preference")
+    drop_flagged: bool = _help("leave out a store's votes by annotators that `python -m data "
+                               "stats` flags", False)
     holdout_pairs: int = _help("at most this many pairs kept out of training to measure "
                                "held-out implicit accuracy; a run holds out one pair in "
                                f"{HOLDOUT_SHARE}, up to this (none under {HOLDOUT_SHARE} "
@@ -186,6 +191,9 @@ class TrainConfig:
             raise TrainError(f"winner_safe applies to "
                              f"{' and '.join(PAIRED_REFERENCE_OBJECTIVES)}, not "
                              f"{self.objective}: drop --winner_safe or change --objective")
+        if self.question not in QUESTIONS:
+            raise TrainError(f"unknown question {self.question!r}: use one of "
+                             f"{', '.join(QUESTIONS)}")
         if self.objective == "kto" and self.include_ties:
             raise TrainError("include_ties does not apply to kto: a tie likes or dislikes "
                              "neither image; drop --include_ties")

@@ -22,7 +22,8 @@ def training_pairs(config: TrainConfig) -> MixedPairs:
     pairs = load_pairs(config.data, ratios=config.data_ratios, seed=config.seed,
                        num_samples=config.num_samples, split=config.split,
                        include_ties=config.include_ties,
-                       include_both_bad=config.objective == "kto")
+                       include_both_bad=config.objective == "kto",
+                       question=config.question, drop_flagged=config.drop_flagged)
     if not len(pairs):
         raise TrainError(f"no decisive pairs in {', '.join(config.data)}: collect some votes "
                          "or import shards first")
