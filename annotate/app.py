@@ -18,8 +18,11 @@ import asyncio
 import random
 
 import gradio as gr
+import pandas as pd
 
+from annotate.campaign import ANNOTATOR_COLUMNS, campaign
 from annotate.rounds import (
+    ANSWERS,
     AnnotateError,
     Annotator,
     Collector,
@@ -32,6 +35,7 @@ from annotate.screening import PromptRefused
 from annotate.worker import WorkerBusy, WorkerError
 from data.errors import DataError
 from data.pages import FRAME_PX, check_name, enlarge
+from data.store import QUESTIONS
 
 BUTTONS = [  # (outcome, label, key name shown, KeyboardEvent.key values)
     ("left", "Left is better", "←", ["ArrowLeft"]),
@@ -45,6 +49,7 @@ MODE_CHOICES = [
     ("Keep the winner", "keep"),
     ("Auto: next prompt from the prompt set", "auto"),
 ]
+ANSWER_CHOICES = [(answer.capitalize(), answer) for answer in ANSWERS]
 _ERRORS = (AnnotateError, PromptRefused, WorkerError, DataError)
 _REFUSED = (StaleVote, TooSoon, VoteNotSaved, WorkerBusy)  # a note; the pair stays
 
@@ -67,9 +72,12 @@ def page_script() -> str:
 
 
 def build(collector: Collector, prompt_set: list[str] | None = None, auth: bool = False,
-          cap: int | None = None) -> gr.Blocks:
-    """The page for one server; `auth` hides the name box (the login names the user)."""
+          cap: int | None = None, owners: frozenset[str] = frozenset()) -> gr.Blocks:
+    """The page for one server; `auth` hides the name box (the login names the user).
+    The campaign page (/campaign) shows the store's figures; with `auth`, to the logins
+    in `owners` alone."""
     pick = random.Random()
+    asked = [q for q in collector.settings.questions if q != "preference"]
 
     def who(name: str, request: gr.Request) -> Annotator:
         if auth:
@@ -78,18 +86,19 @@ def build(collector: Collector, prompt_set: list[str] | None = None, auth: bool 
 
     def view(annotator: Annotator, shown: Round | None, note: str | None = None):
         tally = collector.tally(annotator).text(cap)
+        cleared = [None] * len(asked)  # the other questions, unanswered for a new pair
         if shown is None:
-            return (None, None, "", "", tally, note or "", *_buttons(False))
+            return (None, None, "", "", tally, note or "", *_buttons(False), *cleared)
         note = "\n\n".join(n for n in (note, shown.note) if n)
         return (enlarge(shown.left), enlarge(shown.right), shown.prompt, shown.round_id,
-                tally, note, *_buttons(False))  # until `arm`: shown for the minimum time
+                tally, note, *_buttons(False), *cleared)  # until `arm`: shown long enough
 
     def generate(name, prompt, mode, request: gr.Request, progress=gr.Progress()):
         try:
             annotator = who(name, request)
             shown = collector.start(annotator, prompt or "", mode, _reporter(progress))
         except (*_REFUSED, *_ERRORS) as error:
-            return refused(error)
+            return refused(error, len(asked))
         return view(annotator, shown)
 
     async def arm(round_id: str):
@@ -100,26 +109,34 @@ def build(collector: Collector, prompt_set: list[str] | None = None, auth: bool 
         await asyncio.sleep(wait)
         return _buttons(True)
 
+    def cast(outcome, name, mode, round_id, answers, request, progress):
+        try:
+            annotator = who(name, request)
+            try:
+                _, voted = collector.vote(annotator, round_id, outcome, answers=answers)
+            except _REFUSED as error:
+                return refused(error, len(asked))
+            if voted is None:  # a repeated vote: the page already moved on
+                return (gr.skip(),) * (6 + len(BUTTONS) + len(asked))
+            try:
+                shown = collector.next_round(annotator, voted, outcome, mode,
+                                             _reporter(progress))
+            except _ERRORS as error:  # the vote is stored; say why nothing follows
+                return view(annotator, None, f"Vote recorded. {error}")
+        except _ERRORS as error:
+            return refused(error, len(asked))
+        return view(annotator, shown)
+
     def voter(outcome: str):
         def vote(name, mode, round_id, request: gr.Request, progress=gr.Progress()):
-            try:
-                annotator = who(name, request)
-                try:
-                    _, voted = collector.vote(annotator, round_id, outcome)
-                except _REFUSED as error:
-                    return refused(error)
-                if voted is None:  # a repeated vote: the page already moved on
-                    return (gr.skip(),) * (6 + len(BUTTONS))
-                try:
-                    shown = collector.next_round(annotator, voted, outcome, mode,
-                                                 _reporter(progress))
-                except _ERRORS as error:  # the vote is stored; say why nothing follows
-                    return view(annotator, None, f"Vote recorded. {error}")
-            except _ERRORS as error:
-                return refused(error)
-            return view(annotator, shown)
+            return cast(outcome, name, mode, round_id, {}, request, progress)
 
-        return vote
+        def vote_answered(name, mode, round_id, appeal, alignment, request: gr.Request,
+                          progress=gr.Progress()):
+            answers = {"appeal": appeal, "alignment": alignment}
+            return cast(outcome, name, mode, round_id, answers, request, progress)
+
+        return vote_answered if asked else vote
 
     def from_set():
         if not prompt_set:
@@ -149,6 +166,13 @@ def build(collector: Collector, prompt_set: list[str] | None = None, auth: bool 
                             format="png", height=FRAME_PX, buttons=[])
             right = gr.Image(label="Right", interactive=False, elem_id="right-image",
                              format="png", height=FRAME_PX, buttons=[])
+        questions = [
+            gr.Radio(ANSWER_CHOICES, value=None, label=QUESTIONS[q], elem_id=f"question-{q}")
+            for q in asked
+        ]
+        if asked:
+            gr.Markdown(f"**{QUESTIONS['preference']}** Answer the questions above, then "
+                        "vote below: the vote sends all three.", elem_id="question-preference")
         with gr.Row():
             buttons = [
                 gr.Button(f"{label} ({key})", elem_id=f"vote-{outcome}", interactive=False)
@@ -158,7 +182,7 @@ def build(collector: Collector, prompt_set: list[str] | None = None, auth: bool 
                     "↑ both are bad · S skip", elem_id="shortcuts")
         round_id = gr.Textbox("", visible=False, elem_id="round-id")
 
-        outputs = [left, right, shown_prompt, round_id, tally, note, *buttons]
+        outputs = [left, right, shown_prompt, round_id, tally, note, *buttons, *questions]
         events = dict(outputs=outputs, concurrency_limit=None, show_progress="full",
                       show_progress_on=[left, right])
         armed = dict(fn=arm, inputs=round_id, outputs=buttons, concurrency_limit=None,
@@ -166,17 +190,53 @@ def build(collector: Collector, prompt_set: list[str] | None = None, auth: bool 
         gr.on([generate_button.click, prompt.submit], generate, [name, prompt, mode],
               api_name="generate", **events).then(**armed)
         for (outcome, *_), button in zip(BUTTONS, buttons, strict=True):
-            button.click(voter(outcome), [name, mode, round_id],
+            button.click(voter(outcome), [name, mode, round_id, *questions],
                          api_name=f"vote_{outcome}", **events).then(**armed)
         set_button.click(from_set, None, [prompt, note], api_visibility="private")
         demo.load(None, js=page_script())
+    campaign_page(demo, collector, auth, owners)
     return demo
 
 
-def refused(error: Exception) -> tuple:
+def campaign_page(demo: gr.Blocks, collector: Collector, auth: bool,
+                  owners: frozenset[str]) -> None:
+    """The /campaign page: progress, votes over time, agreement, the annotator table and
+    the flagged, refreshed every 15 s and on the button."""
+    with demo.route("Campaign", "/campaign") as page:
+        gr.Markdown("## Campaign")
+        summary = gr.Markdown(elem_id="campaign-summary")
+        with gr.Row():
+            votes = gr.LinePlot(x="time", y="votes", label="Votes over time",
+                                elem_id="campaign-timeline", height=260)
+            agreement = gr.BarPlot(x="annotator", y="agreement", color="flagged",
+                                   label="Agreement with the other annotators (%)",
+                                   elem_id="campaign-agreement", height=260, y_lim=[0, 100])
+        table = gr.Dataframe(headers=ANNOTATOR_COLUMNS, interactive=False, wrap=True,
+                             elem_id="campaign-annotators", label="Annotators")
+        flagged = gr.Markdown(elem_id="campaign-flagged")
+        refresh = gr.Button("Refresh", elem_id="campaign-refresh")
+        timer = gr.Timer(15)
+
+        def show(request: gr.Request):
+            if auth and request.username not in owners:
+                note = "This page is for the campaign's owner (`--owner`)."
+                return note, None, None, None, ""
+            seen = campaign(collector.store)
+            series = pd.DataFrame(seen.timeline, columns=["time", "votes"])
+            bars = pd.DataFrame(seen.agreement, columns=["annotator", "agreement", "flagged"])
+            rows = pd.DataFrame(seen.annotators, columns=ANNOTATOR_COLUMNS)
+            return (seen.summary, gr.LinePlot(series, label=f"Votes per {seen.bucket}"),
+                    bars, rows, seen.flagged)
+
+        outputs = [summary, votes, agreement, table, flagged]
+        gr.on([page.load, refresh.click, timer.tick], show, None, outputs,
+              api_name="campaign", show_progress="hidden")
+
+
+def refused(error: Exception, questions: int = 0) -> tuple:
     """The answer to a refused request: its one line in the note, the rest unchanged
     (the images are not marked as errors, and a pair on screen can still be voted on)."""
-    return (*[gr.skip()] * 5, str(error), *[gr.skip()] * len(BUTTONS))
+    return (*[gr.skip()] * 5, str(error), *[gr.skip()] * (len(BUTTONS) + questions))
 
 
 def _buttons(enabled: bool) -> list:

@@ -18,6 +18,16 @@ After a vote the next round follows the annotator's mode:
 - "keep": Pick-a-Pic's keep-the-winner chain: the winner stays, the loser is replaced by a
   new image for the same prompt (a tie, both-bad or skip starts a fresh pair);
 - "auto": a fresh pair for the prompt set's next prompt, without asking for a prompt.
+
+Overlap (`Settings.overlap` k > 1): a share of the prompt set's fresh pairs is marked, with
+its first vote, to be shown to k different annotators. A round from the prompt set first
+offers such a pair that the annotator has not been shown, nearest to complete first, so
+pairs complete soon; a pair is not handed to more annotators at once than it still
+needs (a round left open longer than `HOLD_S` no longer holds its place).
+
+Questions (`Settings.questions`): the general preference alone, or with it the paper's two
+other questions (visual appeal, prompt alignment); the answers to those come with the
+vote and are stored in its transaction, one ranking per question.
 """
 
 from __future__ import annotations
@@ -25,8 +35,8 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Callable
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -37,12 +47,14 @@ from annotate.screening import Blocklist, screen
 from annotate.worker import SET_SOURCE, PairWorker, Progress
 from data.errors import DiskFullError, StoreWriteError, UserError
 from data.pairs import decode_image, encode_jpeg
-from data.store import OUTCOMES, ImageRecord, Ranking, Store, Vote, new_uid
+from data.store import OUTCOMES, QUESTIONS, ImageRecord, Ranking, Store, Vote, new_uid
 from models.generate import GeneratedImage
 
 MODES = ("new", "keep", "auto")
 _MAX_ROUNDS = 10_000  # rounds awaiting a vote, across sessions; the oldest are forgotten
 MIN_DISPLAY_MS = 500  # a pair is on screen this long before a vote on it counts
+HOLD_S = 300  # an open round keeps its overlap pair's place this long
+ANSWERS = ("left", "right", "tie")  # what the appeal and alignment questions take
 
 
 class AnnotateError(UserError):
@@ -91,6 +103,11 @@ class Round:
     shown_at: float  # time.monotonic() when the round was made
     gold_best_uid: str | None = None
     note: str | None = None
+    votes_wanted: int = 1  # 2+: an overlap pair, to be voted by that many annotators
+
+    @property
+    def pair(self) -> tuple[str, str]:
+        return self.images[0].image_uid, self.images[1].image_uid
 
     @property
     def left(self) -> Image.Image:
@@ -107,6 +124,9 @@ class Settings:
     daily_cap: int | None = None
     blocklist: Blocklist = Blocklist()
     min_display_ms: int = MIN_DISPLAY_MS
+    overlap: int = 1  # annotators each overlap pair is shown to
+    overlap_share: float = 0.0  # share of the prompt set's fresh pairs that overlap
+    questions: tuple[str, ...] = ("preference",)  # or all of QUESTIONS
 
 
 class Collector:
@@ -127,6 +147,7 @@ class Collector:
         self._current: dict[int, str] = {}  # user id -> the round last shown to them
         self._voting: dict[str, threading.Event] = {}  # rounds whose vote is being stored
         self._lock = threading.Lock()
+        self._overlap_lock = threading.Lock()  # one overlap pair handed out at a time
 
     # -- annotators --------------------------------------------------------------
 
@@ -160,9 +181,12 @@ class Collector:
         return self._fresh(annotator, prompt, progress, note)
 
     def vote(self, annotator: Annotator, round_id: str, outcome: str,
-             dwell_ms: int | None = None) -> tuple[Ranking, Round | None]:
+             dwell_ms: int | None = None,
+             answers: Mapping[str, str] | None = None) -> tuple[Ranking, Round | None]:
         """Store the vote on a round; (the ranking, the round), or (ranking, None) if repeated.
 
+        `answers`: the other questions' answers ('left', 'right' or 'tie'), needed when
+        the campaign asks them and the vote prefers an image or calls a tie.
         The same vote sent again (a double click, a client retry) returns its first
         ranking and no round, so the page keeps showing what followed it. A different
         vote on a round already voted, or a vote on a round that is no longer the
@@ -171,23 +195,29 @@ class Collector:
         """
         if outcome not in OUTCOMES:
             raise AnnotateError(f"unknown vote {outcome!r}: use one of {', '.join(OUTCOMES)}")
+        extra = self._answers(outcome, answers or {})
         shown = self._claim(annotator, round_id, outcome)
         if isinstance(shown, Ranking):
             return shown, None
         if dwell_ms is None:
             dwell_ms = int((time.monotonic() - shown.shown_at) * 1000)
         gold = shown.gold_best_uid is not None
+
+        def as_vote(vote_id: str, question: str, said: str) -> Vote:
+            return Vote(
+                vote_id=vote_id, caption=shown.prompt,
+                image_0_uid=shown.images[0].image_uid, image_1_uid=shown.images[1].image_uid,
+                outcome=said, shown_left=shown.shown_left, user_id=annotator.user_id,
+                dwell_ms=dwell_ms, source="human", is_gold=gold,
+                split="gold" if gold else "train",
+                gold_best_uid=shown.gold_best_uid if question == "preference" else None,
+                question=question, votes_wanted=shown.votes_wanted,
+            )
+
         try:
             ranking = self.store.record_vote(
-                Vote(
-                    vote_id=shown.round_id, caption=shown.prompt,
-                    image_0_uid=shown.images[0].image_uid,
-                    image_1_uid=shown.images[1].image_uid,
-                    outcome=outcome, shown_left=shown.shown_left, user_id=annotator.user_id,
-                    dwell_ms=dwell_ms, source="human", is_gold=gold,
-                    split="gold" if gold else "train", gold_best_uid=shown.gold_best_uid,
-                ),
-                shown.images,
+                as_vote(shown.round_id, "preference", outcome), shown.images,
+                also=[as_vote(f"{shown.round_id}/{q}", q, a) for q, a in extra.items()],
             )
         except StoreWriteError as error:
             self._settle(shown, stored=False)
@@ -200,6 +230,17 @@ class Collector:
             raise
         self._settle(shown, stored=True)
         return ranking, shown
+
+    def _answers(self, outcome: str, answers: Mapping[str, str]) -> dict[str, str]:
+        """The other questions' answers to store with a vote; refused when one is missing."""
+        asked = [q for q in self.settings.questions if q != "preference"]
+        if not asked or outcome not in ANSWERS:  # both bad or skipped: nothing to compare
+            return {}
+        for question in asked:
+            if answers.get(question) not in ANSWERS:
+                raise AnnotateError(f"Answer every question first: {QUESTIONS[question]} "
+                                    "(nothing was stored).")
+        return {q: answers[q] for q in asked}
 
     def _claim(self, annotator: Annotator, round_id: str, outcome: str) -> Round | Ranking:
         """The open round `round_id`, taken out of the open rounds so that one vote
@@ -267,16 +308,42 @@ class Collector:
         with self._rng_lock:
             gold = self.gold and self._rng.random() < self.settings.gold_rate
             gold_pair = self._rng.choice(self.gold) if gold else None
+            overlap = (source == SET_SOURCE and self.settings.overlap > 1
+                       and self._rng.random() < self.settings.overlap_share)
         if gold_pair is not None:
             return self._remember(annotator, source, gold_pair.prompt,
                                   (gold_pair.better, gold_pair.worse), None, note,
                                   gold_pair.better.image_uid)
+        if source == SET_SOURCE and self.settings.overlap > 1:
+            shared = self._overlap_round(annotator)
+            if shared is not None:
+                return shared
         pair = self.worker.take(source, progress)
         if source == SET_SOURCE and self._count is not None:
             note = screen(pair.prompt, Blocklist(), self._count, self._limit)
         records = (_record(pair.images[0]), _record(pair.images[1]))
         return self._remember(annotator, source, pair.prompt, records,
-                              tuple(image.image for image in pair.images), note)
+                              tuple(image.image for image in pair.images), note,
+                              votes_wanted=self.settings.overlap if overlap else 1)
+
+    def _overlap_round(self, annotator: Annotator) -> Round | None:
+        """A stored overlap pair this annotator has not been shown that still needs votes
+        beyond the rounds now showing it to others; None when there is none."""
+        with self._overlap_lock:
+            wanting = self.store.open_overlap(annotator.user_id)
+            if not wanting:
+                return None
+            now = time.monotonic()
+            with self._lock:
+                held = Counter(r.pair for r in self._rounds.values()
+                               if now - r.shown_at < HOLD_S)
+            for uid_0, uid_1, caption, still_wanted in wanting:
+                if held[uid_0, uid_1] < still_wanted:
+                    records = self.store.image_records([uid_0, uid_1])
+                    return self._remember(annotator, SET_SOURCE, caption,
+                                          (records[uid_0], records[uid_1]), None, None,
+                                          votes_wanted=self.settings.overlap)
+        return None
 
     def _challenge(self, annotator: Annotator, voted: Round, winner: int,
                    progress: Progress | None) -> Round:
@@ -292,7 +359,7 @@ class Collector:
     def _remember(self, annotator: Annotator, source: str, prompt: str,
                   images: tuple[ImageRecord, ImageRecord],
                   pictures: tuple[Image.Image, Image.Image] | None, note: str | None,
-                  gold_best_uid: str | None = None) -> Round:
+                  gold_best_uid: str | None = None, votes_wanted: int = 1) -> Round:
         if pictures is None:
             pictures = tuple(decode_image(image.jpg) for image in images)
         with self._rng_lock:
@@ -301,6 +368,7 @@ class Collector:
             round_id=new_uid(), user_id=annotator.user_id, source=source, prompt=prompt,
             images=images, pictures=pictures, shown_left=shown_left,
             shown_at=time.monotonic(), gold_best_uid=gold_best_uid, note=note,
+            votes_wanted=votes_wanted,
         )
         with self._lock:
             self._rounds[shown.round_id] = shown

@@ -18,9 +18,9 @@ from annotate.rounds import MIN_DISPLAY_MS, Collector, Settings
 from annotate.screening import Blocklist, token_counter
 from annotate.worker import PairWorker, PromptSet
 from data.errors import UserError, report_user_error
-from data.pages import PORT_HELP, pick_port
+from data.pages import PORT_HELP, pick_port, read_logins
 from data.prompts import read_prompts
-from data.store import DEFAULT_DB, Store
+from data.store import DEFAULT_DB, QUESTIONS, Store
 from models.generate import PairVariety
 from models.toy import TOY_NAME
 from models.toy.shapes import all_captions
@@ -45,6 +45,10 @@ class AppConfig:
     seed: int | None = None
     queue: int = 8
     min_display_ms: int = MIN_DISPLAY_MS
+    overlap: int = 1
+    overlap_share: float = 0.0
+    questions: int = 1
+    owners: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -77,23 +81,6 @@ class Server:
         self.store.close()
 
 
-def read_logins(path: Path) -> list[tuple[str, str]]:
-    """`user:password` lines (blank and # lines skipped)."""
-    if not path.is_file():
-        raise ServeError(f"{path} does not exist: write one user:password per line")
-    logins = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        user, sep, password = line.strip().partition(":")
-        if not sep or not user.strip() or not password:
-            raise ServeError(f"{path}:{number}: write user:password")
-        logins.append((user.strip(), password))
-    if not logins:
-        raise ServeError(f"{path} has no logins: write one user:password per line")
-    return logins
-
-
 def open_app(config: AppConfig) -> Server:
     """Load the models, open the store, start the worker, and build the page."""
     from diffusers.utils import logging as diffusers_logging
@@ -113,7 +100,19 @@ def open_app(config: AppConfig) -> Server:
         raise ServeError("--queue must be at least 1")
     if config.min_display_ms < 0:
         raise ServeError("--min-display-ms must be 0 or more")
+    if config.overlap < 1:
+        raise ServeError("--overlap is the annotators per shared pair: 1 or more")
+    if not 0 <= config.overlap_share <= 1:
+        raise ServeError("--overlap-share is a share of the prompt set's pairs between 0 and 1")
     logins = read_logins(config.auth) if config.auth else None
+    users = {user for user, _ in logins or []}
+    unknown = [o for o in config.owners if o not in users]
+    if config.owners and not logins:
+        raise ServeError("--owner names a login: give --auth too (without it the campaign "
+                         "page is open to everyone who can reach the server)")
+    if unknown:
+        raise ServeError(f"--owner {unknown[0]} is not a login in {config.auth}")
+    owners = frozenset(config.owners or ([logins[0][0]] if logins else []))
     gold = read_gold(config.gold) if config.gold else []
     blocklist = Blocklist.read(config.blocklist) if config.blocklist else Blocklist()
     if config.prompts:
@@ -131,12 +130,15 @@ def open_app(config: AppConfig) -> Server:
     worker = PairWorker(make_pair, prompt_set, buffer_size=config.buffer,
                         max_waiting=config.queue)
     store = Store(config.db)
-    settings = Settings(config.gold_rate, config.daily_cap, blocklist, config.min_display_ms)
+    settings = Settings(config.gold_rate, config.daily_cap, blocklist, config.min_display_ms,
+                        config.overlap, config.overlap_share,
+                        tuple(QUESTIONS) if config.questions == 3 else ("preference",))
     collector = Collector(
         store, worker, settings, gold,
         token_counter(loaded[0].pipeline.tokenizer), random.Random(config.seed),
     )
-    demo = build(collector, prompts, auth=logins is not None, cap=config.daily_cap)
+    demo = build(collector, prompts, auth=logins is not None, cap=config.daily_cap,
+                 owners=owners)
     worker.start()
     served = [m.name + ("" if m.round is None else f" (round {m.round})") for m in loaded]
     return Server(demo, worker, store, logins, served)
@@ -192,6 +194,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--queue", type=int, default=8, metavar="N",
                         help="people who may wait for a pair at once; more are told the "
                         "generator is busy and to try again (%(default)s)")
+    parser.add_argument("--overlap", type=int, default=1, metavar="K",
+                        help="show each shared pair to K different annotators (%(default)s: "
+                        "no sharing); see --overlap-share")
+    parser.add_argument("--overlap-share", type=float, default=0.0, metavar="S",
+                        help="share of the prompt set's new pairs that are shared (0..1; "
+                        "%(default)s); a prompt-set round offers a shared pair that still "
+                        "needs votes first")
+    parser.add_argument("--questions", type=int, choices=(1, 3), default=1,
+                        help="ask the general preference alone (1, default) or also visual "
+                        "appeal and prompt alignment (3), the paper's three questions")
+    parser.add_argument("--owner", action="append", metavar="USER", default=[],
+                        help="a login that may see the campaign page (/campaign); give it "
+                        "again for more (default with --auth: the first login in the file)")
     parser.add_argument("--min-display-ms", type=int, default=MIN_DISPLAY_MS, metavar="MS",
                         help="a pair is shown this long before its vote buttons work and a "
                         "vote on it counts (%(default)s)")
@@ -208,7 +223,8 @@ def config_from_args(args: argparse.Namespace) -> tuple[AppConfig, str, int | No
         models=args.model or [TOY_NAME], db=args.db, prompts=args.prompts, auth=args.auth,
         gold=args.gold, gold_rate=args.gold_rate, daily_cap=args.daily_cap,
         blocklist=args.blocklist, variety=variety, buffer=args.buffer, seed=args.seed,
-        queue=args.queue, min_display_ms=args.min_display_ms,
+        queue=args.queue, min_display_ms=args.min_display_ms, overlap=args.overlap,
+        overlap_share=args.overlap_share, questions=args.questions, owners=args.owner,
     )
     return config, args.host, args.port
 

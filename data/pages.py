@@ -13,6 +13,7 @@ Nothing here imports Gradio.
 - Ports: `pick_port` is the one rule. With `--port`, that port, or a one-line error
   naming `--port` when it is taken; without, 7860 or the next free one. Commands call it
   before they open or create any file, so a taken port leaves nothing behind.
+- Logins: `read_logins` reads the `--auth` file both pages take.
 - Names: `check_name` bounds a typed annotator or voter name and refuses control
   characters, with a one-line message.
 """
@@ -22,6 +23,7 @@ from __future__ import annotations
 import errno
 import socket
 import unicodedata
+from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
@@ -113,3 +115,20 @@ def check_name(name: str | None) -> str:
             raise DataError(f"Your name holds a control character (U+{ord(char):04X}): "
                             "use letters, digits, spaces and punctuation only.")
     return name
+
+
+def read_logins(path: Path) -> list[tuple[str, str]]:
+    """`user:password` lines (blank and # lines skipped)."""
+    if not path.is_file():
+        raise DataError(f"{path} does not exist: write one user:password per line")
+    logins = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        user, sep, password = line.strip().partition(":")
+        if not sep or not user.strip() or not password:
+            raise DataError(f"{path}:{number}: write user:password")
+        logins.append((user.strip(), password))
+    if not logins:
+        raise DataError(f"{path} has no logins: write one user:password per line")
+    return logins

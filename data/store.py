@@ -510,6 +510,16 @@ class Store(DuckDBFile):
             "HAVING count(r.ranking_id) < o.votes_wanted "
             "ORDER BY wanted, o.created_at LIMIT ?", [user_id, limit]).fetchall()
 
+    def overlap_progress(self) -> tuple[int, int]:
+        """(overlap pairs with all the votes they want, overlap pairs started)."""
+        return self.cursor().execute(
+            "SELECT count(*) FILTER (votes >= votes_wanted), count(*) FROM ("
+            "SELECT o.votes_wanted, count(r.ranking_id) AS votes FROM overlap o "
+            "LEFT JOIN rankings r ON r.image_0_uid = o.image_0_uid "
+            "AND r.image_1_uid = o.image_1_uid AND r.question = 'preference' "
+            "AND r.source = 'human' AND r.outcome <> 'skip' "
+            "GROUP BY o.image_0_uid, o.image_1_uid, o.votes_wanted)").fetchone()
+
     def image_jpgs(self, uids: list[str]) -> dict[str, bytes]:
         """JPEG bytes of the given images, by uid."""
         if not uids:

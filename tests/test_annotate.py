@@ -20,8 +20,9 @@ from annotate.rounds import (
     VoteNotSaved,
 )
 from annotate.screening import Blocklist, PromptRefused, screen, token_counter
-from annotate.serve import ServeError, read_logins
 from annotate.worker import SET_SOURCE, PairWorker, PromptSet, WorkerBusy, WorkerError
+from data.errors import DataError
+from data.pages import read_logins
 from data.stats import format_stats, store_stats
 from data.store import Store
 from models.generate import GeneratedImage, PairVariety, generate_pair
@@ -470,9 +471,9 @@ def test_login_files(tmp_path):
     path.write_text("# who may annotate\nalice:s3cret:with:colons\n\nbob : pw\n")
     assert read_logins(path) == [("alice", "s3cret:with:colons"), ("bob", " pw")]
     path.write_text("alice\n")
-    with pytest.raises(ServeError, match="logins:1: write user:password"):
+    with pytest.raises(DataError, match="logins:1: write user:password"):
         read_logins(path)
-    with pytest.raises(ServeError, match="does not exist"):
+    with pytest.raises(DataError, match="does not exist"):
         read_logins(tmp_path / "none")
 
 
