@@ -21,7 +21,7 @@ from pathlib import Path
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from data.errors import DataError, UserError, report_user_error  # noqa: E402
-from data.pages import PORT_HELP, pick_port  # noqa: E402
+from data.pages import PORT_HELP, pick_port, read_logins  # noqa: E402
 from eval.votes import DEFAULT_VOTES  # noqa: E402
 from models.toy import TOY_NAME  # noqa: E402
 
@@ -123,6 +123,9 @@ def blind_parser() -> argparse.ArgumentParser:
                              f"{DEFAULT_VOTES})")
     parser.add_argument("--voter", help="your name, recorded with every vote (default: the "
                                         "page asks)")
+    parser.add_argument("--auth", metavar="FILE",
+                        help="require a login: one user:password per line (as python -m "
+                             "annotate --auth); the voter then comes from the login only")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to serve on (default: 127.0.0.1, this machine only; "
                              "0.0.0.0 for the network)")
@@ -147,6 +150,9 @@ def blind(argv: list[str]) -> int:
         models, names, ratings = list(_models(args)), None, None
     prompts = read_prompt_set(args.prompts) if args.prompts else \
         default_prompts(TOY_NAME if TOY_NAME in models else models[0])
+    if args.auth and args.voter:
+        raise DataError("give --auth (each voter is their login) or --voter, not both")
+    logins = read_logins(Path(args.auth)) if args.auth else None
     port = pick_port(args.host, args.port)  # before any file: a taken port creates nothing
     from eval.app import build_app, launch_options
     from eval.blind import BlindEval
@@ -158,9 +164,9 @@ def blind(argv: list[str]) -> int:
                                    Sampling(args.seeds, args.steps, args.guidance), votes,
                                    Path(args.images), names=names, ratings=ratings)
     try:
-        demo = build_app(blind_eval, args.voter)
+        demo = build_app(blind_eval, args.voter, auth=logins is not None)
         try:
-            demo.launch(prevent_thread_lock=True, quiet=True,
+            demo.launch(prevent_thread_lock=True, quiet=True, auth=logins,
                         **launch_options(args.host, port))
         except OSError:  # pick_port found it free: another server took it since
             raise DataError(f"port {port} on {args.host} was taken as the page started: "

@@ -101,14 +101,24 @@ def board_text(matchups: list[tuple[str, str, int]]) -> str:
             "the fewest votes): " + ("; ".join(voted) if voted else "none yet") + ".")
 
 
-def standing_text(blind: BlindEval) -> str:
-    """The running tally of a two-model comparison; a board's votes per matchup."""
-    return board_text(blind.matchup_votes()) if blind.is_board else tally_text(blind.tallies())
+TALLY_CHOICES = [("All voters", "all"), ("Your votes", "mine")]
 
 
-def build_app(blind: BlindEval, voter: str | None = None) -> gr.Blocks:
-    """The page for one comparison or board. `voter`: a fixed name; otherwise the page
-    asks."""
+def standing_text(blind: BlindEval, voter: str | None = None) -> str:
+    """The running tally of a two-model comparison (of every voter, or of `voter`); a
+    board's votes per matchup."""
+    if blind.is_board:
+        return board_text(blind.matchup_votes())
+    if voter is not None and not voter.strip():
+        return "Type your name to see the tally of your votes."
+    mine = voter is not None
+    text = tally_text(blind.tallies(voter.strip() if mine else None))
+    return (f"**Your votes** ({_text(voter.strip())}): " if mine else "") + text
+
+
+def build_app(blind: BlindEval, voter: str | None = None, auth: bool = False) -> gr.Blocks:
+    """The page for one comparison or board. `voter`: a fixed name; `auth`: the login
+    names the voter; otherwise the page asks."""
     gr.set_static_paths([blind.showings])  # each showing's own files, served as they are
     with gr.Blocks(title="Blind A/B evaluation") as demo:
         gr.Markdown("## Which image is better for its prompt?\nThe two models' images are "
@@ -119,7 +129,8 @@ def build_app(blind: BlindEval, voter: str | None = None) -> gr.Blocks:
         with gr.Row(equal_height=True):
             prompt = gr.Markdown(elem_id="eval-prompt")
             name = gr.Textbox(value=voter or "", label="Your name (recorded with your votes)",
-                              visible=voter is None, elem_id="eval-voter", max_lines=1)
+                              visible=voter is None and not auth, elem_id="eval-voter",
+                              max_lines=1)
         pair_id = gr.State(None)
         progress = gr.Markdown(progress_text(blind.progress()), elem_id="eval-progress")
         waiting = gr.Timer(1.0, active=False)  # polls for a first pair while images are made
@@ -136,44 +147,58 @@ def build_app(blind: BlindEval, voter: str | None = None) -> gr.Blocks:
         next_button = gr.Button(NEXT_LABEL, elem_id="eval-next", interactive=False,
                                 variant="primary")
         tally = gr.Markdown(standing_text(blind), elem_id="eval-tally")
+        tally_of = gr.Radio(TALLY_CHOICES, value="all", label="Tally of",
+                            elem_id="eval-tally-of", visible=not blind.is_board)
 
-        def show(voter_name: str):
-            pair = blind.deal(voter_name.strip())
+        def who(voter_name: str, request: gr.Request) -> str:
+            return request.username if auth else voter_name.strip()
+
+        def standing(voter_name: str, scope: str, request: gr.Request) -> str:
+            return standing_text(blind, who(voter_name, request) if scope == "mine" else None)
+
+        tally_of.change(standing, [name, tally_of], tally, api_visibility="private")
+
+        def show(voter_name: str, scope: str, request: gr.Request):
+            voter_name = who(voter_name, request)
+            pair = blind.deal(voter_name)
             status = progress_text(blind.progress())
             if pair is None:
                 return (None, "", None, None, "", *[gr.Button(interactive=False)] * len(buttons),
-                        gr.Button(interactive=False), standing_text(blind), status,
-                        gr.Timer(active=not blind.progress().failed))
+                        gr.Button(interactive=False), standing(voter_name, scope, request),
+                        status, gr.Timer(active=not blind.progress().failed))
             shown = blind.show(pair)
             return (shown.pair_id, f"### {_text(shown.prompt)}", shown.image_a, shown.image_b,
                     "", *[gr.Button(interactive=True)] * len(buttons),
-                    gr.Button(interactive=False), standing_text(blind), status,
-                    gr.Timer(active=False))
+                    gr.Button(interactive=False), standing(voter_name, scope, request),
+                    status, gr.Timer(active=False))
 
-        def show_when_ready(current: str | None, voter_name: str):
+        def show_when_ready(current: str | None, voter_name: str, scope: str,
+                            request: gr.Request):
             if current is not None:  # a pair is on the page already
                 return (gr.skip(),) * (len(shown_outputs) - 1) + (gr.Timer(active=False),)
-            return show(voter_name)
+            return show(voter_name, scope, request)
 
         shown_outputs = [pair_id, prompt, image_a, image_b, reveal, *buttons.values(),
                          next_button, tally, progress, waiting]
-        demo.load(show, [name], shown_outputs, api_visibility="private")
-        next_button.click(show, [name], shown_outputs, api_visibility="private")
-        waiting.tick(show_when_ready, [pair_id, name], shown_outputs, api_visibility="private")
+        demo.load(show, [name, tally_of], shown_outputs, api_visibility="private")
+        next_button.click(show, [name, tally_of], shown_outputs, api_visibility="private")
+        waiting.tick(show_when_ready, [pair_id, name, tally_of], shown_outputs,
+                     api_visibility="private")
 
         def voter_for(choice: str):
-            def vote(current: str | None, voter_name: str):
+            def vote(current: str | None, voter_name: str, scope: str, request: gr.Request):
                 try:
+                    voter_name = who(voter_name, request)
                     revealed = blind.vote(current or "", check_name(voter_name), choice)
                 except DataError as error:
                     gr.Warning(str(error))
                     return (gr.skip(),) * (len(buttons) + 3)
                 return (reveal_text(revealed), *[gr.Button(interactive=False)] * len(buttons),
-                        gr.Button(interactive=True), standing_text(blind))
+                        gr.Button(interactive=True), standing(voter_name, scope, request))
             return vote
 
         for choice, button in buttons.items():
-            button.click(voter_for(choice), [pair_id, name],
+            button.click(voter_for(choice), [pair_id, name, tally_of],
                          [reveal, *buttons.values(), next_button, tally],
                          api_visibility="private", concurrency_limit=None)
     return demo

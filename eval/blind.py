@@ -333,10 +333,11 @@ class BlindEval:
         on a board."""
         return self.names[self.models.index(model)] if self.is_board else side
 
-    def tallies(self) -> dict[str, Tally]:
-        """Aligned over base from every vote on a two-model comparison, overall and per
-        category."""
-        votes = self.votes.votes(self.base, self.aligned)
+    def tallies(self, voter: str | None = None) -> dict[str, Tally]:
+        """Aligned over base from every vote on a two-model comparison (or `voter`'s
+        alone), overall and per category."""
+        votes = [v for v in self.votes.votes(self.base, self.aligned)
+                 if voter is None or v.voter == voter]
         return tally_by_category([v.as_stat() for v in votes], bootstrap_samples=500)
 
     def matchup_votes(self) -> list[tuple[str, str, int]]:
