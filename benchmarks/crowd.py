@@ -1,0 +1,245 @@
+"""A simulated crowd on the annotate page, and what leaving its flagged annotators out of
+training is worth.
+
+    python benchmarks/crowd.py --out runs/crowd                  # crowd, flags, two DPO runs
+    python benchmarks/crowd.py --out runs/crowd-small --votes 20 --steps 4 --no-train
+
+Twelve annotators log in to one `python -m annotate` server (toy model, prompt-set
+mode, a share of pairs shown to three annotators, gold pairs mixed in) and vote through
+gradio_client, each from its own thread:
+- nine honest ones prefer the image the toy judge scores higher (a share `--honest-noise`
+  of their votes flipped, as a person errs), looking at each pair `--look` seconds;
+- two vote left or right at random, one always votes "left"; these three look only
+  `--quick-look` seconds, as a spammer does.
+Then `data.quality` computes agreement and flags (its default rule), and, unless
+--no-train, the toy preset trains once on every vote and once with `--drop_flagged true`,
+and `models.toy.evaluate` measures each model's adherence on 400 held-out prompt/seed
+pairs. Prints one JSON object (also RUN/result.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+HONEST, RANDOM, LEFT = "honest", "random", "left"
+CROWD = [(f"honest-{i:02d}", HONEST) for i in range(1, 10)] + [
+    ("random-1", RANDOM), ("random-2", RANDOM), ("lefty", LEFT)]
+PASSWORD = "crowd"
+
+
+@dataclass
+class Annotator:
+    name: str
+    kind: str
+    look_s: float
+    noise: float
+    rng: random.Random
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def write_gold(folder: Path, captions: int = 6, seeds: int = 6, steps: int = 20) -> Path:
+    """Gold pairs of the toy model: per caption, the image the judge likes most against
+    the one it likes least, of a few seeds."""
+    from models.loading import load
+    from models.toy.judge import score
+    from models.toy.shapes import all_captions
+
+    model = load("toy")
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for k, caption in enumerate(all_captions()[:captions]):
+        images = model.pipeline([caption] * seeds, num_inference_steps=steps,
+                                generator=[__import__("torch").Generator().manual_seed(s)
+                                           for s in range(seeds)]).images
+        scores = score([caption] * seeds, images).tolist()
+        best, worst = scores.index(max(scores)), scores.index(min(scores))
+        images[best].save(folder / f"{k:02d}-better.png")
+        images[worst].save(folder / f"{k:02d}-worse.png")
+        lines.append(json.dumps({"prompt": caption, "better": f"{k:02d}-better.png",
+                                 "worse": f"{k:02d}-worse.png"}))
+    path = folder / "gold.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def native(path: str):
+    """A page image back at the toy model's size (the page enlarges by whole pixels)."""
+    from PIL import Image
+
+    from models.toy.shapes import IMAGE_SIZE
+
+    image = Image.open(path).convert("RGB")
+    return image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.NEAREST)
+
+
+def choose(annotator: Annotator, prompt: str, left: str, right: str) -> str:
+    if annotator.kind == LEFT:
+        return "left"
+    if annotator.kind == RANDOM:
+        return annotator.rng.choice(["left", "right"])
+    from models.toy.judge import score
+
+    s_left, s_right = score([prompt, prompt], [native(left), native(right)]).tolist()
+    choice = "left" if s_left >= s_right else "right"
+    if annotator.rng.random() < annotator.noise:
+        choice = "right" if choice == "left" else "left"
+    return choice
+
+
+def annotate(url: str, annotator: Annotator, votes: int, errors: list[str]) -> None:
+    from gradio_client import Client
+
+    try:
+        client = Client(url, auth=(annotator.name, PASSWORD), verbose=False,
+                        httpx_kwargs={"timeout": 300})
+        shown = client.predict("", "", "auto", api_name="/generate")
+        cast = 0
+        while cast < votes:
+            left, right, prompt, round_id = shown[:4]
+            if not round_id or not left:  # refused (busy): ask again
+                time.sleep(0.5)
+                shown = client.predict("", "", "auto", api_name="/generate")
+                continue
+            time.sleep(annotator.look_s)
+            outcome = choose(annotator, prompt, left, right)
+            after = client.predict("", "auto", round_id, api_name=f"/vote_{outcome}")
+            if after[5] and after[3] in (None, round_id):  # refused: the note says why
+                errors.append(f"{annotator.name}: {after[5]}")
+                if len(errors) > 50:
+                    return
+                time.sleep(0.5)
+                continue
+            cast += 1
+            shown = after
+    except Exception as error:  # reported with the annotator
+        errors.append(f"{annotator.name}: {error!r}")
+
+
+def simulate(out: Path, votes: int, steps: int = 20, overlap: int = 3,
+             overlap_share: float = 0.5, gold_rate: float = 0.1, look: float = 1.2,
+             quick_look: float = 0.6, honest_noise: float = 0.1, seed: int = 0) -> dict:
+    """Run the crowd on a fresh store in `out`; the store's path, timings and errors."""
+    from annotate.serve import AppConfig, open_app
+    from models.generate import PairVariety
+
+    out.mkdir(parents=True, exist_ok=True)
+    db = out / "crowd.duckdb"
+    if db.exists():
+        raise SystemExit(f"{db} exists: give a new --out")
+    logins = out / "logins.txt"
+    logins.write_text("".join(f"{name}:{PASSWORD}\n" for name, _ in CROWD))
+    gold = write_gold(out / "gold", steps=steps)
+    server = open_app(AppConfig(
+        db=db, auth=logins, gold=gold, gold_rate=gold_rate, variety=PairVariety(steps=steps),
+        seed=seed, queue=len(CROWD) + 4, overlap=overlap, overlap_share=overlap_share))
+    port = free_port()
+    server.demo.launch(server_name="127.0.0.1", server_port=port, auth=server.logins,
+                       prevent_thread_lock=True, quiet=True)
+    rng = random.Random(seed)
+    crowd = [Annotator(name, kind, look if kind == HONEST else quick_look,
+                       honest_noise if kind == HONEST else 0.0, random.Random(rng.random()))
+             for name, kind in CROWD]
+    errors: list[str] = []
+    start = time.perf_counter()
+    try:
+        threads = [threading.Thread(target=annotate, args=(server.demo.local_url, a, votes,
+                                                           errors)) for a in crowd]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        server.close()
+    return {"db": str(db), "crowd_s": round(time.perf_counter() - start, 1),
+            "pairs_made": server.worker.made, "errors": errors[:5]}
+
+
+def quality(db: Path) -> dict:
+    from data.quality import store_quality
+    from data.store import Store
+
+    with Store(db, read_only=True) as store:
+        crowd = store_quality(store)
+        votes = store.cursor().execute(
+            "SELECT count(*) FILTER (question = 'preference'), "
+            "count(DISTINCT (image_0_uid, image_1_uid)) FROM rankings "
+            "WHERE NOT is_gold").fetchone()
+    bad = {name for name, kind in CROWD if kind != HONEST}
+    flagged = {a.name for a in crowd.flagged}
+    return {
+        "alpha": crowd.alpha, "agreement": crowd.agreement,
+        "overlap_pairs": crowd.overlap_pairs, "train_votes": votes[0], "train_pairs": votes[1],
+        "flagged": {a.name: list(a.flags) for a in crowd.flagged},
+        "flagged_correctly": flagged == bad,
+        "annotators": {a.name: {"votes": a.votes, "agreement": a.agreement,
+                                "gold": a.gold_accuracy, "left_rate": a.left_rate,
+                                "median_look_s": (a.median_dwell_ms or 0) / 1000}
+                       for a in crowd.annotators},
+    }
+
+
+def train_and_measure(db: Path, out: Path, pairs: int) -> dict:
+    """The toy preset on every vote and without the flagged ones; adherence of each."""
+    python = sys.executable
+    launch = [python, "-m", "accelerate.commands.launch", "-q", "--config_file",
+              str(ROOT / "docs/accelerate/one_process.yaml")]
+    result = {}
+
+    def adherence(model: str) -> float:
+        done = subprocess.run([python, "-m", "models.toy.evaluate", "--model", model,
+                               "--pairs", str(pairs), "--judge-images", "0"],
+                              cwd=ROOT, check=True, capture_output=True, text=True)
+        return json.loads(done.stdout[done.stdout.index("{"):])["adherence"]["both"]
+
+    result["adherence_base"] = adherence("toy")
+    for name, extra in (("all_votes", []), ("without_flagged", ["--drop_flagged", "true"])):
+        folder = out / f"train-{name}"
+        start = time.perf_counter()
+        subprocess.run([*launch, "-m", "train", "toy", "--data", str(db), "--output_dir",
+                        str(folder), "--cache_dir", str(out / "cache"), *extra],
+                       cwd=ROOT, check=True, capture_output=True, text=True)
+        result[f"train_{name}_s"] = round(time.perf_counter() - start, 1)
+        result[f"adherence_{name}"] = adherence(str(folder / "final"))
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("runs/crowd"))
+    parser.add_argument("--votes", type=int, default=125, help="votes per annotator")
+    parser.add_argument("--steps", type=int, default=20, help="sampler steps of the page")
+    parser.add_argument("--honest-noise", type=float, default=0.1)
+    parser.add_argument("--look", type=float, default=1.2)
+    parser.add_argument("--quick-look", type=float, default=0.6)
+    parser.add_argument("--pairs", type=int, default=400, help="adherence prompt/seed pairs")
+    parser.add_argument("--no-train", action="store_true")
+    args = parser.parse_args()
+    result = simulate(args.out, args.votes, steps=args.steps, look=args.look,
+                      quick_look=args.quick_look, honest_noise=args.honest_noise)
+    result.update(quality(Path(result["db"])))
+    if not args.no_train:
+        result.update(train_and_measure(Path(result["db"]), args.out, args.pairs))
+    text = json.dumps(result, indent=2)
+    (args.out / "result.json").write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
