@@ -327,8 +327,8 @@ class Collector:
                               votes_wanted=self.settings.overlap if overlap else 1)
 
     def _overlap_round(self, annotator: Annotator) -> Round | None:
-        """A stored overlap pair this annotator has not been shown that still needs votes
-        beyond the rounds now showing it to others; None when there is none."""
+        """A stored overlap pair this annotator has not been shown (nor holds open) that
+        still needs votes beyond the rounds now showing it; None when there is none."""
         with self._overlap_lock:
             wanting = self.store.open_overlap(annotator.user_id)
             if not wanting:
@@ -337,8 +337,10 @@ class Collector:
             with self._lock:
                 held = Counter(r.pair for r in self._rounds.values()
                                if now - r.shown_at < HOLD_S)
+                mine = {r.pair for r in self._rounds.values()
+                        if r.user_id == annotator.user_id}
             for uid_0, uid_1, caption, still_wanted in wanting:
-                if held[uid_0, uid_1] < still_wanted:
+                if (uid_0, uid_1) not in mine and held[uid_0, uid_1] < still_wanted:
                     records = self.store.image_records([uid_0, uid_1])
                     return self._remember(annotator, SET_SOURCE, caption,
                                           (records[uid_0], records[uid_1]), None, None,

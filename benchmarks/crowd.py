@@ -195,7 +195,7 @@ def quality(db: Path) -> dict:
     }
 
 
-def train_and_measure(db: Path, out: Path, pairs: int) -> dict:
+def train_and_measure(db: Path, out: Path, pairs: int, train_args: list[str]) -> dict:
     """The toy preset on every vote and without the flagged ones; adherence of each."""
     python = sys.executable
     launch = [python, "-m", "accelerate.commands.launch", "-q", "--config_file",
@@ -213,7 +213,7 @@ def train_and_measure(db: Path, out: Path, pairs: int) -> dict:
         folder = out / f"train-{name}"
         start = time.perf_counter()
         subprocess.run([*launch, "-m", "train", "toy", "--data", str(db), "--output_dir",
-                        str(folder), "--cache_dir", str(out / "cache"), *extra],
+                        str(folder), "--cache_dir", str(out / "cache"), *extra, *train_args],
                        cwd=ROOT, check=True, capture_output=True, text=True)
         result[f"train_{name}_s"] = round(time.perf_counter() - start, 1)
         result[f"adherence_{name}"] = adherence(str(folder / "final"))
@@ -230,12 +230,15 @@ def main() -> None:
     parser.add_argument("--quick-look", type=float, default=0.6)
     parser.add_argument("--pairs", type=int, default=400, help="adherence prompt/seed pairs")
     parser.add_argument("--no-train", action="store_true")
+    parser.add_argument("--train-args", nargs=argparse.REMAINDER, default=[],
+                        help="more trainer flags, last (for a smoke run: --max_steps 2 ...)")
     args = parser.parse_args()
     result = simulate(args.out, args.votes, steps=args.steps, look=args.look,
                       quick_look=args.quick_look, honest_noise=args.honest_noise)
     result.update(quality(Path(result["db"])))
     if not args.no_train:
-        result.update(train_and_measure(Path(result["db"]), args.out, args.pairs))
+        result.update(train_and_measure(Path(result["db"]), args.out, args.pairs,
+                                        args.train_args))
     text = json.dumps(result, indent=2)
     (args.out / "result.json").write_text(text + "\n")
     print(text)

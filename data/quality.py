@@ -223,7 +223,7 @@ def crowd_quality(votes: Iterable[HumanVote], question: str = "preference",
             left_rate=sum(v.outcome == "left" for v in sided) / len(sided) if sided else None,
             agreement=agree / other if other else None, compared=other,
             gold_right=sum(gold), gold_answered=len(gold),
-            votes_per_minute=votes_per_minute([v.created_at for v in own]),
+            votes_per_minute=votes_per_minute(sorted(v.created_at for v in own)),
             median_dwell_ms=statistics.median(dwell) if dwell else None,
         ))
     judged = [a.agreement for a in figures if a.compared >= rule.agreement_min]

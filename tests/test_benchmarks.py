@@ -29,7 +29,7 @@ def bench(name: str, *flags: str, tmp_path, timeout: int = 600) -> dict:
 
 
 def test_every_benchmark_script_is_run_here():
-    tested = {"ai_feedback", "annotate_latency", "eval_auto", "import_shard", "objectives",
+    tested = {"ai_feedback", "annotate_latency", "crowd", "eval_auto", "import_shard", "objectives",
               "pair_generation", "store_votes", "toy_loop", "train_throughput"}
     assert {p.stem for p in BENCHMARKS.glob("*.py")} - {"readme", "__init__"} == tested
 
@@ -42,6 +42,22 @@ def test_ai_feedback(tmp_path):
     assert [m["tie_margin"] for m in out["outcome_mix"]] == [0.0, 0.1]
     for mix in out["outcome_mix"]:
         assert abs(mix["left"] + mix["right"] + mix["tie"] - 1) < 0.01
+
+
+def test_crowd_flags_the_three_bad_annotators_and_no_honest_one(tmp_path):
+    # twelve logins vote through gradio_client: nine by the toy judge, two at random, one
+    # always "left"; the rule of data.quality must flag exactly the three
+    out = bench("crowd", "--out", str(tmp_path / "crowd"), "--votes", "22", "--steps", "4",
+                "--honest-noise", "0", "--pairs", "4", "--train-args", "--max_steps", "2",
+                "--eval_every", "0", "--holdout_pairs", "2",
+                tmp_path=tmp_path)
+    assert out["errors"] == []
+    assert sorted(out["flagged"]) == ["lefty", "random-1", "random-2"]
+    assert out["flagged_correctly"] is True
+    assert {a["votes"] for a in out["annotators"].values()} == {22}
+    assert out["overlap_pairs"] > 0 and out["alpha"] is not None
+    for key in ("adherence_base", "adherence_all_votes", "adherence_without_flagged"):
+        assert 0 <= out[key] <= 1
 
 
 def test_annotate_latency(tmp_path):
