@@ -206,9 +206,11 @@ def campaign_page(demo: gr.Blocks, collector: Collector, auth: bool,
         gr.Markdown("## Campaign")
         summary = gr.Markdown(elem_id="campaign-summary")
         with gr.Row():
-            votes = gr.LinePlot(x="time", y="votes", label="Votes over time",
-                                elem_id="campaign-timeline", height=260)
+            votes = gr.BarPlot(x="time", y="votes", label="Votes over time",
+                               elem_id="campaign-timeline", height=260)
             agreement = gr.BarPlot(x="annotator", y="agreement", color="flagged",
+                                   color_map={"flagged": "#d62728",
+                                              "not flagged": "#4c78a8"},
                                    label="Agreement with the other annotators (%)",
                                    elem_id="campaign-agreement", height=260, y_lim=[0, 100])
         table = gr.Dataframe(headers=ANNOTATOR_COLUMNS, interactive=False, wrap=True,
@@ -225,7 +227,7 @@ def campaign_page(demo: gr.Blocks, collector: Collector, auth: bool,
             series = pd.DataFrame(seen.timeline, columns=["time", "votes"])
             bars = pd.DataFrame(seen.agreement, columns=["annotator", "agreement", "flagged"])
             rows = pd.DataFrame(seen.annotators, columns=ANNOTATOR_COLUMNS)
-            return (seen.summary, gr.LinePlot(series, label=f"Votes per {seen.bucket}"),
+            return (seen.summary, gr.BarPlot(series, label=f"Votes per {seen.bucket}"),
                     bars, rows, seen.flagged)
 
         outputs = [summary, votes, agreement, table, flagged]

@@ -77,12 +77,12 @@ def summary_text(stats: StoreStats, progress: tuple[int, int]) -> str:
     alpha = "n/a" if crowd.alpha is None else f"{crowd.alpha:.3f}"
     human = stats.by_source.get("human", 0)
     return "\n".join([
-        f"**Votes:** {human} by {len(crowd.annotators)} annotators "
+        f"- **Votes:** {human} by {len(crowd.annotators)} annotators "
         f"({stats.rankings} rankings in the store) · **overlap pairs:** {complete} complete "
         f"of {started} started",
-        f"**Agreement** ({crowd.question}): Krippendorff's alpha **{alpha}** · pairwise "
+        f"- **Agreement** ({crowd.question}): Krippendorff's alpha **{alpha}** · pairwise "
         f"**{_pct(crowd.agreement)}** over {crowd.overlap_pairs} pairs with 2+ annotators",
-        f"**Gold accuracy:** {_pct(gold_right / gold_answered if gold_answered else None)} "
+        f"- **Gold accuracy:** {_pct(gold_right / gold_answered if gold_answered else None)} "
         f"({gold_right}/{gold_answered}) · **left-side win rate:** "
         f"{_pct(stats.left_win_rate)} of {stats.left_win_votes} decisive votes · "
         f"**tie rate:** {_pct(stats.tie_rate)}",

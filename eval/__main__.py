@@ -22,6 +22,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from data.errors import DataError, UserError, report_user_error  # noqa: E402
 from data.pages import PORT_HELP, pick_port, read_logins  # noqa: E402
+from data.store import QUESTIONS  # noqa: E402
 from eval.votes import DEFAULT_VOTES  # noqa: E402
 from models.toy import TOY_NAME  # noqa: E402
 
@@ -123,6 +124,9 @@ def blind_parser() -> argparse.ArgumentParser:
                              f"{DEFAULT_VOTES})")
     parser.add_argument("--voter", help="your name, recorded with every vote (default: the "
                                         "page asks)")
+    parser.add_argument("--question", default="preference", choices=list(QUESTIONS),
+                        help="what the page asks: the general preference (default), or the "
+                             "paper's visual appeal or prompt alignment; each vote records it")
     parser.add_argument("--auth", metavar="FILE",
                         help="require a login: one user:password per line (as python -m "
                              "annotate --auth); the voter then comes from the login only")
@@ -162,7 +166,8 @@ def blind(argv: list[str]) -> int:
     votes = VoteStore(args.db)  # first, so a locked file fails before any image is made
     blind_eval = BlindEval.prepare(models, prompts,
                                    Sampling(args.seeds, args.steps, args.guidance), votes,
-                                   Path(args.images), names=names, ratings=ratings)
+                                   Path(args.images), names=names, ratings=ratings,
+                                   question=args.question)
     try:
         demo = build_app(blind_eval, args.voter, auth=logins is not None)
         try:
@@ -199,6 +204,8 @@ def report_parser() -> argparse.ArgumentParser:
     parser.add_argument("--aligned", help="only votes with this aligned model (default: the "
                                           "comparison voted on last)")
     parser.add_argument("--out", help="report folder (default: runs/eval/human-<aligned name>)")
+    parser.add_argument("--question", default="preference", choices=list(QUESTIONS),
+                        help="which question's votes to tally (default: preference)")
     return parser
 
 
@@ -213,7 +220,10 @@ def report(argv: list[str]) -> int:
             which = "" if args.base is None and args.aligned is None else " for these models"
             raise DataError(f"no votes yet{which} in {args.db}: vote first (python -m eval)")
         base, aligned, _ = comparisons[0]
-        votes = store.votes(base, aligned)
+        votes = store.votes(base, aligned, args.question)
+        if not votes:
+            raise DataError(f"no votes on the {args.question} question for {aligned} in "
+                            f"{args.db}: give the --question the page asked")
     from eval.report import write_human_report  # matplotlib: only once there are votes
 
     out = Path(args.out or Path("runs/eval") / f"human-{run_name(aligned)}")

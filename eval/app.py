@@ -14,6 +14,7 @@ import gradio as gr
 
 from data.errors import DataError
 from data.pages import FRAME_PX, check_name
+from data.store import QUESTIONS
 from eval.blind import BlindEval, Progress, Reveal
 from eval.stats import Tally
 
@@ -121,7 +122,9 @@ def build_app(blind: BlindEval, voter: str | None = None, auth: bool = False) ->
     names the voter; otherwise the page asks."""
     gr.set_static_paths([blind.showings])  # each showing's own files, served as they are
     with gr.Blocks(title="Blind A/B evaluation") as demo:
-        gr.Markdown("## Which image is better for its prompt?\nThe two models' images are "
+        asked = ("Which image is better for its prompt?" if blind.question == "preference"
+                 else QUESTIONS[blind.question])
+        gr.Markdown(f"## {asked}\nThe two models' images are "
                     "shown in random order; who made which is shown after you vote. "
                     "Shortcuts: **a** or **←** A is better, **b** or **→** B is better, "
                     "**t** or **↓** tie, **x** or **↑** both are bad, **n** or **Enter** "

@@ -43,6 +43,7 @@ from PIL import Image
 from data.errors import DataError
 from data.pages import enlarge
 from data.prompts import Prompt
+from data.store import QUESTIONS
 from eval.images import DEFAULT_ROOT, Sampling, images_for, open_image
 from eval.stats import Tally, tally_by_category
 from eval.votes import SIDES, VoteRow, VoteStore, now, other_side, outcome_of
@@ -149,7 +150,8 @@ class BlindEval:
     def __init__(self, models: Sequence[str], prompts: list[Prompt], sampling: Sampling,
                  images: dict[str, dict[tuple[str, int], Path]] | None, votes: VoteStore,
                  rng: random.Random | None = None, root: Path = DEFAULT_ROOT,
-                 names: Sequence[str] | None = None, ratings: Sequence[float] | None = None):
+                 names: Sequence[str] | None = None, ratings: Sequence[float] | None = None,
+                 question: str = "preference"):
         if not prompts:
             raise DataError("no prompts to compare on")
         if len(models) < 2 or (len(models) > 2 and len(set(models)) != len(models)):
@@ -160,6 +162,9 @@ class BlindEval:
         if not len(self.names) == len(self.ratings) == len(self.models):
             raise DataError("give one name and one rating per model")
         self.is_board = len(models) > 2
+        if question not in QUESTIONS:
+            raise DataError(f"unknown question {question!r}: use one of {', '.join(QUESTIONS)}")
+        self.question = question  # what the page asks; each vote records it
         self.matchups = [(i, j) for i in range(len(models)) for j in range(i + 1, len(models))]
         self.sampling = sampling
         self.items = [(p, s) for p in dict.fromkeys(prompts) for s in range(sampling.seeds)]
@@ -179,9 +184,10 @@ class BlindEval:
     def prepare(cls, models: Sequence[str], prompts: list[Prompt], sampling: Sampling,
                 votes: VoteStore, root: Path = DEFAULT_ROOT,
                 rng: random.Random | None = None, names: Sequence[str] | None = None,
-                ratings: Sequence[float] | None = None) -> BlindEval:
+                ratings: Sequence[float] | None = None,
+                question: str = "preference") -> BlindEval:
         """A comparison whose images `start` makes (or finds in the cache) under `root`."""
-        return cls(models, prompts, sampling, None, votes, rng, root, names, ratings)
+        return cls(models, prompts, sampling, None, votes, rng, root, names, ratings, question)
 
     @property
     def base(self) -> str:
@@ -319,7 +325,8 @@ class BlindEval:
                 aligned_model=pair.aligned, side_a=pair.side_a, choice=choice,
                 outcome=outcome_of(choice, pair.side_a), steps=self.sampling.steps,
                 guidance=self.sampling.guidance,
-                dwell_ms=int(1000 * (time.monotonic() - pair.shown_at)), created_at=now()))
+                dwell_ms=int(1000 * (time.monotonic() - pair.shown_at)), created_at=now(),
+                question=self.question))
             with self._lock:
                 self._pending.pop(pair_id, None)
                 self._forget(pair_id)
@@ -336,7 +343,7 @@ class BlindEval:
     def tallies(self, voter: str | None = None) -> dict[str, Tally]:
         """Aligned over base from every vote on a two-model comparison (or `voter`'s
         alone), overall and per category."""
-        votes = [v for v in self.votes.votes(self.base, self.aligned)
+        votes = [v for v in self.votes.votes(self.base, self.aligned, self.question)
                  if voter is None or v.voter == voter]
         return tally_by_category([v.as_stat() for v in votes], bootstrap_samples=500)
 

@@ -48,7 +48,11 @@ CREATE TABLE IF NOT EXISTS votes (
     dwell_ms BIGINT,
     created_at TIMESTAMP NOT NULL
 )
-"""])]
+"""]), (2, [
+    # which of data.store.QUESTIONS the page asked (python -m eval --question)
+    "ALTER TABLE votes ADD COLUMN question VARCHAR DEFAULT 'preference'",
+    "UPDATE votes SET question = 'preference' WHERE question IS NULL",
+])]
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,7 @@ class VoteRow:
     guidance: float
     dwell_ms: int | None
     created_at: datetime
+    question: str = "preference"
 
     def as_stat(self) -> Vote:
         """The vote as eval.stats counts it (aligned over base, side A is the left)."""
@@ -141,10 +146,13 @@ class VoteStore(DuckDBFile):
             params).fetchall()
         return [VoteRow(*row) for row in result]
 
-    def votes(self, base: str | None = None, aligned: str | None = None) -> list[VoteRow]:
-        """Every vote, or those of one comparison (either model may be left open)."""
-        return self._select("(? IS NULL OR base_model = ?) AND (? IS NULL OR aligned_model = ?)",
-                            [base, base, aligned, aligned])
+    def votes(self, base: str | None = None, aligned: str | None = None,
+              question: str | None = None) -> list[VoteRow]:
+        """Every vote, or those of one comparison (either model may be left open), on
+        every question or one."""
+        return self._select("(? IS NULL OR base_model = ?) AND (? IS NULL OR aligned_model = ?) "
+                            "AND (? IS NULL OR question = ?)",
+                            [base, base, aligned, aligned, question, question])
 
     def comparisons(self) -> list[tuple[str, str, int]]:
         """(base, aligned, votes) of every comparison voted on, the latest voted first."""

@@ -46,7 +46,7 @@ BASE_NAME, ALIGNED_NAME = "basemodel-qz7k", "alignedmodel-wx3v"
 # -- plain functions, no models ------------------------------------------------------
 
 
-def fake_eval(tmp_path, rng=None, seeds=2) -> BlindEval:
+def fake_eval(tmp_path, rng=None, seeds=2, question="preference") -> BlindEval:
     """A BlindEval over hand-made images: base draws red, aligned draws blue."""
     images = {}
     for model, color in (("base-m", (200, 0, 0)), ("aligned-m", (0, 0, 200))):
@@ -59,7 +59,8 @@ def fake_eval(tmp_path, rng=None, seeds=2) -> BlindEval:
                 Image.new("RGB", (8, 8), color).save(path)
                 images[model][(p.text, s)] = path
     votes = VoteStore(tmp_path / "votes.duckdb")
-    return BlindEval(["base-m", "aligned-m"], PROMPTS, Sampling(seeds=seeds), images, votes, rng)
+    return BlindEval(["base-m", "aligned-m"], PROMPTS, Sampling(seeds=seeds), images, votes, rng,
+                     question=question)
 
 
 def row(vote_id, outcome, side_a, prompt="p1", category=None, voter="ann", minutes=0):
@@ -597,3 +598,44 @@ def test_the_page_is_served_before_the_images_are_made_and_says_how_far(browser,
     errors = [e for e in err.splitlines() if e.startswith("error: ")]
     assert len(errors) == 1 and "cannot load" in errors[0], err[-2000:]
     assert "Traceback" not in err
+
+
+def test_with_a_login_the_voter_is_the_login_and_the_tally_can_be_your_own(browser, tmp_path):
+    from data.store import QUESTIONS
+
+    blind = fake_eval(tmp_path, question="alignment")
+    logins = [("alice", "a-pass"), ("bob", "b-pass")]
+    with serving(build_app(blind, auth=True), auth=logins, **OPTIONS) as url:
+        for user, password, votes in (("alice", "a-pass", 1), ("bob", "b-pass", 2)):
+            page = browser.new_page()
+            page.goto(url)
+            page.get_by_label("username").fill(user)
+            page.get_by_label("password").fill(password)
+            page.get_by_role("button", name="Login").click()
+            page.wait_for_function("() => document.querySelector('#eval-image-b img') && "
+                                   "!document.querySelector('#eval-vote-a').disabled",
+                                   timeout=30_000)
+            assert QUESTIONS["alignment"] in page.inner_text("body")
+            assert not page.locator("#eval-voter").is_visible()  # no name to type
+            before = len(blind.votes.votes())
+            for k in range(votes):
+                if k:
+                    page.click("#eval-next")
+                    page.wait_for_function(
+                        "() => !document.querySelector('#eval-vote-a').disabled",
+                        timeout=15_000)
+                page.click("#eval-vote-a")
+                wait_revealed(page, before + k)
+            page.get_by_text("Your votes").click()
+            page.wait_for_function(
+                "u => document.querySelector('#eval-tally').innerText.includes(`(${u})`)",
+                arg=user, timeout=15_000)
+            assert f"{votes} vote" in page.inner_text("#eval-tally")
+            page.close()
+    rows = blind.votes.votes()
+    assert [r.voter for r in rows] == ["alice", "bob", "bob"]
+    assert {r.question for r in rows} == {"alignment"}
+    assert blind.votes.votes(question="preference") == []
+    assert blind.tallies("bob")["all"].n == 2 and blind.tallies()["all"].n == 3
+    blind.close()
+    blind.votes.close()
