@@ -1,12 +1,14 @@
 """Screenshots of both pages at real size, with a pair on screen, for docs/.
 
-    python scripts/screenshots.py [--aligned MODEL] [--board LEADERBOARD_JSON] [--out docs]
+    python scripts/screenshots.py [--aligned MODEL] [--board LEADERBOARD_JSON]
+        [--campaign STORE] [--out docs]
 
 A 1280x900 window at device scale 1, headless chromium (as the tests drive it): the
 annotate page on the toy model after "Prompt from the set" and Generate, and the blind
 page comparing toy with `--aligned` (default: toy itself); with `--board`, also the blind
-page over that board's models after one vote (eval_board_page.png). Everything it writes
-besides the PNGs goes to a temporary folder.
+page over that board's models after one vote (eval_board_page.png); with `--campaign`, the
+campaign page of that store, copied first (campaign_page.png, 1280 px wide, whole page).
+Everything it writes besides the PNGs goes to a temporary folder.
 """
 
 from __future__ import annotations
@@ -46,6 +48,24 @@ def annotate_page(browser, folder: Path, out: Path) -> None:
         page.wait_for_function("() => !document.querySelector('#vote-left').disabled")
         page.wait_for_timeout(500)  # the buttons' fade-in, once armed
         page.screenshot(path=out)
+    finally:
+        server.demo.close()
+        server.close()
+
+
+def campaign_page(browser, folder: Path, store: Path, out: Path) -> None:
+    from annotate.serve import AppConfig, open_app
+
+    db = folder / "campaign.duckdb"
+    shutil.copy(store, db)
+    server = open_app(AppConfig(db=db, buffer=0))
+    try:
+        server.demo.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True)
+        page = browser.new_page(viewport=VIEWPORT, device_scale_factor=1)
+        page.goto(server.demo.local_url + "campaign")
+        page.get_by_text("Krippendorff's alpha").wait_for(timeout=60_000)
+        page.wait_for_timeout(1500)  # the charts draw
+        page.screenshot(path=out, full_page=True)
     finally:
         server.demo.close()
         server.close()
@@ -94,14 +114,20 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--aligned", default="toy", help="the blind page's aligned model")
     parser.add_argument("--board", type=Path, help="a leaderboard.json: also the board page")
+    parser.add_argument("--campaign", type=Path, help="a store: also its campaign page")
     parser.add_argument("--out", type=Path, default=Path("docs"), help="folder for the PNGs")
+    parser.add_argument("--only-campaign", action="store_true",
+                        help="with --campaign: that page alone")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as temp, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=shutil.which("chromium"),
                                              args=ARGS)
-        annotate_page(browser, Path(temp), args.out / "annotate_page.png")
-        eval_page(browser, Path(temp), ["toy", args.aligned], args.out / "eval_page.png")
-        if args.board:
+        if args.campaign:
+            campaign_page(browser, Path(temp), args.campaign, args.out / "campaign_page.png")
+        if not (args.campaign and args.only_campaign):
+            annotate_page(browser, Path(temp), args.out / "annotate_page.png")
+            eval_page(browser, Path(temp), ["toy", args.aligned], args.out / "eval_page.png")
+        if args.board and not args.only_campaign:
             eval_page(browser, Path(temp) / "board", [], args.out / "eval_board_page.png",
                       args.board)
         browser.close()
