@@ -344,7 +344,7 @@ def leaderboard(argv: list[str]) -> int:
         from eval.votes import VoteStore
 
         with VoteStore(args.votes, read_only=True) as store:
-            voted = vote_matches(store.votes(), models)
+            voted = vote_matches(store.votes(question="preference"), models)
         if voted:
             try:
                 boards.append(fit(voted, models, "people (blind votes)", args.prior))

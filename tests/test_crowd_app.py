@@ -161,3 +161,24 @@ def test_three_annotators_on_shared_pairs_and_the_campaign_page(browser, campaig
     other.get_by_text("This page is for the campaign's owner").wait_for(timeout=60_000)
     assert "alpha" not in other.locator("#campaign-summary").inner_text()
     other.close()
+
+
+def test_the_three_questions_through_the_page_api(tmp_path):
+    from gradio_client import Client
+
+    server = open_app(AppConfig(db=tmp_path / "prefs.duckdb", variety=PairVariety(steps=2),
+                                buffer=0, questions=3, min_display_ms=0))
+    with serving(server.demo) as url:
+        client = Client(url, verbose=False)
+        shown = client.predict("ann", "a red circle", "new", api_name="/generate")
+        refused = client.predict("ann", "new", shown[3], "left", None, api_name="/vote_left")
+        assert "Answer every question first" in refused[5]
+        assert server.store.counts()["rankings"] == 0
+        after = client.predict("ann", "new", shown[3], "right", "tie", api_name="/vote_left")
+        assert after[3] != shown[3] and after[-2:] == (None, None)  # fresh, unanswered
+    rows = {r.question: r for r in server.store.rankings()}
+    server.close()
+    assert sorted(rows) == ["alignment", "appeal", "preference"]
+    assert rows["preference"].outcome == "left" and rows["appeal"].outcome == "right"
+    assert rows["alignment"].outcome == "tie"
+    assert {r.user_id for r in rows.values()} == {stable_id("user:ann")}
