@@ -72,7 +72,10 @@ class FlagRule:
     gold_min: int = 5  # gold answers needed before gold accuracy can flag
     gold_below: float = 0.6
     agreement_min: int = 10  # other votes compared before agreement can flag
-    agreement_gap: float = 0.2  # below the crowd's median agreement by more than this
+    # below the crowd's median agreement by more than this, and by more than
+    # `agreement_z` standard errors of an agreement over that many compared votes
+    agreement_gap: float = 0.1
+    agreement_z: float = 3.0
     side_min: int = 20  # decisive votes needed before the side rate can flag
     side_p: float = 0.001  # left-side rate this unlikely for someone who looks
     fast_ms: int = 1000  # a median look shorter than this
@@ -80,8 +83,9 @@ class FlagRule:
     def text(self) -> str:
         return (f"flagged, once {self.min_votes}+ votes, if: gold accuracy < "
                 f"{self.gold_below:.0%} ({self.gold_min}+ gold answers); agreement with "
-                f"others more than {self.agreement_gap:.0%} below the crowd's median "
-                f"({self.agreement_min}+ compared votes); left-side rate with binomial "
+                f"others below the crowd's median by more than {self.agreement_gap:.0%} and "
+                f"{self.agreement_z:g} standard errors ({self.agreement_min}+ compared "
+                "votes); left-side rate with binomial "
                 f"p < {self.side_p:g} ({self.side_min}+ decisive votes); median look "
                 f"under {self.fast_ms / 1000:g} s")
 
@@ -173,9 +177,11 @@ def _flags(a: AnnotatorQuality, median: float | None, rule: FlagRule) -> tuple[s
     if a.gold_answered >= rule.gold_min and a.gold_accuracy < rule.gold_below:
         flags.append(f"gold accuracy {a.gold_accuracy:.0%} ({a.gold_right}/"
                      f"{a.gold_answered})")
-    if (a.compared >= rule.agreement_min and median is not None
-            and a.agreement < median - rule.agreement_gap):
-        flags.append(f"agrees with others {a.agreement:.0%} (crowd median {median:.0%})")
+    if a.compared >= rule.agreement_min and median is not None:
+        error = math.sqrt(median * (1 - median) / a.compared)
+        if median - a.agreement > max(rule.agreement_gap, rule.agreement_z * error):
+            flags.append(f"agrees with others {a.agreement:.0%} (crowd median "
+                         f"{median:.0%})")
     if a.decisive >= rule.side_min:
         left = round(a.left_rate * a.decisive)
         if binomial_p(left, a.decisive) < rule.side_p:
