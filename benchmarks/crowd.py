@@ -7,8 +7,10 @@ training is worth.
 Twelve annotators log in to one `python -m annotate` server (toy model, prompt-set
 mode, a share of pairs shown to three annotators, gold pairs mixed in) and vote through
 gradio_client, each from its own thread:
-- nine honest ones prefer the image the toy judge scores higher (a share `--honest-noise`
-  of their votes flipped, as a person errs), looking at each pair `--look` seconds;
+- nine honest ones prefer the image the toy judge scores higher, call a tie when the two
+  scores are within `--tie-margin` (as the README's AI feedback does: a person cannot
+  tell two equally good images apart), and flip a share `--honest-noise` of their
+  decisive votes, as a person errs; they look at each pair `--look` seconds;
 - two vote left or right at random, one always votes "left"; these three look only
   `--quick-look` seconds, as a spammer does.
 Then `data.quality` computes agreement and flags (its default rule), and, unless
@@ -45,6 +47,7 @@ class Annotator:
     kind: str
     look_s: float
     noise: float
+    tie_margin: float
     rng: random.Random
 
 
@@ -97,7 +100,9 @@ def choose(annotator: Annotator, prompt: str, left: str, right: str) -> str:
     from models.toy.judge import score
 
     s_left, s_right = score([prompt, prompt], [native(left), native(right)]).tolist()
-    choice = "left" if s_left >= s_right else "right"
+    if abs(s_left - s_right) <= annotator.tie_margin:
+        return "tie"
+    choice = "left" if s_left > s_right else "right"
     if annotator.rng.random() < annotator.noise:
         choice = "right" if choice == "left" else "left"
     return choice
@@ -134,7 +139,8 @@ def annotate(url: str, annotator: Annotator, votes: int, errors: list[str]) -> N
 
 def simulate(out: Path, votes: int, steps: int = 20, overlap: int = 3,
              overlap_share: float = 0.5, gold_rate: float = 0.1, look: float = 1.2,
-             quick_look: float = 0.6, honest_noise: float = 0.1, seed: int = 0) -> dict:
+             quick_look: float = 0.6, honest_noise: float = 0.1, tie_margin: float = 0.1,
+             seed: int = 0) -> dict:
     """Run the crowd on a fresh store in `out`; the store's path, timings and errors."""
     from annotate.serve import AppConfig, open_app
     from models.generate import PairVariety
@@ -154,7 +160,8 @@ def simulate(out: Path, votes: int, steps: int = 20, overlap: int = 3,
                        prevent_thread_lock=True, quiet=True)
     rng = random.Random(seed)
     crowd = [Annotator(name, kind, look if kind == HONEST else quick_look,
-                       honest_noise if kind == HONEST else 0.0, random.Random(rng.random()))
+                       honest_noise if kind == HONEST else 0.0, tie_margin,
+                       random.Random(rng.random()))
              for name, kind in CROWD]
     errors: list[str] = []
     start = time.perf_counter()
@@ -226,6 +233,7 @@ def main() -> None:
     parser.add_argument("--votes", type=int, default=125, help="votes per annotator")
     parser.add_argument("--steps", type=int, default=20, help="sampler steps of the page")
     parser.add_argument("--honest-noise", type=float, default=0.1)
+    parser.add_argument("--tie-margin", type=float, default=0.1)
     parser.add_argument("--look", type=float, default=1.2)
     parser.add_argument("--quick-look", type=float, default=0.6)
     parser.add_argument("--pairs", type=int, default=400, help="adherence prompt/seed pairs")
@@ -234,7 +242,8 @@ def main() -> None:
                         help="more trainer flags, last (for a smoke run: --max_steps 2 ...)")
     args = parser.parse_args()
     result = simulate(args.out, args.votes, steps=args.steps, look=args.look,
-                      quick_look=args.quick_look, honest_noise=args.honest_noise)
+                      quick_look=args.quick_look, honest_noise=args.honest_noise,
+                      tie_margin=args.tie_margin)
     result.update(quality(Path(result["db"])))
     if not args.no_train:
         result.update(train_and_measure(Path(result["db"]), args.out, args.pairs,
