@@ -57,9 +57,13 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def write_gold(folder: Path, captions: int = 6, seeds: int = 6, steps: int = 20) -> Path:
-    """Gold pairs of the toy model: per caption, the image the judge likes most against
-    the one it likes least, of a few seeds."""
+def write_gold(folder: Path, pairs: int = 6, seeds: int = 12, steps: int = 20,
+               gap: float = 0.6) -> Path:
+    """Gold pairs of the toy model that leave no doubt: per caption, the image the judge
+    likes most against the one it likes least of a few seeds, where their scores differ
+    by `gap` or more (a gold pair nobody could tell apart would score people on luck)."""
+    import torch
+
     from models.loading import load
     from models.toy.judge import score
     from models.toy.shapes import all_captions
@@ -67,16 +71,23 @@ def write_gold(folder: Path, captions: int = 6, seeds: int = 6, steps: int = 20)
     model = load("toy")
     folder.mkdir(parents=True, exist_ok=True)
     lines = []
-    for k, caption in enumerate(all_captions()[:captions]):
+    for caption in all_captions():
         images = model.pipeline([caption] * seeds, num_inference_steps=steps,
-                                generator=[__import__("torch").Generator().manual_seed(s)
+                                generator=[torch.Generator().manual_seed(s)
                                            for s in range(seeds)]).images
         scores = score([caption] * seeds, images).tolist()
         best, worst = scores.index(max(scores)), scores.index(min(scores))
+        if scores[best] - scores[worst] < gap:
+            continue
+        k = len(lines)
         images[best].save(folder / f"{k:02d}-better.png")
         images[worst].save(folder / f"{k:02d}-worse.png")
         lines.append(json.dumps({"prompt": caption, "better": f"{k:02d}-better.png",
                                  "worse": f"{k:02d}-worse.png"}))
+        if len(lines) == pairs:
+            break
+    if not lines:
+        raise SystemExit("no caption gave a clear gold pair: more --steps?")
     path = folder / "gold.jsonl"
     path.write_text("\n".join(lines) + "\n")
     return path
