@@ -119,23 +119,35 @@ def choose(annotator: Annotator, prompt: str, left: str, right: str) -> str:
     return choice
 
 
+def call(client, *args, api_name: str, tries: int = 5):
+    """`client.predict`, again after a dropped connection (a loaded server drops some);
+    a vote names its round, so sending it twice stores it once."""
+    for attempt in range(tries):
+        try:
+            return client.predict(*args, api_name=api_name)
+        except Exception:
+            if attempt == tries - 1:
+                raise
+            time.sleep(1.0)
+
+
 def annotate(url: str, annotator: Annotator, votes: int, errors: list[str]) -> None:
     from gradio_client import Client
 
     try:
         client = Client(url, auth=(annotator.name, PASSWORD), verbose=False,
                         httpx_kwargs={"timeout": 300})
-        shown = client.predict("", "", "auto", api_name="/generate")
+        shown = call(client, "", "", "auto", api_name="/generate")
         cast = 0
         while cast < votes:
             left, right, prompt, round_id = shown[:4]
             if not round_id or not left:  # refused (busy): ask again
                 time.sleep(0.5)
-                shown = client.predict("", "", "auto", api_name="/generate")
+                shown = call(client, "", "", "auto", api_name="/generate")
                 continue
             time.sleep(annotator.look_s)
             outcome = choose(annotator, prompt, left, right)
-            after = client.predict("", "auto", round_id, api_name=f"/vote_{outcome}")
+            after = call(client, "", "auto", round_id, api_name=f"/vote_{outcome}")
             if after[5] and after[3] in (None, round_id):  # refused: the note says why
                 errors.append(f"{annotator.name}: {after[5]}")
                 if len(errors) > 50:
