@@ -61,9 +61,12 @@ def write_gold(folder: Path, pairs: int = 6, seeds: int = 12, steps: int = 20,
                gap: float = 0.6) -> Path:
     """Gold pairs of the toy model that leave no doubt: per caption, the image the judge
     likes most against the one it likes least of a few seeds, where their scores differ
-    by `gap` or more (a gold pair nobody could tell apart would score people on luck)."""
+    by `gap` or more (a gold pair nobody could tell apart would score people on luck).
+    Scored as the page shows them, after the store's JPEG round trip, which can turn a
+    32 px square into something else."""
     import torch
 
+    from data.pairs import decode_image, encode_jpeg
     from models.loading import load
     from models.toy.judge import score
     from models.toy.shapes import all_captions
@@ -75,6 +78,7 @@ def write_gold(folder: Path, pairs: int = 6, seeds: int = 12, steps: int = 20,
         images = model.pipeline([caption] * seeds, num_inference_steps=steps,
                                 generator=[torch.Generator().manual_seed(s)
                                            for s in range(seeds)]).images
+        images = [decode_image(encode_jpeg(image)) for image in images]
         scores = score([caption] * seeds, images).tolist()
         best, worst = scores.index(max(scores)), scores.index(min(scores))
         if scores[best] - scores[worst] < gap:
