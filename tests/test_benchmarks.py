@@ -46,18 +46,16 @@ def test_ai_feedback(tmp_path):
 
 def test_crowd_flags_the_three_bad_annotators_and_no_honest_one(tmp_path):
     # twelve logins vote through gradio_client: nine by the toy judge, two at random, one
-    # always "left"; the rule of data.quality must flag exactly the three
+    # always "left"; the rule of data.quality must flag exactly the three. The two DPO
+    # runs after it are the toy preset's own command (tests/test_train.py), left out here
+    # to keep the suite's time
     out = bench("crowd", "--out", str(tmp_path / "crowd"), "--votes", "22", "--steps", "4",
-                "--honest-noise", "0", "--pairs", "4", "--train-args", "--max_steps", "2",
-                "--eval_every", "0", "--holdout_pairs", "2",
-                tmp_path=tmp_path)
+                "--honest-noise", "0", "--no-train", tmp_path=tmp_path)
     assert out["errors"] == []
     assert sorted(out["flagged"]) == ["lefty", "random-1", "random-2"]
     assert out["flagged_correctly"] is True
     assert {a["votes"] for a in out["annotators"].values()} == {22}
     assert out["overlap_pairs"] > 0 and out["alpha"] is not None
-    for key in ("adherence_base", "adherence_all_votes", "adherence_without_flagged"):
-        assert 0 <= out[key] <= 1
 
 
 def test_annotate_latency(tmp_path):
