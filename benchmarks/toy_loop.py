@@ -42,7 +42,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.readme import README, commands  # noqa: E402
-from models.toy import TOY_NAME  # noqa: E402
 from train.config import OBJECTIVES  # noqa: E402
 
 # Which README command is which stage (a command starts with its prefix), and where the
@@ -59,17 +58,16 @@ TRAIN = Path("runs/train/toy")
 IMAGES = Path("runs/eval/images")
 
 EVAL_SEEDS = 23  # eval auto: seeds 0..22
-# --tiny: sizes only (pairs, steps, seeds), so the whole loop runs in about a minute; the
-# docs test appends the same flags to the same README commands.
+# --tiny: sizes only (pairs, training and sampling steps, seeds), so the whole loop runs
+# in about a minute; the docs test appends the same flags to the same README commands.
 TINY = {
-    "collect": ["--pairs", "48", "--per-prompt", "4"],
+    "collect": ["--pairs", "48", "--per-prompt", "4", "--steps", "6"],
     "train": ["--max_steps", "2", "--eval_every", "0", "--holdout_pairs", "2"],
-    "adherence_base": ["--pairs", "8"],
-    "adherence_aligned": ["--pairs", "8"],
-    "eval_auto": ["--seeds", "1"],
+    "adherence_base": ["--pairs", "8", "--steps", "6"],
+    "adherence_aligned": ["--pairs", "8", "--steps", "6"],
+    "eval_auto": ["--seeds", "1", "--steps", "6"],
 }
 ADHERENCE_PAIRS = 400  # models.toy.evaluate: seeds 1,000,000..1,000,399
-TIE_MARGIN = 0.1
 
 
 def readme_stages(readme: Path = README) -> dict[str, str]:
@@ -135,18 +133,21 @@ def store_counts(db: Path) -> dict:
             "ties": outcomes.get("tie", 0), "images_on_eval_seeds": int(overlap)}
 
 
-def decisive_bootstrap(aligned: str, images: Path,
-                       seeds: int = EVAL_SEEDS) -> tuple[dict, list[float] | None]:
-    """Re-tally eval auto's cached images in process: W/L/T and the decisive rate's
-    prompt-clustered bootstrap interval."""
-    from eval.__main__ import default_prompts
+def decisive_bootstrap(eval_command: str, aligned: str,
+                       images: Path) -> tuple[dict, list[float] | None]:
+    """Re-tally eval auto's cached images of `aligned` in process, with the settings
+    `eval_command` ran with: W/L/T and the decisive rate's prompt-clustered bootstrap
+    interval."""
+    from eval.__main__ import auto_parser, default_prompts
     from eval.auto import compare
     from eval.images import Sampling
     from eval.stats import clustered_bootstrap
     from models.scorers import load_scorer
 
-    result = compare(TOY_NAME, aligned, default_prompts(TOY_NAME), load_scorer("toy_judge"),
-                     "toy_judge", Sampling(seeds, 20, 7.5), TIE_MARGIN, images)
+    args = auto_parser().parse_args(shlex.split(eval_command)[4:])  # after python -m eval auto
+    result = compare(args.base, aligned, default_prompts(args.base),
+                     load_scorer(args.scorer), args.scorer,
+                     Sampling(args.seeds, args.steps, args.guidance), args.tie_margin, images)
     decisive = [v for v in result.votes if v.outcome in ("aligned", "base")]
     counts = {k: sum(v.outcome == k for v in result.votes) for k in ("aligned", "base", "tie")}
     interval = clustered_bootstrap(decisive)
@@ -215,8 +216,7 @@ def loop(args: argparse.Namespace) -> dict:
                  for name in ("base", "aligned")}
     judged = last_json(outputs["eval_auto"])
     start = time.monotonic()
-    recount, boot = decisive_bootstrap(aligned, runs / IMAGES,
-                                       int(TINY["eval_auto"][1]) if args.tiny else EVAL_SEEDS)
+    recount, boot = decisive_bootstrap(ran["eval_auto"], aligned, runs / IMAGES)
     minutes["bootstrap"] = (time.monotonic() - start) / 60
     if (recount["aligned"], recount["base"], recount["tie"]) != (
             judged["wins"], judged["losses"], judged["ties"]):

@@ -24,6 +24,12 @@ os.environ.update(
         "TOKENIZERS_PARALLELISM": "false",
     }
 )
+# Under `pytest -n N` the cores are shared out among the workers (and the commands their
+# tests start): OpenMP threads beyond the cores spin against each other and slow every
+# test many times over.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // _WORKERS))
 
 import pytest  # noqa: E402
 

@@ -115,32 +115,30 @@ def test_train_throughput(tmp_path):
     assert 0 < out["trainable_parameters"]["lora"] < out["trainable_parameters"]["full"]
 
 
-def test_toy_loop(tmp_path):
-    out = bench("toy_loop", "--tiny", "--threads", "1", "--runs", str(tmp_path / "loop"),
-                tmp_path=tmp_path)
-    assert out["train"]["steps"] == 2 and out["pairs"]["pairs"] == 48
-    assert out["eval_auto"]["pairs"] == 18  # 18 captions x 1 seed
-    judged = out["eval_auto"]
-    assert judged["wins"] + judged["losses"] + judged["ties"] == judged["pairs"]
-    assert set(out["criteria"]) >= {"judged_pairs_at_least_400", "adherence_up_15_points"}
-    assert isinstance(out["passed"], bool) and out["pairs"]["images_on_eval_seeds"] == 0
-    assert (tmp_path / "loop" / "result.json").is_file()
-
-
-def test_objectives(tmp_path):
-    # the sweep of one variant: its settings run side by side in their own folders
+def test_objectives_and_the_toy_loop(tmp_path):
+    # --collect runs the toy loop (benchmarks/toy_loop.py --tiny) for the pairs, so that
+    # loop's result is checked here too; then the sweep of one variant, its settings side
+    # by side in their own folders
+    runs = tmp_path / "objectives"
     out = bench("objectives", "--tiny", "--threads", "1", "--collect", "--sweep", "--jobs", "2",
-                "--runs", str(tmp_path / "objectives"), "--only", "dpo_safe", tmp_path=tmp_path)
-    assert [r["flags"] for r in out["rows"]] == [
-        ["--winner_safe", "true"], ["--winner_safe", "true", "--winner_safe_mu", "0.5"],
-        ["--winner_safe", "true", "--learning_rate", "5e-6"]]
+                "--runs", str(runs), "--only", "dpo", tmp_path=tmp_path)
+    loop = json.loads((runs / "collect" / "result.json").read_text())
+    assert loop["train"]["steps"] == 2 and loop["pairs"]["pairs"] == 48
+    assert loop["eval_auto"]["pairs"] == 18  # 18 captions x 1 seed
+    judged = loop["eval_auto"]
+    assert judged["wins"] + judged["losses"] + judged["ties"] == judged["pairs"]
+    assert set(loop["criteria"]) >= {"judged_pairs_at_least_400", "adherence_up_15_points"}
+    assert isinstance(loop["passed"], bool) and loop["pairs"]["images_on_eval_seeds"] == 0
+
+    assert out["data"] == str(runs / "collect" / "runs" / "prefs.duckdb")
+    assert [r["flags"] for r in out["rows"]] == [[], ["--beta", "2500"]]
     assert {r["objective"] for r in out["rows"]} == {"dpo"}
     for r in out["rows"]:
         assert 0 <= r["adherence_aligned"] <= 1 and r["peak_rss_mb"] > 0
-        assert sum(r["judged"]) == 18  # 18 captions x 1 seed at the tiny size
-    assert out["best"]["dpo_safe"] in [r["flags"] for r in out["rows"]]
-    folder = tmp_path / "objectives" / "dpo_safe"
-    config = (folder / "winner_safe_mu_0.5" / "runs" / "train" / "toy" / "config.yaml").read_text()
-    assert "winner_safe: true" in config and "winner_safe_mu: 0.5" in config
-    assert "winner_safe_mu: 0.9" in (folder / "preset" / "runs" / "train" / "toy" /
-                                     "config.yaml").read_text()
+        assert sum(r["judged"]) == 18
+    assert out["best"]["dpo"] in [r["flags"] for r in out["rows"]]
+
+    def config(setting: str) -> str:
+        return (runs / "dpo" / setting / "runs" / "train" / "toy" / "config.yaml").read_text()
+
+    assert "\nbeta: 2500.0\n" in config("beta_2500") and "\nbeta: 5000.0\n" in config("preset")
