@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import random
 import signal
-import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -18,7 +17,7 @@ from annotate.rounds import MIN_DISPLAY_MS, Collector, Settings
 from annotate.screening import Blocklist, token_counter
 from annotate.worker import PairWorker, PromptSet
 from data.errors import UserError, report_user_error
-from data.pages import PORT_HELP, pick_port, read_logins
+from data.pages import PORT_HELP, launch_page, pick_port, read_logins
 from data.prompts import read_prompts
 from data.store import DEFAULT_DB, QUESTIONS, Store
 from models.generate import PairVariety
@@ -238,24 +237,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _interrupt)  # stop as Ctrl+C does, store closed
     try:
-        config, host, port = config_from_args(build_parser().parse_args(argv))
-        port = pick_port(host, port)  # before the store exists: a taken port creates nothing
+        config, host, asked = config_from_args(build_parser().parse_args(argv))
+        port = pick_port(host, asked)  # before the store exists: a taken port creates nothing
         server = open_app(config)
     except (UserError, OSError) as error:
         return report_user_error(error)
     except KeyboardInterrupt:
         return 130
     try:
-        server.demo.launch(server_name=host, server_port=port, auth=server.logins,
-                           prevent_thread_lock=True, quiet=True)
+        launch_page(lambda free: server.demo.launch(
+            server_name=host, server_port=free, auth=server.logins, prevent_thread_lock=True,
+            quiet=True), host, port, asked=asked is not None)
         print(f"annotate: open {server.demo.local_url} to label {' and '.join(server.models)}"
               f" (Ctrl+C stops; votes are in {config.db})", flush=True)
         while server.demo.is_running:  # not block_thread: Ctrl+C must not wait on it
             time.sleep(0.1)
-    except OSError:  # pick_port found it free: another server took it since
-        print(f"error: port {port} on {host} was taken as the page started: give a free "
-              "one with --port", file=sys.stderr)
-        return 1
+    except UserError as error:
+        return report_user_error(error)
     except KeyboardInterrupt:
         pass
     finally:

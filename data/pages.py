@@ -12,7 +12,10 @@ Nothing here imports Gradio.
   on the blind page it says nothing about which model made an image.
 - Ports: `pick_port` is the one rule. With `--port`, that port, or a one-line error
   naming `--port` when it is taken; without, 7860 or the next free one. Commands call it
-  before they open or create any file, so a taken port leaves nothing behind.
+  before they open or create any file, so a taken port leaves nothing behind, and start
+  the page through `launch_page`: a port another server takes in between is, when asked
+  for, the same one-line error, and when chosen, given up for the next free one (two
+  pages started at once both start).
 - Logins: `read_logins` reads the `--auth` file both pages take.
 - Names: `check_name` bounds a typed annotator or voter name and refuses control
   characters, with a one-line message.
@@ -23,6 +26,7 @@ from __future__ import annotations
 import errno
 import socket
 import unicodedata
+from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -99,6 +103,23 @@ def pick_port(host: str, port: int | None) -> int:
             return candidate
     raise DataError(f"ports {FIRST_PORT}-{FIRST_PORT + PORT_TRIES - 1} are all in use on "
                     f"{host}: give a free one with --port")
+
+
+def launch_page(launch: Callable[[int], None], host: str, port: int, asked: bool) -> int:
+    """Start a page by `launch(port)` on the port `pick_port` gave, and return the port it
+    serves on. `launch` raises OSError when the port was taken since: with `asked` (the
+    user's --port) that is a one-line `DataError`; else the next free port is tried."""
+    for _ in range(PORT_TRIES):
+        try:
+            launch(port)
+            return port
+        except OSError:
+            if asked:
+                raise DataError(f"port {port} on {host} was taken as the page started: "
+                                "give a free one with --port") from None
+            port = pick_port(host, None)
+    raise DataError(f"every free port on {host} was taken as the page started: give a free "
+                    "one with --port")
 
 
 def check_name(name: str | None) -> str:

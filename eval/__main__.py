@@ -21,7 +21,7 @@ from pathlib import Path
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from data.errors import DataError, UserError, report_user_error  # noqa: E402
-from data.pages import PORT_HELP, pick_port, read_logins  # noqa: E402
+from data.pages import PORT_HELP, launch_page, pick_port, read_logins  # noqa: E402
 from data.store import QUESTIONS  # noqa: E402
 from eval.votes import DEFAULT_VOTES  # noqa: E402
 from models.toy import TOY_NAME  # noqa: E402
@@ -170,12 +170,9 @@ def blind(argv: list[str]) -> int:
                                    question=args.question)
     try:
         demo = build_app(blind_eval, args.voter, auth=logins is not None)
-        try:
-            demo.launch(prevent_thread_lock=True, quiet=True, auth=logins,
-                        **launch_options(args.host, port))
-        except OSError:  # pick_port found it free: another server took it since
-            raise DataError(f"port {port} on {args.host} was taken as the page started: "
-                            "give a free one with --port") from None
+        launch_page(lambda free: demo.launch(prevent_thread_lock=True, quiet=True, auth=logins,
+                                             **launch_options(args.host, free)),
+                    args.host, port, asked=args.port is not None)
         # the page is up before any image is made: it shows the progress and deals each
         # pair once both its images exist
         what = f"{len(models)} models, " if args.board else ""

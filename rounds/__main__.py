@@ -67,6 +67,7 @@ class RoundsPlan:
     seed: int = 0
     eval_seeds: int = 23
     adherence_pairs: int = 400
+    steps: int = 20  # sampler steps of every image the rounds make (not training's samples)
     feedback_args: list[str] = field(default_factory=list)
     train_args: list[str] = field(default_factory=list)
     people: str | None = None  # a store of people's votes to take each round's pairs from
@@ -102,7 +103,8 @@ def collect_command(plan: RoundsPlan, out: Path, k: int) -> list[str]:
     return ["-m", "annotate", "feedback", "--model", model_of(plan, out, k - 1),
             "--pairs", str(plan.pairs), "--db", str(round_dir(out, k) / "prefs.duckdb"),
             "--seed", str(plan.seed + k), "--per-prompt", str(plan.per_prompt),
-            "--tie-margin", str(plan.tie_margin), "--scorer", plan.scorer, "--no-progress",
+            "--tie-margin", str(plan.tie_margin), "--scorer", plan.scorer,
+            "--steps", str(plan.steps), "--no-progress",
             *(["--prompts", plan.prompts] if plan.prompts else []), *plan.feedback_args]
 
 
@@ -132,8 +134,8 @@ def eval_command(plan: RoundsPlan, out: Path, k: int, against: int) -> list[str]
     name = "base" if against == 0 else f"round-{against}"
     return ["-m", "eval", "auto", "--base", model_of(plan, out, against),
             "--aligned", model_of(plan, out, k), "--scorer", plan.scorer,
-            "--seeds", str(plan.eval_seeds), "--tie-margin", str(plan.tie_margin),
-            "--images", str(out / "eval-images"),
+            "--seeds", str(plan.eval_seeds), "--steps", str(plan.steps),
+            "--tie-margin", str(plan.tie_margin), "--images", str(out / "eval-images"),
             "--out", str(round_dir(out, k) / f"versus-{name}"),
             *(["--prompts", plan.prompts] if plan.prompts else [])]
 
@@ -216,9 +218,10 @@ def collect(plan: RoundsPlan, out: Path, k: int) -> dict:
     return json.loads(done.read_text())
 
 
-def adherence(model: str, pairs: int, folder: Path, name: str) -> dict:
+def adherence(plan: RoundsPlan, model: str, folder: Path, name: str) -> dict:
     return run_stage(folder, name, ["-m", "models.toy.evaluate", "--model", model,
-                                    "--pairs", str(pairs), "--judge-images", "0"])
+                                    "--pairs", str(plan.adherence_pairs),
+                                    "--steps", str(plan.steps), "--judge-images", "0"])
 
 
 def round_figures(plan: RoundsPlan, out: Path, k: int, launch: list[str] | None) -> dict:
@@ -231,8 +234,8 @@ def round_figures(plan: RoundsPlan, out: Path, k: int, launch: list[str] | None)
     figures = {"round": k, "model": model_of(plan, out, k), "collect": collected,
                "train": trained}
     if plan.model == TOY_NAME:
-        figures["adherence"] = adherence(model_of(plan, out, k), plan.adherence_pairs,
-                                         folder, "adherence")["adherence"]
+        figures["adherence"] = adherence(plan, model_of(plan, out, k), folder,
+                                         "adherence")["adherence"]
     for against in sorted({0, k - 1}):
         key = "versus_base" if against == 0 else "versus_previous"
         judged = run_stage(folder, key, eval_command(plan, out, k, against))
@@ -250,7 +253,7 @@ def leaderboard(plan: RoundsPlan, out: Path) -> dict:
     names = ["base", *(f"round-{k}" for k in range(1, plan.rounds + 1))]
     return run_stage(out, "leaderboard", [
         "-m", "eval", "leaderboard", "--models", *models, "--names", *names,
-        "--scorer", plan.scorer, "--seeds", str(plan.eval_seeds),
+        "--scorer", plan.scorer, "--seeds", str(plan.eval_seeds), "--steps", str(plan.steps),
         "--tie-margin", str(plan.tie_margin), "--images", str(out / "eval-images"),
         "--votes", str(out / "votes.duckdb"), "--out", str(out / "leaderboard"),
         *(["--prompts", plan.prompts] if plan.prompts else [])])
@@ -261,9 +264,9 @@ def fixed_plan(plan: RoundsPlan, out: Path) -> RoundsPlan:
     rounds of it)."""
     saved = out / "plan.json"
     if saved.exists():
-        before = json.loads(saved.read_text())
+        before = {**asdict(RoundsPlan(0, 0)), **json.loads(saved.read_text())}  # older: fewer keys
         now = asdict(plan)
-        changed = [key for key in now if key != "rounds" and now[key] != before.get(key)]
+        changed = [key for key in now if key != "rounds" and now[key] != before[key]]
         if changed:
             raise DataError(f"{out} holds rounds run with other settings ({', '.join(changed)})"
                             f": rerun with the same ones to continue, or give a new --out")
@@ -298,7 +301,7 @@ def run(plan: RoundsPlan, out: Path, launch: list[str] | None = None) -> dict:
         rounds.append(round_figures(plan, out, k, launch))
     result = {"plan": asdict(plan), "rounds": rounds}
     if plan.model == TOY_NAME:
-        result["base_adherence"] = adherence(plan.model, plan.adherence_pairs, out,
+        result["base_adherence"] = adherence(plan, plan.model, out,
                                              "adherence-base")["adherence"]
     result["leaderboard"] = leaderboard(plan, out)
     (out / "rounds.json").write_text(json.dumps(result, indent=1))
@@ -337,6 +340,8 @@ def parser() -> argparse.ArgumentParser:
                    help="round k collects with feedback --seed SEED+k (default: 0)")
     p.add_argument("--eval-seeds", type=int, default=23,
                    help="eval auto's seeds per prompt (default: 23)")
+    p.add_argument("--steps", type=int, default=20,
+                   help="sampler steps of every image collected and evaluated (default: 20)")
     p.add_argument("--adherence-pairs", type=int, default=400,
                    help="toy model: held-out prompt/seed pairs of the judge's adherence "
                         "(default: 400)")
@@ -360,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         reference=args.reference, mix=args.mix, scorer=args.scorer,
         tie_margin=args.tie_margin, per_prompt=args.per_prompt, prompts=args.prompts,
         seed=args.seed, eval_seeds=args.eval_seeds, adherence_pairs=args.adherence_pairs,
+        steps=args.steps,
         feedback_args=shlex.split(args.feedback_args), train_args=args.train_args,
         people=args.people, keep_best=args.keep_best)
     try:

@@ -210,3 +210,18 @@ def browser():
         chromium = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
         yield chromium
         chromium.close()
+
+
+# The files that take longest, longest first (as measured by --durations=0): under
+# `pytest -n N --dist loadfile --no-loadscope-reorder` (scripts/test.sh) they start first,
+# so the workers finish together rather than one waiting on a long file dealt last.
+LONGEST_FIRST = ["test_rounds.py", "test_readme.py", "test_benchmarks.py", "test_train.py",
+                 "test_annotate_app.py"]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: each file keeps its own order

@@ -24,6 +24,7 @@ from data.pages import (
     MAX_NAME,
     check_name,
     enlarge,
+    launch_page,
     pick_port,
     port_free,
     scale_for,
@@ -116,6 +117,35 @@ def test_one_port_rule_the_given_port_or_the_next_free_one():
         pick_port("127.0.0.1", 70000)
     with pytest.raises(DataError, match="--host"):
         pick_port("no-such-host.invalid", None)
+
+
+@pytest.mark.parametrize("asked", [False, True])
+def test_a_port_taken_between_the_pick_and_the_start(asked):
+    """Another server binds the port after `pick_port` chose it and before the page
+    starts: a chosen port gives way to the next free one; an asked-for one is one line."""
+    import gradio as gr
+
+    with gr.Blocks() as demo:
+        gr.Markdown("a page")
+    port, holders = pick_port("127.0.0.1", None), []
+
+    def launch(free: int) -> None:
+        if not holders:  # the other server, first
+            holders.append(socket.create_server(("127.0.0.1", free)))
+        demo.launch(server_name="127.0.0.1", server_port=free, prevent_thread_lock=True,
+                    quiet=True)
+
+    try:
+        if asked:
+            with pytest.raises(DataError, match=rf"port {port} .* taken .*--port"):
+                launch_page(launch, "127.0.0.1", port, asked=True)
+            return
+        served = launch_page(launch, "127.0.0.1", port, asked=False)
+        assert served != port
+        assert httpx.get(f"http://127.0.0.1:{served}/", timeout=30).status_code == 200
+    finally:
+        demo.close()
+        holders[0].close()
 
 
 # -- the commands ------------------------------------------------------------------------

@@ -100,9 +100,10 @@ CHECKS = {
 # what a command does. The toy-loop benchmark's --tiny sizes, appended to the same README
 # commands; rounds' --train-args carries the train stage's size flags.
 SHRINK = {readme_stages()[stage]: flags for stage, flags in TINY.items()}
-SHRINK[TOY_ROUNDS] = ["--rounds", "2", "--pairs", "16", "--per-prompt", "4", "--eval-seeds",
-                      "1", "--adherence-pairs", "8", "--train-args", "--max_steps", "2",
-                      "--eval_every", "2", "--sample_seeds", "1", "--holdout_pairs", "1"]
+SHRINK[TOY_ROUNDS] = ["--rounds", "2", "--pairs", "16", "--per-prompt", "4", "--steps", "6",
+                      "--eval-seeds", "1", "--adherence-pairs", "8", "--train-args",
+                      "--max_steps", "2", "--eval_every", "2", "--sample_seeds", "1",
+                      "--holdout_pairs", "1"]
 SIZE_FLAGS = {"--pairs", "--per-prompt", "--steps", "--max_steps", "--eval_every",
               "--holdout_pairs", "--seeds", "--rounds", "--eval-seeds", "--adherence-pairs",
               "--sample_seeds", "--train-args"}

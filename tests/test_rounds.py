@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from models.loading import resolve, round_of
 
-TINY = ["--pairs", "24", "--per-prompt", "4", "--eval-seeds", "1",
+TINY = ["--pairs", "24", "--per-prompt", "4", "--steps", "6", "--eval-seeds", "1",
         "--adherence-pairs", "8", "--train-args", "--max_steps", "8", "--eval_every", "0",
         "--holdout_pairs", "2", "--checkpoint_every", "2", "--checkpoints_kept", "5"]
 
@@ -127,7 +127,8 @@ def test_people_rounds_take_the_pairs_people_labelled_on_the_previous_round_s_mo
     def label(pairs: int) -> None:  # the toy judge stands in for the people here
         done = subprocess.run([sys.executable, "-m", "annotate", "feedback", "--db",
                                str(people), "--pairs", str(pairs), "--per-prompt", "4",
-                               "--no-progress"], cwd=tmp_path, capture_output=True, text=True)
+                               "--steps", "6", "--no-progress"],
+                              cwd=tmp_path, capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
 
     label(8)
@@ -174,3 +175,17 @@ def test_with_keep_best_each_round_starts_from_the_previous_round_s_best_step(tm
     command = train_command(plan, out, 2)
     assert command[command.index("--model") + 1] == best
     assert command[command.index("--keep_best") + 1] == "true"
+
+
+def test_a_plan_saved_before_a_setting_existed_continues_with_its_default(tmp_path):
+    from dataclasses import asdict
+
+    from data.errors import DataError
+    from rounds.__main__ import RoundsPlan, fixed_plan
+
+    older = asdict(RoundsPlan(rounds=2, pairs=8))
+    del older["steps"]  # plan.json as written before --steps
+    (tmp_path / "plan.json").write_text(json.dumps(older))
+    fixed_plan(RoundsPlan(rounds=3, pairs=8), tmp_path)
+    with pytest.raises(DataError, match=r"other settings \(steps\)"):
+        fixed_plan(RoundsPlan(rounds=3, pairs=8, steps=6), tmp_path)
