@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from data.quality import CrowdQuality, human_votes
-from data.stats import StoreStats, store_stats
+from data.stats import StoreStats, percent, store_stats
 from data.store import Store
 
 ANNOTATOR_COLUMNS = ["annotator", "votes", "agreement with others", "compared",
@@ -50,18 +50,14 @@ def timeline(times: list[datetime]) -> tuple[list[tuple[datetime, int]], str]:
     return [(start + i * step, n) for i, n in enumerate(counts)], name
 
 
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.0%}"
-
-
 def _round(x: float | None, digits: int = 2) -> float | None:
     return None if x is None else round(x, digits)
 
 
 def annotator_rows(crowd: CrowdQuality) -> list[list]:
     return [
-        [a.name, a.votes, _pct(a.agreement), a.compared,
-         _pct(a.gold_accuracy), a.gold_answered, _pct(a.left_rate),
+        [a.name, a.votes, percent(a.agreement, 0), a.compared,
+         percent(a.gold_accuracy, 0), a.gold_answered, percent(a.left_rate, 0),
          _round(a.votes_per_minute, 1),
          None if a.median_dwell_ms is None else round(a.median_dwell_ms / 1000, 1),
          "; ".join(a.flags) or ""]
@@ -81,11 +77,11 @@ def summary_text(stats: StoreStats, progress: tuple[int, int]) -> str:
         f"({stats.rankings} rankings in the store) · **overlap pairs:** {complete} complete "
         f"of {started} started",
         f"- **Agreement** ({crowd.question}): Krippendorff's alpha **{alpha}** · pairwise "
-        f"**{_pct(crowd.agreement)}** over {crowd.overlap_pairs} pairs with 2+ annotators",
-        f"- **Gold accuracy:** {_pct(gold_right / gold_answered if gold_answered else None)} "
+        f"**{percent(crowd.agreement, 0)}** over {crowd.overlap_pairs} pairs with 2+ annotators",
+        f"- **Gold accuracy:** {percent(gold_right / gold_answered if gold_answered else None, 0)} "
         f"({gold_right}/{gold_answered}) · **left-side win rate:** "
-        f"{_pct(stats.left_win_rate)} of {stats.left_win_votes} decisive votes · "
-        f"**tie rate:** {_pct(stats.tie_rate)}",
+        f"{percent(stats.left_win_rate, 0)} of {stats.left_win_votes} decisive votes · "
+        f"**tie rate:** {percent(stats.tie_rate, 0)}",
     ])
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import socket
 import subprocess
 import sys
 import threading
@@ -34,6 +33,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from data.pages import free_port  # noqa: E402
 
 HONEST, RANDOM, LEFT = "honest", "random", "left"
 CROWD = [(f"honest-{i:02d}", HONEST) for i in range(1, 10)] + [
@@ -49,12 +50,6 @@ class Annotator:
     noise: float
     tie_margin: float
     rng: random.Random
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def write_gold(folder: Path, pairs: int = 6, seeds: int = 12, steps: int = 20,

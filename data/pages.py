@@ -88,6 +88,13 @@ def port_free(host: str, port: int) -> bool:
     return True
 
 
+def free_port() -> int:
+    """A port on 127.0.0.1 that the system says is free now (for a server started next)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def pick_port(host: str, port: int | None) -> int:
     """The port a page serves on: `port` when given and free, else the first free one
     from `FIRST_PORT`. A taken or impossible `port` is a `DataError` naming `--port`."""

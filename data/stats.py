@@ -12,6 +12,11 @@ from data.quality import CrowdQuality, store_quality
 from data.store import Store
 
 
+def percent(x: float | None, digits: int = 1) -> str:
+    """A share as the pages, reports and `data stats` print it: `62.5%`, or `n/a`."""
+    return "n/a" if x is None else f"{100 * x:.{digits}f}%"
+
+
 @dataclass(frozen=True)
 class StoreStats:
     rankings: int
@@ -79,13 +84,10 @@ def store_stats(store: Store, question: str = "preference") -> StoreStats:
 def format_stats(stats: StoreStats) -> str:
     """A plain-text report for the terminal."""
 
-    def pct(x: float | None) -> str:
-        return "n/a" if x is None else f"{100 * x:.1f}%"
-
     lines = [
         f"rankings: {stats.rankings}    images: {stats.images}",
-        f"tie rate: {pct(stats.tie_rate)}    both-bad rate: {pct(stats.both_bad_rate)}    "
-        f"left-side win rate: {pct(stats.left_win_rate)} "
+        f"tie rate: {percent(stats.tie_rate)}    both-bad rate: {percent(stats.both_bad_rate)}    "
+        f"left-side win rate: {percent(stats.left_win_rate)} "
         f"(over {stats.left_win_votes} decisive votes with a known side)",
     ]
     for title, table in (
@@ -98,7 +100,7 @@ def format_stats(stats: StoreStats) -> str:
         lines += [f"  {n:>8}  {key}" for key, n in table.items()] or ["  (none)"]
     lines.append("\ngold accuracy by user (tie, both-bad: wrong; skips left out):")
     lines += [
-        f"  {pct(right / answered):>8}  {name} ({right}/{answered})"
+        f"  {percent(right / answered):>8}  {name} ({right}/{answered})"
         for name, (right, answered) in stats.gold.items()
     ] or ["  (no gold pairs answered)"]
     if len(stats.by_question) > 1:

@@ -14,6 +14,7 @@ import gradio as gr
 
 from data.errors import DataError
 from data.pages import FRAME_PX, check_name
+from data.stats import percent
 from data.store import QUESTIONS
 from eval.blind import BlindEval, Progress, Reveal
 from eval.stats import Tally
@@ -52,10 +53,6 @@ def _text(value: str) -> str:
     return re.sub(r"([\\`*_{}\[\]()#+\-.!|~>])", r"\\\1", html.escape(value))
 
 
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:.1f}%"
-
-
 def tally_text(tallies: dict[str, Tally]) -> str:
     """The running tally of every vote on this comparison, aligned over base."""
     t = tallies["all"]
@@ -66,8 +63,8 @@ def tally_text(tallies: dict[str, Tally]) -> str:
     total = t.n + t.both_bad
     return (f"**Tally, aligned over base:** {total} vote{'s' * (total != 1)}: {t.wins} aligned, "
             f"{t.losses} base, {t.ties} ties, {t.both_bad} both bad. Win rate "
-            f"{_pct(t.win_rate)}{wilson}; decisive {_pct(t.decisive_win_rate)}; sign test "
-            f"p = {t.sign_test_p:.3g}; the left image won {_pct(t.left_win_rate)} of "
+            f"{percent(t.win_rate)}{wilson}; decisive {percent(t.decisive_win_rate)}; sign test "
+            f"p = {t.sign_test_p:.3g}; the left image won {percent(t.left_win_rate)} of "
             f"{t.left_decisive_votes} decisive votes.")
 
 

@@ -11,13 +11,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from data.errors import DataError  # noqa: E402
+from data.stats import percent  # noqa: E402
 from eval.auto import AutoResult, mean_interval  # noqa: E402
 from eval.stats import Tally, Vote, tally, tally_by_category  # noqa: E402
 from eval.votes import VoteRow  # noqa: E402
-
-
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:.1f}%"
 
 
 def _interval(interval) -> str:
@@ -31,8 +28,8 @@ def tally_rows(tallies: dict[str, Tally]) -> list[str]:
     for name, t in tallies.items():
         rows.append(
             f"| {name} | {t.n} | {t.wins} / {t.losses} / {t.ties} / {t.both_bad} | "
-            f"{_pct(t.win_rate)} | {_interval(t.wilson)} | {_interval(t.bootstrap)} | "
-            f"{_pct(t.decisive_win_rate)} | {_interval(t.decisive_wilson)} | "
+            f"{percent(t.win_rate)} | {_interval(t.wilson)} | {_interval(t.bootstrap)} | "
+            f"{percent(t.decisive_win_rate)} | {_interval(t.decisive_wilson)} | "
             f"{t.sign_test_p:.3g} |")
     return rows
 
@@ -106,8 +103,8 @@ def rate_rows(tallies: dict[str, Tally]) -> list[str]:
     rows = ["| prompts | tie rate T/N | both-bad rate B/(N+B) | left (side A) image won, of "
             "decisive votes |", "|---|---|---|---|"]
     for name, t in tallies.items():
-        rows.append(f"| {name} | {_pct(t.tie_rate)} | {_pct(t.both_bad_rate)} | "
-                    f"{_pct(t.left_win_rate)} of {t.left_decisive_votes} |")
+        rows.append(f"| {name} | {percent(t.tie_rate)} | {percent(t.both_bad_rate)} | "
+                    f"{percent(t.left_win_rate)} of {t.left_decisive_votes} |")
     return rows
 
 
@@ -144,7 +141,7 @@ def scorer_rows(results: list[AutoResult]) -> tuple[list[str], dict]:
         base_mean, aligned_mean = mean_interval(r.base_scores)[0], \
             mean_interval(r.aligned_scores)[0]
         lines.append(f"| {r.scorer} | {base_mean:.4f} | {aligned_mean:.4f} | {t.wins} / "
-                     f"{t.losses} / {t.ties} | {_pct(t.decisive_win_rate)} "
+                     f"{t.losses} / {t.ties} | {percent(t.decisive_win_rate)} "
                      f"({_interval(t.decisive_wilson)}) |")
         figures[r.scorer] = {"base_mean_score": base_mean, "aligned_mean_score": aligned_mean,
                              **tally_summary(t)}

@@ -6,7 +6,6 @@ import io
 import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,6 +20,7 @@ from PIL import Image
 
 from annotate.rounds import MIN_DISPLAY_MS
 from annotate.serve import AppConfig, open_app
+from data.pages import free_port
 from data.pairs import decode_image
 from data.store import Store, stable_id
 from models.generate import PairVariety
@@ -295,12 +295,6 @@ def test_with_a_login_the_user_id_comes_from_the_login_alone(guarded):
     assert ranking.user_id == stable_id("user:alice")
     names = server.store.cursor().execute("SELECT name FROM users").fetchall()
     assert names == [("alice",)]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_the_command_serves_the_toy_model_on_localhost_and_prints_the_url(tmp_path):
