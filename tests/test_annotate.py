@@ -93,8 +93,12 @@ def test_without_a_buffer_each_pair_is_made_when_asked():
 
 def test_waiting_people_come_before_refills_and_progress_is_reported(toy):
     def make(prompt, on_step):
+        def slow_step(done: int, total: int) -> None:  # outlast take's 0.1 s progress poll
+            time.sleep(0.1)
+            on_step(done, total)
+
         return generate_pair(toy, prompt, PairVariety(steps=3), random.Random(0),
-                             on_step=on_step)
+                             on_step=slow_step)
 
     worker = PairWorker(make, buffer_size=2).start()
     try:
