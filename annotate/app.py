@@ -2,14 +2,15 @@
 
 Every event's function takes the name box (ignored with a login: the user id then comes
 from the login alone), the mode and the round id held by the page, and answers with the
-whole view: both images (enlarged for the page by `data.pages.enlarge`), the prompt
-shown, the round id, the tally, the note and the vote buttons. The round id is held by
-the page (a hidden textbox, not server-side state), so a vote names the pair that was on
-screen when it was cast. A new pair comes with its buttons off; `arm` turns them on once
-the pair has been shown for the minimum display time. A request the server refuses (no
-name, an empty prompt, a stale or too-soon vote, a vote not saved, a busy generator) is
-answered in the note, under the prompt box, and leaves the rest of the view as it was,
-so a pair on screen stays there and can still be voted on.
+whole view: both images (enlarged for the page by `data.pages.enlarge`, as files of a
+`data.pages.PageImages`), the prompt shown, the round id, the tally, the note and the
+vote buttons. The round id is held by the page (a hidden textbox, not server-side
+state), so a vote names the pair that was on screen when it was cast. A new pair comes
+with its buttons off; `arm` turns them on once the pair has been shown for the minimum
+display time. A request the server refuses (no name, an empty prompt, a stale or
+too-soon vote, a vote not saved, a busy generator) is answered in the note, under the
+prompt box, and leaves the rest of the view as it was, so a pair on screen stays there
+and can still be voted on.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from annotate.rounds import (
 from annotate.screening import PromptRefused
 from annotate.worker import WorkerBusy, WorkerError
 from data.errors import DataError
-from data.pages import FRAME_PX, check_name, enlarge
+from data.pages import FRAME_PX, PageImages, check_name, enlarge
 from data.store import QUESTIONS
 
 BUTTONS = [  # (outcome, label, key name shown, KeyboardEvent.key values)
@@ -71,11 +72,12 @@ def page_script() -> str:
 }}"""
 
 
-def build(collector: Collector, prompt_set: list[str] | None = None, auth: bool = False,
-          cap: int | None = None, owners: frozenset[str] = frozenset()) -> gr.Blocks:
-    """The page for one server; `auth` hides the name box (the login names the user).
-    The campaign page (/campaign) shows the store's figures; with `auth`, to the logins
-    in `owners` alone."""
+def build(collector: Collector, images: PageImages, prompt_set: list[str] | None = None,
+          auth: bool = False, cap: int | None = None,
+          owners: frozenset[str] = frozenset()) -> gr.Blocks:
+    """The page for one server, its images written to `images`; `auth` hides the name box
+    (the login names the user). The campaign page (/campaign) shows the store's figures;
+    with `auth`, to the logins in `owners` alone."""
     pick = random.Random()
     asked = [q for q in collector.settings.questions if q != "preference"]
 
@@ -90,7 +92,8 @@ def build(collector: Collector, prompt_set: list[str] | None = None, auth: bool 
         if shown is None:
             return (None, None, "", "", tally, note or "", *_buttons(False), *cleared)
         note = "\n\n".join(n for n in (note, shown.note) if n)
-        return (enlarge(shown.left), enlarge(shown.right), shown.prompt, shown.round_id,
+        return (images.write(enlarge(shown.left)), images.write(enlarge(shown.right)),
+                shown.prompt, shown.round_id,
                 tally, note, *_buttons(False), *cleared)  # until `arm`: shown long enough
 
     def generate(name, prompt, mode, request: gr.Request, progress=gr.Progress()):

@@ -17,7 +17,7 @@ from annotate.rounds import MIN_DISPLAY_MS, Collector, Settings
 from annotate.screening import Blocklist, token_counter
 from annotate.worker import PairWorker, PromptSet
 from data.errors import UserError, report_user_error
-from data.pages import PORT_HELP, launch_page, pick_port, read_logins
+from data.pages import PORT_HELP, PageImages, launch_page, pick_port, read_logins
 from data.prompts import read_prompts
 from data.store import DEFAULT_DB, QUESTIONS, Store
 from models.generate import PairVariety
@@ -58,6 +58,7 @@ class Server:
     worker: PairWorker
     store: Store
     logins: list[tuple[str, str]] | None
+    images: PageImages
     models: list[str] = field(default_factory=list)  # what the page serves, in words
 
     def close(self, timeout: float = 1.0) -> None:
@@ -78,6 +79,7 @@ class Server:
         if server is not None:
             server.should_exit = True
         self.store.close()
+        self.images.close()
 
 
 def open_app(config: AppConfig) -> Server:
@@ -136,11 +138,12 @@ def open_app(config: AppConfig) -> Server:
         store, worker, settings, gold,
         token_counter(loaded[0].pipeline.tokenizer), random.Random(config.seed),
     )
-    demo = build(collector, prompts, auth=logins is not None, cap=config.daily_cap,
+    images = PageImages("annotate-shown-", keep_s=600)
+    demo = build(collector, images, prompts, auth=logins is not None, cap=config.daily_cap,
                  owners=owners)
     worker.start()
     served = [m.name + ("" if m.round is None else f" (round {m.round})") for m in loaded]
-    return Server(demo, worker, store, logins, served)
+    return Server(demo, worker, store, logins, images, served)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -118,45 +118,64 @@ def choose(annotator: Annotator, prompt: str, left: str, right: str) -> str:
     return choice
 
 
+RETRIES: list[str] = []
+
+
 def call(client, *args, api_name: str, tries: int = 5):
-    """`client.predict`, again after a dropped connection (a loaded server drops some);
-    a vote names its round, so sending it twice stores it once."""
+    """`client.predict`, again after a dropped connection, each resend noted in
+    `RETRIES` (a lost answer is a fault a person at the page would see); a vote names its
+    round, so sending it twice stores it once."""
     for attempt in range(tries):
         try:
             return client.predict(*args, api_name=api_name)
-        except Exception:
+        except Exception as error:
+            RETRIES.append(f"{api_name} {args}: {error!r}")
             if attempt == tries - 1:
                 raise
             time.sleep(1.0)
 
 
+def kept(value) -> bool:
+    """Whether the page left an output as it was (`gr.skip()` reaches a client as an
+    update dict): a refused request, or a resent vote that was stored the first time."""
+    return isinstance(value, dict)
+
+
 def annotate(url: str, annotator: Annotator, votes: int, errors: list[str]) -> None:
     from gradio_client import Client
 
+    def generate():
+        return call(client, "", "", "auto", api_name="/generate")
+
+    client = None
     try:
         client = Client(url, auth=(annotator.name, PASSWORD), verbose=False,
                         httpx_kwargs={"timeout": 300})
-        shown = call(client, "", "", "auto", api_name="/generate")
+        shown = generate()
         cast = 0
         while cast < votes:
             left, right, prompt, round_id = shown[:4]
-            if not round_id or not left:  # refused (busy): ask again
+            if kept(round_id) or not round_id:  # refused, or no pair made (busy): again
                 time.sleep(0.5)
-                shown = call(client, "", "", "auto", api_name="/generate")
+                shown = generate()
                 continue
             time.sleep(annotator.look_s)
             outcome = choose(annotator, prompt, left, right)
             after = call(client, "", "auto", round_id, api_name=f"/vote_{outcome}")
-            if after[5] and after[3] in (None, round_id):  # refused: the note says why
+            if kept(after[3]) and not kept(after[5]):  # refused: the note says why
                 errors.append(f"{annotator.name}: {after[5]}")
                 if len(errors) > 50:
                     return
                 time.sleep(0.5)
                 continue
             cast += 1
-            shown = after
+            # a resent vote stored the first time: the pair after it went with that answer
+            shown = generate() if kept(after[3]) else after
     except Exception as error:  # reported with the annotator
         errors.append(f"{annotator.name}: {error!r}")
+    finally:
+        if client is not None:
+            client.close()  # its heartbeat thread, before the server goes
 
 
 def simulate(out: Path, votes: int, steps: int = 20, overlap: int = 3,
@@ -195,9 +214,9 @@ def simulate(out: Path, votes: int, steps: int = 20, overlap: int = 3,
         for thread in threads:
             thread.join()
     finally:
-        server.close()
+        server.close(timeout=30)  # the worker ends rather than outlive the server
     return {"db": str(db), "crowd_s": round(time.perf_counter() - start, 1),
-            "pairs_made": server.worker.made, "errors": errors[:5]}
+            "pairs_made": server.worker.made, "errors": errors[:5], "retries": RETRIES[:20]}
 
 
 def quality(db: Path) -> dict:

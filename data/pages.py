@@ -10,6 +10,13 @@ Nothing here imports Gradio.
   with no interpolation to blur it. Only the copy sent to the page is enlarged; the
   store keeps the bytes as generated. The factor depends on the image's size alone, so
   on the blind page it says nothing about which model made an image.
+- Image files: both pages hand Gradio image files (`PageImages`), never PIL images.
+  Gradio caches a returned PIL image under its content hash and rewrites that file each
+  time the same image is returned, so a second viewer of one image (an overlap pair, a
+  gold pair) can fetch it mid-rewrite, empty or cut short. A returned file it copies
+  into its cache under a temporary name and renames into place (the annotate page), or
+  serves as it is from a static path (the blind eval page). Each file here is written
+  once, under a fresh random name, with no metadata.
 - Ports: `pick_port` is the one rule. With `--port`, that port, or a one-line error
   naming `--port` when it is taken; without, 7860 or the next free one. Commands call it
   before they open or create any file, so a taken port leaves nothing behind, and start
@@ -24,7 +31,11 @@ Nothing here imports Gradio.
 from __future__ import annotations
 
 import errno
+import secrets
+import shutil
 import socket
+import tempfile
+import time
 import unicodedata
 from collections.abc import Callable
 from pathlib import Path
@@ -61,6 +72,42 @@ def enlarge(image: Picture, frame: int = FRAME_PX) -> Picture:
     if factor == 1:
         return image
     return image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
+
+
+class PageImages:
+    """A folder of the image files a page shows; `close` deletes it.
+
+    With `keep_s`, files older than that are deleted as new ones are written: for a page
+    whose files Gradio copies into its own cache as it answers, so that an old one is
+    never read again. Without, the owner deletes each file once it is done with it."""
+
+    def __init__(self, prefix: str, keep_s: float | None = None):
+        self.folder = Path(tempfile.mkdtemp(prefix=prefix))
+        self.keep_s = keep_s
+        self._swept = time.monotonic()
+
+    def write(self, image: Image.Image | np.ndarray) -> Path:
+        """`image` as a PNG under a fresh random name (no metadata travels with it)."""
+        if isinstance(image, np.ndarray):
+            image = Image.fromarray(image)
+        path = self.folder / f"{secrets.token_hex(16)}.png"
+        image.save(path, format="PNG")
+        if self.keep_s is not None and time.monotonic() - self._swept > self.keep_s / 10:
+            self._sweep()
+        return path
+
+    def _sweep(self) -> None:
+        self._swept = time.monotonic()
+        old = time.time() - self.keep_s
+        for path in self.folder.glob("*.png"):
+            try:
+                if path.stat().st_mtime < old:
+                    path.unlink()
+            except FileNotFoundError:  # two sweeps at once
+                pass
+
+    def close(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def port_free(host: str, port: int) -> bool:

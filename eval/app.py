@@ -117,7 +117,7 @@ def standing_text(blind: BlindEval, voter: str | None = None) -> str:
 def build_app(blind: BlindEval, voter: str | None = None, auth: bool = False) -> gr.Blocks:
     """The page for one comparison or board. `voter`: a fixed name; `auth`: the login
     names the voter; otherwise the page asks."""
-    gr.set_static_paths([blind.showings])  # each showing's own files, served as they are
+    gr.set_static_paths([blind.showings.folder])  # each showing's own files, served as they are
     with gr.Blocks(title="Blind A/B evaluation") as demo:
         asked = ("Which image is better for its prompt?" if blind.question == "preference"
                  else QUESTIONS[blind.question])

@@ -4,12 +4,13 @@ Blindness is a security property here. What the browser gets before a vote is a 
 an opaque pair id (kept server-side in the page's state), the prompt and the two images,
 each decoded, enlarged for the page (`data.pages.enlarge`) and written afresh for this
 one showing as a PNG without metadata, under a random name in a folder of this process
-(`BlindEval.showings`). So no two showings share a URL, not even the same image shown
-again, to another voter or after a restart: a voter who has seen earlier reveals learns
-nothing from an address. (Content-addressed names, as Gradio gives images by default,
-would repeat.) Which model made which image stays in this process (`BlindEval._pending`,
-keyed by the pair id) and is told only by `vote`, after the vote is committed. The image
-cache's folder names (per-model hashes) and file paths never leave the server.
+(`BlindEval.showings`, a `data.pages.PageImages`). So no two showings share a URL, not
+even the same image shown again, to another voter or after a restart: a voter who has
+seen earlier reveals learns nothing from an address. (Content-addressed names, as
+Gradio gives images by default, would repeat.) Which model made which image stays in
+this process (`BlindEval._pending`, keyed by the pair id) and is told only by `vote`,
+after the vote is committed. The image cache's folder names (per-model hashes) and file
+paths never leave the server.
 
 Images are made in the background (`start`): the page is served at once and deals a
 pair as soon as both of its images exist, showing `progress` until then.
@@ -26,9 +27,6 @@ stored as a vote between those two, the one listed first as its base.
 from __future__ import annotations
 
 import random
-import secrets
-import shutil
-import tempfile
 import threading
 import time
 import uuid
@@ -38,10 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from data.errors import DataError
-from data.pages import enlarge
+from data.pages import PageImages, enlarge
 from data.prompts import Prompt
 from data.store import QUESTIONS
 from eval.images import DEFAULT_ROOT, Sampling, images_for, open_image
@@ -110,13 +107,6 @@ def fresh_pixels(path: Path) -> np.ndarray:
     return np.array(open_image(path), dtype=np.uint8)
 
 
-def write_showing(pixels: np.ndarray, folder: Path) -> Path:
-    """`pixels` as a PNG with no metadata under a fresh random name in `folder`."""
-    path = folder / f"{secrets.token_hex(16)}.png"
-    Image.fromarray(pixels).save(path, format="PNG")
-    return path
-
-
 def informative_matchup(matchups: Sequence[tuple[int, int]], ratings: Sequence[float],
                         votes: dict[tuple[int, int], int], rng: random.Random) -> tuple[int, int]:
     """The matchup (i, j) whose next vote tells most about the ratings: p(1 - p) / (1 + n),
@@ -172,7 +162,7 @@ class BlindEval:
         self.root = root  # the image cache `start` fills
         self.votes = votes
         self.rng = rng or random.SystemRandom()
-        self.showings = Path(tempfile.mkdtemp(prefix="eval-shown-"))
+        self.showings = PageImages("eval-shown-")
         self.failed: str | None = None
         self._pending: OrderedDict[str, Pair] = OrderedDict()
         self._files: dict[str, list[Path]] = {}
@@ -283,8 +273,7 @@ class BlindEval:
         files written for this showing only (freed once the pair is voted on)."""
         other = other_side(pair.side_a)
         key = (pair.prompt.text, pair.seed)
-        files = [write_showing(enlarge(fresh_pixels(self.images[pair.model(side)][key])),
-                               self.showings)
+        files = [self.showings.write(enlarge(fresh_pixels(self.images[pair.model(side)][key])))
                  for side in (pair.side_a, other)]
         with self._lock:
             self._files.setdefault(pair.pair_id, []).extend(files)
@@ -300,7 +289,7 @@ class BlindEval:
         self._stop.set()
         if self._maker is not None:
             self._maker.join(timeout=5)
-        shutil.rmtree(self.showings, ignore_errors=True)
+        self.showings.close()
 
     def vote(self, pair_id: str, voter: str, choice: str) -> Reveal:
         """Record `choice` ('A', 'B', 'tie', 'both_bad') on a dealt pair, then reveal it.

@@ -210,6 +210,48 @@ def test_sixteen_concurrent_sessions_each_vote_ten_times_under_their_own_names(a
         assert [r.outcome for r in rankings] == [outcomes[(k + v) % 5] for v in range(10)]
 
 
+def test_one_image_shown_to_six_annotators_at_once_reaches_each_of_them_whole(tmp_path):
+    """Every pair is the one gold pair here, so six sessions are shown its two images
+    at the same moments, again and again. Each gets both images, whole; no showing is
+    served from a file another showing rewrites (Gradio rewrites its cached copy of a
+    returned PIL image each time, and a reader mid-rewrite gets a file cut short)."""
+    ramp = np.linspace(0, 255, 32)
+    shade = np.stack(np.broadcast_arrays(ramp[None, :], ramp[:, None], 128), -1)
+    Image.fromarray(shade.astype(np.uint8)).save(tmp_path / "shade.png")
+    Image.new("RGB", (32, 32), (0, 0, 0)).save(tmp_path / "black.png")
+    (tmp_path / "gold.jsonl").write_text(
+        '{"prompt": "gold", "better": "shade.png", "worse": "black.png"}\n')
+    server = open_app(AppConfig(db=tmp_path / "prefs.duckdb", variety=PairVariety(steps=2),
+                                gold=tmp_path / "gold.jsonl", gold_rate=1.0, buffer=0,
+                                queue=8))
+    served, errors = [], []
+
+    def annotate(k: int) -> None:
+        try:
+            client = Client(url, verbose=False, httpx_kwargs={"timeout": 60})
+            for _ in range(6):
+                shown = client.predict(f"viewer-{k}", RED, "new", api_name="/generate")
+                served.extend(shown[:2])
+        except Exception as error:  # reported below, with the session
+            errors.append(f"viewer-{k}: {error!r}")
+
+    try:
+        with serving(server.demo) as url:
+            threads = [threading.Thread(target=annotate, args=(k,)) for k in range(6)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(timeout=300)
+    finally:
+        server.close()
+    assert errors == [] and len(served) == 72
+    for path in served:  # either image, as the store's JPEG round trip leaves it
+        pixels = np.asarray(Image.open(path).convert("RGB").resize((32, 32)), float)
+        assert min(np.abs(pixels - shade).mean(), np.abs(pixels).mean()) < 4, path
+    assert len({Path(path).name for path in served}) == 72  # one file per showing
+    assert not server.images.folder.exists()  # the page's files go with the server
+
+
 def test_an_api_client_voting_twice_40_to_400_ms_apart_stores_one_ranking(app):
     """Like the page: the second vote names the round the client holds when it is cast
     (the first, until the answer to the first vote arrives; then the next, too soon)."""

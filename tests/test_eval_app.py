@@ -89,7 +89,8 @@ def test_sides_are_shuffled_per_pair_and_recorded_with_the_vote(tmp_path):
         # random name in the showings folder, pixels and no metadata
         assert re.fullmatch(r"[0-9a-f]{32}", shown.pair_id)
         for path in (shown.image_a, shown.image_b):
-            assert path.parent == blind.showings and re.fullmatch(r"[0-9a-f]{32}\.png", path.name)
+            assert path.parent == blind.showings.folder
+            assert re.fullmatch(r"[0-9a-f]{32}\.png", path.name)
             with Image.open(path) as image:
                 assert image.info == {}
         with Image.open(shown.image_a) as image:
@@ -312,7 +313,7 @@ def test_images_are_made_in_the_background_and_a_pair_is_dealt_once_both_exist(
         assert blind.wait(timeout=300) == Progress(8, 8, 4, 4)
         assert blind.deal("ann") is not None
         blind.close()
-        assert not blind.showings.exists()
+        assert not blind.showings.folder.exists()
         # a second comparison over the same cache finds every image there at once
         again = BlindEval.prepare(models, PROMPTS, Sampling(seeds=2, steps=2), votes,
                                   tmp_path / "images")

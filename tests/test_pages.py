@@ -22,6 +22,7 @@ from data.pages import (
     FIRST_PORT,
     FRAME_PX,
     MAX_NAME,
+    PageImages,
     check_name,
     enlarge,
     launch_page,
@@ -344,3 +345,25 @@ def test_eval_a_bad_voter_name_is_refused_in_one_line_and_stores_nothing(browser
     assert blind.votes.votes() == []
     assert page.inner_text("#eval-reveal").strip() == ""
     page.close()
+
+
+def test_page_image_files_are_fresh_unmarked_and_an_old_one_goes_as_new_ones_come():
+    """A long campaign's page writes two files a vote: disk use stays that of the last
+    `keep_s` seconds."""
+    import os
+
+    images = PageImages("test-shown-", keep_s=1.0)
+    try:
+        old = images.write(Image.new("RGB", (8, 8), (255, 0, 0)))
+        again = images.write(np.zeros((8, 8, 3), np.uint8))
+        assert old != again and old.parent == images.folder == again.parent
+        with Image.open(old) as image:
+            assert image.format == "PNG" and image.info == {}
+        os.utime(old, (time.time() - 5, time.time() - 5))  # written 5 s ago
+        time.sleep(0.15)  # sweeps come at most every keep_s / 10
+        new = images.write(Image.new("RGB", (8, 8)))
+        assert not old.exists() and again.exists() and new.exists()
+    finally:
+        images.close()
+    assert not images.folder.exists()
+
