@@ -79,9 +79,9 @@ def floor_step(run: Run, batch) -> None:
     """Reference forward, policy forward and backward, optimizer step: nothing else."""
     noisy, timesteps, text, noise = batch
     with torch.no_grad():
-        ref = per_sample_error(run.reference(noisy, timesteps, encoder_hidden_states=text),
+        ref = per_sample_error(run.reference(noisy, timesteps, {"encoder_hidden_states": text}),
                                noise)
-    error = per_sample_error(run.unet(noisy, timesteps, encoder_hidden_states=text).sample,
+    error = per_sample_error(run.denoiser(noisy, timesteps, encoder_hidden_states=text).sample,
                              noise)
     model_w, model_l = error.chunk(2)
     ref_w, ref_l = ref.chunk(2)
@@ -95,7 +95,7 @@ def fixed_batch(run: Run):
     latents = torch.cat([cached.latents[:, 0], cached.latents[:, 1]])
     noise = torch.randn_like(latents[: len(latents) // 2]).repeat(2, 1, 1, 1)
     timesteps = torch.randint(0, 1000, (len(latents) // 2,)).repeat(2)
-    noisy = run.noise_scheduler.add_noise(latents, noise, timesteps)
+    noisy = run.process.noisy(latents, noise, timesteps)
     return noisy, timesteps, cached.text.repeat(2, 1, 1), noise
 
 
@@ -194,11 +194,11 @@ def main() -> None:
             "peak_rss_full": round(peak_mb["mapo"] / peak_mb["full"], 3),
         },
         "unet_parameters_held": {
-            "full": parameters(full.unet) + parameters(full.nets.reference_unet),
-            "lora": parameters(lora.unet) + parameters(lora.nets.reference_unet),
-            "mapo_full": parameters(mapo_full.unet)
-            + parameters(mapo_full.nets.reference_unet),
-            "one_unet": parameters(encoders.unet),
+            "full": parameters(full.denoiser) + parameters(full.nets.reference),
+            "lora": parameters(lora.denoiser) + parameters(lora.nets.reference),
+            "mapo_full": parameters(mapo_full.denoiser)
+            + parameters(mapo_full.nets.reference),
+            "one_unet": parameters(encoders.denoiser),
         },
         "peak_rss_mb": peak_mb,
         "trainable_parameters": {"full": sum(p.numel() for p in full.nets.trainable),

@@ -2,9 +2,12 @@
 
 Both images of a pair come from one batched pipeline call, each with its own seed and
 its own guidance scale. diffusers pipelines take one guidance scale per call; a
-per-image scale is applied by rescaling the text half of the UNet's output inside the
-call, which is exact: with call scale G and image scale g, the pipeline's
-`u + G * (t' - u)` with `t' = u + (g / G) * (t - u)` is `u + g * (t - u)`.
+per-image scale is applied by rescaling the text half of the denoiser's output (UNet or
+SD3 transformer) inside the call, which is exact: with call scale G and image scale g,
+the pipeline's `u + G * (t' - u)` with `t' = u + (g / G) * (t - u)` is `u + g * (t - u)`.
+FLUX has no classifier-free guidance to rescale: FLUX dev takes its guidance as an input
+of the transformer, one value per call, so images with different scales take one call
+each; FLUX schnell takes none, and its images record guidance 0.
 Pairs from two different models take one call per model.
 """
 
@@ -72,8 +75,8 @@ class PairVariety:
 
 
 @contextmanager
-def _per_image_guidance(unet: torch.nn.Module, ratios: torch.Tensor):
-    """Scale each image's text-conditioned UNet output toward its unconditioned one."""
+def _per_image_guidance(denoiser: torch.nn.Module, ratios: torch.Tensor):
+    """Scale each image's text-conditioned output toward its unconditioned one."""
 
     def hook(module, args, output):
         sample = output[0] if isinstance(output, tuple) else output.sample
@@ -85,7 +88,7 @@ def _per_image_guidance(unet: torch.nn.Module, ratios: torch.Tensor):
         output.sample = guided
         return output
 
-    handle = unet.register_forward_hook(hook)
+    handle = denoiser.register_forward_hook(hook)
     try:
         yield
     finally:
@@ -102,7 +105,8 @@ def generate(
     width: int | None = None,
     on_step: Callable[[int, int], None] | None = None,
 ) -> list[GeneratedImage]:
-    """One image per seed for `prompt`, in one batched call; the same inputs, the same images.
+    """One image per seed for `prompt`, in one batched call (FLUX dev with differing
+    guidance: one call per image); the same inputs, the same images.
 
     `on_step(done, total)` is called after each sampler step, for progress displays.
     """
@@ -113,6 +117,14 @@ def generate(
     n = len(seeds)
     top = max(guidance_scales)
     varies = len(set(guidance_scales)) > 1
+    if model.kind == "flux":
+        if not model.denoiser.config.guidance_embeds:  # schnell: no guidance at all
+            guidance_scales = [0.0] * n
+        elif varies:  # one guidance input per call
+            return [image for seed, g in zip(seeds, guidance_scales, strict=True)
+                    for image in generate(model, prompt, [seed], [g], steps, height, width,
+                                          on_step)]
+        varies = False
     if varies and min(guidance_scales) <= 1.0:
         raise ModelError("per-image guidance scales must all be above 1")
     pipe = model.pipeline
@@ -127,7 +139,7 @@ def generate(
     start = time.perf_counter()
     with model.lock, torch.inference_mode():
         guidance = (
-            _per_image_guidance(pipe.unet, torch.tensor(guidance_scales) / top)
+            _per_image_guidance(model.denoiser, torch.tensor(guidance_scales) / top)
             if varies else nullcontext()
         )
         with guidance:

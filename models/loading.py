@@ -3,7 +3,9 @@
 A name is `toy` (the bundled model), a local diffusers pipeline folder, a Hub id, a
 LoRA folder written by `train` (its weights plus `base_model.json` naming the base), or
 the run folder of `python -m rounds`, which stands for its newest finished round's model.
-Whether it is an SD-family or an SDXL pipeline is read from the model's own files.
+Its kind is read from the model's own files: `sd` (SD 1.x/2.x), `sdxl`, `sd3` (SD3 and
+SD3.5) or `flux`. The first two denoise with a UNet that predicts noise; `sd3` and
+`flux` are rectified-flow transformers that predict a velocity (`FLOW_KINDS`).
 
 `check(name)` answers, in a second and without loading weights, whether a name can be
 loaded at all, so a command can refuse a wrong name before it does any work: a name that
@@ -36,13 +38,22 @@ ROUND_FILE = "round.json"
 NEWEST_ROUND_FILE = "newest-round.json"
 
 
+KINDS = ("sd", "sdxl", "sd3", "flux")
+FLOW_KINDS = ("sd3", "flux")  # rectified flow: x_t = (1 - t) x0 + t noise, velocity target
+
+
+def denoiser_part(kind: str) -> str:
+    """The pipeline component that denoises, and that training changes."""
+    return "transformer" if kind in FLOW_KINDS else "unet"
+
+
 @dataclass
 class LoadedModel:
     """A ready pipeline and what it is. Hold `lock` while calling `pipeline`."""
 
     name: str
-    pipeline: object  # a diffusers StableDiffusionPipeline or StableDiffusionXLPipeline
-    kind: str  # "sd" or "sdxl"
+    pipeline: object  # a diffusers pipeline of `kind`'s class (`pipeline_class`)
+    kind: str  # one of KINDS
     device: str
     dtype: torch.dtype
     round: int | None = None  # the round of `python -m rounds` that trained it, if one did
@@ -51,6 +62,11 @@ class LoadedModel:
     @property
     def scheduler_name(self) -> str:
         return type(self.pipeline.scheduler).__name__
+
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        """The UNet (sd, sdxl) or the transformer (sd3, flux)."""
+        return getattr(self.pipeline, denoiser_part(self.kind))
 
 
 def default_device_and_dtype() -> tuple[str, torch.dtype]:
@@ -61,19 +77,34 @@ def default_device_and_dtype() -> tuple[str, torch.dtype]:
 
 
 def kind_of(model_index: dict) -> str:
-    """'sdxl' or 'sd', from a pipeline's model_index.json."""
+    """One of KINDS, from a pipeline's model_index.json."""
     class_name = model_index.get("_class_name", "")
-    if "XL" in class_name or "text_encoder_2" in model_index:
+    if class_name.startswith("Flux"):
+        if class_name != "FluxPipeline":
+            raise ModelError(f"{class_name} is a FLUX pipeline for another task: use a "
+                             "text-to-image FLUX model (FluxPipeline)")
+        return "flux"
+    if class_name.startswith("StableDiffusion3"):
+        if class_name != "StableDiffusion3Pipeline":
+            raise ModelError(f"{class_name} is an SD3 pipeline for another task: use a "
+                             "text-to-image SD3 model (StableDiffusion3Pipeline)")
+        return "sd3"
+    if "XL" in class_name or ("text_encoder_2" in model_index and "unet" in model_index):
         return "sdxl"
     if "StableDiffusion" in class_name or "unet" in model_index:
         return "sd"
-    raise ModelError(f"{class_name or 'this model'} is not a Stable Diffusion or SDXL pipeline")
+    raise ModelError(f"{class_name or 'this model'} is not a Stable Diffusion (1.x, 2.x, XL, "
+                     "3) or FLUX pipeline")
 
 
-def _pipeline_class(kind: str):
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+def pipeline_class(kind: str):
+    """The diffusers pipeline class of a kind."""
+    import diffusers
 
-    return StableDiffusionXLPipeline if kind == "sdxl" else StableDiffusionPipeline
+    return getattr(diffusers, {"sd": "StableDiffusionPipeline",
+                               "sdxl": "StableDiffusionXLPipeline",
+                               "sd3": "StableDiffusion3Pipeline",
+                               "flux": "FluxPipeline"}[kind])
 
 
 HUB_PROBE_TIMEOUT = 5.0  # seconds: one quick look at the Hub instead of minutes of retries
@@ -184,8 +215,8 @@ def round_of(name: str) -> int | None:
 def check(name: str) -> str:
     """Refuse, with one line and without loading weights, a name `load` cannot open.
 
-    Reads the model's (or a LoRA folder's base's) model_index.json; returns its kind,
-    'sd' or 'sdxl'. A command calls this for every model it names before any work.
+    Reads the model's (or a LoRA folder's base's) model_index.json; returns its kind
+    (one of KINDS). A command calls this for every model it names before any work.
     """
     name = resolve(name)
     folder = Path(name).expanduser()
@@ -208,13 +239,13 @@ def load(
     device: str | None = None,
     dtype: torch.dtype | None = None,
     scheduler: str | None = None,
-    unet: torch.nn.Module | None = None,
+    denoiser: torch.nn.Module | None = None,
 ) -> LoadedModel:
     """Load `name` on `device` in `dtype` (defaults: `default_device_and_dtype`).
 
     `scheduler` names a diffusers scheduler class (e.g. "EulerDiscreteScheduler") to use
-    instead of the model's own, configured from the model's scheduler config. `unet`
-    replaces the model's own UNet (the trainer saves its result this way).
+    instead of the model's own, configured from the model's scheduler config. `denoiser`
+    replaces the model's own UNet or transformer (the trainer saves its result this way).
     """
     default_device, default_dtype = default_device_and_dtype()
     device, dtype = device or default_device, dtype or default_dtype
@@ -224,9 +255,9 @@ def load(
     source, index, local = _model_index(base or name)
     kind = kind_of(index)
     try:
-        pipeline = _pipeline_class(kind).from_pretrained(
+        pipeline = pipeline_class(kind).from_pretrained(
             source, dtype=dtype, local_files_only=local,
-            **({"unet": unet} if unet is not None else {}),
+            **({denoiser_part(kind): denoiser} if denoiser is not None else {}),
             **({"safety_checker": None, "requires_safety_checker": False} if kind == "sd"
                else {}),
         )

@@ -1,9 +1,13 @@
-"""A CLIP tokenizer written locally, so nothing is downloaded.
+"""CLIP and T5 tokenizers written locally, so nothing is downloaded.
 
-The vocabulary is CLIP's byte-level base (two specials, 256 byte symbols and their
+The CLIP vocabulary is CLIP's byte-level base (two specials, 256 byte symbols and their
 end-of-word forms: 514 tokens), so any text tokenizes. Words given in `words` get BPE
 merges that make each of them one token; without merges every word splits into
 characters and a short caption overflows a short `model_max_length`.
+
+The T5 one (for SD3- and FLUX-style pipelines) is a SentencePiece-style unigram model:
+T5's three specials, the printable ASCII characters with and without the word-start
+mark, and each of `words` as one piece; anything else is `<unk>`.
 """
 
 from __future__ import annotations
@@ -64,3 +68,31 @@ def write_clip_tokenizer(
             pieces = [pieces[0] + pieces[1], *pieces[2:]]
         _write(directory, vocab, merges, model_max_length)
     return directory
+
+
+def write_t5_tokenizer(
+    directory: str | Path, words: Sequence[str] = (), model_max_length: int = 512
+) -> Path:
+    """Write tokenizer.json and tokenizer_config.json; load with AutoTokenizer."""
+    import string
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from transformers import T5TokenizerFast
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    chars = string.ascii_letters + string.digits + string.punctuation
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    pieces += [(c, -3.0) for c in chars] + [("\u2581" + c, -3.5) for c in chars]
+    pieces += [("\u2581" + w, -1.0) for w in dict.fromkeys(words)]
+    tokenizer = Tokenizer(models.Unigram(pieces, unk_id=2))
+    tokenizer.normalizer = normalizers.NFKC()
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+    tokenizer.decoder = decoders.Metaspace()
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)])
+    T5TokenizerFast(tokenizer_object=tokenizer, eos_token="</s>", unk_token="<unk>",
+                    pad_token="<pad>", extra_ids=0,
+                    model_max_length=model_max_length).save_pretrained(directory)
+    return directory
+

@@ -55,7 +55,9 @@ def _text_config(hidden: int, **extra):
     )
 
 
-def _tiny_vae():
+def _tiny_vae(latent_channels: int = 4, **flow):
+    """Two levels (8x smaller: no, 2x: 32 px images, 16x16 latents); `flow`: SD3's and
+    FLUX's shift_factor and scaling_factor."""
     import torch
     from diffusers import AutoencoderKL
 
@@ -63,8 +65,83 @@ def _tiny_vae():
     return AutoencoderKL(
         block_out_channels=[4, 8], in_channels=3, out_channels=3,
         down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
-        latent_channels=4, norm_num_groups=2,
+        latent_channels=latent_channels, norm_num_groups=2, **flow,
     )
+
+
+def _tiny_t5(directory: Path, d_model: int):
+    """A two-layer T5 encoder and its locally written tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, T5Config, T5EncoderModel
+
+    from models.tokenizer import write_t5_tokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(write_t5_tokenizer(directory))
+    torch.manual_seed(0)
+    encoder = T5EncoderModel(T5Config(
+        vocab_size=len(tokenizer), d_model=d_model, d_kv=8, d_ff=37, num_layers=2,
+        num_heads=4, relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1,
+        decoder_start_token_id=0))
+    return encoder, tokenizer
+
+
+FLOW_VAE = {"shift_factor": 0.0609, "scaling_factor": 1.5035}  # SD3's own values
+
+
+def build_tiny_sd3(directory: Path) -> Path:
+    """A tiny SD3-style pipeline (two CLIP encoders with projections, T5, an MMDiT
+    transformer, flow matching), randomly initialised, saved to `directory`."""
+    import torch
+    from diffusers import (
+        FlowMatchEulerDiscreteScheduler,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
+    from transformers import CLIPTextModelWithProjection
+
+    torch.manual_seed(0)
+    transformer = SD3Transformer2DModel(
+        sample_size=16, patch_size=2, in_channels=4, num_layers=2, attention_head_dim=8,
+        num_attention_heads=2, joint_attention_dim=32, caption_projection_dim=16,
+        pooled_projection_dim=32, out_channels=4, pos_embed_max_size=16)
+    torch.manual_seed(0)
+    text_encoder = CLIPTextModelWithProjection(_text_config(16, projection_dim=16))
+    torch.manual_seed(1)
+    text_encoder_2 = CLIPTextModelWithProjection(_text_config(16, projection_dim=16))
+    text_encoder_3, tokenizer_3 = _tiny_t5(directory / "_t5", d_model=32)
+    tokenizer = _tokenizer(directory / "_tok")
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=_tiny_vae(**FLOW_VAE), text_encoder=text_encoder, tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2, tokenizer_2=tokenizer, text_encoder_3=text_encoder_3,
+        tokenizer_3=tokenizer_3, image_encoder=None, feature_extractor=None)
+    pipe.save_pretrained(directory / "pipe")
+    return directory / "pipe"
+
+
+def build_tiny_flux(directory: Path, guidance_embeds: bool = True) -> Path:
+    """A tiny FLUX-style pipeline (CLIP pooled, T5, packed 2x2 latents, guidance as an
+    input as FLUX dev has it; without `guidance_embeds`, as schnell), saved."""
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(0)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=4, num_layers=1, num_single_layers=1,
+        attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+        pooled_projection_dim=32, axes_dims_rope=[4, 4, 8], guidance_embeds=guidance_embeds)
+    torch.manual_seed(0)
+    text_encoder = CLIPTextModel(_text_config(32))
+    text_encoder_2, tokenizer_2 = _tiny_t5(directory / "_t5", d_model=32)
+    pipe = FluxPipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(
+            use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15),
+        vae=_tiny_vae(latent_channels=1, **FLOW_VAE), text_encoder=text_encoder,
+        tokenizer=_tokenizer(directory / "_tok"), text_encoder_2=text_encoder_2,
+        tokenizer_2=tokenizer_2, image_encoder=None, feature_extractor=None)
+    pipe.save_pretrained(directory / "pipe")
+    return directory / "pipe"
 
 
 def build_tiny_sd(directory: Path) -> Path:
@@ -148,6 +225,18 @@ def tiny_sd_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_sdxl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A saved tiny SDXL-style pipeline directory (load with local_files_only=True)."""
     return build_tiny_sdxl(tmp_path_factory.mktemp("tiny-sdxl"))
+
+
+@pytest.fixture(scope="session")
+def tiny_sd3_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A saved tiny SD3-style pipeline directory."""
+    return build_tiny_sd3(tmp_path_factory.mktemp("tiny-sd3"))
+
+
+@pytest.fixture(scope="session")
+def tiny_flux_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A saved tiny FLUX-dev-style pipeline directory (guidance as an input)."""
+    return build_tiny_flux(tmp_path_factory.mktemp("tiny-flux"))
 
 
 def build_tiny_clip(directory: Path) -> Path:

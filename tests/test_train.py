@@ -31,7 +31,8 @@ from train.cache import Preprocessing, _encode_latents, mirrored, prepare_pair
 from train.config import TrainConfig, resolve
 from train.errors import TrainError
 from train.plan import training_pairs
-from train.trainer import PREDICTION_TYPES, Run, batch_positions, forward_pairs, training_target
+from train.processes import PREDICTION_TYPES, DDPMProcess
+from train.trainer import Run, batch_positions, forward_pairs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -99,9 +100,9 @@ def test_lora_training_changes_every_adapter_weight_and_no_base_weight(
     run = Run(config)
     run.train()
     original = unet_state(base)
-    lora = {n: p for n, p in run.unet.named_parameters() if "lora_" in n}
+    lora = {n: p for n, p in run.denoiser.named_parameters() if "lora_" in n}
     assert lora and all(p.requires_grad for p in lora.values())
-    base_now = {n.replace(".base_layer", ""): p for n, p in run.unet.named_parameters()
+    base_now = {n.replace(".base_layer", ""): p for n, p in run.denoiser.named_parameters()
                 if "lora_" not in n}
     assert base_now.keys() == original.keys()
     assert all(torch.equal(original[n], p.detach()) for n, p in base_now.items())
@@ -130,14 +131,14 @@ def test_lora_reference_is_the_base_and_adapters_come_back_on(tiny_sd_dir, store
     sample = torch.randn(1, 4, 16, 16)
     text = torch.randn(1, 16, 8)
     with torch.no_grad():
-        reference = run.reference(sample, torch.tensor([10]), encoder_hidden_states=text)
+        reference = run.reference(sample, torch.tensor([10]), {"encoder_hidden_states": text})
         expected = plain(sample, torch.tensor([10]), encoder_hidden_states=text).sample
-        policy = run.unet(sample, torch.tensor([10]), encoder_hidden_states=text).sample
+        policy = run.denoiser(sample, torch.tensor([10]), encoder_hidden_states=text).sample
     assert torch.allclose(reference, expected, atol=1e-5)
     assert not torch.allclose(policy, expected, atol=1e-5)  # adapters back on
     with pytest.raises(AttributeError), torch.no_grad():
-        run.reference(sample, torch.tensor([10]), encoder_hidden_states="not a tensor")
-    after_error = run.unet(sample, torch.tensor([10]), encoder_hidden_states=text).sample
+        run.reference(sample, torch.tensor([10]), {"encoder_hidden_states": "not a tensor"})
+    after_error = run.denoiser(sample, torch.tensor([10]), encoder_hidden_states=text).sample
     assert torch.allclose(after_error, policy)
 
 
@@ -153,16 +154,16 @@ def test_each_objective_trains_full_and_lora_and_only_dpo_ipo_kto_use_a_referenc
     reference_calls = []
     reference = run.reference
     run.reference = lambda *args, **kw: reference_calls.append(1) or reference(*args, **kw)
-    before = {n: p.detach().clone() for n, p in run.unet.named_parameters() if p.requires_grad}
+    before = {n: p.detach().clone() for n, p in run.denoiser.named_parameters() if p.requires_grad}
     run.train()
-    after = dict(run.unet.named_parameters())
+    after = dict(run.denoiser.named_parameters())
     unchanged = [n for n, p in before.items() if torch.equal(p, after[n].detach())]
     if lora_rank:  # lora_A may keep a row a step leaves alone; every B moves off zero
         unchanged = [n for n in unchanged if "lora_B" in n]
     assert before and unchanged == [], unchanged
     needs_reference = objective in ("ipo", "kto")
     assert bool(reference_calls) == needs_reference
-    assert (run.nets.reference_unet is not None) == (needs_reference and not lora_rank)
+    assert (run.nets.reference is not None) == (needs_reference and not lora_rank)
     logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
     assert all(math.isfinite(m["loss"]) and "accuracy" in m and "margin" in m for m in logged)
     card = (tmp_path / "run" / "final" / "README.md").read_text()
@@ -190,9 +191,9 @@ def test_the_winner_safe_switch_scales_the_losers_gradient_and_is_logged(
     config = config_for(tiny_sd_dir, store_path, tmp_path / "run", objective=objective,
                         winner_safe=True, winner_safe_mu=0.9, max_steps=3, eval_every=0)
     run = Run(config)
-    before = {n: p.detach().clone() for n, p in run.unet.named_parameters()}
+    before = {n: p.detach().clone() for n, p in run.denoiser.named_parameters()}
     run.train()
-    assert any(not torch.equal(before[n], p) for n, p in run.unet.named_parameters())
+    assert any(not torch.equal(before[n], p) for n, p in run.denoiser.named_parameters())
     logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
     assert logged and all(0 <= m["loser_scale"] <= 1 for m in logged)
     card = (tmp_path / "run" / "final" / "README.md").read_text()
@@ -217,8 +218,8 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(
                              **common))
     summary = resumed.train()
     assert summary["trained_steps"] == 2
-    for (name, a), (_, b) in zip(whole.unet.named_parameters(), resumed.unet.named_parameters(),
-                                 strict=True):
+    for (name, a), (_, b) in zip(whole.denoiser.named_parameters(),
+                                 resumed.denoiser.named_parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-6), name
     assert resumed.nets.lr_scheduler.last_epoch == whole.nets.lr_scheduler.last_epoch == 4
 
@@ -492,17 +493,17 @@ def test_a_sample_predicting_model_is_trained_against_the_clean_latents(
     config = config_for(predicting_sample_dir, store_path, tmp_path / "run", eval_every=0,
                         objective="sft", prompt_dropout=0.0, max_steps=1)
     run = Run(config)
-    assert run.noise_scheduler.config.prediction_type == "sample"
+    assert run.process.prediction_type == "sample"
     batch, generator = run.micro_batch(0, 0)
     replay = torch.Generator().set_state(generator.get_state())
     with torch.no_grad():
-        _, metrics = forward_pairs(run.unet, run.reference, run.noise_scheduler, batch,
+        _, metrics = forward_pairs(run.denoiser, run.reference, run.process, "sd", batch,
                                    run.data.cache, generator, config)
         clean = batch.latents[:, 0]
         noise = torch.randn(clean.shape, generator=replay)
         timesteps = torch.randint(0, 1000, (len(clean),), generator=replay)
-        noisy = run.noise_scheduler.add_noise(clean, noise, timesteps)
-        predicted = run.unet(noisy, timesteps, encoder_hidden_states=batch.text).sample
+        noisy = run.process.noisy(clean, noise, timesteps)
+        predicted = run.denoiser(noisy, timesteps, encoder_hidden_states=batch.text).sample
     against_clean = float((predicted - clean).pow(2).mean())
     against_noise = float((predicted - noise).pow(2).mean())
     assert float(metrics["model_mse_preferred"]) == pytest.approx(against_clean, rel=1e-5)
@@ -518,8 +519,8 @@ def test_each_prediction_type_has_its_target_and_others_are_refused(tiny_sd_dir,
     timesteps = torch.tensor([10, 900])
     targets = {}
     for kind in PREDICTION_TYPES:
-        scheduler = DDPMScheduler(prediction_type=kind)
-        targets[kind] = training_target(scheduler, clean, noise, timesteps)
+        process = DDPMProcess(DDPMScheduler(prediction_type=kind).config)
+        targets[kind] = process.target(clean, noise, timesteps)
     assert torch.equal(targets["epsilon"], noise) and torch.equal(targets["sample"], clean)
     velocity = DDPMScheduler().get_velocity(clean, noise, timesteps)
     assert torch.equal(targets["v_prediction"], velocity)
@@ -691,8 +692,8 @@ def test_sft_with_adafactor_and_checkpointing_trains_without_a_reference(
                         optimizer="adafactor", gradient_checkpointing=True, eval_every=0)
     run = Run(config)
     run.train()
-    assert run.nets.reference_unet is None  # SFT needs no second UNet
-    assert run.unet.is_gradient_checkpointing
+    assert run.nets.reference is None  # SFT needs no second UNet
+    assert run.denoiser.is_gradient_checkpointing
     logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
     assert all(m["loss"] > 0 and "accuracy" not in m for m in logged)
     before, after = unet_state(tiny_sd_dir), unet_state(tmp_path / "run" / "final")

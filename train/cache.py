@@ -8,9 +8,14 @@ flip-equivariant, so mirroring a latent is not the latent of the mirrored image)
 trainer then draws each step's flips from (seed, step) and reads either copy, so a pair
 appears both ways across epochs without a VAE call per step, at twice the cache's size.
 The VAE posterior's mean is stored (SD's VAE posterior std is negligible next to
-the latents). Text embeddings are stored once per distinct caption, plus the empty
-prompt's, which prompt dropout swaps in - the same unconditional embedding that the
-pipeline uses at inference (zeros for SDXL's `force_zeros_for_empty_prompt`).
+the latents), shifted and scaled as the pipeline's own VAE config says (SD3's and FLUX's
+VAEs have a shift). FLUX's latents are stored unpacked, [C, H, W]: the trainer packs
+them into 2x2 patches as it calls the transformer. Text embeddings are stored once per
+distinct caption, plus the empty prompt's, which prompt dropout swaps in - the same
+unconditional embedding that the pipeline uses at inference (zeros for SDXL's
+`force_zeros_for_empty_prompt`; SD3's and FLUX's encoding of ""). SD3 and FLUX store
+the whole text sequence (CLIP's tokens, then `text_tokens` T5 tokens; FLUX: T5's alone)
+and the pooled CLIP embedding.
 
 A cache folder is named by a hash of the model, the pairs (their ids, in order) and the
 preprocessing settings, so a later run on the same data reuses it and any change makes a
@@ -33,7 +38,8 @@ from PIL import Image
 from tqdm import tqdm
 
 FORMAT = 2  # 2: the mirrored copy of every pair under random_flip
-ENCODER_PARTS = ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
+ENCODER_PARTS = ("vae", "text_encoder", "text_encoder_2", "text_encoder_3", "tokenizer",
+                 "tokenizer_2", "tokenizer_3")
 ENCODE_BATCH = 32  # pairs per VAE / text encoder call while caching
 
 
@@ -43,6 +49,11 @@ class Preprocessing:
     random_crop: bool
     random_flip: bool
     seed: int
+    text_tokens: int | None = None  # sd3/flux: T5 tokens per caption (None: the pipeline's)
+
+    def text_options(self) -> dict:
+        """What `encode_prompt` is given besides the prompts."""
+        return {} if self.text_tokens is None else {"max_sequence_length": self.text_tokens}
 
 
 @dataclass
@@ -51,7 +62,7 @@ class CachedBatch:
 
     latents: torch.Tensor
     text: torch.Tensor  # [B, L, D]
-    pooled: torch.Tensor | None = None  # SDXL: [B, D2]
+    pooled: torch.Tensor | None = None  # SDXL, SD3, FLUX: [B, D2]
     time_ids: torch.Tensor | None = None  # SDXL: [B, 6]
     liked: torch.Tensor | None = None  # KTO: [B, 2], each image liked (True) or disliked
 
@@ -101,30 +112,45 @@ def data_fingerprint(pairs) -> str:
 
 
 def cache_key(model: dict, data: str, prep: Preprocessing) -> str:
-    text = json.dumps({"format": FORMAT, "model": model, "data": data, "prep": prep.__dict__},
+    settings = {k: v for k, v in prep.__dict__.items() if v is not None}  # keys as before
+    text = json.dumps({"format": FORMAT, "model": model, "data": data, "prep": settings},
                       sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 @torch.no_grad()
-def encode_prompts(pipeline, kind: str, prompts: list[str]) -> tuple[torch.Tensor, ...]:
-    """(embeddings, pooled or None) as the pipeline itself conditions on `prompts`."""
-    device = pipeline.unet.device
-    if kind == "sdxl":
+def encode_prompts(pipeline, kind: str, prompts: list[str],
+                   options: dict | None = None) -> tuple[torch.Tensor, ...]:
+    """(embeddings, pooled or None) as the pipeline itself conditions on `prompts`;
+    `options`: `Preprocessing.text_options`."""
+    device, options = pipeline.device, options or {}
+    if kind == "flux":
+        embeds, pooled, _ = pipeline.encode_prompt(prompts, None, device=device, **options)
+        return embeds.float().cpu(), pooled.float().cpu()
+    if kind in ("sdxl", "sd3"):
+        more = (None, None) if kind == "sd3" else ()  # prompt_2, prompt_3 as `prompts`
         embeds, _, pooled, _ = pipeline.encode_prompt(
-            prompts, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False)
+            prompts, *more, device=device, num_images_per_prompt=1,
+            do_classifier_free_guidance=False, **options)
         return embeds.float().cpu(), pooled.float().cpu()
     embeds, _ = pipeline.encode_prompt(prompts, device, 1, False)
     return embeds.float().cpu(), None
 
 
 @torch.no_grad()
-def encode_empty(pipeline, kind: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The unconditional embedding the pipeline uses for classifier-free guidance."""
-    device = pipeline.unet.device
-    if kind == "sdxl":
+def encode_empty(pipeline, kind: str,
+                 options: dict | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The unconditional embedding the pipeline uses for classifier-free guidance (FLUX,
+    which has none: the empty prompt's)."""
+    device, options = pipeline.device, options or {}
+    if kind == "flux":
+        embeds, pooled = encode_prompts(pipeline, kind, [""], options)
+        return embeds[0], pooled[0]
+    if kind in ("sdxl", "sd3"):
+        more = (None, None) if kind == "sd3" else ()
         _, negative, _, negative_pooled = pipeline.encode_prompt(
-            "x", device=device, num_images_per_prompt=1, do_classifier_free_guidance=True)
+            "x", *more, device=device, num_images_per_prompt=1,
+            do_classifier_free_guidance=True, **options)
         return negative[0].float().cpu(), negative_pooled[0].float().cpu()
     _, negative = pipeline.encode_prompt("x", device, 1, True)
     return negative[0].float().cpu(), None
@@ -193,10 +219,11 @@ def build(pairs, pipeline, kind: str, prep: Preprocessing, directory: Path,
     temp.mkdir(parents=True)
     captions = sorted({pairs.describe(i)[0] for i in range(len(pairs))})
     row_of = {caption: row + 1 for row, caption in enumerate(captions)}  # row 0: empty
-    empty, empty_pooled = encode_empty(pipeline, kind)
+    empty, empty_pooled = encode_empty(pipeline, kind, prep.text_options())
     texts, pooled = [empty[None]], [empty_pooled[None]] if empty_pooled is not None else []
     for start in range(0, len(captions), ENCODE_BATCH):
-        embeds, pool = encode_prompts(pipeline, kind, captions[start:start + ENCODE_BATCH])
+        embeds, pool = encode_prompts(pipeline, kind, captions[start:start + ENCODE_BATCH],
+                                      prep.text_options())
         texts.append(embeds)
         if pool is not None:
             pooled.append(pool)

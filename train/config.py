@@ -31,6 +31,8 @@ HOLDOUT_SHARE = 10  # a run holds out at most one pair in this many
 OBJECTIVES = ("dpo", "ipo", "kto", "mapo", "sft")
 REFERENCE_OBJECTIVES = ("dpo", "ipo", "kto")  # the others train with no reference model
 PAIRED_REFERENCE_OBJECTIVES = ("dpo", "ipo")  # the DPO family, where winner_safe applies
+TIMESTEP_SAMPLING = ("logit_normal", "uniform")  # flow models' noise-level densities
+LOSS_WEIGHTING = ("sigma_sqrt", "cosmap")  # diffusers' SD3/FLUX scripts' schemes
 
 
 
@@ -62,10 +64,28 @@ class TrainConfig:
     beta_mapo: float = _help("MaPO's weight of its margin term (MaPO's default)", 0.1)
     mapo_snr: float = _help("MaPO's constant s in its error score s*e/(exp(s*e)-1) "
                             "(MaPO's default)", 0.5)
-    lora_rank: int = _help("LoRA rank; 0 trains the full UNet", 0)
+    # Flow-matching models (sd3, flux: train/processes.py); ignored for sd and sdxl
+    timestep_sampling: str = _help("sd3/flux: the density the noise level is drawn from: "
+                                   "logit_normal (diffusers' SD3 and FLUX scripts) or "
+                                   "uniform", "logit_normal")
+    logit_mean: float = _help("sd3/flux: logit_normal's mean", 0.0)
+    logit_std: float = _help("sd3/flux: logit_normal's standard deviation", 1.0)
+    flow_shift: float | None = _help("sd3/flux: the noise-level shift s in s*u/(1+(s-1)*u) "
+                                     "(default: the model scheduler's: SD3 3.0, FLUX 1.0)",
+                                     None)
+    loss_weighting: str | None = _help("sd3/flux: a per-sample weight of the velocity "
+                                       "errors, sigma_sqrt or cosmap (default: none, every "
+                                       "error weighs the same)", None)
+    flux_guidance: float = _help("flux dev (guidance as an input): the guidance value the "
+                                 "transformer is given in training (diffusers' FLUX scripts: "
+                                 "3.5)", 3.5)
+    max_sequence_length: int | None = _help("sd3/flux: T5 tokens per caption in the cache "
+                                            "(default: the pipeline's own, SD3 256, FLUX "
+                                            "512)", None)
+    lora_rank: int = _help("LoRA rank; 0 trains the full UNet or transformer", 0)
     lora_alpha: float | None = _help("LoRA alpha (default: the rank, as diffusers' script)",
                                      None)
-    lora_targets: list[str] = _help("UNet modules that get LoRA adapters",
+    lora_targets: list[str] = _help("UNet or transformer modules that get LoRA adapters",
                                     factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
     # Data
     data: list[str] = _help("pair sources: DuckDB stores (.duckdb) and Pick-a-Pic parquet "
@@ -202,6 +222,16 @@ class TrainConfig:
                 raise TrainError(f"{name} must be above 0")
         if not 0 <= self.prompt_dropout <= 1:
             raise TrainError("prompt_dropout must be between 0 and 1")
+        if self.timestep_sampling not in TIMESTEP_SAMPLING:
+            raise TrainError(f"timestep_sampling must be one of {', '.join(TIMESTEP_SAMPLING)}"
+                             f", not {self.timestep_sampling!r}")
+        if self.loss_weighting is not None and self.loss_weighting not in LOSS_WEIGHTING:
+            raise TrainError(f"loss_weighting must be one of {', '.join(LOSS_WEIGHTING)}, "
+                             f"not {self.loss_weighting!r}")
+        if self.logit_std <= 0 or (self.flow_shift is not None and self.flow_shift <= 0):
+            raise TrainError("logit_std and flow_shift must be above 0")
+        if self.max_sequence_length is not None and self.max_sequence_length < 1:
+            raise TrainError("max_sequence_length must be at least 1")
 
     def heldout(self, pairs: int) -> int:
         """How many of `pairs` the run holds out: one in HOLDOUT_SHARE, at most

@@ -1,7 +1,7 @@
 """What a run leaves for the other commands: a model that `models.load` opens by path.
 
 Full fine-tuning writes a complete diffusers pipeline folder (the base's other parts with
-the trained UNet). LoRA writes `pytorch_lora_weights.safetensors`, which diffusers'
+the trained UNet or transformer). LoRA writes `pytorch_lora_weights.safetensors`, which diffusers'
 `pipeline.load_lora_weights` accepts, and `base_model.json` naming the base. Both get a
 `README.md` card: how the model was trained and how plain diffusers loads it.
 """
@@ -15,7 +15,16 @@ from pathlib import Path
 import torch
 import yaml
 
-from models.loading import LORA_BASE_FILE, LORA_WEIGHTS, TOY_DIR, TOY_NAME, load
+from models.loading import (
+    FLOW_KINDS,
+    LORA_BASE_FILE,
+    LORA_WEIGHTS,
+    TOY_DIR,
+    TOY_NAME,
+    denoiser_part,
+    load,
+    pipeline_class,
+)
 from train.config import objective_text
 
 CARD = "README.md"
@@ -36,25 +45,25 @@ def base_location(model: str) -> str:
     return str(TOY_DIR) if model == TOY_NAME else base_name(model)
 
 
-def save_model(unet: torch.nn.Module, model: str, kind: str, lora: bool, directory: Path) -> Path:
-    """Write the trained model to `directory` (replaced if present), with its card."""
+def save_model(net: torch.nn.Module, model: str, kind: str, lora: bool, directory: Path) -> Path:
+    """Write the trained denoiser `net` (of a `kind` model) to `directory` (replaced if
+    present), with its card."""
     directory.mkdir(parents=True, exist_ok=True)
     if lora:
-        from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
         from diffusers.utils import convert_state_dict_to_diffusers
         from peft.utils import get_peft_model_state_dict
 
-        pipeline_class = StableDiffusionXLPipeline if kind == "sdxl" else StableDiffusionPipeline
-        layers = {k: v.detach().float().cpu() for k, v in
-                  convert_state_dict_to_diffusers(get_peft_model_state_dict(unet)).items()}
-        pipeline_class.save_lora_weights(
-            directory, unet_lora_layers=layers, weight_name=LORA_WEIGHTS,
-            unet_lora_adapter_metadata=unet.peft_config["default"].to_dict(),
-        )
+        state = get_peft_model_state_dict(net)
+        if kind not in FLOW_KINDS:  # diffusers' UNet LoRA scripts convert; transformers' not
+            state = convert_state_dict_to_diffusers(state)
+        part = denoiser_part(kind)
+        pipeline_class(kind).save_lora_weights(directory, weight_name=LORA_WEIGHTS, **{
+            f"{part}_lora_layers": {k: v.detach().float().cpu() for k, v in state.items()},
+            f"{part}_lora_adapter_metadata": net.peft_config["default"].to_dict()})
         (directory / LORA_BASE_FILE).write_text(json.dumps({"base_model": base_name(model)}))
     else:
-        trained = copy.deepcopy(unet).cpu().float()  # not .to(dtype): diffusers warns on it
-        pipeline = load(model, device="cpu", dtype=torch.float32, unet=trained).pipeline
+        trained = copy.deepcopy(net).cpu().float()  # not .to(dtype): diffusers warns on it
+        pipeline = load(model, device="cpu", dtype=torch.float32, denoiser=trained).pipeline
         pipeline.save_pretrained(directory, safe_serialization=True)
     run_config = directory.parent / RUN_CONFIG
     trained_with = yaml.safe_load(run_config.read_text()) if run_config.exists() else None
@@ -110,7 +119,8 @@ def _training_lines(directory: Path, lora: bool, config: dict | None) -> list[st
              f"- learning rate {config.get('learning_rate')}, {config.get('effective_batch')} "
              f"pairs a step, resolution {config.get('resolution')}",
              "- " + (f"LoRA rank {config.get('lora_rank')} on "
-                     f"{', '.join(config.get('lora_targets') or [])}" if lora else "full UNet"),
+                     f"{', '.join(config.get('lora_targets') or [])}" if lora
+                     else "full fine-tune"),
              f"- data: {', '.join(str(d) for d in config.get('data') or [])}",
              f"- the full config: `../{RUN_CONFIG}`"]
     return lines

@@ -53,7 +53,7 @@ def plan(config: TrainConfig, processes: int) -> str:
     pairs = training_pairs(config)
     trained = len(pairs) - config.heldout(len(pairs))
     seen = config.effective_batch * config.max_steps
-    what = (f"LoRA rank {config.lora_rank}" if config.lora_rank else "full UNet")
+    what = (f"LoRA rank {config.lora_rank}" if config.lora_rank else "full fine-tune")
     sources = ", ".join(f"{source} ({count:,} pairs)"
                         for source, count in zip(config.data, pairs.source_counts(),
                                                  strict=True))

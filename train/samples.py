@@ -24,32 +24,35 @@ class SamplePrompts:
     prompts: list[str]
     embeds: torch.Tensor  # [P, L, D]
     negative: torch.Tensor  # [L, D]
-    pooled: torch.Tensor | None = None  # SDXL
+    pooled: torch.Tensor | None = None  # SDXL, SD3, FLUX
     negative_pooled: torch.Tensor | None = None
 
 
 @torch.inference_mode()
-def generate(pipeline, prompts: SamplePrompts, seeds: int, steps: int, guidance: float,
-             resolution: int, seed_start: int = 0) -> list[list[Image.Image]]:
+def generate(pipeline, kind: str, prompts: SamplePrompts, seeds: int, steps: int,
+             guidance: float, resolution: int, seed_start: int = 0) -> list[list[Image.Image]]:
     """images[p][s]: prompt p with seed seed_start + s, the same every time for the same
-    weights."""
+    weights. FLUX takes no negative prompt: `guidance` is its guidance input."""
+    from models.loading import denoiser_part
+
     jobs = [(p, seed_start + s) for p in range(len(prompts.prompts)) for s in range(seeds)]
-    device = pipeline.unet.device
-    dtype = next(pipeline.unet.parameters()).dtype
+    device = pipeline.device
+    dtype = next(getattr(pipeline, denoiser_part(kind)).parameters()).dtype
     images: list[list[Image.Image]] = [[] for _ in prompts.prompts]
     for start in range(0, len(jobs), CHUNK):
         chunk = jobs[start:start + CHUNK]
         index = torch.tensor([p for p, _ in chunk])
         extra = {}
+        if kind != "flux":
+            extra["negative_prompt_embeds"] = prompts.negative.expand(len(chunk), -1, -1).to(
+                device, dtype)
         if prompts.pooled is not None:
-            extra = {
-                "pooled_prompt_embeds": prompts.pooled[index].to(device, dtype),
-                "negative_pooled_prompt_embeds":
-                    prompts.negative_pooled.expand(len(chunk), -1).to(device, dtype),
-            }
+            extra["pooled_prompt_embeds"] = prompts.pooled[index].to(device, dtype)
+        if prompts.pooled is not None and kind != "flux":
+            extra["negative_pooled_prompt_embeds"] = prompts.negative_pooled.expand(
+                len(chunk), -1).to(device, dtype)
         out = pipeline(
             prompt_embeds=prompts.embeds[index].to(device, dtype),
-            negative_prompt_embeds=prompts.negative.expand(len(chunk), -1, -1).to(device, dtype),
             generator=[torch.Generator("cpu").manual_seed(s) for _, s in chunk],
             num_inference_steps=steps, guidance_scale=guidance, height=resolution,
             width=resolution, **extra,

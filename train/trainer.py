@@ -29,7 +29,7 @@ import torch
 from tqdm import tqdm
 
 from data.pairs import image_labels
-from models.loading import LoadedModel, fingerprint, load
+from models.loading import FLOW_KINDS, LoadedModel, fingerprint, load
 from train import cache as pair_cache
 from train import checkpoints, samples
 from train.config import REFERENCE_OBJECTIVES, TrainConfig, save
@@ -47,9 +47,9 @@ from train.loss import (
 )
 from train.output import save_model
 from train.plan import holdout_line, training_pairs
+from train.processes import DDPMProcess, FlowProcess, conditioning, predict, process_for
 
 HELDOUT_SEED = 1234  # the held-out check uses the same noise and timesteps every time
-PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
 # --- what a step sees ------------------------------------------------------------------
@@ -100,85 +100,61 @@ def draw_flips(generator: torch.Generator, pairs: int) -> np.ndarray:
 
 
 @contextmanager
-def adapters_disabled(unet):
-    """The LoRA model's reference: the same UNet with its adapters off, always back on."""
-    unet.disable_adapters()
+def adapters_disabled(net):
+    """The LoRA model's reference: the same network with its adapters off, always back on."""
+    net.disable_adapters()
     try:
         yield
     finally:
-        unet.enable_adapters()
+        net.enable_adapters()
 
 
-def training_target(noise_scheduler, clean: torch.Tensor, noise: torch.Tensor,
-                    timesteps: torch.Tensor) -> torch.Tensor:
-    """What the UNet is trained to predict, as its scheduler's `prediction_type` says."""
-    kind = noise_scheduler.config.prediction_type
-    if kind == "epsilon":
-        return noise
-    if kind == "v_prediction":
-        return noise_scheduler.get_velocity(clean, noise, timesteps)
-    if kind == "sample":
-        return clean
-    raise unknown_prediction(kind)
-
-
-def unknown_prediction(kind: str) -> TrainError:
-    return TrainError(f"the model's scheduler predicts {kind!r}: the trainer trains "
-                      f"{', '.join(PREDICTION_TYPES)} models only")
-
-
-def unet_inputs(batch: pair_cache.CachedBatch, cache: pair_cache.PairCache,
-                generator: torch.Generator, dropout: float, copies: int) -> dict:
-    """Text conditioning for `copies` stacked copies of the batch, with prompt dropout."""
-    drop = torch.rand(len(batch.text), generator=generator) < dropout
-    text = batch.text.clone()
-    text[drop.to(text.device)] = cache.empty_text.to(text.device)
-    inputs = {"encoder_hidden_states": text.repeat(copies, 1, 1)}
-    if batch.pooled is not None:
-        pooled = batch.pooled.clone()
-        pooled[drop.to(pooled.device)] = cache.empty_pooled.to(pooled.device)
-        inputs["added_cond_kwargs"] = {"text_embeds": pooled.repeat(copies, 1),
-                                       "time_ids": batch.time_ids.repeat(copies, 1)}
-    return inputs
-
-
-def forward_pairs(unet, reference, noise_scheduler, batch, cache, generator,
-                  config: TrainConfig) -> tuple[torch.Tensor, dict]:
+def forward_pairs(net, reference, process: DDPMProcess | FlowProcess, kind: str, batch, cache,
+                  generator, config: TrainConfig) -> tuple[torch.Tensor, dict]:
     """The loss of one micro-batch and its health metrics.
 
-    Winner and loser share noise and timestep, and go through each network in one batched
-    forward: [winners; losers]. SFT sees the winners only; MaPO and SFT need no reference.
+    Winner and loser share noise and timestep (flow: noise level), and go through each
+    network in one batched forward: [winners; losers]. SFT sees the winners only; MaPO
+    and SFT need no reference. `reference(noisy, t, inputs)` is the reference's prediction.
     """
     latents = batch.latents
     pairs = latents.shape[0]
     noise = torch.randn(latents[:, 0].shape, generator=generator).to(latents.device)
-    timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (pairs,),
-                              generator=generator).to(latents.device)
+    timesteps = process.draw(pairs, generator).to(latents.device)
     sft = config.objective == "sft"
     copies = 1 if sft else 2
     clean = latents[:, 0] if sft else torch.cat([latents[:, 0], latents[:, 1]])
     noise, timesteps = noise.repeat(copies, 1, 1, 1), timesteps.repeat(copies)
-    noisy = noise_scheduler.add_noise(clean, noise, timesteps)
-    target = training_target(noise_scheduler, clean, noise, timesteps)
-    inputs = unet_inputs(batch, cache, generator, config.prompt_dropout, copies)
+    noisy = process.noisy(clean, noise, timesteps)
+    target = process.target(clean, noise, timesteps)
+    weights = process.weights(timesteps)
+    inputs = conditioning(kind, batch, cache, generator, config.prompt_dropout, copies)
+
+    def errors(prediction: torch.Tensor) -> torch.Tensor:
+        error = per_sample_error(prediction, target)
+        return error if weights is None else error * weights.to(error.device)
+
+    def policy() -> torch.Tensor:
+        return predict(net, kind, noisy, timesteps, inputs, config.flux_guidance)
+
     if sft:
-        error = per_sample_error(unet(noisy, timesteps, **inputs).sample, target)
+        error = errors(policy())
         loss = sft_loss(error)
         return loss, {"loss": loss.detach(), "model_mse_preferred": error.detach().mean()}
     if config.objective == "mapo":
-        error = per_sample_error(unet(noisy, timesteps, **inputs).sample, target)
+        error = errors(policy())
         model_w, model_l = error.chunk(2)
         mapo = mapo_loss(model_w, model_l, config.beta_mapo, config.mapo_snr,
-                         noise_scheduler.config.num_train_timesteps)
+                         process.num_train_timesteps)
         return mapo.loss, {
             "loss": mapo.loss.detach(), "accuracy": mapo.accuracy, "margin": mapo.margin,
             "ratio": mapo.ratio, "model_mse_preferred": model_w.detach().mean(),
             "model_mse_rejected": model_l.detach().mean(),
         }
     with torch.no_grad():
-        ref_error = per_sample_error(reference(noisy, timesteps, **inputs), target)
-    prediction = unet(noisy, timesteps, **inputs).sample
-    error = per_sample_error(prediction, target)
+        ref_error = errors(reference(noisy, timesteps, inputs))
+    prediction = policy()
+    error = errors(prediction)
     if config.objective == "kto":
         liked = torch.cat([batch.liked[:, 0], batch.liked[:, 1]])
         kto = kto_loss(error, ref_error, liked, config.beta)
@@ -229,17 +205,6 @@ def resume_point(config: TrainConfig, out: Path, main: bool) -> Path | None:
     return resume
 
 
-def noise_schedule(model: LoadedModel):
-    """The training scheduler (DDPM with the model's own settings), refused at once if it
-    predicts something the loss does not know."""
-    from diffusers import DDPMScheduler
-
-    scheduler = DDPMScheduler.from_config(model.pipeline.scheduler.config)
-    if scheduler.config.prediction_type not in PREDICTION_TYPES:
-        raise unknown_prediction(scheduler.config.prediction_type)
-    return scheduler
-
-
 @dataclass
 class TrainingData:
     """The pairs as the loop reads them: the cache, held-out indices and training stream."""
@@ -263,7 +228,8 @@ class TrainingData:
 def cache_pairs(config: TrainConfig, pairs, model: LoadedModel, accelerator) -> TrainingData:
     """Cache latents and embeddings (main process first) and split off the held-out pairs."""
     c = config
-    prep = pair_cache.Preprocessing(c.resolution, c.random_crop, c.random_flip, c.seed)
+    prep = pair_cache.Preprocessing(c.resolution, c.random_crop, c.random_flip, c.seed,
+                                    c.max_sequence_length if model.kind in FLOW_KINDS else None)
     key = pair_cache.cache_key(fingerprint(c.model, pair_cache.ENCODER_PARTS),
                                pair_cache.data_fingerprint(pairs), prep)
     directory = Path(c.cache_dir) / key
@@ -293,18 +259,20 @@ def sample_prompts(config: TrainConfig, model: LoadedModel) -> samples.SamplePro
     """The sample grid's prompts, encoded once (None when the run draws no grid)."""
     if not (config.eval_every and config.sample_prompts):
         return None
+    options = ({"max_sequence_length": config.max_sequence_length}
+               if model.kind in FLOW_KINDS and config.max_sequence_length else {})
     embeds, pooled = pair_cache.encode_prompts(model.pipeline, model.kind,
-                                               config.sample_prompts)
-    negative, negative_pooled = pair_cache.encode_empty(model.pipeline, model.kind)
+                                               config.sample_prompts, options)
+    negative, negative_pooled = pair_cache.encode_empty(model.pipeline, model.kind, options)
     return samples.SamplePrompts(config.sample_prompts, embeds, negative, pooled,
                                  negative_pooled)
 
 
 def free_encoders(model: LoadedModel, keep_vae: bool) -> None:
     """Drop what the cache made unnecessary: the text encoders, and the VAE without grids."""
-    model.pipeline.text_encoder = None
-    if model.kind == "sdxl":
-        model.pipeline.text_encoder_2 = None
+    for part in ("text_encoder", "text_encoder_2", "text_encoder_3"):
+        if getattr(model.pipeline, part, None) is not None:
+            setattr(model.pipeline, part, None)
     if not keep_vae:
         model.pipeline.vae = None
     gc.collect()
@@ -314,11 +282,11 @@ def free_encoders(model: LoadedModel, keep_vae: bool) -> None:
 
 @dataclass
 class Networks:
-    """The trained UNet, its reference, and what steps it."""
+    """The trained denoiser (UNet or transformer), its reference, and what steps it."""
 
-    unet: torch.nn.Module  # the trained UNet itself (LoRA: with its adapters)
-    ddp_unet: torch.nn.Module  # the same, as accelerate prepared it for the loop
-    reference_unet: torch.nn.Module | None  # full DPO's or IPO's frozen copy; else None
+    denoiser: torch.nn.Module  # the trained network itself (LoRA: with its adapters)
+    ddp_denoiser: torch.nn.Module  # the same, as accelerate prepared it for the loop
+    reference: torch.nn.Module | None  # full DPO's, IPO's or KTO's frozen copy; else None
     trainable: list[torch.nn.Parameter]
     optimizer: torch.optim.Optimizer
     lr_scheduler: torch.optim.lr_scheduler.LRScheduler
@@ -326,17 +294,17 @@ class Networks:
 
 def _cast(module: torch.nn.Module, dtype: torch.dtype) -> None:
     # Module.half()/bfloat16() rather than .to(dtype): diffusers' .to warns about
-    # "modules that should be kept in float32: []" for a UNet that has none.
+    # "modules that should be kept in float32: []" for a network that has none.
     {torch.float16: module.half, torch.bfloat16: module.bfloat16}[dtype]()
 
 
-def reference_copy(config: TrainConfig, unet: torch.nn.Module, device: str) -> torch.nn.Module:
-    """Full fine-tuning's frozen reference: `reference_model`'s UNet, or the policy's own
-    weights before training."""
+def reference_copy(config: TrainConfig, net: torch.nn.Module, device: str) -> torch.nn.Module:
+    """Full fine-tuning's frozen reference: `reference_model`'s denoiser, or the policy's
+    own weights before training."""
     if not config.reference_model:
-        return copy.deepcopy(unet).requires_grad_(False).eval()
-    other = load(config.reference_model, device=device, dtype=torch.float32).pipeline.unet
-    mine, theirs = unet.state_dict(), other.state_dict()
+        return copy.deepcopy(net).requires_grad_(False).eval()
+    other = load(config.reference_model, device=device, dtype=torch.float32).denoiser
+    mine, theirs = net.state_dict(), other.state_dict()
     if mine.keys() != theirs.keys() or any(mine[k].shape != theirs[k].shape for k in mine):
         raise TrainError(f"reference_model {config.reference_model} is not the same "
                          f"architecture as model {config.model}: give a reference of the "
@@ -344,39 +312,39 @@ def reference_copy(config: TrainConfig, unet: torch.nn.Module, device: str) -> t
     return other.requires_grad_(False).eval()
 
 
-def build_networks(config: TrainConfig, unet: torch.nn.Module, accelerator) -> Networks:
-    """The trained UNet (full or LoRA), its reference, the optimizer and LR schedule.
+def build_networks(config: TrainConfig, net: torch.nn.Module, accelerator) -> Networks:
+    """The trained denoiser (full or LoRA), its reference, the optimizer and LR schedule.
 
     Full DPO's reference is a frozen copy with the policy's own fp32 weights, run under
     the same autocast: at step 0 the two compute the same thing, so the loss is ln 2
     exactly (a bf16 copy would differ by rounding that beta 5000 turns into a loss far
-    from ln 2). It costs 4 bytes per UNet parameter instead of 2 (docs/TRAINING.md).
+    from ln 2). It costs 4 bytes per parameter instead of 2 (docs/TRAINING.md).
     LoRA's reference is the base itself with its adapters off; the frozen base is cast
     to the mixed-precision dtype, the adapters stay fp32.
     """
     c = config
     if c.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
+        net.enable_gradient_checkpointing()
     reference = None
     if c.lora_rank:
         from peft import LoraConfig
 
-        unet.requires_grad_(False)
+        net.requires_grad_(False)
         if accelerator.mixed_precision in ("fp16", "bf16"):
-            _cast(unet, {"fp16": torch.float16, "bf16": torch.bfloat16}[
+            _cast(net, {"fp16": torch.float16, "bf16": torch.bfloat16}[
                 accelerator.mixed_precision])
-        unet.add_adapter(LoraConfig(
+        net.add_adapter(LoraConfig(
             r=c.lora_rank, lora_alpha=c.lora_alpha or c.lora_rank,
             init_lora_weights="gaussian", target_modules=c.lora_targets))
-        for parameter in unet.parameters():
+        for parameter in net.parameters():
             if parameter.requires_grad:
                 parameter.data = parameter.data.float()
     else:
         if c.objective in REFERENCE_OBJECTIVES:
-            reference = reference_copy(c, unet, str(accelerator.device))
-        unet.requires_grad_(True)
-    unet.train()
-    trainable = [p for p in unet.parameters() if p.requires_grad]
+            reference = reference_copy(c, net, str(accelerator.device))
+        net.requires_grad_(True)
+    net.train()
+    trainable = [p for p in net.parameters() if p.requires_grad]
     if c.optimizer == "adafactor":
         from transformers.optimization import Adafactor
 
@@ -391,9 +359,9 @@ def build_networks(config: TrainConfig, unet: torch.nn.Module, accelerator) -> N
 
     lr_scheduler = get_scheduler(c.lr_scheduler, optimizer, num_warmup_steps=c.warmup_steps,
                                  num_training_steps=c.max_steps)
-    ddp_unet, optimizer = accelerator.prepare(unet, optimizer)
+    ddp_net, optimizer = accelerator.prepare(net, optimizer)
     accelerator.register_for_checkpointing(lr_scheduler)
-    return Networks(unet, ddp_unet, reference, trainable, optimizer, lr_scheduler)
+    return Networks(net, ddp_net, reference, trainable, optimizer, lr_scheduler)
 
 
 def within_guard(guards: dict[str, float], start: dict[str, float],
@@ -427,11 +395,11 @@ class Run:
             if (hint := cpu_threads_hint(acc.device.type, self.processes)):
                 print(hint)
         self.model = load(c.model, device=str(acc.device), dtype=torch.float32)
-        self.noise_scheduler = noise_schedule(self.model)
+        self.process = process_for(self.model, c)
         self.data = cache_pairs(c, pairs, self.model, acc)
         self.sample_prompts = sample_prompts(c, self.model)
         free_encoders(self.model, keep_vae=self.sample_prompts is not None)
-        self.nets = build_networks(c, self.model.pipeline.unet, acc)
+        self.nets = build_networks(c, self.model.denoiser, acc)
         from models.scorers import load_scorer
 
         self.scorer = (load_scorer(c.scorer, device=str(acc.device))
@@ -440,16 +408,20 @@ class Run:
                         for name in c.guard_scorers} if self.main else {})
 
     @property
-    def unet(self) -> torch.nn.Module:
-        return self.nets.unet
+    def denoiser(self) -> torch.nn.Module:
+        return self.nets.denoiser
 
-    def reference(self, noisy, timesteps, **inputs) -> torch.Tensor:
+    def reference(self, noisy, timesteps, inputs: dict) -> torch.Tensor:
         """The frozen reference's prediction (for LoRA: adapters off)."""
         with self.accelerator.autocast():
             if self.config.lora_rank:
-                with adapters_disabled(self.unet):
-                    return self.unet(noisy, timesteps, **inputs).sample
-            return self.nets.reference_unet(noisy, timesteps, **inputs).sample
+                with adapters_disabled(self.denoiser):
+                    return self.predict(self.denoiser, noisy, timesteps, inputs)
+            return self.predict(self.nets.reference, noisy, timesteps, inputs)
+
+    def predict(self, net, noisy, timesteps, inputs) -> torch.Tensor:
+        return predict(net, self.model.kind, noisy, timesteps, inputs,
+                       self.config.flux_guidance)
 
     def micro_batch(self, step: int, micro: int) -> tuple[pair_cache.CachedBatch,
                                                           torch.Generator]:
@@ -474,10 +446,10 @@ class Run:
         for micro in range(self.accumulation):
             batch, generator = self.micro_batch(step, micro)
             last = micro == self.accumulation - 1
-            with nullcontext() if last else acc.no_sync(nets.ddp_unet):
+            with nullcontext() if last else acc.no_sync(nets.ddp_denoiser):
                 with acc.autocast():
-                    loss, metrics = forward_pairs(nets.ddp_unet, self.reference,
-                                                  self.noise_scheduler, batch,
+                    loss, metrics = forward_pairs(nets.ddp_denoiser, self.reference,
+                                                  self.process, self.model.kind, batch,
                                                   self.data.cache, generator, c)
                 acc.backward(loss / self.accumulation)
             for name, value in metrics.items():
@@ -502,7 +474,7 @@ class Run:
         heldout, c = self.data.heldout, self.config
         if not len(heldout) or c.objective == "sft":
             return None
-        self.unet.eval()
+        self.denoiser.eval()
         fixed = replace(c, prompt_dropout=0.0)
         correct = 0.0
         for start in range(0, len(heldout), c.batch_size):
@@ -510,11 +482,11 @@ class Run:
             flips = None if self.data.pair_flips is None else self.data.pair_flips[indices]
             batch = self.data.batch(indices, self.accelerator.device, flips)
             with self.accelerator.autocast():
-                _, metrics = forward_pairs(self.unet, self.reference, self.noise_scheduler,
-                                           batch, self.data.cache,
+                _, metrics = forward_pairs(self.denoiser, self.reference, self.process,
+                                           self.model.kind, batch, self.data.cache,
                                            step_generator(HELDOUT_SEED, start), fixed)
             correct += float(metrics["accuracy"]) * len(indices)
-        self.unet.train()
+        self.denoiser.train()
         return correct / len(heldout)
 
     def evaluate(self, step: int) -> dict[str, float]:
@@ -525,11 +497,12 @@ class Run:
             result["heldout_accuracy"] = accuracy
         if self.sample_prompts is not None:
             c = self.config
-            self.unet.eval()
-            images = samples.generate(self.model.pipeline, self.sample_prompts, c.sample_seeds,
+            self.denoiser.eval()
+            images = samples.generate(self.model.pipeline, self.model.kind, self.sample_prompts,
+                                      c.sample_seeds,
                                       c.sample_steps, c.sample_guidance, c.resolution,
                                       c.sample_seed_start)
-            self.unet.train()
+            self.denoiser.train()
             title = f"step {step}"
             if self.scorer is not None:
                 result["sample_score"] = samples.score(self.scorer, c.scorer, images,
@@ -599,7 +572,7 @@ class Run:
             summary["guard_start"] = state.get("guard_start")
             summary["best_guards"] = state.get("best_guards")
         if self.main:
-            save_model(acc.unwrap_model(self.nets.ddp_unet), c.model, self.model.kind,
+            save_model(acc.unwrap_model(self.nets.ddp_denoiser), c.model, self.model.kind,
                        bool(c.lora_rank), self.out / "final")
             (self.out / "summary.json").write_text(json.dumps(summary, indent=1))
             evals = self.out / "eval.jsonl"
@@ -631,5 +604,5 @@ class Run:
                 guards, state["guard_start"], self.config.guard_max_drop):
             state["best_score"], state["best_step"] = score, step
             state["best_guards"] = guards
-            save_model(self.unet, self.config.model, self.model.kind,
+            save_model(self.denoiser, self.config.model, self.model.kind,
                        bool(self.config.lora_rank), self.out / "best")

@@ -1,0 +1,162 @@
+"""How each kind of model is noised, what it learns to predict, and how it is called.
+
+Two forward processes, one interface (`draw`, `noisy`, `target`, `weights`), so the
+objectives in train/loss.py see per-sample errors of the same form whichever it is:
+
+- `DDPMProcess` (sd, sdxl): the paper's. An integer timestep t uniform in [0, T), x_t =
+  sqrt(a_t) x0 + sqrt(1 - a_t) eps, and the target the scheduler's `prediction_type`
+  names (eps, as the paper; v; or x0).
+- `FlowProcess` (sd3, flux): rectified flow. A noise level sigma in [0, 1], x_t = (1 -
+  sigma) x0 + sigma eps, and the target the velocity eps - x0. Sigma is drawn as
+  diffusers' SD3 and FLUX training scripts draw it: u from a logit-normal density
+  (`timestep_sampling`, `logit_mean`, `logit_std`) or uniform, then shifted as the
+  model's scheduler shifts it, sigma = s u / (1 + (s - 1) u) (SD3: s = 3; FLUX, whose
+  scheduler shifts by image size at inference, s = 1). The transformer is given
+  1000 sigma (FLUX: sigma). Errors may be weighted per sample (`loss_weighting`, as
+  diffusers' `compute_loss_weighting_for_sd3`); winner and loser share sigma, so a
+  weight scales both errors of a pair alike.
+
+`conditioning` and `predict` hide how each denoiser takes its inputs: a UNet
+positionally, SD3's transformer by keyword with the pooled text embedding, FLUX's with
+its latents packed into 2x2 patches, position ids for image and text tokens and, for
+guidance-distilled models (FLUX dev), the guidance value as an input.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from models.loading import FLOW_KINDS, LoadedModel
+from train.cache import CachedBatch, PairCache
+from train.config import TrainConfig
+from train.errors import TrainError
+
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+
+def unknown_prediction(kind: str) -> TrainError:
+    return TrainError(f"the model's scheduler predicts {kind!r}: the trainer trains "
+                      f"{', '.join(PREDICTION_TYPES)} models only")
+
+
+class DDPMProcess:
+    """The UNet's discrete diffusion, with the model's own noise schedule."""
+
+    def __init__(self, scheduler_config):
+        from diffusers import DDPMScheduler
+
+        self.scheduler = DDPMScheduler.from_config(scheduler_config)
+        self.prediction_type = self.scheduler.config.prediction_type
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise unknown_prediction(self.prediction_type)
+        self.num_train_timesteps = self.scheduler.config.num_train_timesteps
+
+    def draw(self, pairs: int, generator: torch.Generator) -> torch.Tensor:
+        return torch.randint(0, self.num_train_timesteps, (pairs,), generator=generator)
+
+    def noisy(self, clean: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.scheduler.add_noise(clean, noise, t)
+
+    def target(self, clean: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if self.prediction_type == "epsilon":
+            return noise
+        if self.prediction_type == "v_prediction":
+            return self.scheduler.get_velocity(clean, noise, t)
+        return clean
+
+    def weights(self, t: torch.Tensor) -> torch.Tensor | None:
+        return None
+
+
+class FlowProcess:
+    """Rectified flow with a velocity target; `t` here is the noise level sigma."""
+
+    num_train_timesteps = 1000  # the transformer's timestep is 1000 sigma
+
+    def __init__(self, shift: float, sampling: str = "logit_normal", logit_mean: float = 0.0,
+                 logit_std: float = 1.0, weighting: str | None = None):
+        """`sampling`: one of train.config's TIMESTEP_SAMPLING; `weighting`: one of its
+        LOSS_WEIGHTING, or None (checked there)."""
+        self.shift, self.sampling, self.weighting = shift, sampling, weighting
+        self.logit_mean, self.logit_std = logit_mean, logit_std
+
+    def draw(self, pairs: int, generator: torch.Generator) -> torch.Tensor:
+        if self.sampling == "logit_normal":
+            u = torch.sigmoid(self.logit_mean
+                              + self.logit_std * torch.randn(pairs, generator=generator))
+        else:
+            u = torch.rand(pairs, generator=generator)
+        return self.shift * u / (1 + (self.shift - 1) * u)
+
+    def noisy(self, clean: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        sigma = t.to(clean.dtype).view(-1, *([1] * (clean.dim() - 1)))
+        return (1 - sigma) * clean + sigma * noise
+
+    def target(self, clean: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return noise - clean
+
+    def weights(self, t: torch.Tensor) -> torch.Tensor | None:
+        if self.weighting == "sigma_sqrt":
+            return t.float().clamp(min=1e-4) ** -2.0
+        if self.weighting == "cosmap":
+            return 2 / (math.pi * (1 - 2 * t.float() + 2 * t.float() ** 2))
+        return None
+
+
+def process_for(model: LoadedModel, config: TrainConfig) -> DDPMProcess | FlowProcess:
+    """The forward process `model` was trained with, as `config` sets it up."""
+    if model.kind not in FLOW_KINDS:
+        return DDPMProcess(model.pipeline.scheduler.config)
+    scheduler = model.pipeline.scheduler.config
+    shift = config.flow_shift
+    if shift is None:
+        shift = 1.0 if scheduler.get("use_dynamic_shifting") else scheduler.get("shift", 1.0)
+    return FlowProcess(shift, config.timestep_sampling, config.logit_mean, config.logit_std,
+                       config.loss_weighting)
+
+
+def conditioning(kind: str, batch: CachedBatch, cache: PairCache, generator: torch.Generator,
+                 dropout: float, copies: int) -> dict:
+    """Text conditioning for `copies` stacked copies of the batch, a share `dropout` of
+    captions replaced by the empty prompt's embeddings."""
+    drop = torch.rand(len(batch.text), generator=generator) < dropout
+    text = batch.text.clone()
+    text[drop.to(text.device)] = cache.empty_text.to(text.device)
+    inputs = {"encoder_hidden_states": text.repeat(copies, 1, 1)}
+    if batch.pooled is None:
+        return inputs
+    pooled = batch.pooled.clone()
+    pooled[drop.to(pooled.device)] = cache.empty_pooled.to(pooled.device)
+    if kind == "sdxl":
+        inputs["added_cond_kwargs"] = {"text_embeds": pooled.repeat(copies, 1),
+                                       "time_ids": batch.time_ids.repeat(copies, 1)}
+    else:
+        inputs["pooled_projections"] = pooled.repeat(copies, 1)
+    return inputs
+
+
+def predict(net: torch.nn.Module, kind: str, noisy: torch.Tensor, t: torch.Tensor,
+            inputs: dict, flux_guidance: float = 3.5) -> torch.Tensor:
+    """The denoiser's prediction for `noisy` latents [B, C, H, W] at `t` (DDPM: the
+    timestep; flow: sigma), in the latents' layout."""
+    if kind not in FLOW_KINDS:
+        return net(noisy, t, **inputs).sample
+    if kind == "sd3":
+        return net(hidden_states=noisy, timestep=t * FlowProcess.num_train_timesteps,
+                   **inputs).sample
+    b, c, h, w = noisy.shape
+    packed = noisy.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5)
+    packed = packed.reshape(b, (h // 2) * (w // 2), c * 4)
+    rows, cols = torch.meshgrid(torch.arange(h // 2), torch.arange(w // 2), indexing="ij")
+    image_ids = torch.stack([torch.zeros_like(rows), rows, cols], -1).reshape(-1, 3)
+    text = inputs["encoder_hidden_states"]
+    guidance = (torch.full((b,), flux_guidance, device=noisy.device, dtype=noisy.dtype)
+                if getattr(net, "module", net).config.guidance_embeds else None)
+    out = net(hidden_states=packed, timestep=t.to(noisy.dtype), guidance=guidance,
+              img_ids=image_ids.to(noisy.device, noisy.dtype),
+              txt_ids=torch.zeros(text.shape[1], 3, device=noisy.device, dtype=noisy.dtype),
+              **inputs).sample
+    out = out.reshape(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5)
+    return out.reshape(b, c, h, w)
