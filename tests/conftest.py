@@ -228,6 +228,14 @@ def tiny_sdxl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def store_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Twelve judged pairs of distinct colours, plus a tie and a both-bad vote."""
+    from tests.helpers import judged_store
+
+    return judged_store(tmp_path_factory.mktemp("train-data") / "prefs.duckdb")
+
+
+@pytest.fixture(scope="session")
 def tiny_sd3_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A saved tiny SD3-style pipeline directory."""
     return build_tiny_sd3(tmp_path_factory.mktemp("tiny-sd3"))

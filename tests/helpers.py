@@ -155,3 +155,33 @@ def fill_disk(folder: Path) -> Path:
             except OSError:
                 pass
     return filler
+
+
+def judged_store(path: Path) -> Path:
+    """A store of twelve judged pairs of distinct colours (four prompts), plus a tie and a
+    both-bad vote, at `path`."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    with Store(path) as store:
+        for i in range(12):
+            colors = [tuple(int(c) for c in rng.integers(0, 256, 3)) for _ in range(2)]
+            record(store, f"prompt {i % 4}", "left" if i % 3 else "right", colors=colors)
+        record(store, "a tie", "tie")
+        record(store, "both bad", "both_bad")
+    return path
+
+
+def config_for(model_dir, store_path, out, **overrides):
+    """A tiny training config (32 px, 2 steps of 4 pairs, fp32) on `model_dir`."""
+    from train.config import resolve
+
+    values = {
+        "model": str(model_dir), "data": [str(store_path)], "output_dir": str(out),
+        "cache_dir": str(out.parent / "cache"), "resolution": 32, "batch_size": 2,
+        "effective_batch": 4, "max_steps": 2, "learning_rate": 1e-3, "beta": 500.0,
+        "checkpoint_every": 0, "log_every": 1, "mixed_precision": "no", "holdout_pairs": 0,
+    }
+    values.update(overrides)
+    return resolve("toy", values)
+

@@ -26,7 +26,7 @@ from safetensors.torch import load_file
 
 from data.store import Store
 from models import load
-from tests.helpers import record
+from tests.helpers import config_for
 from train.cache import Preprocessing, _encode_latents, mirrored, prepare_pair
 from train.config import TrainConfig, resolve
 from train.errors import TrainError
@@ -35,31 +35,6 @@ from train.processes import PREDICTION_TYPES, DDPMProcess
 from train.trainer import Run, batch_positions, forward_pairs
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def store_path(tmp_path_factory):
-    """Twelve judged pairs of distinct colours, plus a tie and a both-bad vote."""
-    path = tmp_path_factory.mktemp("train-data") / "prefs.duckdb"
-    rng = np.random.default_rng(0)
-    with Store(path) as store:
-        for i in range(12):
-            colors = [tuple(int(c) for c in rng.integers(0, 256, 3)) for _ in range(2)]
-            record(store, f"prompt {i % 4}", "left" if i % 3 else "right", colors=colors)
-        record(store, "a tie", "tie")
-        record(store, "both bad", "both_bad")
-    return path
-
-
-def config_for(model_dir, store_path, out, **overrides) -> TrainConfig:
-    values = {
-        "model": str(model_dir), "data": [str(store_path)], "output_dir": str(out),
-        "cache_dir": str(out.parent / "cache"), "resolution": 32, "batch_size": 2,
-        "effective_batch": 4, "max_steps": 2, "learning_rate": 1e-3, "beta": 500.0,
-        "checkpoint_every": 0, "log_every": 1, "mixed_precision": "no", "holdout_pairs": 0,
-    }
-    values.update(overrides)
-    return resolve("toy", values)
 
 
 def unet_state(pipeline_dir) -> dict[str, torch.Tensor]:

@@ -1,0 +1,253 @@
+"""SD3- and FLUX-style models (tiny, built from configs offline) through the model layer
+and the trainer: pairs with their guidance, Flow-DPO, and outputs plain diffusers loads."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from models.generate import generate
+from models.loading import check, load
+from tests.conftest import build_tiny_flux
+from tests.helpers import config_for
+from train.config import TrainConfig
+from train.processes import FlowProcess, predict, process_for
+from train.trainer import Run
+
+RED = "a red circle"
+
+
+@pytest.fixture(params=["sd3", "flux"])
+def flow_model(request, tiny_sd3_dir, tiny_flux_dir):
+    """(kind, the tiny pipeline folder of that kind)."""
+    return request.param, tiny_sd3_dir if request.param == "sd3" else tiny_flux_dir
+
+
+def images(pipe, seed: int = 0) -> np.ndarray:
+    return pipe([RED], num_inference_steps=2, height=32, width=32, output_type="np",
+                generator=torch.Generator().manual_seed(seed)).images
+
+
+def transformer_state(folder) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "transformer" / "diffusion_pytorch_model.safetensors"))
+
+
+# -- the model layer -------------------------------------------------------------------
+
+
+def test_each_loads_by_its_folder_and_says_its_kind(flow_model):
+    kind, folder = flow_model
+    assert check(str(folder)) == kind
+    model = load(str(folder))
+    assert model.kind == kind and model.denoiser is model.pipeline.transformer
+
+
+def test_sd3_gives_each_image_of_a_pair_its_own_guidance(tiny_sd3_dir):
+    model = load(str(tiny_sd3_dir))
+    pair = generate(model, RED, [1, 2], [3.0, 6.0], steps=2)
+    assert [image.guidance_scale for image in pair] == [3.0, 6.0]
+    for image, seed, scale in zip(pair, [1, 2], [3.0, 6.0], strict=True):
+        [alone] = generate(model, RED, [seed], [scale], steps=2)
+        difference = np.abs(np.asarray(image.image, float) - np.asarray(alone.image, float))
+        assert difference.max() <= 2  # batched against alone: float rounding, no more
+
+
+def test_flux_dev_takes_guidance_as_an_input_and_schnell_takes_none(tiny_flux_dir, tmp_path):
+    dev = load(str(tiny_flux_dir))
+    low, high = generate(dev, RED, [1, 1], [2.0, 5.0], steps=2, height=32, width=32)
+    assert (low.guidance_scale, high.guidance_scale) == (2.0, 5.0)
+    [again] = generate(dev, RED, [1], [2.0], steps=2, height=32, width=32)
+    assert np.array_equal(np.asarray(low.image), np.asarray(again.image))
+    assert not np.array_equal(np.asarray(low.image), np.asarray(high.image))  # it acts
+    schnell = load(str(build_tiny_flux(tmp_path, guidance_embeds=False)))
+    pair = generate(schnell, RED, [1, 2], [2.0, 5.0], steps=2, height=32, width=32)
+    assert [image.guidance_scale for image in pair] == [0.0, 0.0]  # as it was made
+
+
+# -- the forward process ---------------------------------------------------------------
+
+
+def test_flow_noising_is_a_straight_line_to_noise_with_the_velocity_as_target():
+    process = FlowProcess(shift=1.0)
+    clean, noise = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8)
+    sigma = torch.tensor([0.0, 0.25, 1.0])
+    noisy = process.noisy(clean, noise, sigma)
+    assert torch.allclose(noisy[0], clean[0]) and torch.allclose(noisy[2], noise[2])
+    assert torch.allclose(noisy[1], 0.75 * clean[1] + 0.25 * noise[1])
+    assert torch.equal(process.target(clean, noise, sigma), noise - clean)
+    # one Euler step along the target from any point lands on the clean latents
+    assert torch.allclose(noisy - sigma.view(-1, 1, 1, 1) * (noise - clean), clean, atol=1e-6)
+
+
+def test_noise_levels_follow_the_logit_normal_and_the_schedulers_shift(tiny_sd3_dir,
+                                                                      tiny_flux_dir):
+    draws = FlowProcess(shift=1.0).draw(20_000, torch.Generator().manual_seed(0))
+    assert draws.min() > 0 and draws.max() < 1
+    assert abs(float(draws.median()) - 0.5) < 0.01  # logit-normal(0, 1): median 1/2
+    assert abs(float(torch.logit(draws).std()) - 1.0) < 0.02
+    again = FlowProcess(shift=1.0).draw(20_000, torch.Generator().manual_seed(0))
+    assert torch.equal(draws, again)  # from the step's generator alone: resumable
+    shifted = FlowProcess(shift=3.0).draw(20_000, torch.Generator().manual_seed(0))
+    assert torch.allclose(shifted, 3 * draws / (1 + 2 * draws))
+    config = TrainConfig()  # flow_shift unset: the scheduler's
+    assert process_for(load(str(tiny_sd3_dir)), config).shift == 3.0  # SD3's scheduler
+    assert process_for(load(str(tiny_flux_dir)), config).shift == 1.0  # dynamic: unshifted
+    weighted = FlowProcess(shift=1.0, weighting="cosmap").weights(torch.tensor([0.5]))
+    assert torch.allclose(weighted, torch.tensor([2 / (math.pi * 0.5)]))
+
+
+def test_flux_latents_are_packed_and_positioned_as_the_pipeline_does(tiny_flux_dir):
+    from diffusers import FluxPipeline
+
+    pipe = FluxPipeline.from_pretrained(tiny_flux_dir)
+    net = pipe.transformer
+    latents, sigma = torch.randn(2, 1, 16, 16), torch.tensor([0.3, 0.8])
+    text, pooled = torch.randn(2, 5, 32), torch.randn(2, 32)
+    with torch.no_grad():
+        ours = predict(net, "flux", latents, sigma,
+                       {"encoder_hidden_states": text, "pooled_projections": pooled}, 3.5)
+        packed = FluxPipeline._pack_latents(latents, 2, 1, 16, 16)
+        theirs = net(hidden_states=packed, timestep=sigma, guidance=torch.full((2,), 3.5),
+                     pooled_projections=pooled, encoder_hidden_states=text,
+                     txt_ids=torch.zeros(5, 3),
+                     img_ids=FluxPipeline._prepare_latent_image_ids(2, 8, 8, "cpu",
+                                                                    torch.float32)).sample
+        theirs = FluxPipeline._unpack_latents(theirs, 32, 32, pipe.vae_scale_factor)
+    assert ours.shape == latents.shape
+    assert torch.allclose(ours, theirs, atol=1e-6)
+
+
+# -- Flow-DPO --------------------------------------------------------------------------
+
+
+def test_full_flow_dpo_starts_at_ln2_changes_every_transformer_weight_and_nothing_else(
+        flow_model, store_path, tmp_path):
+    kind, base = flow_model
+    config = config_for(base, store_path, tmp_path / "run", max_steps=2, eval_every=2,
+                        sample_prompts=["prompt 0"], sample_seeds=1, sample_steps=2,
+                        max_sequence_length=8)
+    summary = Run(config).train()
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert logged[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)  # policy = reference
+    assert summary["pairs"] == 12
+    final = tmp_path / "run" / "final"
+    before, after = transformer_state(base), transformer_state(final)
+    assert before.keys() == after.keys()
+    weights = {name for name, _ in load(str(base)).denoiser.named_parameters()}
+    assert [k for k in weights if torch.equal(before[k], after[k])] == []  # SD3's fixed
+    assert all(torch.equal(before[k], after[k]) for k in before.keys() - weights)  # pos_embed
+    for part in [p.name for p in base.iterdir() if p.name.startswith(("vae", "text_encoder"))]:
+        [weights] = (base / part).glob("*.safetensors")
+        original, saved = load_file(str(weights)), load_file(str(final / part / weights.name))
+        assert all(torch.equal(original[k], saved[k]) for k in original), part
+    assert (tmp_path / "run" / "samples" / "step-000002.png").is_file()  # the grid
+    from diffusers import DiffusionPipeline  # plain diffusers, no project code
+
+    trained = DiffusionPipeline.from_pretrained(final)
+    assert type(trained).__name__ == {"sd3": "StableDiffusion3Pipeline",
+                                      "flux": "FluxPipeline"}[kind]
+    assert not np.allclose(images(trained), images(DiffusionPipeline.from_pretrained(base)))
+
+
+def test_lora_flow_dpo_changes_every_adapter_weight_and_loads_with_load_lora_weights(
+        flow_model, store_path, tmp_path):
+    kind, base = flow_model
+    run = Run(config_for(base, store_path, tmp_path / "run", lora_rank=4, max_steps=3,
+                         eval_every=0, max_sequence_length=8))
+    lora_before = {n: p.detach().clone() for n, p in run.denoiser.named_parameters()
+                   if "lora_" in n}
+    run.train()
+    lora_after = {n: p for n, p in run.denoiser.named_parameters() if "lora_" in n}
+    assert lora_before and all(not torch.equal(lora_before[n], lora_after[n])
+                               for n in lora_before)
+    base_now = {n.replace(".base_layer", ""): p for n, p in run.denoiser.named_parameters()
+                if "lora_" not in n}
+    original = transformer_state(base)
+    assert base_now.keys() <= original.keys()
+    assert all(torch.equal(original[n], base_now[n]) for n in base_now)
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert logged[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)  # adapters start at 0
+    from diffusers import DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(base)
+    plain = images(pipe)
+    pipe.load_lora_weights(str(tmp_path / "run" / "final"))
+    assert not np.allclose(images(pipe), plain)
+    assert load(str(tmp_path / "run" / "final")).kind == kind  # and by the project's name
+
+
+def test_flow_dpo_resumes_to_the_weights_of_an_uninterrupted_run(tiny_flux_dir, store_path,
+                                                                 tmp_path):
+    common = {"max_steps": 4, "checkpoint_every": 2, "checkpoints_kept": 5, "lora_rank": 4,
+              "eval_every": 0, "max_sequence_length": 8}
+    whole = Run(config_for(tiny_flux_dir, store_path, tmp_path / "whole", **common))
+    whole.train()
+    (tmp_path / "resumed" / "checkpoints").mkdir(parents=True)
+    shutil.copytree(tmp_path / "whole" / "checkpoints" / "checkpoint-000002",
+                    tmp_path / "resumed" / "checkpoints" / "checkpoint-000002")
+    resumed = Run(config_for(tiny_flux_dir, store_path, tmp_path / "resumed",
+                             resume="latest", **common))
+    assert resumed.train()["trained_steps"] == 2
+    for (name, a), (_, b) in zip(whole.denoiser.named_parameters(),
+                                 resumed.denoiser.named_parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6), name
+
+
+def test_two_processes_train_sd3_with_lora(tiny_sd3_dir, store_path, tmp_path):
+    from train.config import save
+
+    config = config_for(tiny_sd3_dir, store_path, tmp_path / "run", max_steps=2,
+                        checkpoint_every=2, eval_every=0, batch_size=1, effective_batch=4,
+                        lora_rank=4, max_sequence_length=8)
+    save(config, tmp_path / "two.yaml")
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "GLOO_SOCKET_IFNAME": "lo"}
+    out = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+         "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+         "--dynamo_backend", "no", "--main_process_port", "29541", "-m", "train",
+         str(tmp_path / "two.yaml")],
+        capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summaries = [line for line in out.stdout.splitlines() if line.startswith("{")]
+    assert len(summaries) == 1 and json.loads(summaries[0])["trained_steps"] == 2
+    logged = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in logged] == [1, 2]  # one writer
+    assert (tmp_path / "run" / "final" / "pytorch_lora_weights.safetensors").is_file()
+
+
+def test_the_annotate_page_collects_sd3_pairs_unchanged(tiny_sd3_dir, tmp_path):
+    import time
+
+    from gradio_client import Client
+
+    from annotate.rounds import MIN_DISPLAY_MS
+    from annotate.serve import AppConfig, open_app
+    from models.generate import PairVariety
+    from tests.helpers import serving
+
+    server = open_app(AppConfig(models=[str(tiny_sd3_dir)], db=tmp_path / "prefs.duckdb",
+                                variety=PairVariety(steps=2, guidance_range=(3.0, 7.0)),
+                                buffer=0))
+    try:
+        with serving(server.demo) as url:
+            client = Client(url, verbose=False)
+            shown = client.predict("ann", RED, "new", api_name="/generate")
+            time.sleep(MIN_DISPLAY_MS / 1000 + 0.05)
+            client.predict("ann", "new", shown[3], api_name="/vote_left")
+        [ranking] = server.store.rankings()
+        made = server.store.cursor().execute(
+            "SELECT model, guidance_scale, width FROM images ORDER BY image_uid").fetchall()
+    finally:
+        server.close()
+    assert ranking.caption == RED
+    assert {m for m, _, _ in made} == {str(tiny_sd3_dir)} and {w for *_, w in made} == {32}
+    assert len(made) == 2 and all(3.0 <= g <= 7.0 for _, g, _ in made)  # drawn per image
