@@ -83,6 +83,12 @@ CHECKS = {
     f"accelerate launch -q --config_file docs/accelerate/multi_gpu.yaml -m train sdxl "
     f"--data {SHARDS}": "gpu",
     f"{ONE_PROCESS} -m train lora --data runs/prefs.duckdb {SHARDS}": "gpu",
+    "python -m annotate --model stabilityai/stable-diffusion-3.5-medium --guidance 4.5 "
+    "--steps 40 --host 0.0.0.0": "parse",
+    f"{ONE_PROCESS} -m train sd3 --data runs/prefs.duckdb {SHARDS}": "gpu",
+    f"{ONE_PROCESS} -m train flux --data runs/prefs.duckdb {SHARDS}": "gpu",
+    "python -m eval auto --base black-forest-labs/FLUX.1-dev --aligned runs/train/flux/final "
+    "--prompts PartiPrompts.tsv --scorer pickscore --guidance 3.5 --steps 28": "parse",
     "accelerate launch -q --config_file docs/accelerate/multi_node.yaml --machine_rank 0 "
     f"-m train sd15 --data {SHARDS}": "gpu",
     "curl -LO https://raw.githubusercontent.com/google-research/parti/main/PartiPrompts.tsv":
