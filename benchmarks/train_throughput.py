@@ -198,7 +198,7 @@ def main() -> None:
             "lora": parameters(lora.denoiser) + parameters(lora.nets.reference),
             "mapo_full": parameters(mapo_full.denoiser)
             + parameters(mapo_full.nets.reference),
-            "one_unet": parameters(encoders.denoiser),
+            "one_unet": parameters(encoders.unet),
         },
         "peak_rss_mb": peak_mb,
         "trainable_parameters": {"full": sum(p.numel() for p in full.nets.trainable),

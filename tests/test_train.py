@@ -560,7 +560,7 @@ def test_config_from_preset_file_and_flags(tmp_path):
     with pytest.raises(TrainError, match="unknown key 'betta'"):
         resolve("toy", {"betta": 1})
     with pytest.raises(TrainError, match="neither a preset"):
-        resolve("sd3")
+        resolve("sd2")
     with pytest.raises(TrainError, match="not a multiple"):
         TrainConfig(effective_batch=10, batch_size=4).accumulation(1)
     assert TrainConfig(effective_batch=2048, batch_size=8).accumulation(16) == 16
