@@ -251,3 +251,20 @@ def test_the_annotate_page_collects_sd3_pairs_unchanged(tiny_sd3_dir, tmp_path):
     assert ranking.caption == RED
     assert {m for m, _, _ in made} == {str(tiny_sd3_dir)} and {w for *_, w in made} == {32}
     assert len(made) == 2 and all(3.0 <= g <= 7.0 for _, g, _ in made)  # drawn per image
+
+
+def test_eval_auto_compares_an_sd3_base_with_its_flow_dpo_lora(tiny_sd3_dir, store_path,
+                                                                tmp_path):
+    Run(config_for(tiny_sd3_dir, store_path, tmp_path / "run", lora_rank=4, max_steps=1,
+                   eval_every=0, max_sequence_length=8)).train()
+    (tmp_path / "prompts.txt").write_text("prompt 0\nprompt 1\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "eval", "auto", "--base", str(tiny_sd3_dir), "--aligned",
+         str(tmp_path / "run" / "final"), "--prompts", str(tmp_path / "prompts.txt"),
+         "--seeds", "2", "--steps", "2", "--images", str(tmp_path / "images"),
+         "--out", str(tmp_path / "eval")],
+        capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout[out.stdout.index("{"):])
+    assert result["pairs"] == 4 and result["aligned"] == str(tmp_path / "run" / "final")
+    assert (tmp_path / "eval" / "report.md").is_file()
