@@ -162,7 +162,8 @@ def test_lora_flow_dpo_changes_every_adapter_weight_and_loads_with_load_lora_wei
         flow_model, store_path, tmp_path):
     kind, base = flow_model
     run = Run(config_for(base, store_path, tmp_path / "run", lora_rank=4, max_steps=3,
-                         eval_every=0, max_sequence_length=8))
+                         eval_every=0, max_sequence_length=8, gradient_checkpointing=True))
+    assert run.denoiser.is_gradient_checkpointing
     lora_before = {n: p.detach().clone() for n, p in run.denoiser.named_parameters()
                    if "lora_" in n}
     run.train()
