@@ -41,7 +41,7 @@ from models.errors import ModelError
 from models.generate import PairVariety, generate
 from models.loading import LoadedModel
 from models.scorers import Scorer, checked_scores
-from models.toy import TOY_NAME
+from models.toy import TOY_NAME, TOY_NAMES
 
 _UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "diffusion-dpo-loop/annotate/feedback")
 
@@ -141,7 +141,7 @@ def image_uid(vote_id: str, side: int) -> str:
 
 def default_prompts(model: str) -> list[str]:
     """The toy captions for the toy model; other models need a prompts file."""
-    if model != TOY_NAME:
+    if model not in TOY_NAMES:
         raise FeedbackError(
             f"--model {model} has no built-in prompts: give --prompts FILE "
             "(one prompt per line, or a CSV with a 'prompt' column)"

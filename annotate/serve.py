@@ -21,7 +21,7 @@ from data.pages import PORT_HELP, PageImages, launch_page, pick_port, read_login
 from data.prompts import read_prompts
 from data.store import DEFAULT_DB, QUESTIONS, Store
 from models.generate import PairVariety
-from models.toy import TOY_NAME
+from models.toy import TOY_NAME, TOY_NAMES
 from models.toy.shapes import all_captions
 
 
@@ -119,7 +119,7 @@ def open_app(config: AppConfig) -> Server:
     if config.prompts:
         prompts = read_prompts(config.prompts)
     else:
-        prompts = all_captions() if config.models[0] == TOY_NAME else None
+        prompts = all_captions() if config.models[0] in TOY_NAMES else None
     loaded = [load(name) for name in config.models]
     rng = random.Random(config.seed)
     target = loaded[0] if len(loaded) == 1 else loaded

@@ -4,6 +4,7 @@ Diffusion-DPO, automatic evaluation.
     python benchmarks/toy_loop.py                             # into runs/toy-loop (must not exist)
     python benchmarks/toy_loop.py --runs runs/toy-loop-sft --data runs/toy-loop/runs/prefs.duckdb \\
         --objective sft                                       # the SFT baseline on the same pairs
+    python benchmarks/toy_loop.py --loop toy-flow --runs runs/toy-flow-loop  # the flow toy's
     python benchmarks/toy_loop.py --figures runs/toy-loop --out docs   # the docs' PNGs
 
 The stages are README.md's own commands, read from it and run as written by bash in the
@@ -17,6 +18,9 @@ script's options appended where they ask for a change (argparse keeps the last v
    (prompt/seed pairs with seeds from 1,000,000 up);
 4. judge: `python -m eval auto ...` (18 captions x seeds 0..22 = 414 same-seed pairs,
    tie margin 0.1), images in runs/eval/images, report in runs/eval/auto-toy.
+
+`--loop toy-flow` runs the flow-matching toy's loop instead (README.md's commands that
+name `toy-flow`: its store is runs/toy-flow.duckdb, its run runs/train/toy-flow).
 
 Then the decisive win rate's prompt-clustered bootstrap (eval auto's bootstrap is of the
 win rate with ties; resampling prompts over the decisive votes alone gives W/(W+L)'s),
@@ -44,18 +48,35 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.readme import README, commands  # noqa: E402
 from train.config import OBJECTIVES  # noqa: E402
 
-# Which README command is which stage (a command starts with its prefix), and where the
-# README's commands put their results, relative to the folder they run in.
-STAGES = {
-    "collect": "python -m annotate feedback ",
-    "train": "accelerate launch -q --config_file docs/accelerate/one_process.yaml -m train toy",
-    "adherence_base": "python -m models.toy.evaluate --model toy ",
-    "adherence_aligned": "python -m models.toy.evaluate --model runs/train/toy/final ",
-    "eval_auto": "python -m eval auto --aligned runs/train/toy/final ",
+# Which README command is which stage of each loop (the command whose first words are
+# these), and where the README's commands put their results, relative to the folder they
+# run in. `toy` is the UNet toy's loop, `toy-flow` the flow-matching toy's.
+_LAUNCH = "accelerate launch -q --config_file docs/accelerate/one_process.yaml -m train"
+LOOPS = {
+    "toy": {
+        "collect": "python -m annotate feedback --pairs",
+        "train": f"{_LAUNCH} toy",
+        "adherence_base": "python -m models.toy.evaluate --model toy",
+        "adherence_aligned": "python -m models.toy.evaluate --model runs/train/toy/final",
+        "eval_auto": "python -m eval auto --aligned runs/train/toy/final",
+    },
+    "toy-flow": {
+        "collect": "python -m annotate feedback --model toy-flow",
+        "train": f"{_LAUNCH} toy-flow",
+        "adherence_base": "python -m models.toy.evaluate --model toy-flow",
+        "adherence_aligned": "python -m models.toy.evaluate --model runs/train/toy-flow/final",
+        "eval_auto": "python -m eval auto --base toy-flow --aligned runs/train/toy-flow/final",
+    },
 }
-DB = Path("runs/prefs.duckdb")
-TRAIN = Path("runs/train/toy")
+STAGES = tuple(LOOPS["toy"])
+STORES = {"toy": Path("runs/prefs.duckdb"), "toy-flow": Path("runs/toy-flow.duckdb")}
 IMAGES = Path("runs/eval/images")
+
+
+def train_folder(loop: str) -> Path:
+    """Where the loop's train command writes its run (the preset's name)."""
+    return Path("runs/train") / loop
+
 
 EVAL_SEEDS = 23  # eval auto: seeds 0..22
 # --tiny: sizes only (pairs, training and sampling steps, seeds), so the whole loop runs
@@ -70,15 +91,17 @@ TINY = {
 ADHERENCE_PAIRS = 400  # models.toy.evaluate: seeds 1,000,000..1,000,399
 
 
-def readme_stages(readme: Path = README) -> dict[str, str]:
-    """Each stage's command, exactly as README.md writes it."""
+def readme_stages(loop: str = "toy", readme: Path = README) -> dict[str, str]:
+    """Each stage's command of `loop`, exactly as README.md writes it."""
     texts = [c.text for c in commands(readme)]
     stages = {}
-    for name, prefix in STAGES.items():
-        found = [text for text in texts if text.startswith(prefix)]
+    for name, first_words in LOOPS[loop].items():
+        words = shlex.split(first_words)
+        found = [text for text in texts if shlex.split(text)[:len(words)] == words]
         if len(found) != 1:
-            raise SystemExit(f"error: README.md should have one command starting {prefix!r} "
-                             f"(the {name} stage), not {len(found)}")
+            raise SystemExit(f"error: README.md should have one command starting "
+                             f"{first_words!r} (the {loop} loop's {name} stage), not "
+                             f"{len(found)}")
         stages[name] = found[0]
     return stages
 
@@ -162,7 +185,7 @@ def rel(path: Path | str) -> str:
 
 def appended(args: argparse.Namespace) -> dict[str, list[str]]:
     """What this script's options change in each README command, as flags to append."""
-    model = str(TRAIN / args.model)
+    model = str(train_folder(args.loop) / args.model)
     extra: dict[str, list[str]] = {name: list(TINY[name]) if args.tiny else []
                                    for name in STAGES}
     if args.pairs is not None:
@@ -183,7 +206,7 @@ def appended(args: argparse.Namespace) -> dict[str, list[str]]:
 
 
 def loop(args: argparse.Namespace) -> dict:
-    stages = readme_stages()
+    stages = readme_stages(args.loop)
     extra = appended(args)
     runs = Path(args.runs).resolve()
     if runs.exists():
@@ -204,10 +227,10 @@ def loop(args: argparse.Namespace) -> dict:
         ran[name] = " ".join([command, shlex.join(extra[name])]).strip()
         outputs[name], minutes[name] = run_stage(name, ran[name], runs, logs, args.threads)
 
-    db = Path(args.data).resolve() if args.data else runs / DB
+    db = Path(args.data).resolve() if args.data else runs / STORES[args.loop]
     collected = {"reused": rel(db)} if args.data else last_json(outputs["collect"])
     counts = store_counts(db)
-    train_dir = runs / TRAIN
+    train_dir = runs / train_folder(args.loop)
     summary = json.loads((train_dir / "summary.json").read_text())
     aligned = str(train_dir / args.model)
     if not (train_dir / args.model).exists():
@@ -227,6 +250,7 @@ def loop(args: argparse.Namespace) -> dict:
     config = (train_dir / "config.yaml").read_text()
     result = {
         "runs": rel(runs),
+        "loop": args.loop,
         "commands": ran,
         "objective": args.objective,
         "model": rel(aligned),
@@ -278,8 +302,8 @@ def figures(runs: Path, out: Path, prefix: str) -> list[Path]:
     import matplotlib.pyplot as plt
     from PIL import Image
 
-    train = runs / TRAIN
     result = json.loads((runs / "result.json").read_text())
+    train = runs / train_folder(result.get("loop", "toy"))
     metrics = [json.loads(line) for line in (train / "metrics.jsonl").read_text().splitlines()]
     evals = [json.loads(line) for line in (train / "eval.jsonl").read_text().splitlines()]
     steps = [m["step"] for m in metrics]
@@ -339,6 +363,9 @@ def main() -> None:
     parser.add_argument("--runs", default="runs/toy-loop",
                         help="the loop's folder; must not exist (default: runs/toy-loop)")
     parser.add_argument("--force", action="store_true", help="remove --runs first if it exists")
+    parser.add_argument("--loop", choices=tuple(LOOPS), default="toy",
+                        help="which README loop: the UNet toy's (toy) or the flow-matching "
+                             "toy's (toy-flow)")
     parser.add_argument("--pairs", type=int,
                         help="AI-feedback pairs to collect (default: the README's)")
     parser.add_argument("--seed", type=int, help="feedback's --seed (default: the README's)")

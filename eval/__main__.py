@@ -24,7 +24,7 @@ from data.errors import DataError, UserError, report_user_error  # noqa: E402
 from data.pages import PORT_HELP, launch_page, pick_port, read_logins  # noqa: E402
 from data.store import QUESTIONS  # noqa: E402
 from eval.votes import DEFAULT_VOTES  # noqa: E402
-from models.toy import TOY_NAME  # noqa: E402
+from models.toy import TOY_NAME, TOY_NAMES  # noqa: E402
 
 
 def trained_models(root: Path = Path("runs/train")) -> list[str]:
@@ -54,7 +54,7 @@ def default_prompts(base: str):
     from data.prompts import Prompt
     from models.toy.shapes import all_captions, parse_caption
 
-    if base != TOY_NAME:
+    if base not in TOY_NAMES:
         raise DataError(f"--base {base} has no built-in prompts: give --prompts FILE "
                         "(one prompt per line, or a CSV/TSV with prompt and category columns)")
     return [Prompt(c, parse_caption(c)[1]) for c in all_captions()]
@@ -153,7 +153,7 @@ def blind(argv: list[str]) -> int:
     else:
         models, names, ratings = list(_models(args)), None, None
     prompts = read_prompt_set(args.prompts) if args.prompts else \
-        default_prompts(TOY_NAME if TOY_NAME in models else models[0])
+        default_prompts(next((m for m in models if m in TOY_NAMES), models[0]))
     if args.auth and args.voter:
         raise DataError("give --auth (each voter is their login) or --voter, not both")
     logins = read_logins(Path(args.auth)) if args.auth else None

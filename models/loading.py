@@ -26,9 +26,12 @@ from pathlib import Path
 import torch
 
 from models.errors import ModelError
-from models.toy import TOY_NAME
+from models.toy import TOY_FLOW_NAME, TOY_NAME
 
 TOY_DIR = Path(__file__).resolve().parent / "toy" / "pipeline"
+TOY_FLOW_DIR = Path(__file__).resolve().parent / "toy" / "flow_pipeline"
+BUNDLED = {TOY_NAME: (TOY_DIR, "python -m models.toy.train"),
+           TOY_FLOW_NAME: (TOY_FLOW_DIR, "python -m models.toy.train_flow")}
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # diffusers' save_lora_weights name
 LORA_BASE_FILE = "base_model.json"  # {"base_model": "<name>"}, written beside it
 # A model trained by `python -m rounds` holds ROUND_FILE, {"round": k, "run": "<run folder>"}
@@ -160,13 +163,12 @@ def _hub_index(name: str) -> tuple[dict, bool]:
 
 def _model_index(name: str) -> tuple[str, dict, bool]:
     """(path or Hub id to load, its model_index.json, local files only), or one line."""
-    if name == TOY_NAME:
-        if not (TOY_DIR / "model_index.json").exists():
-            raise ModelError(
-                f"the toy model is missing from {TOY_DIR}: rebuild it with "
-                "`python -m models.toy.train`"
-            )
-        return str(TOY_DIR), json.loads((TOY_DIR / "model_index.json").read_text()), True
+    if name in BUNDLED:
+        folder, command = BUNDLED[name]
+        if not (folder / "model_index.json").exists():
+            raise ModelError(f"the {name} model is missing from {folder}: rebuild it with "
+                             f"`{command}`")
+        return str(folder), json.loads((folder / "model_index.json").read_text()), True
     path = Path(name).expanduser()
     if path.exists():
         index = path / "model_index.json"
@@ -194,7 +196,7 @@ def resolve(name: str) -> str:
 
 def _folder(name: str) -> Path:
     """Where a model's files would be if it is local: the toy's folder for `toy`."""
-    return TOY_DIR if name == TOY_NAME else Path(name).expanduser()
+    return BUNDLED[name][0] if name in BUNDLED else Path(name).expanduser()
 
 
 def same_model(a: str, b: str) -> bool:

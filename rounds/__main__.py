@@ -45,7 +45,7 @@ from pathlib import Path
 from data.errors import DataError, UserError, report_user_error
 from data.store import Store
 from models.loading import NEWEST_ROUND_FILE, ROUND_FILE, same_model
-from models.toy import TOY_NAME
+from models.toy import TOY_NAME, TOY_NAMES
 
 REFERENCES = ("base", "previous")
 
@@ -81,7 +81,7 @@ class RoundsPlan:
         if not 0 <= self.mix < 1:
             raise DataError("--mix is the earlier rounds' share of the mix: from 0 up to, not "
                             "including, 1")
-        if self.model != TOY_NAME and not self.prompts:
+        if self.model not in TOY_NAMES and not self.prompts:
             raise DataError(f"--model {self.model}: give --prompts FILE (the toy model's "
                             "captions are its only built-in prompts)")
 
@@ -233,7 +233,7 @@ def round_figures(plan: RoundsPlan, out: Path, k: int, launch: list[str] | None)
     mark_round(plan, out, k)
     figures = {"round": k, "model": model_of(plan, out, k), "collect": collected,
                "train": trained}
-    if plan.model == TOY_NAME:
+    if plan.model in TOY_NAMES:
         figures["adherence"] = adherence(plan, model_of(plan, out, k), folder,
                                          "adherence")["adherence"]
     for against in sorted({0, k - 1}):
@@ -300,7 +300,7 @@ def run(plan: RoundsPlan, out: Path, launch: list[str] | None = None) -> dict:
     for k in range(1, plan.rounds + 1):
         rounds.append(round_figures(plan, out, k, launch))
     result = {"plan": asdict(plan), "rounds": rounds}
-    if plan.model == TOY_NAME:
+    if plan.model in TOY_NAMES:
         result["base_adherence"] = adherence(plan, plan.model, out,
                                              "adherence-base")["adherence"]
     result["leaderboard"] = leaderboard(plan, out)

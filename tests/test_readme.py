@@ -44,7 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # benchmarks/ is a folder of scripts, not an installed package
 
 from benchmarks.readme import README, Block, Command, blocks, commands, python_blocks  # noqa: E402
-from benchmarks.toy_loop import TINY, readme_stages  # noqa: E402
+from benchmarks.toy_loop import LOOPS, TINY, readme_stages  # noqa: E402
 
 TOY_FEEDBACK = "python -m annotate feedback --pairs 2400 --per-prompt 16 --tie-margin 0.1"
 ONE_PROCESS = "accelerate launch -q --config_file docs/accelerate/one_process.yaml"
@@ -54,6 +54,13 @@ TOY_ALIGNED = "python -m models.toy.evaluate --model runs/train/toy/final --pair
 TOY_AUTO = "python -m eval auto --aligned runs/train/toy/final --seeds 23 --tie-margin 0.1"
 TOY_BLIND = "python -m eval --aligned runs/train/toy/final"
 TOY_ROUNDS = "python -m rounds --rounds 3 --pairs 800 --reference previous --keep-best"
+FLOW_FEEDBACK = "python -m annotate feedback --model toy-flow --db runs/toy-flow.duckdb " \
+    "--pairs 2400 --per-prompt 16 --tie-margin 0.1"
+FLOW_TRAIN = f"{ONE_PROCESS} -m train toy-flow"
+FLOW_BASE = "python -m models.toy.evaluate --model toy-flow --pairs 400"
+FLOW_ALIGNED = "python -m models.toy.evaluate --model runs/train/toy-flow/final --pairs 400"
+FLOW_AUTO = "python -m eval auto --base toy-flow --aligned runs/train/toy-flow/final " \
+    "--seeds 23 --tie-margin 0.1"
 ROUNDS_BOARD = "python -m eval --board runs/rounds/leaderboard/leaderboard.json --db " \
     "runs/rounds/votes.duckdb"
 SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -71,6 +78,11 @@ CHECKS = {
     TOY_BLIND: "serve",
     "python -m eval report": "run",
     TOY_ROUNDS: "shrink",
+    FLOW_FEEDBACK: "shrink",
+    FLOW_TRAIN: "shrink",
+    FLOW_BASE: "shrink",
+    FLOW_ALIGNED: "shrink",
+    FLOW_AUTO: "shrink",
     "python -m annotate --model runs/rounds --db runs/people.duckdb --prompts "
     "runs/rounds/toy-prompts.csv": "serve",
     ROUNDS_BOARD: "serve",
@@ -105,7 +117,8 @@ CHECKS = {
 # Size only: how many pairs, steps (training and sampling) and seeds. Nothing here changes
 # what a command does. The toy-loop benchmark's --tiny sizes, appended to the same README
 # commands; rounds' --train-args carries the train stage's size flags.
-SHRINK = {readme_stages()[stage]: flags for stage, flags in TINY.items()}
+SHRINK = {readme_stages(loop)[stage]: flags for loop in LOOPS
+          for stage, flags in TINY.items()}
 SHRINK[TOY_ROUNDS] = ["--rounds", "2", "--pairs", "16", "--per-prompt", "4", "--steps", "6",
                       "--eval-seeds", "1", "--adherence-pairs", "8", "--train-args",
                       "--max_steps", "2", "--eval_every", "2", "--sample_seeds", "1",
@@ -129,7 +142,8 @@ def test_shrinking_only_changes_sizes_and_the_benchmark_runs_the_same_text():
     for text, flags in SHRINK.items():
         assert CHECKS[text] == "shrink"
         assert {f for f in flags if f.startswith("--")} <= SIZE_FLAGS, text
-    assert set(readme_stages().values()) | {TOY_ROUNDS} == set(SHRINK)
+    stages = {text for loop in LOOPS for text in readme_stages(loop).values()}
+    assert stages | {TOY_ROUNDS} == set(SHRINK)
 
 
 def test_ci_runs_the_readme_test_command_and_it_sets_up_first():
@@ -333,6 +347,8 @@ def test_the_readme_walk_from_an_empty_folder(sandbox, browser):
             assert kind == "ci"  # test_ci_runs_the_readme_test_command_and_it_sets_up_first
     assert (sandbox / "runs/train/toy/final").is_dir()
     assert (sandbox / "runs/eval/auto-toy/report.md").exists()
+    assert (sandbox / "runs/train/toy-flow/final").is_dir()
+    assert (sandbox / "runs/eval/auto-toy-flow/report.md").exists()
     assert list((sandbox / "runs/export").rglob("*.parquet"))
     assert (sandbox / "runs/rounds/leaderboard/leaderboard.md").exists()
     assert (sandbox / "runs/rounds/votes.duckdb").exists()  # the board page's vote

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from models.loading import TOY_DIR, load
+from models.loading import TOY_DIR, TOY_FLOW_DIR, load
 from models.toy.evaluate import adherence, judge_accuracy
 from models.toy.judge import judge
 from models.toy.shapes import COLORS, SHAPES, WORDS, ShapeSpec, draw, random_spec
@@ -163,3 +163,28 @@ def test_every_prompt_offered_for_the_toy_is_read_whole(tmp_path):
     too_long = {where: [p for p in prompts if count(p) > limit]
                 for where, prompts in offered.items()}
     assert too_long == {where: [] for where in offered}
+
+
+def test_flow_toy_loads_by_its_name_follows_prompts_and_runs_under_plain_diffusers():
+    model = load("toy-flow")
+    assert model.kind == "sd3" and type(model.pipeline).__name__ == "StableDiffusion3Pipeline"
+    result = adherence(model, pairs=36, steps=10)
+    assert result["both"] >= 0.2  # chance is 1/18
+    mine = model.pipeline("a red circle", num_inference_steps=2, output_type="np",
+                          generator=torch.Generator().manual_seed(0)).images
+    assert np.array_equal(plain_diffusers_images(TOY_FLOW_DIR), mine)
+
+
+def test_flow_toy_training_command_is_deterministic(tmp_path):
+    outputs = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        done = subprocess.run(
+            [sys.executable, "-m", "models.toy.train_flow", "--out", str(out), "--images",
+             "400", "--steps", "2", "--batch", "8"], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
+        outputs.append(load_file(str(out / "transformer" / "diffusion_pytorch_model.safetensors")))
+        assert (out / "model_index.json").exists() and not (out / "_build").exists()
+    assert outputs[0].keys() == outputs[1].keys()
+    assert all(torch.equal(outputs[0][k], outputs[1][k]) for k in outputs[0])
+    assert load(str(tmp_path / "a")).kind == "sd3"

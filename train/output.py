@@ -16,11 +16,10 @@ import torch
 import yaml
 
 from models.loading import (
+    BUNDLED,
     FLOW_KINDS,
     LORA_BASE_FILE,
     LORA_WEIGHTS,
-    TOY_DIR,
-    TOY_NAME,
     denoiser_part,
     load,
     pipeline_class,
@@ -36,13 +35,13 @@ TAGS = {"dpo": "diffusion-dpo", "ipo": "diffusion-ipo", "kto": "diffusion-kto", 
 def base_name(model: str) -> str:
     """The base as a name that still resolves from another working directory."""
     path = Path(model).expanduser()
-    return str(path.resolve()) if model != TOY_NAME and path.exists() else model
+    return str(path.resolve()) if model not in BUNDLED and path.exists() else model
 
 
 def base_location(model: str) -> str:
     """The base as plain diffusers names it: the bundled folder for `toy`, a local
     folder's absolute path, or the Hub id."""
-    return str(TOY_DIR) if model == TOY_NAME else base_name(model)
+    return str(BUNDLED[model][0]) if model in BUNDLED else base_name(model)
 
 
 def save_model(net: torch.nn.Module, model: str, kind: str, lora: bool, directory: Path) -> Path:
@@ -103,7 +102,7 @@ def model_card(directory: Path, model: str, lora: bool, config: dict | None) -> 
         lines += ["", f"`{LORA_BASE_FILE}` names the base as `{base_name(model)}`, which this "
                   "project's `models.load` resolves"
                   + (" (the bundled toy model); plain diffusers needs the path above."
-                     if model == TOY_NAME else ".")]
+                     if model in BUNDLED else ".")]
     lines += ["", f"Or, in this project: `models.load({json.dumps(here)})`."]
     return "\n".join(lines) + "\n"
 

@@ -10,7 +10,7 @@ processes, so the same preset runs on 8 or 64 GPUs.
 
 from __future__ import annotations
 
-from models.toy import TOY_NAME
+from models.toy import TOY_FLOW_NAME, TOY_NAME
 from models.toy.shapes import all_captions
 
 PARTI_STYLE_PROMPTS = [
@@ -19,6 +19,18 @@ PARTI_STYLE_PROMPTS = [
     "a red fox in a snowy forest at dawn, detailed oil painting",
     "a futuristic city skyline at night with flying cars",
 ]
+
+# What both toy presets share: a run that finishes in minutes on a laptop CPU and keeps
+# its sample grid's seeds (2,000,000-2,000,003) apart from eval auto's (0..N-1) and
+# models.toy.evaluate's (1,000,000 up), so that keep_best picks on neither.
+_TOY_RUN = {
+    "resolution": 32, "effective_batch": 16, "batch_size": 16, "max_steps": 400,
+    "warmup_steps": 0, "lr_scheduler": "constant", "optimizer": "adamw",
+    "prompt_dropout": 0.1, "random_flip": True, "flip_per_pair": True,
+    "mixed_precision": "no", "checkpoint_every": 200, "checkpoints_kept": 2,
+    "log_every": 10, "eval_every": 100, "sample_prompts": all_captions(), "sample_seeds": 4,
+    "sample_seed_start": 2_000_000, "scorer": "toy_judge", "holdout_pairs": 64,
+}
 
 PRESETS: dict[str, dict] = {
     "sd15": {
@@ -74,15 +86,12 @@ PRESETS: dict[str, dict] = {
     },
     "toy": {
         "_about": "the bundled toy model on this laptop's CPU, judged by the toy judge",
-        "model": TOY_NAME, "resolution": 32, "beta": 5000.0, "learning_rate": 2e-5,
-        "effective_batch": 16, "batch_size": 16, "max_steps": 400, "warmup_steps": 0,
-        "lr_scheduler": "constant", "optimizer": "adamw", "prompt_dropout": 0.1,
-        "random_flip": True, "flip_per_pair": True, "mixed_precision": "no",
-        "checkpoint_every": 200,
-        "checkpoints_kept": 2, "log_every": 10, "eval_every": 100,
-        "sample_prompts": all_captions(), "sample_seeds": 4,
-        # seeds 2,000,000-2,000,003: apart from eval auto's (0..N-1) and
-        # models.toy.evaluate's (1,000,000 up), so keep_best picks on neither
-        "sample_seed_start": 2_000_000, "scorer": "toy_judge", "holdout_pairs": 64,
+        "model": TOY_NAME, "beta": 5000.0, "learning_rate": 2e-5, **_TOY_RUN,
+    },
+    "toy-flow": {
+        "_about": "the bundled flow-matching toy (an SD3 pipeline) on this laptop's CPU: "
+                  "full transformer, Flow-DPO, judged by the toy judge",
+        "model": TOY_FLOW_NAME, "data": ["runs/toy-flow.duckdb"], "beta": 1000.0,
+        "learning_rate": 2e-5, "timestep_sampling": "logit_normal", **_TOY_RUN,
     },
 }
