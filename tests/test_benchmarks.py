@@ -144,3 +144,16 @@ def test_objectives_and_the_toy_loop(tmp_path):
         return (runs / "dpo" / setting / "runs" / "train" / "toy" / "config.yaml").read_text()
 
     assert "\nbeta: 2500.0\n" in config("beta_2500") and "\nbeta: 5000.0\n" in config("preset")
+
+
+def test_the_flow_toy_loop(tmp_path):
+    # the README's flow-matching loop (the commands that name toy-flow), at the tiny size
+    runs = tmp_path / "flow-loop"
+    out = bench("toy_loop", "--loop", "toy-flow", "--tiny", "--threads", "1", "--runs",
+                str(runs), tmp_path=tmp_path)
+    assert out["loop"] == "toy-flow" and out["model"].endswith("runs/train/toy-flow/final")
+    assert out["pairs"]["pairs"] == 48 and out["train"]["steps"] == 2
+    assert "--model toy-flow" in out["commands"]["collect"]
+    assert (runs / "runs" / "toy-flow.duckdb").exists()
+    assert not (runs / "runs" / "prefs.duckdb").exists()  # the UNet toy's store: untouched
+    assert out["eval_auto"]["pairs"] == 18 and isinstance(out["passed"], bool)

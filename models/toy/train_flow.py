@@ -59,12 +59,12 @@ def t5_side(directory: Path, seed: int):
     return encoder.eval().requires_grad_(False), tokenizer
 
 
-def build_transformer(seed: int, width: int, layers: int):
+def build_transformer(seed: int, width: int, layers: int, patch: int):
     from diffusers import SD3Transformer2DModel
 
     torch.manual_seed(seed)
     return SD3Transformer2DModel(
-        sample_size=8, patch_size=2, in_channels=4, out_channels=4, num_layers=layers,
+        sample_size=8, patch_size=patch, in_channels=4, out_channels=4, num_layers=layers,
         attention_head_dim=32, num_attention_heads=width // 32, joint_attention_dim=128,
         caption_projection_dim=width, pooled_projection_dim=128, pos_embed_max_size=8)
 
@@ -75,10 +75,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="pipeline folder")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--images", type=int, default=20000, help="training images")
-    parser.add_argument("--steps", type=int, default=800)
+    parser.add_argument("--steps", type=int, default=2400)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--width", type=int, default=64, help="transformer width")
     parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--patch", type=int, default=1,
+                        help="latent patch size: 1 gives 64 image tokens, 2 gives 16")
     parser.add_argument("--snapshot-every", type=int, default=0)
     args = parser.parse_args(argv)
 
@@ -92,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     vae = toy.vae
     vae.register_to_config(shift_factor=0.0)  # SD3's pipeline adds it when decoding
     encoder = text_encoders(toy, args.seed)
-    transformer = build_transformer(args.seed, args.width, args.layers)
+    transformer = build_transformer(args.seed, args.width, args.layers, args.patch)
     t5, t5_tokenizer = t5_side(args.out / "_build" / "t5", args.seed)
     pipe = StableDiffusion3Pipeline(
         transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0),
@@ -141,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     shutil.rmtree(args.out / "_build")
     report = {
         "seed": args.seed, "images": args.images, "steps": args.steps, "batch": args.batch,
-        "width": args.width, "layers": args.layers,
+        "width": args.width, "layers": args.layers, "patch": args.patch,
         "transformer_params_m": round(sum(p.numel() for p in transformer.parameters()) / 1e6,
                                       3),
         "total_minutes": round((time.time() - started) / 60, 1),
