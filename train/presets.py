@@ -92,6 +92,7 @@ PRESETS: dict[str, dict] = {
         "_about": "the bundled flow-matching toy (an SD3 pipeline) on this laptop's CPU: "
                   "full transformer, Flow-DPO, judged by the toy judge",
         "model": TOY_FLOW_NAME, "data": ["runs/toy-flow.duckdb"], "beta": 100.0,
-        "learning_rate": 2e-5, "timestep_sampling": "logit_normal", **_TOY_RUN,
+        "learning_rate": 2e-5, "timestep_sampling": "logit_normal",
+        **_TOY_RUN, "max_steps": 800,
     },
 }
