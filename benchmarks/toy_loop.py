@@ -52,6 +52,7 @@ from train.config import OBJECTIVES  # noqa: E402
 # these), and where the README's commands put their results, relative to the folder they
 # run in. `toy` is the UNet toy's loop, `toy-flow` the flow-matching toy's.
 _LAUNCH = "accelerate launch -q --config_file docs/accelerate/one_process.yaml -m train"
+_LAUNCH_2_THREADS = _LAUNCH.replace(" -q ", " -q --num_cpu_threads_per_process 2 ")
 LOOPS = {
     "toy": {
         "collect": "python -m annotate feedback --pairs",
@@ -62,7 +63,7 @@ LOOPS = {
     },
     "toy-flow": {
         "collect": "python -m annotate feedback --model toy-flow",
-        "train": f"{_LAUNCH} toy-flow",
+        "train": f"{_LAUNCH_2_THREADS} toy-flow",
         "adherence_base": "python -m models.toy.evaluate --model toy-flow",
         "adherence_aligned": "python -m models.toy.evaluate --model runs/train/toy-flow/final",
         "eval_auto": "python -m eval auto --base toy-flow --aligned runs/train/toy-flow/final",
