@@ -56,7 +56,8 @@ TOY_BLIND = "python -m eval --aligned runs/train/toy/final"
 TOY_ROUNDS = "python -m rounds --rounds 3 --pairs 800 --reference previous --keep-best"
 FLOW_FEEDBACK = "python -m annotate feedback --model toy-flow --db runs/toy-flow.duckdb " \
     "--pairs 2400 --per-prompt 16 --tie-margin 0.1"
-FLOW_TRAIN = f"{ONE_PROCESS} -m train toy-flow"
+FLOW_TRAIN = "accelerate launch -q --num_cpu_threads_per_process 2 " \
+    "--config_file docs/accelerate/one_process.yaml -m train toy-flow"
 FLOW_BASE = "python -m models.toy.evaluate --model toy-flow --pairs 400"
 FLOW_ALIGNED = "python -m models.toy.evaluate --model runs/train/toy-flow/final --pairs 400"
 FLOW_AUTO = "python -m eval auto --base toy-flow --aligned runs/train/toy-flow/final " \
