@@ -74,3 +74,14 @@ def _dedent(lines: list[str]) -> str:
     indents = [len(line) - len(line.lstrip()) for line in lines if line.strip()]
     cut = min(indents, default=0)
     return "\n".join(line[cut:] for line in lines)
+
+
+def within_threads(text: str, threads: str | int | None) -> str:
+    """`text` with a `--num_cpu_threads_per_process N` of its own lowered to `threads`:
+    accelerate sets OMP_NUM_THREADS from that flag, over the caller's cap (the test
+    workers' share of the cores, or toy_loop's --threads)."""
+    if not threads:
+        return text
+    return re.sub(r"--num_cpu_threads_per_process \d+",
+                  lambda m: f"--num_cpu_threads_per_process {threads}"
+                  if int(m.group(0).split()[1]) > int(threads) else m.group(0), text)

@@ -45,7 +45,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.readme import README, commands  # noqa: E402
+from benchmarks.readme import README, commands, within_threads  # noqa: E402
 from train.config import OBJECTIVES  # noqa: E402
 
 # Which README command is which stage of each loop (the command whose first words are
@@ -120,6 +120,7 @@ def run_stage(name: str, command: str, cwd: Path, logs: Path,
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         if threads:
             env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+        command = within_threads(command, threads or os.environ.get("OMP_NUM_THREADS"))
         done = subprocess.run(["bash", "-c", command], cwd=cwd, stdout=subprocess.PIPE,
                               stderr=log, text=True, env=env)
     minutes = (time.monotonic() - start) / 60

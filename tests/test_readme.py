@@ -43,7 +43,15 @@ from helpers import public_shard_table
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # benchmarks/ is a folder of scripts, not an installed package
 
-from benchmarks.readme import README, Block, Command, blocks, commands, python_blocks  # noqa: E402
+from benchmarks.readme import (  # noqa: E402
+    README,
+    Block,
+    Command,
+    blocks,
+    commands,
+    python_blocks,
+    within_threads,
+)
 from benchmarks.toy_loop import LOOPS, TINY, readme_stages  # noqa: E402
 
 TOY_FEEDBACK = "python -m annotate feedback --pairs 2400 --per-prompt 16 --tie-margin 0.1"
@@ -184,6 +192,7 @@ def _environment(**extra: str) -> dict[str, str]:
 
 
 def _run(text: str, cwd: Path, **env: str) -> str:
+    text = within_threads(text, os.environ.get("OMP_NUM_THREADS"))
     done = subprocess.run(["bash", "-c", text], cwd=cwd, env=_environment(**env),
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, (
