@@ -82,6 +82,8 @@ def within_threads(text: str, threads: str | int | None) -> str:
     workers' share of the cores, or toy_loop's --threads)."""
     if not threads:
         return text
-    return re.sub(r"--num_cpu_threads_per_process \d+",
-                  lambda m: f"--num_cpu_threads_per_process {threads}"
-                  if int(m.group(0).split()[1]) > int(threads) else m.group(0), text)
+
+    def lowered(match: re.Match) -> str:
+        return f"--num_cpu_threads_per_process {min(int(match.group(1)), int(threads))}"
+
+    return re.sub(r"--num_cpu_threads_per_process (\d+)", lowered, text)
