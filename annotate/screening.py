@@ -7,6 +7,7 @@ says how much of it the model never sees.
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,8 +43,12 @@ class Blocklist:
 def token_counter(tokenizer) -> tuple[Callable[[str], int], int]:
     """(count(prompt), limit) for a diffusers pipeline's CLIP tokenizer.
 
-    The count includes the start and end tokens, as the limit does.
+    The count includes the start and end tokens, as the limit does. It counts with its
+    own copy of the tokenizer: a fast tokenizer keeps its truncation setting between
+    calls, so counting on a session's thread with the pipeline's own tokenizer could
+    switch truncation off under a generation on the worker's thread.
     """
+    tokenizer = copy.deepcopy(tokenizer)
     return (lambda text: len(tokenizer(text, truncation=False, verbose=False).input_ids),
             int(tokenizer.model_max_length))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 import threading
 import time
 
@@ -209,6 +210,32 @@ def test_a_long_prompt_is_accepted_with_a_note_that_counts_the_lost_tokens(toy):
     long = " ".join(["red"] * 3 * limit)
     note = screen(long, Blocklist(), count, limit)
     assert f"the last {count(long) - limit} tokens" in note and "stored" in note
+
+
+def test_counting_tokens_on_a_session_thread_leaves_the_pipelines_truncation_alone(toy):
+    """A prompt screened while the worker generates must not reach the text encoder
+    untruncated (the fast tokenizer's truncation setting is shared state)."""
+    tokenizer = toy.pipeline.tokenizer
+    count, limit = token_counter(tokenizer)
+    long = "a red circle on a white background " * 3
+    counting = threading.Event()
+
+    def count_until_told():
+        while not counting.is_set():
+            count(long)
+
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads often, so that an unsafe count shows
+    thread = threading.Thread(target=count_until_told)
+    thread.start()
+    try:
+        lengths = {len(tokenizer([long], padding="max_length", max_length=limit,
+                                 truncation=True).input_ids[0]) for _ in range(3000)}
+    finally:
+        counting.set()
+        thread.join()
+        sys.setswitchinterval(switch)
+    assert lengths == {limit}
 
 
 # -- rounds and votes ------------------------------------------------------------------
