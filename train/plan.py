@@ -1,8 +1,9 @@
 """What a run will do, before it loads a model: its pairs and its batch arithmetic.
 
 `python -m train PRESET --dry_run` prints this so a config can be checked on a laptop
-before it spends GPU hours: the data sources resolve and hold enough pairs, and the
-effective batch divides over the processes that `accelerate launch` will start.
+before it spends GPU hours: the data sources resolve and hold enough pairs, the
+effective batch divides over the processes that `accelerate launch` will start, and the
+memory a process will hold is estimated (train/memory.py) where the model is local.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import yaml
 from data.pairs import MixedPairs, load_pairs
 from train.config import HOLDOUT_SHARE, TrainConfig, objective_text
 from train.errors import TrainError
+from train.memory import estimate_lines
 
 
 def training_pairs(config: TrainConfig) -> MixedPairs:
@@ -67,5 +69,6 @@ def plan(config: TrainConfig, processes: int) -> str:
         f"length: {config.max_steps:,} steps = {seen:,} pairs seen, "
         f"{seen / max(trained, 1):.1f} epochs",
         f"output: {config.output_dir}",
+        *estimate_lines(config),
     ]
     return "\n".join(lines)

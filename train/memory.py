@@ -1,0 +1,197 @@
+"""How much memory a run will hold per process, estimated before any weight is loaded.
+
+The denoiser is built from its config on the meta device (no weights, nothing
+downloaded), so `--dry_run` can size a run at SDXL scale on a laptop. Weights, gradients
+and optimizer state follow from the parameter counts and the run's precision. For UNets
+the activations the backward pass keeps are counted too, by hooking the tensors autograd
+saves during one meta forward at the run's batch and resolution (with gradient
+checkpointing when the config asks for it). Not counted: the VAE and text encoders
+(unloaded after the cache is built), the allocator's slack, and the peak of recomputing
+one checkpointed block; docs/BENCHMARKS.md ("Real sizes") sets the estimate beside a
+measured step.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from models.loading import BUNDLED, denoiser_part, kind_of, looks_like_path
+from train.config import TrainConfig
+
+GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes per process; `activations` is None where it was not counted."""
+
+    parameters: int
+    trainable: int
+    weights: int
+    reference: int
+    gradients: int
+    optimizer: int
+    activations: int | None
+
+    @property
+    def total(self) -> int:
+        return (self.weights + self.reference + self.gradients + self.optimizer
+                + (self.activations or 0))
+
+
+def _local_file(model: str, relative: str) -> Path | None:
+    """A model's file if it is on this machine (a folder, the bundled toys, the Hub cache)."""
+    if model in BUNDLED:
+        path = BUNDLED[model][0] / relative
+        return path if path.is_file() else None
+    if looks_like_path(model) or Path(model).expanduser().exists():
+        path = Path(model).expanduser() / relative
+        return path if path.is_file() else None
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(model, relative)
+    return Path(cached) if isinstance(cached, str) else None
+
+
+def denoiser_on_meta(model: str) -> tuple[str, torch.nn.Module] | None:
+    """(kind, the denoiser with meta tensors), or None when its config is not local."""
+    index = _local_file(model, "model_index.json")
+    if index is None:
+        return None
+    kind = kind_of(json.loads(index.read_text()))
+    part = denoiser_part(kind)
+    config_file = _local_file(model, f"{part}/config.json")
+    if config_file is None:
+        return None
+    import diffusers
+
+    config = json.loads(config_file.read_text())
+    cls = getattr(diffusers, config["_class_name"])
+    with torch.device("meta"):
+        return kind, cls.from_config(config)
+
+
+def _unet_inputs(unet, batch: int, resolution: int) -> dict:
+    side = resolution // 8
+    config = unet.config
+    inputs = {
+        "sample": torch.zeros(batch, config.in_channels, side, side),
+        "timestep": torch.zeros(batch, dtype=torch.long),
+        "encoder_hidden_states": torch.zeros(batch, 77, config.cross_attention_dim),
+    }
+    if config.addition_embed_type == "text_time":
+        pooled = (config.projection_class_embeddings_input_dim
+                  - 6 * config.addition_time_embed_dim)
+        inputs["added_cond_kwargs"] = {"text_embeds": torch.zeros(batch, pooled),
+                                       "time_ids": torch.zeros(batch, 6)}
+    return inputs
+
+
+@contextmanager
+def fused_attention():
+    """Count attention as the fused kernels GPUs and CPUs run (they keep q, k, v, the
+    output and a log-sum-exp), not as meta's unfused fallback, which would keep every
+    attention matrix: 0.5 GiB per layer per image at SD1.5's 64x64 latents."""
+    functional = torch.nn.functional
+    unfused = functional.scaled_dot_product_attention
+
+    def attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
+                  scale=None, **_):
+        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            query, key, value, dropout_p, is_causal, attn_mask=attn_mask, scale=scale)[0]
+
+    functional.scaled_dot_product_attention = attention
+    try:
+        yield
+    finally:
+        functional.scaled_dot_product_attention = unfused
+
+
+def saved_activation_bytes(unet, batch: int, resolution: int) -> int:
+    """Bytes autograd keeps for the backward pass of one forward, counted on meta tensors."""
+    saved = 0
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        nonlocal saved
+        if not isinstance(tensor, torch.nn.Parameter):
+            saved += tensor.numel() * tensor.element_size()
+        return tensor
+
+    with torch.device("meta"):
+        inputs = _unet_inputs(unet, batch, resolution)
+        with (fused_attention(),
+              torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor)):
+            unet(**inputs)
+    return saved
+
+
+def _optimizer_bytes(config: TrainConfig, trainable: list[torch.nn.Parameter]) -> int:
+    """AdamW keeps two fp32 moments per weight; Adafactor (no momentum) a row and a
+    column per matrix and a full second moment for vectors."""
+    if config.optimizer == "adafactor":
+        return sum(4 * ((p.shape[0] + p.numel() // p.shape[0]) if p.dim() >= 2 else p.numel())
+                   for p in trainable)
+    return 8 * sum(p.numel() for p in trainable)
+
+
+def estimate(config: TrainConfig) -> MemoryEstimate | None:
+    """The estimate for one process of `config`; None when the model is not on this machine."""
+    built = denoiser_on_meta(config.model)
+    if built is None:
+        return None
+    kind, net = built
+    half = config.mixed_precision in ("auto", "fp16", "bf16")  # auto: bf16 on a GPU
+    parameters = sum(p.numel() for p in net.parameters())
+    if config.lora_rank:
+        from peft import LoraConfig
+
+        net.requires_grad_(False)
+        with torch.device("meta"):
+            net.add_adapter(LoraConfig(r=config.lora_rank,
+                                       lora_alpha=config.lora_alpha or config.lora_rank,
+                                       target_modules=config.lora_targets))
+    trainable = [p for p in net.parameters() if p.requires_grad]
+    trained = sum(p.numel() for p in trainable)
+    if config.lora_rank:  # the base is cast to the mixed-precision dtype; no copy
+        weights, reference = parameters * (2 if half else 4) + trained * 4, 0
+    else:  # fp32 policy and an fp32 frozen copy (train/trainer.py, build_networks)
+        weights, reference = parameters * 4, parameters * 4
+    activations = None
+    if kind in ("sd", "sdxl"):
+        if config.gradient_checkpointing:
+            net.enable_gradient_checkpointing()
+        net.train()
+        fp32 = saved_activation_bytes(net, 2 * config.batch_size, config.resolution)
+        activations = fp32 // 2 if half else fp32
+    return MemoryEstimate(parameters, trained, weights, reference, 4 * trained,
+                          _optimizer_bytes(config, trainable), activations)
+
+
+def _size(n: int) -> str:
+    return f"{n / GIB:.2f} GiB" if n >= GIB // 10 else f"{n / 1024**2:.1f} MiB"
+
+
+def estimate_lines(config: TrainConfig) -> list[str]:
+    """What --dry_run prints about memory: one line per part, or why there is none."""
+    found = estimate(config)
+    if found is None:
+        return [f"memory: not estimated: {config.model}'s config is not on this machine "
+                "(download the model, or give a local folder)"]
+    precision = "fp32" if config.mixed_precision == "no" else (
+        "bf16 on a GPU" if config.mixed_precision == "auto" else config.mixed_precision)
+    activations = ("not counted for transformers" if found.activations is None
+                   else f"{_size(found.activations)} saved for backward at "
+                        f"{config.batch_size} pairs of {config.resolution} px")
+    return [
+        f"memory: about {_size(found.total)} per process ({precision}): "
+        f"weights {_size(found.weights)}, reference {_size(found.reference)}, "
+        f"gradients {_size(found.gradients)}, optimizer {_size(found.optimizer)}, "
+        f"activations {activations}",
+        f"        {found.parameters:,} denoiser parameters, {found.trainable:,} trained; "
+        "VAE and text encoders not counted (unloaded after caching)",
+    ]
