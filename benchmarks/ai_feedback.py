@@ -10,6 +10,11 @@ left / right / tie at several tie margins, and how many decisive labels come fro
 where both images fail the prompt (judge score below 0.5 for both: noisy labels) or both
 pass it (a preference between two right images: a small difference in the judge's
 confidence, not in adherence).
+
+The floor beside it: one plain pipeline call of the same model, steps and guidance at
+each of `--floor-batches` pairs per call (twice the images), timed after a warm-up; its
+best pairs/s is what generation alone can reach, and `collect_over_floor` is the share
+of it that collection (with its per-image seeds and guidance, judging and storing) keeps.
 """
 
 from __future__ import annotations
@@ -65,6 +70,21 @@ def mix(scores: list[tuple[float, float]], margin: float) -> dict:
     }
 
 
+def floor(model, steps: int, batches: list[int], repeats: int = 2) -> dict[int, float]:
+    """Pairs per second of one bare pipeline call of 2n images, for each n in `batches`."""
+    caption = all_captions()[0]
+
+    def call(n: int) -> float:
+        start = time.perf_counter()
+        with torch.inference_mode():
+            model.pipeline([caption] * 2 * n, num_inference_steps=steps, guidance_scale=7.5,
+                           generator=torch.Generator("cpu").manual_seed(0))
+        return time.perf_counter() - start
+
+    call(min(batches))  # warm-up
+    return {n: round(n / min(call(n) for _ in range(repeats)), 2) for n in batches}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=288, help="16 batches of the 18 captions")
@@ -72,6 +92,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--margins", type=float, nargs="+", default=[0.0, 0.05, 0.1, 0.2])
+    parser.add_argument("--floor-batches", type=int, nargs="+", default=[4, 8, 16, 32, 64],
+                        help="pairs per bare pipeline call for the floor")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -87,6 +109,8 @@ def main() -> None:
         counts = collect(run, store, judge, lambda: model, progress=False)
         scores = stored_scores(store)
     summary = counts.summary()
+    floor_pairs_per_s = floor(model, args.steps, args.floor_batches)
+    best = max(floor_pairs_per_s, key=floor_pairs_per_s.get)
     both = [min(s) >= PASS for s in scores]
     none = [max(s) < PASS for s in scores]
     print(json.dumps({
@@ -100,6 +124,8 @@ def main() -> None:
         "seconds": summary["seconds"], "pairs_per_min": summary["pairs_per_min"],
         "generate_s": summary["generate_s"], "score_s": summary["score_s"],
         "store_s": summary["store_s"],
+        "floor_pairs_per_s": floor_pairs_per_s, "floor_best_batch": best,
+        "collect_over_floor": round(summary["pairs_per_min"] / 60 / floor_pairs_per_s[best], 3),
         "pairs_both_pass": round(sum(both) / len(scores), 3),
         "pairs_both_fail": round(sum(none) / len(scores), 3),
         "outcome_mix": [mix(scores, m) for m in args.margins],

@@ -3,6 +3,9 @@
 Builds shards of N rows (two images a row, photo-like noise so JPEGs have realistic
 sizes), then imports each into a fresh store in a child process and reads its peak
 resident memory. Memory should stay flat as the shard grows: import streams batches.
+Beside each import, in its own child process, the floor: a bare pyarrow scan of the
+same shard that checks every JPEG as the import does (`check_jpeg`) and stores nothing.
+The import's rows/s over the floor's says what storing costs (the target is at least 0.5).
 
     python benchmarks/import_shard.py            # 1,000- and 2,000-row shards
     python benchmarks/import_shard.py --rows 500 2000
@@ -41,6 +44,23 @@ with Store(db) as store:
 seconds = time.perf_counter() - start
 peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(json.dumps({"rows": done[0].rows, "seconds": seconds, "peak_rss_mb": peak_mb}))
+"""
+
+FLOOR = """
+import json, resource, sys, time
+import pyarrow.parquet as pq
+from data.images import check_jpeg
+start = time.perf_counter()
+rows = 0
+for batch in pq.ParquetFile(sys.argv[2]).iter_batches(batch_size=64,
+                                                      columns=["jpg_0", "jpg_1"]):
+    for column in batch.columns:
+        for data in column.to_pylist():
+            check_jpeg(data)
+    rows += batch.num_rows
+seconds = time.perf_counter() - start
+peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"rows": rows, "seconds": seconds, "peak_rss_mb": peak_mb}))
 """
 
 
@@ -98,17 +118,19 @@ def main() -> None:
         for rows in args.rows:
             shard = Path(tmp) / f"train-{rows}.parquet"
             build_shard(shard, rows)
-            out = subprocess.run(
-                [sys.executable, "-c", CHILD, str(Path(tmp) / f"{rows}.duckdb"), str(shard)],
+            measured, floor = (json.loads(subprocess.run(
+                [sys.executable, "-c", code, str(Path(tmp) / f"{rows}.duckdb"), str(shard)],
                 capture_output=True, text=True, cwd=repo, check=True,
-            )
-            measured = json.loads(out.stdout)
+            ).stdout) for code in (CHILD, FLOOR))
             results.append({
                 "rows": rows,
                 "shard_mb": round(shard.stat().st_size / 2**20, 1),
                 "rows_per_s": round(rows / measured["seconds"], 1),
                 "seconds": round(measured["seconds"], 2),
                 "peak_rss_mb": round(measured["peak_rss_mb"], 1),
+                "floor_rows_per_s": round(rows / floor["seconds"], 1),
+                "floor_peak_rss_mb": round(floor["peak_rss_mb"], 1),
+                "import_over_floor": round(floor["seconds"] / measured["seconds"], 3),
             })
     print(json.dumps({
         "benchmark": "import_shard",
