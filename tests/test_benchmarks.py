@@ -30,7 +30,8 @@ def bench(name: str, *flags: str, tmp_path, timeout: int = 600) -> dict:
 
 def test_every_benchmark_script_is_run_here():
     tested = {"ai_feedback", "annotate_latency", "crowd", "eval_auto", "import_shard", "objectives",
-              "pair_generation", "store_votes", "toy_loop", "train_throughput"}
+              "pair_generation", "peers", "real_sizes", "store_votes", "toy_loop",
+              "train_throughput"}
     assert {p.stem for p in BENCHMARKS.glob("*.py")} - {"readme", "__init__"} == tested
 
 
@@ -84,6 +85,15 @@ def test_import_shard(tmp_path):
     for result in out["results"]:
         assert result["rows_per_s"] > 0 and result["peak_rss_mb"] > 0 and result["shard_mb"] > 0
 
+
+def test_peers_skips_without_the_peers_scripts(tmp_path):
+    # the peers' training scripts are not in this repository (benchmarks/peers.py says how
+    # to fetch them): without them the benchmark says why in one line and succeeds
+    out = bench("peers", tmp_path=tmp_path)
+    assert out == {"benchmark": "peers", "skipped": "no --peers folder given: the peers' "
+                   "scripts are not in this repository"}
+    out = bench("peers", "--peers", str(tmp_path), tmp_path=tmp_path)
+    assert out["skipped"].startswith(f"{tmp_path} lacks train.py, train_diffusion_dpo.py")
 
 def test_pair_generation(tmp_path):
     out = bench("pair_generation", "--steps", "2", "--repeats", "1", tmp_path=tmp_path)
