@@ -3,6 +3,7 @@
 - `models.loading`: `load(name)` for `toy`, a local pipeline folder, a Hub id, or a LoRA
   folder on its base; SD, SDXL, SD3 or FLUX read from the model's files.
 - `models.generate`: image pairs for a prompt, with each image's provenance.
+- `models.meta`: a model's denoiser built on the meta device (sizes, no weights).
 - `models.scorers`: PickScore, CLIP score, aesthetic, HPSv2, the toy judge, or a user's
   `module:callable`, all as `score(prompts, images) -> tensor`; `checked_scores`, the one
   check of what a scorer returned.

@@ -37,8 +37,10 @@ def test_every_benchmark_script_is_run_here():
 
 def test_ai_feedback(tmp_path):
     out = bench("ai_feedback", "--pairs", "4", "--steps", "2", "--batch", "2",
-                "--threads", "1", "--margins", "0", "0.1", tmp_path=tmp_path)
+                "--threads", "1", "--margins", "0", "0.1", "--floor-batches", "1", "2",
+                tmp_path=tmp_path)
     assert out["benchmark"] == "ai_feedback" and out["pairs"] == 4 and out["steps"] == 2
+    assert set(out["floor_pairs_per_s"]) == {"1", "2"} and out["collect_over_floor"] > 0
     assert out["pairs_per_min"] > 0 and 0 <= out["pairs_both_pass"] <= 1
     assert [m["tie_margin"] for m in out["outcome_mix"]] == [0.0, 0.1]
     for mix in out["outcome_mix"]:
@@ -84,6 +86,7 @@ def test_import_shard(tmp_path):
     assert [r["rows"] for r in out["results"]] == [10, 20]
     for result in out["results"]:
         assert result["rows_per_s"] > 0 and result["peak_rss_mb"] > 0 and result["shard_mb"] > 0
+        assert result["floor_rows_per_s"] > 0 and result["import_over_floor"] > 0
 
 
 def test_peers_skips_without_the_peers_scripts(tmp_path):
@@ -167,3 +170,20 @@ def test_the_flow_toy_loop(tmp_path):
     assert (runs / "runs" / "toy-flow.duckdb").exists()
     assert not (runs / "runs" / "prefs.duckdb").exists()  # the UNet toy's store: untouched
     assert out["eval_auto"]["pairs"] == 18 and isinstance(out["passed"], bool)
+
+
+def test_real_sizes(tmp_path):
+    out = bench("real_sizes", "--tiny", "--step", "lora", "full", "--steps", "1",
+                tmp_path=tmp_path)
+    full, lora = out["models"]["tiny_full"], out["models"]["tiny_lora8"]
+    assert full["trainable_parameters"] == full["unet_parameters"]
+    assert 0 < lora["trainable_parameters"] < lora["unet_parameters"] // 10
+    # a full backward computes weight and input gradients; LoRA's skips most weight ones
+    assert 2.5 < full["policy_forward_backward"] / full["reference_forward"] < 3.5
+    assert lora["policy_forward_backward"] < full["policy_forward_backward"]
+    assert full["pairs_per_s_per_gpu_cached"]["A100"] > full["pairs_per_s_per_gpu_uncached"][
+        "A100"] > 0
+    for mode in ("lora", "full"):
+        step = out["cpu_step"]["modes"][mode]
+        assert step["seconds_per_step"] > 0 and step["peak_rss_mb"] > 0
+        assert step["dry_run_memory"].startswith("memory: about ")

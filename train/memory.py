@@ -13,14 +13,12 @@ measured step.
 
 from __future__ import annotations
 
-import json
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-from models.loading import BUNDLED, denoiser_part, kind_of, looks_like_path
+from models.meta import denoiser_on_meta
 from train.config import TrainConfig
 
 GIB = 1024**3
@@ -42,38 +40,6 @@ class MemoryEstimate:
     def total(self) -> int:
         return (self.weights + self.reference + self.gradients + self.optimizer
                 + (self.activations or 0))
-
-
-def _local_file(model: str, relative: str) -> Path | None:
-    """A model's file if it is on this machine (a folder, the bundled toys, the Hub cache)."""
-    if model in BUNDLED:
-        path = BUNDLED[model][0] / relative
-        return path if path.is_file() else None
-    if looks_like_path(model) or Path(model).expanduser().exists():
-        path = Path(model).expanduser() / relative
-        return path if path.is_file() else None
-    from huggingface_hub import try_to_load_from_cache
-
-    cached = try_to_load_from_cache(model, relative)
-    return Path(cached) if isinstance(cached, str) else None
-
-
-def denoiser_on_meta(model: str) -> tuple[str, torch.nn.Module] | None:
-    """(kind, the denoiser with meta tensors), or None when its config is not local."""
-    index = _local_file(model, "model_index.json")
-    if index is None:
-        return None
-    kind = kind_of(json.loads(index.read_text()))
-    part = denoiser_part(kind)
-    config_file = _local_file(model, f"{part}/config.json")
-    if config_file is None:
-        return None
-    import diffusers
-
-    config = json.loads(config_file.read_text())
-    cls = getattr(diffusers, config["_class_name"])
-    with torch.device("meta"):
-        return kind, cls.from_config(config)
 
 
 def _unet_inputs(unet, batch: int, resolution: int) -> dict:
