@@ -31,8 +31,6 @@ from functools import cached_property
 from pathlib import Path
 from typing import NoReturn
 
-import torch
-
 from data.errors import UserError, report_user_error
 from data.pairs import decode_image, encode_jpeg
 from data.prompts import read_prompts
@@ -41,6 +39,7 @@ from models.errors import ModelError
 from models.generate import PairVariety, generate
 from models.loading import LoadedModel
 from models.scorers import Scorer, checked_scores
+from models.threads import use_free_cores
 from models.toy import TOY_NAME, TOY_NAMES
 
 _UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "diffusion-dpo-loop/annotate/feedback")
@@ -366,8 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="pairs of one prompt per pipeline call, 2B images; only "
                         "speed and memory depend on it (%(default)s)")
     parser.add_argument("--threads", type=int, metavar="N",
-                        help="CPU threads for torch (default: torch's, one per core); on a "
-                        "machine shared with other torch jobs, 1 can be several times faster")
+                        help="CPU threads for torch (default: one per core that other work "
+                        "leaves free; more threads than free cores run several times slower)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -409,10 +408,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from models.loading import default_device_and_dtype, load
 
         run = run_from_args(args)
-        if args.threads is not None:
-            if args.threads < 1:
-                raise FeedbackError("--threads must be at least 1")
-            torch.set_num_threads(args.threads)
+        if args.threads is not None and args.threads < 1:
+            raise FeedbackError("--threads must be at least 1")
+        if (chosen := use_free_cores(args.threads, how="--threads N")):
+            print(chosen, file=sys.stderr)
         device = default_device_and_dtype()[0]
         scorer = load_scorer(run, device)
         with Store(args.db) as store:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import random
 import signal
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -21,6 +22,7 @@ from data.pages import PORT_HELP, PageImages, launch_page, pick_port, read_login
 from data.prompts import read_prompts
 from data.store import DEFAULT_DB, QUESTIONS, Store
 from models.generate import PairVariety
+from models.threads import use_free_cores
 from models.toy import TOY_NAME, TOY_NAMES
 from models.toy.shapes import all_captions
 
@@ -242,6 +244,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config, host, asked = config_from_args(build_parser().parse_args(argv))
         port = pick_port(host, asked)  # before the store exists: a taken port creates nothing
+        if (chosen := use_free_cores()):
+            print(chosen, file=sys.stderr)
         server = open_app(config)
     except (UserError, OSError) as error:
         return report_user_error(error)

@@ -24,6 +24,7 @@ from data.errors import DataError, UserError, report_user_error  # noqa: E402
 from data.pages import PORT_HELP, launch_page, pick_port, read_logins  # noqa: E402
 from data.store import QUESTIONS  # noqa: E402
 from eval.votes import DEFAULT_VOTES  # noqa: E402
+from models.threads import use_free_cores  # noqa: E402
 from models.toy import TOY_NAME, TOY_NAMES  # noqa: E402
 
 
@@ -158,6 +159,8 @@ def blind(argv: list[str]) -> int:
         raise DataError("give --auth (each voter is their login) or --voter, not both")
     logins = read_logins(Path(args.auth)) if args.auth else None
     port = pick_port(args.host, args.port)  # before any file: a taken port creates nothing
+    if (chosen := use_free_cores()):
+        print(chosen, file=sys.stderr)
     from eval.app import build_app, launch_options
     from eval.blind import BlindEval
     from eval.images import Sampling
@@ -262,6 +265,8 @@ def auto(argv: list[str]) -> int:
 
     prompts = read_prompt_set(args.prompts) if args.prompts else default_prompts(args.base)
     base, aligned = _models(args)
+    if (chosen := use_free_cores()):
+        print(chosen, file=sys.stderr)
     out = Path(args.out or Path("runs/eval") / f"auto-{Path(aligned).parent.name}")
     sampling = Sampling(args.seeds, args.steps, args.guidance)
     scorers = {name: load_scorer(name) for name in [args.scorer, *args.also]}  # all, first

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from data.pairs import image_labels
 from models.loading import FLOW_KINDS, LoadedModel, fingerprint, load
+from models.threads import free_cores, use_free_cores
 from train import cache as pair_cache
 from train import checkpoints, samples
 from train.config import REFERENCE_OBJECTIVES, TrainConfig, save
@@ -184,14 +185,24 @@ def forward_pairs(net, reference, process: DDPMProcess | FlowProcess, kind: str,
 
 # --- set-up: each part a function of what came before ----------------------------------
 def cpu_threads_hint(device: str, processes: int) -> str | None:
-    """A line when a CPU run uses fewer threads than the machine has: `accelerate launch`
-    sets OMP_NUM_THREADS=1 on a machine without GPUs unless told otherwise."""
-    cores = (os.cpu_count() or 1) // processes
-    threads = torch.get_num_threads()
-    if device != "cpu" or threads >= cores:
+    """A line when a CPU run's threads do not fit the cores free now: fewer (`accelerate
+    launch` sets OMP_NUM_THREADS=1 on a machine without GPUs unless told otherwise) or
+    more, which makes every step several times slower (models/threads.py)."""
+    if device != "cpu":
         return None
-    return (f"training on {threads} CPU thread{'s' if threads > 1 else ''} of {cores}: "
-            f"for more, accelerate launch --num_cpu_threads_per_process {cores} -m train ...")
+    threads, cores = torch.get_num_threads(), os.cpu_count() or 1
+    fit = max(1, free_cores() // processes)
+    per = " per process" if processes > 1 else ""
+    if threads < fit:
+        return (f"training on {threads} CPU thread{'s' if threads > 1 else ''}{per} of "
+                f"{cores} cores: for more, accelerate launch --num_cpu_threads_per_process "
+                f"{fit} -m train ...")
+    if threads * processes > max(fit * processes, 1) and threads > 1:
+        return (f"training on {threads} CPU threads{per} with {fit * processes} of {cores} "
+                "cores free: more threads than free cores make each step several times "
+                f"slower; use accelerate launch --num_cpu_threads_per_process {fit} -m "
+                "train ...")
+    return None
 
 
 def resume_point(config: TrainConfig, out: Path, main: bool) -> Path | None:
@@ -344,6 +355,10 @@ def build_networks(config: TrainConfig, net: torch.nn.Module, accelerator) -> Ne
             reference = reference_copy(c, net, str(accelerator.device))
         net.requires_grad_(True)
     net.train()
+    if c.compile:  # in place: the module, its state_dict keys and what is saved stay as they are
+        net.compile()
+        if reference is not None:
+            reference.compile()
     trainable = [p for p in net.parameters() if p.requires_grad]
     if c.optimizer == "adafactor":
         from transformers.optimization import Adafactor
@@ -392,7 +407,9 @@ class Run:
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
             save(c, self.out / "config.yaml")
-            if (hint := cpu_threads_hint(acc.device.type, self.processes)):
+            chosen = (use_free_cores(how="set OMP_NUM_THREADS")
+                      if acc.device.type == "cpu" and self.processes == 1 else None)
+            if (hint := chosen or cpu_threads_hint(acc.device.type, self.processes)):
                 print(hint)
         self.model = load(c.model, device=str(acc.device), dtype=torch.float32)
         self.process = process_for(self.model, c)
