@@ -30,7 +30,7 @@ def bench(name: str, *flags: str, tmp_path, timeout: int = 600) -> dict:
 
 def test_every_benchmark_script_is_run_here():
     tested = {"ai_feedback", "annotate_latency", "crowd", "eval_auto", "import_shard", "objectives",
-              "pair_generation", "peers", "real_sizes", "store_votes", "toy_loop",
+              "pair_generation", "peers", "real_sizes", "store_votes", "threads", "toy_loop",
               "train_throughput"}
     assert {p.stem for p in BENCHMARKS.glob("*.py")} - {"readme", "__init__"} == tested
 
@@ -187,3 +187,11 @@ def test_real_sizes(tmp_path):
         step = out["cpu_step"]["modes"][mode]
         assert step["seconds_per_step"] > 0 and step["peak_rss_mb"] > 0
         assert step["dry_run_memory"].startswith("memory: about ")
+
+
+def test_threads(tmp_path):
+    out = bench("threads", "--steps", "1", "--copies", "2", tmp_path=tmp_path)
+    assert set(out["seconds_per_step"]) == {"alone", "copies", "alone_passive",
+                                            "copies_passive", "copies_one_thread"}
+    assert len(out["seconds_per_step"]["copies"]) == 2
+    assert out["slowdown_over_alone"]["alone"] == 1.0
