@@ -132,8 +132,6 @@ class TrainConfig:
     mixed_precision: str = _help("`auto` (bf16 on GPU, fp32 on CPU), `no`, `fp16` or `bf16`",
                                  "auto")
     gradient_checkpointing: bool = _help("trade compute for memory in the UNet", False)
-    compile: bool = _help("torch.compile the denoiser and its reference: faster steps after "
-                          "a compile of about a minute at start; pays on long runs", False)
     seed: int = _help("seed for data order, noise, timesteps and prompt dropout", 0)
     # Output, checkpoints, logging
     output_dir: str = _help("run folder (default: runs/train/<preset or config name>)", "")
