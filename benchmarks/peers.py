@@ -122,16 +122,12 @@ TRAINERS = {
     "ours_full": "python -m train toy: full UNet, frozen reference copy; cached latents",
     "ours_lora": "python -m train toy --lora_rank 8: reference = adapters off; cached "
                  "latents",
-    "ours_full_compiled": "the same with --compile true (torch.compile, in place)",
-    "ours_lora_compiled": "the same, LoRA rank 8, with --compile true",
     "floor_full": "bare step, full: reference forward, policy forward and backward, AdamW",
     "floor_lora": "bare step, LoRA rank 8",
 }
 RATIOS = [("ours_full", "official"), ("ours_lora", "diffusers"), ("ours_full", "floor_full"),
           ("ours_lora", "floor_lora"), ("official", "floor_full"),
-          ("diffusers", "floor_lora"), ("ours_full_compiled", "official"),
-          ("ours_lora_compiled", "diffusers"), ("ours_full_compiled", "floor_full"),
-          ("ours_lora_compiled", "floor_lora")]
+          ("diffusers", "floor_lora")]
 
 
 def say(message: str) -> None:
@@ -312,8 +308,7 @@ def trainer_specs(name: str, peers: dict[str, Path], data: Path, run: Path,
                          "--batch_size", batch, "--effective_batch", batch,
                          "--mixed_precision", "no", "--eval_every", "0",
                          "--checkpoint_every", "0", "--holdout_pairs", "0", "--seed", "0",
-                         "--lora_rank", "8" if name.startswith("ours_lora") else "0",
-                         "--compile", "true" if name.endswith("_compiled") else "false"]}
+                         "--lora_rank", "8" if name == "ours_lora" else "0"]}
     return {"target": str(Path(__file__).resolve()),
             "argv": ["--floor", name.removeprefix("floor_"), "--data", str(data),
                      "--out", str(run / "out"), "--steps", str(steps), "--batch", batch]}

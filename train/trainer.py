@@ -355,10 +355,6 @@ def build_networks(config: TrainConfig, net: torch.nn.Module, accelerator) -> Ne
             reference = reference_copy(c, net, str(accelerator.device))
         net.requires_grad_(True)
     net.train()
-    if c.compile:  # in place: the module, its state_dict keys and what is saved stay as they are
-        net.compile()
-        if reference is not None:
-            reference.compile()
     trainable = [p for p in net.parameters() if p.requires_grad]
     if c.optimizer == "adafactor":
         from transformers.optimization import Adafactor
