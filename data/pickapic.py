@@ -15,6 +15,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Iterable
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -209,7 +210,7 @@ def _best_problem(best: str, uids: tuple[str, str], label_0: float, label_1: flo
 
 def _check_batch(
     path: Path, batch: pa.RecordBatch, first_row: int, seen: dict[str, _SeenImage],
-    store: Store, max_side: int,
+    store: Store, max_side: int, checker: Executor,
 ) -> None:
     """Refuse the first bad row of a batch; note each image not seen before."""
     for name in NOT_NULL_COLUMNS:
@@ -233,7 +234,11 @@ def _check_batch(
         )
     names = batch.schema.names
     uids = [batch.column(f"image_{k}_uid").to_pylist() for k in (0, 1)]
-    jpgs = [batch.column(f"jpg_{k}") for k in (0, 1)]
+    jpgs = [batch.column(f"jpg_{k}").to_pylist() for k in (0, 1)]
+    # JPEG checks on all cores (PIL decodes without the GIL); read in row order below, so
+    # the first bad row is still the one reported
+    checks = {(i, k): checker.submit(check_jpeg, jpgs[k][i], max_side)
+              for i in range(batch.num_rows) for k in (0, 1) if uids[k][i] not in seen}
     best = batch.column("best_image_uid").to_pylist() if "best_image_uid" in names else None
     labels = label_0.to_pylist(), label_1.to_pylist()
     new: list[tuple[str, int, int, bytes]] = []  # (uid, row, k, bytes) first seen here
@@ -245,7 +250,7 @@ def _check_batch(
             if problem:
                 raise ShardError(f"{path}, row {row}: {problem}")
         for k in (0, 1):
-            data = jpgs[k][i].as_py()
+            data = jpgs[k][i]
             digest = hashlib.blake2b(data, digest_size=16).digest()
             first = seen.get(pair[k])
             if first is not None:
@@ -257,7 +262,8 @@ def _check_batch(
                     )
                 continue
             try:
-                size = check_jpeg(data, max_side)
+                size = (checks[i, k].result() if (i, k) in checks
+                        else check_jpeg(data, max_side))
             except ImageProblem as problem:
                 raise ShardError(f"{path}, row {row}: jpg_{k} {problem}") from None
             seen[pair[k]] = _SeenImage(size, digest, row)
@@ -406,9 +412,10 @@ def import_shard(
     seen: dict[str, _SeenImage] = {}
     rows = 0
     checked = [*NOT_NULL_COLUMNS, *(["best_image_uid"] if "best_image_uid" in columns else [])]
-    for batch in shard.iter_batches(batch_size=batch_rows, columns=checked):
-        _check_batch(path, batch, rows, seen, store, max_side)
-        rows += batch.num_rows
+    with ThreadPoolExecutor(os.cpu_count() or 1) as checker:
+        for batch in shard.iter_batches(batch_size=batch_rows, columns=checked):
+            _check_batch(path, batch, rows, seen, store, max_side, checker)
+            rows += batch.num_rows
     cur = store.cursor()
     rankings = _shard_rankings(columns)
     repeated, already = _check_ids(cur, path, rankings)
