@@ -37,6 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
+from train.config import TrainConfig  # noqa: E402
+from train.memory import unet_inputs  # noqa: E402
+
 PEAK_BF16_TFLOPS = {"A100": 312.0, "H100 SXM": 989.4}  # dense, NVIDIA's data sheets
 UTILISATION = 0.4
 # the paper's SD1.5 run: 2,000 steps of 2,048 pairs in ~24 h on 16 A100s (official README)
@@ -103,29 +106,6 @@ def counted(function) -> int:
     return counter.get_total_flops()
 
 
-def unet_inputs(unet, batch: int, resolution: int) -> dict:
-    side = resolution // 8
-    config = unet.config
-    inputs = {
-        "sample": torch.randn(batch, config.in_channels, side, side),
-        "timestep": torch.randint(0, 1000, (batch,)),
-        "encoder_hidden_states": torch.randn(batch, 77, config.cross_attention_dim),
-    }
-    if config.addition_embed_type == "text_time":
-        pooled = config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim
-        inputs["added_cond_kwargs"] = {"text_embeds": torch.randn(batch, pooled),
-                                       "time_ids": torch.randn(batch, 6)}
-    return inputs
-
-
-def add_lora(unet, rank: int) -> None:
-    from peft import LoraConfig
-
-    unet.requires_grad_(False)
-    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
-                                target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
-
-
 def pair_flops(size: dict, lora_rank: int) -> dict[str, int]:
     """FLOPs of one pair (winner and loser, batch 2) through each part of a DPO step."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -134,7 +114,8 @@ def pair_flops(size: dict, lora_rank: int) -> dict[str, int]:
     with torch.device("meta"):
         unet = UNet2DConditionModel(**size["unet"])
         if lora_rank:
-            add_lora(unet, lora_rank)
+            unet.requires_grad_(False)
+            unet.add_adapter(TrainConfig(lora_rank=lora_rank).lora_adapter())
         vae = AutoencoderKL(**size["vae"])
         texts = [CLIPTextModel(CLIPTextConfig(**config)) for config in size["text"]]
         inputs = unet_inputs(unet, 2, size["resolution"])

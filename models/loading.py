@@ -194,7 +194,7 @@ def resolve(name: str) -> str:
     return json.loads(newest.read_text())["model"]
 
 
-def _folder(name: str) -> Path:
+def local_folder(name: str) -> Path:
     """Where a model's files would be if it is local: the toy's folder for `toy`."""
     return BUNDLED[name][0] if name in BUNDLED else Path(name).expanduser()
 
@@ -204,7 +204,7 @@ def same_model(a: str, b: str) -> bool:
     a, b = resolve(a), resolve(b)
     if a == b:
         return True
-    folders = [_folder(n) for n in (a, b)]
+    folders = [local_folder(n) for n in (a, b)]
     return all(f.is_dir() for f in folders) and folders[0].resolve() == folders[1].resolve()
 
 
@@ -290,7 +290,7 @@ def fingerprint(name: str, parts: tuple[str, ...] | None = None) -> dict:
     a Hub id, the id. Caches key on it, so retraining a folder in place invalidates them.
     """
     name = resolve(name)
-    folder = _folder(name)
+    folder = local_folder(name)
     if not folder.is_dir():
         return {"model": name}
     roots = [folder / p for p in parts if (folder / p).is_dir()] if parts else [folder]

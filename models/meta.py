@@ -12,16 +12,14 @@ from pathlib import Path
 
 import torch
 
-from models.loading import BUNDLED, denoiser_part, kind_of, looks_like_path
+from models.loading import BUNDLED, denoiser_part, kind_of, local_folder, looks_like_path
 
 
 def local_file(model: str, relative: str) -> Path | None:
     """A model's file if it is on this machine (a folder, the bundled toys, the Hub cache)."""
-    if model in BUNDLED:
-        path = BUNDLED[model][0] / relative
-        return path if path.is_file() else None
-    if looks_like_path(model) or Path(model).expanduser().exists():
-        path = Path(model).expanduser() / relative
+    folder = local_folder(model)
+    if model in BUNDLED or looks_like_path(model) or folder.exists():
+        path = folder / relative
         return path if path.is_file() else None
     from huggingface_hub import try_to_load_from_cache
 

@@ -233,6 +233,13 @@ class TrainConfig:
         if self.max_sequence_length is not None and self.max_sequence_length < 1:
             raise TrainError("max_sequence_length must be at least 1")
 
+    def lora_adapter(self):
+        """The PEFT config of this run's LoRA adapters (gaussian init, as diffusers' script)."""
+        from peft import LoraConfig
+
+        return LoraConfig(r=self.lora_rank, lora_alpha=self.lora_alpha or self.lora_rank,
+                          init_lora_weights="gaussian", target_modules=self.lora_targets)
+
     def heldout(self, pairs: int) -> int:
         """How many of `pairs` the run holds out: one in HOLDOUT_SHARE, at most
         `holdout_pairs`, so a small first collection still trains."""

@@ -42,7 +42,8 @@ class MemoryEstimate:
                 + (self.activations or 0))
 
 
-def _unet_inputs(unet, batch: int, resolution: int) -> dict:
+def unet_inputs(unet, batch: int, resolution: int) -> dict:
+    """Zero inputs of the shapes a UNet (SDXL's conditioning too) takes at `resolution`."""
     side = resolution // 8
     config = unet.config
     inputs = {
@@ -89,7 +90,7 @@ def saved_activation_bytes(unet, batch: int, resolution: int) -> int:
         return tensor
 
     with torch.device("meta"):
-        inputs = _unet_inputs(unet, batch, resolution)
+        inputs = unet_inputs(unet, batch, resolution)
         with (fused_attention(),
               torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor)):
             unet(**inputs)
@@ -114,13 +115,9 @@ def estimate(config: TrainConfig) -> MemoryEstimate | None:
     half = config.mixed_precision in ("auto", "fp16", "bf16")  # auto: bf16 on a GPU
     parameters = sum(p.numel() for p in net.parameters())
     if config.lora_rank:
-        from peft import LoraConfig
-
         net.requires_grad_(False)
         with torch.device("meta"):
-            net.add_adapter(LoraConfig(r=config.lora_rank,
-                                       lora_alpha=config.lora_alpha or config.lora_rank,
-                                       target_modules=config.lora_targets))
+            net.add_adapter(config.lora_adapter())
     trainable = [p for p in net.parameters() if p.requires_grad]
     trained = sum(p.numel() for p in trainable)
     if config.lora_rank:  # the base is cast to the mixed-precision dtype; no copy

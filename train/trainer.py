@@ -197,7 +197,7 @@ def cpu_threads_hint(device: str, processes: int) -> str | None:
         return (f"training on {threads} CPU thread{'s' if threads > 1 else ''}{per} of "
                 f"{cores} cores: for more, accelerate launch --num_cpu_threads_per_process "
                 f"{fit} -m train ...")
-    if threads * processes > max(fit * processes, 1) and threads > 1:
+    if threads > fit:
         return (f"training on {threads} CPU threads{per} with {fit * processes} of {cores} "
                 "cores free: more threads than free cores make each step several times "
                 f"slower; use accelerate launch --num_cpu_threads_per_process {fit} -m "
@@ -338,15 +338,11 @@ def build_networks(config: TrainConfig, net: torch.nn.Module, accelerator) -> Ne
         net.enable_gradient_checkpointing()
     reference = None
     if c.lora_rank:
-        from peft import LoraConfig
-
         net.requires_grad_(False)
         if accelerator.mixed_precision in ("fp16", "bf16"):
             _cast(net, {"fp16": torch.float16, "bf16": torch.bfloat16}[
                 accelerator.mixed_precision])
-        net.add_adapter(LoraConfig(
-            r=c.lora_rank, lora_alpha=c.lora_alpha or c.lora_rank,
-            init_lora_weights="gaussian", target_modules=c.lora_targets))
+        net.add_adapter(c.lora_adapter())
         for parameter in net.parameters():
             if parameter.requires_grad:
                 parameter.data = parameter.data.float()
