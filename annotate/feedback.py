@@ -244,21 +244,21 @@ def run_batch(run: FeedbackRun, model: LoadedModel, labeller: Labeller, store: S
     counts.score_s += time.perf_counter() - start
 
     start = time.perf_counter()
+    votes, outcomes = [], []
     for k, index in enumerate(indices):
         vote_id = run.vote_id(index)
         pair = [images[2 * k + s].record(image_uid(vote_id, s), jpgs[2 * k + s])
                 for s in (0, 1)]
         result = outcome(scores[2 * k], scores[2 * k + 1], run.tie_margin)
-        store.record_vote(
-            Vote(vote_id=vote_id, caption=prompt, image_0_uid=pair[0].image_uid,
-                 image_1_uid=pair[1].image_uid, outcome=result, shown_left=0,
-                 user_id=labeller.user_id, source=run.source),
-            images=pair,
-        )
-        counts.added += 1
-        counts.ties += result == "tie"
-        counts.left += result == "left"
-        counts.right += result == "right"
+        votes.append((Vote(vote_id=vote_id, caption=prompt, image_0_uid=pair[0].image_uid,
+                           image_1_uid=pair[1].image_uid, outcome=result, shown_left=0,
+                           user_id=labeller.user_id, source=run.source), pair))
+        outcomes.append(result)
+    store.record_votes(votes)  # one commit for the batch: a commit costs more than a pair
+    counts.added += len(outcomes)
+    counts.ties += outcomes.count("tie")
+    counts.left += outcomes.count("left")
+    counts.right += outcomes.count("right")
     counts.store_s += time.perf_counter() - start
 
 
@@ -273,7 +273,7 @@ def collect(
     """Add the run's missing pairs to `store`; the counts of what was found and added.
 
     `load_model` is called only when something is missing, so a finished run returns
-    at once. Ctrl-C stops at once (the vote in flight is rolled back, the ones before
+    at once. Ctrl-C stops at once (the batch in flight is rolled back, the ones before
     are committed) and the counts say `interrupted`.
     """
     from tqdm import tqdm

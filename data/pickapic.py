@@ -345,23 +345,31 @@ def _check_ids(cur: duckdb.DuckDBPyConnection, path: Path, shard: str) -> tuple[
 
 
 def _new_images(batch: pa.RecordBatch, columns: list[str], seen: dict, done: set) -> pa.Table:
-    """The batch's images not stored yet by this import, as a table for the store."""
-    rows: dict[str, list] = {name: [] for name in _IMAGE_SCHEMA.names}
+    """The batch's images not stored yet by this import, as a table for the store (taken
+    column-wise: the JPEG bytes are not copied into Python objects)."""
+    parts = []
     for k in (0, 1):
-        urls = batch.column(f"image_{k}_url") if f"image_{k}_url" in columns else None
-        for i, uid in enumerate(batch.column(f"image_{k}_uid").to_pylist()):
-            if uid in done:
-                continue
-            done.add(uid)
-            width, height = seen[uid].size
-            values = (
-                uid, batch.column(f"jpg_{k}")[i].as_py(), batch.column("caption")[i].as_py(),
-                batch.column(f"model_{k}")[i].as_py(), width, height,
-                urls[i].as_py() if urls is not None else None,
-            )
-            for name, value in zip(_IMAGE_SCHEMA.names, values, strict=True):
-                rows[name].append(value)
-    return pa.table(rows, schema=_IMAGE_SCHEMA)
+        uids = batch.column(f"image_{k}_uid").to_pylist()
+        rows = []
+        for i, uid in enumerate(uids):
+            if uid not in done:
+                done.add(uid)
+                rows.append(i)
+        if not rows:
+            continue
+        take = pa.array(rows, pa.int64())
+        url = f"image_{k}_url"
+        urls = batch.column(url) if url in columns else pa.nulls(batch.num_rows, pa.string())
+        parts.append(pa.table([
+            pa.array([uids[i] for i in rows], pa.string()),
+            batch.column(f"jpg_{k}").take(take),
+            batch.column("caption").take(take),
+            batch.column(f"model_{k}").take(take),
+            pa.array([seen[uids[i]].size[0] for i in rows], pa.int32()),
+            pa.array([seen[uids[i]].size[1] for i in rows], pa.int32()),
+            urls.take(take),
+        ], names=_IMAGE_SCHEMA.names).cast(_IMAGE_SCHEMA))  # a shard may use large types
+    return pa.concat_tables(parts) if parts else _IMAGE_SCHEMA.empty_table()
 
 
 def _forget_images(cur: duckdb.DuckDBPyConnection, uids: set[str]) -> None:

@@ -98,6 +98,31 @@ def test_vote_with_bad_outcome_stores_neither_vote_nor_images(store):
     assert store.counts()["images"] == 0 and store.counts()["rankings"] == 0
 
 
+def _batch(store, n, unknown_last=False):
+    """n votes, each with its pair; the last names an image it does not bring."""
+    batch = []
+    for k in range(n):
+        images = image_pair(f"prompt {k}", ((k, 0, 0), (0, k, 0)))
+        vote = Vote(f"batch-{k}", f"prompt {k}", images[0].image_uid, images[1].image_uid,
+                    "left", 0, store.user_id("ai"))
+        if unknown_last and k == n - 1:
+            vote = Vote(vote.vote_id, vote.caption, new_uid(), images[1].image_uid,
+                        "left", 0, vote.user_id)
+        batch.append((vote, images))
+    return batch
+
+
+def test_a_batch_of_votes_is_stored_all_or_none_and_replays_once(store):
+    with pytest.raises(DataError, match="not stored"):
+        store.record_votes(_batch(store, 3, unknown_last=True))
+    assert store.counts()["rankings"] == 0 and store.counts()["images"] == 0
+    batch = _batch(store, 3)
+    store.record_votes(batch[:2])
+    store.record_votes(batch)  # the first two again: stored once
+    assert store.counts()["rankings"] == 3 and store.counts()["images"] == 6
+    assert {r.vote_id for r in store.rankings()} == {"batch-0", "batch-1", "batch-2"}
+
+
 def test_eight_threads_by_200_votes_give_exactly_1600_rankings(store):
     uid_pairs = []
     for i in range(8):
