@@ -2,6 +2,7 @@
 
     python benchmarks/ai_feedback.py                  # 288 pairs, 20 steps, batch 16
     python benchmarks/ai_feedback.py --pairs 576 --threads 1
+    python benchmarks/ai_feedback.py --steps 10 --guidance-range 3 12   # as the toy loop
 
 Runs `annotate.feedback.collect` (generate, judge, store: what `python -m annotate
 feedback` does) into a fresh store, then re-scores the stored pairs with the toy judge
@@ -90,6 +91,9 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=288, help="16 batches of the 18 captions")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--guidance-range", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                        help="each image's guidance drawn from LOW..HIGH, as the README's "
+                             "toy loop collects (default: 7.5 for both)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--margins", type=float, nargs="+", default=[0.0, 0.05, 0.1, 0.2])
     parser.add_argument("--floor-batches", type=int, nargs="+", default=[4, 8, 16, 32, 64],
@@ -100,7 +104,8 @@ def main() -> None:
     load_avg = os.getloadavg()[0]
     run = FeedbackRun(
         prompts=tuple(all_captions()), pairs=args.pairs, batch=args.batch,
-        variety=PairVariety(steps=args.steps),
+        variety=PairVariety(steps=args.steps, guidance_range=args.guidance_range and
+                            tuple(args.guidance_range)),
     )
     start = time.perf_counter()
     model = load(TOY_NAME)
@@ -120,6 +125,7 @@ def main() -> None:
         "load_average_at_start": round(load_avg, 2),
         "torch_threads": torch.get_num_threads(),
         "model": TOY_NAME, "scorer": "toy_judge", "steps": args.steps, "batch": args.batch,
+        "guidance_range": args.guidance_range,
         "pairs": counts.added, "load_s": round(load_s, 2),
         "seconds": summary["seconds"], "pairs_per_min": summary["pairs_per_min"],
         "generate_s": summary["generate_s"], "score_s": summary["score_s"],

@@ -38,8 +38,9 @@ def test_every_benchmark_script_is_run_here():
 def test_ai_feedback(tmp_path):
     out = bench("ai_feedback", "--pairs", "4", "--steps", "2", "--batch", "2",
                 "--threads", "1", "--margins", "0", "0.1", "--floor-batches", "1", "2",
-                tmp_path=tmp_path)
+                "--guidance-range", "3", "12", tmp_path=tmp_path)
     assert out["benchmark"] == "ai_feedback" and out["pairs"] == 4 and out["steps"] == 2
+    assert out["guidance_range"] == [3.0, 12.0]
     assert set(out["floor_pairs_per_s"]) == {"1", "2"} and out["collect_over_floor"] > 0
     assert out["pairs_per_min"] > 0 and 0 <= out["pairs_both_pass"] <= 1
     assert [m["tie_margin"] for m in out["outcome_mix"]] == [0.0, 0.1]

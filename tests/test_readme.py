@@ -54,9 +54,11 @@ from benchmarks.readme import (  # noqa: E402
 )
 from benchmarks.toy_loop import LOOPS, TINY, readme_stages  # noqa: E402
 
-TOY_FEEDBACK = "python -m annotate feedback --pairs 2400 --per-prompt 16 --tie-margin 0.1"
+TOY_FEEDBACK = "python -m annotate feedback --pairs 2400 --per-prompt 16 --tie-margin 0.1 " \
+    "--steps 10 --guidance-range 3 12"
 ONE_PROCESS = "accelerate launch -q --config_file docs/accelerate/one_process.yaml"
-TOY_TRAIN = f"{ONE_PROCESS} -m train toy"
+TOY_TRAIN = "accelerate launch -q --num_cpu_threads_per_process 2 " \
+    "--config_file docs/accelerate/one_process.yaml -m train toy"
 TOY_BASE = "python -m models.toy.evaluate --model toy --pairs 400"
 TOY_ALIGNED = "python -m models.toy.evaluate --model runs/train/toy/final --pairs 400"
 TOY_AUTO = "python -m eval auto --aligned runs/train/toy/final --seeds 23 --tie-margin 0.1"
