@@ -161,6 +161,7 @@ _IMAGE_SCHEMA = pa.schema([
     ("image_uid", pa.string()), ("jpg", pa.binary()), ("prompt", pa.string()),
     ("model", pa.string()), ("width", pa.int32()), ("height", pa.int32()), ("url", pa.string()),
 ])
+TRANSACTION_BYTES = 48 << 20  # JPEG bytes an import commits at once (the store allows 256 MB)
 _IMAGE_SOURCE_COLUMNS = (
     "image_0_uid", "image_1_uid", "jpg_0", "jpg_1", "caption", "model_0", "model_1",
     "image_0_url", "image_1_url",
@@ -210,9 +211,10 @@ def _best_problem(best: str, uids: tuple[str, str], label_0: float, label_1: flo
 
 def _check_batch(
     path: Path, batch: pa.RecordBatch, first_row: int, seen: dict[str, _SeenImage],
-    store: Store, max_side: int, checker: Executor,
-) -> None:
-    """Refuse the first bad row of a batch; note each image not seen before."""
+    max_side: int, checker: Executor,
+) -> list[tuple[str, int, int, bytes]]:
+    """Refuse the first bad row of a batch; note each image not seen before, and return
+    them as (uid, row, k, bytes) for `_check_stored`."""
     for name in NOT_NULL_COLUMNS:
         nulls = pc.is_null(batch.column(name))
         if pc.any(nulls).as_py():
@@ -268,6 +270,11 @@ def _check_batch(
                 raise ShardError(f"{path}, row {row}: jpg_{k} {problem}") from None
             seen[pair[k]] = _SeenImage(size, digest, row)
             new.append((pair[k], row, k, data))
+    return new
+
+
+def _check_stored(path: Path, store: Store, new: list[tuple[str, int, int, bytes]]) -> None:
+    """Refuse a batch's image whose uid the store already holds with other bytes."""
     stored = store.image_jpgs([uid for uid, *_ in new])
     for uid, row, k, data in new:
         if uid in stored and stored[uid] != data:
@@ -369,7 +376,8 @@ def _new_images(batch: pa.RecordBatch, columns: list[str], seen: dict, done: set
             pa.array([seen[uids[i]].size[1] for i in rows], pa.int32()),
             urls.take(take),
         ], names=_IMAGE_SCHEMA.names).cast(_IMAGE_SCHEMA))  # a shard may use large types
-    return pa.concat_tables(parts) if parts else _IMAGE_SCHEMA.empty_table()
+    # one chunk: DuckDB's scan of a many-chunk table of BLOBs ran out of its capped memory
+    return pa.concat_tables(parts).combine_chunks() if parts else _IMAGE_SCHEMA.empty_table()
 
 
 def _forget_images(cur: duckdb.DuckDBPyConnection, uids: set[str]) -> None:
@@ -395,19 +403,18 @@ def import_shard(
     source: str,
     split: str | None = None,
     max_side: int = MAX_SIDE,
-    batch_rows: int = 64,
-    image_rows: int = 128,
+    batch_rows: int = 256,
 ) -> ImportedFile:
     """Import one shard: all of its pairs, or (raising `ShardError`) none.
 
-    Three streaming passes keep memory flat for shards of any size: every row is
-    checked before anything is written (values, images, and that no ranking_id names
-    two different votes); then images are stored, `image_rows` rows per transaction
-    (more is faster and takes more memory: docs/BENCHMARKS.md); then the pairs, in one
-    transaction, so they appear all at once. A failure in the last two removes the
-    file's images again where it can; a crash leaves some images without pairs (never
-    part of a pair or an export), which importing the shard again reuses. A full disk
-    raises `DiskFullError`.
+    One streaming pass keeps memory flat for shards of any size: each batch of
+    `batch_rows` rows is checked (values, images), then its new images are committed on
+    a writer thread while the next batch is checked (more rows a batch is faster and
+    takes more memory: docs/BENCHMARKS.md). Once every row has passed, and no ranking_id
+    names two different votes, the pairs are written in one transaction, so they appear
+    all at once. A refused shard or a failed write removes the file's images again where
+    it can; a crash leaves some images without pairs (never part of a pair or an
+    export), which importing the shard again reuses. A full disk raises `DiskFullError`.
     """
     try:
         # Unbuffered page-by-page reads keep memory flat however large the row groups.
@@ -416,21 +423,30 @@ def import_shard(
         raise ShardError(f"{path}: not a readable parquet file ({_first_line(error)})") from None
     columns = check_schema(path, shard.schema_arrow)
     split = split or split_of(path)
+    read = [c for c in columns if c in (*NOT_NULL_COLUMNS, "best_image_uid",
+                                         *_IMAGE_SOURCE_COLUMNS)]
+    image_columns = [c for c in columns if c in _IMAGE_SOURCE_COLUMNS]
 
     seen: dict[str, _SeenImage] = {}
+    done: set[str] = set()  # image uids this import has stored (or is storing)
     rows = 0
-    checked = [*NOT_NULL_COLUMNS, *(["best_image_uid"] if "best_image_uid" in columns else [])]
-    with ThreadPoolExecutor(os.cpu_count() or 1) as checker:
-        for batch in shard.iter_batches(batch_size=batch_rows, columns=checked):
-            _check_batch(path, batch, rows, seen, store, max_side, checker)
-            rows += batch.num_rows
     cur = store.cursor()
-    rankings = _shard_rankings(columns)
-    repeated, already = _check_ids(cur, path, rankings)
-
-    done: set[str] = set()  # image uids this import has stored
     try:
-        _store_images(cur, shard, columns, seen, done, image_rows)
+        with ThreadPoolExecutor(os.cpu_count() or 1) as checker, \
+                ThreadPoolExecutor(1) as writer:
+            written = None  # the previous batch's write: one in flight keeps memory flat
+            for batch in shard.iter_batches(batch_size=batch_rows, columns=read):
+                new = _check_batch(path, batch, rows, seen, max_side, checker)
+                rows += batch.num_rows
+                if written is not None:
+                    written.result()  # reads wait for the write: DuckDB's memory is capped
+                _check_stored(path, store, new)
+                images = _new_images(batch, image_columns, seen, done)
+                written = writer.submit(_store_images, store, images)
+            if written is not None:
+                written.result()
+        rankings = _shard_rankings(columns)
+        repeated, already = _check_ids(cur, path, rankings)
         added = _store_rankings(cur, path, rankings, source, split)
     except BaseException as error:
         _forget_images(cur, done)
@@ -440,23 +456,28 @@ def import_shard(
     return ImportedFile(path=path, rows=rows, added=added, already=already, repeated=repeated)
 
 
-def _store_images(cur, shard: pq.ParquetFile, columns: list[str], seen: dict, done: set,
-                  image_rows: int) -> None:
-    """Pass 2: the shard's images, `image_rows` rows per transaction."""
-    image_columns = [c for c in columns if c in _IMAGE_SOURCE_COLUMNS]
-    for batch in shard.iter_batches(batch_size=image_rows, columns=image_columns):
-        images = _new_images(batch, image_columns, seen, done)
-        with transaction(cur):
-            cur.register("_import_images", images)
-            cur.execute(
-                f"INSERT INTO images ({', '.join(_IMAGE_SCHEMA.names)}) "
-                "SELECT * FROM _import_images ON CONFLICT DO NOTHING"
-            )
-            cur.unregister("_import_images")
+def _store_images(store: Store, images: pa.Table) -> None:
+    """New images, on the calling thread's cursor, in transactions of at most
+    TRANSACTION_BYTES of JPEG: DuckDB holds a transaction's BLOBs in memory and cannot
+    spill them, so large images in a batch would run past the store's memory limit."""
+    cur = store.cursor()
+    sizes = pc.binary_length(images.column("jpg")).to_pylist()
+    start = total = 0
+    for end, size in enumerate([*sizes, None]):
+        if end > start and (size is None or total + size > TRANSACTION_BYTES):
+            with transaction(cur):
+                cur.register("_import_images", images.slice(start, end - start))
+                cur.execute(
+                    f"INSERT INTO images ({', '.join(_IMAGE_SCHEMA.names)}) "
+                    "SELECT * FROM _import_images ON CONFLICT DO NOTHING"
+                )
+                cur.unregister("_import_images")
+            start, total = end, 0
+        total += size or 0
 
 
 def _store_rankings(cur, path: Path, rankings: str, source: str, split: str) -> int:
-    """Pass 3: the shard's pairs in one transaction; how many were new."""
+    """The shard's pairs in one transaction; how many were new."""
     with transaction(cur):
         [(before,)] = cur.execute("SELECT count(*) FROM rankings").fetchall()
         cur.execute(

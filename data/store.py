@@ -551,13 +551,17 @@ class Store(DuckDBFile):
 
     def image_jpgs(self, uids: list[str]) -> dict[str, bytes]:
         """JPEG bytes of the given images, by uid."""
-        if not uids:
+        cur = self.cursor()
+        # Which are stored first, from the uid column alone: a scan that also reads the
+        # jpg column pulls every stored image through DuckDB's capped memory.
+        found = [uid for (uid,) in cur.execute(
+            f"SELECT image_uid FROM images WHERE image_uid IN ({', '.join('?' * len(uids))})",
+            uids).fetchall()] if uids else []
+        if not found:
             return {}
-        marks = ", ".join("?" * len(uids))
-        rows = self.cursor().execute(
-            f"SELECT image_uid, jpg FROM images WHERE image_uid IN ({marks})", uids
-        ).fetchall()
-        return dict(rows)
+        return dict(cur.execute(
+            f"SELECT image_uid, jpg FROM images WHERE image_uid IN ({', '.join('?' * len(found))})",
+            found).fetchall())
 
     def vote_tally(self, user_id: int, since: datetime, source: str = "human") -> tuple[int, int]:
         """(votes since `since`, votes in all) of one user from `source`, skips not counted."""

@@ -133,6 +133,25 @@ def test_public_shard_in_exact_v2_schema_imports(store, tmp_path):
     assert sorted(exported, key=lambda r: r["ranking_id"]) == original
 
 
+def test_batches_and_transactions_of_any_size_store_the_same_images(tmp_path, monkeypatch):
+    # one image a transaction (a cap below one JPEG) and two rows a batch, against the
+    # defaults: the same rows, the same bytes
+    import data.pickapic
+
+    shard = write_shard(tmp_path / "train.parquet", public_shard_table())
+    with Store(tmp_path / "default.duckdb") as store:
+        import_shard(store, shard, source="public:x")
+        expected = store.cursor().execute(
+            "SELECT image_uid, jpg, width FROM images ORDER BY 1").fetchall()
+    monkeypatch.setattr(data.pickapic, "TRANSACTION_BYTES", 1)
+    with Store(tmp_path / "small.duckdb") as store:
+        done = import_shard(store, shard, source="public:x", batch_rows=2)
+        assert done.added == len(PUBLIC_ROWS)
+        assert store.cursor().execute(
+            "SELECT image_uid, jpg, width FROM images ORDER BY 1").fetchall() == expected
+    assert len(expected) == 2 * len(PUBLIC_ROWS)
+
+
 def test_export_writes_split_folders_and_reimport_keeps_splits(store, tmp_path):
     record(store, "a cat", "left", split="train")
     record(store, "a dog", "right", split="validation")
