@@ -109,8 +109,9 @@ def test_pair_generation(tmp_path):
 def test_store_votes(tmp_path):
     out = bench("store_votes", "--votes", "16", tmp_path=tmp_path)
     assert out["benchmark"] == "store_votes" and out["jpeg_kb"] > 0
-    cases = {(r["threads"], r["with_images"]): r for r in out["results"]}
-    assert set(cases) == {(1, False), (8, False), (1, True), (8, True)}
+    cases = {(r["threads"], r["with_images"], r.get("batch")): r for r in out["results"]}
+    assert set(cases) == {(1, False, None), (8, False, None), (1, True, None),
+                          (8, True, None), (1, True, 16)}
     for result in cases.values():
         assert result["votes"] == 16 and result["votes_per_s"] > 0
         assert 0 < result["p50_ms"] <= result["p99_ms"]
