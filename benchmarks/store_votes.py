@@ -73,10 +73,15 @@ def run(store: Store, threads: int, votes_each: int, with_images: bool, jpgs) ->
     for w in workers:
         w.join()
     elapsed = time.perf_counter() - start
+    return {"threads": threads, "votes": len(latencies), "with_images": with_images,
+            **rates(len(latencies), elapsed, latencies)}
+
+
+def rates(votes: int, elapsed: float, latencies: list[float]) -> dict:
+    """Votes per second over the run, and the median and 99th percentile latency."""
     ms = np.array(latencies) * 1000
     return {
-        "threads": threads, "votes": len(latencies), "with_images": with_images,
-        "votes_per_s": round(len(latencies) / elapsed, 1),
+        "votes_per_s": round(votes / elapsed, 1),
         "p50_ms": round(float(np.percentile(ms, 50)), 2),
         "p99_ms": round(float(np.percentile(ms, 99)), 2),
     }
@@ -100,13 +105,8 @@ def run_batched(store: Store, votes: int, batch: int, jpgs) -> dict:
         store.record_votes(votes_of_batch)
         latencies.append(time.perf_counter() - begin)
     elapsed = time.perf_counter() - start
-    ms = np.array(latencies) * 1000
-    return {
-        "threads": 1, "votes": votes, "with_images": True, "batch": batch,
-        "votes_per_s": round(votes / elapsed, 1),
-        "p50_ms": round(float(np.percentile(ms, 50)), 2),
-        "p99_ms": round(float(np.percentile(ms, 99)), 2),
-    }
+    return {"threads": 1, "votes": votes, "with_images": True, "batch": batch,
+            **rates(votes, elapsed, latencies)}
 
 
 def main() -> None:

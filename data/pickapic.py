@@ -439,7 +439,7 @@ def import_shard(
                 new = _check_batch(path, batch, rows, seen, max_side, checker)
                 rows += batch.num_rows
                 if written is not None:
-                    written.result()  # reads wait for the write: DuckDB's memory is capped
+                    written.result()
                 _check_stored(path, store, new)
                 images = _new_images(batch, image_columns, seen, done)
                 written = writer.submit(_store_images, store, images)
@@ -461,19 +461,25 @@ def _store_images(store: Store, images: pa.Table) -> None:
     TRANSACTION_BYTES of JPEG: DuckDB holds a transaction's BLOBs in memory and cannot
     spill them, so large images in a batch would run past the store's memory limit."""
     cur = store.cursor()
+
+    def insert(start: int, end: int) -> None:
+        with transaction(cur):
+            cur.register("_import_images", images.slice(start, end - start))
+            cur.execute(
+                f"INSERT INTO images ({', '.join(_IMAGE_SCHEMA.names)}) "
+                "SELECT * FROM _import_images ON CONFLICT DO NOTHING"
+            )
+            cur.unregister("_import_images")
+
     sizes = pc.binary_length(images.column("jpg")).to_pylist()
     start = total = 0
-    for end, size in enumerate([*sizes, None]):
-        if end > start and (size is None or total + size > TRANSACTION_BYTES):
-            with transaction(cur):
-                cur.register("_import_images", images.slice(start, end - start))
-                cur.execute(
-                    f"INSERT INTO images ({', '.join(_IMAGE_SCHEMA.names)}) "
-                    "SELECT * FROM _import_images ON CONFLICT DO NOTHING"
-                )
-                cur.unregister("_import_images")
+    for end, size in enumerate(sizes):
+        if end > start and total + size > TRANSACTION_BYTES:
+            insert(start, end)
             start, total = end, 0
-        total += size or 0
+        total += size
+    if start < len(sizes):
+        insert(start, len(sizes))
 
 
 def _store_rankings(cur, path: Path, rankings: str, source: str, split: str) -> int:

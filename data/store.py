@@ -387,10 +387,15 @@ class Store(DuckDBFile):
         Returns the stored ranking. A vote whose `vote_id` is already stored changes
         nothing and returns the ranking stored the first time.
         """
-        votes = [vote, *also]
-        labelled = self._labelled(votes)
+        labelled = self._labelled([vote, *also])
         images = list(images)
-        self._write(lambda cur: self._record(cur, labelled, images))
+
+        def work(cur: duckdb.DuckDBPyConnection) -> None:
+            if self._ranking_by_vote(cur, vote.vote_id) is None:
+                self._insert_images(cur, images)
+                self._insert_answers(cur, labelled)
+
+        self._write(work)
         return self.ranking_by_vote(vote.vote_id)
 
     def record_votes(self, pairs: Iterable[tuple[Vote, Iterable[ImageRecord]]]) -> None:
@@ -399,21 +404,21 @@ class Store(DuckDBFile):
         For writers that make many votes at once (AI feedback): one commit costs more
         than generating a small pair. A vote whose `vote_id` is already stored is skipped.
         """
-        batch = [(self._labelled([vote]), list(images)) for vote, images in pairs]
+        batch = [(vote, self._labelled([vote]), list(images)) for vote, images in pairs]
 
         def work(cur: duckdb.DuckDBPyConnection) -> None:
             stored = {vote_id for (vote_id,) in cur.execute(
                 "SELECT vote_id FROM rankings WHERE vote_id IN (SELECT unnest(?))",
-                [[labelled[0][0].vote_id for labelled, _ in batch]]).fetchall()}
+                [[vote.vote_id for vote, *_ in batch]]).fetchall()}
             new = []
-            for labelled, images in batch:
-                if labelled[0][0].vote_id not in stored:
-                    stored.add(labelled[0][0].vote_id)
+            for vote, labelled, images in batch:
+                if vote.vote_id not in stored:
+                    stored.add(vote.vote_id)
                     new.append((labelled, images))
             # all the images in one statement: a statement costs more than its rows
             self._insert_images(cur, [image for _, images in new for image in images])
             for labelled, _ in new:
-                self._record(cur, labelled, [], known_new=True)
+                self._insert_answers(cur, labelled)
 
         self._write(work)
 
@@ -427,14 +432,11 @@ class Store(DuckDBFile):
         return [(v, preference_labels(v.outcome, v.shown_left, v.image_0_uid,
                                       v.image_1_uid)) for v in votes]
 
-    def _record(self, cur: duckdb.DuckDBPyConnection, labelled: list[tuple[Vote, tuple]],
-                images: list[ImageRecord], known_new: bool = False) -> None:
-        """Inside a transaction: one vote (and its other questions' answers) with its
-        images, unless its vote_id is stored already (`known_new`: checked by the caller)."""
+    def _insert_answers(self, cur: duckdb.DuckDBPyConnection,
+                        labelled: list[tuple[Vote, tuple]]) -> None:
+        """Inside a transaction: a vote and its answers to the other questions (the first
+        is the vote), and its overlap row when more annotators are wanted."""
         vote = labelled[0][0]
-        if not known_new and self._ranking_by_vote(cur, vote.vote_id) is not None:
-            return
-        self._insert_images(cur, images)
         for v, labels in labelled:
             self._insert_vote(cur, v, *labels)
         if vote.votes_wanted > 1:
@@ -551,17 +553,13 @@ class Store(DuckDBFile):
 
     def image_jpgs(self, uids: list[str]) -> dict[str, bytes]:
         """JPEG bytes of the given images, by uid."""
-        cur = self.cursor()
-        # Which are stored first, from the uid column alone: a scan that also reads the
-        # jpg column pulls every stored image through DuckDB's capped memory.
-        found = [uid for (uid,) in cur.execute(
-            f"SELECT image_uid FROM images WHERE image_uid IN ({', '.join('?' * len(uids))})",
-            uids).fetchall()] if uids else []
-        if not found:
+        if not uids:
             return {}
-        return dict(cur.execute(
-            f"SELECT image_uid, jpg FROM images WHERE image_uid IN ({', '.join('?' * len(found))})",
-            found).fetchall())
+        marks = ", ".join("?" * len(uids))
+        rows = self.cursor().execute(
+            f"SELECT image_uid, jpg FROM images WHERE image_uid IN ({marks})", uids
+        ).fetchall()
+        return dict(rows)
 
     def vote_tally(self, user_id: int, since: datetime, source: str = "human") -> tuple[int, int]:
         """(votes since `since`, votes in all) of one user from `source`, skips not counted."""
