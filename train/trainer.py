@@ -399,9 +399,12 @@ class Run:
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
             save(c, self.out / "config.yaml")
-            chosen = (use_free_cores(how="set OMP_NUM_THREADS")
-                      if acc.device.type == "cpu" and self.processes == 1 else None)
-            if (hint := chosen or cpu_threads_hint(acc.device.type, self.processes)):
+            if (acc.device.type == "cpu" and self.processes == 1
+                    and not os.environ.get("OMP_NUM_THREADS")):
+                hint = use_free_cores(how="set OMP_NUM_THREADS")  # picks the free cores
+            else:  # the count is given (accelerate sets OMP_NUM_THREADS): does it fit?
+                hint = cpu_threads_hint(acc.device.type, self.processes)
+            if hint:
                 print(hint)
         self.model = load(c.model, device=str(acc.device), dtype=torch.float32)
         self.process = process_for(self.model, c)
