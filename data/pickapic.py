@@ -234,6 +234,7 @@ def _check_batch(
             f"{path}, row {first_row + i}: labels ({label_0[i].as_py():g}, "
             f"{label_1[i].as_py():g}) are not (1, 0), (0, 1) or (0.5, 0.5)"
         )
+    _check_pair(path, batch, first_row, label_0)
     names = batch.schema.names
     uids = [batch.column(f"image_{k}_uid").to_pylist() for k in (0, 1)]
     jpgs = [batch.column(f"jpg_{k}").to_pylist() for k in (0, 1)]
@@ -271,6 +272,41 @@ def _check_batch(
             seen[pair[k]] = _SeenImage(size, digest, row)
             new.append((pair[k], row, k, data))
     return new
+
+
+def _first(mask: pa.Array) -> int | None:
+    """The index of the first true value of a boolean array (nulls are not true)."""
+    return pc.index(mask, True).as_py() if pc.any(mask).as_py() else None
+
+
+def _check_pair(path: Path, batch: pa.RecordBatch, first_row: int, label_0: pa.Array) -> None:
+    """Refuse a row that contradicts itself: one image on both sides, Pick-a-Pic's tie
+    marker as an image uid (a decisive pair would get best_image_uid 'none'), or
+    `has_label` false beside a decisive label."""
+    uids = [batch.column(f"image_{k}_uid") for k in (0, 1)]
+    i = _first(pc.equal(uids[0], uids[1]))
+    if i is not None:
+        raise ShardError(
+            f"{path}, row {first_row + i}: image_0_uid and image_1_uid are both "
+            f"{_shown(uids[0][i].as_py())}: a pair compares two images; give one of them "
+            "its own uid"
+        )
+    for k in (0, 1):
+        i = _first(pc.equal(uids[k], TIE_UID))
+        if i is not None:
+            raise ShardError(
+                f"{path}, row {first_row + i}: image_{k}_uid is '{TIE_UID}', Pick-a-Pic's "
+                "best_image_uid for a tie: give the image a real uid"
+            )
+    if "has_label" in batch.schema.names:
+        i = _first(pc.and_(pc.invert(batch.column("has_label")), pc.not_equal(label_0, 0.5)))
+        if i is not None:
+            label = label_0[i].as_py()
+            raise ShardError(
+                f"{path}, row {first_row + i}: has_label is false but the labels "
+                f"({label:g}, {1 - label:g}) say image_{0 if label == 1 else 1} preferred: "
+                "fix has_label or the labels"
+            )
 
 
 def _check_stored(path: Path, store: Store, new: list[tuple[str, int, int, bytes]]) -> None:
@@ -423,7 +459,7 @@ def import_shard(
         raise ShardError(f"{path}: not a readable parquet file ({_first_line(error)})") from None
     columns = check_schema(path, shard.schema_arrow)
     split = split or split_of(path)
-    read = [c for c in columns if c in (*NOT_NULL_COLUMNS, "best_image_uid",
+    read = [c for c in columns if c in (*NOT_NULL_COLUMNS, "best_image_uid", "has_label",
                                          *_IMAGE_SOURCE_COLUMNS)]
     image_columns = [c for c in columns if c in _IMAGE_SOURCE_COLUMNS]
 

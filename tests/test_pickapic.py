@@ -203,6 +203,13 @@ def _uid(table: pa.Table, k: int, row: int) -> str:
     return table.column(f"image_{k}_uid")[row].as_py()
 
 
+def solid_jpeg(size: tuple[int, int], **save) -> bytes:
+    """A real JPEG of one grey, encoded whole (every block has its entropy-coded data)."""
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (128, 128, 128)).save(buffer, "JPEG", **save)
+    return buffer.getvalue()
+
+
 def png_bytes() -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (32, 32), (10, 200, 10)).save(buffer, "PNG")
@@ -253,6 +260,25 @@ BAD_SHARDS = {
     "a winner with a tie's best_image_uid": (
         lambda t: _corrupt(t, "best_image_uid", 1, "none"),
         r"row 1: best_image_uid \('none', a tie's\) contradicts the labels \(0, 1\)"),
+    "one image uid on both sides": (
+        lambda t: _corrupt(t, "image_1_uid", 2, _uid(t, 0, 2)),  # a tie: the same bytes
+        r"row 2: image_0_uid and image_1_uid are both '00001002-0000-4000-8000-000000000000': "
+        r"a pair compares two images; give one of them its own uid"),
+    "has_label false with decisive labels": (
+        lambda t: _corrupt(t, "has_label", 0, False),
+        r"row 0: has_label is false but the labels \(1, 0\) say image_0 preferred: "
+        r"fix has_label or the labels"),
+    "an image uid that is the tie marker": (
+        lambda t: _corrupt(_corrupt(t, "image_1_uid", 1, "none"), "best_image_uid", 1, "none"),
+        r"row 1: image_1_uid is 'none', Pick-a-Pic's best_image_uid for a tie: give the "
+        r"image a real uid"),
+    "4096x4096 declared in 633 bytes": (
+        lambda t: _corrupt(t, "jpg_1", 2, huge_header_jpeg(4096, 4096)),
+        r"row 2: jpg_1 declares 4096x4096 pixels but holds \d+ bytes? of image data, under "
+        r"the \d+ that many pixels take at the least: a truncated or damaged JPEG"),
+    "4096x1 pixels": (
+        lambda t: _corrupt(t, "jpg_0", 3, solid_jpeg((4096, 1))),
+        r"row 3: jpg_0 is 4096x1 pixels, one side over 4 times the other \(the limit: 4:1\)"),
     "ranking_id repeated with other content": (
         lambda t: _corrupt(t, "ranking_id", 4, 1001),
         r"row 4: ranking_id 1001 repeats row 1 with a different caption: one ranking_id is "
@@ -284,6 +310,23 @@ def test_bad_shard_is_refused_with_file_row_and_problem(store, tmp_path, problem
     assert refused.startswith(f"{shard}") and "\n" not in refused
     assert not INTERNALS.search(refused), refused
     assert snapshot(store) == before
+
+
+def test_real_flat_wide_and_progressive_jpegs_pass_the_image_checks(store, tmp_path):
+    # the least data a real encoder writes: one grey at the size limit, at the aspect
+    # limit, progressive, without chroma subsampling, greyscale
+    images = [solid_jpeg((4096, 4096)), solid_jpeg((4096, 1024)), solid_jpeg((256, 1024)),
+              solid_jpeg((4096, 4096), progressive=True), solid_jpeg((2048, 2048), subsampling=0),
+              solid_jpeg((1, 1), quality=1)]
+    gray = io.BytesIO()
+    Image.new("L", (4096, 4096), 0).save(gray, "JPEG", quality=5)
+    images.append(gray.getvalue())
+    table = public_shard_table(rows=[("flat", 1.0, 0.0)] * len(images))
+    table = table.set_column(table.schema.get_field_index("jpg_0"), "jpg_0",
+                             pa.array(images, pa.binary()))
+    [done] = import_shards(store, [write_shard(tmp_path / "flat.parquet", table)],
+                           progress=False)
+    assert (done.refused, done.added) == (None, len(images))
 
 
 def test_bad_row_late_in_a_shard_rolls_back_the_whole_file(store, tmp_path):
@@ -434,7 +477,10 @@ def test_cli_imports_the_good_shard_of_a_folder_and_reports_only_the_bad(tmp_pat
         ids = [r.ranking_id for r in store.rankings()]
     assert ids == list(range(1, 7))
 
-    # the limit is the user's to raise; the file then imports (the bytes still decode)
+    # the limit is the user's to raise, but this header lies: 10 bytes of image data
+    # cannot hold 12000x12000 pixels (they decode to flat grey, without an error)
     out = run_cli("import", bad, "--db", db, "--max-image-side", "12000")
-    assert out.returncode == 0, out.stderr
-    assert f"{bad}: 6 rows, 6 new pairs" in out.stdout
+    assert out.returncode == 1
+    assert f"{bad}, row 2: jpg_1 declares 12000x12000 pixels but holds 10 bytes of image " \
+        "data, under the 70313 that many pixels take at the least: a truncated or damaged " \
+        "JPEG; nothing of this file was imported" in out.stderr
