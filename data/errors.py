@@ -36,6 +36,12 @@ class DiskFullError(StoreWriteError):
     """A write failed because the disk holding the store is full; nothing was half-written."""
 
 
+def report_warning(message: str) -> None:
+    """Print `warning: <message>` as one line on stderr: something the user should know
+    that did not stop the command."""
+    print("warning: " + " ".join(message.split()), file=sys.stderr, flush=True)
+
+
 def report_user_error(error: UserError) -> int:
     """Print `error: <message>` as one line on stderr; the exit status, 1."""
     print("error: " + " ".join(str(error).split()), file=sys.stderr)

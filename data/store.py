@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -25,7 +26,13 @@ from pathlib import Path
 
 import duckdb
 
-from data.errors import DataError, DiskFullError, StoreLockedError, StoreWriteError
+from data.errors import (
+    DataError,
+    DiskFullError,
+    StoreLockedError,
+    StoreWriteError,
+    report_warning,
+)
 from data.migrations import MIGRATIONS
 
 DEFAULT_DB = Path("runs/prefs.duckdb")
@@ -47,6 +54,9 @@ TIE_UID = "none"  # Pick-a-Pic's best_image_uid for a tie
 # written, a full disk say, is one too).
 _CONFLICTS = (duckdb.ConstraintException, duckdb.TransactionException)
 _RETRIES = range(5)
+# A DuckDB file starts with three 4096-byte headers; block i follows at 12288 + i * size.
+_HEADERS_BYTES = 3 * 4096
+_TRUNCATED = "could not read enough bytes"  # DuckDB, reading a header past the file's end
 
 
 def stable_id(text: str) -> int:
@@ -138,6 +148,16 @@ class Ranking:
 
 
 RANKING_COLUMNS = [f.name for f in fields(Ranking)]
+
+
+class DailyCapReached(DataError):
+    """A vote past its annotator's daily cap (`Store.record_vote`); nothing was stored."""
+
+
+def utc_day_start() -> datetime:
+    """Midnight UTC today, naive as `created_at` is stored: where a daily cap counts from."""
+    return datetime.now(timezone.utc).replace(tzinfo=None, hour=0, minute=0, second=0,
+                                              microsecond=0)
 
 
 def preference_labels(
@@ -248,11 +268,30 @@ class DuckDBFile:
             raise
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
+        """Open the file, whole: a truncated file is refused, and a .wal beside it that
+        DuckDB skips (it says nothing) is moved aside with a warning."""
         path = self.path
         if self.read_only and not path.exists():
             raise DataError(self.MISSING.format(path=path))
         if not self.read_only:
             path.parent.mkdir(parents=True, exist_ok=True)
+        wal = Path(f"{path}.wal")
+        had_wal = wal.exists() and wal.stat().st_size > 0
+        con = self._open()
+        try:
+            self._check_whole(con)
+            if had_wal and wal.exists() and not _replayed_wal(con):
+                con.close()
+                report_warning(self._set_aside(wal))
+                con = self._open()
+        except BaseException:
+            con.close()
+            raise
+        return con
+
+    def _open(self) -> duckdb.DuckDBPyConnection:
+        """duckdb.connect, its failures as one-line `DataError`s."""
+        path = self.path
         try:
             return duckdb.connect(
                 str(path), read_only=self.read_only, config={"memory_limit": MEMORY_LIMIT}
@@ -265,9 +304,42 @@ class DuckDBFile:
                 ) from None
             if is_disk_full(error):
                 raise disk_full_error(path, f"the {self.KIND} was not opened") from None
-            raise DataError(f"cannot open {path}: {str(error).splitlines()[0]}") from None
+            if _TRUNCATED in str(error).lower():
+                raise self._damaged(f"truncated: {path.stat().st_size:,} bytes, fewer than "
+                                    "its header says") from None
+            raise DataError(f"cannot open {path}: {_first_line(error)}") from None
         except duckdb.Error as error:
-            raise DataError(f"{path} is not a {self.KIND}: {str(error).splitlines()[0]}") from None
+            if "checksum" in str(error).lower():
+                raise self._damaged(_first_line(error)) from None
+            raise DataError(f"{path} is not a {self.KIND}: {_first_line(error)}") from None
+
+    def _check_whole(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Refuse a file shorter than the blocks its header counts. DuckDB opens such a
+        file (a copy cut short, a disk that filled) and fails only on the first query
+        that reads a missing block, so every command would end in a traceback and every
+        vote would fail."""
+        [(block_size, blocks)] = con.execute(
+            "SELECT block_size, total_blocks FROM pragma_database_size() "
+            "WHERE database_name = current_database()").fetchall()
+        need, size = _HEADERS_BYTES + blocks * block_size, self.path.stat().st_size
+        if size < need:
+            raise self._damaged(f"truncated: {size:,} bytes of the {need:,} its blocks take")
+
+    def _damaged(self, detail: str) -> DataError:
+        return DataError(f"{self.path} is damaged ({detail}): restore it from a copy, or "
+                         "move it away to start a new store")
+
+    def _set_aside(self, wal: Path) -> str:
+        """Move a .wal DuckDB did not replay out of its way (it would overwrite it with
+        the next write), keeping its bytes; the warning that says so."""
+        said = (f"{wal} could not be replayed (damaged, or not this store's), so the store "
+                "was opened without it")
+        aside = wal.with_name(f"{wal.name}.bad-{time.strftime('%Y%m%d-%H%M%S')}")
+        try:
+            wal.rename(aside)
+        except OSError as error:
+            return f"{said}; it could not be moved aside ({error.strerror}): move it away"
+        return f"{said}; moved aside as {aside}"
 
     def close(self) -> None:
         self._con.close()
@@ -322,6 +394,18 @@ class DuckDBFile:
                 for statement in statements:
                     cur.execute(statement)
                 cur.execute("INSERT INTO schema_version (version) VALUES (?)", [version])
+
+
+def _replayed_wal(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether DuckDB replayed any of the .wal beside the file it just opened: it reports
+    the replayed log's size ("0 bytes" when it skipped the file as not a valid log)."""
+    [(size,)] = con.execute("SELECT wal_size FROM pragma_database_size() "
+                            "WHERE database_name = current_database()").fetchall()
+    return not str(size).startswith("0 ")
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
 
 
 class Store(DuckDBFile):
@@ -380,18 +464,26 @@ class Store(DuckDBFile):
             )
 
     def record_vote(self, vote: Vote, images: Iterable[ImageRecord] = (),
-                    also: Iterable[Vote] = ()) -> Ranking:
+                    also: Iterable[Vote] = (), daily_cap: int | None = None) -> Ranking:
         """Store a vote (and the pair's images, if given) in one transaction; `also`:
         its answers to the other questions, stored in the same transaction.
 
         Returns the stored ranking. A vote whose `vote_id` is already stored changes
-        nothing and returns the ranking stored the first time.
+        nothing and returns the ranking stored the first time. With `daily_cap`, a vote
+        that counts (`vote_tally`) when its user has that many today raises
+        `DailyCapReached`: counted in the transaction that would insert it, so a pair
+        handed out before the cap was reached cannot take the user past it.
         """
         labelled = self._labelled([vote, *also])
         images = list(images)
 
         def work(cur: duckdb.DuckDBPyConnection) -> None:
             if self._ranking_by_vote(cur, vote.vote_id) is None:
+                if daily_cap is not None and vote.outcome != "skip":
+                    today, _ = self._tally(cur, vote.user_id, utc_day_start(), vote.source)
+                    if today >= daily_cap:
+                        raise DailyCapReached(f"user {vote.user_id} has {today} votes today: "
+                                              f"the cap is {daily_cap}")
                 self._insert_images(cur, images)
                 self._insert_answers(cur, labelled)
 
@@ -563,7 +655,12 @@ class Store(DuckDBFile):
 
     def vote_tally(self, user_id: int, since: datetime, source: str = "human") -> tuple[int, int]:
         """(votes since `since`, votes in all) of one user from `source`, skips not counted."""
-        return self.cursor().execute(
+        return self._tally(self.cursor(), user_id, since, source)
+
+    @staticmethod
+    def _tally(cur: duckdb.DuckDBPyConnection, user_id: int, since: datetime,
+               source: str) -> tuple[int, int]:
+        return cur.execute(
             "SELECT count(*) FILTER (created_at >= ?), count(*) FROM rankings "
             "WHERE user_id = ? AND source = ? AND outcome <> 'skip' "
             "AND question = 'preference'",

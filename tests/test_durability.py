@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 from helpers import public_shard_table, record, write_shard
 
+from data.errors import DataError
 from data.store import Store
 
 WRITER = """
@@ -190,3 +191,82 @@ def test_a_held_store_names_its_holder_and_a_way_out_that_works(tmp_path):
     for command in commands:  # the advice followed: the same commands now work
         out = data_command(*command)
         assert out.returncode == 0, out.stderr
+
+
+# -- a damaged store file: refused when opened, by every command ------------------------
+
+
+def truncated_store(tmp_path: Path, keep: float) -> Path:
+    """A store of 30 votes (about 3 MB) cut to `keep` of its size on disk, as a copy
+    stopped by a full disk or a crash would leave it."""
+    db = tmp_path / "prefs.duckdb"
+    with Store(db) as store:
+        for k in range(30):
+            record(store, f"prompt {k}", "left")
+    with open(db, "r+b") as file:
+        file.truncate(int(db.stat().st_size * keep))
+    return db
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.003])
+def test_a_truncated_store_is_refused_when_opened_by_every_command(tmp_path, keep):
+    db = truncated_store(tmp_path, keep)
+    size = db.stat().st_size
+    damaged = f"{db} is damaged (truncated: "
+    fix = "restore it from a copy, or move it away to start a new store"
+    # the annotate app opens its store as Store(path) (annotate/serve.py), as these do
+    for read_only in (False, True):
+        with pytest.raises(DataError) as refused:
+            Store(db, read_only=read_only)
+        assert str(refused.value).startswith(damaged) and str(refused.value).endswith(fix)
+    shard = write_shard(tmp_path / "s.parquet", public_shard_table())
+    for command in (["stats"], ["export", tmp_path / "out"], ["import", shard]):
+        out = data_command(*command, "--db", db)
+        assert out.returncode == 1, out.stdout
+        assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr, out.stderr
+        assert out.stderr.startswith(f"error: {damaged}") and fix in out.stderr
+        assert out.stdout == ""
+    assert db.stat().st_size == size and not (tmp_path / "out").exists()
+
+
+def test_a_wal_that_cannot_be_replayed_is_moved_aside_with_one_line(tmp_path):
+    db = tmp_path / "prefs.duckdb"
+    with Store(db) as store:
+        record(store, "a cat", "left")
+    wal = Path(f"{db}.wal")
+    garbage = bytes(range(256)) * 20  # not a DuckDB log: DuckDB would skip it silently
+    wal.write_bytes(garbage)
+    out = data_command("stats", "--db", db)
+    assert out.returncode == 0, out.stderr
+    [moved] = tmp_path.glob("prefs.duckdb.wal.bad-*")
+    assert moved.read_bytes() == garbage and not wal.exists()
+    assert out.stderr == (
+        f"warning: {wal} could not be replayed (damaged, or not this store's), so the "
+        f"store was opened without it; moved aside as {moved}\n"
+    )
+    assert "rankings: 1" in out.stdout
+
+
+KILLED_WRITER = """
+import os, sys
+sys.path.insert(0, {tests!r})
+from helpers import record
+from data.store import Store
+store = Store({db!r})
+record(store, "a dog", "right")
+os._exit(0)  # no close: the vote is in the store's .wal only
+"""
+
+
+def test_a_wal_left_by_a_killed_writer_is_replayed_without_a_word(tmp_path):
+    db = tmp_path / "prefs.duckdb"
+    with Store(db) as store:
+        record(store, "a cat", "left")
+    subprocess.run([sys.executable, "-c", KILLED_WRITER.format(
+        tests=os.path.dirname(__file__), db=str(db))], check=True,
+        cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert Path(f"{db}.wal").stat().st_size > 0
+    out = data_command("stats", "--db", db)
+    assert (out.returncode, out.stderr) == (0, "")
+    assert "rankings: 2" in out.stdout
+    assert not list(tmp_path.glob("*.bad-*"))
