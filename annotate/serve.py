@@ -18,7 +18,7 @@ from annotate.rounds import MIN_DISPLAY_MS, Collector, Settings
 from annotate.screening import Blocklist, token_counter
 from annotate.worker import PairWorker, PromptSet
 from data.errors import UserError, report_user_error
-from data.pages import PORT_HELP, PageImages, launch_page, pick_port, read_logins
+from data.pages import PORT_HELP, PageImages, launch_page, pick_port, read_logins, server_options
 from data.prompts import read_prompts
 from data.store import DEFAULT_DB, QUESTIONS, Store
 from models.generate import PairVariety
@@ -254,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         launch_page(lambda free: server.demo.launch(
             server_name=host, server_port=free, auth=server.logins, prevent_thread_lock=True,
-            quiet=True), host, port, asked=asked is not None)
+            quiet=True, **server_options()), host, port, asked=asked is not None)
         print(f"annotate: open {server.demo.local_url} to label {' and '.join(server.models)}"
               f" (Ctrl+C stops; votes are in {config.db})", flush=True)
         while server.demo.is_running:  # not block_thread: Ctrl+C must not wait on it

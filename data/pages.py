@@ -24,6 +24,8 @@ Nothing here imports Gradio.
   for, the same one-line error, and when chosen, given up for the next free one (two
   pages started at once both start).
 - Logins: `read_logins` reads the `--auth` file both pages take.
+- Serving: `server_options` closes what Gradio serves beside the page (uploads, the
+  route list, the API description on the login page); both pages launch with it.
 - Names: `check_name` bounds a typed annotator or voter name and refuses control
   characters, with a one-line message.
 """
@@ -31,6 +33,7 @@ Nothing here imports Gradio.
 from __future__ import annotations
 
 import errno
+import re
 import secrets
 import shutil
 import socket
@@ -207,3 +210,63 @@ def read_logins(path: Path) -> list[tuple[str, str]]:
     if not logins:
         raise DataError(f"{path} has no logins: write one user:password per line")
     return logins
+
+
+def server_options() -> dict:
+    """What both pages pass to Gradio's `launch` so that the server answers the page and
+    nothing more, to anyone (logged in or not):
+
+    - No uploads. Neither page has an upload component, yet Gradio keeps any file posted
+      to /gradio_api/upload for up to an hour; that route is answered 403 before a byte
+      is read, and `max_file_size=0` refuses a file to Gradio's other multipart routes.
+    - No route list: FastAPI's /openapi.json, /docs and /redoc are off.
+    - No API description before a login: Gradio embeds every endpoint in each page's HTML
+      (`window.gradio_api_info`), the login page's too, and has no switch for it. It is
+      blanked; the browser's client then asks /gradio_api/info, which needs the login.
+    """
+    from starlette.middleware import Middleware
+
+    return {"max_file_size": 0,
+            "app_kwargs": {"openapi_url": None, "docs_url": None, "redoc_url": None,
+                           "middleware": [Middleware(_page_only)]}}
+
+
+_UPLOAD_ROUTE = "/gradio_api/upload"
+_API_INFO = re.compile(rb"(window\.gradio_api_info\s*=\s*).*?(;?</script>)", re.S)
+
+
+def _page_only(app: Callable) -> Callable:
+    """`app` (ASGI) with uploads refused and the API description cut out of every page
+    (see `server_options`)."""
+    async def guarded(scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            return await app(scope, receive, send)
+        if scope["path"].rstrip("/").endswith(_UPLOAD_ROUTE):
+            body = b"uploads are off: these pages take no files"
+            await send({"type": "http.response.start", "status": 403, "headers": [
+                (b"content-type", b"text/plain; charset=utf-8"),
+                (b"content-length", str(len(body)).encode())]})
+            return await send({"type": "http.response.body", "body": body})
+        start: dict | None = None
+        chunks: list[bytes] = []
+
+        async def send_page(message: dict) -> None:
+            nonlocal start
+            if message["type"] == "http.response.start":
+                if b"text/html" in dict(message.get("headers", [])).get(b"content-type", b""):
+                    start = message  # held until the whole page is read
+                    return
+            elif start is not None and message["type"] == "http.response.body":
+                chunks.append(message.get("body", b""))
+                if message.get("more_body"):
+                    return
+                page = _API_INFO.sub(rb"\1null\2", b"".join(chunks))
+                headers = [(k, v) for k, v in start.get("headers", []) if k != b"content-length"]
+                await send({**start, "headers": [*headers, (b"content-length",
+                                                            str(len(page)).encode())]})
+                message = {"type": "http.response.body", "body": page}
+            await send(message)
+
+        return await app(scope, receive, send_page)
+
+    return guarded

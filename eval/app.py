@@ -13,7 +13,7 @@ import re
 import gradio as gr
 
 from data.errors import DataError
-from data.pages import FRAME_PX, check_name
+from data.pages import FRAME_PX, check_name, server_options
 from data.stats import percent
 from data.store import QUESTIONS
 from eval.blind import BlindEval, Progress, Reveal
@@ -205,6 +205,7 @@ def build_app(blind: BlindEval, voter: str | None = None, auth: bool = False) ->
 
 
 def launch_options(host: str, port: int | None) -> dict:
-    """How the page is served: the shortcuts' script, no run history kept in the browser."""
-    return {"server_name": host, "server_port": port, "head": HEAD,
-            "run_history": False, "footer_links": ["gradio", "settings"]}
+    """How the page is served: the shortcuts' script, no run history kept in the browser,
+    and nothing served beside the page (`server_options`)."""
+    return {"server_name": host, "server_port": port, "head": HEAD, "run_history": False,
+            "footer_links": ["gradio", "settings"], **server_options()}
