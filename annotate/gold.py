@@ -21,6 +21,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from annotate.screening import MAX_PROMPT_CHARS
 from data.errors import UserError
 from data.pairs import encode_jpeg
 from data.store import ImageRecord
@@ -74,6 +75,9 @@ def read_gold(path: str | Path) -> list[GoldPair]:
         if not isinstance(row, dict) or not str(row.get("prompt", "")).strip():
             raise GoldFileError(f"{where}: needs a non-empty 'prompt'")
         prompt = str(row["prompt"])
+        if len(prompt) > MAX_PROMPT_CHARS:
+            raise GoldFileError(f"{where}: the prompt is {len(prompt):,} characters long: "
+                                f"shorten it to at most {MAX_PROMPT_CHARS:,}")
         better = _image(path.parent, row.get("better"), prompt, where)
         worse = _image(path.parent, row.get("worse"), prompt, where)
         pairs.append(GoldPair(prompt, better, worse))

@@ -1,28 +1,78 @@
 """What a typed prompt must pass before it is generated.
 
-Empty prompts and prompts with a blocked word are refused with a message; a prompt
-longer than the text encoder reads is accepted (and stored verbatim) with a note that
-says how much of it the model never sees.
+Empty prompts, prompts longer than `MAX_PROMPT_CHARS` and prompts with a blocked word are
+refused with a message; a prompt longer than the text encoder reads (but within the
+cap) is accepted (and stored verbatim) with a note that says how much of it the model
+never sees.
+
+The blocklist is matched against what the text encoder reads, not the raw text: the
+prompt NFKC-normalised and case-folded (fullwidth `ｒｅｄ` is `red`), then split into
+words as CLIP's tokenizer splits them (`encoder_words`: `a_red_circle` is `a _ red _
+circle`, `red2` is `red 2`). A longer word that contains a blocked one (`tired`) is a
+word of its own to the encoder, and is not refused.
 """
 
 from __future__ import annotations
 
 import copy
 import re
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from data.errors import UserError
 
+# About what the longest-reading text encoder served here reads (FLUX's T5: 512 tokens, at
+# about four characters a token); every CLIP encoder reads far less (77 tokens). Beyond it
+# a prompt only costs: tokenizing, storing (a caption per image and per vote), exporting.
+MAX_PROMPT_CHARS = 2000
+
+# CLIP's tokenizer's own word split (its pre-tokenizer pattern, `re` spelling): the
+# contractions, a run of letters, one digit, or a run of anything else but spaces.
+_WORD = re.compile(r"'s|'t|'re|'ve|'m|'ll|'d|[^\W\d_]+|\d|(?:[^\s\w]|_)+")
+
 
 class PromptRefused(UserError):
     """The prompt cannot be generated; the message says why and what to do."""
 
 
+def normalise(text: str) -> str:
+    """`text` as the blocklist compares it: NFKC (fullwidth and compatibility forms read
+    as the plain letters) and case-folded."""
+    return unicodedata.normalize("NFKC", text).casefold()
+
+
+def encoder_words(text: str) -> list[str]:
+    """The words a CLIP tokenizer makes of `text` (normalised): each is one or more tokens
+    to the text encoder, which never reads a word across these boundaries."""
+    return _WORD.findall(normalise(text))
+
+
+def _is_word(token: str) -> bool:
+    return token[0].isalnum()
+
+
+def _contains(words: list[str], entry: list[str]) -> bool:
+    """Whether `entry` is a run of `words`. An entry of letters and digits alone is looked
+    for among the prompt's letters and digits alone, so `red panda` finds `red_panda`."""
+    if entry and all(_is_word(token) for token in entry):
+        words = [token for token in words if _is_word(token)]
+    size = len(entry)
+    return size > 0 and any(words[i:i + size] == entry for i in range(len(words) - size + 1))
+
+
+def check_length(prompt: str) -> None:
+    """Refuse a prompt over `MAX_PROMPT_CHARS`, before anything reads it further."""
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise PromptRefused(f"The prompt is {len(prompt):,} characters long: shorten it to at "
+                            f"most {MAX_PROMPT_CHARS:,}.")
+
+
 @dataclass(frozen=True)
 class Blocklist:
-    """Words and phrases that must not be generated, matched whole and case-insensitively."""
+    """Words and phrases that must not be generated: matched whole, in the normalised text
+    or among the words the text encoder reads (`encoder_words`)."""
 
     entries: tuple[str, ...] = ()
 
@@ -34,8 +84,11 @@ class Blocklist:
                          if line.strip() and not line.lstrip().startswith("#")))
 
     def first_match(self, prompt: str) -> str | None:
+        """The first entry the prompt holds, or None."""
+        text, words = normalise(prompt), encoder_words(prompt)
         for entry in self.entries:
-            if re.search(rf"(?<!\w){re.escape(entry)}(?!\w)", prompt, re.IGNORECASE):
+            if (re.search(rf"(?<!\w){re.escape(normalise(entry))}(?!\w)", text)
+                    or _contains(words, encoder_words(entry))):
                 return entry
         return None
 
@@ -64,9 +117,11 @@ def truncation_note(count: int, limit: int) -> str | None:
 
 def screen(prompt: str, blocklist: Blocklist, count: Callable[[str], int] | None = None,
            limit: int | None = None) -> str | None:
-    """Refuse an empty or blocked prompt; otherwise the note to show with it, if any."""
+    """Refuse an empty, overlong or blocked prompt; otherwise the note to show with it,
+    if any."""
     if not prompt.strip():
         raise PromptRefused("The prompt is empty: type what the images should show.")
+    check_length(prompt)
     blocked = blocklist.first_match(prompt)
     if blocked is not None:
         raise PromptRefused(f'The prompt contains the blocked term "{blocked}": '

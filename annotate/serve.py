@@ -15,7 +15,7 @@ from typing import NoReturn
 
 from annotate.gold import read_gold
 from annotate.rounds import MIN_DISPLAY_MS, Collector, Settings
-from annotate.screening import Blocklist, token_counter
+from annotate.screening import MAX_PROMPT_CHARS, Blocklist, token_counter
 from annotate.worker import PairWorker, PromptSet
 from data.errors import UserError, report_user_error
 from data.pages import PORT_HELP, PageImages, launch_page, pick_port, read_logins, server_options
@@ -120,6 +120,10 @@ def open_app(config: AppConfig) -> Server:
     blocklist = Blocklist.read(config.blocklist) if config.blocklist else Blocklist()
     if config.prompts:
         prompts = read_prompts(config.prompts)
+        longest = max(prompts, key=len)
+        if len(longest) > MAX_PROMPT_CHARS:
+            raise ServeError(f"{config.prompts} holds a prompt of {len(longest):,} characters: "
+                             f"shorten it to at most {MAX_PROMPT_CHARS:,}")
     else:
         prompts = all_captions() if config.models[0] in TOY_NAMES else None
     loaded = [load(name) for name in config.models]

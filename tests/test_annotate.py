@@ -20,7 +20,14 @@ from annotate.rounds import (
     TooSoon,
     VoteNotSaved,
 )
-from annotate.screening import Blocklist, PromptRefused, screen, token_counter
+from annotate.screening import (
+    MAX_PROMPT_CHARS,
+    Blocklist,
+    PromptRefused,
+    encoder_words,
+    screen,
+    token_counter,
+)
 from annotate.worker import SET_SOURCE, PairWorker, PromptSet, WorkerBusy, WorkerError
 from data.errors import DataError
 from data.pages import read_logins
@@ -201,6 +208,41 @@ def test_screening_refuses_empty_and_blocked_prompts(tmp_path):
     with pytest.raises(PromptRefused, match='"red panda"'):
         screen("a Red Panda eating", blocklist)
     assert screen("a gorey story of a red pandas' cousin", blocklist) is None  # whole words
+
+
+def test_the_blocklist_reads_a_prompt_as_the_text_encoder_does(toy):
+    """A blocked word is refused wherever the tokenizer would hand it to the text encoder
+    as a word of its own (`a_red_circle` and `red2` are read as `red` and more), in any
+    case or width; a longer word that contains it (`tired`, `credit`) is another word,
+    even where the tokenizer spells it with a `red` piece (`t i red`)."""
+    red = Blocklist(("red",))
+    for prompt in ("a_red_circle", "red2", "RED", "\uff52\uff45\uff44", "a red-circle",
+                   "red's hat", "[red]"):
+        with pytest.raises(PromptRefused, match='blocked term "red"'):
+            screen(prompt, red)
+    for prompt in ("credit", "tired", "a tired robot", "redder", "bored"):
+        assert screen(prompt, red) is None, prompt
+    phrases = Blocklist(("red panda", "c++"))
+    for prompt in ("RED_PANDA", "a red   panda", "a red-panda", "c++ code"):
+        with pytest.raises(PromptRefused, match="blocked term"):
+            screen(prompt, phrases)
+    for prompt in ("a red circle and a panda", "red pandas", "c + +", "a c program"):
+        assert screen(prompt, phrases) is None, prompt
+    # the rule is the tokenizer's own word split: its decoded words, for the same prompts
+    tokenizer = toy.pipeline.tokenizer
+    for prompt in ("a_red_circle", "red2", "tired", "red's hat", "c++ code", "hello,world!!",
+                   "covid19", "\u674e\u7ea2 red", "a red-circle", "[red]"):
+        ids = tokenizer(prompt, truncation=False, verbose=False).input_ids
+        assert encoder_words(prompt) == tokenizer.decode(ids, skip_special_tokens=True).split()
+
+
+def test_a_prompt_longer_than_the_cap_is_refused_before_it_is_read(toy):
+    count, limit = token_counter(toy.pipeline.tokenizer)
+    assert screen("a" * MAX_PROMPT_CHARS, Blocklist(), count, limit) is not None  # a note
+    start = time.perf_counter()
+    with pytest.raises(PromptRefused, match=f"at most {MAX_PROMPT_CHARS:,}"):
+        screen("red " * 500_000, Blocklist(("red",)), count, limit)
+    assert time.perf_counter() - start < 0.5
 
 
 def test_a_long_prompt_is_accepted_with_a_note_that_counts_the_lost_tokens(toy):
@@ -495,6 +537,34 @@ def test_a_bad_gold_file_names_the_line(tmp_path):
     path.write_text("not json\n")
     with pytest.raises(GoldFileError, match=r"gold.jsonl:1: not JSON"):
         read_gold(path)
+
+
+def test_prompts_over_the_cap_in_the_owner_s_files_are_refused_and_never_voted(
+        collector, tmp_path):
+    from annotate.gold import GoldPair
+    from annotate.serve import AppConfig, ServeError, open_app
+
+    long = "a red circle " * 200  # 2,600 characters (2,599 as a prompt-set line, stripped)
+    path = write_gold(tmp_path)
+    path.write_text(path.read_text() + json.dumps(
+        {"prompt": long, "better": "good0.png", "worse": "bad0.png"}) + "\n")
+    with pytest.raises(GoldFileError, match="gold.jsonl:2: the prompt is 2,600 characters "
+                                            "long: shorten it to at most 2,000"):
+        read_gold(path)
+    (tmp_path / "prompts.txt").write_text(f"a red circle\n{long}\n")
+    with pytest.raises(ServeError, match="prompts.txt holds a prompt of 2,599 characters"):
+        open_app(AppConfig(db=tmp_path / "new.duckdb", prompts=tmp_path / "prompts.txt"))
+    assert not (tmp_path / "new.duckdb").exists()
+    # a round whose prompt never passed the screening is not voted on either
+    [gold] = read_gold(write_gold(tmp_path))
+    collector.gold = [GoldPair(long, gold.better, gold.worse)]
+    collector.settings = Settings(gold_rate=1.0, min_display_ms=0)
+    ann = collector.annotator("ann")
+    shown = collector.start(ann, RED, "new")
+    assert shown.prompt == long
+    with pytest.raises(PromptRefused, match="at most 2,000"):
+        collector.vote(ann, shown.round_id, "left")
+    assert collector.store.counts()["rankings"] == 0
 
 
 def test_login_files(tmp_path):
