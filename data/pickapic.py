@@ -9,6 +9,7 @@ they read the public set.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import re
@@ -673,8 +674,7 @@ def export_pairs(
     and stay behind. The folder appears whole or not at all.
     """
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise DataError(f"{out_dir} is not empty: choose a new folder or pass --overwrite")
+    _check_target(store, out_dir, overwrite)
     schema = PICKAPIC_SCHEMA if images else NO_IMAGES_SCHEMA
     labelled = _LABELLED.format(keep=_keep(store, question, drop_flagged))
     rows = _CONSENSUS if consensus else "SELECT * FROM labelled"
@@ -682,8 +682,12 @@ def export_pairs(
         labelled=labelled, rows=rows,
         images="i0.jpg AS jpg_0, i1.jpg AS jpg_1," if images else "")
     cur = store.cursor()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    target = out_dir.resolve()
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    except OSError as error:
+        raise _export_write_error(out_dir, error) from None
     try:
         with transaction(cur):  # one consistent snapshot, even while an app writes
             splits = cur.execute(
@@ -694,17 +698,99 @@ def export_pairs(
                               _consensus(cur, labelled, split) if consensus else None)
                 for (split,) in splits
             ]
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(staging, out_dir)
-    except BaseException:
+        _mark_export(store, staging, [f for e in exported for f in e.files])
+        _replace(staging, target)
+    except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(error, OSError):
+            raise _export_write_error(out_dir, error) from None
         raise
     return [
         ExportedSplit(e.split, e.rows, [out_dir / f.relative_to(staging) for f in e.files],
                       e.consensus)
         for e in exported
     ]
+
+
+# Every export carries this file: `--overwrite` replaces only a folder that has it, and
+# only when the folder holds nothing but the files it lists. A dot file, so the
+# `datasets` library's folder loading and our import (*.parquet) pass it by.
+EXPORT_MARK = ".export.json"
+_WRITTEN_BY = "python -m data export"
+
+
+def _check_target(store: Store, out_dir: Path, overwrite: bool) -> None:
+    """Refuse an export folder that is not free to write: a file, the working folder or
+    one above it, a non-empty folder without `overwrite`; and with it, a folder that
+    holds the store or anything an export did not write."""
+    existing = next(p for p in (out_dir, *out_dir.parents) if p.exists())
+    if not existing.is_dir():
+        raise DataError(f"cannot write the export to {out_dir}: {existing} is a file, not a "
+                        "folder: choose a folder you can write to")
+    if existing != out_dir:
+        return
+    resolved, cwd = out_dir.resolve(), Path.cwd().resolve()
+    if resolved == cwd or resolved in cwd.parents:
+        raise DataError(f"{out_dir} is or holds the folder this command runs in: export to "
+                        "another folder")
+    if not any(out_dir.iterdir()):
+        return
+    if not overwrite:
+        raise DataError(f"{out_dir} is not empty: choose a new folder or pass --overwrite")
+    if resolved in store.path.resolve().parents:
+        raise DataError(f"--overwrite would delete {out_dir}, which holds the store being "
+                        f"exported ({store.path}): export to another folder")
+    listed = _exported_files(out_dir)
+    if listed is None:
+        raise DataError(f"--overwrite replaces only an earlier export, and {out_dir} has no "
+                        f"{EXPORT_MARK} (the mark every export carries): export to another "
+                        "folder, or empty this one yourself")
+    kept = listed | {EXPORT_MARK} | {Path(f).parent.as_posix() for f in listed}
+    for path in sorted(out_dir.rglob("*")):
+        if path.relative_to(out_dir).as_posix() not in kept:
+            raise DataError(
+                f"--overwrite replaces only an earlier export, and {out_dir} holds "
+                f"{path.relative_to(out_dir).as_posix()}, which no export wrote: move it "
+                "away, or export to another folder")
+
+
+def _exported_files(folder: Path) -> set[str] | None:
+    """The files (relative, posix) an export's mark lists; None without a valid mark."""
+    try:
+        mark = json.loads((folder / EXPORT_MARK).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(mark, dict) or mark.get("written_by") != _WRITTEN_BY:
+        return None
+    return {str(f) for f in mark.get("files", [])}
+
+
+def _mark_export(store: Store, folder: Path, files: list[Path]) -> None:
+    (folder / EXPORT_MARK).write_text(json.dumps({
+        "written_by": _WRITTEN_BY, "store": str(store.path),
+        "files": [f.relative_to(folder).as_posix() for f in files],
+    }, indent=1) + "\n")
+
+
+def _replace(staging: Path, target: Path) -> None:
+    """Put the written folder in place; an earlier export there (checked before) is
+    moved aside first and deleted after, so a crash between leaves it whole."""
+    if not target.exists():
+        os.replace(staging, target)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{target.name}-old-", dir=target.parent))
+    os.replace(target, old / target.name)
+    os.replace(staging, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _export_write_error(out_dir: Path, error: OSError) -> DataError:
+    """The one-line answer to an export the file system refused."""
+    if is_disk_full(error):
+        return disk_full_error(out_dir, "nothing was exported")
+    cause = os.strerror(error.errno) if error.errno else _first_line(error)
+    return DataError(f"cannot write the export to {out_dir}: {cause}: choose a folder you "
+                     "can write to")
 
 
 def _consensus(cur, labelled: str, split: str) -> Consensus:

@@ -4,6 +4,7 @@ SIGKILL mid-vote and mid-import, a disk that fills mid-import, and a store held 
 another process.
 """
 
+import io
 import os
 import shutil
 import signal
@@ -14,12 +15,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from helpers import public_shard_table, record, write_shard
+from PIL import Image
 
 from data.errors import DataError
+from data.pickapic import import_shards
 from data.store import Store
 
 WRITER = """
@@ -121,10 +126,12 @@ def data_command(*args) -> subprocess.CompletedProcess:
 
 
 @contextmanager
-def small_disk(path: Path, size: str) -> Iterator[Path]:
-    """A tmpfs of `size` mounted at `path` for the block (mounting needs root)."""
+def small_disk(path: Path, size: str, read_only: bool = False) -> Iterator[Path]:
+    """A tmpfs of `size` mounted at `path` for the block (mounting needs root); chmod
+    cannot make a read-only folder for root, a read-only mount can."""
     path.mkdir()
-    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+    options = f"size={size}" + (",ro" if read_only else "")
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
                            capture_output=True, text=True)
     if mount.returncode != 0:
         pytest.skip(f"cannot mount a {size} tmpfs here (needs root): {mount.stderr.strip()}")
@@ -158,6 +165,59 @@ def test_a_full_disk_ends_an_import_with_one_line_and_the_store_as_it_was(tmp_pa
             "command again" in out.stderr
         with Store(db) as store:
             assert snapshot(store) == before
+
+
+def noise_jpeg(rng: np.random.Generator, size: int = 64) -> bytes:
+    """A JPEG of random pixels: about 4 KB at 64 px that no compression shrinks."""
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+def big_store(tmp_path: Path) -> Path:
+    """A store of 800 pairs of distinct noise JPEGs: about 5 MB of images, which a
+    parquet export cannot shrink to fit a 3 MB disk."""
+    rng = np.random.default_rng(0)
+    table = public_shard_table(rows=[("a prompt", 1.0, 0.0)] * 800)
+    for k in (0, 1):
+        images = pa.array([noise_jpeg(rng) for _ in range(table.num_rows)], pa.binary())
+        table = table.set_column(table.schema.get_field_index(f"jpg_{k}"), f"jpg_{k}", images)
+    shard = write_shard(tmp_path / "big.parquet", table)
+    assert pq_image_bytes(shard) > 4 << 20
+    db = tmp_path / "prefs.duckdb"
+    with Store(db) as store:
+        import_shards(store, [shard], progress=False)
+    return db
+
+
+def test_an_export_onto_a_full_disk_says_so_in_one_line_and_leaves_nothing(tmp_path):
+    db = big_store(tmp_path)
+    with small_disk(tmp_path / "disk", "3m") as disk:
+        out = disk / "export"
+        done = data_command("export", out, "--db", db)
+        assert done.returncode == 1
+        assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
+        assert done.stderr.startswith(f"error: no space left on the disk holding {out} (")
+        assert "MB free): nothing was exported; free some space and run the command " \
+            "again" in done.stderr
+        assert list(disk.iterdir()) == []  # no half export, no staging folder
+
+
+def test_an_export_into_a_folder_it_cannot_write_says_so_in_one_line(tmp_path):
+    db = tmp_path / "prefs.duckdb"
+    with Store(db) as store:
+        record(store, "a cat", "left")
+    (tmp_path / "report.txt").write_text("a file")
+    with small_disk(tmp_path / "disk", "1m", read_only=True) as disk:
+        for out, cause in [(disk / "export", "Read-only file system"),
+                           (tmp_path / "report.txt" / "export",
+                            f"{tmp_path / 'report.txt'} is a file, not a folder")]:
+            done = data_command("export", out, "--db", db)
+            assert done.returncode == 1
+            assert done.stderr == f"error: cannot write the export to {out}: {cause}: " \
+                "choose a folder you can write to\n"
+        assert list(disk.iterdir()) == []
+    assert (tmp_path / "report.txt").read_text() == "a file"
 
 
 HOLDER = """

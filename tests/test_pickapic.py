@@ -4,6 +4,7 @@ import io
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -183,9 +184,9 @@ def test_export_refuses_a_non_empty_folder(store, tmp_path):
     (tmp_path / "out" / "keep.txt").write_text("mine")
     with pytest.raises(DataError, match="not empty"):
         export_pairs(store, tmp_path / "out")
+    with pytest.raises(DataError, match="replaces only an earlier export"):
+        export_pairs(store, tmp_path / "out", overwrite=True)
     assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
-    export_pairs(store, tmp_path / "out", overwrite=True)
-    assert not (tmp_path / "out" / "keep.txt").exists()
 
 
 # -- bad shards: each refused with file, row and problem; the store unchanged ------------
@@ -436,6 +437,63 @@ def test_cli_import_export_stats(tmp_path):
     assert "train: 6 pairs in 1 file(s)" in out.stdout
     out = run_cli("export", tmp_path / "out", "--db", db)
     assert out.returncode == 1 and out.stderr.startswith("error: ") and "--overwrite" in out.stderr
+
+
+def files_under(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_cli_export_overwrite_replaces_only_an_earlier_export(tmp_path):
+    work = tmp_path / "work"
+    db = work / "runs" / "prefs.duckdb"
+    with Store(db) as store:
+        fill_with_votes(store)
+    (work / "runs" / "train" / "run-1").mkdir(parents=True)
+    (work / "runs" / "train" / "run-1" / "weights.bin").write_bytes(b"trained")
+    (work / "mine").mkdir()
+    (work / "mine" / "notes.txt").write_text("mine")
+    (work / "report.txt").write_text("not a folder")
+
+    def export(out, *flags):
+        return subprocess.run(
+            [sys.executable, "-m", "data", "export", str(out), "--db", "runs/prefs.duckdb",
+             *flags], capture_output=True, text=True, cwd=work)
+
+    everything = files_under(tmp_path)
+    refusals = {
+        "runs": "--overwrite would delete runs, which holds the store being exported "
+                "(runs/prefs.duckdb): export to another folder",
+        ".": ". is or holds the folder this command runs in: export to another folder",
+        "..": ".. is or holds the folder this command runs in: export to another folder",
+        "mine": "--overwrite replaces only an earlier export, and mine has no .export.json "
+                "(the mark every export carries): export to another folder, or empty this "
+                "one yourself",
+        "report.txt": "cannot write the export to report.txt: report.txt is a file, not a "
+                      "folder: choose a folder you can write to",
+    }
+    for out, message in refusals.items():
+        refused = export(out, "--overwrite")
+        assert refused.returncode == 1, (out, refused.stdout)
+        assert refused.stderr == f"error: {message}\n", out
+        assert files_under(tmp_path) == everything, out
+        with Store(db, read_only=True) as store:
+            assert len(store.rankings()) == 7
+
+    assert export("out").returncode == 0
+    first = files_under(work / "out")
+    assert ".export.json" in first and "train/train-00000-of-00001.parquet" in first
+    with Store(db) as store:
+        record(store, "one more", "left")
+    again = export("out", "--overwrite")
+    assert again.returncode == 0, again.stderr
+    assert pq.read_table(work / "out" / "train").num_rows == 6
+    (work / "out" / "train" / "mine.txt").write_text("mine")
+    refused = export("out", "--overwrite")
+    assert refused.stderr == (
+        "error: --overwrite replaces only an earlier export, and out holds train/mine.txt, "
+        "which no export wrote: move it away, or export to another folder\n")
+    assert (work / "out" / "train" / "mine.txt").read_text() == "mine"
 
 
 def test_cli_bad_shard_prints_one_line_and_exits_nonzero(tmp_path):
