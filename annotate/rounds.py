@@ -38,16 +38,25 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
 
 from PIL import Image
 
 from annotate.gold import GoldPair
-from annotate.screening import Blocklist, screen
+from annotate.screening import Blocklist, check_length, screen
 from annotate.worker import SET_SOURCE, PairWorker, Progress
 from data.errors import DiskFullError, StoreWriteError, UserError
 from data.pairs import decode_image, encode_jpeg
-from data.store import OUTCOMES, QUESTIONS, ImageRecord, Ranking, Store, Vote, new_uid
+from data.store import (
+    OUTCOMES,
+    QUESTIONS,
+    DailyCapReached,
+    ImageRecord,
+    Ranking,
+    Store,
+    Vote,
+    new_uid,
+    utc_day_start,
+)
 from models.generate import GeneratedImage
 
 MODES = ("new", "keep", "auto")
@@ -158,15 +167,17 @@ class Collector:
         return Annotator(self.store.user_id(name), name)
 
     def tally(self, annotator: Annotator) -> Tally:
-        midnight = datetime.now(timezone.utc).replace(
-            tzinfo=None, hour=0, minute=0, second=0, microsecond=0)
-        return Tally(*self.store.vote_tally(annotator.user_id, midnight))
+        return Tally(*self.store.vote_tally(annotator.user_id, utc_day_start()))
 
     def _check_cap(self, annotator: Annotator) -> None:
-        cap = self.settings.daily_cap
-        if cap is not None and self.tally(annotator).today >= cap:
-            raise AnnotateError(f"You have reached today's limit of {cap} votes. "
-                                "Thank you! Come back tomorrow.")
+        """Refuse a new round at the cap (the vote itself is checked again as it is stored)."""
+        if self.settings.daily_cap is not None and (
+                self.tally(annotator).today >= self.settings.daily_cap):
+            raise self._cap_reached()
+
+    def _cap_reached(self) -> AnnotateError:
+        return AnnotateError(f"You have reached today's limit of {self.settings.daily_cap} "
+                             "votes. Thank you! Come back tomorrow.")
 
     # -- rounds ------------------------------------------------------------------
 
@@ -191,7 +202,10 @@ class Collector:
         ranking and no round, so the page keeps showing what followed it. A different
         vote on a round already voted, or a vote on a round that is no longer the
         annotator's current one, raises `StaleVote`; one sooner than the minimum display
-        time raises `TooSoon`. Neither stores anything, nor does `VoteNotSaved`.
+        time raises `TooSoon`. Neither stores anything, nor does `VoteNotSaved`, nor a vote
+        past the daily cap (counted as the vote is stored: a second tab may hold a pair
+        handed out before the cap was reached), nor a round whose prompt is over the
+        length cap (a gold or prompt-set prompt the screening never saw).
         """
         if outcome not in OUTCOMES:
             raise AnnotateError(f"unknown vote {outcome!r}: use one of {', '.join(OUTCOMES)}")
@@ -215,10 +229,15 @@ class Collector:
             )
 
         try:
+            check_length(shown.prompt)
             ranking = self.store.record_vote(
                 as_vote(shown.round_id, "preference", outcome), shown.images,
                 also=[as_vote(f"{shown.round_id}/{q}", q, a) for q, a in extra.items()],
+                daily_cap=self.settings.daily_cap,
             )
+        except DailyCapReached:
+            self._settle(shown, stored=False)
+            raise self._cap_reached() from None
         except StoreWriteError as error:
             self._settle(shown, stored=False)
             problem = (f"disk full ({self.store.path.parent}) - free space"

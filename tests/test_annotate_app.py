@@ -210,6 +210,46 @@ def test_sixteen_concurrent_sessions_each_vote_ten_times_under_their_own_names(a
         assert [r.outcome for r in rankings] == [outcomes[(k + v) % 5] for v in range(10)]
 
 
+def test_a_second_tab_cannot_take_one_annotator_past_the_daily_cap(tmp_path):
+    """Cap 2. A second tab's Generate is let through at 1 vote of 2; the last allowed vote
+    lands while that pair is being made; the vote on the pair it then gets is refused with
+    the cap's line, and the store holds 2 votes."""
+    server = open_app(AppConfig(db=tmp_path / "prefs.duckdb", variety=PairVariety(steps=20),
+                                daily_cap=2, buffer=0, min_display_ms=0, seed=0))
+    try:
+        with serving(server.demo) as url:
+            one, two = Client(url, verbose=False), Client(url, verbose=False)
+            shown = one.predict("ann", RED, "new", api_name="/generate")
+            shown = one.predict("ann", "new", shown[3], api_name="/vote_left")  # 1 of 2
+            late = two.submit("ann", RED, "new", api_name="/generate")
+            deadline = time.monotonic() + 300  # past the cap check: its pair is being made
+            while not any((unit.desc or "").startswith("generating step")
+                          for unit in late.status().progress_data or []):
+                assert time.monotonic() < deadline and not late.done()
+                time.sleep(0.02)
+            last = one.predict("ann", "new", shown[3], api_name="/vote_left")  # 2 of 2
+            assert "Vote recorded" in last[5] and "today's limit of 2" in last[5]
+            pair = late.result()
+            assert re.fullmatch(r"[0-9a-f-]{36}", pair[3]), pair  # the second tab's pair
+            refused = two.predict("ann", "new", pair[3], api_name="/vote_right")
+            assert "today's limit of 2" in refused[5], refused
+    finally:
+        server.close()
+    with Store(tmp_path / "prefs.duckdb") as store:
+        assert [r.outcome for r in store.rankings()] == ["left", "left"]
+
+
+def test_a_two_megabyte_prompt_is_refused_at_once_and_stores_nothing(app):
+    server, url = app
+    images = server.store.counts()["images"]
+    huge = ("a red circle " * 161_320)[:2_097_152]
+    answer, seconds = call(url, "generate", ["long-prompt", huge, "new"], timeout=120)
+    assert "2,097,152 characters" in answer and "at most 2,000" in answer, answer[:300]
+    assert seconds < 5, seconds
+    assert user_rankings(server, "long-prompt") == []
+    assert server.store.counts()["images"] == images
+
+
 def test_one_image_shown_to_six_annotators_at_once_reaches_each_of_them_whole(tmp_path):
     """Every pair is the one gold pair here, so six sessions are shown its two images
     at the same moments, again and again. Each gets both images, whole; no showing is
