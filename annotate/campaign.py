@@ -1,7 +1,9 @@
 """What the campaign dashboard shows: the store's figures as text, tables and series.
 
 The numbers are `data stats`' own (data/stats.py, data/quality.py), so the page and the
-terminal agree; this module only shapes them for the page.
+terminal agree; this module only shapes them for the page. Names go into Markdown through
+`markdown_literal`: a store may hold any name (one typed before names were checked, an
+import), and the owner's browser must show it, not follow it.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from data.pages import markdown_literal
 from data.quality import CrowdQuality, human_votes
 from data.stats import StoreStats, percent, store_stats
 from data.store import Store
@@ -87,7 +90,7 @@ def summary_text(stats: StoreStats, progress: tuple[int, int]) -> str:
 
 def flagged_text(crowd: CrowdQuality) -> str:
     flagged = crowd.flagged
-    lines = [f"- **{a.name}**: {'; '.join(a.flags)}" for a in flagged]
+    lines = [f"- **{markdown_literal(a.name)}**: {'; '.join(a.flags)}" for a in flagged]
     head = (f"**Flagged annotators: {len(flagged)}**" if flagged
             else "**Flagged annotators: none**")
     return "\n".join([head, *lines, "",

@@ -26,8 +26,10 @@ Nothing here imports Gradio.
 - Logins: `read_logins` reads the `--auth` file both pages take.
 - Serving: `server_options` closes what Gradio serves beside the page (uploads, the
   route list, the API description on the login page); both pages launch with it.
-- Names: `check_name` bounds a typed annotator or voter name and refuses control
-  characters, with a one-line message.
+- Names: `check_name` bounds a typed annotator or voter name and keeps it to letters,
+  digits, spaces and a little punctuation, with a one-line message; `markdown_literal`
+  shows any user-given text (a name a store holds from before, a prompt) in Markdown as
+  the text itself: no markup, no HTML, no image fetched.
 """
 
 from __future__ import annotations
@@ -55,6 +57,8 @@ PORT_TRIES = 100
 PORT_HELP = f"port (default: {FIRST_PORT}, or the next free one when it is taken)"
 MAX_NAME = 64
 _ALLOWED_FORMAT = {"\u200c", "\u200d"}  # zero-width (non-)joiners, which some scripts need
+_NAME_PUNCTUATION = "-_.'\u2019"  # \u2019: the typographic apostrophe (O\u2019Brien)
+_NAME_RULE = "letters, digits, spaces and - _ . '"
 
 Picture = TypeVar("Picture", Image.Image, np.ndarray)
 
@@ -181,7 +185,11 @@ def launch_page(launch: Callable[[int], None], host: str, port: int, asked: bool
 
 def check_name(name: str | None) -> str:
     """A typed annotator or voter name, stripped; a `DataError` with a one-line message
-    when it is empty, longer than `MAX_NAME` characters or holds a control character."""
+    when it is empty, longer than `MAX_NAME` characters, or holds anything but letters
+    and digits (any script, with their combining marks), spaces and `_NAME_PUNCTUATION`.
+
+    Names are shown on other people's pages (the campaign page, stats): markup in one
+    (`![t](http://...)`, `<img src=...>`) would make their browsers fetch a URL."""
     name = (name or "").strip()
     if not name:
         raise DataError("Type your name first (in \"Your name\"): your votes are recorded "
@@ -189,10 +197,21 @@ def check_name(name: str | None) -> str:
     if len(name) > MAX_NAME:
         raise DataError(f"Your name is {len(name)} characters long: use at most {MAX_NAME}.")
     for char in name:
-        if unicodedata.category(char).startswith("C") and char not in _ALLOWED_FORMAT:
+        category = unicodedata.category(char)
+        if category.startswith("C") and char not in _ALLOWED_FORMAT:
             raise DataError(f"Your name holds a control character (U+{ord(char):04X}): "
-                            "use letters, digits, spaces and punctuation only.")
+                            f"use {_NAME_RULE} only.")
+        if not (category[0] in "LMN" or char == " " or char in _NAME_PUNCTUATION
+                or char in _ALLOWED_FORMAT):
+            raise DataError(f'Your name holds "{char}": use {_NAME_RULE} only.')
     return name
+
+
+def markdown_literal(text: str) -> str:
+    """`text` as Markdown that shows exactly `text`: every ASCII punctuation character
+    backslash-escaped (CommonMark then reads each as itself: no emphasis, link, image,
+    HTML tag or entity can start), line breaks kept as breaks."""
+    return re.sub(r"([!-/:-@\[-`{-~])", r"\\\1", text).replace("\n", "  \n")
 
 
 def read_logins(path: Path) -> list[tuple[str, str]]:

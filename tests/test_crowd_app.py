@@ -182,3 +182,67 @@ def test_the_three_questions_through_the_page_api(tmp_path):
     assert rows["preference"].outcome == "left" and rows["appeal"].outcome == "right"
     assert rows["alignment"].outcome == "tie"
     assert {r.user_id for r in rows.values()} == {stable_id("user:ann")}
+
+
+@pytest.fixture
+def listener():
+    """An HTTP server on 127.0.0.1 that records every path requested of it."""
+    import http.server
+    import threading
+
+    seen: list[str] = []
+
+    class Record(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (the handler's name is http.server's)
+            seen.append(self.path)
+            self.send_response(404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Record)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    server.shutdown()
+    server.server_close()
+
+
+def test_names_holding_markup_are_shown_as_text_on_the_campaign_page(browser, tmp_path,
+                                                                    listener):
+    """Names a store may hold from before names were checked: Markdown and HTML that would
+    make the owner's browser fetch a URL. The page shows them literally and fetches none."""
+    from data.store import Store
+    from tests.helpers import record
+
+    base, seen = listener
+    names = [f"![t]({base}/markdown.png)", f'<img src="{base}/html.png">',
+             f"[x]({base}/link) & <b>bold</b> *em* `code` O'Neil"]
+    with Store(tmp_path / "prefs.duckdb") as store:
+        for name in names:  # flagged: ten votes each, each a quick look
+            for k in range(10):
+                record(store, f"prompt {k}", "left", user=name, dwell_ms=100)
+    server = open_app(AppConfig(db=tmp_path / "prefs.duckdb", variety=PairVariety(steps=2),
+                                buffer=0))
+    try:
+        with serving(server.demo) as url:
+            page = browser.new_page()
+            page.goto(url + "campaign")
+            flagged = page.locator("#campaign-flagged")
+            flagged.get_by_text("Flagged annotators: 3").wait_for(timeout=60_000)
+            page.locator("#campaign-annotators").get_by_text(names[0]).wait_for(timeout=60_000)
+            page.wait_for_timeout(1500)  # a fetch the page would make is made by now
+            shown, html = flagged.inner_text(), flagged.inner_html()
+            table = page.locator("#campaign-annotators").inner_text()
+            markup = page.locator("#campaign-flagged img, #campaign-flagged a, "
+                                  "#campaign-flagged b, #campaign-flagged li em, "
+                                  "#campaign-flagged li code").count()
+            page.close()
+    finally:
+        server.close()
+    assert seen == []
+    for name in names:
+        assert f"{name}: median look 0.1 s" in shown, shown
+        assert name in table
+    assert markup == 0, html

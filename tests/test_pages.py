@@ -89,6 +89,21 @@ def test_names_are_bounded_and_refuse_control_characters():
         assert "\n" not in str(caught.value)
 
 
+def test_names_are_letters_digits_spaces_and_a_little_punctuation():
+    """Markup in a name would reach every page that shows it: refused at entry, with the
+    rule in one line; names in any script still work."""
+    for name in ("Zoë 李 O'Neil-Smith", "anne_b.2", "José María", "Ｔａｒｏ", "हिन्दी",
+                 "O’Brien", "می‌روم"):
+        assert check_name(name) == name
+    for name, char in (("![t](http://127.0.0.1:1/x.png)", "!"), ("<img src=x>", "<"),
+                       ("[x](y)", "["), ("a*b", "*"), ("ann@example.org", "@"),
+                       ("`code`", "`"), ("a&amp;b", "&"), ("50%", "%")):
+        with pytest.raises(DataError, match=re.escape(f'"{char}"')) as caught:
+            check_name(name)
+        message = str(caught.value)
+        assert "letters, digits, spaces and - _ . '" in message and "\n" not in message
+
+
 @contextmanager
 def listening(port: int = 0):
     """A socket listening on 127.0.0.1:`port` (0: any free port); yields the port.
