@@ -8,6 +8,8 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from tqdm import tqdm
+
 from data.errors import DataError, ShardError, UserError, report_user_error
 from data.images import MAX_SIDE
 from data.pickapic import ImportedFile, export_pairs, import_shards
@@ -83,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def imported_line(done: ImportedFile) -> str:
     """One file's line: what it added, and the rows that added nothing."""
+    if done.skipped:
+        return f"{done.path}: imported before (this file, same size and time), skipped"
     notes = [f"{done.already} already stored, identical"] if done.already else []
     if done.repeated:
         notes.append(f"{done.repeated} row(s) repeating an earlier row, stored once")
@@ -91,26 +95,31 @@ def imported_line(done: ImportedFile) -> str:
     )
 
 
+def announce(done: ImportedFile) -> None:
+    """Say what became of one shard as soon as it is done (a full disk or a kill may stop
+    the import before the next one)."""
+    with tqdm.external_write_mode():  # clear the progress bar, if any, around the line
+        if done.refused:
+            report_user_error(ShardError(f"{done.refused}; nothing of this file was imported"))
+        else:
+            print(imported_line(done), flush=True)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.command == "import":
         if args.max_image_side < 1:
             raise DataError("--max-image-side must be at least 1")
         with Store(args.db) as store:
             done = import_shards(store, args.paths, source=args.source, split=args.split,
-                                 max_side=args.max_image_side)
-        for result in done:
-            if result.refused:
-                report_user_error(
-                    ShardError(f"{result.refused}; nothing of this file was imported")
-                )
-            else:
-                print(imported_line(result))
-        imported = [f for f in done if not f.refused]
+                                 max_side=args.max_image_side, on_file=announce)
+        imported = [f for f in done if not (f.refused or f.skipped)]
         rows, added = sum(f.rows for f in imported), sum(f.added for f in imported)
-        refused = len(done) - len(imported)
+        refused = sum(1 for f in done if f.refused)
+        skipped = len(done) - len(imported) - refused
+        notes = ([f"{skipped} skipped, imported before"] if skipped else []) + (
+            [f"{refused} refused (see above)"] if refused else [])
         print(f"imported {len(imported)} of {len(done)} shard(s): {rows} rows read, "
-              f"{added} new pairs in {args.db}" + (f"; {refused} refused (see above)"
-                                                   if refused else ""))
+              f"{added} new pairs in {args.db}" + "".join(f"; {n}" for n in notes))
         return 1 if refused else 0
     elif args.command == "export":
         if args.shard_rows < 1:

@@ -107,6 +107,27 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             """,
         ],
     ),
+    (
+        5,
+        [
+            # Each shard file an import completed, written in the transaction of its
+            # pairs: a rerun skips a file with the same path, size and modification time
+            # (one killed before its end re-checks only the files it had not finished).
+            """
+            CREATE TABLE imported_files (
+                path        VARCHAR NOT NULL,
+                size        BIGINT NOT NULL,
+                mtime_ns    BIGINT NOT NULL,
+                rows        BIGINT NOT NULL,
+                added       BIGINT NOT NULL,
+                source      VARCHAR NOT NULL,
+                split       VARCHAR NOT NULL,
+                imported_at TIMESTAMP NOT NULL DEFAULT current_timestamp,
+                PRIMARY KEY (path, size, mtime_ns)
+            )
+            """,
+        ],
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

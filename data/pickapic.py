@@ -15,7 +15,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,6 +99,7 @@ class ImportedFile:
     already: int = 0  # ranking_ids stored before with the same content (a re-import)
     repeated: int = 0  # rows repeating an earlier row of the same file exactly
     refused: str | None = None  # "FILE, row N: problem" when nothing was imported
+    skipped: bool = False  # this file, unchanged, was imported before: not read again
 
 
 @dataclass(frozen=True)
@@ -453,6 +454,10 @@ def import_shard(
     it can; a crash leaves some images without pairs (never part of a pair or an
     export), which importing the shard again reuses. A full disk raises `DiskFullError`.
     """
+    cur = store.cursor()
+    stamp = _stamp(path)
+    if _imported_before(cur, stamp):
+        return ImportedFile(path=path, rows=0, added=0, skipped=True)
     try:
         # Unbuffered page-by-page reads keep memory flat however large the row groups.
         shard = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
@@ -467,7 +472,6 @@ def import_shard(
     seen: dict[str, _SeenImage] = {}
     done: set[str] = set()  # image uids this import has stored (or is storing)
     rows = 0
-    cur = store.cursor()
     try:
         with ThreadPoolExecutor(os.cpu_count() or 1) as checker, \
                 ThreadPoolExecutor(1) as writer:
@@ -484,7 +488,7 @@ def import_shard(
                 written.result()
         rankings = _shard_rankings(columns)
         repeated, already = _check_ids(cur, path, rankings)
-        added = _store_rankings(cur, path, rankings, source, split)
+        added = _store_rankings(cur, path, rankings, source, split, (*stamp, rows))
     except BaseException as error:
         _forget_images(cur, done)
         if is_disk_full(error):
@@ -519,8 +523,25 @@ def _store_images(store: Store, images: pa.Table) -> None:
         insert(start, len(sizes))
 
 
-def _store_rankings(cur, path: Path, rankings: str, source: str, split: str) -> int:
-    """The shard's pairs in one transaction; how many were new."""
+def _stamp(path: Path) -> tuple[str, int, int]:
+    """(absolute path, size, modification time in ns): what tells a file imported before
+    from one changed since (its pairs are then checked again)."""
+    try:
+        info = path.stat()
+    except OSError as error:
+        raise ShardError(f"{path}: cannot be read ({error.strerror})") from None
+    return str(path.resolve()), info.st_size, info.st_mtime_ns
+
+
+def _imported_before(cur: duckdb.DuckDBPyConnection, stamp: tuple[str, int, int]) -> bool:
+    return cur.execute("SELECT count(*) FROM imported_files WHERE path = ? AND size = ? "
+                       "AND mtime_ns = ?", list(stamp)).fetchone()[0] > 0
+
+
+def _store_rankings(cur, path: Path, rankings: str, source: str, split: str,
+                    done: tuple[str, int, int, int]) -> int:
+    """The shard's pairs in one transaction, with the record of the file (`done`: its
+    stamp and rows) that lets a rerun skip it; how many pairs were new."""
     with transaction(cur):
         [(before,)] = cur.execute("SELECT count(*) FROM rankings").fetchall()
         cur.execute(
@@ -539,6 +560,9 @@ def _store_rankings(cur, path: Path, rankings: str, source: str, split: str) -> 
             {"path": str(path), "source": source, "split": split},
         )
         [(after,)] = cur.execute("SELECT count(*) FROM rankings").fetchall()
+        cur.execute("INSERT INTO imported_files (path, size, mtime_ns, rows, added, source, "
+                    "split) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    [*done, after - before, source, split])
     return after - before
 
 
@@ -554,20 +578,26 @@ def import_shards(
     split: str | None = None,
     max_side: int = MAX_SIDE,
     progress: bool = True,
+    on_file: Callable[[ImportedFile], None] | None = None,
 ) -> list[ImportedFile]:
     """Import shards file by file; each file is all-or-nothing, re-imports add nothing.
 
     A refused file does not stop the others: its `ImportedFile.refused` says why, and
-    nothing of it is in the store. A full disk stops the import with `DiskFullError`
-    (the files before it stay imported).
+    nothing of it is in the store. A file imported before and unchanged since (path,
+    size, modification time) is skipped. `on_file` hears of each file as it is done, so
+    a caller can say so before a full disk stops the import with `DiskFullError` (the
+    files before it stay imported).
     """
     done = []
     shards = find_shards(paths)
     for shard in tqdm(shards, desc="import", unit="shard", disable=None if progress else True):
         try:
-            done.append(import_shard(store, shard, source, split=split, max_side=max_side))
+            result = import_shard(store, shard, source, split=split, max_side=max_side)
         except ShardError as error:
-            done.append(ImportedFile(path=shard, rows=0, added=0, refused=str(error)))
+            result = ImportedFile(path=shard, rows=0, added=0, refused=str(error))
+        done.append(result)
+        if on_file is not None:
+            on_file(result)
     return done
 
 

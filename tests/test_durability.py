@@ -167,6 +167,64 @@ def test_a_full_disk_ends_an_import_with_one_line_and_the_store_as_it_was(tmp_pa
             assert snapshot(store) == before
 
 
+def test_an_import_stopped_by_a_full_disk_has_printed_the_shards_it_imported(tmp_path):
+    small = write_shard(tmp_path / "shards" / "a.parquet", public_shard_table(start_id=1))
+    rows = [("a prompt", 1.0, 0.0)] * 3000
+    big = write_shard(tmp_path / "shards" / "b.parquet",
+                      public_shard_table(rows=rows, start_id=100, image_size=64))
+    with small_disk(tmp_path / "disk", "3m") as disk:
+        db = disk / "prefs.duckdb"
+        out = data_command("import", tmp_path / "shards", "--db", db)
+        assert out.returncode == 1
+        assert out.stdout == f"{small}: 6 rows, 6 new pairs\n"
+        assert out.stderr.startswith(f"error: no space left on the disk holding {db} (")
+        assert f"nothing of {big} was imported" in out.stderr
+        with Store(db, read_only=True) as store:
+            assert store.counts()["rankings"] == 6
+
+
+def test_a_rerun_after_a_kill_skips_the_shards_imported_before(tmp_path):
+    rows = [("a prompt", 1.0, 0.0)] * 3000
+    shards = [write_shard(tmp_path / "shards" / "a.parquet", public_shard_table(start_id=1)),
+              write_shard(tmp_path / "shards" / "b.parquet",
+                          public_shard_table(rows=rows, start_id=100, image_size=64)),
+              write_shard(tmp_path / "shards" / "c.parquet", public_shard_table(start_id=10))]
+    db = tmp_path / "prefs.duckdb"
+    importer = subprocess.Popen(
+        [sys.executable, "-m", "data", "import", str(tmp_path / "shards"), "--db", str(db)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=os.path.dirname(os.path.dirname(__file__)))
+    first = importer.stdout.readline()  # printed as soon as a.parquet is in
+    importer.send_signal(signal.SIGKILL)  # within b.parquet, which takes seconds
+    importer.communicate()
+    assert first == f"{shards[0]}: 6 rows, 6 new pairs\n"
+
+    again = data_command("import", tmp_path / "shards", "--db", db)
+    assert again.returncode == 0, again.stderr
+    lines = again.stdout.splitlines()
+    assert lines[0] == f"{shards[0]}: imported before (this file, same size and time), skipped"
+    assert lines[1:3] == [f"{shards[1]}: 3000 rows, 3000 new pairs",
+                          f"{shards[2]}: 6 rows, 6 new pairs"]
+    assert lines[3] == (f"imported 2 of 3 shard(s): 3006 rows read, 3006 new pairs in {db}; "
+                        "1 skipped, imported before")
+
+    # a changed file is checked again: re-written as it was, it adds nothing; with
+    # other content under the same ids, it is refused
+    write_shard(shards[0], public_shard_table(start_id=1))
+    changed = public_shard_table(start_id=10)
+    changed = changed.set_column(changed.schema.get_field_index("caption"), "caption",
+                                 pa.array(["another vote"] * changed.num_rows))
+    write_shard(shards[2], changed)
+    again = data_command("import", tmp_path / "shards", "--db", db)
+    assert again.returncode == 1
+    assert again.stdout.splitlines()[:2] == [
+        f"{shards[0]}: 6 rows, 0 new pairs (6 already stored, identical)",
+        f"{shards[1]}: imported before (this file, same size and time), skipped"]
+    assert f"{shards[2]}, row 0: ranking_id 10 is already stored" in again.stderr
+    with Store(db, read_only=True) as store:
+        assert store.counts()["rankings"] == 3012
+
+
 def noise_jpeg(rng: np.random.Generator, size: int = 64) -> bytes:
     """A JPEG of random pixels: about 4 KB at 64 px that no compression shrinks."""
     buffer = io.BytesIO()

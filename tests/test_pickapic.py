@@ -424,8 +424,10 @@ def test_cli_import_export_stats(tmp_path):
     assert out.returncode == 0, out.stderr
     assert f"{len(PUBLIC_ROWS)} new pairs" in out.stdout
     out = run_cli("import", shard, "--db", db)
-    assert "0 new pairs" in out.stdout
-    assert f"{shard}: 6 rows, 0 new pairs (6 already stored, identical)" in out.stdout
+    assert f"{shard}: imported before (this file, same size and time), skipped" in out.stdout
+    copy = write_shard(tmp_path / "copy" / "train-0.parquet", public_shard_table())
+    out = run_cli("import", copy, "--db", db)
+    assert f"{copy}: 6 rows, 0 new pairs (6 already stored, identical)" in out.stdout
 
     out = run_cli("stats", "--db", db)
     assert out.returncode == 0, out.stderr
