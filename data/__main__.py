@@ -105,6 +105,15 @@ def announce(done: ImportedFile) -> None:
             print(imported_line(done), flush=True)
 
 
+def open_to_read(db: Path) -> Store:
+    """The store at `db`, read-only, with pending migrations applied first by a brief
+    read-write open (DuckDB locks the file against other processes either way), so
+    `stats` and `export` work on a store made by an older version."""
+    if db.exists():
+        Store(db).close()
+    return Store(db, read_only=True)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.command == "import":
         if args.max_image_side < 1:
@@ -124,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.command == "export":
         if args.shard_rows < 1:
             raise DataError("--shard-rows must be at least 1")
-        with Store(args.db, read_only=True) as store:
+        with open_to_read(args.db) as store:
             splits = export_pairs(
                 store, args.out_dir, images=not args.no_images,
                 shard_rows=args.shard_rows, overwrite=args.overwrite, question=args.question,
@@ -136,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
             if split.consensus is not None:
                 print(f"  {split.split} consensus: {split.consensus.text()}")
     elif args.command == "stats":
-        with Store(args.db, read_only=True) as store:
+        with open_to_read(args.db) as store:
             stats = store_stats(store, args.question)
         print(json.dumps(asdict(stats), indent=2) if args.json else format_stats(stats))
     return 0

@@ -291,3 +291,19 @@ def test_pairs_one_model_made_are_copied_whole_into_another_store(tmp_path, stor
                                       "(?, ?, ?) ORDER BY 1", mine).fetchall()
         assert copy.cursor().execute("SELECT DISTINCT model, model_round FROM images"
                                      ).fetchall() == [("m", 2)]
+
+
+def test_stats_and_export_upgrade_a_store_made_by_an_older_version(tmp_path):
+    path = tmp_path / "prefs.duckdb"
+    with Store(path) as s:
+        record(s, "a cat", "left")
+    con = duckdb.connect(str(path))  # back to schema version 4, before imported_files
+    con.execute("DROP TABLE imported_files")
+    con.execute("DELETE FROM schema_version WHERE version = 5")
+    con.close()
+    for command in (["stats"], ["export", tmp_path / "out"]):
+        out = subprocess.run([sys.executable, "-m", "data", *map(str, command), "--db",
+                              str(path)], capture_output=True, text=True)
+        assert (out.returncode, out.stderr) == (0, ""), command
+    with Store(path, read_only=True) as s:
+        assert s.schema_version() == LATEST_VERSION == 5
