@@ -10,7 +10,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from data.errors import DataError, ShardError, UserError, report_user_error
+from data.errors import (
+    DataError,
+    ShardError,
+    UpgradeNeededError,
+    UserError,
+    report_user_error,
+)
 from data.images import MAX_SIDE
 from data.pickapic import ImportedFile, export_pairs, import_shards
 from data.stats import format_stats, store_stats
@@ -106,12 +112,14 @@ def announce(done: ImportedFile) -> None:
 
 
 def open_to_read(db: Path) -> Store:
-    """The store at `db`, read-only, with pending migrations applied first by a brief
-    read-write open (DuckDB locks the file against other processes either way), so
-    `stats` and `export` work on a store made by an older version."""
-    if db.exists():
+    """The store at `db`, read-only; a store made by an older version gets its pending
+    migrations first, from a brief read-write open (DuckDB locks the file against
+    other processes either way), so `stats` and `export` work on it."""
+    try:
+        return Store(db, read_only=True)
+    except UpgradeNeededError:
         Store(db).close()
-    return Store(db, read_only=True)
+        return Store(db, read_only=True)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -23,6 +23,10 @@ class StoreLockedError(DataError):
     """Another process holds the DuckDB file open for writing."""
 
 
+class UpgradeNeededError(DataError):
+    """A file opened read-only has migrations still to apply (a read-write open does)."""
+
+
 class ShardError(DataError):
     """A parquet shard that cannot be imported as it is."""
 

@@ -31,6 +31,7 @@ from data.errors import (
     DiskFullError,
     StoreLockedError,
     StoreWriteError,
+    UpgradeNeededError,
     report_warning,
 )
 from data.migrations import MIGRATIONS
@@ -372,8 +373,9 @@ class DuckDBFile:
         upgrade = f"{self.path} needs a schema upgrade: {self.UPGRADE.format(path=self.path)}"
         if self.read_only:
             if "schema_version" not in tables:
-                raise DataError(upgrade if tables else
-                                f"{self.path} is not a {self.KIND} (no schema_version)")
+                if tables:
+                    raise UpgradeNeededError(upgrade)
+                raise DataError(f"{self.path} is not a {self.KIND} (no schema_version)")
         else:
             cur.execute(
                 "CREATE TABLE IF NOT EXISTS schema_version ("
@@ -388,7 +390,7 @@ class DuckDBFile:
             )
         pending = [(v, steps) for v, steps in self.MIGRATIONS if v > current]
         if pending and self.read_only:
-            raise DataError(upgrade)
+            raise UpgradeNeededError(upgrade)
         for version, statements in pending:
             with transaction(cur):
                 for statement in statements:
