@@ -262,6 +262,7 @@ class DuckDBFile:
         self.read_only = read_only
         self._con = self._connect()
         self._local = threading.local()
+        self._capped = threading.Lock()  # capped votes, one at a time (record_vote)
         try:
             self._migrate()
         except BaseException:
@@ -474,7 +475,9 @@ class Store(DuckDBFile):
         nothing and returns the ranking stored the first time. With `daily_cap`, a vote
         that counts (`vote_tally`) when its user has that many today raises
         `DailyCapReached`: counted in the transaction that would insert it, so a pair
-        handed out before the cap was reached cannot take the user past it.
+        handed out before the cap was reached cannot take the user past it. Capped votes
+        are also written one at a time: two transactions at once would each count the
+        other's vote as not there yet (DuckDB sees no conflict between two inserts).
         """
         labelled = self._labelled([vote, *also])
         images = list(images)
@@ -489,7 +492,11 @@ class Store(DuckDBFile):
                 self._insert_images(cur, images)
                 self._insert_answers(cur, labelled)
 
-        self._write(work)
+        if daily_cap is None:
+            self._write(work)
+        else:
+            with self._capped:
+                self._write(work)
         return self.ranking_by_vote(vote.vote_id)
 
     def record_votes(self, pairs: Iterable[tuple[Vote, Iterable[ImageRecord]]]) -> None:

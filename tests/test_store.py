@@ -10,7 +10,7 @@ from helpers import image_pair, record
 
 from data.errors import DataError, StoreLockedError
 from data.migrations import LATEST_VERSION
-from data.store import Store, Vote, new_uid, preference_labels
+from data.store import DailyCapReached, Store, Vote, new_uid, preference_labels
 
 
 @pytest.fixture
@@ -185,6 +185,32 @@ def test_same_vote_id_from_racing_threads_is_stored_once(store):
         t.join()
     assert len(results) == 8 and len(set(results)) == 1
     assert store.counts()["rankings"] == 1
+
+
+def test_racing_votes_of_one_annotator_never_pass_the_daily_cap(store):
+    """Eight tabs of one annotator vote at the same moment with a cap of 2: two votes are
+    stored and six refused, however the transactions interleave."""
+    user = store.user_id("ann")
+    pairs = [image_pair("a cat", ((9, 9, 9), (99, 99, 99))) for _ in range(8)]
+    for images in pairs:
+        store.add_images(images)
+    refused, barrier = [], threading.Barrier(8)
+
+    def vote(images) -> None:
+        barrier.wait()
+        try:
+            store.record_vote(Vote(new_uid(), "a cat", images[0].image_uid,
+                                   images[1].image_uid, "left", 0, user), daily_cap=2)
+        except DailyCapReached:
+            refused.append(images)
+
+    for _ in range(3):  # three rounds of eight: the cap holds in each interleaving
+        threads = [threading.Thread(target=vote, args=(images,)) for images in pairs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert store.counts()["rankings"] == 2 and len(refused) == 22
 
 
 def test_second_process_gets_one_line_naming_the_fix(store):
