@@ -320,10 +320,37 @@ def load_pairs(
     export holds one question's votes, as `data export` chose them."""
     datasets: list[Dataset] = []
     for source in sources:
-        if isinstance(source, Store) or str(source).endswith(".duckdb"):
+        if _is_store(source):
             datasets.append(StorePairs(source, split=split, include_ties=include_ties,
                                        include_both_bad=include_both_bad,
                                        question=question, drop_flagged=drop_flagged))
         else:
             datasets.append(ParquetPairs([source], split=split, include_ties=include_ties))
+    if not any(len(d) for d in datasets):
+        raise _no_pairs(sources, split, question, include_both_bad)
     return MixedPairs(datasets, ratios=ratios, seed=seed, num_samples=num_samples)
+
+
+def _is_store(source: str | Path | Store) -> bool:
+    return isinstance(source, Store) or str(source).endswith(".duckdb")
+
+
+def _no_pairs(sources: Sequence[str | Path | Store], split: str | None, question: str,
+              include_both_bad: bool) -> DataError:
+    """Why no source gave a pair, and what would: KTO where both-bad votes exist (DPO
+    trains on decisive votes alone), else more votes."""
+    names = [str(s.path if isinstance(s, Store) else s) for s in sources]
+    holds = f"{' and '.join(names)} {'hold' if len(names) > 1 else 'holds'}"
+    where = (f" in split {split!r}" if split else "") + (
+        f" for question {question!r}" if question != "preference" else "")
+    if include_both_bad:
+        return DataError(f"{holds} no decisive pair and no both-bad vote{where}: collect "
+                         "votes first (python -m annotate)")
+    both_bad = sum(len(StorePairs(s, split=split, include_both_bad=True, question=question))
+                   for s in sources if _is_store(s))
+    fix = (f"the {both_bad} both-bad vote{'s' if both_bad > 1 else ''} there "
+           f"train{'' if both_bad > 1 else 's'} with --objective kto, or collect more votes"
+           if both_bad else
+           "collect decisive votes first (python -m annotate) or import shards")
+    return DataError(f"{holds} no decisive pair{where}: ties, both-bad votes and skips are "
+                     f"not DPO pairs; {fix}")
