@@ -13,6 +13,7 @@ one-line errors as the command line.
 from __future__ import annotations
 
 import argparse
+import difflib
 import functools
 import json
 import types
@@ -247,6 +248,34 @@ class TrainConfig:
 
 
 KEYS = {f.name: f for f in fields(TrainConfig)}
+# diffusers' DPO/LoRA scripts' flags that are named otherwise here (and an argparse habit)
+DIFFUSERS_NAMES = {
+    "pretrained_model_name_or_path": "model", "dataset_name": "data",
+    "train_batch_size": "batch_size", "max_train_steps": "max_steps",
+    "gradient_accumulation_steps": "effective_batch", "lr_warmup_steps": "warmup_steps",
+    "checkpointing_steps": "checkpoint_every", "checkpoints_total_limit": "checkpoints_kept",
+    "resume_from_checkpoint": "resume", "validation_steps": "eval_every", "rank": "lora_rank",
+    "beta_dpo": "beta", "adam_weight_decay": "weight_decay", "lr": "learning_rate",
+}
+
+
+def unknown_key(key: str, origin: str) -> TrainError:
+    """The one-line error for a key no field has, naming the key it most likely meant."""
+    name = key.lstrip("-").replace("-", "_")
+    shown = f"--{name}" if origin == "command line" else repr(name)
+    what = "flag" if origin == "command line" else "key"
+    if name in DIFFUSERS_NAMES:
+        meant = DIFFUSERS_NAMES[name]
+        note = (" (pairs per optimizer step; the accumulation is derived from it)"
+                if meant == "effective_batch" else "")
+        return TrainError(f"{origin}: unknown {what} {shown}, another trainer's name for "
+                          f"--{meant}: use --{meant}{note}")
+    if name in KEYS:  # written with dashes
+        return TrainError(f"{origin}: unknown {what} {key}: use --{name}")
+    close = difflib.get_close_matches(name, KEYS, n=1, cutoff=0.6)
+    hint = f"use --{close[0]}, the nearest" if close else "no key is near it"
+    return TrainError(f"{origin}: unknown {what} {shown}: {hint} (python -m train --help "
+                      "lists them all)")
 _OBJECTIVE_KEYS = {"dpo": ("beta",), "ipo": ("beta",), "kto": ("beta",),
                    "mapo": ("beta_mapo", "mapo_snr"), "sft": ()}
 
@@ -320,7 +349,7 @@ def _apply(config: TrainConfig, values: dict, origin: str) -> None:
         if key.startswith("_"):  # a preset's description
             continue
         if key not in KEYS:
-            raise TrainError(f"{origin}: unknown key {key!r} (see python -m train --help)")
+            raise unknown_key(key, origin)
         setattr(config, key, _coerce(key, value))
 
 
@@ -359,6 +388,7 @@ def parser() -> argparse.ArgumentParser:
         epilog=f"presets:\n{presets}\n\nEvery key can also be set in a YAML/JSON config "
                "file. The resolved config is saved as OUTPUT_DIR/config.yaml.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,  # `--lr` must not quietly mean --lr_scheduler
     )
     parse.add_argument("preset", metavar="PRESET_OR_CONFIG",
                        help="a preset name or a .yaml/.json config file")
@@ -379,6 +409,13 @@ def parser() -> argparse.ArgumentParser:
 
 def from_command_line(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:
     """The resolved config, and whether --dry_run asked for the plan only."""
-    args = vars(parser().parse_args(argv))
+    parsed, unknown = parser().parse_known_args(argv)
+    if unknown:
+        flag = unknown[0].split("=")[0]
+        if not flag.startswith("-"):
+            raise TrainError(f"unexpected argument {flag!r}: give one PRESET_OR_CONFIG, then "
+                             "--key value flags")
+        raise unknown_key(flag, "command line")
+    args = vars(parsed)
     dry_run = args.pop("dry_run")
     return resolve(args.pop("preset"), args), dry_run
