@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from data.errors import DataError
 from data.store import Store
 from models import load
 from tests.helpers import config_for
@@ -557,7 +558,7 @@ def test_config_from_preset_file_and_flags(tmp_path):
     from_file = resolve(str(path), {"max_steps": "20"})
     assert (from_file.beta, from_file.max_steps, from_file.random_flip) == (2500.0, 20, False)
     assert from_file.output_dir == "runs/train/mine"
-    with pytest.raises(TrainError, match="unknown key 'betta'"):
+    with pytest.raises(TrainError, match="unknown flag --betta: use --beta, the nearest"):
         resolve("toy", {"betta": 1})
     with pytest.raises(TrainError, match="neither a preset"):
         resolve("sd2")
@@ -675,16 +676,6 @@ def test_sft_with_adafactor_and_checkpointing_trains_without_a_reference(
     assert any(not torch.equal(before[k], after[k]) for k in before)
 
 
-def test_non_finite_steps_are_skipped_and_counted(tiny_sd_dir, store_path, tmp_path):
-    # beta = inf makes inside = inf * 0 = nan while the model equals its reference
-    config = config_for(tiny_sd_dir, store_path, tmp_path / "run", beta=float("inf"),
-                        eval_every=0)
-    summary = Run(config).train()
-    assert summary["skipped_steps"] == 2
-    before, after = unet_state(tiny_sd_dir), unet_state(tmp_path / "run" / "final")
-    assert all(torch.equal(before[k], after[k]) for k in before)  # no step was taken
-
-
 def test_store_and_parquet_shards_train_together_by_ratio(tiny_sd_dir, store_path, tmp_path):
     from data.pickapic import export_pairs
 
@@ -695,3 +686,230 @@ def test_store_and_parquet_shards_train_together_by_ratio(tiny_sd_dir, store_pat
                         data_ratios=[1, 3], num_samples=40)
     summary = Run(config).train()
     assert summary["pairs"] == 40  # 10 from the store, 30 from the shards (oversampled)
+
+
+# --- reliability (issue 34): a run that fails says why in one line and loses nothing ----
+def poison(cache_dir: Path, pairs: slice) -> None:
+    """Write NaN into both cached orientations of `pairs`, as a damaged encode would."""
+    for name in ("latents.npy", "flipped.npy"):
+        if (cache_dir / name).exists():
+            array = np.load(cache_dir / name, mmap_mode="r+")
+            array[pairs] = np.nan
+            array.flush()
+            del array
+
+
+def test_a_run_whose_steps_are_mostly_skipped_fails_and_names_the_cause(store_path, tmp_path):
+    """One NaN pair of twelve skips one step of three, counted; NaN latents everywhere
+    fail the run with one line naming the cache, and no final/ is written."""
+    run = Run(config_for("toy", store_path, tmp_path / "few", eval_every=0, max_steps=3))
+    poison(run.data.cache.directory, slice(0, 1))
+    summary = run.train()
+    assert summary["skipped_steps"] == 1 and (tmp_path / "few" / "final").is_dir()
+    poison(run.data.cache.directory, slice(None))
+    all_nan = Run(config_for("toy", store_path, tmp_path / "nan", eval_every=0, max_steps=3))
+    assert all_nan.data.reused
+    with pytest.raises(TrainError) as failed:
+        all_nan.train()
+    message = str(failed.value)
+    assert "3 of 3 steps were skipped" in message, message
+    assert f"delete {all_nan.data.cache.directory}" in message, message
+    assert not (tmp_path / "nan" / "final").exists()
+    # beta = inf makes inside = inf * 0 = nan while the model equals its reference: a loss
+    # that is not finite with finite latents; the run says to lower the rate
+    diverged = Run(config_for("toy", store_path, tmp_path / "inf", eval_every=0, max_steps=2,
+                              beta=float("inf"), cache_dir=str(tmp_path / "fresh-cache")))
+    before = {n: p.detach().clone() for n, p in diverged.denoiser.named_parameters()}
+    with pytest.raises(TrainError, match=r"2 of 2 steps were skipped.*--learning_rate"):
+        diverged.train()
+    assert all(torch.equal(before[n], p) for n, p in diverged.denoiser.named_parameters())
+
+
+def damage_cache(directory: Path, damage: str) -> None:
+    if damage == "truncated latents":
+        data = (directory / "latents.npy").read_bytes()
+        (directory / "latents.npy").write_bytes(data[:len(data) // 2])
+    elif damage == "empty meta.json":
+        (directory / "meta.json").write_text("")
+    else:
+        (directory / "latents.npy").unlink()
+
+
+@pytest.mark.parametrize("damage", ["truncated latents", "empty meta.json", "missing latents"])
+def test_a_damaged_cache_is_named_and_rebuilt(damage, store_path, tmp_path, capsys):
+    from train.cache import PairCache
+
+    first = Run(config_for("toy", store_path, tmp_path / "first", eval_every=0, max_steps=1))
+    directory = first.data.cache.directory
+    del first
+    damage_cache(directory, damage)
+    with pytest.raises(TrainError, match=f"cache {directory} is damaged"):
+        PairCache(directory)
+    capsys.readouterr()
+    run = Run(config_for("toy", store_path, tmp_path / "run", eval_every=0, max_steps=1))
+    said = capsys.readouterr().out
+    assert f"cache {directory} is damaged" in said and "rebuilding it" in said, said
+    assert not run.data.reused and run.train()["trained_steps"] == 1
+    assert len(PairCache(directory)) == 12
+
+
+def test_a_store_without_decisive_pairs_is_named_with_the_reason(tmp_path):
+    from tests.helpers import record
+
+    store = tmp_path / "undecided.duckdb"
+    with Store(store) as opened:
+        record(opened, "a red circle", "tie")
+        record(opened, "a blue square", "both_bad")
+        record(opened, "a green triangle", "skip")
+    out = run_command("toy", "--data", str(store), "--output_dir", str(tmp_path / "run"))
+    assert out.returncode == 1 and out.stderr.count("\n") == 1, out.stderr
+    assert str(store) in out.stderr and "no decisive pair" in out.stderr, out.stderr
+    assert "--objective kto" in out.stderr, out.stderr  # it holds a both-bad vote
+    empty = tmp_path / "empty.duckdb"
+    Store(empty).close()
+    with pytest.raises(DataError, match=f"{empty} holds no decisive pair in split 'train':"):
+        training_pairs(TrainConfig(data=[str(empty)]))
+
+
+KILL_AT_FIRST_FILE = """
+import os, runpy, signal, sys
+
+def hook(event, args):
+    # shutil.rmtree of the pruned folder is armed; its first file removal is a real kill
+    global armed
+    if event == "shutil.rmtree" and str(args[0]).endswith("checkpoint-000001"):
+        armed = True
+    elif event == "os.remove" and armed:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+armed = False
+sys.addaudithook(hook)
+sys.argv = ["train", *sys.argv[1:]]
+runpy.run_module("train", run_name="__main__")
+"""
+
+
+def test_a_kill_while_pruning_leaves_no_checkpoint_that_looks_complete(store_path, tmp_path):
+    from train import checkpoints
+
+    out = tmp_path / "run"
+    Run(config_for("toy", store_path, out, eval_every=0, max_steps=2, checkpoint_every=1,
+                   checkpoints_kept=5)).train()
+    killed = subprocess.run(
+        [sys.executable, "-c", KILL_AT_FIRST_FILE, "toy", "--data", str(store_path),
+         "--output_dir", str(out), "--cache_dir", str(tmp_path / "cache"), "--resolution",
+         "32", "--batch_size", "2", "--effective_batch", "4", "--max_steps", "3",
+         "--checkpoint_every", "1", "--checkpoints_kept", "2", "--eval_every", "0",
+         "--resume", "latest"], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    half = out / "checkpoints" / "checkpoint-000001"
+    assert half.is_dir() and list(half.iterdir())  # killed part-way through the deletion
+    assert [p.name for p in checkpoints.completed(out)] == ["checkpoint-000002",
+                                                            "checkpoint-000003"]
+    with pytest.raises(TrainError, match="not a complete checkpoint"):
+        checkpoints.find(out, str(half))
+
+
+def test_resuming_another_kind_of_run_changes_nothing_and_says_so(store_path, tmp_path):
+    out = tmp_path / "run"
+    Run(config_for("toy", store_path, out, eval_every=0, max_steps=1,
+                   checkpoint_every=1)).train()
+    before = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    tried = run_command("toy", "--data", str(store_path), "--output_dir", str(out),
+                        "--cache_dir", str(tmp_path / "cache"), "--lora_rank", "8",
+                        "--max_steps", "20", "--resume", "latest")
+    assert tried.returncode == 1 and tried.stderr.count("\n") == 1, tried.stderr[-3000:]
+    assert "full fine-tune" in tried.stderr and "LoRA rank 8" in tried.stderr, tried.stderr
+    assert "--lora_rank 0" in tried.stderr and "--output_dir" in tried.stderr, tried.stderr
+    after = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    assert after == before  # config.yaml, logs and checkpoints as they were
+    lora = tmp_path / "lora"
+    Run(config_for("toy", store_path, lora, eval_every=0, max_steps=1, checkpoint_every=1,
+                   lora_rank=4)).train()
+    with pytest.raises(TrainError, match="LoRA rank 4.*--lora_rank 4"):
+        Run(config_for("toy", store_path, lora, eval_every=0, max_steps=2, lora_rank=8,
+                       resume="latest"))
+
+
+def logged_steps(path: Path) -> list[int]:
+    return [json.loads(line)["step"] for line in path.read_text().splitlines()]
+
+
+def test_logs_read_as_one_run_after_a_resume_and_after_a_restart(store_path, tmp_path):
+    out = tmp_path / "run"
+    common = {"eval_every": 1, "holdout_pairs": 64, "sample_prompts": [],
+              "checkpoint_every": 2, "checkpoints_kept": 5}
+    Run(config_for("toy", store_path, out, max_steps=3, **common)).train()  # stopped at 3
+    Run(config_for("toy", store_path, out, max_steps=4, resume="latest", **common)).train()
+    assert logged_steps(out / "metrics.jsonl") == [1, 2, 3, 4]
+    assert logged_steps(out / "eval.jsonl") == [0, 1, 2, 3, 4]
+    shutil.rmtree(out / "checkpoints")  # a new start in the folder: the logs start anew
+    Run(config_for("toy", store_path, out, max_steps=2, **common)).train()
+    assert logged_steps(out / "metrics.jsonl") == [1, 2]
+    assert logged_steps(out / "eval.jsonl") == [0, 1, 2]
+    [old] = out.glob("metrics.jsonl.old-*")
+    assert logged_steps(old) == [1, 2, 3, 4]
+
+
+def wait_for(predicate, seconds: float, process: subprocess.Popen) -> None:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert process.poll() is None and time.monotonic() < deadline, "never got there"
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize("checkpoint_every", [1, 0])
+def test_ctrl_c_says_the_last_checkpoint_and_how_to_continue(checkpoint_every, store_path,
+                                                             tmp_path):
+    """A real SIGINT to the process group, as Ctrl+C in a terminal sends, under
+    `accelerate launch`, which then stops its child itself."""
+    import signal
+
+    from train import checkpoints
+
+    out = tmp_path / "run"
+    args = ["toy", "--data", str(store_path), "--output_dir", str(out), "--cache_dir",
+            str(tmp_path / "cache"), "--max_steps", "100000", "--eval_every", "0",
+            "--batch_size", "4", "--effective_batch", "4",
+            "--checkpoint_every", str(checkpoint_every)]
+    launcher = Path(sys.executable).parent / "accelerate"
+    process = subprocess.Popen(
+        [str(launcher), "launch", "-q", "--num_processes", "1", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "train", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+        start_new_session=True)
+    try:
+        if checkpoint_every:
+            wait_for(lambda: checkpoints.completed(out), 240, process)
+        else:
+            wait_for(lambda: (out / "metrics.jsonl").exists(), 240, process)
+        os.killpg(process.pid, signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    said = [line for line in stderr.splitlines() if line.startswith("interrupted")]
+    assert len(said) == 1, stderr[-3000:]
+    if checkpoint_every:
+        last = checkpoints.completed(out)[-1]
+        step = int(last.name.split("-")[1])
+        assert f"last checkpoint: step {step} ({last})" in said[0], said
+        command = said[0].split("continue with: ")[1]
+        assert shlex.split(command) == ["accelerate", "launch", "-m", "train", *args,
+                                        "--resume", "latest"]
+    else:
+        assert "no checkpoint yet" in said[0] and "--resume" not in said[0], said
+
+
+def test_a_misspelt_flag_gets_the_nearest_real_one_in_one_line():
+    for flag, nearest in [("--max_train_steps", "--max_steps"),
+                          ("--train_batch_size", "--batch_size"),
+                          ("--learning-rate", "--learning_rate"),
+                          ("--lora_rnak", "--lora_rank")]:
+        out = run_command("toy", flag, "3")
+        assert out.returncode == 1 and out.stderr.count("\n") == 1, out.stderr
+        assert flag in out.stderr and f"use {nearest}" in out.stderr, out.stderr
+

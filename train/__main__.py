@@ -2,7 +2,9 @@
 
 import json
 import os
+import signal
 import sys
+import threading
 
 # transformers warns on import that torchvision is absent; this project never needs it.
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -11,7 +13,50 @@ from data.errors import UserError, report_user_error  # noqa: E402
 from train.config import from_command_line  # noqa: E402
 
 
+def _stop(signum: int, frame) -> None:
+    """Ctrl+C, and the SIGTERM that `accelerate launch` sends right after it: one
+    KeyboardInterrupt, and no second one while the first is being reported."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+def _interrupted(output_dir: str | None, argv: list[str]) -> int:
+    """Say (once, from the main process) where a stopped run can continue from."""
+    if os.environ.get("RANK", "0") == "0":
+        if output_dir is None:
+            print("interrupted", file=sys.stderr)
+        else:
+            from pathlib import Path
+
+            from train.checkpoints import interrupted_line
+
+            print(interrupted_line(Path(output_dir), argv), file=sys.stderr, flush=True)
+    return 130
+
+
+def _failed(error: UserError) -> int:
+    # every process of a launch meets the same error: one of them says it
+    return 1 if os.environ.get("RANK", "0") != "0" else report_user_error(error)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    handlers = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    if (threading.current_thread() is threading.main_thread()
+            and handlers[signal.SIGINT] is signal.default_int_handler):
+        signal.signal(signal.SIGINT, _stop)
+        signal.signal(signal.SIGTERM, _stop)
+    try:
+        return _main(argv)
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            for number, handler in handlers.items():
+                signal.signal(number, handler)
+
+
+def _main(argv: list[str]) -> int:
+    config = None
     try:
         config, dry_run = from_command_line(argv)
         if dry_run:
@@ -22,19 +67,11 @@ def main(argv: list[str] | None = None) -> int:
         from train.trainer import Run
 
         run = Run(config)
-    except UserError as error:
-        # every process of a launch meets the same setup error: one of them says it
-        return 1 if os.environ.get("RANK", "0") != "0" else report_user_error(error)
-    except KeyboardInterrupt:
-        print("interrupted: continue with --resume latest", file=sys.stderr)
-        return 130
-    try:
         summary = run.train()
     except UserError as error:
-        return report_user_error(error)
+        return _failed(error)
     except KeyboardInterrupt:
-        print("interrupted: continue with --resume latest", file=sys.stderr)
-        return 130
+        return _interrupted(config and config.output_dir, argv)
     if run.main:
         print(json.dumps(summary))
     return 0

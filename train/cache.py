@@ -37,6 +37,8 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from train.errors import TrainError
+
 FORMAT = 2  # 2: the mirrored copy of every pair under random_flip
 ENCODER_PARTS = ("vae", "text_encoder", "text_encoder_2", "text_encoder_3", "tokenizer",
                  "tokenizer_2", "tokenizer_3")
@@ -165,10 +167,36 @@ def _encode_latents(vae, pixels: np.ndarray) -> np.ndarray:
     return ((latents.float() - shift) * vae.config.scaling_factor).cpu().numpy()
 
 
+class DamagedCache(TrainError):
+    """A cache folder that cannot be read as it was written (a truncated or missing file):
+    the trainer rebuilds it; its message, for anyone else, says how."""
+
+    def __init__(self, directory: Path, reason: str):
+        super().__init__(f"cache {directory} is damaged ({reason}): delete that folder and "
+                         "the next run rebuilds it")
+        self.reason = reason
+
+
+def _damage(error: Exception) -> str:
+    """What is wrong with a cache file, in a few words."""
+    if isinstance(error, FileNotFoundError):
+        return f"{Path(error.filename).name} is missing"
+    if isinstance(error, json.JSONDecodeError):
+        return "meta.json is not valid JSON"
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
 class PairCache:
     """A cache folder, memory-mapped: fetch any batch of pairs by index."""
 
     def __init__(self, directory: Path):
+        try:
+            self._open(directory)
+        except (OSError, ValueError, KeyError, EOFError) as error:
+            raise DamagedCache(directory, _damage(error)) from None
+
+    def _open(self, directory: Path) -> None:
+        """Open every file and check their sizes agree with meta.json (a ValueError if not)."""
         self.directory = directory
         self.meta = json.loads((directory / "meta.json").read_text())
         self.latents = np.load(directory / "latents.npy", mmap_mode="r")
@@ -181,6 +209,11 @@ class PairCache:
         self.time_ids = torch.from_numpy(np.load(time_ids)) if time_ids.exists() else None
         flipped = directory / "flipped.npy"
         self.flipped = np.load(flipped, mmap_mode="r") if flipped.exists() else None
+        pairs = self.meta["pairs"]
+        if not len(self.latents) == len(self.caption_index) == pairs:
+            raise ValueError(f"{len(self.latents)} latents for {pairs} pairs")
+        if self.flipped is not None and self.flipped.shape != self.latents.shape:
+            raise ValueError("flipped.npy and latents.npy differ in shape")
 
     def __len__(self) -> int:
         return len(self.caption_index)

@@ -51,6 +51,10 @@ from train.plan import holdout_line, training_pairs
 from train.processes import DDPMProcess, FlowProcess, conditioning, predict, process_for
 
 HELDOUT_SEED = 1234  # the held-out check uses the same noise and timesteps every time
+SKIP_JUDGED_FROM = 20  # from this step (or a shorter run's end), more than half skipped fails
+NONFINITE_LATENTS = "nonfinite_latents"  # a step's metric, 1 when it read NaN/inf latents;
+# it goes to the run's state (why steps were skipped), not to the logs
+LOGS = ("metrics.jsonl", "eval.jsonl")
 
 
 # --- what a step sees ------------------------------------------------------------------
@@ -208,6 +212,8 @@ def cpu_threads_hint(device: str, processes: int) -> str | None:
 def resume_point(config: TrainConfig, out: Path, main: bool) -> Path | None:
     """The checkpoint to resume from; refuse to silently train over an earlier run."""
     resume = checkpoints.find(out, config.resume) if config.resume else None
+    if resume is not None:
+        checkpoints.check_kind(resume, config)
     if resume is None and checkpoints.completed(out):
         raise TrainError(f"{out} already holds checkpoints: pass --resume latest to continue, "
                          "or --output_dir NEW for a fresh run")
@@ -236,6 +242,19 @@ class TrainingData:
         return replace(batch, liked=torch.from_numpy(self.liked[indices]).to(device))
 
 
+def reopened(directory: Path, main: bool) -> pair_cache.PairCache | None:
+    """An earlier run's cache folder, or None to build it: absent, or damaged (the main
+    process says so; it rebuilds the folder before the others look)."""
+    if not (directory / "meta.json").exists():
+        return None
+    try:
+        return pair_cache.PairCache(directory)
+    except pair_cache.DamagedCache as damage:
+        if main:
+            print(f"cache {directory} is damaged ({damage.reason}): rebuilding it")
+        return None
+
+
 def cache_pairs(config: TrainConfig, pairs, model: LoadedModel, accelerator) -> TrainingData:
     """Cache latents and embeddings (main process first) and split off the held-out pairs."""
     c = config
@@ -245,10 +264,11 @@ def cache_pairs(config: TrainConfig, pairs, model: LoadedModel, accelerator) -> 
                                pair_cache.data_fingerprint(pairs), prep)
     directory = Path(c.cache_dir) / key
     with accelerator.main_process_first():
-        reused = (directory / "meta.json").exists()
-        cache = (pair_cache.PairCache(directory) if reused else
-                 pair_cache.build(pairs, model.pipeline, model.kind, prep, directory,
-                                  workers=c.cache_workers))
+        cache = reopened(directory, accelerator.is_main_process)
+        reused = cache is not None
+        if cache is None:
+            cache = pair_cache.build(pairs, model.pipeline, model.kind, prep, directory,
+                                     workers=c.cache_workers)
     if accelerator.is_main_process:
         print(f"{len(pairs)} pairs: {holdout_line(c, len(pairs))}; cache {directory} "
               f"({'reused' if reused else 'built'})")
@@ -378,6 +398,55 @@ def within_guard(guards: dict[str, float], start: dict[str, float],
     return max_drop is None or all(guards[name] >= start[name] - max_drop for name in start)
 
 
+def check_skipped(config: TrainConfig, done: int, state: dict, cache_dir: Path) -> None:
+    """Stop a run whose steps are mostly skipped, which would end as its base model: more
+    than half of the steps so far, judged from step SKIP_JUDGED_FROM or at a shorter
+    run's end (fp16's loss scaler skips a few early steps by design)."""
+    skipped = state["skipped_steps"]
+    if (done < SKIP_JUDGED_FROM and done < config.max_steps) or skipped * 2 <= done:
+        return
+    if state["nonfinite_latent_steps"]:
+        cause = (f"{state['nonfinite_latent_steps']} of them read NaN or inf cached latents: "
+                 f"delete {cache_dir} to rebuild the cache")
+    else:
+        cause = (f"the loss or its gradient was NaN or inf: lower --learning_rate (now "
+                 f"{config.learning_rate:g}) or resume from an earlier checkpoint")
+    raise TrainError(f"{skipped} of {done} steps were skipped (a run stops when more than "
+                     f"half are), so it would end as its base model; {cause}. final/ was "
+                     "not written")
+
+
+def begin_logs(out: Path, resumed_at: int | None) -> None:
+    """Make the logs read as one run: a resumed run drops the lines past its checkpoint's
+    step (written before the interruption, to be written again); a new run moves an
+    earlier run's logs aside (to NAME.old-TIME)."""
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    for name in LOGS:
+        log = out / name
+        if not log.exists():
+            continue
+        if resumed_at is None:
+            log.rename(log.with_name(f"{name}.old-{stamp}"))
+            print(f"{out} holds an earlier run's {name} and no checkpoint: moved to "
+                  f"{name}.old-{stamp}")
+            continue
+        lines = log.read_text().splitlines(keepends=True)
+        kept = [line for line, step in zip(lines, map(_step, lines), strict=True)
+                if step is not None and step <= resumed_at]
+        if len(kept) < len(lines):
+            aside = log.with_name(name + ".tmp")
+            aside.write_text("".join(kept))
+            aside.replace(log)
+
+
+def _step(line: str) -> int | None:
+    """A log line's step; None for a line a kill cut short."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 # --- the run ---------------------------------------------------------------------------
 class Run:
     """One training run. `Run(config)` sets everything up; `.train()` runs the loop."""
@@ -398,7 +467,6 @@ class Run:
         pairs = training_pairs(c)
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
-            save(c, self.out / "config.yaml")
             if (acc.device.type == "cpu" and self.processes == 1
                     and not os.environ.get("OMP_NUM_THREADS")):
                 hint = use_free_cores(how="set OMP_NUM_THREADS")  # picks the free cores
@@ -464,6 +532,7 @@ class Run:
                                                   self.process, self.model.kind, batch,
                                                   self.data.cache, generator, c)
                 acc.backward(loss / self.accumulation)
+            metrics[NONFINITE_LATENTS] = (~torch.isfinite(batch.latents).all()).float()
             for name, value in metrics.items():
                 totals[name] = totals.get(name, 0) + value.float() / self.accumulation
         grad_norm = acc.clip_grad_norm_(nets.trainable, c.max_grad_norm)
@@ -477,6 +546,7 @@ class Run:
         metrics = {n: float(v) for n, v in zip(names, values.tolist(), strict=True)}
         metrics["grad_norm"] = float(grad_norm) if finite else float("nan")
         metrics["skipped"] = 0.0 if finite else 1.0
+        metrics[NONFINITE_LATENTS] = float(metrics[NONFINITE_LATENTS] > 0)
         metrics["lr"] = nets.lr_scheduler.get_last_lr()[0]
         return metrics
 
@@ -529,7 +599,8 @@ class Run:
 
     def train(self) -> dict:
         c, acc = self.config, self.accelerator
-        state = {"skipped_steps": 0, "best_score": None, "best_step": None}
+        state = {"skipped_steps": 0, "nonfinite_latent_steps": 0, "best_score": None,
+                 "best_step": None}
         start = 0
         if self.resume is not None:
             state.update(checkpoints.load(acc, self.resume))
@@ -537,37 +608,47 @@ class Run:
             if self.main:
                 print(f"resumed from {self.resume} at step {start}")
         if self.main:
+            save(c, self.out / "config.yaml")
+            begin_logs(self.out, start if self.resume is not None else None)
             acc.init_trackers("dpo")
-            self._log_eval(start, state)
+            if self.resume is None:  # a resumed run's eval.jsonl has its start's line
+                self._log_eval(start, state)
         window: dict[str, float] = {}
         logged = 0
         began, trained_steps = time.perf_counter(), 0
         bar = tqdm(range(start, c.max_steps), initial=start, total=c.max_steps,
                    desc=f"{c.objective} {self.out.name}", unit="step", disable=not self.main)
-        for step in bar:
-            metrics = self.train_step(step)
-            trained_steps += 1
-            state["skipped_steps"] += int(metrics["skipped"])
-            for name, value in metrics.items():
-                if math.isfinite(value):
-                    window[name] = window.get(name, 0.0) + value
-            logged += 1
-            done = step + 1
-            if done % c.log_every == 0 or done == c.max_steps:
-                averaged = {n: v / logged for n, v in window.items()}
-                averaged["skipped_steps"] = state["skipped_steps"]
-                averaged["pairs_per_s"] = (trained_steps * c.effective_batch
-                                           / (time.perf_counter() - began))
-                self._log(done, averaged)
-                bar.set_postfix(loss=f"{averaged.get('loss', float('nan')):.4f}",
-                                acc=f"{averaged.get('accuracy', float('nan')):.2f}")
-                window, logged = {}, 0
-            if c.eval_every and (done % c.eval_every == 0 or done == c.max_steps):
-                if self.main:
-                    self._log_eval(done, state)
-                acc.wait_for_everyone()
-            if c.checkpoint_every and done % c.checkpoint_every == 0:
-                checkpoints.save(acc, self.out, done, state, c.checkpoints_kept)
+        try:  # the bar ends its line before an error or an interruption is said
+            for step in bar:
+                metrics = self.train_step(step)
+                trained_steps += 1
+                bad_latents = metrics.pop(NONFINITE_LATENTS)
+                state["skipped_steps"] += int(metrics["skipped"])
+                state["nonfinite_latent_steps"] += int(metrics["skipped"] and bad_latents)
+                for name, value in metrics.items():
+                    if math.isfinite(value):
+                        window[name] = window.get(name, 0.0) + value
+                logged += 1
+                done = step + 1
+                if done % c.log_every == 0 or done == c.max_steps:
+                    averaged = {n: v / logged for n, v in window.items()}
+                    averaged["skipped_steps"] = state["skipped_steps"]
+                    averaged["pairs_per_s"] = (trained_steps * c.effective_batch
+                                               / (time.perf_counter() - began))
+                    self._log(done, averaged)
+                    bar.set_postfix(loss=f"{averaged.get('loss', float('nan')):.4f}",
+                                    acc=f"{averaged.get('accuracy', float('nan')):.2f}")
+                    window, logged = {}, 0
+                if c.eval_every and (done % c.eval_every == 0 or done == c.max_steps):
+                    if self.main:
+                        self._log_eval(done, state)
+                    acc.wait_for_everyone()
+                check_skipped(c, done, state, self.data.cache.directory)
+                if c.checkpoint_every and done % c.checkpoint_every == 0:
+                    checkpoints.save(acc, self.out, done, state, c.checkpoints_kept,
+                                     checkpoints.run_kind(c))
+        finally:
+            bar.close()
         seconds = time.perf_counter() - began
         acc.wait_for_everyone()
         summary = {"output": str(self.out / "final"), "steps": c.max_steps,
