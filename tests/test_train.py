@@ -688,7 +688,7 @@ def test_store_and_parquet_shards_train_together_by_ratio(tiny_sd_dir, store_pat
     assert summary["pairs"] == 40  # 10 from the store, 30 from the shards (oversampled)
 
 
-# --- reliability (issue 34): a run that fails says why in one line and loses nothing ----
+# --- reliability: a run that fails says why in one line and loses nothing -------------
 def poison(cache_dir: Path, pairs: slice) -> None:
     """Write NaN into both cached orientations of `pairs`, as a damaged encode would."""
     for name in ("latents.npy", "flipped.npy"):
