@@ -823,6 +823,15 @@ def test_resuming_another_kind_of_run_changes_nothing_and_says_so(store_path, tm
     assert "--lora_rank 0" in tried.stderr and "--output_dir" in tried.stderr, tried.stderr
     after = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
     assert after == before  # config.yaml, logs and checkpoints as they were
+    # a checkpoint from before the marker recorded the run's kind: refused as it loads
+    [marker] = out.glob("checkpoints/*/trainer_state.json")
+    marker.write_text(json.dumps({k: v for k, v in json.loads(marker.read_text()).items()
+                                  if k != "run_kind"}))
+    config_yaml = (out / "config.yaml").read_bytes()
+    with pytest.raises(TrainError, match="does not fit this run's network"):
+        Run(config_for("toy", store_path, out, eval_every=0, max_steps=2, lora_rank=8,
+                       resume="latest")).train()
+    assert (out / "config.yaml").read_bytes() == config_yaml
     lora = tmp_path / "lora"
     Run(config_for("toy", store_path, lora, eval_every=0, max_steps=1, checkpoint_every=1,
                    lora_rank=4)).train()
