@@ -68,15 +68,23 @@ def tally_text(tallies: dict[str, Tally]) -> str:
             f"{t.left_decisive_votes} decisive votes.")
 
 
-def progress_text(progress: Progress) -> str:
-    """Where the image making is, while it is not done; nothing once it is."""
+def progress_text(progress: Progress, dealt_out: bool = False) -> str:
+    """Where the image making is while it is not done; `dealt_out`: no pair is ready that
+    this voter has not seen revealed, and why."""
     if progress.failed:
+        done = " You have voted on each of them." if dealt_out and progress.pairs else ""
         return ("**Making images stopped** (the error is in the terminal that started this "
-                f"page). {progress.pairs} of {progress.items} pairs can be shown.")
+                f"page). {progress.pairs} of {progress.items} pairs can be shown.{done}")
     if progress.images >= progress.total:
-        return ""
-    waiting = "the first pair appears as soon as both its images exist" if not progress.pairs \
-        else f"{progress.pairs} of {progress.items} pairs can be shown so far"
+        return "**You have voted on every pair of this comparison.** Thank you." \
+            if dealt_out else ""
+    if dealt_out and progress.pairs:
+        waiting = ("you have voted on every pair ready so far: the next appears here as soon "
+                   "as its images exist")
+    elif not progress.pairs:
+        waiting = "the first pair appears as soon as both its images exist"
+    else:
+        waiting = f"{progress.pairs} of {progress.items} pairs can be shown so far"
     return f"**Making images: {progress.images} of {progress.total}** ({waiting})."
 
 
@@ -161,11 +169,12 @@ def build_app(blind: BlindEval, voter: str | None = None, auth: bool = False) ->
         def show(voter_name: str, scope: str, request: gr.Request):
             voter_name = who(voter_name, request)
             pair = blind.deal(voter_name)
-            status = progress_text(blind.progress())
-            if pair is None:
+            made = blind.progress()
+            status = progress_text(made, dealt_out=pair is None)
+            if pair is None:  # polls while images are made: an unseen pair may come
                 return (None, "", None, None, "", *[gr.Button(interactive=False)] * len(buttons),
                         gr.Button(interactive=False), standing(voter_name, scope, request),
-                        status, gr.Timer(active=not blind.progress().failed))
+                        status, gr.Timer(active=not made.failed and made.images < made.total))
             shown = blind.show(pair)
             return (shown.pair_id, f"### {_text(shown.prompt)}", shown.image_a, shown.image_b,
                     "", *[gr.Button(interactive=True)] * len(buttons),
@@ -190,9 +199,10 @@ def build_app(blind: BlindEval, voter: str | None = None, auth: bool = False) ->
                 try:
                     voter_name = who(voter_name, request)
                     revealed = blind.vote(current or "", check_name(voter_name), choice)
-                except DataError as error:
+                except DataError as error:  # the pair stays to vote on; Next deals another
                     gr.Warning(str(error))
-                    return (gr.skip(),) * (len(buttons) + 3)
+                    return (*(gr.skip(),) * (len(buttons) + 1), gr.Button(interactive=True),
+                            gr.skip())
                 return (reveal_text(revealed), *[gr.Button(interactive=False)] * len(buttons),
                         gr.Button(interactive=True), standing(voter_name, scope, request))
             return vote

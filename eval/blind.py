@@ -15,6 +15,10 @@ paths never leave the server.
 Images are made in the background (`start`): the page is served at once and deals a
 pair as soon as both of its images exist, showing `progress` until then.
 
+No voter is dealt a pair with an image they have seen revealed (`unseen_items`): they
+would know its model by sight, and the vote would not be blind. While nothing unseen is
+ready, the voter waits; once they have voted on every pair, they are done.
+
 Sides are drawn per pair from the operating system's random source (or a given `rng`,
 for tests) and recorded with the vote.
 
@@ -120,11 +124,12 @@ def informative_matchup(matchups: Sequence[tuple[int, int]], ratings: Sequence[f
     return rng.choice([m for m in matchups if value(m) >= best * (1 - 1e-12)])
 
 
-def deal_order(items: list[tuple[Prompt, int]], seen: dict[tuple[str, int], int],
-               rng: random.Random) -> tuple[Prompt, int]:
-    """The next (prompt, seed) for a voter: one they have voted on least, at random."""
-    fewest = min(seen.get((p.text, s), 0) for p, s in items)
-    return rng.choice([(p, s) for p, s in items if seen.get((p.text, s), 0) == fewest])
+def unseen_items(items: list[tuple[Prompt, int]], models: Sequence[str],
+                 revealed: set[tuple[str, str, int]]) -> list[tuple[Prompt, int]]:
+    """The (prompt, seed) items none of whose images by `models` is in `revealed`, the
+    (model, prompt, seed) images a voter has seen revealed. An image once revealed is
+    known by sight: dealt again, to that voter it names its model."""
+    return [(p, s) for p, s in items if not any((m, p.text, s) in revealed for m in models)]
 
 
 class BlindEval:
@@ -238,17 +243,19 @@ class BlindEval:
 
     def deal(self, voter: str = "") -> Pair | None:
         """A new pair for `voter` with its sides drawn, remembered until voted on; None
-        while no pair has both its images yet."""
-        open_matchups = [m for m in self.matchups if self.ready(self._pair_of(m))]
+        while no pair is ready that `voter` has not seen revealed (its images are still
+        being made, or the voter has voted on every pair)."""
+        revealed = self.votes.revealed(voter) if voter else set()
+        unseen = {m: unseen_items(self.ready(self._pair_of(m)), self._pair_of(m), revealed)
+                  for m in self.matchups}
+        open_matchups = [m for m, items in unseen.items() if items]
         if not open_matchups:
             return None
-        counts = self._matchup_counts()
-        base, aligned = self._pair_of(
-            informative_matchup(open_matchups, self.ratings, counts, self.rng))
-        ready = self.ready([base, aligned])
-        seen = self.votes.seen(voter, base, aligned) if voter else {}
+        matchup = informative_matchup(open_matchups, self.ratings, self._matchup_counts(),
+                                      self.rng)
+        base, aligned = self._pair_of(matchup)
         with self._lock:
-            prompt, seed = deal_order(ready, seen, self.rng)
+            prompt, seed = self.rng.choice(unseen[matchup])
             pair = Pair(uuid.uuid4().hex, prompt, seed, base, aligned, self.rng.choice(SIDES),
                         time.monotonic())
             self._pending[pair.pair_id] = pair
@@ -308,21 +315,35 @@ class BlindEval:
             if pair is None and stored is None:
                 raise DataError("this pair is unknown or expired: press Next for a new one")
         if stored is None:
-            stored = self.votes.record(VoteRow(
-                vote_id=pair.pair_id, voter=voter, prompt=pair.prompt.text,
-                category=pair.prompt.category, seed=pair.seed, base_model=pair.base,
-                aligned_model=pair.aligned, side_a=pair.side_a, choice=choice,
-                outcome=outcome_of(choice, pair.side_a), steps=self.sampling.steps,
-                guidance=self.sampling.guidance,
-                dwell_ms=int(1000 * (time.monotonic() - pair.shown_at)), created_at=now(),
-                question=self.question))
-            with self._lock:
-                self._pending.pop(pair_id, None)
-                self._forget(pair_id)
+            stored = self._record(pair, voter, choice)
         by_side = {"base": stored.base_model, "aligned": stored.aligned_model}
         side_b = other_side(stored.side_a)
         a, b = by_side[stored.side_a], by_side[side_b]
         return Reveal(stored, a, b, self.name_of(a, stored.side_a), self.name_of(b, side_b))
+
+    def _record(self, pair: Pair, voter: str, choice: str) -> VoteRow:
+        """Store `voter`'s vote on a dealt pair, then free its showing files. Refused when
+        the voter has seen the pair's images revealed (a pair dealt before their name was
+        typed): that vote would not be blind."""
+        if not unseen_items([(pair.prompt, pair.seed)], [pair.base, pair.aligned],
+                            self.votes.revealed(voter)):
+            stored = self.votes.get(pair.pair_id)  # a concurrent twin of this click stored it
+            if stored is None:
+                raise DataError("you have seen who made these images (you voted on them "
+                                "before): press Next for a pair new to you")
+            return stored
+        stored = self.votes.record(VoteRow(
+            vote_id=pair.pair_id, voter=voter, prompt=pair.prompt.text,
+            category=pair.prompt.category, seed=pair.seed, base_model=pair.base,
+            aligned_model=pair.aligned, side_a=pair.side_a, choice=choice,
+            outcome=outcome_of(choice, pair.side_a), steps=self.sampling.steps,
+            guidance=self.sampling.guidance,
+            dwell_ms=int(1000 * (time.monotonic() - pair.shown_at)), created_at=now(),
+            question=self.question))
+        with self._lock:
+            self._pending.pop(pair.pair_id, None)
+            self._forget(pair.pair_id)
+        return stored
 
     def name_of(self, model: str, side: str) -> str:
         """A model's name on the page: its side in a two-model comparison, its board name

@@ -160,11 +160,15 @@ class VoteStore(DuckDBFile):
             "SELECT base_model, aligned_model, count(*) FROM votes GROUP BY ALL "
             "ORDER BY max(created_at) DESC").fetchall()]
 
-    def seen(self, voter: str, base: str, aligned: str) -> dict[tuple[str, int], int]:
-        """How many times `voter` voted on each (prompt, seed) of this comparison."""
-        return {(p, s): n for p, s, n in self.cursor().execute(
-            "SELECT prompt, seed, count(*) FROM votes WHERE voter = ? AND base_model = ? "
-            "AND aligned_model = ? GROUP BY ALL", [voter, base, aligned]).fetchall()}
+    def revealed(self, voter: str) -> set[tuple[str, str, int]]:
+        """(model, prompt, seed) of every image `voter` has seen revealed: both images of
+        each pair they voted on, whatever the question, steps or guidance (the same seed
+        at other settings draws a look-alike)."""
+        rows = self.cursor().execute(
+            "SELECT DISTINCT base_model, aligned_model, prompt, seed FROM votes "
+            "WHERE voter = ?", [voter]).fetchall()
+        return {(model, prompt, seed) for base, aligned, prompt, seed in rows
+                for model in (base, aligned)}
 
 
 def now() -> datetime:

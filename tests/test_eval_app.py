@@ -30,8 +30,8 @@ from data.errors import DataError
 from data.prompts import Prompt
 from eval.__main__ import main
 from eval.app import build_app, launch_options
-from eval.blind import BlindEval, Progress, deal_order, informative_matchup
-from eval.images import Sampling, model_folder
+from eval.blind import BlindEval, Progress, informative_matchup, unseen_items
+from eval.images import Sampling, images_for, model_folder
 from eval.report import write_human_report
 from eval.votes import VoteRow, VoteStore, outcome_of
 from models.loading import TOY_DIR
@@ -39,7 +39,7 @@ from tests.helpers import serving
 
 PROMPTS = [Prompt("a red circle on a white background", "circle"),
            Prompt("a blue square on a white background", "square")]
-SAMPLING = Sampling(seeds=1, steps=4)
+SAMPLING = Sampling(seeds=2, steps=4)  # four pairs: a voter votes on each once
 BASE_NAME, ALIGNED_NAME = "basemodel-qz7k", "alignedmodel-wx3v"
 
 
@@ -79,7 +79,7 @@ def test_choices_mean_models_through_the_recorded_side():
 
 
 def test_sides_are_shuffled_per_pair_and_recorded_with_the_vote(tmp_path):
-    blind = fake_eval(tmp_path, random.Random(0))
+    blind = fake_eval(tmp_path, random.Random(0), seeds=6)  # 12 pairs, one vote each
     red, blue = (200, 0, 0), (0, 0, 200)
     sides = []
     for k in range(12):
@@ -106,16 +106,52 @@ def test_sides_are_shuffled_per_pair_and_recorded_with_the_vote(tmp_path):
     assert 3 <= sides.count("aligned") <= 9  # shuffled, not fixed
     stored = blind.votes.votes()
     assert [v.side_a for v in stored] == sides and len({v.vote_id for v in stored}) == 12
-    assert {v.seed for v in stored} == {0, 1} and {v.category for v in stored} == {
+    assert {v.seed for v in stored} == set(range(6)) and {v.category for v in stored} == {
         "circle", "square"}
     assert all(v.dwell_ms is not None and v.voter == "ann" for v in stored)
 
 
-def test_each_voter_gets_the_pairs_they_voted_on_least():
+def test_a_voter_is_dealt_no_item_whose_images_they_saw_revealed():
+    """An image once revealed is known by sight: an item is dealt only while the voter has
+    seen none of its images by the matchup's models revealed (on a board, by any vote)."""
     items = [(p, s) for p in PROMPTS for s in range(2)]
-    seen = {(PROMPTS[0].text, 0): 2, (PROMPTS[0].text, 1): 1, (PROMPTS[1].text, 0): 1}
-    rng = random.Random(1)
-    assert {deal_order(items, seen, rng) for _ in range(20)} == {(PROMPTS[1], 1)}
+    p0, p1 = PROMPTS[0].text, PROMPTS[1].text
+    revealed = {("m1", p0, 0), ("m2", p0, 0), ("m1", p1, 1), ("m3", p1, 1)}
+    assert unseen_items(items, ["m1", "m2"], revealed) == [(PROMPTS[0], 1), (PROMPTS[1], 0)]
+    # another matchup of the board: m3's image of (p1, 1) is known, m2's of (p0, 0)
+    assert unseen_items(items, ["m2", "m3"], revealed) == [(PROMPTS[0], 1), (PROMPTS[1], 0)]
+    assert unseen_items(items, ["m4", "m5"], revealed) == items
+    assert unseen_items(items, ["m1", "m2"], set()) == items
+
+
+def test_a_voter_waits_rather_than_see_a_revealed_pair_again(tmp_path):
+    """While the second prompt's images are missing, a voter who voted on the first
+    prompt's pairs is dealt nothing; once they exist, only those; then nothing again.
+    A pair dealt before a name was typed takes no vote from a name that saw it revealed."""
+    full = fake_eval(tmp_path, random.Random(5))
+    first = {m: {k: v for k, v in paths.items() if k[0] == PROMPTS[0].text}
+             for m, paths in full.images.items()}
+    blind = BlindEval(full.models, PROMPTS, full.sampling, first, full.votes, random.Random(5))
+    unnamed = blind.deal("")  # dealt to a page whose voter has typed no name yet
+    dealt = []
+
+    def vote_while_dealt(choice: str) -> None:
+        for _ in range(8):  # more than there are pairs
+            if (pair := blind.deal("ann")) is None:
+                return
+            dealt.append((pair.prompt, pair.seed))
+            blind.vote(pair.pair_id, "ann", choice)
+
+    vote_while_dealt("A")
+    assert sorted(dealt, key=str) == [(PROMPTS[0], 0), (PROMPTS[0], 1)], dealt
+    assert blind.progress().images < blind.progress().total  # still being made
+    with pytest.raises(DataError, match="seen who made"):
+        blind.vote(unnamed.pair_id, "ann", "B")
+    assert len(blind.votes.votes()) == 2
+    assert blind.deal("bob") is not None  # another voter still gets the ready pairs
+    blind.images = full.images  # the second prompt's images now exist too
+    vote_while_dealt("tie")
+    assert len(dealt) == len(set(dealt)) == 4, dealt
 
 
 def test_a_board_matchup_is_the_closest_rated_with_the_fewest_votes():
@@ -150,12 +186,12 @@ def test_a_board_deals_its_informative_matchups_and_stores_each_vote_between_the
         blind = BlindEval(list(colors), PROMPTS, Sampling(seeds=1), images, votes,
                           random.Random(0), names=names, ratings=[1100, 1090, 700])
         dealt = []
-        for _ in range(8):
-            pair = blind.deal("ann")
+        for k in range(8):  # a voter each: on a board of three, one pair per prompt each
+            pair = blind.deal(f"voter {k}")
             shown = blind.show(pair)
             with Image.open(shown.image_a) as image:
                 assert image.convert("RGB").getpixel((4, 4)) == colors[pair.model(pair.side_a)]
-            reveal = blind.vote(pair.pair_id, "ann", "A")
+            reveal = blind.vote(pair.pair_id, f"voter {k}", "A")
             assert (reveal.vote.base_model, reveal.vote.aligned_model) == (pair.base,
                                                                             pair.aligned)
             assert reveal.name_a == names[list(colors).index(pair.model(pair.side_a))]
@@ -357,7 +393,7 @@ def app(models, tmp_path_factory):
     votes = VoteStore(root / "votes.duckdb")
     blind = BlindEval.prepare(models, PROMPTS, SAMPLING, votes, root / "images")
     blind.start()
-    assert blind.wait().pairs == len(PROMPTS)
+    assert blind.wait().pairs == len(blind.items)
     with serving(build_app(blind), **OPTIONS) as url:
         yield url, blind, root
     blind.close()
@@ -441,7 +477,6 @@ def test_voting_blind_through_the_page(browser, app):
                            "document.querySelector('#eval-reveal').innerText.trim() === ''",
                            timeout=15_000)
     second_prompt = page.inner_text("#eval-prompt")
-    assert second_prompt != prompt  # alice has not voted on the other prompt yet
     page.keyboard.press("t")
     reveal2 = wait_revealed(page, 1)
     # typing into the name field is not a vote
@@ -462,6 +497,7 @@ def test_voting_blind_through_the_page(browser, app):
     assert rows[0].outcome == first_side and rows[1].outcome == "tie"
     assert rows[2].outcome == ("base" if rows[2].side_a == "aligned" else "aligned")
     assert [r.prompt for r in rows[:2]] == [prompt.strip(), second_prompt.strip()]
+    assert len({(r.prompt, r.seed) for r in rows}) == 3  # never a pair alice saw revealed
     assert {r.category for r in rows} <= {"circle", "square"}
     wins = sum(r.outcome == "aligned" for r in rows)
     assert f"3 votes: {wins} aligned, {2 - wins} base, 1 ties, 0 both bad" in \
@@ -552,7 +588,7 @@ def test_no_two_showings_of_an_image_share_an_address(browser, app, models):
     with VoteStore(root / "votes-restart.duckdb") as votes:
         restarted = BlindEval.prepare(models, PROMPTS, SAMPLING, votes, root / "images")
         restarted.start()
-        assert restarted.wait().pairs == len(PROMPTS)
+        assert restarted.wait().pairs == len(restarted.items)
         with serving(build_app(restarted), **OPTIONS) as second_url:
             look(second_url, 1, 2)
         restarted.close()
@@ -600,6 +636,49 @@ def test_the_page_is_served_before_the_images_are_made_and_says_how_far(browser,
     errors = [e for e in err.splitlines() if e.startswith("error: ")]
     assert len(errors) == 1 and "cannot load" in errors[0], err[-2000:]
     assert "Traceback" not in err
+
+
+def test_while_images_are_made_a_voter_waits_rather_than_see_a_revealed_pair_again(
+        browser, models, tmp_path):
+    """One prompt's images exist, the other's are made only later: the voter votes on the
+    ready pairs, then the page says it is making images and deals nothing (it polls) until
+    an unseen pair exists; no pair whose reveal the voter saw is dealt to them again."""
+    sampling = Sampling(seeds=2, steps=2)
+    made = {m: images_for(m, [PROMPTS[0].text], sampling, tmp_path / "images") for m in models}
+    fresh_pair = ("() => !document.querySelector('#eval-vote-a').disabled && "
+                  "document.querySelector('#eval-reveal').innerText.trim() === ''")
+    with VoteStore(tmp_path / "votes.duckdb") as votes:
+        blind = BlindEval(models, PROMPTS, sampling, made, votes, root=tmp_path / "images")
+        with serving(build_app(blind), **OPTIONS) as url:
+            page = open_page(browser, url)
+            page.fill("#eval-voter input, #eval-voter textarea", "carol")
+            for k in range(2):  # the first prompt's two pairs
+                if k:
+                    page.wait_for_function(fresh_pair, timeout=15_000)
+                page.click("#eval-vote-a")
+                wait_revealed(page, k)
+                page.click("#eval-next")
+            page.wait_for_function("() => document.querySelector('#eval-progress').innerText"
+                                   ".includes('voted on every pair ready so far')",
+                                   timeout=15_000)
+            assert "Making images: 4 of 8" in page.inner_text("#eval-progress")
+            time.sleep(3)  # the page polls each second: still nothing to deal
+            assert page.is_disabled("#eval-vote-a") and not image_sources(page)
+            blind.start()  # now the second prompt's images are made
+            for k in range(2, 4):
+                page.wait_for_function(fresh_pair, timeout=300_000)
+                assert PROMPTS[1].text in page.inner_text("#eval-prompt")
+                page.click("#eval-vote-b")
+                wait_revealed(page, k)
+                page.click("#eval-next")
+            page.wait_for_function("() => document.querySelector('#eval-progress').innerText"
+                                   ".includes('You have voted on every pair')", timeout=60_000)
+            assert page.is_disabled("#eval-vote-a")
+            page.close()
+        blind.close()
+        rows = votes.votes()
+    assert [r.voter for r in rows] == ["carol"] * 4
+    assert len({(r.prompt, r.seed) for r in rows}) == 4, [(r.prompt, r.seed) for r in rows]
 
 
 def test_with_a_login_the_voter_is_the_login_and_the_tally_can_be_your_own(browser, tmp_path):
