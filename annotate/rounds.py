@@ -44,7 +44,8 @@ from PIL import Image
 from annotate.gold import GoldPair
 from annotate.screening import Blocklist, check_length, screen
 from annotate.worker import SET_SOURCE, PairWorker, Progress
-from data.errors import DiskFullError, StoreWriteError, UserError
+from data.errors import StoreWriteError, UserError
+from data.pages import unsaved_vote
 from data.pairs import decode_image, encode_jpeg
 from data.store import (
     OUTCOMES,
@@ -240,10 +241,7 @@ class Collector:
             raise self._cap_reached() from None
         except StoreWriteError as error:
             self._settle(shown, stored=False)
-            problem = (f"disk full ({self.store.path.parent}) - free space"
-                       if isinstance(error, DiskFullError) else str(error))
-            raise VoteNotSaved(f"Could not save the vote: {problem} and vote again "
-                               "(the pair stays).") from None
+            raise VoteNotSaved(unsaved_vote(error, self.store.path.parent)) from None
         except BaseException:
             self._settle(shown, stored=False)
             raise

@@ -49,7 +49,7 @@ from typing import TypeVar
 import numpy as np
 from PIL import Image
 
-from data.errors import DataError
+from data.errors import DataError, DiskFullError, StoreWriteError
 
 FRAME_PX = 400  # the height of each image frame on both pages
 FIRST_PORT = 7860  # Gradio's default, and the first port tried without --port
@@ -289,3 +289,12 @@ def _page_only(app: Callable) -> Callable:
         return await app(scope, receive, send_page)
 
     return guarded
+
+
+def unsaved_vote(error: StoreWriteError, folder: Path) -> str:
+    """The line both pages show when the file system refused a vote (`error`; the votes
+    file is in `folder`): why, and what to do. The pair stays on the page, nothing else
+    was lost."""
+    problem = (f"disk full ({folder}) - free space" if isinstance(error, DiskFullError)
+               else str(error))
+    return f"Could not save the vote: {problem} and vote again (the pair stays)."

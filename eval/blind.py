@@ -41,8 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
-from data.errors import DataError
-from data.pages import PageImages, enlarge
+from data.errors import DataError, StoreWriteError
+from data.pages import PageImages, enlarge, unsaved_vote
 from data.prompts import Prompt
 from data.store import QUESTIONS
 from eval.images import DEFAULT_ROOT, Sampling, images_for, open_image
@@ -332,14 +332,17 @@ class BlindEval:
                 raise DataError("you have seen who made these images (you voted on them "
                                 "before): press Next for a pair new to you")
             return stored
-        stored = self.votes.record(VoteRow(
-            vote_id=pair.pair_id, voter=voter, prompt=pair.prompt.text,
-            category=pair.prompt.category, seed=pair.seed, base_model=pair.base,
-            aligned_model=pair.aligned, side_a=pair.side_a, choice=choice,
-            outcome=outcome_of(choice, pair.side_a), steps=self.sampling.steps,
-            guidance=self.sampling.guidance,
-            dwell_ms=int(1000 * (time.monotonic() - pair.shown_at)), created_at=now(),
-            question=self.question))
+        try:
+            stored = self.votes.record(VoteRow(
+                vote_id=pair.pair_id, voter=voter, prompt=pair.prompt.text,
+                category=pair.prompt.category, seed=pair.seed, base_model=pair.base,
+                aligned_model=pair.aligned, side_a=pair.side_a, choice=choice,
+                outcome=outcome_of(choice, pair.side_a), steps=self.sampling.steps,
+                guidance=self.sampling.guidance,
+                dwell_ms=int(1000 * (time.monotonic() - pair.shown_at)), created_at=now(),
+                question=self.question))
+        except StoreWriteError as error:  # the pair stays dealt, to vote on again
+            raise DataError(unsaved_vote(error, self.votes.path.parent)) from None
         with self._lock:
             self._pending.pop(pair.pair_id, None)
             self._forget(pair.pair_id)

@@ -14,7 +14,6 @@ answered with the first vote.
 
 from __future__ import annotations
 
-from contextlib import suppress
 from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 import duckdb
 
 from data.errors import DataError
-from data.store import DuckDBFile
+from data.store import DuckDBFile, _is_conflict, write_error
 from eval.stats import Vote
 
 DEFAULT_VOTES = Path("runs/eval/votes.duckdb")
@@ -118,19 +117,24 @@ class VoteStore(DuckDBFile):
         """Store `row` unless its vote_id is stored already; returns the stored row.
 
         The insert commits before this returns. A replay of the same vote_id (a double
-        click, even one with another choice) keeps the first vote and returns it.
+        click, even one with another choice) keeps the first vote and returns it. A write
+        the file system refuses (a full disk) is a `StoreWriteError`, nothing kept; the
+        file stays usable, so the same vote can be stored once the cause is fixed.
         """
         outcome = outcome_of(row.choice, row.side_a)
         if outcome != row.outcome:
             raise DataError(f"vote {row.vote_id}: outcome {row.outcome!r} does not follow "
                             f"from choice {row.choice!r} with {row.side_a} on side A")
-        cursor = self.cursor()
-        # a conflict means a concurrent twin of this vote committed first
-        with suppress(duckdb.ConstraintException, duckdb.TransactionException):
-            cursor.execute(
+        try:
+            self.cursor().execute(
                 f"INSERT INTO votes ({', '.join(COLUMNS)}) VALUES "
                 f"({', '.join('?' * len(COLUMNS))}) ON CONFLICT (vote_id) DO NOTHING",
                 [getattr(row, c) for c in COLUMNS])
+        except (duckdb.ConstraintException, duckdb.TransactionException) as error:
+            if not _is_conflict(error):  # else a concurrent twin of this vote came first
+                raise write_error(self.path, error) from None
+        except (duckdb.IOException, duckdb.FatalException, OSError) as error:
+            raise write_error(self.path, error) from None
         stored = self.get(row.vote_id)
         if stored is None:
             raise DataError(f"vote {row.vote_id} was not stored")

@@ -35,7 +35,7 @@ from eval.images import Sampling, images_for, model_folder
 from eval.report import write_human_report
 from eval.votes import VoteRow, VoteStore, outcome_of
 from models.loading import TOY_DIR
-from tests.helpers import serving
+from tests.helpers import fill_disk, serving, small_filesystem
 
 PROMPTS = [Prompt("a red circle on a white background", "circle"),
            Prompt("a blue square on a white background", "square")]
@@ -679,6 +679,32 @@ def test_while_images_are_made_a_voter_waits_rather_than_see_a_revealed_pair_aga
         rows = votes.votes()
     assert [r.voter for r in rows] == ["carol"] * 4
     assert len({(r.prompt, r.seed) for r in rows}) == 4, [(r.prompt, r.seed) for r in rows]
+
+
+def test_a_full_disk_says_why_the_vote_was_not_stored_and_keeps_the_pair(browser, tmp_path):
+    """The votes file's disk fills: the page says so and what to do, in the annotate
+    page's words; once space is freed the same vote on the same pair is stored."""
+    images = fake_eval(tmp_path).images
+    with small_filesystem(tmp_path / "tiny") as disk, VoteStore(disk / "votes.duckdb") as votes:
+        blind = BlindEval(["base-m", "aligned-m"], PROMPTS, Sampling(seeds=2), images, votes)
+        with serving(build_app(blind, voter="dora"), **OPTIONS) as url:
+            page = open_page(browser, url)
+            prompt = page.inner_text("#eval-prompt")
+            votes.cursor().execute("CHECKPOINT")  # the next vote must grow the file
+            filler = fill_disk(disk)
+            page.click("#eval-vote-a")
+            warning = page.get_by_text("Could not save the vote: disk full")
+            warning.wait_for(timeout=30_000)
+            assert f"({disk}) - free space and vote again (the pair stays)." in \
+                warning.inner_text()
+            assert page.inner_text("#eval-reveal").strip() == "" and votes.votes() == []
+            filler.unlink()
+            page.click("#eval-vote-a")  # the same vote, on the same pair
+            wait_revealed(page, 0)
+            [row] = votes.votes()
+            assert row.voter == "dora" and row.choice == "A" and row.prompt == prompt.strip()
+            page.close()
+        blind.close()
 
 
 def test_with_a_login_the_voter_is_the_login_and_the_tally_can_be_your_own(browser, tmp_path):
