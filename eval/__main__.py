@@ -224,11 +224,12 @@ def report(argv: list[str]) -> int:
         if not votes:
             raise DataError(f"no votes on the {args.question} question for {aligned} in "
                             f"{args.db}: give the --question the page asked")
-    from eval.report import write_human_report  # matplotlib: only once there are votes
+    from eval.report import report_folder, write_human_report  # matplotlib: once there are votes
 
     out = Path(args.out or Path("runs/eval") / f"human-{run_name(aligned)}")
     command = "python -m eval report " + shlex.join(argv)
-    summary = write_human_report(votes, out, command, others=comparisons[1:])
+    with report_folder(out):
+        summary = write_human_report(votes, out, command, others=comparisons[1:])
     print(json.dumps(summary))
     return 0
 
@@ -260,7 +261,7 @@ def auto(argv: list[str]) -> int:
     from data.prompts import read_prompt_set
     from eval.auto import compare
     from eval.images import Sampling
-    from eval.report import write_auto_report
+    from eval.report import report_folder, write_auto_report
     from models.scorers import load_scorer
 
     prompts = read_prompt_set(args.prompts) if args.prompts else default_prompts(args.base)
@@ -273,7 +274,8 @@ def auto(argv: list[str]) -> int:
     result, *also = [compare(base, aligned, prompts, scorer, name, sampling, args.tie_margin,
                              Path(args.images)) for name, scorer in scorers.items()]
     command = "python -m eval auto " + shlex.join(argv)
-    print(json.dumps(write_auto_report(result, out, command, also)))
+    with report_folder(out):
+        print(json.dumps(write_auto_report(result, out, command, also)))
     return 0
 
 
@@ -329,6 +331,7 @@ def leaderboard(argv: list[str]) -> int:
     from eval.auto import score_images
     from eval.images import Sampling, images_for
     from eval.leaderboard import fit, scored_matches, vote_matches, write_boards
+    from eval.report import report_folder
     from models.scorers import load_scorer
 
     sampling = Sampling(args.seeds, args.steps, args.guidance)
@@ -353,7 +356,8 @@ def leaderboard(argv: list[str]) -> int:
             except DataError as error:  # votes that do not link every model: say, go on
                 print(f"note: no people's board: {error}", file=sys.stderr)
     command = "python -m eval leaderboard " + shlex.join(argv)
-    print(json.dumps(write_boards(boards, names, Path(args.out), command)))
+    with report_folder(Path(args.out)) as out:
+        print(json.dumps(write_boards(boards, names, out, command)))
     return 0
 
 

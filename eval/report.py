@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import matplotlib
@@ -15,6 +17,21 @@ from data.stats import percent  # noqa: E402
 from eval.auto import AutoResult, mean_interval  # noqa: E402
 from eval.stats import Tally, Vote, tally, tally_by_category  # noqa: E402
 from eval.votes import VoteRow  # noqa: E402
+
+
+@contextmanager
+def report_folder(out: Path) -> Iterator[Path]:
+    """`out`, made if missing, for the report written inside the block. A folder that
+    cannot be made or written (a file in its way, a read-only or full disk) ends the
+    command in one line naming it, the cause and the fix."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        yield out
+    except OSError as error:
+        blocker = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
+        cause = f"{blocker} is a file" if blocker else error.strerror or type(error).__name__
+        raise DataError(f"cannot write the report in {out} ({cause}): give --out a folder "
+                        "that can be written") from None
 
 
 def _interval(interval) -> str:

@@ -339,6 +339,22 @@ def test_report_command_on_votes_and_its_one_line_errors(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["losses"] == 1
 
 
+def test_a_report_folder_that_cannot_be_written_is_one_line_naming_it(tmp_path):
+    """--out under a regular file, or a file itself: one line naming the folder, the
+    cause and the fix; nothing written (tests run as root: permissions stop nothing)."""
+    db = tmp_path / "votes.duckdb"
+    with VoteStore(db) as store:
+        store.record(row("1", "aligned", "base"))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    for out in (blocker / "report", blocker):
+        done = run_eval("report", "--db", str(db), "--out", str(out), cwd=tmp_path)
+        assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+        assert done.stderr == f"error: cannot write the report in {out} ({blocker} is a " \
+            "file): give --out a folder that can be written\n"
+    assert blocker.read_text() == "not a folder"
+
+
 def test_images_are_made_in_the_background_and_a_pair_is_dealt_once_both_exist(
         tmp_path, models):
     with VoteStore(tmp_path / "votes.duckdb") as votes:
