@@ -1,4 +1,4 @@
-"""What both pages' servers answer beside the page itself (issue 34, points 7 and 9).
+"""What both pages' servers answer beside the page itself.
 
 Each command is started as a user starts it, with `--auth`, and asked over HTTP on
 127.0.0.1: without a login it describes none of its endpoints (no FastAPI route list, no
