@@ -7,13 +7,10 @@ The pair id travels in `gr.State`, which stays on the server.
 
 from __future__ import annotations
 
-import html
-import re
-
 import gradio as gr
 
 from data.errors import DataError
-from data.pages import FRAME_PX, check_name, server_options
+from data.pages import FRAME_PX, check_name, markdown_literal, server_options
 from data.stats import percent
 from data.store import QUESTIONS
 from eval.blind import BlindEval, Progress, Reveal
@@ -46,11 +43,6 @@ document.addEventListener("keydown", (event) => {
 });
 </script>
 """
-
-
-def _text(value: str) -> str:
-    """User text shown literally in Markdown (no HTML, no markup)."""
-    return re.sub(r"([\\`*_{}\[\]()#+\-.!|~>])", r"\\\1", html.escape(value))
 
 
 def tally_text(tallies: dict[str, Tally]) -> str:
@@ -94,15 +86,17 @@ def reveal_text(reveal: Reveal) -> str:
     said = {"A": "A is better", "B": "B is better", "tie": "a tie",
             "both_bad": "both are bad"}[v.choice]
     winner = {v.side_a: reveal.name_a, reveal.side_b: reveal.name_b}.get(v.outcome)
-    meaning = f"a win for {_text(winner)}" if winner else \
+    name_a, model_a, name_b, model_b = map(markdown_literal, (
+        reveal.name_a, reveal.model_a, reveal.name_b, reveal.model_b))
+    meaning = f"a win for {markdown_literal(winner)}" if winner else \
         {"tie": "a tie", "both_bad": "no preference (both bad)"}[v.outcome]
-    return (f"**Image A: {_text(reveal.name_a)}** ({_text(reveal.model_a)}) · **Image B: "
-            f"{_text(reveal.name_b)}** ({_text(reveal.model_b)}). You said {said}: {meaning}.")
+    return (f"**Image A: {name_a}** ({model_a}) · **Image B: {name_b}** ({model_b}). "
+            f"You said {said}: {meaning}.")
 
 
 def board_text(matchups: list[tuple[str, str, int]]) -> str:
     """How the board's votes so far fall on its matchups."""
-    voted = [f"{_text(a)} v {_text(b)}: {n}" for a, b, n in matchups if n]
+    voted = [f"{markdown_literal(a)} v {markdown_literal(b)}: {n}" for a, b, n in matchups if n]
     return ("**Votes per matchup** (each pair is drawn from the closest-rated matchup with "
             "the fewest votes): " + ("; ".join(voted) if voted else "none yet") + ".")
 
@@ -119,7 +113,7 @@ def standing_text(blind: BlindEval, voter: str | None = None) -> str:
         return "Type your name to see the tally of your votes."
     mine = voter is not None
     text = tally_text(blind.tallies(voter.strip() if mine else None))
-    return (f"**Your votes** ({_text(voter.strip())}): " if mine else "") + text
+    return (f"**Your votes** ({markdown_literal(voter.strip())}): " if mine else "") + text
 
 
 def build_app(blind: BlindEval, voter: str | None = None, auth: bool = False) -> gr.Blocks:
@@ -176,7 +170,8 @@ def build_app(blind: BlindEval, voter: str | None = None, auth: bool = False) ->
                         gr.Button(interactive=False), standing(voter_name, scope, request),
                         status, gr.Timer(active=not made.failed and made.images < made.total))
             shown = blind.show(pair)
-            return (shown.pair_id, f"### {_text(shown.prompt)}", shown.image_a, shown.image_b,
+            prompt_line = f"### {markdown_literal(shown.prompt)}"
+            return (shown.pair_id, prompt_line, shown.image_a, shown.image_b,
                     "", *[gr.Button(interactive=True)] * len(buttons),
                     gr.Button(interactive=False), standing(voter_name, scope, request),
                     status, gr.Timer(active=False))
