@@ -350,9 +350,21 @@ def test_a_report_folder_that_cannot_be_written_is_one_line_naming_it(tmp_path):
     for out in (blocker / "report", blocker):
         done = run_eval("report", "--db", str(db), "--out", str(out), cwd=tmp_path)
         assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
-        assert done.stderr == f"error: cannot write the report in {out} ({blocker} is a " \
-            "file): give --out a folder that can be written\n"
+        assert done.stderr == f"error: cannot write the report to {out}: {blocker} is a " \
+            "file, not a folder: give --out a folder you can write to\n"
     assert blocker.read_text() == "not a folder"
+
+
+def test_a_report_onto_a_full_disk_is_one_line_naming_it(tmp_path):
+    db = tmp_path / "votes.duckdb"
+    with VoteStore(db) as store:
+        store.record(row("1", "aligned", "base"))
+    with small_filesystem(tmp_path / "tiny") as disk:
+        fill_disk(disk)
+        done = run_eval("report", "--db", str(db), "--out", str(disk / "report"), cwd=tmp_path)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith(f"error: no space left on the disk holding {disk / 'report'}")
+    assert "the report was not written; free some space" in done.stderr
 
 
 def test_images_are_made_in_the_background_and_a_pair_is_dealt_once_both_exist(
