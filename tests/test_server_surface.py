@@ -134,6 +134,10 @@ def test_with_a_login_the_page_and_its_api_client_work(server, browser):
     page.get_by_role("button", name="Login").click()
     control = {"annotate": "#generate", "eval": "#eval-next"}[page_name]
     page.locator(control).wait_for(timeout=60_000)  # the page itself, past the login
+    if page_name == "annotate":  # and its second page, for the owner
+        page.goto(url + "campaign")
+        page.wait_for_function("() => document.querySelector('#campaign-summary')"
+                               "?.innerText.trim()", timeout=60_000)
     assert not errors, errors
     page.close()
     if page_name == "annotate":  # scripted clients log in and see its endpoints
