@@ -922,3 +922,43 @@ def test_a_misspelt_flag_gets_the_nearest_real_one_in_one_line():
         assert out.returncode == 1 and out.stderr.count("\n") == 1, out.stderr
         assert flag in out.stderr and f"use {nearest}" in out.stderr, out.stderr
 
+
+
+_OPEN_CACHE = """
+import json, sys
+import psutil
+from train.cache import PairCache
+before = psutil.Process().memory_info().rss
+cache = PairCache(__import__("pathlib").Path(sys.argv[1]))
+batch = cache.batch([0, 19999], "cpu")  # a batch of two pairs is in memory too
+print(json.dumps({"grew_mb": (psutil.Process().memory_info().rss - before) / 2**20,
+                  "text": list(batch.text.shape), "dtype": str(batch.text.dtype)}))
+"""
+
+
+@pytest.mark.parametrize(("model", "tokens", "width", "pooled"),
+                         [("sd15", 77, 768, None), ("flux", 512, 4096, 768)])
+def test_a_process_opening_a_cache_of_20000_captions_holds_none_of_their_text(
+        tmp_path, model, tokens, width, pooled):
+    """Every process of a launch opens the cache: its text embeddings (SD1.5: 2.4 GB,
+    FLUX: 84 GB at 20,000 captions in 16-bit) must stay on disk, only a batch's rows read.
+    The arrays are sparse files, written by shape alone."""
+    from train.cache import FORMAT
+
+    captions, folder = 20_000, tmp_path / "cache"
+    folder.mkdir()
+    shapes = {"text": (captions + 1, tokens, width), "latents": (captions, 2, 4, 8, 8)}
+    if pooled:
+        shapes["pooled"] = (captions + 1, pooled)
+    for name, shape in shapes.items():
+        np.lib.format.open_memmap(folder / f"{name}.npy", mode="w+", dtype=np.float16,
+                                  shape=shape).flush()
+    np.save(folder / "caption_index.npy", np.arange(1, captions + 1))
+    (folder / "meta.json").write_text(json.dumps({"format": FORMAT, "pairs": captions,
+                                                  "captions": captions, "kind": model}))
+    out = subprocess.run([sys.executable, "-c", _OPEN_CACHE, str(folder)], capture_output=True,
+                         text=True, timeout=300, cwd=Path(__file__).parents[1])
+    assert out.returncode == 0, out.stderr[-2000:]
+    opened = json.loads(out.stdout.splitlines()[-1])
+    assert opened["text"] == [2, tokens, width] and opened["dtype"] == "torch.float32"
+    assert opened["grew_mb"] < 200, opened

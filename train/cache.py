@@ -200,13 +200,14 @@ class PairCache:
         self.directory = directory
         self.meta = json.loads((directory / "meta.json").read_text())
         self.latents = np.load(directory / "latents.npy", mmap_mode="r")
-        self.caption_index = np.load(directory / "caption_index.npy")
-        self.text = torch.from_numpy(np.load(directory / "text.npy").astype(np.float32))
+        self.caption_index = np.load(directory / "caption_index.npy", mmap_mode="r")
+        self.text = np.load(directory / "text.npy", mmap_mode="r")  # 16-bit, on disk
         pooled = directory / "pooled.npy"
-        self.pooled = torch.from_numpy(np.load(pooled).astype(np.float32)) \
-            if pooled.exists() else None
+        self.pooled = np.load(pooled, mmap_mode="r") if pooled.exists() else None
         time_ids = directory / "time_ids.npy"
-        self.time_ids = torch.from_numpy(np.load(time_ids)) if time_ids.exists() else None
+        self.time_ids = np.load(time_ids, mmap_mode="r") if time_ids.exists() else None
+        self.empty_text = _rows(self.text, [0])[0]  # the unconditional caption, row 0
+        self.empty_pooled = None if self.pooled is None else _rows(self.pooled, [0])[0]
         flipped = directory / "flipped.npy"
         self.flipped = np.load(flipped, mmap_mode="r") if flipped.exists() else None
         pairs = self.meta["pairs"]
@@ -218,19 +219,11 @@ class PairCache:
     def __len__(self) -> int:
         return len(self.caption_index)
 
-    @property
-    def empty_text(self) -> torch.Tensor:
-        return self.text[0]
-
-    @property
-    def empty_pooled(self) -> torch.Tensor | None:
-        return None if self.pooled is None else self.pooled[0]
-
     def batch(self, indices: list[int], device: torch.device | str,
               flips: np.ndarray | None = None) -> CachedBatch:
         """Pairs `indices`; where `flips` is true, both of that pair's images mirrored."""
         order = np.asarray(indices)
-        captions = torch.from_numpy(self.caption_index[order])
+        captions = self.caption_index[order]
         latents = self.latents[order].astype(np.float32)
         if flips is not None and flips.any():
             if self.flipped is None:
@@ -238,10 +231,17 @@ class PairCache:
             latents[flips] = self.flipped[order[flips]]
         return CachedBatch(
             latents=torch.from_numpy(latents).to(device),
-            text=self.text[captions].to(device),
-            pooled=None if self.pooled is None else self.pooled[captions].to(device),
-            time_ids=None if self.time_ids is None else self.time_ids[order].to(device),
+            text=_rows(self.text, captions).to(device),
+            pooled=None if self.pooled is None else _rows(self.pooled, captions).to(device),
+            time_ids=None if self.time_ids is None else _rows(self.time_ids, order).to(device),
         )
+
+
+def _rows(array: np.ndarray, rows) -> torch.Tensor:
+    """Rows of a memory-mapped array, read from disk now, as fp32. The cache's text
+    embeddings grow with the prompts (FLUX: 4 MB a caption in 16-bit) and every process
+    of a launch opens them, so only a batch's rows are ever in memory."""
+    return torch.from_numpy(np.asarray(array[np.asarray(rows)], dtype=np.float32))
 
 
 def build(pairs, pipeline, kind: str, prep: Preprocessing, directory: Path,
