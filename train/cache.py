@@ -253,16 +253,23 @@ def build(pairs, pipeline, kind: str, prep: Preprocessing, directory: Path,
     captions = sorted({pairs.describe(i)[0] for i in range(len(pairs))})
     row_of = {caption: row + 1 for row, caption in enumerate(captions)}  # row 0: empty
     empty, empty_pooled = encode_empty(pipeline, kind, prep.text_options())
-    texts, pooled = [empty[None]], [empty_pooled[None]] if empty_pooled is not None else []
+    # written a chunk at a time into 16-bit files: the whole text cache never sits in RAM
+    text = _open_rows(temp / "text.npy", len(captions) + 1, empty)
+    pooled = None if empty_pooled is None else \
+        _open_rows(temp / "pooled.npy", len(captions) + 1, empty_pooled)
+    text[0] = empty.numpy()
+    if pooled is not None:
+        pooled[0] = empty_pooled.numpy()
     for start in range(0, len(captions), ENCODE_BATCH):
         embeds, pool = encode_prompts(pipeline, kind, captions[start:start + ENCODE_BATCH],
                                       prep.text_options())
-        texts.append(embeds)
-        if pool is not None:
-            pooled.append(pool)
-    np.save(temp / "text.npy", torch.cat(texts).numpy().astype(np.float16))
-    if pooled:
-        np.save(temp / "pooled.npy", torch.cat(pooled).numpy().astype(np.float16))
+        text[1 + start:1 + start + len(embeds)] = embeds.numpy()
+        if pooled is not None:
+            pooled[1 + start:1 + start + len(pool)] = pool.numpy()
+    for array in (text, pooled):
+        if array is not None:
+            array.flush()
+    del text, pooled
 
     loader = torch.utils.data.DataLoader(
         _Prepared(pairs, prep), batch_size=ENCODE_BATCH, num_workers=workers,
@@ -303,6 +310,12 @@ def build(pairs, pipeline, kind: str, prep: Preprocessing, directory: Path,
     shutil.rmtree(directory, ignore_errors=True)
     temp.rename(directory)
     return PairCache(directory)
+
+
+def _open_rows(path: Path, rows: int, first: torch.Tensor) -> np.ndarray:
+    """A new 16-bit .npy of `rows` rows shaped like `first`, memory-mapped to fill."""
+    return np.lib.format.open_memmap(path, mode="w+", dtype=np.float16,
+                                     shape=(rows, *first.shape))
 
 
 class _Prepared(torch.utils.data.Dataset):
