@@ -753,6 +753,29 @@ def test_a_damaged_cache_is_named_and_rebuilt(damage, store_path, tmp_path, caps
     assert len(PairCache(directory)) == 12
 
 
+def test_a_build_removes_what_killed_builds_on_this_machine_left(store_path, tmp_path):
+    """A killed build leaves its temporary folder (it can hold the whole text cache); the
+    next build removes those of dead processes on this machine, and no other's."""
+    import socket
+
+    first = Run(config_for("toy", store_path, tmp_path / "first", eval_every=0, max_steps=1))
+    directory = first.data.cache.directory
+    del first
+    shutil.rmtree(directory)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    here = socket.gethostname()
+    killed = directory.with_name(f"{directory.name}.tmp-{here}-{gone.stdout.strip()}")
+    running = directory.with_name(f"{directory.name}.tmp-{here}-{os.getppid()}")
+    elsewhere = directory.with_name(f"{directory.name}.tmp-other-node-{gone.stdout.strip()}")
+    for folder in (killed, running, elsewhere):
+        (folder).mkdir()
+        (folder / "text.npy").write_bytes(b"half a cache")
+    Run(config_for("toy", store_path, tmp_path / "run", eval_every=0, max_steps=1))
+    assert (directory / "meta.json").exists() and not killed.exists()
+    assert running.exists() and elsewhere.exists()
+
+
 def test_a_store_without_decisive_pairs_is_named_with_the_reason(tmp_path):
     from tests.helpers import record
 

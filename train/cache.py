@@ -29,6 +29,7 @@ import json
 import os
 import random
 import shutil
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -247,7 +248,8 @@ def _rows(array: np.ndarray, rows) -> torch.Tensor:
 def build(pairs, pipeline, kind: str, prep: Preprocessing, directory: Path,
           workers: int = 0) -> PairCache:
     """Encode every pair of `pairs` once into `directory` (atomically) and open it."""
-    temp = directory.with_name(f"{directory.name}.tmp-{os.getpid()}")
+    _remove_killed_builds(directory)
+    temp = directory.with_name(f"{directory.name}.tmp-{socket.gethostname()}-{os.getpid()}")
     shutil.rmtree(temp, ignore_errors=True)
     temp.mkdir(parents=True)
     captions = sorted({pairs.describe(i)[0] for i in range(len(pairs))})
@@ -310,6 +312,27 @@ def build(pairs, pipeline, kind: str, prep: Preprocessing, directory: Path,
     shutil.rmtree(directory, ignore_errors=True)
     temp.rename(directory)
     return PairCache(directory)
+
+
+def _remove_killed_builds(directory: Path) -> None:
+    """Delete the temporary folders of builds of `directory` that were killed on this
+    machine (their process is gone): each can hold the whole text cache. A build on
+    another machine of a shared file system is left alone."""
+    prefix = f"{directory.name}.tmp-{socket.gethostname()}-"
+    for temp in directory.parent.glob(f"{directory.name}.tmp-*"):
+        pid = temp.name.removeprefix(prefix)
+        if temp.name.startswith(prefix) and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(temp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _open_rows(path: Path, rows: int, first: torch.Tensor) -> np.ndarray:
