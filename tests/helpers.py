@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import struct
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from PIL import Image
 
 from data.pickapic import PICKAPIC_SCHEMA
@@ -185,3 +187,18 @@ def config_for(model_dir, store_path, out, **overrides):
     values.update(overrides)
     return resolve("toy", values)
 
+
+@contextmanager
+def small_disk(path: Path, size: str, read_only: bool = False) -> Iterator[Path]:
+    """A tmpfs of `size` mounted at `path` for the block (mounting needs root); chmod
+    cannot make a read-only folder for root, a read-only mount can."""
+    path.mkdir()
+    options = f"size={size}" + (",ro" if read_only else "")
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
+                           capture_output=True, text=True)
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a {size} tmpfs here (needs root): {mount.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=True)

@@ -11,8 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from helpers import public_shard_table, record, write_shard
+from helpers import public_shard_table, record, small_disk, write_shard
 from PIL import Image
 
 from data.errors import DataError
@@ -123,22 +121,6 @@ def data_command(*args) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "data", *map(str, args)],
                           capture_output=True, text=True,
                           cwd=os.path.dirname(os.path.dirname(__file__)))
-
-
-@contextmanager
-def small_disk(path: Path, size: str, read_only: bool = False) -> Iterator[Path]:
-    """A tmpfs of `size` mounted at `path` for the block (mounting needs root); chmod
-    cannot make a read-only folder for root, a read-only mount can."""
-    path.mkdir()
-    options = f"size={size}" + (",ro" if read_only else "")
-    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
-                           capture_output=True, text=True)
-    if mount.returncode != 0:
-        pytest.skip(f"cannot mount a {size} tmpfs here (needs root): {mount.stderr.strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", str(path)], check=True)
 
 
 def pq_image_bytes(shard: Path) -> int:

@@ -28,10 +28,10 @@ from data.errors import DataError
 from data.store import Store
 from models import load
 from tests.helpers import config_for
-from train.cache import Preprocessing, _encode_latents, mirrored, prepare_pair
+from train.cache import Preprocessing, _encode_latents, cache_bytes, mirrored, prepare_pair
 from train.config import TrainConfig, resolve
 from train.errors import TrainError
-from train.plan import training_pairs
+from train.plan import cache_folder, cache_line, training_pairs
 from train.processes import PREDICTION_TYPES, DDPMProcess
 from train.trainer import Run, batch_positions, forward_pairs
 
@@ -985,3 +985,36 @@ def test_a_process_opening_a_cache_of_20000_captions_holds_none_of_their_text(
     opened = json.loads(out.stdout.splitlines()[-1])
     assert opened["text"] == [2, tokens, width] and opened["dtype"] == "torch.float32"
     assert opened["grew_mb"] < 200, opened
+
+
+@pytest.mark.parametrize("kind", ["sd", "sdxl", "sd3", "flux"])
+def test_the_dry_run_s_cache_size_is_the_size_the_build_writes(kind, request, store_path,
+                                                               tmp_path):
+    """`--dry_run` sizes the cache from the model's config files alone; here it is held to
+    the bytes a real build of the same pairs writes, for each model family."""
+    model = request.getfixturevalue(f"tiny_{kind}_dir")
+    config = config_for(model, store_path, tmp_path / "run", random_flip=kind == "sd",
+                        eval_every=0, max_steps=1)
+    pairs = training_pairs(config)
+    before = cache_line(config, pairs)
+    assert before.startswith("cache:  ") and "to build in" in before, before
+    directory = Run(config).data.cache.directory
+    written = sum(f.stat().st_size for f in directory.glob("*.npy"))
+    after = cache_line(config, pairs)
+    assert f"built, in {directory}" in after, after
+    prep = cache_folder(config, pairs, kind)[1]
+    captions = len({pairs.describe(i)[0] for i in range(len(pairs))})
+    assert cache_bytes(str(model), kind, len(pairs), captions, prep) == written
+
+
+def test_a_dry_run_whose_cache_cannot_fit_its_disk_is_refused_in_one_line(store_path,
+                                                                           tmp_path):
+    from helpers import small_disk
+
+    with small_disk(tmp_path / "disk", "1m") as disk:
+        out = run_command("toy", "--data", str(store_path), "--output_dir",
+                          str(tmp_path / "run"), "--cache_dir", str(disk / "cache"),
+                          "--resolution", "2048", "--dry_run")
+    assert out.returncode == 1 and out.stderr.count("\n") == 1, out.stderr
+    assert f"in {disk / 'cache'}, whose disk has" in out.stderr, out.stderr
+    assert "give --cache_dir on a disk with room" in out.stderr, out.stderr

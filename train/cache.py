@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import random
 import shutil
@@ -68,6 +69,63 @@ class CachedBatch:
     pooled: torch.Tensor | None = None  # SDXL, SD3, FLUX: [B, D2]
     time_ids: torch.Tensor | None = None  # SDXL: [B, 6]
     liked: torch.Tensor | None = None  # KTO: [B, 2], each image liked (True) or disliked
+
+
+# the T5 tokens per caption SD3's and FLUX's pipelines encode when not told
+# (`max_sequence_length` of their `encode_prompt`)
+DEFAULT_T5_TOKENS = {"sd3": 256, "flux": 512}
+_NPY_HEADER = 128  # numpy's .npy header for these arrays
+
+
+def _config(model: str, part: str) -> dict | None:
+    from models.meta import local_file
+
+    found = local_file(model, f"{part}/config.json") or \
+        local_file(model, f"{part}/tokenizer_config.json")
+    return json.loads(found.read_text()) if found else None
+
+
+def text_shape(model: str, kind: str, prep: Preprocessing) -> tuple[tuple, tuple | None] | None:
+    """(the cached text embedding's shape per caption, the pooled one's or None), read from
+    the model's config files as `encode_prompts` will produce them; None when they are
+    not on this machine."""
+    from models.loading import denoiser_part
+
+    denoiser = _config(model, denoiser_part(kind))
+    clip = _config(model, "tokenizer")
+    if denoiser is None or clip is None:
+        return None
+    if kind in ("sd", "sdxl"):
+        pooled = _config(model, "text_encoder_2") if kind == "sdxl" else None
+        if kind == "sdxl" and pooled is None:
+            return None
+        return ((clip["model_max_length"], denoiser["cross_attention_dim"]),
+                None if pooled is None else (pooled["projection_dim"],))
+    t5 = prep.text_tokens or DEFAULT_T5_TOKENS[kind]
+    tokens = t5 if kind == "flux" else clip["model_max_length"] + t5
+    return ((tokens, denoiser["joint_attention_dim"]), (denoiser["pooled_projection_dim"],))
+
+
+def cache_bytes(model: str, kind: str, pairs: int, captions: int,
+                prep: Preprocessing) -> int | None:
+    """The bytes a cache of `pairs` pairs over `captions` distinct captions takes on disk
+    (as `build` writes it: 16-bit latents of both images, their mirrored copy under
+    random_flip, a text row per caption plus the empty caption); None where the model's
+    config files are not on this machine."""
+    vae, shapes = _config(model, "vae"), text_shape(model, kind, prep)
+    if vae is None or shapes is None:
+        return None
+    side = prep.resolution // 2 ** (len(vae["block_out_channels"]) - 1)
+    latents = pairs * 2 * vae["latent_channels"] * side * side * 2
+    text, pooled = shapes
+    total = latents * (2 if prep.random_flip else 1) + pairs * 8  # + caption_index
+    total += (captions + 1) * 2 * math.prod(text)
+    if pooled is not None:
+        total += (captions + 1) * 2 * math.prod(pooled)
+    if kind == "sdxl":
+        total += pairs * 6 * 4  # time_ids, fp32
+    files = 3 + bool(prep.random_flip) + (pooled is not None) + (kind == "sdxl")
+    return total + files * _NPY_HEADER
 
 
 def prepare_pair(

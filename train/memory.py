@@ -135,7 +135,7 @@ def estimate(config: TrainConfig) -> MemoryEstimate | None:
                           _optimizer_bytes(config, trainable), activations)
 
 
-def _size(n: int) -> str:
+def size_text(n: int) -> str:
     return f"{n / GIB:.2f} GiB" if n >= GIB // 10 else f"{n / 1024**2:.1f} MiB"
 
 
@@ -148,12 +148,12 @@ def estimate_lines(config: TrainConfig) -> list[str]:
     precision = "fp32" if config.mixed_precision == "no" else (
         "bf16 on a GPU" if config.mixed_precision == "auto" else config.mixed_precision)
     activations = ("not counted for transformers" if found.activations is None
-                   else f"{_size(found.activations)} saved for backward at "
+                   else f"{size_text(found.activations)} saved for backward at "
                         f"{config.batch_size} pairs of {config.resolution} px")
     return [
-        f"memory: about {_size(found.total)} per process ({precision}): "
-        f"weights {_size(found.weights)}, reference {_size(found.reference)}, "
-        f"gradients {_size(found.gradients)}, optimizer {_size(found.optimizer)}, "
+        f"memory: about {size_text(found.total)} per process ({precision}): "
+        f"weights {size_text(found.weights)}, reference {size_text(found.reference)}, "
+        f"gradients {size_text(found.gradients)}, optimizer {size_text(found.optimizer)}, "
         f"activations {activations}",
         f"        {found.parameters:,} denoiser parameters, {found.trainable:,} trained; "
         "VAE and text encoders not counted (unloaded after caching)",

@@ -8,15 +8,20 @@ memory a process will hold is estimated (train/memory.py) where the model is loc
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from dataclasses import asdict
+from pathlib import Path
 
 import yaml
 
 from data.pairs import MixedPairs, load_pairs
+from models.loading import FLOW_KINDS, fingerprint, kind_of
+from train import cache as pair_cache
 from train.config import HOLDOUT_SHARE, TrainConfig, objective_text
 from train.errors import TrainError
-from train.memory import estimate_lines
+from train.memory import estimate_lines, size_text
 
 
 def training_pairs(config: TrainConfig) -> MixedPairs:
@@ -30,6 +35,51 @@ def training_pairs(config: TrainConfig) -> MixedPairs:
         raise TrainError(f"no decisive pairs in {', '.join(config.data)}: collect some votes "
                          "or import shards first")
     return pairs
+
+
+def cache_folder(config: TrainConfig, pairs: MixedPairs,
+                 kind: str) -> tuple[Path, pair_cache.Preprocessing]:
+    """Where a run's cache of `pairs` lives (its key: the encoders' files, the pairs and
+    the preprocessing), and the preprocessing it is built with."""
+    c = config
+    prep = pair_cache.Preprocessing(c.resolution, c.random_crop, c.random_flip, c.seed,
+                                    c.max_sequence_length if kind in FLOW_KINDS else None)
+    key = pair_cache.cache_key(fingerprint(c.model, pair_cache.ENCODER_PARTS),
+                               pair_cache.data_fingerprint(pairs), prep)
+    return Path(c.cache_dir) / key, prep
+
+
+def _free_bytes(folder: Path) -> int:
+    """Free bytes on the disk that holds `folder` (or would: its nearest existing parent)."""
+    folder = folder.absolute()
+    while not folder.exists():
+        folder = folder.parent
+    return shutil.disk_usage(folder).free
+
+
+def cache_line(config: TrainConfig, pairs: MixedPairs) -> str:
+    """The cache's size on disk beside the room its disk has; a `TrainError` when a cache
+    still to be built cannot fit. Its text embeddings are memory-mapped, so a process's
+    RAM does not grow with them."""
+    from models.meta import local_file
+
+    index = local_file(config.model, "model_index.json")
+    kind = kind_of(json.loads(index.read_text())) if index else None
+    size = None if kind is None else pair_cache.cache_bytes(
+        config.model, kind, len(pairs), len({pairs.describe(i)[0] for i in range(len(pairs))}),
+        cache_folder(config, pairs, kind)[1])
+    if size is None:
+        return (f"cache:  not estimated: {config.model}'s config is not on this machine "
+                "(download the model, or give a local folder)")
+    directory, _ = cache_folder(config, pairs, kind)
+    built = (directory / "meta.json").exists()
+    free = _free_bytes(Path(config.cache_dir))
+    if not built and size > free:
+        raise TrainError(f"the cache needs about {size_text(size)} in {config.cache_dir}, whose "
+                         f"disk has {size_text(free)} free: give --cache_dir on a disk with room")
+    where = f"built, in {directory}" if built else f"to build in {directory}"
+    return (f"cache:  {size_text(size)} ({where}; {size_text(free)} free there); every "
+            "process memory-maps it and holds a batch's rows")
 
 
 def holdout_line(config: TrainConfig, pairs: int) -> str:
@@ -69,6 +119,7 @@ def plan(config: TrainConfig, processes: int) -> str:
         f"length: {config.max_steps:,} steps = {seen:,} pairs seen, "
         f"{seen / max(trained, 1):.1f} epochs",
         f"output: {config.output_dir}",
+        cache_line(config, pairs),
         *estimate_lines(config),
     ]
     return "\n".join(lines)

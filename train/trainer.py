@@ -29,7 +29,7 @@ import torch
 from tqdm import tqdm
 
 from data.pairs import image_labels
-from models.loading import FLOW_KINDS, LoadedModel, fingerprint, load
+from models.loading import FLOW_KINDS, LoadedModel, load
 from models.threads import free_cores, use_free_cores
 from train import cache as pair_cache
 from train import checkpoints, samples
@@ -47,7 +47,7 @@ from train.loss import (
     winner_safe_scale,
 )
 from train.output import save_model
-from train.plan import holdout_line, training_pairs
+from train.plan import cache_folder, holdout_line, training_pairs
 from train.processes import DDPMProcess, FlowProcess, conditioning, predict, process_for
 
 HELDOUT_SEED = 1234  # the held-out check uses the same noise and timesteps every time
@@ -258,11 +258,7 @@ def reopened(directory: Path, main: bool) -> pair_cache.PairCache | None:
 def cache_pairs(config: TrainConfig, pairs, model: LoadedModel, accelerator) -> TrainingData:
     """Cache latents and embeddings (main process first) and split off the held-out pairs."""
     c = config
-    prep = pair_cache.Preprocessing(c.resolution, c.random_crop, c.random_flip, c.seed,
-                                    c.max_sequence_length if model.kind in FLOW_KINDS else None)
-    key = pair_cache.cache_key(fingerprint(c.model, pair_cache.ENCODER_PARTS),
-                               pair_cache.data_fingerprint(pairs), prep)
-    directory = Path(c.cache_dir) / key
+    directory, prep = cache_folder(c, pairs, model.kind)
     with accelerator.main_process_first():
         cache = reopened(directory, accelerator.is_main_process)
         reused = cache is not None
