@@ -29,7 +29,15 @@ from tqdm import tqdm
 from data.errors import DataError, ShardError
 from data.images import MAX_SIDE, ImageProblem, check_jpeg
 from data.quality import flagged_users
-from data.store import QUESTIONS, TIE_UID, Store, disk_full_error, is_disk_full, transaction
+from data.store import (
+    QUESTIONS,
+    TIE_UID,
+    Store,
+    disk_full_error,
+    is_disk_full,
+    transaction,
+    unwritable_folder,
+)
 
 # The public pickapic_v2 features, in their order (its pandas index column aside).
 PICKAPIC_SCHEMA = pa.schema(
@@ -755,8 +763,7 @@ def _check_target(store: Store, out_dir: Path, overwrite: bool) -> None:
     holds the store or anything an export did not write."""
     existing = next(p for p in (out_dir, *out_dir.parents) if p.exists())
     if not existing.is_dir():
-        raise DataError(f"cannot write the export to {out_dir}: {existing} is a file, not a "
-                        "folder: choose a folder you can write to")
+        raise unwritable_folder(out_dir, "the export", _EXPORT_FIX)
     if existing != out_dir:
         return
     resolved, cwd = out_dir.resolve(), Path.cwd().resolve()
@@ -814,13 +821,14 @@ def _replace(staging: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+_EXPORT_FIX = "choose a folder you can write to"
+
+
 def _export_write_error(out_dir: Path, error: OSError) -> DataError:
     """The one-line answer to an export the file system refused."""
     if is_disk_full(error):
         return disk_full_error(out_dir, "nothing was exported")
-    cause = os.strerror(error.errno) if error.errno else _first_line(error)
-    return DataError(f"cannot write the export to {out_dir}: {cause}: choose a folder you "
-                     "can write to")
+    return unwritable_folder(out_dir, "the export", _EXPORT_FIX, error)
 
 
 def _consensus(cur, labelled: str, split: str) -> Consensus:

@@ -205,6 +205,20 @@ def disk_full_error(path: Path, lost: str) -> DiskFullError:
     )
 
 
+def unwritable_folder(folder: Path, what: str, fix: str,
+                      error: OSError | None = None) -> DataError:
+    """The one line for `what` (the export, the report) that cannot be written into
+    `folder`: a file in the way of its path, else the OS's reason (`error`); `fix` says
+    what to give instead. A full disk is `disk_full_error`'s."""
+    blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()),
+                   None)
+    if blocker is not None:
+        cause = f"{blocker} is a file, not a folder"
+    else:  # without a file in the way, the caller has the OS's error
+        cause = os.strerror(error.errno) if error.errno else _first_line(error)
+    return DataError(f"cannot write {what} to {folder}: {cause}: {fix}")
+
+
 def _is_conflict(error: Exception) -> bool:
     """Whether a failed write raced another thread (retry) rather than hit the file system."""
     if isinstance(error, duckdb.ConstraintException):

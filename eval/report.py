@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from data.errors import DataError  # noqa: E402
 from data.stats import percent  # noqa: E402
-from data.store import disk_full_error, is_disk_full  # noqa: E402
+from data.store import disk_full_error, is_disk_full, unwritable_folder  # noqa: E402
 from eval.auto import AutoResult, mean_interval  # noqa: E402
 from eval.stats import Tally, Vote, tally, tally_by_category  # noqa: E402
 from eval.votes import VoteRow  # noqa: E402
@@ -31,11 +31,8 @@ def report_folder(out: Path) -> Iterator[Path]:
     except OSError as error:
         if is_disk_full(error):
             raise disk_full_error(out, "the report was not written") from None
-        blocker = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
-        cause = f"{blocker} is a file, not a folder" if blocker else \
-            error.strerror or type(error).__name__
-        raise DataError(f"cannot write the report to {out}: {cause}: give --out a folder you "
-                        "can write to") from None
+        raise unwritable_folder(out, "the report", "give --out a folder you can write to",
+                                error) from None
 
 
 def _interval(interval) -> str:
