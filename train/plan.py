@@ -65,13 +65,14 @@ def cache_line(config: TrainConfig, pairs: MixedPairs) -> str:
 
     index = local_file(config.model, "model_index.json")
     kind = kind_of(json.loads(index.read_text())) if index else None
-    size = None if kind is None else pair_cache.cache_bytes(
-        config.model, kind, len(pairs), len({pairs.describe(i)[0] for i in range(len(pairs))}),
-        cache_folder(config, pairs, kind)[1])
+    size = directory = None
+    if kind is not None:
+        directory, prep = cache_folder(config, pairs, kind)
+        captions = len({pairs.describe(i)[0] for i in range(len(pairs))})
+        size = pair_cache.cache_bytes(config.model, kind, len(pairs), captions, prep)
     if size is None:
         return (f"cache:  not estimated: {config.model}'s config is not on this machine "
                 "(download the model, or give a local folder)")
-    directory, _ = cache_folder(config, pairs, kind)
     built = (directory / "meta.json").exists()
     free = _free_bytes(Path(config.cache_dir))
     if not built and size > free:
