@@ -366,6 +366,29 @@ class DuckDBFile:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _write(self, work: Callable[[duckdb.DuckDBPyConnection], None]) -> None:
+        """Run `work` in one transaction; again, after a pause, if it raced another
+        thread's write (which may not have committed yet: retrying at once meets it again).
+
+        A write the file system refuses (a full disk, a read-only folder) rolls back and
+        raises `StoreWriteError` naming the problem; the store stays usable, so the same
+        write can be made again once the problem is fixed.
+        """
+        cur = self.cursor()
+        for attempt in _RETRIES:
+            try:
+                with transaction(cur):
+                    work(cur)
+                return
+            except _CONFLICTS as error:
+                if not _is_conflict(error):
+                    raise write_error(self.path, error) from None
+                if attempt == _RETRIES[-1]:
+                    raise
+                time.sleep(0.01 * 2**attempt)
+            except (duckdb.IOException, duckdb.FatalException, OSError) as error:
+                raise write_error(self.path, error) from None
+
     def cursor(self) -> duckdb.DuckDBPyConnection:
         """This thread's own cursor (DuckDB connections are not shared across threads)."""
         cur = getattr(self._local, "cursor", None)
@@ -559,27 +582,6 @@ class Store(DuckDBFile):
                 "INSERT INTO overlap (image_0_uid, image_1_uid, caption, votes_wanted) "
                 "VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 [vote.image_0_uid, vote.image_1_uid, vote.caption, vote.votes_wanted])
-
-    def _write(self, work: Callable[[duckdb.DuckDBPyConnection], None]) -> None:
-        """Run `work` in one transaction; again if it raced another thread's commit.
-
-        A write the file system refuses (a full disk, a read-only folder) rolls back and
-        raises `StoreWriteError` naming the problem; the store stays usable, so the same
-        write can be made again once the problem is fixed.
-        """
-        cur = self.cursor()
-        for attempt in _RETRIES:
-            try:
-                with transaction(cur):
-                    work(cur)
-                return
-            except _CONFLICTS as error:
-                if not _is_conflict(error):
-                    raise write_error(self.path, error) from None
-                if attempt == _RETRIES[-1]:
-                    raise
-            except (duckdb.IOException, duckdb.FatalException, OSError) as error:
-                raise write_error(self.path, error) from None
 
     @staticmethod
     def _insert_vote(cur, vote: Vote, label_0, label_1, best, has_label) -> None:

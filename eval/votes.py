@@ -18,10 +18,8 @@ from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
-import duckdb
-
 from data.errors import DataError
-from data.store import DuckDBFile, _is_conflict, write_error
+from data.store import DuckDBFile
 from eval.stats import Vote
 
 DEFAULT_VOTES = Path("runs/eval/votes.duckdb")
@@ -125,16 +123,10 @@ class VoteStore(DuckDBFile):
         if outcome != row.outcome:
             raise DataError(f"vote {row.vote_id}: outcome {row.outcome!r} does not follow "
                             f"from choice {row.choice!r} with {row.side_a} on side A")
-        try:
-            self.cursor().execute(
-                f"INSERT INTO votes ({', '.join(COLUMNS)}) VALUES "
-                f"({', '.join('?' * len(COLUMNS))}) ON CONFLICT (vote_id) DO NOTHING",
-                [getattr(row, c) for c in COLUMNS])
-        except (duckdb.ConstraintException, duckdb.TransactionException) as error:
-            if not _is_conflict(error):  # else a concurrent twin of this vote came first
-                raise write_error(self.path, error) from None
-        except (duckdb.IOException, duckdb.FatalException, OSError) as error:
-            raise write_error(self.path, error) from None
+        self._write(lambda cur: cur.execute(  # a concurrent twin's insert: retried, then kept
+            f"INSERT INTO votes ({', '.join(COLUMNS)}) VALUES "
+            f"({', '.join('?' * len(COLUMNS))}) ON CONFLICT (vote_id) DO NOTHING",
+            [getattr(row, c) for c in COLUMNS]))
         stored = self.get(row.vote_id)
         if stored is None:
             raise DataError(f"vote {row.vote_id} was not stored")

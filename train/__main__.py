@@ -5,6 +5,7 @@ import os
 import signal
 import sys
 import threading
+import time
 
 # transformers warns on import that torchvision is absent; this project never needs it.
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -12,13 +13,30 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 from data.errors import UserError, report_user_error  # noqa: E402
 from train.config import from_command_line  # noqa: E402
 
+_stops: list[int] = []  # the stop signals this process has received, in order
+
 
 def _stop(signum: int, frame) -> None:
-    """Ctrl+C, and the SIGTERM that `accelerate launch` sends right after it: one
-    KeyboardInterrupt, and no second one while the first is being reported."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise KeyboardInterrupt
+    """Ctrl+C, or SIGTERM: one KeyboardInterrupt. Later signals (the SIGTERM that
+    `accelerate launch` sends right after a Ctrl+C) are only counted."""
+    _stops.append(signum)
+    if len(_stops) == 1:
+        _await_launcher()
+        raise KeyboardInterrupt
+
+
+def _await_launcher(seconds: float = 2.0) -> None:
+    """Under `accelerate launch`, wait (briefly) for the launcher's own SIGTERM before
+    writing anything more. The launcher copies this process's stderr through a pipe and
+    drops the chunk it holds when its own Ctrl+C arrives: what this process writes in
+    that instant (the progress bar's last line, where to continue from) is lost. The
+    launcher sends SIGTERM once a thread is draining the pipe (and kills this process
+    5 s later)."""
+    if "ACCELERATE_MIXED_PRECISION" not in os.environ:
+        return
+    deadline = time.monotonic() + seconds
+    while len(_stops) == 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def _interrupted(output_dir: str | None, argv: list[str]) -> int:
@@ -45,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
     if (threading.current_thread() is threading.main_thread()
             and handlers[signal.SIGINT] is signal.default_int_handler):
+        _stops.clear()
         signal.signal(signal.SIGINT, _stop)
         signal.signal(signal.SIGTERM, _stop)
     try:
