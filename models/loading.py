@@ -17,6 +17,7 @@ retries.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import re
 import threading
@@ -285,9 +286,10 @@ def scheduler_from_name(name: str, config) -> object:
 
 
 def fingerprint(name: str, parts: tuple[str, ...] | None = None) -> dict:
-    """What identifies a model's weights: for a local folder (the toy model included), the
-    sizes and modification times of its files (of `parts` subfolders only, if given); for
-    a Hub id, the id. Caches key on it, so retraining a folder in place invalidates them.
+    """What identifies a model's weights: for a local folder (the toy model included), its
+    files' names, sizes and contents (of `parts` subfolders only, if given), not its path or
+    modification times, so a copy elsewhere or on another node has the same one; for a Hub
+    id, the id. Caches key on it, so retraining a folder in place invalidates them.
     """
     name = resolve(name)
     folder = local_folder(name)
@@ -295,7 +297,28 @@ def fingerprint(name: str, parts: tuple[str, ...] | None = None) -> dict:
         return {"model": name}
     roots = [folder / p for p in parts if (folder / p).is_dir()] if parts else [folder]
     files = sorted(
-        (str(f.relative_to(folder)), f.stat().st_size, int(f.stat().st_mtime))
+        (str(f.relative_to(folder)), f.stat().st_size, content_digest(f))
         for root in roots for f in root.rglob("*") if f.is_file()
     )
-    return {"model": str(folder.resolve()), "files": files}
+    return {"files": files}
+
+
+SAMPLED_ABOVE = 64 * 2**20  # files larger than this are hashed from samples
+
+
+def content_digest(path: Path, samples: int = 16, block: int = 2**16) -> str:
+    """A hash of a file's bytes: all of them for a small file; for a large one (weights of
+    many GB, read on every launch by every process) its first MB, where a safetensors
+    header lists every tensor, and `samples` blocks spread over the rest, which a
+    retrained model changes."""
+    digest = hashlib.sha256()
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        if size <= SAMPLED_ABOVE:
+            digest.update(f.read())
+        else:
+            digest.update(f.read(2**20))
+            for i in range(samples):
+                f.seek((size - block) * (i + 1) // samples)
+                digest.update(f.read(block))
+    return digest.hexdigest()[:32]

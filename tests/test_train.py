@@ -323,8 +323,8 @@ def orientations(run: Run, config: TrainConfig, steps: int) -> dict[int, set[boo
             positions = batch_positions(config, step, micro, 0, 1)
             for index, latents in zip(run.data.order.at(positions), batch.latents,
                                       strict=True):
-                plain = torch.from_numpy(cache.latents[index].astype(np.float32))
-                mirror = torch.from_numpy(cache.flipped[index].astype(np.float32))
+                plain = torch.from_numpy(cache.rows("latents", [index])[0])
+                mirror = torch.from_numpy(cache.rows("flipped", [index])[0])
                 assert torch.equal(latents, plain) != torch.equal(latents, mirror)
                 ways.setdefault(index, set()).add(torch.equal(latents, mirror))
     return ways
@@ -339,7 +339,7 @@ def test_random_flip_is_drawn_per_step_from_both_cached_orientations(
                         flip_per_pair=False)
     run = Run(config)
     cache = run.data.cache
-    assert cache.flipped is not None and cache.flipped.shape == cache.latents.shape
+    assert cache.rows("flipped", [0]).shape == cache.rows("latents", [0]).shape
     ways = orientations(run, config, steps=12)  # 4 epochs of the 12 pairs
     assert sum(len(w) == 2 for w in ways.values()) >= 6, ways  # most pairs, both ways
     again = Run(config_for(tiny_sd_dir, store_path, tmp_path / "again", eval_every=0,
@@ -352,10 +352,10 @@ def test_random_flip_is_drawn_per_step_from_both_cached_orientations(
     prep = Preprocessing(config.resolution, config.random_crop, True, config.seed)
     pixels, _ = prepare_pair(pair.preferred, pair.rejected, prep, 3)
     vae = load(str(tiny_sd_dir)).pipeline.vae
-    expected = torch.from_numpy(_encode_latents(vae, mirrored(pixels)))
-    got = torch.from_numpy(cache.flipped[3].astype(np.float32))
+    expected = torch.from_numpy(_encode_latents(vae, mirrored(pixels)[None], prep)[0])
+    got = torch.from_numpy(cache.rows("flipped", [3])[0])
     assert torch.allclose(got, expected, atol=2e-3)
-    plain = torch.from_numpy(cache.latents[3].astype(np.float32))
+    plain = torch.from_numpy(cache.rows("latents", [3])[0])
     assert not torch.allclose(got, plain.flip(-1), atol=2e-3)
 
 
@@ -689,24 +689,27 @@ def test_store_and_parquet_shards_train_together_by_ratio(tiny_sd_dir, store_pat
 
 
 # --- reliability: a run that fails says why in one line and loses nothing -------------
-def poison(cache_dir: Path, pairs: slice) -> None:
+def poison(cache, pairs: slice) -> None:
     """Write NaN into both cached orientations of `pairs`, as a damaged encode would."""
-    for name in ("latents.npy", "flipped.npy"):
-        if (cache_dir / name).exists():
-            array = np.load(cache_dir / name, mmap_mode="r+")
-            array[pairs] = np.nan
-            array.flush()
-            del array
+    folders, chunk, row = cache.parts["pairs"]
+    for index in range(len(cache))[pairs]:
+        for name in ("latents.npy", "flipped.npy"):
+            path = folders[chunk[index]] / name
+            if path.exists():
+                array = np.load(path, mmap_mode="r+")
+                array[row[index]] = np.nan
+                array.flush()
+                del array
 
 
 def test_a_run_whose_steps_are_mostly_skipped_fails_and_names_the_cause(store_path, tmp_path):
     """One NaN pair of twelve skips one step of three, counted; NaN latents everywhere
     fail the run with one line naming the cache, and no final/ is written."""
     run = Run(config_for("toy", store_path, tmp_path / "few", eval_every=0, max_steps=3))
-    poison(run.data.cache.directory, slice(0, 1))
+    poison(run.data.cache, slice(0, 1))
     summary = run.train()
     assert summary["skipped_steps"] == 1 and (tmp_path / "few" / "final").is_dir()
-    poison(run.data.cache.directory, slice(None))
+    poison(run.data.cache, slice(None))
     all_nan = Run(config_for("toy", store_path, tmp_path / "nan", eval_every=0, max_steps=3))
     assert all_nan.data.reused
     with pytest.raises(TrainError) as failed:
@@ -725,54 +728,57 @@ def test_a_run_whose_steps_are_mostly_skipped_fails_and_names_the_cause(store_pa
     assert all(torch.equal(before[n], p) for n, p in diverged.denoiser.named_parameters())
 
 
-def damage_cache(directory: Path, damage: str) -> None:
+def damage_cache(chunk: Path, damage: str) -> None:
     if damage == "truncated latents":
-        data = (directory / "latents.npy").read_bytes()
-        (directory / "latents.npy").write_bytes(data[:len(data) // 2])
-    elif damage == "empty meta.json":
-        (directory / "meta.json").write_text("")
+        data = (chunk / "latents.npy").read_bytes()
+        (chunk / "latents.npy").write_bytes(data[:len(data) // 2])
+    elif damage == "empty keys.json":
+        (chunk / "keys.json").write_text("")
     else:
-        (directory / "latents.npy").unlink()
+        (chunk / "latents.npy").unlink()
 
 
-@pytest.mark.parametrize("damage", ["truncated latents", "empty meta.json", "missing latents"])
-def test_a_damaged_cache_is_named_and_rebuilt(damage, store_path, tmp_path, capsys):
+@pytest.mark.parametrize("damage", ["truncated latents", "empty keys.json", "missing latents"])
+def test_a_damaged_cache_chunk_is_named_and_encoded_again(damage, store_path, tmp_path,
+                                                          capsys):
     from train.cache import PairCache
 
     first = Run(config_for("toy", store_path, tmp_path / "first", eval_every=0, max_steps=1))
-    directory = first.data.cache.directory
+    cache = first.data.cache
+    chunk = cache.parts["pairs"][0][0]
     del first
-    damage_cache(directory, damage)
-    with pytest.raises(TrainError, match=f"cache {directory} is damaged"):
-        PairCache(directory)
+    damage_cache(chunk, damage)
+    with pytest.raises(TrainError, match="is damaged"):
+        PairCache(cache.directory, cache.keys, cache.captions)
     capsys.readouterr()
     run = Run(config_for("toy", store_path, tmp_path / "run", eval_every=0, max_steps=1))
     said = capsys.readouterr().out
-    assert f"cache {directory} is damaged" in said and "rebuilding it" in said, said
+    if damage != "empty keys.json":  # else its pairs count as never encoded, and are
+        assert f"cache {chunk} is damaged" in said and "encoding it again" in said, said
     assert not run.data.reused and run.train()["trained_steps"] == 1
-    assert len(PairCache(directory)) == 12
+    assert len(PairCache(cache.directory, cache.keys, cache.captions)) == 12
 
 
 def test_a_build_removes_what_killed_builds_on_this_machine_left(store_path, tmp_path):
-    """A killed build leaves its temporary folder (it can hold the whole text cache); the
-    next build removes those of dead processes on this machine, and no other's."""
+    """A killed build leaves its temporary chunk folder; the next build removes those of
+    dead processes on this machine, and no other's."""
     import socket
 
     first = Run(config_for("toy", store_path, tmp_path / "first", eval_every=0, max_steps=1))
-    directory = first.data.cache.directory
+    chunk = first.data.cache.parts["pairs"][0][0]
     del first
-    shutil.rmtree(directory)
+    shutil.rmtree(chunk)
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)
     here = socket.gethostname()
-    killed = directory.with_name(f"{directory.name}.tmp-{here}-{gone.stdout.strip()}")
-    running = directory.with_name(f"{directory.name}.tmp-{here}-{os.getppid()}")
-    elsewhere = directory.with_name(f"{directory.name}.tmp-other-node-{gone.stdout.strip()}")
+    killed = chunk.with_name(f"{chunk.name}.tmp-{here}-{gone.stdout.strip()}")
+    running = chunk.with_name(f"{chunk.name}.tmp-{here}-{os.getppid()}")
+    elsewhere = chunk.with_name(f"{chunk.name}.tmp-other-node-{gone.stdout.strip()}")
     for folder in (killed, running, elsewhere):
         (folder).mkdir()
-        (folder / "text.npy").write_bytes(b"half a cache")
+        (folder / "latents.npy").write_bytes(b"half a chunk")
     Run(config_for("toy", store_path, tmp_path / "run", eval_every=0, max_steps=1))
-    assert (directory / "meta.json").exists() and not killed.exists()
+    assert (chunk / "keys.json").exists() and not killed.exists()
     assert running.exists() and elsewhere.exists()
 
 
@@ -957,8 +963,10 @@ import json, sys
 import psutil
 from train.cache import PairCache
 before = psutil.Process().memory_info().rss
-cache = PairCache(__import__("pathlib").Path(sys.argv[1]))
-batch = cache.batch([0, 19999], "cpu")  # a batch of two pairs is in memory too
+n = int(sys.argv[2])
+cache = PairCache(__import__("pathlib").Path(sys.argv[1]), [f"p{i}" for i in range(n)],
+                  [f"c{i}" for i in range(n)])
+batch = cache.batch([0, n - 1], "cpu")  # a batch of two pairs is in memory too
 print(json.dumps({"grew_mb": (psutil.Process().memory_info().rss - before) / 2**20,
                   "text": list(batch.text.shape), "dtype": str(batch.text.dtype)}))
 """
@@ -970,22 +978,27 @@ def test_a_process_opening_a_cache_of_20000_captions_holds_none_of_their_text(
         tmp_path, model, tokens, width, pooled):
     """Every process of a launch opens the cache: its text embeddings (SD1.5: 2.4 GB,
     FLUX: 84 GB at 20,000 captions in 16-bit) must stay on disk, only a batch's rows read.
-    The arrays are sparse files, written by shape alone."""
-    from train.cache import FORMAT
+    The arrays are sparse files, written by shape alone, in the build's chunks."""
+    from train.cache import CHUNK
 
     captions, folder = 20_000, tmp_path / "cache"
-    folder.mkdir()
-    shapes = {"text": (captions + 1, tokens, width), "latents": (captions, 2, 4, 8, 8)}
-    if pooled:
-        shapes["pooled"] = (captions + 1, pooled)
-    for name, shape in shapes.items():
-        np.lib.format.open_memmap(folder / f"{name}.npy", mode="w+", dtype=np.float16,
-                                  shape=shape).flush()
-    np.save(folder / "caption_index.npy", np.arange(1, captions + 1))
-    (folder / "meta.json").write_text(json.dumps({"format": FORMAT, "pairs": captions,
-                                                  "captions": captions, "kind": model}))
-    out = subprocess.run([sys.executable, "-c", _OPEN_CACHE, str(folder)], capture_output=True,
-                         text=True, timeout=300, cwd=Path(__file__).parents[1])
+
+    def chunk(part: str, name: str, keys: list[str], shapes: dict) -> None:
+        (folder / part / name).mkdir(parents=True)
+        for array, shape in shapes.items():
+            np.lib.format.open_memmap(folder / part / name / f"{array}.npy", mode="w+",
+                                      dtype=np.float16, shape=(len(keys), *shape)).flush()
+        (folder / part / name / "keys.json").write_text(json.dumps(keys))
+
+    text = {"text": (tokens, width), **({"pooled": (pooled,)} if pooled else {})}
+    chunk(".", "empty", [""], text)
+    for start in range(0, captions, CHUNK):
+        rows = range(start, min(start + CHUNK, captions))
+        chunk("text", f"t{start}", [f"c{i}" for i in rows], text)
+        chunk("pairs", f"p{start}", [f"p{i}" for i in rows], {"latents": (2, 4, 8, 8)})
+    out = subprocess.run([sys.executable, "-c", _OPEN_CACHE, str(folder), str(captions)],
+                         capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).parents[1])
     assert out.returncode == 0, out.stderr[-2000:]
     opened = json.loads(out.stdout.splitlines()[-1])
     assert opened["text"] == [2, tokens, width] and opened["dtype"] == "torch.float32"
@@ -1002,12 +1015,13 @@ def test_the_dry_run_s_cache_size_is_the_size_the_build_writes(kind, request, st
                         eval_every=0, max_steps=1)
     pairs = training_pairs(config)
     before = cache_line(config, pairs)
-    assert before.startswith("cache:  ") and "to build in" in before, before
+    assert before.startswith("cache:  ") and f"{len(pairs)} pairs and" in before, before
     directory = Run(config).data.cache.directory
-    written = sum(f.stat().st_size for f in directory.glob("*.npy"))
+    written = sum(f.stat().st_size for f in [*directory.rglob("*.npy"),
+                                             *directory.glob("pairs/*/keys.json")])
     after = cache_line(config, pairs)
     assert f"built, in {directory}" in after, after
-    prep = cache_folder(config, pairs, kind)[1]
+    prep = cache_folder(config, kind)[1]
     captions = len({pairs.describe(i)[0] for i in range(len(pairs))})
     assert cache_bytes(str(model), kind, len(pairs), captions, prep) == written
 

@@ -12,6 +12,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from data.errors import UserError, report_user_error  # noqa: E402
 from train.config import from_command_line  # noqa: E402
+from train.errors import timed_out, timeout_line  # noqa: E402
 
 _stops: list[int] = []  # the stop signals this process has received, in order
 
@@ -89,6 +90,11 @@ def _main(argv: list[str]) -> int:
         summary = run.train()
     except UserError as error:
         return _failed(error)
+    except RuntimeError as error:
+        if not timed_out(error):
+            raise
+        print(timeout_line(config.process_group_timeout), file=sys.stderr, flush=True)
+        return 1
     except KeyboardInterrupt:
         return _interrupted(config and config.output_dir, argv)
     if run.main:

@@ -17,13 +17,19 @@ unconditional embedding that the pipeline uses at inference (zeros for SDXL's
 the whole text sequence (CLIP's tokens, then `text_tokens` T5 tokens; FLUX: T5's alone)
 and the pooled CLIP embedding.
 
-A cache folder is named by a hash of the model, the pairs (their ids, in order) and the
-preprocessing settings, so a later run on the same data reuses it and any change makes a
-new one. It is written to a temporary folder and renamed when complete.
+A cache folder is named by a hash of the encoders' files (their contents, not their
+path) and the preprocessing settings that change a pixel or an embedding. It holds chunks
+of `CHUNK` pairs (`pairs/`) and of `CHUNK` captions (`text/`), each named by a hash of
+the pairs or captions it holds, written to a temporary folder and renamed when complete.
+A run encodes only what no complete chunk holds yet: a killed build resumes at its first
+unfinished chunk, ten new votes encode ten pairs, and the processes of a launch each
+encode their `Share` of the chunks. On a file system the processes share, they share
+all the work; where each machine has its own disk, each machine builds its own copy.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -41,10 +47,11 @@ from tqdm import tqdm
 
 from train.errors import TrainError
 
-FORMAT = 2  # 2: the mirrored copy of every pair under random_flip
+FORMAT = 3  # 3: chunks keyed by content; 2: the mirrored copy under random_flip
 ENCODER_PARTS = ("vae", "text_encoder", "text_encoder_2", "text_encoder_3", "tokenizer",
                  "tokenizer_2", "tokenizer_3")
 ENCODE_BATCH = 32  # pairs per VAE / text encoder call while caching
+CHUNK = 256  # pairs (or captions) written together: the unit of sharing and of resuming
 
 
 @dataclass(frozen=True)
@@ -109,35 +116,40 @@ def text_shape(model: str, kind: str, prep: Preprocessing) -> tuple[tuple, tuple
 def cache_bytes(model: str, kind: str, pairs: int, captions: int,
                 prep: Preprocessing) -> int | None:
     """The bytes a cache of `pairs` pairs over `captions` distinct captions takes on disk
-    (as `build` writes it: 16-bit latents of both images, their mirrored copy under
-    random_flip, a text row per caption plus the empty caption); None where the model's
-    config files are not on this machine."""
+    (as `encode` writes it: 16-bit latents of both images, their mirrored copy under
+    random_flip, a 16-bit text row per caption plus the empty caption's, in chunks; the
+    captions' own text, in each text chunk's keys.json, is not counted); None where the
+    model's config files are not on this machine."""
     vae, shapes = _config(model, "vae"), text_shape(model, kind, prep)
     if vae is None or shapes is None:
         return None
     side = prep.resolution // 2 ** (len(vae["block_out_channels"]) - 1)
     latents = pairs * 2 * vae["latent_channels"] * side * side * 2
     text, pooled = shapes
-    total = latents * (2 if prep.random_flip else 1) + pairs * 8  # + caption_index
+    total = latents * (2 if prep.random_flip else 1) + pairs * 36  # + keys.json
     total += (captions + 1) * 2 * math.prod(text)
     if pooled is not None:
         total += (captions + 1) * 2 * math.prod(pooled)
     if kind == "sdxl":
         total += pairs * 6 * 4  # time_ids, fp32
-    files = 3 + bool(prep.random_flip) + (pooled is not None) + (kind == "sdxl")
+    pair_files = 1 + bool(prep.random_flip) + (kind == "sdxl")
+    text_files = 1 + (pooled is not None)
+    files = (math.ceil(pairs / CHUNK) * pair_files
+             + (math.ceil(captions / CHUNK) + 1) * text_files)
     return total + files * _NPY_HEADER
 
 
 def prepare_pair(
-    preferred: Image.Image, rejected: Image.Image, prep: Preprocessing, index: int
+    preferred: Image.Image, rejected: Image.Image, prep: Preprocessing, key: int | str
 ) -> tuple[np.ndarray, list[float]]:
     """Both images as one [2, 3, R, R] array in [-1, 1], and SDXL's time ids for the pair.
 
     The rejected image is first resized to the preferred one's size; then both get the same
-    resize (shortest side to R) and crop, drawn from the seed and the pair's index. Flips
-    are the trainer's, per step (`mirrored`).
+    resize (shortest side to R) and crop, drawn from the seed and the pair's `key` (its
+    `pair_key`: the same pair gets the same crop in any data set). Flips are the
+    trainer's, per step (`mirrored`).
     """
-    rng = random.Random(prep.seed * 1_000_003 + index)
+    rng = random.Random(f"{prep.seed}:{key}")
     if rejected.size != preferred.size:
         rejected = rejected.resize(preferred.size, Image.BICUBIC)
     width, height = preferred.size
@@ -162,20 +174,20 @@ def mirrored(pixels: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(pixels[..., ::-1])
 
 
-def data_fingerprint(pairs) -> str:
-    """A hash of the pairs in order: their captions, sources and image ids."""
-    digest = hashlib.sha256()
-    for index in range(len(pairs)):
-        caption, prov = pairs.describe(index)
-        digest.update(json.dumps([caption, prov.source, prov.ranking_id, prov.preferred_uid,
-                                  prov.rejected_uid]).encode())
-    return digest.hexdigest()
+def pair_key(pairs, index: int) -> str:
+    """What identifies a pair's cached latents: its caption, source and image ids."""
+    caption, prov = pairs.describe(index)
+    text = json.dumps([caption, prov.source, prov.ranking_id, prov.preferred_uid,
+                       prov.rejected_uid])
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def cache_key(model: dict, data: str, prep: Preprocessing) -> str:
-    settings = {k: v for k, v in prep.__dict__.items() if v is not None}  # keys as before
-    text = json.dumps({"format": FORMAT, "model": model, "data": data, "prep": settings},
-                      sort_keys=True)
+def cache_key(model: dict, prep: Preprocessing) -> str:
+    """The cache folder's name: the encoders' fingerprint and the preprocessing that changes
+    a latent or an embedding (the seed only draws random crops)."""
+    settings = {k: v for k, v in prep.__dict__.items()
+                if v is not None and (k != "seed" or prep.random_crop)}
+    text = json.dumps({"format": FORMAT, "model": model, "prep": settings}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -218,12 +230,16 @@ def encode_empty(pipeline, kind: str,
 
 
 @torch.no_grad()
-def _encode_latents(vae, pixels: np.ndarray) -> np.ndarray:
-    """[N, 3, R, R] pixels -> scaled latents, as the pipeline's VAE expects them."""
-    images = torch.from_numpy(pixels).to(vae.device, vae.dtype)
-    latents = vae.encode(images).latent_dist.mean
+def _encode_latents(vae, pixels: np.ndarray, prep: Preprocessing) -> np.ndarray:
+    """[N, 2, 3, R, R] pixels of N pairs -> their scaled latents [N, 2, C, h, w], as the
+    pipeline's VAE expects them, `vae_batch` images per call."""
+    images = torch.from_numpy(pixels.reshape(-1, *pixels.shape[2:]))
     shift = getattr(vae.config, "shift_factor", None) or 0.0
-    return ((latents.float() - shift) * vae.config.scaling_factor).cpu().numpy()
+    step = vae_batch(prep.resolution)
+    latents = [vae.encode(images[i:i + step].to(vae.device, vae.dtype)).latent_dist.mean
+               for i in range(0, len(images), step)]
+    latents = ((torch.cat(latents).float() - shift) * vae.config.scaling_factor).cpu().numpy()
+    return latents.reshape(len(pixels), 2, *latents.shape[1:])
 
 
 class DamagedCache(TrainError):
@@ -233,7 +249,7 @@ class DamagedCache(TrainError):
     def __init__(self, directory: Path, reason: str):
         super().__init__(f"cache {directory} is damaged ({reason}): delete that folder and "
                          "the next run rebuilds it")
-        self.reason = reason
+        self.directory, self.reason = directory, reason
 
 
 def _damage(error: Exception) -> str:
@@ -245,141 +261,277 @@ def _damage(error: Exception) -> str:
     return str(error).splitlines()[0] if str(error) else type(error).__name__
 
 
-class PairCache:
-    """A cache folder, memory-mapped: fetch any batch of pairs by index."""
-
-    def __init__(self, directory: Path):
+def _chunks(root: Path, part: str) -> dict[str, tuple[str, int]]:
+    """key -> (chunk name, row) over the complete chunks of `part` ("pairs" or "text")."""
+    found: dict[str, tuple[str, int]] = {}
+    folder = root / part
+    for chunk in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if "." in chunk.name:  # a build's temporary folder
+            continue
         try:
-            self._open(directory)
-        except (OSError, ValueError, KeyError, EOFError) as error:
-            raise DamagedCache(directory, _damage(error)) from None
+            keys = json.loads((chunk / "keys.json").read_text())
+        except (OSError, ValueError):
+            continue  # damaged: its keys count as missing, and are encoded again
+        for row, key in enumerate(keys):
+            found.setdefault(key, (chunk.name, row))
+    return found
 
-    def _open(self, directory: Path) -> None:
-        """Open every file and check their sizes agree with meta.json (a ValueError if not)."""
-        self.directory = directory
-        self.meta = json.loads((directory / "meta.json").read_text())
-        self.latents = np.load(directory / "latents.npy", mmap_mode="r")
-        self.caption_index = np.load(directory / "caption_index.npy", mmap_mode="r")
-        self.text = np.load(directory / "text.npy", mmap_mode="r")  # 16-bit, on disk
-        pooled = directory / "pooled.npy"
-        self.pooled = np.load(pooled, mmap_mode="r") if pooled.exists() else None
-        time_ids = directory / "time_ids.npy"
-        self.time_ids = np.load(time_ids, mmap_mode="r") if time_ids.exists() else None
-        self.empty_text = _rows(self.text, [0])[0]  # the unconditional caption, row 0
-        self.empty_pooled = None if self.pooled is None else _rows(self.pooled, [0])[0]
-        flipped = directory / "flipped.npy"
-        self.flipped = np.load(flipped, mmap_mode="r") if flipped.exists() else None
-        pairs = self.meta["pairs"]
-        if not len(self.latents) == len(self.caption_index) == pairs:
-            raise ValueError(f"{len(self.latents)} latents for {pairs} pairs")
-        if self.flipped is not None and self.flipped.shape != self.latents.shape:
-            raise ValueError("flipped.npy and latents.npy differ in shape")
+
+def _open_chunk(folder: Path) -> dict[str, np.ndarray]:
+    """A chunk's arrays, memory-mapped, each checked to hold a row per key."""
+    rows = len(json.loads((folder / "keys.json").read_text()))
+    arrays = {path.stem: np.load(path, mmap_mode="r") for path in folder.glob("*.npy")}
+    needed = "latents" if folder.parent.name == "pairs" else "text"
+    if needed not in arrays:
+        raise FileNotFoundError(2, "missing", str(folder / f"{needed}.npy"))
+    for name, array in arrays.items():
+        if len(array) != rows:
+            raise ValueError(f"{folder.name}/{name}.npy has {len(array)} rows for {rows} keys")
+    return arrays
+
+
+class PairCache:
+    """The cached pairs of one run, memory-mapped: fetch any batch of pairs by index.
+
+    `keys` are the run's pairs' `pair_key`s and `captions` their captions, in the run's
+    order; the chunks holding them are opened as batches need them (a few at a time)."""
+
+    def __init__(self, directory: Path, keys: list[str], captions: list[str]):
+        self.directory, self.keys, self.captions = directory, keys, captions
+        try:
+            self._index(directory, keys, captions)
+        except (OSError, ValueError, KeyError, EOFError) as error:
+            raise DamagedCache(self.damaged or directory, _damage(error)) from None
+
+    def _index(self, root: Path, keys: list[str], captions: list[str]) -> None:
+        """Where each pair's latents and caption's embedding are; a ValueError naming the
+        first chunk that does not read as written."""
+        self.damaged: Path | None = None
+        self.parts = {}
+        for part, wanted in (("pairs", keys), ("text", captions)):
+            at = _chunks(root, part)
+            lacking = sum(key not in at for key in wanted)
+            if lacking:
+                raise ValueError(f"{lacking} of its {part} are not cached")
+            names = sorted({at[key][0] for key in wanted})
+            number = {name: i for i, name in enumerate(names)}
+            chunk = np.array([number[at[key][0]] for key in wanted], dtype=np.int32)
+            row = np.array([at[key][1] for key in wanted], dtype=np.int32)
+            folders = [root / part / name for name in names]
+            for folder in folders:
+                self.damaged = folder
+                _open_chunk(folder)
+            self.parts[part] = (folders, chunk, row)
+        self.damaged = root / "empty"
+        empty = _open_chunk(root / "empty")
+        self.empty_text = torch.from_numpy(np.asarray(empty["text"][0], dtype=np.float32))
+        self.empty_pooled = (torch.from_numpy(np.asarray(empty["pooled"][0], dtype=np.float32))
+                             if "pooled" in empty else None)
+        self.damaged = None
+        self._opened = functools.lru_cache(maxsize=64)(_open_chunk)
 
     def __len__(self) -> int:
-        return len(self.caption_index)
+        return len(self.parts["pairs"][1])
+
+    def rows(self, name: str, indices) -> np.ndarray | None:
+        """Array `name` ("latents", "flipped", "time_ids"; the captions' "text", "pooled")
+        of pairs `indices`, read from their chunks now, as fp32; None if not cached."""
+        order = np.asarray(indices)
+        folders, chunk, row = self.parts["text" if name in ("text", "pooled") else "pairs"]
+        arrays = [self._opened(folders[c]) for c in chunk[order]]
+        if name not in arrays[0]:
+            return None
+        return np.stack([a[name][r] for a, r in zip(arrays, row[order], strict=True)]
+                        ).astype(np.float32)
 
     def batch(self, indices: list[int], device: torch.device | str,
               flips: np.ndarray | None = None) -> CachedBatch:
         """Pairs `indices`; where `flips` is true, both of that pair's images mirrored."""
         order = np.asarray(indices)
-        captions = self.caption_index[order]
-        latents = self.latents[order].astype(np.float32)
+        latents = self.rows("latents", order)
         if flips is not None and flips.any():
-            if self.flipped is None:
+            mirror = self.rows("flipped", order[flips])
+            if mirror is None:
                 raise ValueError(f"{self.directory} was built without random_flip")
-            latents[flips] = self.flipped[order[flips]]
+            latents[flips] = mirror
+        pooled, time_ids = self.rows("pooled", order), self.rows("time_ids", order)
         return CachedBatch(
             latents=torch.from_numpy(latents).to(device),
-            text=_rows(self.text, captions).to(device),
-            pooled=None if self.pooled is None else _rows(self.pooled, captions).to(device),
-            time_ids=None if self.time_ids is None else _rows(self.time_ids, order).to(device),
+            text=torch.from_numpy(self.rows("text", order)).to(device),
+            pooled=None if pooled is None else torch.from_numpy(pooled).to(device),
+            time_ids=None if time_ids is None else torch.from_numpy(time_ids).to(device),
         )
 
 
-def _rows(array: np.ndarray, rows) -> torch.Tensor:
-    """Rows of a memory-mapped array, read from disk now, as fp32. The cache's text
-    embeddings grow with the prompts (FLUX: 4 MB a caption in 16-bit) and every process
-    of a launch opens them, so only a batch's rows are ever in memory."""
-    return torch.from_numpy(np.asarray(array[np.asarray(rows)], dtype=np.float32))
+# --- building ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Share:
+    """The part of a build this process does: every `count`-th chunk from the `rank`-th.
+    `count` is the processes that see one cache folder: all of a launch's on a shared
+    file system, one machine's where each has its own disk."""
+
+    rank: int = 0
+    count: int = 1
+
+    def mine(self, chunks: list) -> list:
+        return chunks[self.rank::self.count]
 
 
-def build(pairs, pipeline, kind: str, prep: Preprocessing, directory: Path,
-          workers: int = 0) -> PairCache:
-    """Encode every pair of `pairs` once into `directory` (atomically) and open it."""
-    _remove_killed_builds(directory)
-    temp = directory.with_name(f"{directory.name}.tmp-{socket.gethostname()}-{os.getpid()}")
+@dataclass
+class Todo:
+    """What a cache folder lacks for a run: captions and pairs (indices), in chunks."""
+
+    empty: bool  # the unconditional embedding
+    text: list[list[str]]
+    pairs: list[list[int]]
+
+    def __len__(self) -> int:
+        return sum(len(chunk) for chunk in self.pairs)
+
+
+def _split(items: list) -> list[list]:
+    return [items[start:start + CHUNK] for start in range(0, len(items), CHUNK)]
+
+
+def missing(directory: Path, keys: list[str], captions: list[str]) -> Todo:
+    """What `directory` lacks for pairs `keys` with `captions`. Every process of a launch
+    computes it before any of them writes, so all split the work the same way."""
+    text_at, pairs_at = _chunks(directory, "text"), _chunks(directory, "pairs")
+    seen: set[str] = set()
+    todo = []
+    for index, key in enumerate(keys):
+        if key not in pairs_at and key not in seen:
+            seen.add(key)
+            todo.append(index)
+    return Todo(empty=not (directory / "empty").is_dir(),
+                text=_split(sorted({c for c in captions if c not in text_at})),
+                pairs=_split(todo))
+
+
+def _chunk_name(keys: list[str]) -> str:
+    return hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16]
+
+
+def _temp_of(final: Path) -> Path:
+    return final.with_name(f"{final.name}.tmp-{socket.gethostname()}-{os.getpid()}")
+
+
+def _finish(temp: Path, final: Path, keys: list[str]) -> None:
+    """Make a written chunk complete: its keys last, then one rename."""
+    (temp / "keys.json").write_text(json.dumps(keys))
+    shutil.rmtree(final, ignore_errors=True)  # a damaged copy: complete ones are not redone
+    try:
+        temp.rename(final)
+    except OSError:  # another process completed the same chunk in between: same content
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _new_chunk(final: Path) -> Path:
+    temp = _temp_of(final)
     shutil.rmtree(temp, ignore_errors=True)
     temp.mkdir(parents=True)
-    captions = sorted({pairs.describe(i)[0] for i in range(len(pairs))})
-    row_of = {caption: row + 1 for row, caption in enumerate(captions)}  # row 0: empty
-    empty, empty_pooled = encode_empty(pipeline, kind, prep.text_options())
-    # written a chunk at a time into 16-bit files: the whole text cache never sits in RAM
-    text = _open_rows(temp / "text.npy", len(captions) + 1, empty)
-    pooled = None if empty_pooled is None else \
-        _open_rows(temp / "pooled.npy", len(captions) + 1, empty_pooled)
-    text[0] = empty.numpy()
-    if pooled is not None:
-        pooled[0] = empty_pooled.numpy()
-    for start in range(0, len(captions), ENCODE_BATCH):
-        embeds, pool = encode_prompts(pipeline, kind, captions[start:start + ENCODE_BATCH],
-                                      prep.text_options())
-        text[1 + start:1 + start + len(embeds)] = embeds.numpy()
-        if pooled is not None:
-            pooled[1 + start:1 + start + len(pool)] = pool.numpy()
-    for array in (text, pooled):
-        if array is not None:
-            array.flush()
-    del text, pooled
+    return temp
 
+
+def _write_text(directory: Path, name: str, captions: list[str], embeds: torch.Tensor,
+                pooled: torch.Tensor | None) -> None:
+    final = directory / "text" / name if name != "empty" else directory / "empty"
+    temp = _new_chunk(final)
+    np.save(temp / "text.npy", embeds.numpy().astype(np.float16))
+    if pooled is not None:
+        np.save(temp / "pooled.npy", pooled.numpy().astype(np.float16))
+    _finish(temp, final, captions)
+
+
+def encode(todo: Todo, pairs, keys: list[str], pipeline, kind: str, prep: Preprocessing,
+           directory: Path, share: Share = Share(), workers: int = 0,
+           show_progress: bool = True) -> int:
+    """Encode this process's share of `todo` into `directory`; the pairs it encoded."""
+    _remove_killed_builds(directory)
+    options = prep.text_options()
+    if todo.empty and share.rank == 0:
+        empty, empty_pooled = encode_empty(pipeline, kind, options)
+        _write_text(directory, "empty", [""], empty[None],
+                    None if empty_pooled is None else empty_pooled[None])
+    for captions in share.mine(todo.text):
+        parts = [encode_prompts(pipeline, kind, captions[i:i + ENCODE_BATCH], options)
+                 for i in range(0, len(captions), ENCODE_BATCH)]
+        pooled = None if parts[0][1] is None else torch.cat([p[1] for p in parts])
+        _write_text(directory, _chunk_name(captions), captions,
+                    torch.cat([p[0] for p in parts]), pooled)
+    mine = share.mine(todo.pairs)
+    batches = [chunk[i:i + ENCODE_BATCH] for chunk in mine
+               for i in range(0, len(chunk), ENCODE_BATCH)]
     loader = torch.utils.data.DataLoader(
-        _Prepared(pairs, prep), batch_size=ENCODE_BATCH, num_workers=workers,
-        collate_fn=_collate,
-    )
-    latents = flipped = time_ids = None
-    caption_index = np.zeros(len(pairs), dtype=np.int64)
-    done = 0
-    for pixels, ids, batch_captions in tqdm(loader, desc="caching latents", unit="batch"):
-        n = len(ids)
-        encoded = _encode_latents(pipeline.vae, pixels.reshape(-1, *pixels.shape[2:]))
-        encoded = encoded.reshape(n, 2, *encoded.shape[1:])
-        if latents is None:
-            shape = (len(pairs), *encoded.shape[1:])
-            latents = np.lib.format.open_memmap(temp / "latents.npy", mode="w+",
-                                                dtype=np.float16, shape=shape)
-            if prep.random_flip:
-                flipped = np.lib.format.open_memmap(temp / "flipped.npy", mode="w+",
-                                                    dtype=np.float16, shape=shape)
-            time_ids = np.zeros((len(pairs), 6), dtype=np.float32)
-        latents[done:done + n] = encoded
+        _Prepared(pairs, keys, prep), batch_sampler=batches, num_workers=workers,
+        collate_fn=_collate)
+    finals = [directory / "pairs" / _chunk_name([keys[i] for i in chunk])
+              for chunk in todo.pairs]
+    bar = tqdm(total=len(todo), desc="caching latents", unit="pair", disable=not show_progress)
+    chunks, writer = iter(zip(share.mine(finals), mine, strict=True)), None
+    for pixels, time_ids in loader:
+        if writer is None:
+            writer = _PairWriter(*next(chunks), keys, kind, prep)
+        writer.add(_encode_latents(pipeline.vae, pixels, prep),
+                   _encode_latents(pipeline.vae, mirrored(pixels), prep)
+                   if prep.random_flip else None, time_ids)
+        if writer.full():
+            writer.finish()
+            writer = None
+            bar.n = sum(len(c) for c, f in zip(todo.pairs, finals, strict=True) if f.is_dir())
+            bar.refresh()
+    bar.close()
+    return sum(len(chunk) for chunk in mine)
+
+
+class _PairWriter:
+    """One chunk of pairs being written, straight into its memory-mapped files."""
+
+    def __init__(self, final: Path, chunk: list[int], keys: list[str], kind: str,
+                 prep: Preprocessing):
+        self.final, self.keys = final, [keys[i] for i in chunk]
+        self.temp = _new_chunk(final)
+        self.kind, self.prep, self.done, self.arrays = kind, prep, 0, {}
+
+    def _array(self, name: str, row_shape: tuple, dtype) -> np.ndarray:
+        if name not in self.arrays:
+            self.arrays[name] = np.lib.format.open_memmap(
+                self.temp / f"{name}.npy", mode="w+", dtype=dtype,
+                shape=(len(self.keys), *row_shape))
+        return self.arrays[name]
+
+    def add(self, latents: np.ndarray, flipped: np.ndarray | None, time_ids: np.ndarray):
+        n, rows = len(time_ids), slice(self.done, self.done + len(time_ids))
+        self._array("latents", latents.shape[1:], np.float16)[rows] = latents
         if flipped is not None:
-            mirror = _encode_latents(pipeline.vae, mirrored(pixels).reshape(-1, *pixels.shape[2:]))
-            flipped[done:done + n] = mirror.reshape(n, 2, *mirror.shape[1:])
-        time_ids[done:done + n] = ids
-        caption_index[done:done + n] = [row_of[c] for c in batch_captions]
-        done += n
-    for array in (latents, flipped):
-        if array is not None:
+            self._array("flipped", flipped.shape[1:], np.float16)[rows] = flipped
+        if self.kind == "sdxl":
+            self._array("time_ids", (6,), np.float32)[rows] = time_ids
+        self.done += n
+
+    def full(self) -> bool:
+        return self.done == len(self.keys)
+
+    def finish(self) -> None:
+        for array in self.arrays.values():
             array.flush()
-    del latents, flipped
-    np.save(temp / "caption_index.npy", caption_index)
-    if kind == "sdxl":
-        np.save(temp / "time_ids.npy", time_ids)
-    meta = {"format": FORMAT, "pairs": len(pairs), "captions": len(captions), "kind": kind,
-            "prep": prep.__dict__}
-    (temp / "meta.json").write_text(json.dumps(meta, indent=1))
-    shutil.rmtree(directory, ignore_errors=True)
-    temp.rename(directory)
-    return PairCache(directory)
+        self.arrays = {}
+        _finish(self.temp, self.final, self.keys)
+
+
+def vae_batch(resolution: int) -> int:
+    """Images per VAE call while caching: 8 at 512 px (about 5 GB of activations in fp32),
+    fewer as the pixels grow (2 at 1024 px), more below."""
+    return max(1, 8 * 512**2 // resolution**2)
 
 
 def _remove_killed_builds(directory: Path) -> None:
-    """Delete the temporary folders of builds of `directory` that were killed on this
-    machine (their process is gone): each can hold the whole text cache. A build on
-    another machine of a shared file system is left alone."""
-    prefix = f"{directory.name}.tmp-{socket.gethostname()}-"
-    for temp in directory.parent.glob(f"{directory.name}.tmp-*"):
-        pid = temp.name.removeprefix(prefix)
-        if temp.name.startswith(prefix) and pid.isdigit() and not _alive(int(pid)):
+    """Delete the temporary chunk folders of builds that were killed on this machine (their
+    process is gone). A build on another machine of a shared file system is left alone."""
+    prefix = f".tmp-{socket.gethostname()}-"
+    for temp in [*directory.glob("*/*.tmp-*"), *directory.glob("*.tmp-*")]:
+        pid = temp.name.partition(prefix)[2]
+        if prefix in temp.name and pid.isdigit() and not _alive(int(pid)):
             shutil.rmtree(temp, ignore_errors=True)
 
 
@@ -393,27 +545,20 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _open_rows(path: Path, rows: int, first: torch.Tensor) -> np.ndarray:
-    """A new 16-bit .npy of `rows` rows shaped like `first`, memory-mapped to fill."""
-    return np.lib.format.open_memmap(path, mode="w+", dtype=np.float16,
-                                     shape=(rows, *first.shape))
-
-
 class _Prepared(torch.utils.data.Dataset):
     """Decoded, preprocessed pairs (in DataLoader workers when asked)."""
 
-    def __init__(self, pairs, prep: Preprocessing):
-        self.pairs, self.prep = pairs, prep
+    def __init__(self, pairs, keys: list[str], prep: Preprocessing):
+        self.pairs, self.keys, self.prep = pairs, keys, prep
 
     def __len__(self) -> int:
         return len(self.pairs)
 
     def __getitem__(self, index: int):
         pair = self.pairs[index]
-        pixels, time_ids = prepare_pair(pair.preferred, pair.rejected, self.prep, index)
-        return pixels, time_ids, pair.caption
+        return prepare_pair(pair.preferred, pair.rejected, self.prep, self.keys[index])
 
 
 def _collate(items):
-    pixels, time_ids, captions = zip(*items, strict=True)
-    return np.stack(pixels), np.asarray(time_ids, dtype=np.float32), list(captions)
+    pixels, time_ids = zip(*items, strict=True)
+    return np.stack(pixels), np.asarray(time_ids, dtype=np.float32)

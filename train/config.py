@@ -115,6 +115,11 @@ class TrainConfig:
                                   "classifier-free guidance", 0.1)
     cache_dir: str = _help("where cached latents and text embeddings live", "runs/cache")
     cache_workers: int = _help("processes decoding images while the cache is built", 0)
+    process_group_timeout: int = _help(
+        "seconds a process waits for the others in a collective (a barrier) before the run "
+        "stops with one line naming the phase; long enough for an evaluation or a large "
+        "model's checkpoint (the cache is built by every process, so none waits for it)",
+        3600)
     # Optimisation
     batch_size: int = _help("pairs per process per forward pass", 1)
     effective_batch: int = _help("pairs per optimizer step; gradient accumulation is "
@@ -197,7 +202,8 @@ class TrainConfig:
             raise TrainError("guard_max_drop needs keep_best and guard_scorers")
         if not self.data:
             raise TrainError("no data: give --data with a .duckdb store or parquet shards")
-        for name in ("batch_size", "effective_batch", "max_steps", "resolution"):
+        for name in ("batch_size", "effective_batch", "max_steps", "resolution",
+                     "process_group_timeout"):
             if getattr(self, name) < 1:
                 raise TrainError(f"{name} must be at least 1")
         for name in ("lora_rank", "holdout_pairs", "checkpoint_every", "eval_every",

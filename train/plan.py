@@ -37,15 +37,13 @@ def training_pairs(config: TrainConfig) -> MixedPairs:
     return pairs
 
 
-def cache_folder(config: TrainConfig, pairs: MixedPairs,
-                 kind: str) -> tuple[Path, pair_cache.Preprocessing]:
-    """Where a run's cache of `pairs` lives (its key: the encoders' files, the pairs and
-    the preprocessing), and the preprocessing it is built with."""
+def cache_folder(config: TrainConfig, kind: str) -> tuple[Path, pair_cache.Preprocessing]:
+    """Where a run's cache lives (its key: the encoders' files and the preprocessing; runs
+    on other pairs share it), and the preprocessing it is built with."""
     c = config
     prep = pair_cache.Preprocessing(c.resolution, c.random_crop, c.random_flip, c.seed,
                                     c.max_sequence_length if kind in FLOW_KINDS else None)
-    key = pair_cache.cache_key(fingerprint(c.model, pair_cache.ENCODER_PARTS),
-                               pair_cache.data_fingerprint(pairs), prep)
+    key = pair_cache.cache_key(fingerprint(c.model, pair_cache.ENCODER_PARTS), prep)
     return Path(c.cache_dir) / key, prep
 
 
@@ -67,18 +65,23 @@ def cache_line(config: TrainConfig, pairs: MixedPairs) -> str:
     kind = kind_of(json.loads(index.read_text())) if index else None
     size = directory = None
     if kind is not None:
-        directory, prep = cache_folder(config, pairs, kind)
-        captions = len({pairs.describe(i)[0] for i in range(len(pairs))})
-        size = pair_cache.cache_bytes(config.model, kind, len(pairs), captions, prep)
+        directory, prep = cache_folder(config, kind)
+        keys = [pair_cache.pair_key(pairs, i) for i in range(len(pairs))]
+        captions = [pairs.describe(i)[0] for i in range(len(pairs))]
+        todo = pair_cache.missing(directory, keys, captions)
+        captions_todo = sum(len(chunk) for chunk in todo.text)
+        size = pair_cache.cache_bytes(config.model, kind, len(pairs), len(set(captions)), prep)
+        to_write = pair_cache.cache_bytes(config.model, kind, len(todo), captions_todo, prep)
     if size is None:
         return (f"cache:  not estimated: {config.model}'s config is not on this machine "
                 "(download the model, or give a local folder)")
-    built = (directory / "meta.json").exists()
     free = _free_bytes(Path(config.cache_dir))
-    if not built and size > free:
-        raise TrainError(f"the cache needs about {size_text(size)} in {config.cache_dir}, whose "
-                         f"disk has {size_text(free)} free: give --cache_dir on a disk with room")
-    where = f"built, in {directory}" if built else f"to build in {directory}"
+    if len(todo) and to_write > free:
+        raise TrainError(f"the cache needs about {size_text(to_write)} more in "
+                         f"{config.cache_dir}, whose disk has {size_text(free)} free: give "
+                         "--cache_dir on a disk with room")
+    where = (f"built, in {directory}" if not len(todo) else
+             f"{len(todo):,} pairs and {captions_todo:,} captions to encode in {directory}")
     return (f"cache:  {size_text(size)} ({where}; {size_text(free)} free there); every "
             "process memory-maps it and holds a batch's rows")
 

@@ -19,9 +19,11 @@ import math
 import os
 import random
 import resource
+import shutil
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +36,7 @@ from models.threads import free_cores, use_free_cores
 from train import cache as pair_cache
 from train import checkpoints, samples
 from train.config import REFERENCE_OBJECTIVES, TrainConfig, save
-from train.errors import TrainError
+from train.errors import Phase, TrainError
 from train.loss import (
     DPOTerms,
     dpo_loss,
@@ -242,32 +244,76 @@ class TrainingData:
         return replace(batch, liked=torch.from_numpy(self.liked[indices]).to(device))
 
 
-def reopened(directory: Path, main: bool) -> pair_cache.PairCache | None:
-    """An earlier run's cache folder, or None to build it: absent, or damaged (the main
-    process says so; it rebuilds the folder before the others look)."""
-    if not (directory / "meta.json").exists():
-        return None
-    try:
-        return pair_cache.PairCache(directory)
-    except pair_cache.DamagedCache as damage:
-        if main:
-            print(f"cache {directory} is damaged ({damage.reason}): rebuilding it")
-        return None
+def storage_share(accelerator, directory: Path) -> pair_cache.Share:
+    """Which processes see one cache folder, so that they split its build: all of them on a
+    shared file system; each machine's own where machines have their own disks. Found by
+    looking: the main process writes a file there, the others check whether they see it."""
+    from accelerate.utils import broadcast_object_list, gather_object
+
+    if accelerator.num_processes == 1:
+        return pair_cache.Share()
+    token = broadcast_object_list([os.urandom(8).hex()])[0]
+    probe = directory / f".probe-{token}"
+    if accelerator.is_main_process:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe.touch()
+    accelerator.wait_for_everyone()
+    shared = all(gather_object([probe.exists()]))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        probe.unlink()
+    if shared:
+        return pair_cache.Share(accelerator.process_index, accelerator.num_processes)
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
+    return pair_cache.Share(accelerator.local_process_index, local)
+
+
+def build_cache(config: TrainConfig, pairs, model: LoadedModel, accelerator,
+                ) -> tuple[pair_cache.PairCache, int]:
+    """Encode what the cache folder lacks, every process its share (in the run's
+    precision), and open it; the pairs this process encoded. A damaged chunk is removed
+    and encoded again."""
+    directory, prep = cache_folder(config, model.kind)
+    keys = [pair_cache.pair_key(pairs, i) for i in range(len(pairs))]
+    captions = [pairs.describe(i)[0] for i in range(len(pairs))]
+    share = storage_share(accelerator, directory)
+    encoded = 0
+    for _ in range(3):
+        todo = pair_cache.missing(directory, keys, captions)
+        accelerator.wait_for_everyone()  # every process has looked before any writes
+        if len(todo):
+            mine = sum(len(chunk) for chunk in share.mine(todo.pairs))
+            began, cpu = time.perf_counter(), time.process_time()
+            with accelerator.autocast():
+                encoded += pair_cache.encode(todo, pairs, keys, model.pipeline, model.kind,
+                                             prep, directory, share, config.cache_workers,
+                                             show_progress=share.rank == 0)
+            print(f"process {accelerator.process_index}: encoded {mine:,} of {len(todo):,} "
+                  f"pairs to cache in {time.perf_counter() - began:.1f} s "
+                  f"({time.process_time() - cpu:.1f} s CPU)")
+        accelerator.wait_for_everyone()
+        try:
+            return pair_cache.PairCache(directory, keys, captions), encoded
+        except pair_cache.DamagedCache as damage:
+            if accelerator.is_main_process:
+                print(f"cache {damage.directory} is damaged ({damage.reason}): encoding it "
+                      "again")
+            if share.rank == 0 and damage.directory != directory:
+                shutil.rmtree(damage.directory, ignore_errors=True)
+            accelerator.wait_for_everyone()
+    raise TrainError(f"the cache in {directory} stays incomplete after three builds: delete "
+                     "that folder and start again")
 
 
 def cache_pairs(config: TrainConfig, pairs, model: LoadedModel, accelerator) -> TrainingData:
-    """Cache latents and embeddings (main process first) and split off the held-out pairs."""
+    """Cache latents and embeddings (every process its share) and split off the held-out
+    pairs."""
     c = config
-    directory, prep = cache_folder(c, pairs, model.kind)
-    with accelerator.main_process_first():
-        cache = reopened(directory, accelerator.is_main_process)
-        reused = cache is not None
-        if cache is None:
-            cache = pair_cache.build(pairs, model.pipeline, model.kind, prep, directory,
-                                     workers=c.cache_workers)
+    Phase.now = "building the cache"
+    cache, encoded = build_cache(c, pairs, model, accelerator)
     if accelerator.is_main_process:
-        print(f"{len(pairs)} pairs: {holdout_line(c, len(pairs))}; cache {directory} "
-              f"({'reused' if reused else 'built'})")
+        print(f"{len(pairs)} pairs: {holdout_line(c, len(pairs))}; cache {cache.directory} "
+              f"({f'{encoded:,} pairs encoded here' if encoded else 'reused'})")
     held = c.heldout(len(cache))
     order = np.random.default_rng([c.seed, 7]).permutation(len(cache))
     liked = None
@@ -278,7 +324,7 @@ def cache_pairs(config: TrainConfig, pairs, model: LoadedModel, accelerator) -> 
     if c.random_flip and c.flip_per_pair:
         pair_flips = np.array([random.Random(c.seed * 1_000_003 + i).random() < 0.5
                                for i in range(len(cache))])
-    return TrainingData(cache, reused, np.sort(order[:held]),
+    return TrainingData(cache, not encoded, np.sort(order[:held]),
                         PairOrder(np.sort(order[held:]), c.seed), liked, pair_flips)
 
 
@@ -449,13 +495,16 @@ class Run:
 
     def __init__(self, config: TrainConfig):
         from accelerate import Accelerator
+        from accelerate.utils import InitProcessGroupKwargs
 
         config.check()  # a config changed after it was made
         c = self.config = config
         self.out = Path(c.output_dir)
+        Phase.now = "starting"
         self.accelerator = acc = Accelerator(
             mixed_precision=mixed_precision(c), log_with="tensorboard",
-            project_dir=str(self.out / "logs"))
+            project_dir=str(self.out / "logs"), kwargs_handlers=[
+                InitProcessGroupKwargs(timeout=timedelta(seconds=c.process_group_timeout))])
         self.main = acc.is_main_process
         self.processes = acc.num_processes
         self.accumulation = c.accumulation(self.processes)
@@ -615,6 +664,7 @@ class Run:
         bar = tqdm(range(start, c.max_steps), initial=start, total=c.max_steps,
                    desc=f"{c.objective} {self.out.name}", unit="step", disable=not self.main)
         try:  # the bar ends its line before an error or an interruption is said
+            Phase.now = "training"
             for step in bar:
                 metrics = self.train_step(step)
                 trained_steps += 1
@@ -636,13 +686,16 @@ class Run:
                                     acc=f"{averaged.get('accuracy', float('nan')):.2f}")
                     window, logged = {}, 0
                 if c.eval_every and (done % c.eval_every == 0 or done == c.max_steps):
+                    Phase.now = f"evaluating at step {done}"
                     if self.main:
                         self._log_eval(done, state)
                     acc.wait_for_everyone()
                 check_skipped(c, done, state, self.data.cache.directory)
                 if c.checkpoint_every and done % c.checkpoint_every == 0:
+                    Phase.now = f"saving the checkpoint of step {done}"
                     checkpoints.save(acc, self.out, done, state, c.checkpoints_kept,
                                      checkpoints.run_kind(c))
+                Phase.now = "training"
         finally:
             bar.close()
         seconds = time.perf_counter() - began
