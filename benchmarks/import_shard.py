@@ -75,7 +75,9 @@ def photo_like_jpeg(rng: np.random.Generator, size: int = 512) -> bytes:
     return buffer.getvalue()
 
 
-def build_shard(path: Path, rows: int, seed: int = 0) -> None:
+def build_shard(path: Path, rows: int, seed: int = 0, size: int = 512) -> None:
+    """A Pick-a-Pic shard of `rows` rows (one in five a tie) over 400 captions, its
+    images photo-like `size` px JPEGs."""
     rng = np.random.default_rng(seed)
     schema = PICKAPIC_SCHEMA
     with pq.ParquetWriter(path, schema) as writer:
@@ -96,8 +98,8 @@ def build_shard(path: Path, rows: int, seed: int = 0) -> None:
                     "has_label": [True] * n,
                     "image_0_uid": uid[0], "image_0_url": [None] * n,
                     "image_1_uid": uid[1], "image_1_url": [None] * n,
-                    "jpg_0": [photo_like_jpeg(rng) for _ in ids],
-                    "jpg_1": [photo_like_jpeg(rng) for _ in ids],
+                    "jpg_0": [photo_like_jpeg(rng, size) for _ in ids],
+                    "jpg_1": [photo_like_jpeg(rng, size) for _ in ids],
                     "label_0": label_0, "label_1": [1 - label for label in label_0],
                     "model_0": ["model-a"] * n, "model_1": ["model-b"] * n,
                     "ranking_id": list(ids), "user_id": [i % 50 for i in ids],

@@ -29,9 +29,9 @@ def bench(name: str, *flags: str, tmp_path, timeout: int = 600) -> dict:
 
 
 def test_every_benchmark_script_is_run_here():
-    tested = {"ai_feedback", "annotate_latency", "crowd", "eval_auto", "import_shard", "objectives",
-              "pair_generation", "peers", "real_sizes", "store_votes", "threads", "toy_loop",
-              "train_throughput"}
+    tested = {"ai_feedback", "annotate_latency", "cache_build", "crowd", "eval_auto",
+              "import_shard", "objectives", "pair_generation", "peers", "real_sizes",
+              "store_votes", "threads", "toy_loop", "train_throughput"}
     assert {p.stem for p in BENCHMARKS.glob("*.py")} - {"readme", "__init__"} == tested
 
 
@@ -79,6 +79,13 @@ def test_eval_auto(tmp_path):
     assert out["images"] == 18 and out["steps"] == 2
     assert out["generate_images_per_s"] > 0 and out["judge_images_per_s"] > 0
     assert out["reuse_s"] >= 0
+
+
+def test_cache_build(tmp_path):
+    out = bench("cache_build", "--rows", "350", tmp_path=tmp_path)
+    assert out["benchmark"] == "cache_build" and [r["processes"] for r in out["runs"]] == [1, 2]
+    assert all(run["pairs"] == 280 and run["pairs_per_s"] > 0 for run in out["runs"])
+    assert out["ratio_over_1"]["2"] > 0
 
 
 def test_import_shard(tmp_path):

@@ -93,7 +93,8 @@ def _main(argv: list[str]) -> int:
     except RuntimeError as error:
         if not timed_out(error):
             raise
-        print(timeout_line(config.process_group_timeout), file=sys.stderr, flush=True)
+        # on a line of its own: another process's progress bar may be mid-line
+        print(f"\n{timeout_line(config.process_group_timeout)}", file=sys.stderr, flush=True)
         return 1
     except KeyboardInterrupt:
         return _interrupted(config and config.output_dir, argv)

@@ -137,18 +137,21 @@ def prune(output_dir: Path, keep: int) -> None:
 
 
 def save(accelerator, output_dir: Path, step: int, state: dict, keep: int,
-         kind: dict) -> Path:
+         kind: dict, writer: bool | None = None) -> Path:
     """Save everything needed to continue after `step`; keep only the newest `keep`.
-    `kind` is the run's `run_kind`, recorded in the marker."""
+    `kind` is the run's `run_kind`, recorded in the marker. `writer`: whether this process
+    makes the folder and completes it (default: the main process; where each machine has
+    its own disk, each machine's first process)."""
+    writer = accelerator.is_main_process if writer is None else writer
     final = checkpoint_dir(output_dir, step)
     temp = final.with_name(final.name + ".tmp")
-    if accelerator.is_main_process:
+    if writer:
         shutil.rmtree(temp, ignore_errors=True)
         temp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(temp))
     accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
+    if writer:
         _mark_complete(temp, {"step": step, **state, KIND_KEY: kind})
         remove(final)
         temp.rename(final)

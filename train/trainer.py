@@ -211,9 +211,21 @@ def cpu_threads_hint(device: str, processes: int) -> str | None:
     return None
 
 
-def resume_point(config: TrainConfig, out: Path, main: bool) -> Path | None:
-    """The checkpoint to resume from; refuse to silently train over an earlier run."""
-    resume = checkpoints.find(out, config.resume) if config.resume else None
+def resume_point(config: TrainConfig, out: Path, accelerator) -> Path | None:
+    """The checkpoint to resume from; for `latest`, the newest step every process has
+    complete (machines with their own disks each keep a copy of each checkpoint, and a
+    kill can land between copies), so all resume at one step. Refuse to silently train
+    over an earlier run."""
+    from accelerate.utils import gather_object
+
+    main = accelerator.is_main_process
+    if config.resume == "latest":
+        steps = {checkpoints.step_of(p) for p in checkpoints.completed(out)}
+        if accelerator.num_processes > 1:
+            steps = set.intersection(*map(set, gather_object([sorted(steps)])))
+        resume = checkpoints.checkpoint_dir(out, max(steps)) if steps else None
+    else:
+        resume = checkpoints.find(out, config.resume) if config.resume else None
     if resume is not None:
         checkpoints.check_kind(resume, config)
     if resume is None and checkpoints.completed(out):
@@ -222,6 +234,27 @@ def resume_point(config: TrainConfig, out: Path, main: bool) -> Path | None:
     if config.resume and resume is None and main:
         print(f"no checkpoint in {out}: starting from step 0")
     return resume
+
+
+def one_folder(accelerator, folder: Path) -> bool:
+    """Whether every process of a launch sees `folder` as one folder (a file system all
+    machines mount) rather than each machine its own. Found by looking: the main process
+    writes a file there and the others check whether they see it."""
+    from accelerate.utils import broadcast_object_list, gather_object
+
+    if accelerator.num_processes == 1:
+        return True
+    token = broadcast_object_list([os.urandom(8).hex()])[0]
+    probe = folder / f".probe-{token}"
+    if accelerator.is_main_process:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.touch()
+    accelerator.wait_for_everyone()
+    shared = all(gather_object([probe.exists()]))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        probe.unlink()
+    return shared
 
 
 @dataclass
@@ -246,23 +279,8 @@ class TrainingData:
 
 def storage_share(accelerator, directory: Path) -> pair_cache.Share:
     """Which processes see one cache folder, so that they split its build: all of them on a
-    shared file system; each machine's own where machines have their own disks. Found by
-    looking: the main process writes a file there, the others check whether they see it."""
-    from accelerate.utils import broadcast_object_list, gather_object
-
-    if accelerator.num_processes == 1:
-        return pair_cache.Share()
-    token = broadcast_object_list([os.urandom(8).hex()])[0]
-    probe = directory / f".probe-{token}"
-    if accelerator.is_main_process:
-        directory.mkdir(parents=True, exist_ok=True)
-        probe.touch()
-    accelerator.wait_for_everyone()
-    shared = all(gather_object([probe.exists()]))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        probe.unlink()
-    if shared:
+    shared file system; each machine's own where machines have their own disks."""
+    if one_folder(accelerator, directory):
         return pair_cache.Share(accelerator.process_index, accelerator.num_processes)
     local = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
     return pair_cache.Share(accelerator.local_process_index, local)
@@ -276,21 +294,25 @@ def build_cache(config: TrainConfig, pairs, model: LoadedModel, accelerator,
     directory, prep = cache_folder(config, model.kind)
     keys = [pair_cache.pair_key(pairs, i) for i in range(len(pairs))]
     captions = [pairs.describe(i)[0] for i in range(len(pairs))]
+    from accelerate.utils import gather_object
+
     share = storage_share(accelerator, directory)
     encoded = 0
     for _ in range(3):
         todo = pair_cache.missing(directory, keys, captions)
         accelerator.wait_for_everyone()  # every process has looked before any writes
         if len(todo):
-            mine = sum(len(chunk) for chunk in share.mine(todo.pairs))
             began, cpu = time.perf_counter(), time.process_time()
             with accelerator.autocast():
-                encoded += pair_cache.encode(todo, pairs, keys, model.pipeline, model.kind,
-                                             prep, directory, share, config.cache_workers,
-                                             show_progress=share.rank == 0)
-            print(f"process {accelerator.process_index}: encoded {mine:,} of {len(todo):,} "
-                  f"pairs to cache in {time.perf_counter() - began:.1f} s "
-                  f"({time.process_time() - cpu:.1f} s CPU)")
+                mine = pair_cache.encode(todo, pairs, keys, model.pipeline, model.kind, prep,
+                                         directory, share, config.cache_workers,
+                                         show_progress=accelerator.is_main_process)
+            encoded += mine
+            said = gather_object([(accelerator.process_index, mine,
+                                   time.perf_counter() - began, time.process_time() - cpu)])
+            for process, count, seconds, cpu in said if accelerator.is_main_process else []:
+                print(f"process {process}: encoded {count:,} of {len(todo):,} pairs to "
+                      f"cache in {seconds:.1f} s ({cpu:.1f} s CPU)")
         accelerator.wait_for_everyone()
         try:
             return pair_cache.PairCache(directory, keys, captions), encoded
@@ -508,7 +530,12 @@ class Run:
         self.main = acc.is_main_process
         self.processes = acc.num_processes
         self.accumulation = c.accumulation(self.processes)
-        self.resume = resume_point(c, self.out, self.main)
+        # where each machine has its own output disk, each keeps a whole copy of each
+        # checkpoint (written by its first process) to resume from
+        shared = one_folder(acc, self.out)
+        acc.project_configuration.save_on_each_node = not shared
+        self.writes_checkpoints = acc.is_main_process if shared else acc.is_local_main_process
+        self.resume = resume_point(c, self.out, acc)
         pairs = training_pairs(c)
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -650,7 +677,7 @@ class Run:
         if self.resume is not None:
             state.update(checkpoints.load(acc, self.resume))
             start = state.pop("step")
-            if self.main:
+            if self.accelerator.is_local_main_process:  # once a machine
                 print(f"resumed from {self.resume} at step {start}")
         if self.main:
             save(c, self.out / "config.yaml")
@@ -694,7 +721,7 @@ class Run:
                 if c.checkpoint_every and done % c.checkpoint_every == 0:
                     Phase.now = f"saving the checkpoint of step {done}"
                     checkpoints.save(acc, self.out, done, state, c.checkpoints_kept,
-                                     checkpoints.run_kind(c))
+                                     checkpoints.run_kind(c), self.writes_checkpoints)
                 Phase.now = "training"
         finally:
             bar.close()
