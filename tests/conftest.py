@@ -313,7 +313,7 @@ def browser():
 # `pytest -n N --dist loadfile --no-loadscope-reorder` (scripts/test.sh) they start first,
 # so the workers finish together rather than one waiting on a long file dealt last.
 LONGEST_FIRST = ["test_rounds.py", "test_readme.py", "test_benchmarks.py", "test_train.py",
-                 "test_annotate_app.py"]
+                 "test_cluster.py", "test_annotate_app.py"]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 from conftest import REPO
 
@@ -19,11 +20,14 @@ BENCHMARKS = REPO / "benchmarks"
 
 
 def bench(name: str, *flags: str, tmp_path, timeout: int = 600) -> dict:
-    """Run one benchmark in `tmp_path` (its temporary files too); the JSON it printed."""
-    env = dict(os.environ, TMPDIR=str(tmp_path), OMP_NUM_THREADS="1")
-    done = subprocess.run([sys.executable, str(BENCHMARKS / f"{name}.py"), *flags],
-                          capture_output=True, text=True, cwd=tmp_path, env=env,
-                          timeout=timeout)
+    """Run one benchmark in `tmp_path`, its temporary files in a short-named folder (a
+    browser's socket path under a long pytest folder passes Linux's 107-byte limit once
+    the run counter has three digits); the JSON it printed."""
+    with tempfile.TemporaryDirectory(prefix="bench-") as short:
+        env = dict(os.environ, TMPDIR=short, OMP_NUM_THREADS="1")
+        done = subprocess.run([sys.executable, str(BENCHMARKS / f"{name}.py"), *flags],
+                              capture_output=True, text=True, cwd=tmp_path, env=env,
+                              timeout=timeout)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout)
 

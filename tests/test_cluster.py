@@ -72,7 +72,7 @@ def test_a_cold_two_process_launch_builds_the_cache_together_under_a_15_s_timeou
     process-group timeout; the cache is the one a single process builds."""
     cache = tmp_path / "cache"
     out = launch(2, train_args([pairs_2000], tmp_path / "run", cache, "--max_steps", "2",
-                               "--process_group_timeout", "15"), port=29541)
+                               "--process_group_timeout", "15"), port=29543)
     assert out.returncode == 0, out.stderr[-3000:]
     shares = encoded(out.stdout)
     assert sorted(shares) == [0, 1], out.stdout
