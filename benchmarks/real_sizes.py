@@ -35,13 +35,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from train.config import TrainConfig  # noqa: E402
-from train.memory import unet_inputs  # noqa: E402
+from train.memory import PEAK_BF16_TFLOPS, UTILISATION, counted_flops, unet_inputs  # noqa: E402
 
-PEAK_BF16_TFLOPS = {"A100": 312.0, "H100 SXM": 989.4}  # dense, NVIDIA's data sheets
-UTILISATION = 0.4
 # the paper's SD1.5 run: 2,000 steps of 2,048 pairs in ~24 h on 16 A100s (official README)
 OFFICIAL_SD15_PAIRS_PER_S_PER_GPU = 2000 * 2048 / (24 * 3600) / 16
 
@@ -99,13 +96,6 @@ def model_sizes(tiny: bool) -> dict[str, dict]:
     }
 
 
-def counted(function) -> int:
-    """FLOPs of running `function` (multiply-adds count as two)."""
-    with FlopCounterMode(display=False) as counter:
-        function()
-    return counter.get_total_flops()
-
-
 def pair_flops(size: dict, lora_rank: int) -> dict[str, int]:
     """FLOPs of one pair (winner and loser, batch 2) through each part of a DPO step."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -142,12 +132,12 @@ def pair_flops(size: dict, lora_rank: int) -> dict[str, int]:
                 for text in texts:
                     text(tokens[:, : text.config.max_position_embeddings])
 
-        forward = counted(lambda: torch.no_grad()(policy_forward)())
+        forward = counted_flops(lambda: torch.no_grad()(policy_forward)())
         return {
-            "policy_forward_backward": counted(policy_step),
-            "reference_forward": counted(reference_forward),
+            "policy_forward_backward": counted_flops(policy_step),
+            "reference_forward": counted_flops(reference_forward),
             "checkpointing_recompute": forward,
-            "encoders_uncached": counted(encoders),
+            "encoders_uncached": counted_flops(encoders),
             "unet_parameters": sum(p.numel() for p in unet.parameters()),
             "trainable_parameters": sum(p.numel() for p in unet.parameters()
                                         if p.requires_grad),

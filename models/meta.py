@@ -42,3 +42,27 @@ def denoiser_on_meta(model: str) -> tuple[str, torch.nn.Module] | None:
     cls = getattr(diffusers, config["_class_name"])
     with torch.device("meta"):
         return kind, cls.from_config(config)
+
+
+TEXT_PARTS = ("text_encoder", "text_encoder_2", "text_encoder_3")
+
+
+def encoders_on_meta(model: str) -> tuple[torch.nn.Module, list[torch.nn.Module]] | None:
+    """(the VAE, the text encoders) with meta tensors, or None when a config is not local."""
+    vae_file = local_file(model, "vae/config.json")
+    if vae_file is None:
+        return None
+    import diffusers
+    import transformers
+
+    vae_config = json.loads(vae_file.read_text())
+    texts = []
+    with torch.device("meta"):
+        vae = getattr(diffusers, vae_config["_class_name"]).from_config(vae_config)
+        for part in TEXT_PARTS:
+            found = local_file(model, f"{part}/config.json")
+            if found is None:
+                continue
+            config = transformers.AutoConfig.from_pretrained(found.parent)
+            texts.append(getattr(transformers, config.architectures[0])(config))
+    return vae, texts

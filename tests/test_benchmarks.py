@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 
+import pytest
 from conftest import REPO
 
 BENCHMARKS = REPO / "benchmarks"
@@ -33,7 +34,8 @@ def bench(name: str, *flags: str, tmp_path, timeout: int = 600) -> dict:
 
 
 def test_every_benchmark_script_is_run_here():
-    tested = {"ai_feedback", "annotate_latency", "cache_build", "crowd", "eval_auto",
+    tested = {"ai_feedback", "annotate_latency", "cache_build", "crowd", "encode_cost",
+              "eval_auto",
               "import_shard", "objectives", "pair_generation", "peers", "real_sizes",
               "store_votes", "threads", "toy_loop", "train_throughput"}
     assert {p.stem for p in BENCHMARKS.glob("*.py")} - {"readme", "__init__"} == tested
@@ -90,6 +92,16 @@ def test_cache_build(tmp_path):
     assert out["benchmark"] == "cache_build" and [r["processes"] for r in out["runs"]] == [1, 2]
     assert all(run["pairs"] == 280 and run["pairs_per_s"] > 0 for run in out["runs"])
     assert out["ratio_over_1"]["2"] > 0
+
+
+def test_encode_cost(tmp_path):
+    out = bench("encode_cost", "--pairs", "1000", "--captions", "100", tmp_path=tmp_path)
+    assert [r["model"] for r in out["results"]] == ["sd15", "sdxl", "sd3", "flux"]
+    for result in out["results"]:
+        assert result["cache_gib"] > result["text_gib"] > 0
+        assert result["gflop_per_pair"] > 0 and result["encode_eflop"] > 0
+        hours = result["hours_per_gpu"]
+        assert hours["H100 SXM x8"] == pytest.approx(2 * hours["H100 SXM x16"], rel=0.02)
 
 
 def test_import_shard(tmp_path):

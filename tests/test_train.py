@@ -1026,6 +1026,27 @@ def test_the_dry_run_s_cache_size_is_the_size_the_build_writes(kind, request, st
     assert cache_bytes(str(model), kind, len(pairs), captions, prep) == written
 
 
+def test_the_dry_run_s_encode_flops_are_what_the_encoders_compute(store_path, tmp_path):
+    """The encode line counts the VAE and text encoders on the meta device, from config
+    files alone; the toy's loaded encoders, counted on real tensors, agree within 2%."""
+    from train.memory import counted_flops
+    from train.plan import encode_flops
+
+    prep = Preprocessing(resolution=32, random_crop=False, random_flip=True, seed=0)
+    pair, caption = encode_flops("toy", "sd", prep)
+    pipeline = load("toy").pipeline
+    real_pair = 2 * counted_flops(lambda: pipeline.vae.encode(torch.zeros(2, 3, 32, 32)))
+    tokens = torch.zeros(1, pipeline.text_encoder.config.max_position_embeddings,
+                         dtype=torch.long)
+    real_caption = counted_flops(lambda: pipeline.text_encoder(tokens))
+    assert abs(pair / real_pair - 1) < 0.02 and abs(caption / real_caption - 1) < 0.04
+    out = run_command("toy", "--data", str(store_path), "--output_dir", str(tmp_path / "r"),
+                      "--cache_dir", str(tmp_path / "cache"), "--dry_run")
+    line = [x for x in out.stdout.splitlines() if x.startswith("encode: ")]
+    assert out.returncode == 0 and len(line) == 1, out.stdout[-2000:]
+    assert "for 12 pairs and 4 captions" in line[0] and "on H100 SXM" in line[0], line
+
+
 def test_a_dry_run_whose_cache_cannot_fit_its_disk_is_refused_in_one_line(store_path,
                                                                            tmp_path):
     from helpers import small_disk

@@ -22,6 +22,17 @@ from models.meta import denoiser_on_meta
 from train.config import TrainConfig
 
 GIB = 1024**3
+PEAK_BF16_TFLOPS = {"A100": 312.0, "H100 SXM": 989.4}  # dense, NVIDIA's data sheets
+UTILISATION = 0.4  # of that peak, a plan's assumption (the official recipe reaches 8%)
+
+
+def counted_flops(function) -> int:
+    """FLOPs of running `function` (multiply-adds count as two), on meta tensors too."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        function()
+    return counter.get_total_flops()
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ import shutil
 from dataclasses import asdict
 from pathlib import Path
 
+import torch
 import yaml
 
 from data.pairs import MixedPairs, load_pairs
@@ -55,7 +56,7 @@ def _free_bytes(folder: Path) -> int:
     return shutil.disk_usage(folder).free
 
 
-def cache_line(config: TrainConfig, pairs: MixedPairs) -> str:
+def cache_line(config: TrainConfig, pairs: MixedPairs, processes: int = 1) -> str:
     """The cache's size on disk beside the room its disk has; a `TrainError` when a cache
     still to be built cannot fit. Its text embeddings are memory-mapped, so a process's
     RAM does not grow with them."""
@@ -82,8 +83,60 @@ def cache_line(config: TrainConfig, pairs: MixedPairs) -> str:
                          "--cache_dir on a disk with room")
     where = (f"built, in {directory}" if not len(todo) else
              f"{len(todo):,} pairs and {captions_todo:,} captions to encode in {directory}")
-    return (f"cache:  {size_text(size)} ({where}; {size_text(free)} free there); every "
-            "process memory-maps it and holds a batch's rows")
+    return "\n".join([
+        f"cache:  {size_text(size)} ({where}; {size_text(free)} free there); every "
+        "process memory-maps it and holds a batch's rows",
+        encode_line(config, kind, len(todo), captions_todo, processes)])
+
+
+def encode_flops(model: str, kind: str, prep: pair_cache.Preprocessing
+                 ) -> tuple[int, int] | None:
+    """(FLOPs to encode one pair: the VAE on both images, and on their mirror under
+    random_flip; FLOPs to encode one caption: every text encoder at its cached length),
+    counted on the meta device; None where the model's configs are not on this machine."""
+    from models.meta import encoders_on_meta
+    from train.memory import counted_flops
+
+    built = encoders_on_meta(model)
+    if built is None:
+        return None
+    vae, texts = built
+    side = prep.resolution
+    pixels = torch.empty(2, 3, side, side, device="meta")
+    pair = counted_flops(lambda: vae.encode(pixels)) * (2 if prep.random_flip else 1)
+    caption = 0
+    for text in texts:
+        t5 = text.config.model_type == "t5"
+        length = (prep.text_tokens or pair_cache.DEFAULT_T5_TOKENS.get(kind, 512) if t5
+                  else text.config.max_position_embeddings)
+        tokens = torch.zeros(1, length, dtype=torch.long, device="meta")
+        caption += counted_flops(lambda text=text, tokens=tokens: text(tokens))
+    return pair, caption
+
+
+def encode_line(config: TrainConfig, kind: str, pairs: int, captions: int,
+                processes: int) -> str:
+    """What encoding the cache's missing pairs and captions costs, per process (each
+    encodes its share), at `UTILISATION` of a GPU's bf16 peak."""
+    from train.memory import PEAK_BF16_TFLOPS, UTILISATION
+
+    prep = cache_folder(config, kind)[1]
+    flops = encode_flops(config.model, kind, prep)
+    if flops is None:
+        return "encode: not estimated: the model's configs are not on this machine"
+    total = pairs * flops[0] + captions * flops[1]
+    times = ", ".join(
+        f"{_duration(total / processes / (UTILISATION * peak * 1e12))} on {gpu}"
+        for gpu, peak in PEAK_BF16_TFLOPS.items())
+    return (f"encode: {total / 1e15:,.2f} PFLOP for {pairs:,} pairs and {captions:,} captions "
+            f"({flops[0] / 1e9:,.1f} GFLOP a pair, {flops[1] / 1e9:,.1f} a caption): per "
+            f"process of {processes}, {times} at {UTILISATION:.0%} of bf16 peak")
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.1f} s"
 
 
 def holdout_line(config: TrainConfig, pairs: int) -> str:
@@ -123,7 +176,7 @@ def plan(config: TrainConfig, processes: int) -> str:
         f"length: {config.max_steps:,} steps = {seen:,} pairs seen, "
         f"{seen / max(trained, 1):.1f} epochs",
         f"output: {config.output_dir}",
-        cache_line(config, pairs),
+        cache_line(config, pairs, processes),
         *estimate_lines(config),
     ]
     return "\n".join(lines)
