@@ -278,16 +278,25 @@ def _chunks(root: Path, part: str) -> dict[str, tuple[str, int]]:
 
 
 def _open_chunk(folder: Path) -> dict[str, np.ndarray]:
-    """A chunk's arrays, memory-mapped, each checked to hold a row per key."""
-    rows = len(json.loads((folder / "keys.json").read_text()))
-    arrays = {path.stem: np.load(path, mmap_mode="r") for path in folder.glob("*.npy")}
-    needed = "latents" if folder.parent.name == "pairs" else "text"
-    if needed not in arrays:
-        raise FileNotFoundError(2, "missing", str(folder / f"{needed}.npy"))
-    for name, array in arrays.items():
-        if len(array) != rows:
-            raise ValueError(f"{folder.name}/{name}.npy has {len(array)} rows for {rows} keys")
-    return arrays
+    """A chunk's arrays, memory-mapped (on the training loop's path: no checks)."""
+    return {path.stem: np.load(path, mmap_mode="r") for path in folder.glob("*.npy")}
+
+
+def _check_chunk(folder: Path) -> None:
+    """Refuse (`DamagedCache`, naming the chunk) a chunk whose arrays are missing or do not
+    hold a row per key."""
+    try:
+        rows = len(json.loads((folder / "keys.json").read_text()))
+        arrays = _open_chunk(folder)
+        needed = "latents" if folder.parent.name == "pairs" else "text"
+        if needed not in arrays:
+            raise FileNotFoundError(2, "missing", str(folder / f"{needed}.npy"))
+        for name, array in arrays.items():
+            if len(array) != rows:
+                raise ValueError(f"{folder.name}/{name}.npy has {len(array)} rows for "
+                                 f"{rows} keys")
+    except (OSError, ValueError, EOFError) as error:
+        raise DamagedCache(folder, _damage(error)) from None
 
 
 class PairCache:
@@ -298,36 +307,25 @@ class PairCache:
 
     def __init__(self, directory: Path, keys: list[str], captions: list[str]):
         self.directory, self.keys, self.captions = directory, keys, captions
-        try:
-            self._index(directory, keys, captions)
-        except (OSError, ValueError, KeyError, EOFError) as error:
-            raise DamagedCache(self.damaged or directory, _damage(error)) from None
-
-    def _index(self, root: Path, keys: list[str], captions: list[str]) -> None:
-        """Where each pair's latents and caption's embedding are; a ValueError naming the
-        first chunk that does not read as written."""
-        self.damaged: Path | None = None
         self.parts = {}
         for part, wanted in (("pairs", keys), ("text", captions)):
-            at = _chunks(root, part)
+            at = _chunks(directory, part)
             lacking = sum(key not in at for key in wanted)
             if lacking:
-                raise ValueError(f"{lacking} of its {part} are not cached")
+                raise DamagedCache(directory, f"{lacking} of its {part} are not cached")
             names = sorted({at[key][0] for key in wanted})
             number = {name: i for i, name in enumerate(names)}
             chunk = np.array([number[at[key][0]] for key in wanted], dtype=np.int32)
             row = np.array([at[key][1] for key in wanted], dtype=np.int32)
-            folders = [root / part / name for name in names]
+            folders = [directory / part / name for name in names]
             for folder in folders:
-                self.damaged = folder
-                _open_chunk(folder)
+                _check_chunk(folder)
             self.parts[part] = (folders, chunk, row)
-        self.damaged = root / "empty"
-        empty = _open_chunk(root / "empty")
+        _check_chunk(directory / "empty")
+        empty = _open_chunk(directory / "empty")
         self.empty_text = torch.from_numpy(np.asarray(empty["text"][0], dtype=np.float32))
         self.empty_pooled = (torch.from_numpy(np.asarray(empty["pooled"][0], dtype=np.float32))
                              if "pooled" in empty else None)
-        self.damaged = None
         self._opened = functools.lru_cache(maxsize=64)(_open_chunk)
 
     def __len__(self) -> int:

@@ -291,11 +291,11 @@ def build_cache(config: TrainConfig, pairs, model: LoadedModel, accelerator,
     """Encode what the cache folder lacks, every process its share (in the run's
     precision), and open it; the pairs this process encoded. A damaged chunk is removed
     and encoded again."""
+    from accelerate.utils import gather_object
+
     directory, prep = cache_folder(config, model.kind)
     keys = [pair_cache.pair_key(pairs, i) for i in range(len(pairs))]
     captions = [pairs.describe(i)[0] for i in range(len(pairs))]
-    from accelerate.utils import gather_object
-
     share = storage_share(accelerator, directory)
     encoded = 0
     for _ in range(3):
