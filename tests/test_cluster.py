@@ -159,7 +159,10 @@ def kill_tree(process: subprocess.Popen) -> None:
     in sessions of their own, out of reach of a kill of its process group)."""
     import psutil
 
-    tree = [process.pid, *(child.pid for child in psutil.Process(process.pid).children(True))]
+    children = []
+    with contextlib.suppress(psutil.NoSuchProcess):  # a launcher that already ended
+        children = psutil.Process(process.pid).children(recursive=True)
+    tree = [process.pid, *(child.pid for child in children)]
     for pid in tree:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
@@ -188,7 +191,8 @@ def test_two_machines_checkpoint_are_killed_and_resume_at_one_step(storage, tmp_
     args = train_args([data], where[0], where[1], "--checkpoint_every", "1",
                       "--checkpoints_kept", "3", "--process_group_timeout", "120",
                       "--batch_size", "2")
-    launched = two_machines(folders, [*args, "--max_steps", "100000"], port=29551)
+    port = 29551 if storage == "node-local" else 29553  # the other's may linger in TIME_WAIT
+    launched = two_machines(folders, [*args, "--max_steps", "100000"], port=port)
     try:
         deadline = time.monotonic() + 400
         while not all(len(checkpoints.completed(run)) >= 2 for run in runs):
@@ -205,7 +209,7 @@ def test_two_machines_checkpoint_are_killed_and_resume_at_one_step(storage, tmp_
         assert caches[0] == caches[1] and len(caches[0]) == 3  # each built it all
     step = min(checkpoints.step_of(checkpoints.completed(run)[-1]) for run in runs)
     resumed = two_machines(folders, [*args, "--resume", "latest", "--max_steps",
-                                     str(step + 2)], port=29552)
+                                     str(step + 2)], port=port + 1)
     for process, folder in zip(resumed, folders, strict=True):
         assert process.wait(timeout=600) == 0, logs(folder)[1][-3000:]
     outs = [logs(folder) for folder in folders]
