@@ -303,6 +303,30 @@ class MixedPairs(Dataset):
         return [sum(1 for s, _ in self._order if s == i) for i in range(len(self.sources))]
 
 
+class ChainedPairs(Dataset):
+    """Datasets one after another in one index space (a run's training mix, then the
+    data's own validation pairs), so one cache holds them all."""
+
+    def __init__(self, parts: Sequence[Dataset]):
+        self.parts = list(parts)
+        self._starts = np.cumsum([0] + [len(part) for part in self.parts])
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def _locate(self, index: int) -> tuple[Dataset, int]:
+        part = int(np.searchsorted(self._starts, index, side="right")) - 1
+        return self.parts[part], index - int(self._starts[part])
+
+    def __getitem__(self, index: int) -> PreferencePair:
+        part, item = self._locate(index)
+        return part[item]
+
+    def describe(self, index: int) -> tuple[str, Provenance]:
+        part, item = self._locate(index)
+        return part.describe(item)
+
+
 def load_pairs(
     sources: Sequence[str | Path | Store],
     ratios: Sequence[float] | None = None,

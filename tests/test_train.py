@@ -27,7 +27,7 @@ from safetensors.torch import load_file
 from data.errors import DataError
 from data.store import Store
 from models import load
-from tests.helpers import config_for
+from tests.helpers import config_for, record
 from train.cache import Preprocessing, _encode_latents, cache_bytes, mirrored, prepare_pair
 from train.config import TrainConfig, resolve
 from train.errors import TrainError
@@ -511,13 +511,16 @@ def test_each_prediction_type_has_its_target_and_others_are_refused(tiny_sd_dir,
     assert not (tmp_path / "cache").exists()  # refused before any caching
 
 
-def test_a_run_is_ready_when_made_and_its_methods_add_no_state(tiny_sd_dir, store_path,
-                                                               tmp_path):
-    run = Run(config_for(tiny_sd_dir, store_path, tmp_path / "run", eval_every=0,
+def test_a_run_is_ready_when_made_and_its_methods_add_no_state(tiny_sd_dir, tmp_path):
+    store = many_prompt_store(tmp_path / "prefs.duckdb", prompts=10, per_prompt=4)
+    many_prompt_store(store, prompts=6, per_prompt=2, split="validation", start=8)
+    run = Run(config_for(tiny_sd_dir, store, tmp_path / "run", eval_every=0,
                          holdout_pairs=64))
+    assert len(run.data.cache) == 52 and len(run.data.heldout) == 8  # validation pairs cached
     made = set(vars(run))
     assert run.train_step(0)["lr"] > 0  # no other method has to run first
-    assert run.evaluate(0) == {"heldout_accuracy": run.heldout_accuracy()}
+    accuracy = run.heldout_accuracy()
+    assert accuracy is not None and run.evaluate(0) == {"heldout_accuracy": accuracy}
     run.train()
     assert set(vars(run)) == made
 
@@ -544,8 +547,58 @@ def test_the_held_out_set_scales_with_the_collection(store_path, tmp_path):
     assert [config.heldout(n) for n in (9, 12, 40, 640, 5000)] == [0, 1, 4, 64, 64]
     out = run_command("toy", "--data", str(store_path), "--dry_run")
     assert out.returncode == 0, out.stderr
-    assert "12 pairs); 1 held out (one in 10, at most holdout_pairs 64), 11 to train on" \
-        in out.stdout, out.stdout
+    # four prompts of three pairs: a held-out prompt would take three pairs, one in ten is 1
+    assert ("12 pairs); 0 held out (every prompt has more than 1 pair, the most held out), "
+            "12 to train on") in out.stdout, out.stdout
+
+
+def many_prompt_store(path: Path, prompts: int, per_prompt: int, split: str = "train",
+                      start: int = 0) -> Path:
+    """A store of `prompts` x `per_prompt` decisive votes ("prompt N" in upper or lower case,
+    spaced oddly now and then: the same prompt to a person)."""
+    with Store(path) as store:
+        for p in range(start, start + prompts):
+            for k in range(per_prompt):
+                caption = f"Prompt  {p}" if k % 2 else f"prompt {p}"
+                record(store, caption, "left" if k % 3 else "right", split=split)
+    return path
+
+
+def test_held_out_pairs_are_whole_prompts_none_of_them_trained_on(tmp_path):
+    from data.heldout import prompt_key
+    from train.plan import run_pairs
+
+    store = many_prompt_store(tmp_path / "prefs.duckdb", prompts=40, per_prompt=5)
+    config = TrainConfig(data=[str(store)], holdout_pairs=64)
+    run = run_pairs(config)
+    prompt = [prompt_key(run.pairs.describe(i)[0]) for i in range(len(run.pairs))]
+    held, trained = {prompt[i] for i in run.heldout}, {prompt[i] for i in run.train}
+    assert len(run.heldout) == 20 and len(held) == 4  # one in ten of 200: four whole prompts
+    assert not held & trained
+    assert sorted([*run.heldout, *run.train]) == list(range(200))
+    assert run.rule.startswith("4 whole prompts, none trained on")
+    # the same split on every process and every launch; another seed draws other prompts
+    assert list(run_pairs(config).heldout) == list(run.heldout)
+    other = run_pairs(TrainConfig(data=[str(store)], holdout_pairs=64, seed=1))
+    assert {prompt[i] for i in other.heldout} != held
+
+
+def test_the_data_s_own_validation_split_is_what_is_held_out(tmp_path):
+    from data.heldout import prompt_key
+    from train.plan import run_pairs
+
+    store = many_prompt_store(tmp_path / "prefs.duckdb", prompts=10, per_prompt=4)
+    many_prompt_store(store, prompts=6, per_prompt=2, split="validation", start=8)
+    run = run_pairs(TrainConfig(data=[str(store)], holdout_pairs=64))
+    assert (len(run.pairs), len(run.train), len(run.heldout)) == (52, 40, 8)
+    splits = {run.pairs.describe(i)[1].split for i in run.heldout}
+    assert splits == {"validation"}
+    prompt = [prompt_key(run.pairs.describe(i)[0]) for i in range(len(run.pairs))]
+    assert {prompt[i] for i in run.heldout} == {f"prompt {p}" for p in range(10, 14)}
+    assert run.rule == ("the data's validation split, whole prompts, at most holdout_pairs "
+                        "64; 4 of its pairs left out: their prompt is trained on")
+    out = run_command("toy", "--data", str(store), "--dry_run")
+    assert "; 8 held out (the data's validation split" in out.stdout, out.stdout
 
 
 def test_config_from_preset_file_and_flags(tmp_path):

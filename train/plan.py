@@ -11,18 +11,37 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
+from torch.utils.data import Dataset
 
-from data.pairs import MixedPairs, load_pairs
+from data import heldout
+from data.errors import DataError
+from data.pairs import ChainedPairs, MixedPairs, load_pairs
 from models.loading import FLOW_KINDS, fingerprint, kind_of
 from train import cache as pair_cache
 from train.config import HOLDOUT_SHARE, TrainConfig, objective_text
 from train.errors import TrainError
 from train.memory import estimate_lines, size_text
+
+HELDOUT_SPLITS = ("validation", "validation_unique", "test", "test_unique")
+
+
+@dataclass
+class RunPairs:
+    """The pairs a run reads, in one index space (the cache's): its training mix, then the
+    data's own validation pairs where the data has them; which it trains on and which it
+    holds out (whole prompts, none of them trained on)."""
+
+    pairs: Dataset
+    train: np.ndarray  # sorted indices into pairs
+    heldout: np.ndarray  # sorted indices into pairs
+    source_counts: list[int]  # the training mix's pairs from each of config.data
+    rule: str  # how the held-out pairs were chosen, in words
 
 
 def training_pairs(config: TrainConfig) -> MixedPairs:
@@ -36,6 +55,71 @@ def training_pairs(config: TrainConfig) -> MixedPairs:
         raise TrainError(f"no decisive pairs in {', '.join(config.data)}: collect some votes "
                          "or import shards first")
     return pairs
+
+
+def validation_pairs(config: TrainConfig) -> tuple[str, MixedPairs] | None:
+    """The data's own held-out split (the first of HELDOUT_SPLITS that any source holds),
+    where the run trains on the train split."""
+    if config.split != "train" or not config.holdout_pairs:
+        return None
+    for split in HELDOUT_SPLITS:
+        found = []
+        for source in config.data:
+            try:
+                found.append(load_pairs([source], seed=config.seed, split=split,
+                                        include_ties=config.include_ties,
+                                        include_both_bad=config.objective == "kto",
+                                        question=config.question,
+                                        drop_flagged=config.drop_flagged))
+            except DataError:  # this source has no such split
+                continue
+        if found:
+            return split, MixedPairs(found, seed=config.seed)
+    return None
+
+
+def run_pairs(config: TrainConfig) -> RunPairs:
+    """The run's pairs and its held-out split. With the data's own validation split, its
+    pairs whose prompt is not trained on are held out (at most holdout_pairs, whole
+    prompts); otherwise whole prompts of the training mix, about one pair in
+    HOLDOUT_SHARE, at most holdout_pairs."""
+    mix = training_pairs(config)
+    captions = [mix.describe(i)[0] for i in range(len(mix))]
+    counts = mix.source_counts()
+    validation = validation_pairs(config)
+    if validation is not None:
+        split, held_mix = validation
+        held_captions = [held_mix.describe(i)[0] for i in range(len(held_mix))]
+        unseen = heldout.without_prompts_of(held_captions, captions)
+        chosen = unseen[heldout.by_prompt([held_captions[i] for i in unseen],
+                                          config.holdout_pairs, [config.seed, 7])]
+        dropped = len(held_mix) - len(unseen)
+        rule = (f"the data's {split} split, whole prompts, at most holdout_pairs "
+                f"{config.holdout_pairs:,}"
+                + (f"; {dropped:,} of its pairs left out: their prompt is trained on"
+                   if dropped else ""))
+        return RunPairs(ChainedPairs([mix, held_mix]), np.arange(len(mix)),
+                        len(mix) + chosen, counts, rule)
+    target = config.heldout(len(mix))
+    held = heldout.by_prompt(captions, target, [config.seed, 7])
+    if not config.holdout_pairs:
+        rule = "holdout_pairs 0"
+    elif len(mix) < HOLDOUT_SHARE:
+        rule = f"none under {HOLDOUT_SHARE} pairs"
+    elif not len(held):
+        rule = (f"every prompt has more than {target:,} pair{'s' if target != 1 else ''}, "
+                "the most held out")
+    else:
+        prompts = len({heldout.prompt_key(captions[i]) for i in held})
+        rule = (f"{prompts:,} whole prompt{'s' if prompts > 1 else ''}, none trained on; "
+                f"about one pair in {HOLDOUT_SHARE}, at most holdout_pairs "
+                f"{config.holdout_pairs:,}")
+    return RunPairs(mix, np.setdiff1d(np.arange(len(mix)), held), held, counts, rule)
+
+
+def holdout_line(run: RunPairs) -> str:
+    """How the run splits its pairs, and by which rule, in words."""
+    return (f"{len(run.heldout):,} held out ({run.rule}), {len(run.train):,} to train on")
 
 
 def cache_folder(config: TrainConfig, kind: str) -> tuple[Path, pair_cache.Preprocessing]:
@@ -56,7 +140,7 @@ def _free_bytes(folder: Path) -> int:
     return shutil.disk_usage(folder).free
 
 
-def cache_line(config: TrainConfig, pairs: MixedPairs, processes: int = 1) -> str:
+def cache_line(config: TrainConfig, pairs: Dataset, processes: int = 1) -> str:
     """The cache's size on disk beside the room its disk has; a `TrainError` when a cache
     still to be built cannot fit. Its text embeddings are memory-mapped, so a process's
     RAM does not grow with them."""
@@ -139,18 +223,6 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.1f} s"
 
 
-def holdout_line(config: TrainConfig, pairs: int) -> str:
-    """How the run splits its pairs, and by which rule, in words."""
-    held = config.heldout(pairs)
-    if not config.holdout_pairs:
-        rule = "holdout_pairs 0"
-    elif pairs < HOLDOUT_SHARE:
-        rule = f"none under {HOLDOUT_SHARE} pairs"
-    else:
-        rule = f"one in {HOLDOUT_SHARE}, at most holdout_pairs {config.holdout_pairs:,}"
-    return f"{held:,} held out ({rule}), {pairs - held:,} to train on"
-
-
 def launched_processes() -> int:
     """How many processes `accelerate launch` (or torchrun) started: 1 outside it."""
     return int(os.environ.get("WORLD_SIZE", "1"))
@@ -159,24 +231,23 @@ def launched_processes() -> int:
 def plan(config: TrainConfig, processes: int) -> str:
     """The resolved config as YAML, then a few lines a person checks before a long run."""
     accumulation = config.accumulation(processes)
-    pairs = training_pairs(config)
-    trained = len(pairs) - config.heldout(len(pairs))
+    run = run_pairs(config)
+    trained = len(run.train)
     seen = config.effective_batch * config.max_steps
     what = (f"LoRA rank {config.lora_rank}" if config.lora_rank else "full fine-tune")
     sources = ", ".join(f"{source} ({count:,} pairs)"
-                        for source, count in zip(config.data, pairs.source_counts(),
-                                                 strict=True))
+                        for source, count in zip(config.data, run.source_counts, strict=True))
     lines = [
         yaml.safe_dump(asdict(config), sort_keys=False).rstrip(),
         "",
         f"model:  {config.model}, {what}, objective {objective_text(asdict(config))}",
-        f"data:   {sources}; {holdout_line(config, len(pairs))}",
+        f"data:   {sources}; {holdout_line(run)}",
         f"batch:  {processes} process{'es' if processes > 1 else ''} x {config.batch_size} "
         f"pairs x {accumulation} accumulation = {config.effective_batch:,} pairs per step",
         f"length: {config.max_steps:,} steps = {seen:,} pairs seen, "
         f"{seen / max(trained, 1):.1f} epochs",
         f"output: {config.output_dir}",
-        cache_line(config, pairs, processes),
+        cache_line(config, run.pairs, processes),
         *estimate_lines(config),
     ]
     return "\n".join(lines)

@@ -49,7 +49,7 @@ from train.loss import (
     winner_safe_scale,
 )
 from train.output import save_model
-from train.plan import cache_folder, holdout_line, training_pairs
+from train.plan import RunPairs, cache_folder, holdout_line, run_pairs
 from train.processes import DDPMProcess, FlowProcess, conditioning, predict, process_for
 
 HELDOUT_SEED = 1234  # the held-out check uses the same noise and timesteps every time
@@ -327,17 +327,16 @@ def build_cache(config: TrainConfig, pairs, model: LoadedModel, accelerator,
                      "that folder and start again")
 
 
-def cache_pairs(config: TrainConfig, pairs, model: LoadedModel, accelerator) -> TrainingData:
-    """Cache latents and embeddings (every process its share) and split off the held-out
-    pairs."""
-    c = config
+def cache_pairs(config: TrainConfig, run: RunPairs, model: LoadedModel, accelerator
+                ) -> TrainingData:
+    """Cache latents and embeddings of the run's pairs, training and held out (every
+    process its share)."""
+    c, pairs = config, run.pairs
     Phase.now = "building the cache"
     cache, encoded = build_cache(c, pairs, model, accelerator)
     if accelerator.is_main_process:
-        print(f"{len(pairs)} pairs: {holdout_line(c, len(pairs))}; cache {cache.directory} "
+        print(f"{len(pairs)} pairs: {holdout_line(run)}; cache {cache.directory} "
               f"({f'{encoded:,} pairs encoded here' if encoded else 'reused'})")
-    held = c.heldout(len(cache))
-    order = np.random.default_rng([c.seed, 7]).permutation(len(cache))
     liked = None
     if c.objective == "kto":
         liked = np.array([[label > 0 for label in image_labels(pairs.describe(i)[1])]
@@ -346,8 +345,8 @@ def cache_pairs(config: TrainConfig, pairs, model: LoadedModel, accelerator) -> 
     if c.random_flip and c.flip_per_pair:
         pair_flips = np.array([random.Random(c.seed * 1_000_003 + i).random() < 0.5
                                for i in range(len(cache))])
-    return TrainingData(cache, not encoded, np.sort(order[:held]),
-                        PairOrder(np.sort(order[held:]), c.seed), liked, pair_flips)
+    return TrainingData(cache, not encoded, run.heldout, PairOrder(run.train, c.seed), liked,
+                        pair_flips)
 
 
 def sample_prompts(config: TrainConfig, model: LoadedModel) -> samples.SamplePrompts | None:
@@ -536,7 +535,7 @@ class Run:
         acc.project_configuration.save_on_each_node = not shared
         self.writes_checkpoints = acc.is_main_process if shared else acc.is_local_main_process
         self.resume = resume_point(c, self.out, acc)
-        pairs = training_pairs(c)
+        pairs = run_pairs(c)
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
             if (acc.device.type == "cpu" and self.processes == 1
