@@ -75,8 +75,9 @@ def photo_like_jpeg(rng: np.random.Generator, size: int = 512) -> bytes:
     return buffer.getvalue()
 
 
-def build_shard(path: Path, rows: int, seed: int = 0, size: int = 512) -> None:
-    """A Pick-a-Pic shard of `rows` rows (one in five a tie) over 400 captions, its
+def build_shard(path: Path, rows: int, seed: int = 0, size: int = 512,
+                prompts: int = 400) -> None:
+    """A Pick-a-Pic shard of `rows` rows (one in five a tie) over `prompts` captions, its
     images photo-like `size` px JPEGs."""
     rng = np.random.default_rng(seed)
     schema = PICKAPIC_SCHEMA
@@ -93,7 +94,7 @@ def build_shard(path: Path, rows: int, seed: int = 0, size: int = 512) -> None:
                         "none" if label == 0.5 else uid[0 if label == 1.0 else 1][j]
                         for j, label in enumerate(label_0)
                     ],
-                    "caption": [f"benchmark prompt {i % 400}" for i in ids],
+                    "caption": [f"benchmark prompt {i % prompts}" for i in ids],
                     "created_at": [datetime(2023, 3, 1) + timedelta(seconds=i) for i in ids],
                     "has_label": [True] * n,
                     "image_0_uid": uid[0], "image_0_url": [None] * n,

@@ -36,8 +36,9 @@ def bench(name: str, *flags: str, tmp_path, timeout: int = 600) -> dict:
 def test_every_benchmark_script_is_run_here():
     tested = {"ai_feedback", "annotate_latency", "cache_build", "crowd", "encode_cost",
               "eval_auto",
-              "import_shard", "objectives", "pair_generation", "peers", "real_sizes",
-              "store_votes", "threads", "toy_loop", "train_throughput"}
+              "import_shard", "objectives", "pair_generation", "peers", "real_plan",
+              "real_sizes", "run_index", "store_votes", "threads", "toy_loop",
+              "train_throughput"}
     assert {p.stem for p in BENCHMARKS.glob("*.py")} - {"readme", "__init__"} == tested
 
 
@@ -102,6 +103,24 @@ def test_encode_cost(tmp_path):
         assert result["gflop_per_pair"] > 0 and result["encode_eflop"] > 0
         hours = result["hours_per_gpu"]
         assert hours["H100 SXM x8"] == pytest.approx(2 * hours["H100 SXM x16"], rel=0.02)
+
+
+def test_real_plan(tmp_path):
+    out = bench("real_plan", "--pairs", "2000", "--processes", "8", tmp_path=tmp_path)
+    assert out["pairs"] == 2000 and len(out["results"]) == 6
+    for result in out["results"]:
+        kinds = [line.split(":")[0] for line in result["lines"]]
+        assert kinds == ["data", "cache", "encode", "ram", "memory"], result["lines"]
+        assert ("FSDP over 8 processes" in result["lines"][-1]) == result["fsdp"]
+        assert "2,000 pairs" in result["lines"][0].replace("(2,000 pairs)", "2,000 pairs")
+    flux_lora, flux_fsdp = out["results"][3], out["results"][5]
+    assert flux_fsdp["memory_gib"] > 1 and flux_lora["memory_gib"] > 1  # a 12B denoiser
+
+
+def test_run_index(tmp_path):
+    out = bench("run_index", "--pairs", "500", "1000", tmp_path=tmp_path)
+    assert [s["pairs"] for s in out["sizes"]] == [500, 1000]
+    assert 0 < out["sizes"][-1]["grew_mb"] < 100
 
 
 def test_import_shard(tmp_path):

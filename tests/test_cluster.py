@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -44,11 +45,14 @@ def train_args(data: list[Path], out: Path, cache: Path, *more: str) -> list[str
             *more]
 
 
-def launch(processes: int, args: list[str], port: int, timeout: int = 600):
+def launch(processes: int, args: list[str], port: int, timeout: int = 600,
+           config: list[str] = ()):
+    """`accelerate launch` of the trainer on CPU: DDP, or `config`'s (["--config_file", F])."""
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "GLOO_SOCKET_IFNAME": "lo"}
     return subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "-q", "--multi_gpu",
-         "--num_processes", str(processes), "--num_machines", "1", "--mixed_precision", "no",
+        [sys.executable, "-m", "accelerate.commands.launch", "-q",
+         *(config or ["--multi_gpu"]), "--num_processes", str(processes), "--num_machines",
+         "1", "--mixed_precision", "no",
          "--dynamo_backend", "no", "--num_cpu_threads_per_process", "1",
          "--main_process_port", str(port), "-m", "train", *args],
         capture_output=True, text=True, env=env, cwd=REPO, timeout=timeout)
@@ -218,3 +222,50 @@ def test_two_machines_checkpoint_are_killed_and_resume_at_one_step(storage, tmp_
     assert len(said) == 2 and all(line.endswith(f"at step {step}") for line in said), said
     summary = json.loads([line for line in outs[0][0].splitlines() if line.startswith("{")][0])
     assert summary["steps"] == step + 2 and summary["trained_steps"] == 2
+
+
+def test_fsdp2_trains_as_ddp_does_and_resumes_from_its_sharded_checkpoint(tmp_path):
+    """Full DPO with a frozen reference, 2 processes, 10 steps: FSDP2 (docs/accelerate/
+    fsdp.yaml, the policy and the reference sharded) and DDP read the same losses (both
+    fp32; the sums run in another order, hence 1e-5, not equality); FSDP2's final weights
+    equal DDP's, load with plain from_pretrained, and a launch resumed from its step-5
+    checkpoint (every process's shard) reads the uninterrupted run's last 5 losses."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    data = shard(tmp_path / "shards" / "train-00000-of-00001.parquet", 200, start_id=20_000)
+    steps = ["--max_steps", "10", "--log_every", "1", "--checkpoint_every", "5",
+             "--holdout_pairs", "20", "--beta", "50", "--eval_every", "5", "--sample_seeds",
+             "1", "--keep_best", "true"]
+    fsdp = ["--config_file", str(REPO / "docs/accelerate/fsdp.yaml")]
+    runs = {}
+    for name, config, port in (("ddp", [], 29561), ("fsdp", fsdp, 29562)):
+        out = launch(2, train_args([data], tmp_path / name, tmp_path / "cache", *steps),
+                     port=port, config=config)
+        assert out.returncode == 0, out.stderr[-3000:]
+        runs[name] = [json.loads(line)["loss"]
+                      for line in (tmp_path / name / "metrics.jsonl").open()]
+    assert len(runs["ddp"]) == 10 and runs["ddp"][0] == pytest.approx(0.6931, abs=1e-4)
+    assert runs["fsdp"] == pytest.approx(runs["ddp"], rel=1e-5, abs=1e-6)
+    # evaluated as DDP is (held-out accuracy, the grid's score), best/ kept from every shard
+    evals = {name: [json.loads(line) for line in (tmp_path / name / "eval.jsonl").open()]
+             for name in runs}
+    assert [e["step"] for e in evals["fsdp"]] == [0, 5, 10]
+    for mine, theirs in zip(evals["fsdp"], evals["ddp"], strict=True):
+        assert mine == pytest.approx(theirs, rel=1e-4)
+    assert (tmp_path / "fsdp" / "best" / "unet").is_dir()
+    ddp, sharded = (UNet2DConditionModel.from_pretrained(tmp_path / name / "final" / "unet")
+                    for name in ("ddp", "fsdp"))
+    for (key, mine), theirs in zip(sharded.state_dict().items(),
+                                   ddp.state_dict().values(), strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-6, msg=key)
+    checkpoints = tmp_path / "fsdp" / "checkpoints"
+    assert (checkpoints / "checkpoint-000005" / "pytorch_model_fsdp_0").is_dir()  # shards
+    for later in (checkpoints / "checkpoint-000010", tmp_path / "fsdp" / "final"):
+        shutil.rmtree(later)
+    resumed = launch(2, train_args([data], tmp_path / "fsdp", tmp_path / "cache", *steps,
+                                   "--resume", "latest"), port=29563, config=fsdp)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stdout and "at step 5" in resumed.stdout
+    again = [json.loads(line)["loss"] for line in (tmp_path / "fsdp" / "metrics.jsonl").open()]
+    assert again == pytest.approx(runs["fsdp"], rel=1e-6, abs=1e-7)

@@ -1111,3 +1111,30 @@ def test_a_dry_run_whose_cache_cannot_fit_its_disk_is_refused_in_one_line(store_
     assert out.returncode == 1 and out.stderr.count("\n") == 1, out.stderr
     assert f"in {disk / 'cache'}, whose disk has" in out.stderr, out.stderr
     assert "give --cache_dir on a disk with room" in out.stderr, out.stderr
+
+
+def test_the_dry_run_says_a_process_s_ram_and_the_memory_fsdp_leaves_it(store_path):
+    """The RAM line counts the pipeline in fp32 while it loads (read from the configs on the
+    meta device) and the index of the pairs; under an FSDP launch the memory line divides
+    weights, reference, gradients and optimizer over the processes."""
+    from models.meta import denoiser_on_meta, encoders_on_meta
+    from train.memory import estimate
+
+    out = run_command("toy", "--data", str(store_path), "--dry_run")
+    ram = [line for line in out.stdout.splitlines() if line.startswith("ram:")]
+    assert out.returncode == 0 and len(ram) == 1, out.stdout[-2000:]
+    vae, texts = encoders_on_meta("toy")
+    parts = (denoiser_on_meta("toy")[1], vae, *texts)
+    fp32 = 4 * sum(p.numel() for part in parts for p in part.parameters())
+    assert f"about {fp32 / 2**20 + 12 * 1500 / 2**20:.1f} MiB per process while" in ram[0]
+    assert "the index of 12 pairs" in ram[0], ram
+
+    config = TrainConfig(model="toy", mixed_precision="no")
+    whole, sharded = estimate(config), estimate(config, shards=4)
+    assert sharded.weights == -(-whole.weights // 4) and sharded.optimizer * 4 >= whole.optimizer
+    assert 0 < sharded.gathered < whole.weights and sharded.activations == whole.activations
+    env = {**os.environ, "WORLD_SIZE": "4", "ACCELERATE_USE_FSDP": "true"}
+    out = run_command("toy", "--data", str(store_path), "--effective_batch", "32",
+                      "--dry_run", env=env)
+    assert out.returncode == 0, out.stderr
+    assert "FSDP over 4 processes" in out.stdout and "4 processes x 8 pairs" in out.stdout

@@ -101,9 +101,10 @@ class TrainConfig:
     drop_flagged: bool = _help("leave out a store's votes by annotators that `python -m data "
                                "stats` flags", False)
     holdout_pairs: int = _help("at most this many pairs kept out of training to measure "
-                               "held-out implicit accuracy; a run holds out one pair in "
-                               f"{HOLDOUT_SHARE}, up to this (none under {HOLDOUT_SHARE} "
-                               "pairs)", 0)
+                               "held-out implicit accuracy: whole prompts, none of them "
+                               f"trained on, about one pair in {HOLDOUT_SHARE} (none under "
+                               f"{HOLDOUT_SHARE} pairs), or the data's own validation split "
+                               "where it has one", 0)
     resolution: int = _help("training resolution in pixels (square)", 512)
     random_crop: bool = _help("random instead of centre crop (the same for both images)", False)
     random_flip: bool = _help("flip a pair horizontally with probability 1/2 (both images "

@@ -5,7 +5,9 @@ downloaded), so `--dry_run` can size a run at SDXL scale on a laptop. Weights, g
 and optimizer state follow from the parameter counts and the run's precision. For UNets
 the activations the backward pass keeps are counted too, by hooking the tensors autograd
 saves during one meta forward at the run's batch and resolution (with gradient
-checkpointing when the config asks for it). Not counted: the VAE and text encoders
+checkpointing when the config asks for it). Under FSDP (an FSDP launch), weights,
+reference, gradients and optimizer state are each process's shard, plus two of the
+model's blocks gathered at a time for a forward. Not counted: the VAE and text encoders
 (unloaded after the cache is built), the allocator's slack, and the peak of recomputing
 one checkpointed block; docs/BENCHMARKS.md ("Real sizes") sets the estimate beside a
 measured step.
@@ -46,11 +48,12 @@ class MemoryEstimate:
     gradients: int
     optimizer: int
     activations: int | None
+    gathered: int = 0  # sharded: the blocks' full weights gathered for a forward
 
     @property
     def total(self) -> int:
         return (self.weights + self.reference + self.gradients + self.optimizer
-                + (self.activations or 0))
+                + (self.activations or 0) + self.gathered)
 
 
 def unet_inputs(unet, batch: int, resolution: int) -> dict:
@@ -117,8 +120,17 @@ def _optimizer_bytes(config: TrainConfig, trainable: list[torch.nn.Parameter]) -
     return 8 * sum(p.numel() for p in trainable)
 
 
-def estimate(config: TrainConfig) -> MemoryEstimate | None:
-    """The estimate for one process of `config`; None when the model is not on this machine."""
+def largest_block(net: torch.nn.Module) -> int:
+    """Parameters of the largest block FSDP shards as one unit (the model's own
+    `_no_split_modules`), or of the whole network where it names none."""
+    blocks = [sum(p.numel() for p in module.parameters()) for module in net.modules()
+              if type(module).__name__ in (getattr(net, "_no_split_modules", None) or ())]
+    return max(blocks, default=sum(p.numel() for p in net.parameters()))
+
+
+def estimate(config: TrainConfig, shards: int = 1) -> MemoryEstimate | None:
+    """The estimate for one process of `config`, its weights, gradients and optimizer state
+    split over `shards` processes (FSDP); None when the model is not on this machine."""
     built = denoiser_on_meta(config.model)
     if built is None:
         return None
@@ -142,17 +154,23 @@ def estimate(config: TrainConfig) -> MemoryEstimate | None:
         net.train()
         fp32 = saved_activation_bytes(net, 2 * config.batch_size, config.resolution)
         activations = fp32 // 2 if half else fp32
-    return MemoryEstimate(parameters, trained, weights, reference, 4 * trained,
-                          _optimizer_bytes(config, trainable), activations)
+    gradients, optimizer = 4 * trained, _optimizer_bytes(config, trainable)
+    gathered = 0
+    if shards > 1:  # each process keeps its shard; a forward gathers one block, and the next
+        weights, reference, gradients, optimizer = (-(-part // shards) for part in (
+            weights, reference, gradients, optimizer))
+        gathered = 2 * largest_block(net) * (2 if half else 4)
+    return MemoryEstimate(parameters, trained, weights, reference, gradients, optimizer,
+                          activations, gathered)
 
 
 def size_text(n: int) -> str:
     return f"{n / GIB:.2f} GiB" if n >= GIB // 10 else f"{n / 1024**2:.1f} MiB"
 
 
-def estimate_lines(config: TrainConfig) -> list[str]:
+def estimate_lines(config: TrainConfig, shards: int = 1) -> list[str]:
     """What --dry_run prints about memory: one line per part, or why there is none."""
-    found = estimate(config)
+    found = estimate(config, shards)
     if found is None:
         return [f"memory: not estimated: {config.model}'s config is not on this machine "
                 "(download the model, or give a local folder)"]
@@ -165,7 +183,10 @@ def estimate_lines(config: TrainConfig) -> list[str]:
         f"memory: about {size_text(found.total)} per process ({precision}): "
         f"weights {size_text(found.weights)}, reference {size_text(found.reference)}, "
         f"gradients {size_text(found.gradients)}, optimizer {size_text(found.optimizer)}, "
-        f"activations {activations}",
+        f"activations {activations}"
+        + (f"; FSDP over {shards} processes: weights, gradients and optimizer are each "
+           f"process's shard, plus {size_text(found.gathered)} of two blocks gathered"
+           if shards > 1 else ""),
         f"        {found.parameters:,} denoiser parameters, {found.trainable:,} trained; "
         "VAE and text encoders not counted (unloaded after caching)",
     ]

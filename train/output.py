@@ -44,9 +44,10 @@ def base_location(model: str) -> str:
     return str(BUNDLED[model][0]) if model in BUNDLED else base_name(model)
 
 
-def save_model(net: torch.nn.Module, model: str, kind: str, lora: bool, directory: Path) -> Path:
-    """Write the trained denoiser `net` (of a `kind` model) to `directory` (replaced if
-    present), with its card."""
+def save_model(net: torch.nn.Module | dict[str, torch.Tensor], model: str, kind: str,
+               lora: bool, directory: Path) -> Path:
+    """Write the trained denoiser `net` (of a `kind` model; or its full state dict, as a
+    sharded run gathers it) to `directory` (replaced if present), with its card."""
     directory.mkdir(parents=True, exist_ok=True)
     if lora:
         from diffusers.utils import convert_state_dict_to_diffusers
@@ -61,8 +62,13 @@ def save_model(net: torch.nn.Module, model: str, kind: str, lora: bool, director
             f"{part}_lora_adapter_metadata": net.peft_config["default"].to_dict()})
         (directory / LORA_BASE_FILE).write_text(json.dumps({"base_model": base_name(model)}))
     else:
-        trained = copy.deepcopy(net).cpu().float()  # not .to(dtype): diffusers warns on it
-        pipeline = load(model, device="cpu", dtype=torch.float32, denoiser=trained).pipeline
+        if isinstance(net, dict):
+            pipeline = load(model, device="cpu", dtype=torch.float32).pipeline
+            getattr(pipeline, denoiser_part(kind)).load_state_dict(
+                {name: tensor.float() for name, tensor in net.items()})
+        else:
+            trained = copy.deepcopy(net).cpu().float()  # not .to(dtype): diffusers warns
+            pipeline = load(model, device="cpu", dtype=torch.float32, denoiser=trained).pipeline
         pipeline.save_pretrained(directory, safe_serialization=True)
     run_config = directory.parent / RUN_CONFIG
     trained_with = yaml.safe_load(run_config.read_text()) if run_config.exists() else None

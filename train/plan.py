@@ -29,6 +29,7 @@ from train.errors import TrainError
 from train.memory import estimate_lines, size_text
 
 HELDOUT_SPLITS = ("validation", "validation_unique", "test", "test_unique")
+INDEX_BYTES_PER_PAIR = 1500  # a run's pairs, keys and captions in Python: measured, see ram_line
 
 
 @dataclass
@@ -228,9 +229,36 @@ def launched_processes() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def launched_sharded() -> bool:
+    """Whether `accelerate launch` shards the networks (an FSDP config: docs/accelerate/
+    fsdp.yaml); `ACCELERATE_USE_FSDP=true` says so to a dry run outside a launch."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("true", "1")
+
+
+def ram_line(config: TrainConfig, pairs: int, processes: int) -> str:
+    """A process's RAM (not the GPU's): the whole pipeline in fp32 while it loads, before
+    it moves to the GPU, then the run's index of its pairs; the cache is memory-mapped."""
+    from models.meta import denoiser_on_meta, encoders_on_meta
+
+    denoiser, encoders = denoiser_on_meta(config.model), encoders_on_meta(config.model)
+    if denoiser is None or encoders is None:
+        return (f"ram:    not estimated: {config.model}'s config is not on this machine "
+                "(download the model, or give a local folder)")
+    vae, texts = encoders
+    loading = 4 * sum(p.numel() for part in (denoiser[1], vae, *texts) for p in part.parameters())
+    index = INDEX_BYTES_PER_PAIR * pairs
+    machine = min(int(os.environ.get("LOCAL_WORLD_SIZE", processes)), processes)
+    peak = loading + index
+    return (f"ram:    about {size_text(peak)} per process while the model loads (every "
+            f"part in fp32 before it moves to the GPU; {size_text(machine * peak)} "
+            f"for the {machine} process{'es' if machine > 1 else ''} of a machine), then "
+            f"{size_text(index)}: the index of {pairs:,} pairs (the cache is memory-mapped)")
+
+
 def plan(config: TrainConfig, processes: int) -> str:
     """The resolved config as YAML, then a few lines a person checks before a long run."""
     accumulation = config.accumulation(processes)
+    shards = processes if launched_sharded() else 1
     run = run_pairs(config)
     trained = len(run.train)
     seen = config.effective_batch * config.max_steps
@@ -248,6 +276,7 @@ def plan(config: TrainConfig, processes: int) -> str:
         f"{seen / max(trained, 1):.1f} epochs",
         f"output: {config.output_dir}",
         cache_line(config, run.pairs, processes),
-        *estimate_lines(config),
+        ram_line(config, len(run.pairs), processes),
+        *estimate_lines(config, shards),
     ]
     return "\n".join(lines)

@@ -68,6 +68,31 @@ def mixed_precision(config: TrainConfig) -> str:
     return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
 
 
+def shard_on_cpu(accelerator) -> None:
+    """Turn FSDP on for a CPU launch of an FSDP config. accelerate keeps FSDP to GPUs and
+    silently runs such a launch as DDP; torch's `fully_shard` itself runs on CPU with
+    gloo, so the sharded path (accelerate's FSDP2 prepare, sharded checkpoints, gathered
+    saves) runs here as on GPUs and is tested on a laptop (tests/test_cluster.py)."""
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    if (accelerator.device.type == "cpu" and accelerator.num_processes > 1
+            and os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"):
+        from accelerate.state import PartialState
+
+        accelerator.state.fsdp_plugin = FullyShardedDataParallelPlugin()
+        # the state accelerate shares: every AcceleratorState() made later copies it
+        PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+        accelerator.state.distributed_type = DistributedType.FSDP
+
+
+def sharded(accelerator) -> bool:
+    """Whether the launch shards the networks (FSDP2, docs/accelerate/fsdp.yaml): then
+    every forward is a collective, so every process runs the evaluations and the saves."""
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type == DistributedType.FSDP
+
+
 def step_generator(seed: int, *position: int) -> torch.Generator:
     """A generator for one (step, micro-step, rank) position: resumable by construction."""
     state = np.random.SeedSequence([seed, *position]).generate_state(1)[0]
@@ -417,6 +442,10 @@ def build_networks(config: TrainConfig, net: torch.nn.Module, accelerator) -> Ne
     to the mixed-precision dtype, the adapters stay fp32.
     """
     c = config
+    if c.lora_rank and sharded(accelerator):
+        raise TrainError("LoRA trains under DDP (docs/accelerate/multi_gpu.yaml): its base is "
+                         "frozen and small next to a full fine-tune's state; FSDP "
+                         "(docs/accelerate/fsdp.yaml) is for full fine-tuning")
     if c.gradient_checkpointing:
         net.enable_gradient_checkpointing()
     reference = None
@@ -451,6 +480,12 @@ def build_networks(config: TrainConfig, net: torch.nn.Module, accelerator) -> Ne
                                  num_training_steps=c.max_steps)
     ddp_net, optimizer = accelerator.prepare(net, optimizer)
     accelerator.register_for_checkpointing(lr_scheduler)
+    if sharded(accelerator):  # the policy's parameters are now its shards
+        from accelerate.utils.fsdp_utils import fsdp2_prepare_model
+
+        trainable = [p for p in ddp_net.parameters() if p.requires_grad]
+        if reference is not None:  # sharded as the policy is, and not checkpointed (frozen)
+            reference = fsdp2_prepare_model(accelerator, reference)
     return Networks(net, ddp_net, reference, trainable, optimizer, lr_scheduler)
 
 
@@ -526,12 +561,20 @@ class Run:
             mixed_precision=mixed_precision(c), log_with="tensorboard",
             project_dir=str(self.out / "logs"), kwargs_handlers=[
                 InitProcessGroupKwargs(timeout=timedelta(seconds=c.process_group_timeout))])
+        shard_on_cpu(acc)
         self.main = acc.is_main_process
         self.processes = acc.num_processes
         self.accumulation = c.accumulation(self.processes)
         # where each machine has its own output disk, each keeps a whole copy of each
         # checkpoint (written by its first process) to resume from
         shared = one_folder(acc, self.out)
+        self.sharded = sharded(acc)
+        if self.sharded and not shared:
+            raise TrainError(f"FSDP writes every process's shard of a checkpoint into one "
+                             f"folder, and {self.out} is not one folder for all machines: give "
+                             "--output_dir on storage every machine mounts (docs/TRAINING.md, "
+                             "'Running on a cluster')")
+        self.evaluates = self.main or self.sharded  # sharded forwards need every process
         acc.project_configuration.save_on_each_node = not shared
         self.writes_checkpoints = acc.is_main_process if shared else acc.is_local_main_process
         self.resume = resume_point(c, self.out, acc)
@@ -607,6 +650,8 @@ class Run:
             for name, value in metrics.items():
                 totals[name] = totals.get(name, 0) + value.float() / self.accumulation
         grad_norm = acc.clip_grad_norm_(nets.trainable, c.max_grad_norm)
+        if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor over the shards
+            grad_norm = grad_norm.full_tensor()
         finite = bool(torch.isfinite(torch.as_tensor(grad_norm)))
         if finite or acc.scaler is not None:  # fp16's scaler skips and backs off by itself
             nets.optimizer.step()
@@ -664,8 +709,9 @@ class Run:
             for name, guard in self.guards.items():
                 result[f"guard_{name}"] = samples.score(guard, name, images, c.sample_prompts)
                 title += f"   guard {name} {result[f'guard_{name}']:.3f}"
-            samples.save_grid(samples.grid(images, c.sample_prompts, title),
-                              self.out / "samples", step)
+            if self.main:
+                samples.save_grid(samples.grid(images, c.sample_prompts, title),
+                                  self.out / "samples", step)
         return result
 
     def train(self) -> dict:
@@ -682,8 +728,8 @@ class Run:
             save(c, self.out / "config.yaml")
             begin_logs(self.out, start if self.resume is not None else None)
             acc.init_trackers("dpo")
-            if self.resume is None:  # a resumed run's eval.jsonl has its start's line
-                self._log_eval(start, state)
+        if self.resume is None and self.evaluates:  # a resumed run's eval.jsonl has it
+            self._log_eval(start, state)
         window: dict[str, float] = {}
         logged = 0
         began, trained_steps = time.perf_counter(), 0
@@ -713,7 +759,7 @@ class Run:
                     window, logged = {}, 0
                 if c.eval_every and (done % c.eval_every == 0 or done == c.max_steps):
                     Phase.now = f"evaluating at step {done}"
-                    if self.main:
+                    if self.evaluates:
                         self._log_eval(done, state)
                     acc.wait_for_everyone()
                 check_skipped(c, done, state, self.data.cache.directory)
@@ -739,9 +785,8 @@ class Run:
         if c.guard_scorers:
             summary["guard_start"] = state.get("guard_start")
             summary["best_guards"] = state.get("best_guards")
+        self.save_denoiser(self.out / "final")
         if self.main:
-            save_model(acc.unwrap_model(self.nets.ddp_denoiser), c.model, self.model.kind,
-                       bool(c.lora_rank), self.out / "final")
             (self.out / "summary.json").write_text(json.dumps(summary, indent=1))
             evals = self.out / "eval.jsonl"
             if evals.exists():
@@ -757,20 +802,36 @@ class Run:
         with open(self.out / "metrics.jsonl", "a") as log:
             log.write(json.dumps({"step": step, **values}) + "\n")
 
+    def save_denoiser(self, directory: Path) -> None:
+        """Write the trained denoiser to `directory` from the main process; sharded, every
+        process first gives its shard to the main one's full copy."""
+        c, acc = self.config, self.accelerator
+        if self.sharded:
+            net = acc.get_state_dict(self.nets.ddp_denoiser)  # a collective
+        else:
+            net = acc.unwrap_model(self.nets.ddp_denoiser)
+        if self.main:
+            save_model(net, c.model, self.model.kind, bool(c.lora_rank), directory)
+
     def _log_eval(self, step: int, state: dict) -> None:
         result = self.evaluate(step)
-        if not result:
-            return
-        self.accelerator.log({f"eval/{k}": v for k, v in result.items()}, step=step)
-        with open(self.out / "eval.jsonl", "a") as log:
-            log.write(json.dumps({"step": step, **result}) + "\n")
-        guards = {k: v for k, v in result.items() if k.startswith("guard_")}
-        state.setdefault("guard_start", guards)  # the first evaluation's: the base's at step 0
-        score = result.get("sample_score")
-        if self.config.keep_best and score is not None and (
+        best = False
+        if self.main and result:
+            self.accelerator.log({f"eval/{k}": v for k, v in result.items()}, step=step)
+            with open(self.out / "eval.jsonl", "a") as log:
+                log.write(json.dumps({"step": step, **result}) + "\n")
+            guards = {k: v for k, v in result.items() if k.startswith("guard_")}
+            state.setdefault("guard_start", guards)  # the first evaluation's: the base's
+            score = result.get("sample_score")
+            best = bool(self.config.keep_best and score is not None and (
                 state["best_score"] is None or score > state["best_score"]) and within_guard(
-                guards, state["guard_start"], self.config.guard_max_drop):
-            state["best_score"], state["best_step"] = score, step
-            state["best_guards"] = guards
-            save_model(self.denoiser, self.config.model, self.model.kind,
-                       bool(self.config.lora_rank), self.out / "best")
+                    guards, state["guard_start"], self.config.guard_max_drop))
+            if best:
+                state["best_score"], state["best_step"] = score, step
+                state["best_guards"] = guards
+        if self.sharded:  # the main process scored; every process saves
+            from accelerate.utils import broadcast_object_list
+
+            best = broadcast_object_list([best])[0]
+        if best:
+            self.save_denoiser(self.out / "best")
