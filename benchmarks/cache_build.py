@@ -8,6 +8,11 @@ which each process prints. Images are photo-like 64 px JPEGs, decoded as in a re
 
     python benchmarks/cache_build.py                  # 4,000 rows (3,200 decisive pairs)
     python benchmarks/cache_build.py --rows 500 --processes 1 2
+    python benchmarks/cache_build.py --processes 1 2 4    # and four processes on two cores
+
+Every launch runs under a 15 s process-group timeout (no process may wait for another's
+encoding that long) and trains one step; `same_cache` says its cache is byte for byte
+the first launch's.
 """
 
 from __future__ import annotations
@@ -43,7 +48,8 @@ def build(shard: Path, folder: Path, processes: int, port: int) -> dict:
     done = subprocess.run(
         [*launch, "-m", "train", "toy", "--data", str(shard), "--output_dir",
          str(folder / "run"), "--cache_dir", str(folder / "cache"), "--max_steps", "1",
-         "--eval_every", "0", "--batch_size", "1", "--effective_batch", str(processes)],
+         "--eval_every", "0", "--batch_size", "1", "--effective_batch", str(processes),
+         "--process_group_timeout", "15"],
         capture_output=True, text=True, env=env, cwd=REPO)
     if done.returncode:
         raise SystemExit(done.stderr[-3000:])
@@ -52,7 +58,13 @@ def build(shard: Path, folder: Path, processes: int, port: int) -> dict:
     pairs, slowest = sum(s[0] for s in shares), max(s[1] for s in shares)
     return {"processes": processes, "pairs": pairs, "seconds": slowest,
             "pairs_per_s": round(pairs / slowest, 1),
+            "shares": [s[0] for s in shares],
             "cpu_over_wall": [round(cpu / max(seconds, 1e-3), 2) for _, seconds, cpu in shares]}
+
+
+def cache_files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*")
+            if p.is_file()}
 
 
 def main() -> None:
@@ -65,6 +77,9 @@ def main() -> None:
         shard.parent.mkdir()
         build_shard(shard, args.rows, size=64)
         runs = [build(shard, Path(tmp) / f"p{n}", n, 29561 + n) for n in args.processes]
+        first = cache_files(Path(tmp) / f"p{args.processes[0]}" / "cache")
+        for run in runs:  # every launch's cache, byte for byte the first's
+            run["same_cache"] = cache_files(Path(tmp) / f"p{run['processes']}" / "cache") == first
     rate = {run["processes"]: run["pairs_per_s"] for run in runs}
     print(json.dumps({
         "benchmark": "cache_build", "rows": args.rows, "runs": runs,

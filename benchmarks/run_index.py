@@ -53,9 +53,11 @@ print(json.dumps({"pairs": len(run.pairs), "grew": psutil.Process().memory_info(
 """
 
 
-def fake_cache(folder: Path, keys: list[str], captions: list[str]) -> None:
-    """A cache folder of these pairs in the build's chunks, its arrays sparse (SD1.5's
-    shapes at 512 px): what PairCache opens, without encoding anything."""
+def fake_cache(folder: Path, keys: list[str], captions: list[str],
+               text: dict[str, tuple] | None = None, latents: tuple = (2, 4, 64, 64)) -> None:
+    """A cache folder of these pairs in the build's chunks, its arrays sparse files
+    written by shape alone (default: SD1.5's at 512 px): what PairCache opens, without
+    encoding anything."""
     from train.cache import CHUNK
 
     def chunk(part: str, name: str, names: list[str], shapes: dict) -> None:
@@ -65,13 +67,13 @@ def fake_cache(folder: Path, keys: list[str], captions: list[str]) -> None:
                                       dtype=np.float16, shape=(len(names), *shape)).flush()
         (folder / part / name / "keys.json").write_text(json.dumps(names))
 
-    text = {"text": (77, 768)}
+    text = text or {"text": (77, 768)}
     chunk(".", "empty", [""], text)
     unique = sorted(set(captions))
     for start in range(0, len(unique), CHUNK):
         chunk("text", f"t{start}", unique[start:start + CHUNK], text)
     for start in range(0, len(keys), CHUNK):
-        chunk("pairs", f"p{start}", keys[start:start + CHUNK], {"latents": (2, 4, 64, 64)})
+        chunk("pairs", f"p{start}", keys[start:start + CHUNK], {"latents": latents})
 
 
 def measure(pairs: int, tmp: Path) -> dict:

@@ -1032,23 +1032,12 @@ def test_a_process_opening_a_cache_of_20000_captions_holds_none_of_their_text(
     """Every process of a launch opens the cache: its text embeddings (SD1.5: 2.4 GB,
     FLUX: 84 GB at 20,000 captions in 16-bit) must stay on disk, only a batch's rows read.
     The arrays are sparse files, written by shape alone, in the build's chunks."""
-    from train.cache import CHUNK
+    from benchmarks.run_index import fake_cache
 
     captions, folder = 20_000, tmp_path / "cache"
-
-    def chunk(part: str, name: str, keys: list[str], shapes: dict) -> None:
-        (folder / part / name).mkdir(parents=True)
-        for array, shape in shapes.items():
-            np.lib.format.open_memmap(folder / part / name / f"{array}.npy", mode="w+",
-                                      dtype=np.float16, shape=(len(keys), *shape)).flush()
-        (folder / part / name / "keys.json").write_text(json.dumps(keys))
-
     text = {"text": (tokens, width), **({"pooled": (pooled,)} if pooled else {})}
-    chunk(".", "empty", [""], text)
-    for start in range(0, captions, CHUNK):
-        rows = range(start, min(start + CHUNK, captions))
-        chunk("text", f"t{start}", [f"c{i}" for i in rows], text)
-        chunk("pairs", f"p{start}", [f"p{i}" for i in rows], {"latents": (2, 4, 8, 8)})
+    fake_cache(folder, [f"p{i}" for i in range(captions)], [f"c{i}" for i in range(captions)],
+               text, latents=(2, 4, 8, 8))
     out = subprocess.run([sys.executable, "-c", _OPEN_CACHE, str(folder), str(captions)],
                          capture_output=True, text=True, timeout=300,
                          cwd=Path(__file__).parents[1])
@@ -1111,6 +1100,7 @@ def test_a_dry_run_whose_cache_cannot_fit_its_disk_is_refused_in_one_line(store_
     assert out.returncode == 1 and out.stderr.count("\n") == 1, out.stderr
     assert f"in {disk / 'cache'}, whose disk has" in out.stderr, out.stderr
     assert "give --cache_dir on a disk with room" in out.stderr, out.stderr
+    assert "\ncache:  " in out.stdout and "\nmemory: " in out.stdout  # the figures first
 
 
 def test_the_dry_run_says_a_process_s_ram_and_the_memory_fsdp_leaves_it(store_path):
@@ -1126,7 +1116,7 @@ def test_the_dry_run_says_a_process_s_ram_and_the_memory_fsdp_leaves_it(store_pa
     vae, texts = encoders_on_meta("toy")
     parts = (denoiser_on_meta("toy")[1], vae, *texts)
     fp32 = 4 * sum(p.numel() for part in parts for p in part.parameters())
-    assert f"about {fp32 / 2**20 + 12 * 1500 / 2**20:.1f} MiB per process while" in ram[0]
+    assert f"about {fp32 / 2**20 + 12 * 1900 / 2**20:.1f} MiB per process while" in ram[0]
     assert "the index of 12 pairs" in ram[0], ram
 
     config = TrainConfig(model="toy", mixed_precision="no")
@@ -1134,7 +1124,7 @@ def test_the_dry_run_says_a_process_s_ram_and_the_memory_fsdp_leaves_it(store_pa
     assert sharded.weights == -(-whole.weights // 4) and sharded.optimizer * 4 >= whole.optimizer
     assert 0 < sharded.gathered < whole.weights and sharded.activations == whole.activations
     env = {**os.environ, "WORLD_SIZE": "4", "ACCELERATE_USE_FSDP": "true"}
-    out = run_command("toy", "--data", str(store_path), "--effective_batch", "32",
+    out = run_command("toy", "--data", str(store_path), "--effective_batch", "64",
                       "--dry_run", env=env)
     assert out.returncode == 0, out.stderr
-    assert "FSDP over 4 processes" in out.stdout and "4 processes x 8 pairs" in out.stdout
+    assert "FSDP over 4 processes" in out.stdout and "4 processes x 16 pairs" in out.stdout

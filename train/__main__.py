@@ -80,9 +80,13 @@ def _main(argv: list[str]) -> int:
     try:
         config, dry_run = from_command_line(argv)
         if dry_run:
-            from train.plan import launched_processes, plan
+            from train.plan import DoesNotFit, launched_processes, plan
 
-            print(plan(config, launched_processes()))
+            try:
+                print(plan(config, launched_processes()))
+            except DoesNotFit as refused:  # the figures, then the one line
+                print(refused.text, flush=True)
+                raise
             return 0
         from train.trainer import Run
 

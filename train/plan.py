@@ -29,7 +29,7 @@ from train.errors import TrainError
 from train.memory import estimate_lines, size_text
 
 HELDOUT_SPLITS = ("validation", "validation_unique", "test", "test_unique")
-INDEX_BYTES_PER_PAIR = 1500  # a run's pairs, keys and captions in Python: measured, see ram_line
+INDEX_BYTES_PER_PAIR = 1900  # a run's pairs, keys, captions, cache index: benchmarks/run_index.py
 
 
 @dataclass
@@ -141,8 +141,17 @@ def _free_bytes(folder: Path) -> int:
     return shutil.disk_usage(folder).free
 
 
+class DoesNotFit(TrainError):
+    """A plan whose cache cannot fit the disk it names: `text` is what the dry run prints
+    before it refuses in one line (the cache's lines, then the whole plan)."""
+
+    def __init__(self, message: str, text: str):
+        super().__init__(message)
+        self.text = text
+
+
 def cache_line(config: TrainConfig, pairs: Dataset, processes: int = 1) -> str:
-    """The cache's size on disk beside the room its disk has; a `TrainError` when a cache
+    """The cache's size on disk beside the room its disk has; `DoesNotFit` when a cache
     still to be built cannot fit. Its text embeddings are memory-mapped, so a process's
     RAM does not grow with them."""
     from models.meta import local_file
@@ -162,16 +171,17 @@ def cache_line(config: TrainConfig, pairs: Dataset, processes: int = 1) -> str:
         return (f"cache:  not estimated: {config.model}'s config is not on this machine "
                 "(download the model, or give a local folder)")
     free = _free_bytes(Path(config.cache_dir))
-    if len(todo) and to_write > free:
-        raise TrainError(f"the cache needs about {size_text(to_write)} more in "
-                         f"{config.cache_dir}, whose disk has {size_text(free)} free: give "
-                         "--cache_dir on a disk with room")
     where = (f"built, in {directory}" if not len(todo) else
              f"{len(todo):,} pairs and {captions_todo:,} captions to encode in {directory}")
-    return "\n".join([
+    lines = "\n".join([
         f"cache:  {size_text(size)} ({where}; {size_text(free)} free there); every "
         "process memory-maps it and holds a batch's rows",
         encode_line(config, kind, len(todo), captions_todo, processes)])
+    if len(todo) and to_write > free:
+        raise DoesNotFit(f"the cache needs about {size_text(to_write)} more in "
+                         f"{config.cache_dir}, whose disk has {size_text(free)} free: give "
+                         "--cache_dir on a disk with room", lines)
+    return lines
 
 
 def encode_flops(model: str, kind: str, prep: pair_cache.Preprocessing
@@ -265,6 +275,11 @@ def plan(config: TrainConfig, processes: int) -> str:
     what = (f"LoRA rank {config.lora_rank}" if config.lora_rank else "full fine-tune")
     sources = ", ".join(f"{source} ({count:,} pairs)"
                         for source, count in zip(config.data, run.source_counts, strict=True))
+    refused = None
+    try:
+        cache = cache_line(config, run.pairs, processes)
+    except DoesNotFit as error:
+        cache, refused = error.text, error
     lines = [
         yaml.safe_dump(asdict(config), sort_keys=False).rstrip(),
         "",
@@ -275,8 +290,11 @@ def plan(config: TrainConfig, processes: int) -> str:
         f"length: {config.max_steps:,} steps = {seen:,} pairs seen, "
         f"{seen / max(trained, 1):.1f} epochs",
         f"output: {config.output_dir}",
-        cache_line(config, run.pairs, processes),
+        cache,
         ram_line(config, len(run.pairs), processes),
         *estimate_lines(config, shards),
     ]
+    if refused is not None:  # the whole plan, then the refusal
+        refused.text = "\n".join(lines)
+        raise refused
     return "\n".join(lines)
