@@ -43,9 +43,6 @@ before = psutil.Process().memory_info().rss
 run = run_pairs(TrainConfig(data=[sys.argv[1]], holdout_pairs=500))
 keys = [pair_cache.pair_key(run.pairs, i) for i in range(len(run.pairs))]
 captions = [run.pairs.describe(i)[0] for i in range(len(run.pairs))]
-if sys.argv[2] == "write":
-    print(json.dumps({"keys": keys, "captions": captions}))
-    raise SystemExit
 cache = pair_cache.PairCache(Path(sys.argv[2]), keys, captions)
 order = PairOrder(run.train, 0)
 order.at(range(1))
@@ -82,10 +79,14 @@ def measure(pairs: int, tmp: Path) -> dict:
     shard = tmp / f"{pairs}" / "train-00000-of-00001.parquet"
     shard.parent.mkdir()
     build_shard(shard, rows, size=8, prompts=max(1, pairs // 14))
-    made = subprocess.run([sys.executable, "-c", CHILD, str(shard), "write"], cwd=ROOT,
-                          capture_output=True, text=True, check=True)
-    index = json.loads(made.stdout.splitlines()[-1])
-    fake_cache(tmp / f"cache-{pairs}", index["keys"], index["captions"])
+    from train import cache as pair_cache
+    from train.config import TrainConfig
+    from train.plan import run_pairs
+
+    run = run_pairs(TrainConfig(data=[str(shard)], holdout_pairs=500))  # as the child will
+    indices = range(len(run.pairs))
+    fake_cache(tmp / f"cache-{pairs}", [pair_cache.pair_key(run.pairs, i) for i in indices],
+               [run.pairs.describe(i)[0] for i in indices])
     out = subprocess.run([sys.executable, "-c", CHILD, str(shard), str(tmp / f"cache-{pairs}")],
                          cwd=ROOT, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.splitlines()[-1])

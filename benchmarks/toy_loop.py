@@ -283,7 +283,8 @@ def loop(args: argparse.Namespace) -> dict:
             if line.startswith(("sample_seed_start:", "sample_seeds:")))},
         "criteria": {
             "judged_pairs_at_least_400": judged["pairs"] >= 400,
-            "decisive_wilson_low_above_70": judged["decisive_wilson"][0] > 0.70,
+            # no decisive pair (all ties): no interval, and no claim met
+            "decisive_wilson_low_above_70": (judged["decisive_wilson"] or [0])[0] > 0.70,
             "adherence_up_15_points": gain >= 0.15,
             f"under_{MINUTES[args.loop]}_minutes": minutes["total"] < MINUTES[args.loop],
             "no_collected_image_on_eval_seeds": counts["images_on_eval_seeds"] == 0,

@@ -312,8 +312,8 @@ def browser():
 # The files that take longest, longest first (as measured by --durations=0): under
 # `pytest -n N --dist loadfile --no-loadscope-reorder` (scripts/test.sh) they start first,
 # so the workers finish together rather than one waiting on a long file dealt last.
-LONGEST_FIRST = ["test_rounds.py", "test_readme.py", "test_benchmarks.py", "test_train.py",
-                 "test_cluster.py", "test_annotate_app.py"]
+LONGEST_FIRST = ["test_rounds.py", "test_cluster.py", "test_readme.py", "test_benchmarks.py",
+                 "test_train.py", "test_annotate_app.py"]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -212,7 +212,7 @@ def test_a_run_does_not_silently_overwrite_an_earlier_one(tiny_sd_dir, store_pat
 
 @pytest.mark.parametrize("kind", ["sd", "sdxl"])
 def test_samples_are_scored_logged_and_the_best_kept(kind, tiny_sd_dir, tiny_sdxl_dir,
-                                                     store_path, tmp_path):
+                                                     tmp_path):
     scorer_file = tmp_path / "bright.py"
     scorer_file.write_text(
         "import numpy as np, torch\n"
@@ -221,7 +221,9 @@ def test_samples_are_scored_logged_and_the_best_kept(kind, tiny_sd_dir, tiny_sdx
     sys.path.insert(0, str(tmp_path))
     try:
         base = tiny_sd_dir if kind == "sd" else tiny_sdxl_dir
-        config = config_for(base, store_path, tmp_path / "run", eval_every=1,
+        # 10 prompts of 2 pairs: one whole prompt is held out
+        store = many_prompt_store(tmp_path / "prefs.duckdb", prompts=10, per_prompt=2)
+        config = config_for(base, store, tmp_path / "run", eval_every=1,
                             sample_prompts=["prompt 0", "prompt 1"], sample_seeds=2,
                             sample_steps=2, scorer="bright:score", keep_best=True,
                             holdout_pairs=4)
@@ -597,8 +599,10 @@ def test_the_data_s_own_validation_split_is_what_is_held_out(tmp_path):
     assert {prompt[i] for i in run.heldout} == {f"prompt {p}" for p in range(10, 14)}
     assert run.rule == ("the data's validation split, whole prompts, at most holdout_pairs "
                         "64; 4 of its pairs left out: their prompt is trained on")
-    out = run_command("toy", "--data", str(store), "--dry_run")
-    assert "; 8 held out (the data's validation split" in out.stdout, out.stdout
+    from train.plan import plan
+
+    assert "; 8 held out (the data's validation split" in plan(
+        resolve("toy", {"data": [str(store)]}), 1)
 
 
 def test_config_from_preset_file_and_flags(tmp_path):
@@ -926,8 +930,9 @@ def logged_steps(path: Path) -> list[int]:
     return [json.loads(line)["step"] for line in path.read_text().splitlines()]
 
 
-def test_logs_read_as_one_run_after_a_resume_and_after_a_restart(store_path, tmp_path):
+def test_logs_read_as_one_run_after_a_resume_and_after_a_restart(tmp_path):
     out = tmp_path / "run"
+    store_path = many_prompt_store(tmp_path / "prefs.duckdb", prompts=10, per_prompt=2)
     common = {"eval_every": 1, "holdout_pairs": 64, "sample_prompts": [],
               "checkpoint_every": 2, "checkpoints_kept": 5}
     Run(config_for("toy", store_path, out, max_steps=3, **common)).train()  # stopped at 3
@@ -1103,7 +1108,8 @@ def test_a_dry_run_whose_cache_cannot_fit_its_disk_is_refused_in_one_line(store_
     assert "\ncache:  " in out.stdout and "\nmemory: " in out.stdout  # the figures first
 
 
-def test_the_dry_run_says_a_process_s_ram_and_the_memory_fsdp_leaves_it(store_path):
+def test_the_dry_run_says_a_process_s_ram_and_the_memory_fsdp_leaves_it(store_path,
+                                                                         monkeypatch):
     """The RAM line counts the pipeline in fp32 while it loads (read from the configs on the
     meta device) and the index of the pairs; under an FSDP launch the memory line divides
     weights, reference, gradients and optimizer over the processes."""
@@ -1123,8 +1129,8 @@ def test_the_dry_run_says_a_process_s_ram_and_the_memory_fsdp_leaves_it(store_pa
     whole, sharded = estimate(config), estimate(config, shards=4)
     assert sharded.weights == -(-whole.weights // 4) and sharded.optimizer * 4 >= whole.optimizer
     assert 0 < sharded.gathered < whole.weights and sharded.activations == whole.activations
-    env = {**os.environ, "WORLD_SIZE": "4", "ACCELERATE_USE_FSDP": "true"}
-    out = run_command("toy", "--data", str(store_path), "--effective_batch", "64",
-                      "--dry_run", env=env)
-    assert out.returncode == 0, out.stderr
-    assert "FSDP over 4 processes" in out.stdout and "4 processes x 16 pairs" in out.stdout
+    from train.plan import plan
+
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # as an FSDP launch sets it
+    printed = plan(resolve("toy", {"data": [str(store_path)], "effective_batch": "64"}), 4)
+    assert "FSDP over 4 processes" in printed and "4 processes x 16 pairs" in printed
