@@ -241,8 +241,9 @@ def launched_processes() -> int:
 
 def launched_sharded() -> bool:
     """Whether `accelerate launch` shards the networks (an FSDP config: docs/accelerate/
-    fsdp.yaml); `ACCELERATE_USE_FSDP=true` says so to a dry run outside a launch."""
-    return os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("true", "1")
+    fsdp.yaml), read as accelerate reads it; `ACCELERATE_USE_FSDP=true` says so to a dry
+    run outside a launch."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
 
 
 def ram_line(config: TrainConfig, pairs: int, processes: int) -> str:

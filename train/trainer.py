@@ -49,7 +49,7 @@ from train.loss import (
     winner_safe_scale,
 )
 from train.output import save_model
-from train.plan import RunPairs, cache_folder, holdout_line, run_pairs
+from train.plan import RunPairs, cache_folder, holdout_line, launched_sharded, run_pairs
 from train.processes import DDPMProcess, FlowProcess, conditioning, predict, process_for
 
 HELDOUT_SEED = 1234  # the held-out check uses the same noise and timesteps every time
@@ -75,8 +75,7 @@ def shard_on_cpu(accelerator) -> None:
     saves) runs here as on GPUs and is tested on a laptop (tests/test_cluster.py)."""
     from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 
-    if (accelerator.device.type == "cpu" and accelerator.num_processes > 1
-            and os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"):
+    if accelerator.device.type == "cpu" and accelerator.num_processes > 1 and launched_sharded():
         from accelerate.state import PartialState
 
         accelerator.state.fsdp_plugin = FullyShardedDataParallelPlugin()
