@@ -178,12 +178,14 @@ def test_the_winner_safe_switch_scales_the_losers_gradient_and_is_logged(
         TrainConfig(objective="mapo", winner_safe=True)
 
 
-@pytest.mark.parametrize(("objective", "lora_rank"),
-                         [("dpo", 0), ("dpo", 4), ("ipo", 4), ("kto", 4), ("mapo", 0)])
+@pytest.mark.parametrize(("objective", "lora_rank", "ema_decay"),
+                         [("dpo", 0, 0.0), ("dpo", 4, 0.0), ("ipo", 4, 0.0), ("kto", 4, 0.0),
+                          ("mapo", 0, 0.0), ("dpo", 0, 0.5), ("dpo", 4, 0.5)])
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(
-        objective, lora_rank, tiny_sd_dir, store_path, tmp_path):
+        objective, lora_rank, ema_decay, tiny_sd_dir, store_path, tmp_path):
     common = {"max_steps": 4, "checkpoint_every": 2, "checkpoints_kept": 5,
-              "lora_rank": lora_rank, "eval_every": 0, "objective": objective}
+              "lora_rank": lora_rank, "eval_every": 0, "objective": objective,
+              "ema_decay": ema_decay}
     whole = Run(config_for(tiny_sd_dir, store_path, tmp_path / "whole", **common))
     whole.train()
     # a second run that only has the first run's step-2 checkpoint, as after a crash
@@ -198,6 +200,43 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(
                                  resumed.denoiser.named_parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-6), name
     assert resumed.nets.lr_scheduler.last_epoch == whole.nets.lr_scheduler.last_epoch == 4
+    if ema_decay:  # the moving average resumed too: the same final/
+        assert resumed.nets.average.optimization_step == 4
+        for a, b in zip(whole.nets.average.shadow_params, resumed.nets.average.shadow_params,
+                        strict=True):
+            assert torch.allclose(a, b, atol=1e-6)
+        saved = [sorted((tmp_path / run / "final").rglob("*.safetensors"))
+                 for run in ("whole", "resumed")]
+        for a, b in zip(*saved, strict=True):
+            first, second = load_file(a), load_file(b)
+            assert all(torch.allclose(first[k], second[k], atol=1e-6) for k in first), a
+
+
+def test_with_ema_decay_final_is_the_moving_average_of_the_steps_weights(
+        store_path, tmp_path):
+    """final/ holds the average (diffusers' EMA: decay min(ema_decay, k / (9 + k)) at
+    step k >= 2, the weights themselves at step 1); training goes on from the weights."""
+    from diffusers import UNet2DConditionModel
+
+    run = Run(config_for("toy", store_path, tmp_path / "run", max_steps=4, eval_every=0,
+                         ema_decay=0.3))
+    steps: list[dict[str, torch.Tensor]] = []
+    run.nets.optimizer.optimizer.register_step_post_hook(lambda *_: steps.append(
+        {n: p.detach().clone() for n, p in run.denoiser.named_parameters()}))
+    run.train()
+    assert len(steps) == 4
+    average = dict(steps[0])
+    for k, weights in enumerate(steps[1:], start=2):
+        decay = min(0.3, k / (9 + k))
+        average = {n: decay * average[n] + (1 - decay) * weights[n] for n in weights}
+    final = UNet2DConditionModel.from_pretrained(tmp_path / "run" / "final" / "unet")
+    last = dict(run.denoiser.named_parameters())
+    moved = 0
+    for name, saved in final.named_parameters():
+        assert torch.allclose(saved, average[name], atol=1e-6), name
+        assert torch.equal(last[name], steps[-1][name]), name  # the weights are back
+        moved += not torch.allclose(saved, steps[-1][name], atol=1e-7)
+    assert moved  # the average is not the last step's weights
 
 
 def test_a_run_does_not_silently_overwrite_an_earlier_one(tiny_sd_dir, store_path, tmp_path):
@@ -924,6 +963,10 @@ def test_resuming_another_kind_of_run_changes_nothing_and_says_so(store_path, tm
     with pytest.raises(TrainError, match="LoRA rank 4.*--lora_rank 4"):
         Run(config_for("toy", store_path, lora, eval_every=0, max_steps=2, lora_rank=8,
                        resume="latest"))
+    with pytest.raises(TrainError, match="this run is LoRA rank 4 .* and ema_decay 0.9: "
+                                          "resume with its settings \\(--ema_decay 0.0\\)"):
+        Run(config_for("toy", store_path, lora, eval_every=0, max_steps=2, lora_rank=4,
+                       ema_decay=0.9, resume="latest"))
 
 
 def logged_steps(path: Path) -> list[int]:

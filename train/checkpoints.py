@@ -59,16 +59,22 @@ def find(output_dir: Path, resume: str) -> Path | None:
 
 # --- what kind of run a checkpoint continues ----------------------------------------------
 def run_kind(config: TrainConfig) -> dict:
-    """The settings that decide the saved state's shape: another value cannot load it."""
+    """The settings that decide the saved state's shape: another value cannot load it (the
+    moving average's decay is saved with it and would silently win)."""
     return {"model": config.model, "lora_rank": config.lora_rank,
             "lora_targets": config.lora_targets if config.lora_rank else None,
-            "optimizer": config.optimizer}
+            "optimizer": config.optimizer, "ema_decay": config.ema_decay}
+
+
+# what a marker written before a setting was recorded means by its absence
+_BEFORE_RECORDED = {"ema_decay": 0.0}
 
 
 def _kind_text(kind: dict) -> str:
     what = (f"LoRA rank {kind['lora_rank']} on {', '.join(kind['lora_targets'])}"
             if kind["lora_rank"] else "a full fine-tune")
-    return f"{what} of {kind['model']} with {kind['optimizer']}"
+    averaged = f" and ema_decay {kind['ema_decay']}" if kind.get("ema_decay") else ""
+    return f"{what} of {kind['model']} with {kind['optimizer']}{averaged}"
 
 
 def check_kind(checkpoint: Path, config: TrainConfig) -> None:
@@ -78,6 +84,7 @@ def check_kind(checkpoint: Path, config: TrainConfig) -> None:
     mine = run_kind(config)
     if theirs is None:
         return
+    theirs = {**_BEFORE_RECORDED, **theirs}
     differ = [key for key in mine if theirs.get(key) != mine[key]
               and not (key == "model" and same_model(theirs[key], mine[key]))]
     if not differ:

@@ -136,6 +136,10 @@ class TrainConfig:
     weight_decay: float = _help("weight decay", 1e-2)
     adam_epsilon: float = _help("AdamW epsilon", 1e-8)
     max_grad_norm: float = _help("gradient clipping norm", 1.0)
+    ema_decay: float = _help("keep an exponential moving average of the trained weights with "
+                             "this decay per step (0: off; 0.99 averages about the last 100 "
+                             "steps): the average is what is evaluated, kept as best/ and "
+                             "saved as final/", 0.0)
     mixed_precision: str = _help("`auto` (bf16 on GPU, fp32 on CPU), `no`, `fp16` or `bf16`",
                                  "auto")
     gradient_checkpointing: bool = _help("trade compute for memory in the UNet", False)
@@ -228,6 +232,8 @@ class TrainConfig:
         for name in ("beta", "beta_mapo", "mapo_snr"):
             if not getattr(self, name) > 0:
                 raise TrainError(f"{name} must be above 0")
+        if not 0 <= self.ema_decay < 1:
+            raise TrainError("ema_decay must be at least 0 (off) and below 1")
         if not 0 <= self.prompt_dropout <= 1:
             raise TrainError("prompt_dropout must be between 0 and 1")
         if self.timestep_sampling not in TIMESTEP_SAMPLING:

@@ -25,6 +25,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -51,6 +52,9 @@ from train.loss import (
 from train.output import save_model
 from train.plan import RunPairs, cache_folder, holdout_line, launched_sharded, run_pairs
 from train.processes import DDPMProcess, FlowProcess, conditioning, predict, process_for
+
+if TYPE_CHECKING:
+    from diffusers.training_utils import EMAModel
 
 HELDOUT_SEED = 1234  # the held-out check uses the same noise and timesteps every time
 SKIP_JUDGED_FROM = 20  # from this step (or a shorter run's end), more than half skipped fails
@@ -408,6 +412,7 @@ class Networks:
     trainable: list[torch.nn.Parameter]
     optimizer: torch.optim.Optimizer
     lr_scheduler: torch.optim.lr_scheduler.LRScheduler
+    average: EMAModel | None  # ema_decay's moving average of `trainable`; else None
 
 
 def _cast(module: torch.nn.Module, dtype: torch.dtype) -> None:
@@ -441,6 +446,10 @@ def build_networks(config: TrainConfig, net: torch.nn.Module, accelerator) -> Ne
     to the mixed-precision dtype, the adapters stay fp32.
     """
     c = config
+    if c.ema_decay and sharded(accelerator):
+        raise TrainError("ema_decay does not run under FSDP yet (its average would be "
+                         "checkpointed from one process's shard only): train without "
+                         "--ema_decay, or under DDP (docs/accelerate/multi_gpu.yaml)")
     if c.lora_rank and sharded(accelerator):
         raise TrainError("LoRA trains under DDP (docs/accelerate/multi_gpu.yaml): its base is "
                          "frozen and small next to a full fine-tune's state; FSDP "
@@ -485,7 +494,13 @@ def build_networks(config: TrainConfig, net: torch.nn.Module, accelerator) -> Ne
         trainable = [p for p in ddp_net.parameters() if p.requires_grad]
         if reference is not None:  # sharded as the policy is, and not checkpointed (frozen)
             reference = fsdp2_prepare_model(accelerator, reference)
-    return Networks(net, ddp_net, reference, trainable, optimizer, lr_scheduler)
+    average = None
+    if c.ema_decay:  # diffusers' EMA: its decay ramps up as (1 + step) / (10 + step)
+        from diffusers.training_utils import EMAModel
+
+        average = EMAModel(trainable, decay=c.ema_decay)
+        accelerator.register_for_checkpointing(average)
+    return Networks(net, ddp_net, reference, trainable, optimizer, lr_scheduler, average)
 
 
 def within_guard(guards: dict[str, float], start: dict[str, float],
@@ -654,6 +669,8 @@ class Run:
         finite = bool(torch.isfinite(torch.as_tensor(grad_norm)))
         if finite or acc.scaler is not None:  # fp16's scaler skips and backs off by itself
             nets.optimizer.step()
+        if nets.average is not None:
+            nets.average.step(nets.trainable)
         nets.lr_scheduler.step()
         nets.optimizer.zero_grad(set_to_none=True)
         names = sorted(totals)
@@ -759,7 +776,8 @@ class Run:
                 if c.eval_every and (done % c.eval_every == 0 or done == c.max_steps):
                     Phase.now = f"evaluating at step {done}"
                     if self.evaluates:
-                        self._log_eval(done, state)
+                        with self.averaged():
+                            self._log_eval(done, state)
                     acc.wait_for_everyone()
                 check_skipped(c, done, state, self.data.cache.directory)
                 if c.checkpoint_every and done % c.checkpoint_every == 0:
@@ -784,7 +802,8 @@ class Run:
         if c.guard_scorers:
             summary["guard_start"] = state.get("guard_start")
             summary["best_guards"] = state.get("best_guards")
-        self.save_denoiser(self.out / "final")
+        with self.averaged():
+            self.save_denoiser(self.out / "final")
         if self.main:
             (self.out / "summary.json").write_text(json.dumps(summary, indent=1))
             evals = self.out / "eval.jsonl"
@@ -800,6 +819,21 @@ class Run:
         self.accelerator.log({f"train/{k}": v for k, v in values.items()}, step=step)
         with open(self.out / "metrics.jsonl", "a") as log:
             log.write(json.dumps({"step": step, **values}) + "\n")
+
+    @contextmanager
+    def averaged(self):
+        """With ema_decay, the moving average in the trained weights' place (then the
+        weights back); else nothing changes."""
+        average, trainable = self.nets.average, self.nets.trainable
+        if average is None:
+            yield
+            return
+        average.store(trainable)
+        average.copy_to(trainable)
+        try:
+            yield
+        finally:
+            average.restore(trainable)
 
     def save_denoiser(self, directory: Path) -> None:
         """Write the trained denoiser to `directory` from the main process; sharded, every
