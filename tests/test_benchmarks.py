@@ -204,17 +204,28 @@ def test_objectives_and_the_toy_loop(tmp_path):
     assert "\nbeta: 2500.0\n" in config("beta_2500") and "\nbeta: 5000.0\n" in config("preset")
 
 
-def test_the_flow_toy_loop(tmp_path):
-    # the README's flow-matching loop (the commands that name toy-flow), at the tiny size
-    runs = tmp_path / "flow-loop"
-    out = bench("toy_loop", "--loop", "toy-flow", "--tiny", "--threads", "1", "--runs",
-                str(runs), tmp_path=tmp_path)
-    assert out["loop"] == "toy-flow" and out["model"].endswith("runs/train/toy-flow/final")
-    assert out["pairs"]["pairs"] == 48 and out["train"]["steps"] == 2
-    assert "--model toy-flow" in out["commands"]["collect"]
-    assert (runs / "runs" / "toy-flow.duckdb").exists()
-    assert not (runs / "runs" / "prefs.duckdb").exists()  # the UNet toy's store: untouched
-    assert out["eval_auto"]["pairs"] == 18 and isinstance(out["passed"], bool)
+def test_the_flow_toy_loop_on_two_collections(tmp_path):
+    # the README's flow-matching loop (the commands that name toy-flow), at the tiny size,
+    # on README.md's collection and on the same store plus 8 pairs
+    runs = tmp_path / "flow-loops"
+    spread = bench("toy_loop", "--loop", "toy-flow", "--tiny", "--threads", "1", "--runs",
+                   str(runs), "--collections", "2", tmp_path=tmp_path)
+    first = json.loads((runs / "readme" / "result.json").read_text())
+    assert first["loop"] == "toy-flow" and first["model"].endswith("runs/train/toy-flow/final")
+    assert first["pairs"]["pairs"] == 48 and first["train"]["steps"] == 2
+    assert "--model toy-flow" in first["commands"]["collect"]
+    assert (runs / "readme" / "runs" / "toy-flow.duckdb").exists()
+    assert not (runs / "readme" / "runs" / "prefs.duckdb").exists()  # the UNet toy's store
+    assert first["eval_auto"]["pairs"] == 18 and isinstance(first["passed"], bool)
+    second = json.loads((runs / "plus-8-pairs" / "result.json").read_text())
+    assert second["pairs"]["pairs"] == 48 + 8 and "collect" not in second["commands"]
+    assert second["pairs"]["collect"] == {"reused": str(runs / "plus-8-pairs.duckdb")}
+    assert [c["collection"] for c in spread["collections"]] == ["readme", "plus-8-pairs"]
+    gains = [c["adherence_gain_points"] for c in spread["collections"]]
+    assert spread["adherence_gain_points"]["worst"] == min(gains)
+    assert spread["adherence_gain_points"]["median"] == sum(gains) / 2
+    assert spread["passed"] == all(spread["worst_case"].values())
+    assert spread["loop_minutes_worst"] == spread["collections"][0]["minutes"]  # collected
 
 
 def test_real_sizes(tmp_path):

@@ -17,13 +17,20 @@ def test_the_estimate_counts_what_the_trainer_holds(tiny_sdxl_dir, store_path, t
     full = config_for(tiny_sdxl_dir, store_path, tmp_path / "full", mixed_precision="no")
     lora = config_for(tiny_sdxl_dir, store_path, tmp_path / "lora", mixed_precision="no",
                       lora_rank=4)
-    for config in (full, lora):
+    averaged = config_for(tiny_sdxl_dir, store_path, tmp_path / "ema", mixed_precision="no",
+                          lora_rank=4, ema_decay=0.9)
+    for config in (full, lora, averaged):
         run = Run(config)
         found = estimate(config)
         held = sum(p.numel() for p in run.denoiser.parameters())
         trained = sum(p.numel() for p in run.nets.trainable)
         assert found.trainable == trained and found.gradients == 4 * trained
-        assert found.optimizer == 8 * trained  # AdamW's two fp32 moments
+        if config.ema_decay:  # and the moving average's fp32 copy
+            average = run.nets.average.shadow_params
+            assert sum(p.numel() * p.element_size() for p in average) == 4 * trained
+            assert found.optimizer == 12 * trained
+        else:
+            assert found.optimizer == 8 * trained  # AdamW's two fp32 moments
         if config.lora_rank:
             assert run.nets.reference is None and found.reference == 0
             assert found.weights == 4 * held  # fp32 run: base and adapters in fp32

@@ -155,6 +155,8 @@ def estimate(config: TrainConfig, shards: int = 1) -> MemoryEstimate | None:
         fp32 = saved_activation_bytes(net, 2 * config.batch_size, config.resolution)
         activations = fp32 // 2 if half else fp32
     gradients, optimizer = 4 * trained, _optimizer_bytes(config, trainable)
+    if config.ema_decay:  # its moving average: an fp32 copy of what is trained
+        optimizer += 4 * trained
     gathered = 0
     if shards > 1:  # each process keeps its shard; a forward gathers one block, and the next
         weights, reference, gradients, optimizer = (-(-part // shards) for part in (
@@ -182,8 +184,9 @@ def estimate_lines(config: TrainConfig, shards: int = 1) -> list[str]:
     return [
         f"memory: about {size_text(found.total)} per process ({precision}): "
         f"weights {size_text(found.weights)}, reference {size_text(found.reference)}, "
-        f"gradients {size_text(found.gradients)}, optimizer {size_text(found.optimizer)}, "
-        f"activations {activations}"
+        f"gradients {size_text(found.gradients)}, optimizer {size_text(found.optimizer)}"
+        + (" (with the moving average)" if config.ema_decay else "")
+        + f", activations {activations}"
         + (f"; FSDP over {shards} processes: weights, gradients and optimizer are each "
            f"process's shard, plus {size_text(found.gathered)} of two blocks gathered"
            if shards > 1 else ""),
