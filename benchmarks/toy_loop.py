@@ -241,15 +241,21 @@ def appended(args: argparse.Namespace) -> dict[str, list[str]]:
     return extra
 
 
-def loop(args: argparse.Namespace) -> dict:
-    stages = readme_stages(args.loop)
-    extra = appended(args)
+def clean_folder(args: argparse.Namespace) -> Path:
+    """--runs, resolved; the loop starts from a clean folder (--force removes it)."""
     runs = Path(args.runs).resolve()
     if runs.exists():
         if not args.force:
             raise SystemExit(f"error: {runs} exists: the loop starts from a clean folder "
                              "(remove it, or pass --force to have it removed)")
         shutil.rmtree(runs)
+    return runs
+
+
+def loop(args: argparse.Namespace) -> dict:
+    stages = readme_stages(args.loop)
+    extra = appended(args)
+    runs = clean_folder(args)
     runs.mkdir(parents=True)
     shutil.copytree(ROOT / "docs" / "accelerate", runs / "docs" / "accelerate")  # README names
     logs = runs / "logs"
@@ -331,12 +337,7 @@ def on_collections(args: argparse.Namespace) -> dict:
     """The loop on the first `args.collections` COLLECTIONS, each in RUNS/NAME, and its
     spread: median and worst of the adherence gain and the decisive win rate's Wilson
     lower bound, and whether the worst meets the loop's claim."""
-    runs = Path(args.runs).resolve()
-    if runs.exists():
-        if not args.force:
-            raise SystemExit(f"error: {runs} exists: the loop starts from a clean folder "
-                             "(remove it, or pass --force to have it removed)")
-        shutil.rmtree(runs)
+    runs = clean_folder(args)
     first = runs / COLLECTIONS[0].name
     results = []
     for collection in COLLECTIONS[:args.collections]:
