@@ -183,6 +183,7 @@ def config_for(model_dir, store_path, out, **overrides):
         "cache_dir": str(out.parent / "cache"), "resolution": 32, "batch_size": 2,
         "effective_batch": 4, "max_steps": 2, "learning_rate": 1e-3, "beta": 500.0,
         "checkpoint_every": 0, "log_every": 1, "mixed_precision": "no", "holdout_pairs": 0,
+        "ema_decay": 0.0,  # final/ is the trained weights themselves
     }
     values.update(overrides)
     return resolve("toy", values)

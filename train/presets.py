@@ -86,7 +86,8 @@ PRESETS: dict[str, dict] = {
     },
     "toy": {
         "_about": "the bundled toy model on this laptop's CPU, judged by the toy judge",
-        "model": TOY_NAME, "beta": 5000.0, "learning_rate": 2e-5, **_TOY_RUN,
+        "model": TOY_NAME, "beta": 5000.0, "learning_rate": 2e-5, "ema_decay": 0.99,
+        **_TOY_RUN,
     },
     "toy-flow": {
         "_about": "the bundled flow-matching toy (an SD3 pipeline) on this laptop's CPU: "

@@ -448,8 +448,8 @@ def build_networks(config: TrainConfig, net: torch.nn.Module, accelerator) -> Ne
     c = config
     if c.ema_decay and sharded(accelerator):
         raise TrainError("ema_decay does not run under FSDP yet (its average would be "
-                         "checkpointed from one process's shard only): train without "
-                         "--ema_decay, or under DDP (docs/accelerate/multi_gpu.yaml)")
+                         "checkpointed from one process's shard only): give --ema_decay 0, "
+                         "or train under DDP (docs/accelerate/multi_gpu.yaml)")
     if c.lora_rank and sharded(accelerator):
         raise TrainError("LoRA trains under DDP (docs/accelerate/multi_gpu.yaml): its base is "
                          "frozen and small next to a full fine-tune's state; FSDP "
