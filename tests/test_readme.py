@@ -130,7 +130,7 @@ CHECKS = {
 # commands; rounds' --train-args carries the train stage's size flags.
 SHRINK = {readme_stages(loop)[stage]: flags for loop in LOOPS
           for stage, flags in TINY.items()}
-SHRINK[TOY_ROUNDS] = ["--rounds", "1", "--pairs", "16", "--per-prompt", "4", "--steps", "6",
+SHRINK[TOY_ROUNDS] = ["--rounds", "2", "--pairs", "16", "--per-prompt", "4", "--steps", "6",
                       "--eval-seeds", "1", "--adherence-pairs", "8", "--train-args",
                       "--max_steps", "2", "--eval_every", "2", "--sample_seeds", "1",
                       "--holdout_pairs", "1"]
