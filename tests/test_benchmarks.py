@@ -17,6 +17,9 @@ import tempfile
 import pytest
 from conftest import REPO
 
+sys.path.insert(0, str(REPO))  # benchmarks/ is a folder of scripts, not an installed package
+from benchmarks.toy_loop import COLLECTIONS, store_of  # noqa: E402
+
 BENCHMARKS = REPO / "benchmarks"
 
 
@@ -226,6 +229,19 @@ def test_the_flow_toy_loop_on_two_collections(tmp_path):
     assert spread["adherence_gain_points"]["median"] == sum(gains) / 2
     assert spread["passed"] == all(spread["worst_case"].values())
     assert spread["loop_minutes_worst"] == spread["collections"][0]["minutes"]  # collected
+    # another recipe on an earlier run's store: nothing collected, no loop time to judge
+    again = bench("toy_loop", "--loop", "toy-flow", "--tiny", "--threads", "1", "--runs",
+                  str(tmp_path / "again"), "--stores", str(runs), "--train-args", "--beta",
+                  "50", tmp_path=tmp_path)
+    (only,) = again["collections"]
+    assert only["commands"]["train"].endswith("--beta 50") and not only["collected"]
+    reused = json.loads((tmp_path / "again" / "readme" / "result.json").read_text())["pairs"]
+    assert reused["collect"] == {"reused": str(runs / "readme" / "runs" / "toy-flow.duckdb")}
+    assert again["loop_minutes_worst"] is None and again["passed"] is False
+    assert [store_of(c, runs, "toy-flow") for c in COLLECTIONS] == [
+        runs / "readme/runs/toy-flow.duckdb", runs / "plus-8-pairs.duckdb",
+        runs / "readme/runs/toy-flow.duckdb", runs / "feedback-seed-1/runs/toy-flow.duckdb",
+        runs / "feedback-seed-2/runs/toy-flow.duckdb"]
 
 
 def test_real_sizes(tmp_path):

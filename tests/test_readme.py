@@ -54,7 +54,7 @@ from benchmarks.readme import (  # noqa: E402
 )
 from benchmarks.toy_loop import LOOPS, TINY, readme_stages  # noqa: E402
 
-TOY_FEEDBACK = "python -m annotate feedback --pairs 2400 --per-prompt 16 --tie-margin 0.1 " \
+TOY_FEEDBACK = "python -m annotate feedback --pairs 2400 --per-prompt 16 --tie-margin 0.5 " \
     "--steps 10 --guidance-range 3 12"
 ONE_PROCESS = "accelerate launch -q --config_file docs/accelerate/one_process.yaml"
 TOY_TRAIN = "accelerate launch -q --num_cpu_threads_per_process 2 " \
