@@ -8,6 +8,7 @@ Diffusion-DPO, automatic evaluation.
     python benchmarks/toy_loop.py --collections 5 --runs runs/toy-loops   # the spread
     python benchmarks/toy_loop.py --collections 5 --runs runs/toy-loops-b \
         --stores runs/toy-loops --train-args --beta 2500     # another recipe, the same pairs
+    python benchmarks/toy_loop.py --collections 5 --runs runs/toy-loops-c --tie-margin 0.1
     python benchmarks/toy_loop.py --figures runs/toy-loop --out docs   # the docs' PNGs
 
 The stages are README.md's own commands, read from it and run as written by bash in the
@@ -230,6 +231,8 @@ def appended(args: argparse.Namespace) -> dict[str, list[str]]:
         extra["collect"] += ["--pairs", str(args.pairs)]
     if args.seed is not None:
         extra["collect"] += ["--seed", str(args.seed)]
+    if args.tie_margin is not None:
+        extra["collect"] += ["--tie-margin", str(args.tie_margin)]
     if args.threads:
         extra["collect"] += ["--threads", str(args.threads)]
     if args.data:
@@ -490,6 +493,8 @@ def main() -> None:
     parser.add_argument("--pairs", type=int,
                         help="AI-feedback pairs to collect (default: the README's)")
     parser.add_argument("--seed", type=int, help="feedback's --seed (default: the README's)")
+    parser.add_argument("--tie-margin", type=float,
+                        help="feedback's --tie-margin (default: the README's)")
     parser.add_argument("--threads", type=int,
                         help="torch CPU threads for every stage (default: torch's, one per "
                              "core; on a machine shared with other torch jobs 1 is much faster)")

@@ -212,11 +212,12 @@ def test_the_flow_toy_loop_on_two_collections(tmp_path):
     # on README.md's collection and on the same store plus 8 pairs
     runs = tmp_path / "flow-loops"
     spread = bench("toy_loop", "--loop", "toy-flow", "--tiny", "--threads", "1", "--runs",
-                   str(runs), "--collections", "2", tmp_path=tmp_path)
+                   str(runs), "--collections", "2", "--tie-margin", "0.3", tmp_path=tmp_path)
     first = json.loads((runs / "readme" / "result.json").read_text())
     assert first["loop"] == "toy-flow" and first["model"].endswith("runs/train/toy-flow/final")
     assert first["pairs"]["pairs"] == 48 and first["train"]["steps"] == 2
     assert "--model toy-flow" in first["commands"]["collect"]
+    assert first["commands"]["collect"].endswith("--tie-margin 0.3 --threads 1")  # last wins
     assert (runs / "readme" / "runs" / "toy-flow.duckdb").exists()
     assert not (runs / "readme" / "runs" / "prefs.duckdb").exists()  # the UNet toy's store
     assert first["eval_auto"]["pairs"] == 18 and isinstance(first["passed"], bool)
