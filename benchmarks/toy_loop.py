@@ -352,14 +352,15 @@ def on_collections(args: argparse.Namespace) -> dict:
     spread: median and worst of the adherence gain and the decisive win rate's Wilson
     lower bound, and whether the worst meets the loop's claim."""
     chosen = COLLECTIONS[:args.collections]
+    runs = Path(args.runs).resolve()
+    source = Path(args.stores).resolve() if args.stores else runs  # where the stores are
     if args.stores:
-        missing = [str(store) for store in (store_of(c, Path(args.stores).resolve(), args.loop)
-                                            for c in chosen) if not store.exists()]
+        missing = [str(store) for store in (store_of(c, source, args.loop) for c in chosen)
+                   if not store.exists()]
         if missing:
             raise SystemExit(f"error: --stores {args.stores} has no {', '.join(missing)}: give "
                              "the --runs of an earlier --collections run at least as long")
-    runs = clean_folder(args)
-    first = runs / COLLECTIONS[0].name
+    clean_folder(args)
     results = []
     for collection in chosen:
         one = argparse.Namespace(**vars(args))
@@ -367,13 +368,12 @@ def on_collections(args: argparse.Namespace) -> dict:
         if collection.feedback_seed is not None:
             one.seed = collection.feedback_seed
         if collection.train_seed is not None:
-            one.data = str(first / STORES[args.loop])
             one.train_args = [*args.train_args, "--seed", str(collection.train_seed)]
-        if args.stores:
-            one.data = str(store_of(collection, Path(args.stores).resolve(), args.loop))
+        if args.stores or collection.train_seed is not None:
+            one.data = str(store_of(collection, source, args.loop))
         elif collection.more_pairs:
-            one.data = str(runs / f"{collection.name}.duckdb")
-            shutil.copy(first / STORES[args.loop], one.data)
+            one.data = str(store_of(collection, runs, args.loop))
+            shutil.copy(store_of(COLLECTIONS[0], runs, args.loop), one.data)
             collect = " ".join([readme_stages(args.loop)["collect"], *appended(args)["collect"],
                                 "--db", one.data, "--pairs", str(collection.more_pairs),
                                 "--seed", str(MORE_PAIRS_SEED)])
