@@ -16,7 +16,7 @@ selection score) and where each loop's full result is.
 
 --sweep runs every setting of SWEEP instead (RUNS/<variant>/<setting>) and names each
 variant's best by the selection score alone: the toy judge's mean score of the trainer's
-own final samples, on seeds 2,000,000 up that neither held-out check uses, so the
+own samples of the model judged, on seeds 2,000,000 up that neither held-out check uses, so the
 settings are chosen without looking at the figures they are then reported by.
 """
 
@@ -85,10 +85,13 @@ def run_loop(runs: Path, flags: list[str]) -> dict:
 
 
 def selection_score(result: dict) -> float | None:
-    """The trainer's last sample score (its own seeds, apart from both held-out checks)."""
+    """The trainer's sample score (its own seeds, apart from both held-out checks) of the
+    model the loop judged: keep_best's best step, else the last."""
+    if result["model"].endswith("best"):
+        return result["train"]["best_score"]
     evals = Path(result["runs"]) / "runs" / "train" / "toy" / "eval.jsonl"
     if not evals.exists():
-        return None  # a --tiny run samples nothing
+        return None
     scores = [json.loads(line).get("sample_score") for line in evals.read_text().splitlines()]
     scores = [score for score in scores if score is not None]
     return scores[-1] if scores else None

@@ -18,7 +18,7 @@ script's options appended where they ask for a change (argparse keeps the last v
 1. collect: `python -m annotate feedback ...` (toy model, toy judge) into
    runs/prefs.duckdb (skipped with --data: train on an existing store instead);
 2. train: `accelerate launch ... -m train toy` into runs/train/toy;
-3. adherence: `python -m models.toy.evaluate --model toy|runs/train/toy/final ...`
+3. adherence: `python -m models.toy.evaluate --model toy|runs/train/toy/best ...`
    (prompt/seed pairs with seeds from 1,000,000 up);
 4. judge: `python -m eval auto ...` (18 captions x seeds 0..22 = 414 same-seed pairs,
    tie margin 0.1), images in runs/eval/images, report in runs/eval/auto-toy.
@@ -71,8 +71,8 @@ LOOPS = {
         "collect": "python -m annotate feedback --pairs",
         "train": f"{_LAUNCH_2_THREADS} toy",
         "adherence_base": "python -m models.toy.evaluate --model toy",
-        "adherence_aligned": "python -m models.toy.evaluate --model runs/train/toy/final",
-        "eval_auto": "python -m eval auto --aligned runs/train/toy/final",
+        "adherence_aligned": "python -m models.toy.evaluate --model runs/train/toy/best",
+        "eval_auto": "python -m eval auto --aligned runs/train/toy/best",
     },
     "toy-flow": {
         "collect": "python -m annotate feedback --model toy-flow",
@@ -98,7 +98,8 @@ EVAL_SEEDS = 23  # eval auto: seeds 0..22
 # in about a minute; the docs test appends the same flags to the same README commands.
 TINY = {
     "collect": ["--pairs", "48", "--per-prompt", "4", "--steps", "6"],
-    "train": ["--max_steps", "2", "--eval_every", "0", "--holdout_pairs", "2"],
+    "train": ["--max_steps", "2", "--eval_every", "2", "--sample_seeds", "1",
+              "--sample_steps", "4", "--holdout_pairs", "2"],
     "adherence_base": ["--pairs", "8", "--steps", "6"],
     "adherence_aligned": ["--pairs", "8", "--steps", "6"],
     "eval_auto": ["--seeds", "1", "--steps", "6"],
@@ -224,7 +225,6 @@ def rel(path: Path | str) -> str:
 
 def appended(args: argparse.Namespace) -> dict[str, list[str]]:
     """What this script's options change in each README command, as flags to append."""
-    model = str(train_folder(args.loop) / args.model)
     extra: dict[str, list[str]] = {name: list(TINY[name]) if args.tiny else []
                                    for name in STAGES}
     if args.pairs is not None:
@@ -240,10 +240,18 @@ def appended(args: argparse.Namespace) -> dict[str, list[str]]:
     if args.objective != "dpo":
         extra["train"] += ["--objective", args.objective]
     extra["train"] += args.train_args
-    if args.model != "final":
+    if args.model:
+        model = str(train_folder(args.loop) / args.model)
         extra["adherence_aligned"] += ["--model", model]
         extra["eval_auto"] += ["--aligned", model]
     return extra
+
+
+def judged_model(eval_command: str) -> str:
+    """The aligned model an eval auto command judges: its last --aligned (argparse keeps
+    the last, so --model's, appended, wins over the README's)."""
+    words = shlex.split(eval_command)
+    return words[max(i for i, word in enumerate(words) if word == "--aligned") + 1]
 
 
 def clean_folder(args: argparse.Namespace) -> Path:
@@ -279,8 +287,8 @@ def loop(args: argparse.Namespace) -> dict:
     counts = store_counts(db)
     train_dir = runs / train_folder(args.loop)
     summary = json.loads((train_dir / "summary.json").read_text())
-    aligned = str(train_dir / args.model)
-    if not (train_dir / args.model).exists():
+    aligned = str(runs / judged_model(ran["eval_auto"]))
+    if not Path(aligned).exists():
         raise SystemExit(f"error: {aligned} was not written (keep_best off?)")
     adherence = {name: last_json(outputs[f"adherence_{name}"])["adherence"]
                  for name in ("base", "aligned")}
@@ -513,8 +521,9 @@ def main() -> None:
                              "--collections run left in RUNS instead of collecting again "
                              "(another recipe on the same pairs: --train-args)")
     parser.add_argument("--objective", choices=OBJECTIVES, default="dpo")
-    parser.add_argument("--model", choices=("final", "best"), default="final",
-                        help="which model of the run to evaluate (default: final)")
+    parser.add_argument("--model", choices=("final", "best"),
+                        help="which model of the run to evaluate (default: the one "
+                             "README.md's evaluation commands name)")
     parser.add_argument("--train-args", nargs=argparse.REMAINDER, default=[],
                         help="more `--key value` for the train command (last on the line)")
     parser.add_argument("--figures", type=Path,

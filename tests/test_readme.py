@@ -58,11 +58,11 @@ TOY_FEEDBACK = "python -m annotate feedback --pairs 2400 --per-prompt 16 --tie-m
     "--steps 10 --guidance-range 3 12"
 ONE_PROCESS = "accelerate launch -q --config_file docs/accelerate/one_process.yaml"
 TOY_TRAIN = "accelerate launch -q --num_cpu_threads_per_process 2 " \
-    "--config_file docs/accelerate/one_process.yaml -m train toy"
+    "--config_file docs/accelerate/one_process.yaml -m train toy --keep_best true"
 TOY_BASE = "python -m models.toy.evaluate --model toy --pairs 400"
-TOY_ALIGNED = "python -m models.toy.evaluate --model runs/train/toy/final --pairs 400"
-TOY_AUTO = "python -m eval auto --aligned runs/train/toy/final --seeds 23 --tie-margin 0.1"
-TOY_BLIND = "python -m eval --aligned runs/train/toy/final"
+TOY_ALIGNED = "python -m models.toy.evaluate --model runs/train/toy/best --pairs 400"
+TOY_AUTO = "python -m eval auto --aligned runs/train/toy/best --seeds 23 --tie-margin 0.1"
+TOY_BLIND = "python -m eval --aligned runs/train/toy/best"
 TOY_ROUNDS = "python -m rounds --rounds 3 --pairs 800 --reference previous --keep-best"
 FLOW_FEEDBACK = "python -m annotate feedback --model toy-flow --db runs/toy-flow.duckdb " \
     "--pairs 2400 --per-prompt 16 --tie-margin 0.1"
@@ -136,7 +136,7 @@ SHRINK[TOY_ROUNDS] = ["--rounds", "2", "--pairs", "16", "--per-prompt", "4", "--
                       "--holdout_pairs", "1"]
 SIZE_FLAGS = {"--pairs", "--per-prompt", "--steps", "--max_steps", "--eval_every",
               "--holdout_pairs", "--seeds", "--rounds", "--eval-seeds", "--adherence-pairs",
-              "--sample_seeds", "--train-args"}
+              "--sample_seeds", "--sample_steps", "--train-args"}
 
 
 def test_every_readme_command_is_checked_and_every_check_is_in_the_readme():
@@ -357,7 +357,7 @@ def test_the_readme_walk_from_an_empty_folder(sandbox, browser):
             _check_download(step.text, sandbox)
         else:
             assert kind == "ci"  # test_ci_runs_the_readme_test_command_and_it_sets_up_first
-    assert (sandbox / "runs/train/toy/final").is_dir()
+    assert (sandbox / "runs/train/toy/best").is_dir()  # what the toy's evaluations judge
     assert (sandbox / "runs/eval/auto-toy/report.md").exists()
     assert (sandbox / "runs/train/toy-flow/final").is_dir()
     assert (sandbox / "runs/eval/auto-toy-flow/report.md").exists()
