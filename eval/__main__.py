@@ -90,9 +90,10 @@ def _model_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def run_name(aligned: str) -> str:
-    """A report folder's name for a model: the run's name for runs/train/<run>/final."""
+    """A report folder's name for a model: the run's name for runs/train/<run>/final and
+    for the step keep_best kept, runs/train/<run>/best (as eval auto's folder is named)."""
     path = Path(aligned)
-    return path.parent.name if path.name == "final" and path.parent.name else path.name
+    return path.parent.name if path.name in ("final", "best") and path.parent.name else path.name
 
 
 def _models(args: argparse.Namespace) -> tuple[str, str]:

@@ -187,6 +187,9 @@ def test_objectives_and_the_toy_loop(tmp_path):
                 "--runs", str(runs), "--only", "dpo", tmp_path=tmp_path)
     loop = json.loads((runs / "collect" / "result.json").read_text())
     assert loop["train"]["steps"] == 2 and loop["pairs"]["pairs"] == 48
+    # the README's loop judges the step its sample grid scored best (--keep_best true)
+    assert loop["model"].endswith("collect/runs/train/toy/best")
+    assert loop["train"]["best_step"] in (0, 2) and loop["train"]["best_score"] > 0
     assert loop["eval_auto"]["pairs"] == 18  # 18 captions x 1 seed
     judged = loop["eval_auto"]
     assert judged["wins"] + judged["losses"] + judged["ties"] == judged["pairs"]

@@ -81,6 +81,14 @@ def test_the_command_says_what_to_train_first(tmp_path):
     assert out.stderr.startswith("error: no aligned model") and out.stderr.count("\n") == 1
 
 
+def test_a_run_s_kept_and_last_models_report_under_the_run_s_name():
+    # README's loop judges runs/train/toy/best: its reports are human-toy and auto-toy
+    from eval.__main__ import run_name
+
+    assert run_name("runs/train/toy/best") == run_name("runs/train/toy/final") == "toy"
+    assert run_name("toy") == "toy" and run_name("runs/rounds/round-1") == "round-1"
+
+
 def test_the_command_writes_a_report(tmp_path, broken_toy):
     out = subprocess.run(
         [sys.executable, "-m", "eval", "auto", "--aligned", str(broken_toy), "--seeds", "1",

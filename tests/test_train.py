@@ -691,9 +691,9 @@ def test_bad_input_gets_one_line(tmp_path):
 
 def test_an_error_under_readmes_accelerate_launch_is_its_one_line(tmp_path):
     """README's launch flags: accelerate adds no traceback and no list of defaults."""
-    from benchmarks.readme import commands
+    from benchmarks.toy_loop import readme_stages
 
-    [toy] = [c.text for c in commands() if c.text.endswith(" -m train toy")]
+    toy = readme_stages("toy")["train"]
     argv = shlex.split(toy)
     launcher = Path(sys.executable).parent / "accelerate"
     missing = tmp_path / "missing.duckdb"
