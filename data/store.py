@@ -291,6 +291,8 @@ class DuckDBFile:
             raise DataError(self.MISSING.format(path=path))
         if not self.read_only:
             path.parent.mkdir(parents=True, exist_ok=True)
+            if not path.exists():
+                self._create()
         wal = Path(f"{path}.wal")
         had_wal = wal.exists() and wal.stat().st_size > 0
         con = self._open()
@@ -304,6 +306,31 @@ class DuckDBFile:
             con.close()
             raise
         return con
+
+    def _create(self) -> None:
+        """Make a new file whole under another name, then link it to its own: killed
+        while DuckDB writes a new file's first blocks, a store would otherwise be left
+        truncated, refused by every later open. The link fails where another process
+        made the store first, and that one is opened instead."""
+        fresh = self.path.with_name(f".{self.path.name}.new-{os.getpid()}")
+        fresh.unlink(missing_ok=True)
+        try:
+            duckdb.connect(str(fresh), config={"memory_limit": MEMORY_LIMIT}).close()
+            try:
+                os.link(fresh, self.path)
+            except FileExistsError:
+                pass  # another process made it first: open theirs
+            except OSError as error:
+                if error.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+                    raise
+                if not self.path.exists():  # a file system without hard links
+                    os.replace(fresh, self.path)
+        except (duckdb.Error, OSError) as error:
+            if is_disk_full(error):
+                raise disk_full_error(self.path, f"the {self.KIND} was not made") from None
+            raise DataError(f"cannot make {self.path}: {_first_line(error)}") from None
+        finally:
+            fresh.unlink(missing_ok=True)
 
     def _open(self) -> duckdb.DuckDBPyConnection:
         """duckdb.connect, its failures as one-line `DataError`s."""

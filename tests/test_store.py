@@ -333,3 +333,18 @@ def test_stats_and_export_upgrade_a_store_made_by_an_older_version(tmp_path):
         assert (out.returncode, out.stderr) == (0, ""), command
     with Store(path, read_only=True) as s:
         assert s.schema_version() == LATEST_VERSION == 5
+
+
+def test_a_store_killed_while_it_is_made_opens_on_the_next_run(tmp_path):
+    # killed the moment its file appears (the rounds test's kill while collecting): the
+    # file that carries the store's name is always whole, so the next run opens it
+    for attempt in range(5):
+        path = tmp_path / f"run{attempt}" / "prefs.duckdb"
+        maker = subprocess.Popen([sys.executable, "-c",
+                                  f"from data.store import Store; Store({str(path)!r})"])
+        while not path.exists() and maker.poll() is None:
+            pass
+        maker.kill()
+        maker.wait()
+        with Store(path) as store:
+            assert store.counts()["rankings"] == 0
