@@ -31,7 +31,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import NoReturn
 
-from data.errors import UserError, report_user_error
+from cli.errors import UserError, report_user_error
 from data.pairs import decode_image, encode_jpeg
 from data.prompts import read_prompts
 from data.store import DEFAULT_DB, Store, Vote

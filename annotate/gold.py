@@ -22,7 +22,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from annotate.screening import MAX_PROMPT_CHARS
-from data.errors import UserError
+from cli.errors import UserError
 from data.pairs import encode_jpeg
 from data.store import ImageRecord
 

@@ -44,7 +44,8 @@ from PIL import Image
 from annotate.gold import GoldPair
 from annotate.screening import Blocklist, check_length, screen
 from annotate.worker import SET_SOURCE, PairWorker, Progress
-from data.errors import StoreWriteError, UserError
+from cli.errors import UserError
+from data.errors import StoreWriteError
 from data.pages import unsaved_vote
 from data.pairs import decode_image, encode_jpeg
 from data.store import (

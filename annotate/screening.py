@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from data.errors import UserError
+from cli.errors import UserError
 
 # About what the longest-reading text encoder served here reads (FLUX's T5: 512 tokens, at
 # about four characters a token); every CLIP encoder reads far less (77 tokens). Beyond it

@@ -17,7 +17,7 @@ from annotate.gold import read_gold
 from annotate.rounds import MIN_DISPLAY_MS, Collector, Settings
 from annotate.screening import MAX_PROMPT_CHARS, Blocklist, token_counter
 from annotate.worker import PairWorker, PromptSet
-from data.errors import UserError, report_user_error
+from cli.errors import UserError, report_user_error
 from data.pages import PORT_HELP, PageImages, launch_page, pick_port, read_logins, server_options
 from data.prompts import read_prompts
 from data.store import DEFAULT_DB, QUESTIONS, Store

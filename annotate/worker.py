@@ -25,7 +25,7 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 
-from data.errors import UserError
+from cli.errors import UserError
 from models.generate import GeneratedImage
 
 MakePair = Callable[[str, Callable[[int, int], None]], tuple[GeneratedImage, GeneratedImage]]

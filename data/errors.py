@@ -1,18 +1,7 @@
-"""Errors that reach a user as one line, and the one way a command prints them.
+"""The data layer's errors: a store, shard or file problem the user can fix (the rule
+for every user error is in cli/errors.py)."""
 
-Every failure a user can fix (a locked file, a bad shard, a wrong path, a bad flag) is
-raised as a `UserError` subclass whose message names the problem and the fix: `DataError`
-here, `ModelError` in models/errors.py, and each app's own (`TrainError`, `FeedbackError`,
-`ServeError`, `GoldFileError`, ...). Every command-line `main` catches `UserError` alone
-and returns `report_user_error(error)`: `error: <message>` on one stderr line, exit status
-1. Anything else is a bug and keeps its traceback.
-"""
-
-import sys
-
-
-class UserError(Exception):
-    """A problem the user can fix; the message is the whole answer."""
+from cli.errors import UserError
 
 
 class DataError(UserError):
@@ -38,15 +27,3 @@ class StoreWriteError(DataError):
 
 class DiskFullError(StoreWriteError):
     """A write failed because the disk holding the store is full; nothing was half-written."""
-
-
-def report_warning(message: str) -> None:
-    """Print `warning: <message>` as one line on stderr: something the user should know
-    that did not stop the command."""
-    print("warning: " + " ".join(message.split()), file=sys.stderr, flush=True)
-
-
-def report_user_error(error: UserError) -> int:
-    """Print `error: <message>` as one line on stderr; the exit status, 1."""
-    print("error: " + " ".join(str(error).split()), file=sys.stderr)
-    return 1

@@ -24,6 +24,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import yaml
 from tqdm import tqdm
 
 from data.errors import DataError, ShardError
@@ -702,6 +703,7 @@ def export_pairs(
     question: str = "preference",
     consensus: bool = False,
     drop_flagged: bool = False,
+    settings: dict | None = None,
 ) -> list[ExportedSplit]:
     """Write preference pairs as Pick-a-Pic v2 shards, `OUT/<split>/<split>-i-of-n.parquet`.
 
@@ -709,7 +711,8 @@ def export_pairs(
     labelled as most of its votes say, with how they agreed in `ExportedSplit.consensus`.
     `drop_flagged` leaves out the votes of annotators `data.quality` flags. Ties are
     exported as 0.5/0.5 with best_image_uid 'none'; both-bad and skip votes are not pairs
-    and stay behind. The folder appears whole or not at all.
+    and stay behind. The folder appears whole or not at all. `settings`, the command's
+    resolved config, is kept in it as EXPORT_CONFIG.
     """
     out_dir = Path(out_dir)
     _check_target(store, out_dir, overwrite)
@@ -737,6 +740,8 @@ def export_pairs(
                 for (split,) in splits
             ]
         _mark_export(store, staging, [f for e in exported for f in e.files])
+        if settings is not None:
+            (staging / EXPORT_CONFIG).write_text(yaml.safe_dump(settings, sort_keys=False))
         _replace(staging, target)
     except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
@@ -754,6 +759,7 @@ def export_pairs(
 # only when the folder holds nothing but the files it lists. A dot file, so the
 # `datasets` library's folder loading and our import (*.parquet) pass it by.
 EXPORT_MARK = ".export.json"
+EXPORT_CONFIG = ".export.yaml"  # the settings that made it: `python -m data export --config`
 _WRITTEN_BY = "python -m data export"
 
 
@@ -782,7 +788,7 @@ def _check_target(store: Store, out_dir: Path, overwrite: bool) -> None:
         raise DataError(f"--overwrite replaces only an earlier export, and {out_dir} has no "
                         f"{EXPORT_MARK} (the mark every export carries): export to another "
                         "folder, or empty this one yourself")
-    kept = listed | {EXPORT_MARK} | {Path(f).parent.as_posix() for f in listed}
+    kept = listed | {EXPORT_MARK, EXPORT_CONFIG} | {Path(f).parent.as_posix() for f in listed}
     for path in sorted(out_dir.rglob("*")):
         if path.relative_to(out_dir).as_posix() not in kept:
             raise DataError(

@@ -26,13 +26,13 @@ from pathlib import Path
 
 import duckdb
 
+from cli.errors import report_warning
 from data.errors import (
     DataError,
     DiskFullError,
     StoreLockedError,
     StoreWriteError,
     UpgradeNeededError,
-    report_warning,
 )
 from data.migrations import MIGRATIONS
 

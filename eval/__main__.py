@@ -20,7 +20,8 @@ from pathlib import Path
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-from data.errors import DataError, UserError, report_user_error  # noqa: E402
+from cli.errors import UserError, report_user_error  # noqa: E402
+from data.errors import DataError  # noqa: E402
 from data.pages import PORT_HELP, launch_page, pick_port, read_logins  # noqa: E402
 from data.store import QUESTIONS  # noqa: E402
 from eval.votes import DEFAULT_VOTES  # noqa: E402

@@ -1,6 +1,6 @@
 """Errors that reach a user as one line (the rule is in data/errors.py)."""
 
-from data.errors import UserError
+from cli.errors import UserError
 
 
 class ModelError(UserError):

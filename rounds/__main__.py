@@ -42,7 +42,8 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from data.errors import DataError, UserError, report_user_error
+from cli.errors import UserError, report_user_error
+from data.errors import DataError
 from data.store import Store
 from models.loading import NEWEST_ROUND_FILE, ROUND_FILE, same_model
 from models.toy import TOY_NAME, TOY_NAMES

@@ -6,7 +6,7 @@ import ast
 
 import pytest
 
-from data.errors import UserError, report_user_error
+from cli.errors import UserError, report_user_error
 from tests.conftest import REPO
 
 

@@ -10,7 +10,7 @@ import time
 # transformers warns on import that torchvision is absent; this project never needs it.
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-from data.errors import UserError, report_user_error  # noqa: E402
+from cli.errors import UserError, report_user_error  # noqa: E402
 from train.config import from_command_line  # noqa: E402
 from train.errors import timed_out, timeout_line  # noqa: E402
 

@@ -1,6 +1,6 @@
 """The trainer's one error type: its message is the whole answer the user sees."""
 
-from data.errors import UserError
+from cli.errors import UserError
 
 
 class TrainError(UserError):

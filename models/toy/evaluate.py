@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--grid", type=Path, help="also write a labelled sample grid PNG here")
     args = parser.parse_args(argv)
 
-    from data.errors import UserError, report_user_error
+    from cli.errors import UserError, report_user_error
     from models.loading import load
 
     try:
