@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from eval.auto import score_images  # noqa: E402
-from eval.images import Sampling, images_for  # noqa: E402
+from eval.config import Sampling  # noqa: E402
+from eval.images import images_for  # noqa: E402
 from models.scorers import load_scorer  # noqa: E402
 from models.toy import TOY_NAME  # noqa: E402
 from models.toy.shapes import all_captions  # noqa: E402

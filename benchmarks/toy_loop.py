@@ -201,16 +201,17 @@ def decisive_bootstrap(eval_command: str, aligned: str,
     """Re-tally eval auto's cached images of `aligned` in process, with the settings
     `eval_command` ran with: W/L/T and the decisive rate's prompt-clustered bootstrap
     interval."""
-    from eval.__main__ import auto_parser, default_prompts
+    from cli.parser import parse
+    from eval.__main__ import default_prompts
     from eval.auto import compare
-    from eval.images import Sampling
+    from eval.config import AutoConfig
     from eval.stats import clustered_bootstrap
     from models.scorers import load_scorer
 
-    args = auto_parser().parse_args(shlex.split(eval_command)[4:])  # after python -m eval auto
+    args = parse(AutoConfig, shlex.split(eval_command)[4:], "python -m eval auto")
     result = compare(args.base, aligned, default_prompts(args.base),
-                     load_scorer(args.scorer), args.scorer,
-                     Sampling(args.seeds, args.steps, args.guidance), args.tie_margin, images)
+                     load_scorer(args.scorer), args.scorer, args.sampling(), args.tie_margin,
+                     images)
     decisive = [v for v in result.votes if v.outcome in ("aligned", "base")]
     counts = {k: sum(v.outcome == k for v in result.votes) for k in ("aligned", "base", "tie")}
     interval = clustered_bootstrap(decisive)

@@ -23,6 +23,7 @@ import dataclasses
 import difflib
 import json
 import re
+import shlex
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -33,6 +34,7 @@ from transformers import HfArgumentParser
 from cli.errors import UsageError
 
 Config = TypeVar("Config")
+CONFIG_FILE = "config.yaml"  # a command's resolved config, in the folder it writes
 
 
 def setting(help: str, default=dataclasses.MISSING, factory=dataclasses.MISSING,
@@ -43,6 +45,19 @@ def setting(help: str, default=dataclasses.MISSING, factory=dataclasses.MISSING,
                              metadata={"help": help, **flag})
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Each setting's default after its help, unless the help says it in words."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = (action.help or "").replace("%", "%%")  # argparse %-formats what this returns
+        if any(action.default is nothing for nothing in (None, argparse.SUPPRESS, False)) \
+                or action.default == [] or "default" in text:
+            return text
+        shown = " ".join(map(str, action.default)) if isinstance(action.default, list) \
+            else action.default
+        return f"{text} (default: {shown})"
+
+
 class CommandParser(HfArgumentParser):
     """HfArgumentParser for one config dataclass, with positional fields and errors that
     are one line."""
@@ -50,7 +65,7 @@ class CommandParser(HfArgumentParser):
     def __init__(self, config_class: type, prog: str, description: str | None = None):
         self.config_class = config_class
         super().__init__(config_class, prog=prog, description=description or _doc(config_class),
-                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                         formatter_class=_HelpFormatter)
         self.add_argument("--config", type=Path, metavar="FILE",
                           help="a YAML or JSON file of settings (the fields above); flags "
                                "given too override it")
@@ -180,7 +195,7 @@ def parse_command(commands: dict[str, type], argv: Sequence[str], prog: str,
     argv = list(argv)
     if argv and argv[0] in commands:
         name, argv = argv[0], argv[1:]
-    elif default is not None and not (argv and argv[0] in ("-h", "--help")):
+    elif default is not None:  # its --help names the other commands
         name = default
     else:
         if argv and argv[0] in ("-h", "--help"):
@@ -198,6 +213,24 @@ def command_list(commands: dict[str, type], prog: str) -> str:
         about = " ".join((_doc(config_class) or "").split("\n\n")[0].split())
         lines.append(f"  {name:8} {about.split('; ')[0].split('. ')[0].rstrip('.')}")
     return "\n".join(lines + ["", f"{prog} COMMAND --help lists a command's settings."])
+
+
+def command_line(prog: str, config) -> str:
+    """The command that gives `config`: its positional values, then each setting that
+    differs from its default as a flag; what a report shows as the command that made it."""
+    words, flags = [], []
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        plain = value if isinstance(value, list) else [value]
+        if field.metadata.get("positional"):
+            words += [str(v) for v in plain]
+        elif value != _default(field):
+            flag = "--" + field.name.replace("_", "-")
+            if isinstance(value, bool):
+                flags += [flag] if value else [flag, "false"]
+            else:
+                flags += [flag, *(str(v) for v in plain)]
+    return " ".join([prog, *(shlex.quote(word) for word in words + flags)])
 
 
 def config_values(config) -> dict:

@@ -14,7 +14,8 @@ import numpy as np
 from tqdm import tqdm
 
 from data.prompts import Prompt
-from eval.images import DEFAULT_ROOT, Sampling, images_for, open_image
+from eval.config import Sampling
+from eval.images import DEFAULT_ROOT, images_for, open_image
 from eval.stats import Interval, Vote
 from models.scorers import checked_scores
 

@@ -45,7 +45,8 @@ from data.errors import DataError, StoreWriteError
 from data.pages import PageImages, enlarge, unsaved_vote
 from data.prompts import Prompt
 from data.store import QUESTIONS
-from eval.images import DEFAULT_ROOT, Sampling, images_for, open_image
+from eval.config import Sampling
+from eval.images import DEFAULT_ROOT, images_for, open_image
 from eval.stats import Tally, tally_by_category
 from eval.votes import SIDES, VoteRow, VoteStore, now, other_side, outcome_of
 from models.errors import ModelError

@@ -12,23 +12,16 @@ import hashlib
 import json
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
 from tqdm import tqdm
 
+from eval.config import Sampling
 from models.generate import generate
 from models.loading import fingerprint, load
 
 DEFAULT_ROOT = Path("runs/eval/images")
-
-
-@dataclass(frozen=True)
-class Sampling:
-    seeds: int = 2  # images per prompt, seeds 0..seeds-1
-    steps: int = 20
-    guidance: float = 7.5
 
 
 def _hash(value) -> str:

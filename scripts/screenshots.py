@@ -76,7 +76,7 @@ def eval_page(browser, folder: Path, models: list[str], out: Path, board: Path |
     from eval.__main__ import default_prompts
     from eval.app import build_app, launch_options
     from eval.blind import BlindEval
-    from eval.images import Sampling
+    from eval.config import Sampling
     from eval.votes import VoteStore
 
     votes = VoteStore(folder / "votes.duckdb")

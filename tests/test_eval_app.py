@@ -31,7 +31,8 @@ from data.prompts import Prompt
 from eval.__main__ import main
 from eval.app import build_app, launch_options
 from eval.blind import BlindEval, Progress, informative_matchup, unseen_items
-from eval.images import Sampling, images_for, model_folder
+from eval.config import Sampling
+from eval.images import images_for, model_folder
 from eval.report import write_human_report
 from eval.votes import VoteRow, VoteStore, outcome_of
 from models.loading import TOY_DIR

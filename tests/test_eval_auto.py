@@ -9,11 +9,12 @@ import time
 
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from data.prompts import Prompt
 from eval.auto import compare
-from eval.images import Sampling
+from eval.config import Sampling
 from eval.report import write_auto_report
 from models.loading import TOY_DIR
 from models.scorers import load_scorer
@@ -89,14 +90,26 @@ def test_a_run_s_kept_and_last_models_report_under_the_run_s_name():
     assert run_name("toy") == "toy" and run_name("runs/rounds/round-1") == "round-1"
 
 
-def test_the_command_writes_a_report(tmp_path, broken_toy):
-    out = subprocess.run(
-        [sys.executable, "-m", "eval", "auto", "--aligned", str(broken_toy), "--seeds", "1",
-         "--steps", "4", "--out", str(tmp_path / "r"), "--images", str(tmp_path / "i")],
-        capture_output=True, text=True, cwd=tmp_path)
-    assert out.returncode == 0, out.stderr[-2000:]
-    summary = json.loads(out.stdout.strip().splitlines()[-1])
+def test_the_command_writes_a_report_and_the_config_that_repeats_it(tmp_path, broken_toy,
+                                                                     capsys):
+    from eval.__main__ import main
+
+    assert main(["auto", "--aligned", str(broken_toy), "--seeds", "1", "--steps", "4",
+                 "--out", str(tmp_path / "r"), "--images", str(tmp_path / "i")]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["pairs"] == 18 and (tmp_path / "r" / "report.md").exists()
+    command = (f"python -m eval auto --aligned {broken_toy} --seeds 1 --steps 4 "
+               f"--images {tmp_path / 'i'} --out {tmp_path / 'r'}")  # the fields' order
+    assert f"`{command}`" in (tmp_path / "r" / "report.md").read_text()
+    saved = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
+    assert saved["aligned"] == str(broken_toy) and saved["steps"] == 4
+    shutil.copy(tmp_path / "r" / "config.yaml", tmp_path / "again.yaml")
+    assert main(["auto", "--config", str(tmp_path / "again.yaml"), "--out",
+                 str(tmp_path / "r2")]) == 0
+    again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert again.pop("report") == str(tmp_path / "r2" / "report.md")
+    summary.pop("report")
+    assert again == summary
 
 
 def test_every_scorer_given_is_reported_side_by_side_on_the_same_images(tmp_path, broken_toy):

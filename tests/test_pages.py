@@ -34,7 +34,7 @@ from data.pairs import decode_image
 from data.prompts import Prompt
 from eval.app import build_app, launch_options
 from eval.blind import BlindEval
-from eval.images import Sampling
+from eval.config import Sampling
 from eval.votes import VoteStore
 from tests.helpers import serving
 

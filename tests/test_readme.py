@@ -299,14 +299,15 @@ def _check_gpu(text: str, cwd: Path) -> None:
 
 def _check_parse(text: str) -> None:
     from annotate.serve import build_parser
-    from eval.__main__ import auto_parser, blind_parser
+    from cli.parser import parse_command
+    from eval.config import COMMANDS
     from train.config import resolve
 
     argv = shlex.split(text)
-    programs = {("annotate",): build_parser, ("eval",): blind_parser,
-                ("eval", "auto"): auto_parser}
-    words = tuple(argv[2:4]) if argv[3:4] == ["auto"] else tuple(argv[2:3])
-    args = programs[words]().parse_args(argv[2 + len(words):])
+    if argv[2] == "eval":
+        _, args = parse_command(COMMANDS, argv[3:], "python -m eval", default="blind")
+    else:
+        args = build_parser().parse_args(argv[3:])
     aligned = getattr(args, "aligned", None)
     if aligned:  # what the trainer writes for that preset
         preset = Path(aligned).parent.name
