@@ -13,17 +13,27 @@ from collections.abc import Sequence
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
+from annotate.config import FeedbackConfig, PageConfig  # noqa: E402
+from cli.entry import run_main  # noqa: E402
+from cli.parser import parse_command  # noqa: E402
+
+COMMANDS = {"page": PageConfig, "feedback": FeedbackConfig}
+
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Dispatch a subcommand; the exit status."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["feedback"]:
-        from annotate.feedback import main as feedback
+    """The page, or `feedback`; the exit status."""
 
-        return feedback(argv[1:])
-    from annotate.serve import main as serve
+    def command(argv: list[str]) -> int:
+        name, config = parse_command(COMMANDS, argv, "python -m annotate", default="page")
+        if name == "feedback":
+            from annotate.feedback import feedback
 
-    return serve(argv)
+            return feedback(config)
+        from annotate.serve import serve
+
+        return serve(config)
+
+    return run_main(command, argv)
 
 
 if __name__ == "__main__":

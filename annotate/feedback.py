@@ -17,7 +17,6 @@ Speed comes from batching: the pairs of one prompt are drawn in one pipeline cal
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import itertools
 import json
@@ -28,19 +27,20 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
-from pathlib import Path
-from typing import NoReturn
 
-from cli.errors import UserError, report_user_error
+from annotate.config import FeedbackConfig
+from cli.entry import INTERRUPTED
+from cli.errors import UserError
 from data.pairs import decode_image, encode_jpeg
 from data.prompts import read_prompts
-from data.store import DEFAULT_DB, Store, Vote
+from data.store import Store, Vote
 from models.errors import ModelError
-from models.generate import PairVariety, generate
+from models.generate import generate
 from models.loading import LoadedModel
 from models.scorers import Scorer, checked_scores
 from models.threads import use_free_cores
 from models.toy import TOY_NAME, TOY_NAMES
+from models.variety import PairVariety
 
 _UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "diffusion-dpo-loop/annotate/feedback")
 
@@ -78,14 +78,8 @@ class FeedbackRun:
             (self.pairs >= 1, "--pairs must be at least 1"),
             (self.per_prompt >= 1, "--per-prompt must be at least 1"),
             (self.batch >= 1, "--batch must be at least 1"),
-            (self.variety.steps >= 1, "--steps must be at least 1"),
             (self.tie_margin >= 0, "--tie-margin must be 0 or more"),
         ]
-        if self.variety.guidance_range is not None:
-            low, high = self.variety.guidance_range
-            checks.append(
-                (1 < low <= high, "--guidance-range LOW HIGH needs 1 < LOW <= HIGH")
-            )
         for ok, message in checks:
             if not ok:
                 raise FeedbackError(message)
@@ -309,82 +303,13 @@ def collect(
 # -- command line --------------------------------------------------------------
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a bad flag is a FeedbackError: one line on stderr, exit status 1."""
-
-    def error(self, message: str) -> NoReturn:
-        raise FeedbackError(f"{message} (see {self.prog} --help)")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="python -m annotate feedback",
-        description="Generate image pairs with a model, let a scorer prefer one image of "
-        "each pair, and record the pairs as votes (source ai:<scorer>) in the preference "
-        "store. Resumable: run the same command again to continue, or with a larger "
-        "--pairs to add more.",
-    )
-    parser.add_argument("--model", default=TOY_NAME, metavar="NAME",
-                        help="model name: toy, a Hub id, a local pipeline or LoRA folder "
-                        "(%(default)s)")
-    parser.add_argument("--prompts", type=Path, metavar="FILE",
-                        help="one prompt per line (blank and # lines skipped), or a CSV "
-                        "with a 'prompt' column; prompts cycle in order (default for the "
-                        "toy model: its 18 captions; required for other models)")
-    parser.add_argument("--scorer", default="toy_judge", metavar="NAME",
-                        help="toy_judge, pickscore, clip, aesthetic, hpsv2, or "
-                        "module:callable for your own score(prompts, images) (%(default)s)")
-    parser.add_argument("--scorer-model", metavar="NAME_OR_PATH",
-                        help="weights for a CLIP-based scorer instead of its default")
-    parser.add_argument("--scorer-processor", metavar="NAME_OR_PATH",
-                        help="processor for a CLIP-based scorer instead of its default")
-    parser.add_argument("--scorer-weights", metavar="FILE",
-                        help="the aesthetic predictor's weights file")
-    parser.add_argument("--pairs", type=int, default=1000, metavar="N",
-                        help="total pairs this run should hold; pairs already stored "
-                        "count (%(default)s)")
-    parser.add_argument("--db", type=Path, default=DEFAULT_DB, metavar="PATH",
-                        help="store file (%(default)s)")
-    parser.add_argument("--seed", type=int, default=0, metavar="N",
-                        help="seeds and guidance of pair i follow from this and i "
-                        "(%(default)s)")
-    guidance = parser.add_mutually_exclusive_group()
-    guidance.add_argument("--guidance", type=float, default=7.5, metavar="G",
-                          help="guidance scale of both images (%(default)s)")
-    guidance.add_argument("--guidance-range", type=float, nargs=2, metavar=("LOW", "HIGH"),
-                          help="draw each image's guidance uniformly from LOW..HIGH "
-                          "(Pick-a-Pic drew 3..12)")
-    parser.add_argument("--steps", type=int, default=20, metavar="N",
-                        help="sampling steps (%(default)s)")
-    parser.add_argument("--per-prompt", type=int, default=1, metavar="K",
-                        help="pairs for each prompt before the next one (%(default)s)")
-    parser.add_argument("--tie-margin", type=float, default=0.0, metavar="M",
-                        help="record a tie when the two scores differ by M or less "
-                        "(%(default)s; docs/AI_FEEDBACK.md suggests a value per scorer)")
-    parser.add_argument("--batch", type=int, default=16, metavar="B",
-                        help="pairs of one prompt per pipeline call, 2B images; only "
-                        "speed and memory depend on it (%(default)s)")
-    parser.add_argument("--threads", type=int, metavar="N",
-                        help="CPU threads for torch (default: one per core that other work "
-                        "leaves free; more threads than free cores run several times slower)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return parser
-
-
-def run_from_args(args: argparse.Namespace) -> FeedbackRun:
-    prompts = read_prompts(args.prompts) if args.prompts else default_prompts(args.model)
-    options = {"model": args.scorer_model, "processor": args.scorer_processor,
-               "weights": args.scorer_weights}
-    variety = PairVariety(
-        guidance=args.guidance,
-        guidance_range=tuple(args.guidance_range) if args.guidance_range else None,
-        steps=args.steps,
-    )
+def run_from_config(config: FeedbackConfig) -> FeedbackRun:
+    prompts = read_prompts(config.prompts) if config.prompts else default_prompts(config.model)
     return FeedbackRun(
-        prompts=tuple(prompts), model=args.model, scorer=args.scorer, pairs=args.pairs,
-        seed=args.seed, variety=variety, per_prompt=args.per_prompt,
-        tie_margin=args.tie_margin, batch=args.batch,
-        scorer_options=tuple((k, v) for k, v in options.items() if v is not None),
+        prompts=tuple(prompts), model=config.model, scorer=config.scorer, pairs=config.pairs,
+        seed=config.seed, variety=config.variety(), per_prompt=config.per_prompt,
+        tie_margin=config.tie_margin, batch=config.batch,
+        scorer_options=tuple(config.scorer_options().items()),
     )
 
 
@@ -401,33 +326,28 @@ def load_scorer(run: FeedbackRun, device: str) -> Scorer:
                          f"{error}") from None
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """The subcommand: 0 when done, 1 with one line on stderr, 130 when interrupted."""
-    try:
-        args = build_parser().parse_args(argv)
-        from models.loading import default_device_and_dtype, load
+def feedback(config: FeedbackConfig) -> int:
+    """The command: 0 when done, 130 when interrupted (what was added is kept)."""
+    from models.loading import default_device_and_dtype, load
 
-        run = run_from_args(args)
-        if args.threads is not None and args.threads < 1:
-            raise FeedbackError("--threads must be at least 1")
-        if (chosen := use_free_cores(args.threads, how="--threads N")):
-            print(chosen, file=sys.stderr)
-        device = default_device_and_dtype()[0]
+    run = run_from_config(config)
+    if (chosen := use_free_cores(config.threads, how="--threads N")):
+        print(chosen, file=sys.stderr)
+    device = default_device_and_dtype()[0]
+    try:
         scorer = load_scorer(run, device)
-        with Store(args.db) as store:
+        with Store(config.db) as store:
             counts = collect(
-                run, store, scorer, lambda: load(run.model), progress=not args.no_progress,
+                run, store, scorer, lambda: load(run.model), progress=not config.no_progress,
                 announce=lambda line: print(line, file=sys.stderr),
             )
-    except UserError as error:
-        return report_user_error(error)
     except KeyboardInterrupt:
         print("interrupted before any pair was made", file=sys.stderr)
-        return 130
-    summary = {"source": run.source, "db": str(args.db), "run": run.key, **counts.summary()}
+        raise
+    summary = {"source": run.source, "db": str(config.db), "run": run.key, **counts.summary()}
     print(json.dumps(summary))
     if counts.interrupted:
         print(f"interrupted: {counts.added} pairs added; run the same command to continue",
               file=sys.stderr)
-        return 130
+        return INTERRUPTED
     return 0

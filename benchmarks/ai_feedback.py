@@ -35,11 +35,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from annotate.feedback import FeedbackRun, collect  # noqa: E402
 from data.pairs import decode_image  # noqa: E402
 from data.store import Store  # noqa: E402
-from models.generate import PairVariety  # noqa: E402
 from models.loading import load  # noqa: E402
 from models.toy import TOY_NAME  # noqa: E402
 from models.toy.judge import score as judge  # noqa: E402
 from models.toy.shapes import all_captions  # noqa: E402
+from models.variety import PairVariety  # noqa: E402
 
 PASS = 0.5  # a judge score above this: colour and shape more likely right than not
 

@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from playwright.async_api import async_playwright  # noqa: E402
 
-from annotate.serve import AppConfig, open_app  # noqa: E402
-from models.generate import PairVariety  # noqa: E402
+from annotate.config import PageConfig
+from annotate.serve import open_app  # noqa: E402
 from models.toy.shapes import all_captions  # noqa: E402
 
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -90,8 +90,8 @@ def main() -> None:
     for buffer in args.buffers:
         for annotators in args.annotators:
             with tempfile.TemporaryDirectory() as folder:
-                server = open_app(AppConfig(db=Path(folder) / "prefs.duckdb", buffer=buffer,
-                                            variety=PairVariety(steps=args.steps), seed=0))
+                server = open_app(PageConfig(db=Path(folder) / "prefs.duckdb", buffer=buffer,
+                                            steps=args.steps, seed=0))
                 server.demo.launch(server_name="127.0.0.1", prevent_thread_lock=True,
                                    quiet=True)
                 try:

@@ -183,8 +183,8 @@ def simulate(out: Path, votes: int, steps: int = 20, overlap: int = 3,
              quick_look: float = 0.6, honest_noise: float = 0.1, tie_margin: float = 0.1,
              seed: int = 0) -> dict:
     """Run the crowd on a fresh store in `out`; the store's path, timings and errors."""
-    from annotate.serve import AppConfig, open_app
-    from models.generate import PairVariety
+    from annotate.config import PageConfig
+    from annotate.serve import open_app
 
     out.mkdir(parents=True, exist_ok=True)
     db = out / "crowd.duckdb"
@@ -193,8 +193,8 @@ def simulate(out: Path, votes: int, steps: int = 20, overlap: int = 3,
     logins = out / "logins.txt"
     logins.write_text("".join(f"{name}:{PASSWORD}\n" for name, _ in CROWD))
     gold = write_gold(out / "gold", steps=steps)
-    server = open_app(AppConfig(
-        db=db, auth=logins, gold=gold, gold_rate=gold_rate, variety=PairVariety(steps=steps),
+    server = open_app(PageConfig(
+        db=db, auth=logins, gold=gold, gold_rate=gold_rate, steps=steps,
         seed=seed, queue=len(CROWD) + 4, overlap=overlap, overlap_share=overlap_share))
     port = free_port()
     server.demo.launch(server_name="127.0.0.1", server_port=port, auth=server.logins,

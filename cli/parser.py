@@ -19,13 +19,17 @@ module adds:
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import difflib
 import json
 import re
 import shlex
+import types
+import typing
 from collections.abc import Sequence
 from pathlib import Path
+from types import MappingProxyType
 from typing import TypeVar
 
 import yaml
@@ -72,22 +76,36 @@ class CommandParser(HfArgumentParser):
 
     @staticmethod
     def _parse_dataclass_field(parser: argparse.ArgumentParser, field: dataclasses.Field):
-        if not field.metadata.get("positional"):
-            known = len(parser._actions)
-            HfArgumentParser._parse_dataclass_field(parser, field)
-            for action in parser._actions[known:]:  # dashes first, as the docs write flags
-                action.option_strings.sort(key=lambda option: "_" in option)
-                if action.nargs == "?" and action.const is True:
-                    action.metavar = "true|false"
-            return None
-        many = "+" if getattr(field.type, "__origin__", None) is list else None
-        kind = field.type.__args__[0] if many else field.type
-        optional = field.default is not dataclasses.MISSING or (
-            field.default_factory is not dataclasses.MISSING)
-        nargs = ("*" if many else "?") if optional else many
-        parser.add_argument(field.name, type=kind, nargs=nargs, help=field.metadata.get("help"),
-                            metavar=field.metadata.get("metavar", field.name.upper()),
-                            default=_default(field) if optional else None)
+        kind, many = _item_type(field.type)
+        help_text = field.metadata.get("help")
+        if field.metadata.get("positional"):
+            optional = field.default is not dataclasses.MISSING or (
+                field.default_factory is not dataclasses.MISSING)
+            nargs = ("*" if many else "?") if optional else ("+" if many else None)
+            parser.add_argument(field.name, type=kind, nargs=nargs, help=help_text,
+                                metavar=field.metadata.get("metavar", field.name.upper()),
+                                default=_default(field) if optional else None)
+            return
+        options = sorted({f"--{field.name.replace('_', '-')}", f"--{field.name}"},
+                         key=lambda option: "_" in option)  # dashes first, as docs write them
+        if field.metadata.get("repeat"):  # `--model A --model B` (or `--model A B`)
+            parser.add_argument(*options, action="extend", nargs="+", type=kind, default=None,
+                                help=help_text, metavar=field.metadata.get("metavar"))
+            return
+        after = {key: field.metadata[key] for key in ("nargs", "metavar")
+                 if key in field.metadata}
+        if after:  # set once the library made the flag: it would refuse them with a list
+            field = copy.copy(field)
+            field.metadata = MappingProxyType(
+                {k: v for k, v in field.metadata.items() if k not in after})
+        known = len(parser._actions)
+        HfArgumentParser._parse_dataclass_field(parser, field)
+        for action in parser._actions[known:]:
+            action.option_strings.sort(key=lambda option: "_" in option)
+            if action.nargs == "?" and action.const is True:
+                action.metavar = "true|false"
+            for key, value in after.items():
+                setattr(action, key, value)
 
     def error(self, message: str):
         unknown = re.match(r"unrecognized arguments: (-\S+)", message)
@@ -133,6 +151,16 @@ class CommandParser(HfArgumentParser):
                 action.required = False
                 if not action.option_strings and action.nargs in ("+", None):
                     action.nargs = "*" if action.nargs == "+" else "?"
+
+
+def _item_type(annotation) -> tuple[type, bool]:
+    """(the type of one value, whether the field holds a list) of `list[int] | None` and
+    the like."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    if typing.get_origin(annotation) is list:
+        return typing.get_args(annotation)[0], True
+    return annotation, False
 
 
 def _doc(config_class: type) -> str | None:

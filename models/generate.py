@@ -25,6 +25,7 @@ from PIL import Image
 from data.store import ImageRecord
 from models.errors import ModelError
 from models.loading import LoadedModel
+from models.variety import PairVariety
 
 
 @dataclass(frozen=True)
@@ -51,27 +52,6 @@ class GeneratedImage:
             width=self.width, height=self.height, gen_ms=self.gen_ms,
             model_round=self.model_round,
         )
-
-
-@dataclass(frozen=True)
-class PairVariety:
-    """How the two images of a pair differ.
-
-    Seeds always differ (drawn from `rng` unless given). Guidance is `guidance` for both,
-    or, with `guidance_range`, drawn per image uniformly from it (Pick-a-Pic drew
-    U(3, 12)). Two models in `generate_pair` make the third kind of variety.
-    """
-
-    guidance: float = 7.5
-    guidance_range: tuple[float, float] | None = None
-    steps: int = 20
-
-    def draw(self, rng: random.Random) -> tuple[list[int], list[float]]:
-        seeds = [rng.randrange(2**31), rng.randrange(2**31)]
-        if self.guidance_range is None:
-            return seeds, [self.guidance, self.guidance]
-        low, high = self.guidance_range
-        return seeds, [round(rng.uniform(low, high), 2), round(rng.uniform(low, high), 2)]
 
 
 @contextmanager
@@ -162,7 +142,7 @@ def generate(
 def generate_pair(
     models: LoadedModel | Sequence[LoadedModel],
     prompt: str,
-    variety: PairVariety = PairVariety(),
+    variety: PairVariety | None = None,
     rng: random.Random | None = None,
     seeds: Sequence[int] | None = None,
     on_step: Callable[[int, int], None] | None = None,
@@ -171,7 +151,7 @@ def generate_pair(
 
     `on_step(done, total)` reports progress over the whole pair.
     """
-    rng = rng or random.Random()
+    rng, variety = rng or random.Random(), variety or PairVariety()
     drawn_seeds, guidance = variety.draw(rng)
     seeds = list(seeds) if seeds is not None else drawn_seeds
     if isinstance(models, LoadedModel):

@@ -32,9 +32,10 @@ LOADED = """selector => [...document.querySelectorAll(selector)]
 
 
 def annotate_page(browser, folder: Path, out: Path) -> None:
-    from annotate.serve import AppConfig, open_app
+    from annotate.config import PageConfig
+    from annotate.serve import open_app
 
-    server = open_app(AppConfig(db=folder / "prefs.duckdb", seed=0, buffer=0))
+    server = open_app(PageConfig(db=folder / "prefs.duckdb", seed=0, buffer=0))
     try:
         server.demo.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True)
         page = browser.new_page(viewport=VIEWPORT, device_scale_factor=1)
@@ -54,11 +55,12 @@ def annotate_page(browser, folder: Path, out: Path) -> None:
 
 
 def campaign_page(browser, folder: Path, store: Path, out: Path) -> None:
-    from annotate.serve import AppConfig, open_app
+    from annotate.config import PageConfig
+    from annotate.serve import open_app
 
     db = folder / "campaign.duckdb"
     shutil.copy(store, db)
-    server = open_app(AppConfig(db=db, buffer=0))
+    server = open_app(PageConfig(db=db, buffer=0))
     try:
         server.demo.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True)
         page = browser.new_page(viewport=VIEWPORT, device_scale_factor=1)

@@ -33,8 +33,9 @@ from data.errors import DataError
 from data.pages import read_logins
 from data.stats import format_stats, store_stats
 from data.store import Store
-from models.generate import GeneratedImage, PairVariety, generate_pair
+from models.generate import GeneratedImage, generate_pair
 from models.loading import load
+from models.variety import PairVariety
 from tests.helpers import fill_disk, small_filesystem
 
 RED = "a red circle on a white background"
@@ -541,8 +542,9 @@ def test_a_bad_gold_file_names_the_line(tmp_path):
 
 def test_prompts_over_the_cap_in_the_owner_s_files_are_refused_and_never_voted(
         collector, tmp_path):
+    from annotate.config import PageConfig
     from annotate.gold import GoldPair
-    from annotate.serve import AppConfig, ServeError, open_app
+    from annotate.serve import ServeError, open_app
 
     long = "a red circle " * 200  # 2,600 characters (2,599 as a prompt-set line, stripped)
     path = write_gold(tmp_path)
@@ -553,7 +555,7 @@ def test_prompts_over_the_cap_in_the_owner_s_files_are_refused_and_never_voted(
         read_gold(path)
     (tmp_path / "prompts.txt").write_text(f"a red circle\n{long}\n")
     with pytest.raises(ServeError, match="prompts.txt holds a prompt of 2,599 characters"):
-        open_app(AppConfig(db=tmp_path / "new.duckdb", prompts=tmp_path / "prompts.txt"))
+        open_app(PageConfig(db=tmp_path / "new.duckdb", prompts=tmp_path / "prompts.txt"))
     assert not (tmp_path / "new.duckdb").exists()
     # a round whose prompt never passed the screening is not voted on either
     [gold] = read_gold(write_gold(tmp_path))

@@ -18,12 +18,12 @@ import pytest
 from gradio_client import Client
 from PIL import Image
 
+from annotate.config import PageConfig
 from annotate.rounds import MIN_DISPLAY_MS
-from annotate.serve import AppConfig, open_app
+from annotate.serve import open_app
 from data.pages import free_port
 from data.pairs import decode_image
 from data.store import Store, stable_id
-from models.generate import PairVariety
 from tests.helpers import fill_disk, serving, small_filesystem
 
 RED = "a red circle on a white background"
@@ -34,7 +34,7 @@ MIN_DISPLAY_S = MIN_DISPLAY_MS / 1000 + 0.05
 def app(tmp_path_factory):
     """The page on the toy model (2 steps: only the plumbing is under test here)."""
     folder = tmp_path_factory.mktemp("annotate")
-    server = open_app(AppConfig(db=folder / "prefs.duckdb", variety=PairVariety(steps=2),
+    server = open_app(PageConfig(db=folder / "prefs.duckdb", steps=2,
                                 seed=0, buffer=2, queue=16))
     with serving(server.demo) as url:
         yield server, url
@@ -214,7 +214,7 @@ def test_a_second_tab_cannot_take_one_annotator_past_the_daily_cap(tmp_path):
     """Cap 2. A second tab's Generate is let through at 1 vote of 2; the last allowed vote
     lands while that pair is being made; the vote on the pair it then gets is refused with
     the cap's line, and the store holds 2 votes."""
-    server = open_app(AppConfig(db=tmp_path / "prefs.duckdb", variety=PairVariety(steps=20),
+    server = open_app(PageConfig(db=tmp_path / "prefs.duckdb", steps=20,
                                 daily_cap=2, buffer=0, min_display_ms=0, seed=0))
     try:
         with serving(server.demo) as url:
@@ -261,7 +261,7 @@ def test_one_image_shown_to_six_annotators_at_once_reaches_each_of_them_whole(tm
     Image.new("RGB", (32, 32), (0, 0, 0)).save(tmp_path / "black.png")
     (tmp_path / "gold.jsonl").write_text(
         '{"prompt": "gold", "better": "shade.png", "worse": "black.png"}\n')
-    server = open_app(AppConfig(db=tmp_path / "prefs.duckdb", variety=PairVariety(steps=2),
+    server = open_app(PageConfig(db=tmp_path / "prefs.duckdb", steps=2,
                                 gold=tmp_path / "gold.jsonl", gold_rate=1.0, buffer=0,
                                 queue=8))
     served, errors = [], []
@@ -326,8 +326,8 @@ def test_a_rounds_run_folder_serves_its_newest_round_and_each_image_names_it(tmp
         shutil.copytree(TOY_DIR, model_of(plan, run, k))
         mark_round(plan, run, k)
     newest = str(Path(model_of(plan, run, 2)).resolve())
-    server = open_app(AppConfig(models=[str(run)], db=tmp_path / "prefs.duckdb",
-                                variety=PairVariety(steps=2), buffer=0))
+    server = open_app(PageConfig(model=[str(run)], db=tmp_path / "prefs.duckdb",
+                                steps=2, buffer=0))
     try:
         assert server.models == [f"{newest} (round 2)"]
         with serving(server.demo) as url:
@@ -347,7 +347,7 @@ def guarded(tmp_path_factory):
     folder = tmp_path_factory.mktemp("annotate-auth")
     logins = folder / "logins.txt"
     logins.write_text("alice:wonderland\nbob:builder\n")
-    server = open_app(AppConfig(db=folder / "prefs.duckdb", variety=PairVariety(steps=2),
+    server = open_app(PageConfig(db=folder / "prefs.duckdb", steps=2,
                                 auth=logins, buffer=0))
     with serving(server.demo, auth=server.logins) as url:
         yield server, url
@@ -412,7 +412,7 @@ def call(url: str, endpoint: str, data: list, timeout: float) -> tuple[str, floa
 def test_a_burst_of_generate_calls_is_answered_and_leaves_the_page_and_votes_fast(tmp_path):
     queue = 2
     # enough steps that the pairs in progress and waiting outlast the burst's busy answers
-    server = open_app(AppConfig(db=tmp_path / "prefs.duckdb", variety=PairVariety(steps=200),
+    server = open_app(PageConfig(db=tmp_path / "prefs.duckdb", steps=200,
                                 buffer=0, queue=queue, seed=0))
     try:
         with serving(server.demo) as url:
@@ -508,7 +508,7 @@ def test_sigterm_stops_the_command_at_once(tmp_path):
 
 def test_a_full_disk_shows_one_line_and_keeps_the_pair_for_the_same_vote(browser, tmp_path):
     with small_filesystem(tmp_path / "tiny") as disk:
-        server = open_app(AppConfig(db=disk / "prefs.duckdb", variety=PairVariety(steps=2),
+        server = open_app(PageConfig(db=disk / "prefs.duckdb", steps=2,
                                     buffer=0, seed=0))
         try:
             with serving(server.demo) as url:

@@ -27,17 +27,16 @@ def test_the_vote_outcomes_are_the_stores_and_its_check_constraint(tmp_path):
 
 
 def test_the_toy_models_name_is_defined_once_and_costs_no_torch_import():
-    from annotate.feedback import build_parser as feedback_parser
-    from annotate.serve import AppConfig
+    from annotate.config import FeedbackConfig, PageConfig
     from eval.config import BlindConfig
     from models.loading import TOY_NAME as LOADING_NAME
     from models.toy import TOY_NAME
     from train.config import TrainConfig
 
     assert LOADING_NAME is TOY_NAME
-    assert feedback_parser().parse_args([]).model == TOY_NAME
+    assert FeedbackConfig().model == TOY_NAME
     assert BlindConfig().base == TOY_NAME
-    assert AppConfig().models == [TOY_NAME] and TrainConfig().model == TOY_NAME
+    assert PageConfig().models == [TOY_NAME] and TrainConfig().model == TOY_NAME
     # The default is importable by commands that must start fast (eval report, --help).
     probe = "import sys, models.toy, models.errors; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)

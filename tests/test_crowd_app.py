@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from annotate.serve import AppConfig, open_app
+from annotate.config import PageConfig
+from annotate.serve import open_app
 from data.pairs import decode_image
 from data.stats import format_stats, store_stats
 from data.store import stable_id
-from models.generate import PairVariety
 from tests.helpers import serving
 
 PROMPTS = ["a red circle", "a blue square"]
@@ -38,8 +38,8 @@ def campaign(tmp_path_factory):
     Image.new("RGB", (32, 32), BLACK).save(folder / "black.png")
     (folder / "gold.jsonl").write_text(
         f'{{"prompt": "{GOLD_PROMPT}", "better": "green.png", "worse": "black.png"}}\n')
-    server = open_app(AppConfig(
-        db=folder / "prefs.duckdb", variety=PairVariety(steps=2), auth=folder / "logins.txt",
+    server = open_app(PageConfig(
+        db=folder / "prefs.duckdb", steps=2, auth=folder / "logins.txt",
         prompts=folder / "prompts.txt", gold=folder / "gold.jsonl", gold_rate=0.4, seed=3,
         buffer=0, overlap=3, overlap_share=1.0))
     with serving(server.demo, auth=server.logins) as url:
@@ -166,7 +166,7 @@ def test_three_annotators_on_shared_pairs_and_the_campaign_page(browser, campaig
 def test_the_three_questions_through_the_page_api(tmp_path):
     from gradio_client import Client
 
-    server = open_app(AppConfig(db=tmp_path / "prefs.duckdb", variety=PairVariety(steps=2),
+    server = open_app(PageConfig(db=tmp_path / "prefs.duckdb", steps=2,
                                 buffer=0, questions=3, min_display_ms=0))
     with serving(server.demo) as url:
         client = Client(url, verbose=False)
@@ -223,7 +223,7 @@ def test_names_holding_markup_are_shown_as_text_on_the_campaign_page(browser, tm
         for name in names:  # flagged: ten votes each, each a quick look
             for k in range(10):
                 record(store, f"prompt {k}", "left", user=name, dwell_ms=100)
-    server = open_app(AppConfig(db=tmp_path / "prefs.duckdb", variety=PairVariety(steps=2),
+    server = open_app(PageConfig(db=tmp_path / "prefs.duckdb", steps=2,
                                 buffer=0))
     try:
         with serving(server.demo) as url:

@@ -17,13 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from annotate.feedback import (
-    FeedbackRun,
-    image_uid,
-    main,
-    outcome,
-    plan_batches,
-)
+from annotate.__main__ import main as annotate_main
+from annotate.feedback import FeedbackRun, image_uid, outcome, plan_batches
 from data.pairs import decode_image
 from data.store import Store
 from models.toy.judge import score as judge
@@ -33,6 +28,11 @@ REPO = Path(__file__).resolve().parents[1]
 # One torch thread: the dev machine is shared, and two threads competing with another
 # torch job for two cores run about ten times slower than one.
 FAST = ["--steps", "2", "--threads", "1", "--no-progress"]
+
+
+def main(argv: list[str]) -> int:
+    """`python -m annotate feedback ARGV`, in this process."""
+    return annotate_main(["feedback", *argv])
 
 
 def feedback(*args: str) -> subprocess.CompletedProcess:
@@ -199,7 +199,7 @@ def test_a_store_held_by_another_process_is_one_line_and_exit_1(tmp_path):
         (["--pairs", "0"], "--pairs must be at least 1"),
         (["--pairs", "many"], "invalid int value"),
         (["--guidance-range", "0.5", "12"], "1 < LOW <= HIGH"),
-        (["--guidance", "5", "--guidance-range", "3", "12"], "not allowed with"),
+        (["--guidance", "5", "--guidance-range", "3", "12"], "not both"),
     ],
 )
 def test_bad_inputs_are_one_line_errors_with_exit_1(tmp_path, capsys, args, says):

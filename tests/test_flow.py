@@ -230,13 +230,13 @@ def test_the_annotate_page_collects_sd3_pairs_unchanged(tiny_sd3_dir, tmp_path):
 
     from gradio_client import Client
 
+    from annotate.config import PageConfig
     from annotate.rounds import MIN_DISPLAY_MS
-    from annotate.serve import AppConfig, open_app
-    from models.generate import PairVariety
+    from annotate.serve import open_app
     from tests.helpers import serving
 
-    server = open_app(AppConfig(models=[str(tiny_sd3_dir)], db=tmp_path / "prefs.duckdb",
-                                variety=PairVariety(steps=2, guidance_range=(3.0, 7.0)),
+    server = open_app(PageConfig(model=[str(tiny_sd3_dir)], db=tmp_path / "prefs.duckdb",
+                                steps=2, guidance_range=[3.0, 7.0],
                                 buffer=0))
     try:
         with serving(server.demo) as url:

@@ -259,11 +259,11 @@ def no_error_badge(page, *selectors: str) -> None:
 
 @pytest.fixture(scope="module")
 def annotate_app(tmp_path_factory):
-    from annotate.serve import AppConfig, open_app
-    from models.generate import PairVariety
+    from annotate.config import PageConfig
+    from annotate.serve import open_app
 
     folder = tmp_path_factory.mktemp("pages-annotate")
-    server = open_app(AppConfig(db=folder / "prefs.duckdb", variety=PairVariety(steps=2),
+    server = open_app(PageConfig(db=folder / "prefs.duckdb", steps=2,
                                 seed=0, buffer=0))
     with serving(server.demo) as url:
         yield server, url

@@ -298,16 +298,14 @@ def _check_gpu(text: str, cwd: Path) -> None:
 
 
 def _check_parse(text: str) -> None:
-    from annotate.serve import build_parser
+    from annotate.__main__ import COMMANDS as ANNOTATE
     from cli.parser import parse_command
-    from eval.config import COMMANDS
+    from eval.config import COMMANDS as EVAL
     from train.config import resolve
 
     argv = shlex.split(text)
-    if argv[2] == "eval":
-        _, args = parse_command(COMMANDS, argv[3:], "python -m eval", default="blind")
-    else:
-        args = build_parser().parse_args(argv[3:])
+    commands, default = (EVAL, "blind") if argv[2] == "eval" else (ANNOTATE, "page")
+    _, args = parse_command(commands, argv[3:], f"python -m {argv[2]}", default=default)
     aligned = getattr(args, "aligned", None)
     if aligned:  # what the trainer writes for that preset
         preset = Path(aligned).parent.name

@@ -145,12 +145,13 @@ def test_every_prompt_offered_for_the_toy_is_read_whole(tmp_path):
 
     from transformers import CLIPTokenizer
 
+    from annotate.config import PageConfig
     from annotate.screening import token_counter
-    from annotate.serve import AppConfig, open_app
+    from annotate.serve import open_app
     from models.toy.shapes import all_captions
     from train.presets import PRESETS
 
-    server = open_app(AppConfig(db=tmp_path / "prefs.duckdb", buffer=0))
+    server = open_app(PageConfig(db=tmp_path / "prefs.duckdb", buffer=0))
     try:
         [placeholder] = [block.placeholder for block in server.demo.blocks.values()
                          if getattr(block, "elem_id", None) == "prompt"]

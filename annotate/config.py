@@ -1,0 +1,135 @@
+"""What `python -m annotate` (the page) and `python -m annotate feedback` take: a frozen
+dataclass each, on top of the pair settings they share (`PairVariety`); flags,
+`--config FILE` and the checks come from these fields (cli/parser.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from annotate.rounds import MIN_DISPLAY_MS
+from cli.errors import UsageError
+from cli.parser import setting
+from data.pages import PORT_HELP
+from data.store import DEFAULT_DB
+from models.toy import TOY_NAME
+from models.variety import PairVariety
+
+_STORE_HELP = "store file"
+
+
+@dataclass(frozen=True)
+class PageConfig(PairVariety):
+    """The preference-collection page: two images per prompt, the annotator picks one,
+    and each vote is stored in the Pick-a-Pic format. `python -m annotate feedback
+    --help`: the headless AI-feedback command."""
+
+    model: list[str] | None = setting(
+        "model: toy, a Hub id, a local pipeline or LoRA folder, or a `python -m rounds` run "
+        "folder (its newest round's model); give it twice to compare two models (default: "
+        "toy)", None, repeat=True, metavar="NAME")
+    db: Path = setting(_STORE_HELP, DEFAULT_DB, metavar="PATH")
+    host: str = setting("address to serve on (0.0.0.0 opens it to the network: use --auth "
+                        "then)", "127.0.0.1")
+    port: int | None = setting(PORT_HELP, None)
+    prompts: Path | None = setting(
+        "prompt set for Auto mode and 'Prompt from the set': one per line, or CSV/TSV with a "
+        "prompt column (default for toy: its 18 captions)", None, metavar="FILE")
+    auth: Path | None = setting("require a login: one user:password per line; the user id "
+                                "then comes from the login only", None, metavar="FILE")
+    gold: Path | None = setting("gold pairs, JSON Lines {prompt, better, worse} "
+                                "(docs/ANNOTATE.md)", None, metavar="FILE")
+    gold_rate: float = setting("share of rounds that show a gold pair", 0.05, metavar="R")
+    daily_cap: int | None = setting("votes per annotator per day (UTC); no cap by default",
+                                    None, metavar="N")
+    blocklist: Path | None = setting("words or phrases that must not be generated, one per "
+                                     "line", None, metavar="FILE")
+    seed: int | None = setting("seed of the pair seeds and sides, for a reproducible session",
+                               None, metavar="N")
+    buffer: int = setting("pairs made ahead per prompt source (0: none)", 3, metavar="N")
+    queue: int = setting("people who may wait for a pair at once; more are told the "
+                         "generator is busy and to try again", 8, metavar="N")
+    overlap: int = setting("show each shared pair to K different annotators (1: no "
+                           "sharing); see --overlap-share", 1, metavar="K")
+    overlap_share: float = setting(
+        "share of the prompt set's new pairs that are shared (0..1); a prompt-set round "
+        "offers a shared pair that still needs votes first", 0.0, metavar="S")
+    questions: int = setting("ask the general preference alone (1) or also visual appeal and "
+                             "prompt alignment (3), the paper's three questions", 1,
+                             choices=[1, 3])
+    owner: list[str] | None = setting(
+        "a login that may see the campaign page (/campaign); give it again for more "
+        "(default with --auth: the first login in the file)", None, repeat=True,
+        metavar="USER")
+    min_display_ms: int = setting("a pair is shown this long before its vote buttons work and "
+                                  "a vote on it counts", MIN_DISPLAY_MS, metavar="MS")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        checks = [
+            (1 <= len(self.models) <= 2, "give one --model, or two to compare them"),
+            (0 <= self.gold_rate <= 1, "--gold-rate is a share of rounds between 0 and 1"),
+            (self.buffer >= 0, "--buffer must be 0 or more"),
+            (self.queue >= 1, "--queue must be at least 1"),
+            (self.min_display_ms >= 0, "--min-display-ms must be 0 or more"),
+            (self.overlap >= 1, "--overlap is the annotators per shared pair: 1 or more"),
+            (0 <= self.overlap_share <= 1,
+             "--overlap-share is a share of the prompt set's pairs between 0 and 1"),
+            (not self.owner or self.auth is not None,
+             "--owner names a login: give --auth too (without it the campaign page is open "
+             "to everyone who can reach the server)"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UsageError(message)
+
+    @property
+    def models(self) -> list[str]:
+        return self.model or [TOY_NAME]
+
+
+@dataclass(frozen=True)
+class FeedbackConfig(PairVariety):
+    """Generate image pairs with a model, let a scorer prefer one image of each pair, and
+    record the pairs as votes (source ai:<scorer>) in the preference store. Resumable: run
+    the same command again to continue, or with a larger --pairs to add more."""
+
+    model: str = setting("model name: toy, a Hub id, a local pipeline or LoRA folder",
+                         TOY_NAME, metavar="NAME")
+    prompts: Path | None = setting(
+        "one prompt per line (blank and # lines skipped), or a CSV with a 'prompt' column; "
+        "prompts cycle in order (default for the toy model: its 18 captions; required for "
+        "other models)", None, metavar="FILE")
+    scorer: str = setting("toy_judge, pickscore, clip, aesthetic, hpsv2, or module:callable "
+                          "for your own score(prompts, images)", "toy_judge", metavar="NAME")
+    scorer_model: str | None = setting("weights for a CLIP-based scorer instead of its "
+                                       "default", None, metavar="NAME_OR_PATH")
+    scorer_processor: str | None = setting("processor for a CLIP-based scorer instead of its "
+                                           "default", None, metavar="NAME_OR_PATH")
+    scorer_weights: str | None = setting("the aesthetic predictor's weights file", None,
+                                         metavar="FILE")
+    pairs: int = setting("total pairs this run should hold; pairs already stored count",
+                         1000, metavar="N")
+    db: Path = setting(_STORE_HELP, DEFAULT_DB, metavar="PATH")
+    seed: int = setting("seeds and guidance of pair i follow from this and i", 0, metavar="N")
+    per_prompt: int = setting("pairs for each prompt before the next one", 1, metavar="K")
+    tie_margin: float = setting("record a tie when the two scores differ by M or less "
+                                "(docs/AI_FEEDBACK.md suggests a value per scorer)", 0.0,
+                                metavar="M")
+    batch: int = setting("pairs of one prompt per pipeline call, 2B images; only speed and "
+                         "memory depend on it", 16, metavar="B")
+    threads: int | None = setting(
+        "CPU threads for torch (default: one per core that other work leaves free; more "
+        "threads than free cores run several times slower)", None, metavar="N")
+    no_progress: bool = setting("no progress bar", False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.threads is not None and self.threads < 1:
+            raise UsageError("--threads must be at least 1")
+
+    def scorer_options(self) -> dict[str, str]:
+        """What `load_scorer` takes beside the scorer's name, as given."""
+        given = {"model": self.scorer_model, "processor": self.scorer_processor,
+                 "weights": self.scorer_weights}
+        return {key: value for key, value in given.items() if value is not None}
