@@ -122,6 +122,8 @@ class FeedbackConfig(PairVariety):
         "CPU threads for torch (default: one per core that other work leaves free; more "
         "threads than free cores run several times slower)", None, metavar="N")
     no_progress: bool = setting("no progress bar", False)
+    summary: Path | None = setting("also write the run's summary (the JSON line it prints) "
+                                   "to this file", None, metavar="FILE")
 
     def __post_init__(self) -> None:
         super().__post_init__()

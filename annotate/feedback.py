@@ -39,7 +39,7 @@ from models.generate import generate
 from models.loading import LoadedModel
 from models.scorers import Scorer, checked_scores
 from models.threads import use_free_cores
-from models.toy import TOY_NAME, TOY_NAMES
+from models.toy import TOY_NAME, built_in_prompts
 from models.variety import PairVariety
 
 _UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "diffusion-dpo-loop/annotate/feedback")
@@ -133,15 +133,14 @@ def image_uid(vote_id: str, side: int) -> str:
 
 
 def default_prompts(model: str) -> list[str]:
-    """The toy captions for the toy model; other models need a prompts file."""
-    if model not in TOY_NAMES:
+    """The model's built-in prompts (the toy's captions); other models need a prompts file."""
+    built_in = built_in_prompts(model)
+    if built_in is None:
         raise FeedbackError(
             f"--model {model} has no built-in prompts: give --prompts FILE "
             "(one prompt per line, or a CSV with a 'prompt' column)"
         )
-    from models.toy.shapes import all_captions
-
-    return all_captions()
+    return [prompt.text for prompt in built_in]
 
 
 # -- planning ------------------------------------------------------------------
@@ -346,6 +345,8 @@ def feedback(config: FeedbackConfig) -> int:
         raise
     summary = {"source": run.source, "db": str(config.db), "run": run.key, **counts.summary()}
     print(json.dumps(summary))
+    if config.summary is not None and not counts.interrupted:
+        config.summary.write_text(json.dumps(summary, indent=1))
     if counts.interrupted:
         print(f"interrupted: {counts.added} pairs added; run the same command to continue",
               file=sys.stderr)

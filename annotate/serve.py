@@ -18,8 +18,7 @@ from data.pages import PageImages, launch_page, pick_port, read_logins, server_o
 from data.prompts import read_prompts
 from data.store import QUESTIONS, Store
 from models.threads import use_free_cores
-from models.toy import TOY_NAMES
-from models.toy.shapes import all_captions
+from models.toy import built_in_prompts
 
 
 class ServeError(UserError):
@@ -84,7 +83,8 @@ def open_app(config: PageConfig) -> Server:
             raise ServeError(f"{config.prompts} holds a prompt of {len(longest):,} characters: "
                              f"shorten it to at most {MAX_PROMPT_CHARS:,}")
     else:
-        prompts = all_captions() if config.models[0] in TOY_NAMES else None
+        built_in = built_in_prompts(config.models[0])
+        prompts = [prompt.text for prompt in built_in] if built_in else None
     loaded = [load(name) for name in config.models]
     rng = random.Random(config.seed)
     target = loaded[0] if len(loaded) == 1 else loaded

@@ -55,7 +55,7 @@ class _HelpFormatter(argparse.HelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         text = (action.help or "").replace("%", "%%")  # argparse %-formats what this returns
         if any(action.default is nothing for nothing in (None, argparse.SUPPRESS, False)) \
-                or action.default == [] or "default" in text:
+                or action.default in ([], "") or "default" in text:
             return text
         shown = " ".join(map(str, action.default)) if isinstance(action.default, list) \
             else action.default
@@ -116,8 +116,13 @@ class CommandParser(HfArgumentParser):
     def flags(self) -> list[str]:
         return [option for option in self._option_string_actions if option.startswith("--")]
 
-    def parse(self, argv: Sequence[str]) -> Config:
-        """The config that `argv` (flags, positionals and perhaps `--config FILE`) gives."""
+    def parse(self, argv: Sequence[str], defaults: dict | None = None) -> Config:
+        """The config that `argv` (flags, positionals and perhaps `--config FILE`) gives,
+        over `defaults` (what a command composing this one sets: rounds' stages)."""
+        if defaults:
+            values = self._checked_values(defaults, "the defaults given")
+            self.set_defaults(**values)
+            self._not_required(values)
         file_flag = argparse.ArgumentParser(add_help=False)
         file_flag.add_argument("--config", type=Path)
         path = file_flag.parse_known_args(list(argv))[0].config
@@ -132,16 +137,18 @@ class CommandParser(HfArgumentParser):
         return config
 
     def _file_values(self, path: Path) -> dict:
-        values = read_config_file(path)
+        return self._checked_values(read_config_file(path), str(path))
+
+    def _checked_values(self, values: dict, where: str) -> dict:
         actions = {action.dest: action for action in self._actions}
         known = [f.name for f in dataclasses.fields(self.config_class)]
         out = {}
         for key, value in values.items():
             name = key.replace("-", "_")
             if name not in known:
-                raise UsageError(f"{path}: unknown key {key!r}: "
+                raise UsageError(f"{where}: unknown key {key!r}: "
                                  f"{nearest(name, known, prefix='')}")
-            out[name] = _typed(actions[name], value, f"{path}: {key}")
+            out[name] = _typed(actions[name], value, f"{where}: {key}")
         return out
 
     def _not_required(self, values: dict) -> None:
@@ -175,6 +182,8 @@ def _default(field: dataclasses.Field):
 
 def _typed(action: argparse.Action, value, where: str):
     """A value read from a file, converted and checked as the flag's text would be."""
+    if value is None:
+        return None
     if isinstance(value, list):
         return [_typed(action, item, where) for item in value]
     try:
@@ -211,9 +220,11 @@ def read_config_file(path: Path) -> dict:
     return values
 
 
-def parse(config_class: type[Config], argv: Sequence[str], prog: str) -> Config:
-    """`config_class` filled from `argv`: defaults, then `--config FILE`, then flags."""
-    return CommandParser(config_class, prog).parse(argv)
+def parse(config_class: type[Config], argv: Sequence[str], prog: str,
+          defaults: dict | None = None) -> Config:
+    """`config_class` filled from `argv`: its defaults (or `defaults`), then `--config
+    FILE`, then flags."""
+    return CommandParser(config_class, prog).parse(argv, defaults)
 
 
 def parse_command(commands: dict[str, type], argv: Sequence[str], prog: str,

@@ -30,7 +30,7 @@ from eval.config import (  # noqa: E402
     ReportConfig,
 )
 from models.threads import use_free_cores  # noqa: E402
-from models.toy import TOY_NAME, TOY_NAMES  # noqa: E402
+from models.toy import TOY_NAME, TOY_NAMES, built_in_prompts  # noqa: E402
 
 
 def trained_models(root: Path = Path("runs/train")) -> list[str]:
@@ -57,13 +57,12 @@ def check_model(flag: str, name: str) -> None:
 
 
 def default_prompts(base: str):
-    from data.prompts import Prompt
-    from models.toy.shapes import all_captions, parse_caption
-
-    if base not in TOY_NAMES:
+    """The base model's built-in prompts (the toy's captions, by shape)."""
+    built_in = built_in_prompts(base)
+    if built_in is None:
         raise DataError(f"--base {base} has no built-in prompts: give --prompts FILE "
                         "(one prompt per line, or a CSV/TSV with prompt and category columns)")
-    return [Prompt(c, parse_caption(c)[1]) for c in all_captions()]
+    return built_in
 
 
 def run_name(aligned: str) -> str:

@@ -319,13 +319,16 @@ def test_a_rounds_run_folder_serves_its_newest_round_and_each_image_names_it(tmp
     import shutil
 
     from models.loading import TOY_DIR
-    from rounds.__main__ import RoundsPlan, mark_round, model_of
+    from rounds.__main__ import mark_round
+    from rounds.config import RoundsConfig
+    from rounds.stages import model_of
 
-    run, plan = tmp_path / "run", RoundsPlan(rounds=2, pairs=1)
+    run = tmp_path / "run"
+    config = RoundsConfig(rounds=2, pairs=1, out=run)
     for k in (1, 2):
-        shutil.copytree(TOY_DIR, model_of(plan, run, k))
-        mark_round(plan, run, k)
-    newest = str(Path(model_of(plan, run, 2)).resolve())
+        shutil.copytree(TOY_DIR, model_of(config, k))
+        mark_round(config, k)
+    newest = str(Path(model_of(config, 2)).resolve())
     server = open_app(PageConfig(model=[str(run)], db=tmp_path / "prefs.duckdb",
                                 steps=2, buffer=0))
     try:

@@ -77,3 +77,15 @@ def test_eval_auto_checks_its_scores(tmp_path, scorer, says):
         paths.append(tmp_path / f"{k}.png")
     with pytest.raises(ModelError, match=f"scorer mine.*{says}"):
         score_images(scorer, "mine", ["a"] * 3, paths, "base")
+
+
+def test_every_command_s_toy_prompts_are_the_one_built_in_set():
+    from annotate.feedback import default_prompts as feedback_prompts
+    from eval.__main__ import default_prompts as eval_prompts
+    from models.toy import built_in_prompts
+
+    toy = built_in_prompts("toy")
+    assert len(toy) == 18 and {p.category for p in toy} == {"circle", "square", "triangle"}
+    assert eval_prompts("toy") == toy and built_in_prompts("toy-flow") == toy
+    assert feedback_prompts("toy") == [p.text for p in toy]
+    assert built_in_prompts("some/model") is None

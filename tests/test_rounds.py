@@ -167,25 +167,46 @@ def test_a_rerun_ranks_the_rounds_by_the_blind_votes_cast_since(whole):
 
 
 def test_with_keep_best_each_round_starts_from_the_previous_round_s_best_step(tmp_path):
-    from rounds.__main__ import RoundsPlan, model_of, train_command
+    from rounds.config import RoundsConfig
+    from rounds.stages import model_of, train
 
-    plan, out = RoundsPlan(rounds=2, pairs=8, keep_best=True), tmp_path / "rounds"
-    best = str(out / "round-1" / "train" / "best")
-    assert model_of(plan, out, 1) == best and model_of(plan, out, 0) == "toy"
-    command = train_command(plan, out, 2)
-    assert command[command.index("--model") + 1] == best
-    assert command[command.index("--keep_best") + 1] == "true"
+    config = RoundsConfig(rounds=2, pairs=8, keep_best=True, out=tmp_path / "rounds")
+    best = str(tmp_path / "rounds" / "round-1" / "train" / "best")
+    assert model_of(config, 1) == best and model_of(config, 0) == "toy"
+    trained = train(config, 2).config
+    assert trained.model == best and trained.keep_best
 
 
 def test_a_plan_saved_before_a_setting_existed_continues_with_its_default(tmp_path):
-    from dataclasses import asdict
-
     from data.errors import DataError
-    from rounds.__main__ import RoundsPlan, fixed_plan
+    from rounds.__main__ import fixed_plan
+    from rounds.config import RoundsConfig
 
-    older = asdict(RoundsPlan(rounds=2, pairs=8))
+    older = RoundsConfig(rounds=2, pairs=8, out=tmp_path).plan()
     del older["steps"]  # plan.json as written before --steps
     (tmp_path / "plan.json").write_text(json.dumps(older))
-    fixed_plan(RoundsPlan(rounds=3, pairs=8), tmp_path)
+    fixed_plan(RoundsConfig(rounds=3, pairs=8, out=tmp_path))
     with pytest.raises(DataError, match=r"other settings \(steps\)"):
-        fixed_plan(RoundsPlan(rounds=3, pairs=8, steps=6), tmp_path)
+        fixed_plan(RoundsConfig(rounds=3, pairs=8, steps=6, out=tmp_path))
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--feedback-args", "--pairs 8 --tie-margn 0.3"],
+     "--feedback-args: python -m annotate feedback: unknown flag --tie-margn: use "
+     "--tie-margin, the nearest"),
+    (["--feedback-args", "--steps 0"], "--feedback-args: --steps must be at least 1"),
+    (["--train-args", "--max_steps", "8", "--learning_rat", "1e-5"],
+     "round 1's training (--preset, --train-args): command line: unknown flag "
+     "--learning_rat: use --learning_rate, the nearest"),
+    (["--preset", "toyy"], "round 1's training (--preset, --train-args): 'toyy' is neither "
+                           "a preset"),
+])
+def test_a_misspelt_stage_setting_is_refused_before_any_stage_runs(tmp_path, capsys, flags,
+                                                                    says):
+    from rounds.__main__ import main
+
+    out = tmp_path / "rounds"
+    assert main(["--out", str(out), "--rounds", "2", "--pairs", "8", *flags]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {says}") and err.count("\n") == 1, err
+    assert not out.exists()  # nothing ran, nothing was written

@@ -10,3 +10,15 @@ as their built-in prompts (`TOY_NAMES`).
 TOY_NAME = "toy"
 TOY_FLOW_NAME = "toy-flow"
 TOY_NAMES = (TOY_NAME, TOY_FLOW_NAME)
+
+
+def built_in_prompts(model: str) -> list | None:
+    """A model's built-in prompt set: for the toy models, their 18 captions, each with its
+    shape as the category (what every command uses when given no prompt file); None for
+    any other model."""
+    if model not in TOY_NAMES:
+        return None
+    from data.prompts import Prompt
+    from models.toy.shapes import all_captions, parse_caption
+
+    return [Prompt(caption, parse_caption(caption)[1]) for caption in all_captions()]

@@ -12,14 +12,18 @@ Prints JSON.
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from cli.entry import run_main
+from cli.errors import UsageError
+from cli.parser import parse, setting
 from models.toy import TOY_NAME
 from models.toy.judge import judge
 from models.toy.shapes import COLORS, SHAPES, all_captions, draw, random_spec
@@ -85,32 +89,44 @@ def sample_grid(model, path: Path, guidance: float = 7.5, steps: int = 20, seeds
     return path
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m models.toy.evaluate", description=__doc__)
-    parser.add_argument("--model", default=TOY_NAME, help="a model name (default: %(default)s)")
-    parser.add_argument("--pairs", type=int, default=200, help="held-out prompt/seed pairs")
-    parser.add_argument("--guidance", type=float, default=7.5)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--judge-images", type=int, default=0,
-                        help="generator images to check the judge on (0: skip)")
-    parser.add_argument("--grid", type=Path, help="also write a labelled sample grid PNG here")
-    args = parser.parse_args(argv)
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """The toy judge's accuracy, a model's prompt adherence and a sample grid; prints JSON."""
 
-    from cli.errors import UserError, report_user_error
+    model: str = setting("a model name", TOY_NAME)
+    pairs: int = setting("held-out prompt/seed pairs", 200)
+    guidance: float = setting("guidance scale", 7.5)
+    steps: int = setting("sampler steps", 20)
+    judge_images: int = setting("generator images to check the judge on (0: skip)", 0)
+    grid: Path | None = setting("also write a labelled sample grid PNG here", None)
+    out: Path | None = setting("also write the JSON it prints to this file", None)
+
+    def __post_init__(self) -> None:
+        if self.pairs < 1 or self.steps < 1 or self.judge_images < 0:
+            raise UsageError("--pairs and --steps must be at least 1, --judge-images 0 or "
+                             "more")
+
+
+def evaluate(config: EvaluateConfig) -> int:
     from models.loading import load
 
-    try:
-        model = load(args.model)
-    except UserError as error:
-        raise SystemExit(report_user_error(error)) from None
-    report = {"model": args.model}
-    if args.judge_images:
-        report["judge_accuracy"] = judge_accuracy(args.judge_images)
-    report["adherence"] = adherence(model, args.pairs, args.guidance, args.steps)
-    if args.grid:
-        report["grid"] = str(sample_grid(model, args.grid, args.guidance, args.steps))
+    model = load(config.model)
+    report = {"model": config.model}
+    if config.judge_images:
+        report["judge_accuracy"] = judge_accuracy(config.judge_images)
+    report["adherence"] = adherence(model, config.pairs, config.guidance, config.steps)
+    if config.grid:
+        report["grid"] = str(sample_grid(model, config.grid, config.guidance, config.steps))
     print(json.dumps(report, indent=2))
+    if config.out is not None:
+        config.out.write_text(json.dumps(report, indent=1))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main(lambda argv: evaluate(parse(EvaluateConfig, argv,
+                                                "python -m models.toy.evaluate")), argv)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
