@@ -22,19 +22,8 @@ import gradio as gr
 import pandas as pd
 
 from annotate.campaign import ANNOTATOR_COLUMNS, campaign
-from annotate.rounds import (
-    ANSWERS,
-    AnnotateError,
-    Annotator,
-    Collector,
-    Round,
-    StaleVote,
-    TooSoon,
-    VoteNotSaved,
-)
-from annotate.screening import PromptRefused
-from annotate.worker import WorkerBusy, WorkerError
-from data.errors import DataError
+from annotate.rounds import ANSWERS, Annotator, Collector, Round
+from cli.errors import DataError, NotCounted, PageError
 from data.pages import FRAME_PX, PageImages, check_name, enlarge
 from data.store import QUESTIONS
 
@@ -51,8 +40,8 @@ MODE_CHOICES = [
     ("Auto: next prompt from the prompt set", "auto"),
 ]
 ANSWER_CHOICES = [(answer.capitalize(), answer) for answer in ANSWERS]
-_ERRORS = (AnnotateError, PromptRefused, WorkerError, DataError)
-_REFUSED = (StaleVote, TooSoon, VoteNotSaved, WorkerBusy)  # a note; the pair stays
+_ERRORS = (PageError, DataError)
+_REFUSED = NotCounted  # a note; the pair stays
 
 
 def page_script() -> str:
@@ -100,7 +89,7 @@ def build(collector: Collector, images: PageImages, prompt_set: list[str] | None
         try:
             annotator = who(name, request)
             shown = collector.start(annotator, prompt or "", mode, _reporter(progress))
-        except (*_REFUSED, *_ERRORS) as error:
+        except (_REFUSED, *_ERRORS) as error:
             return refused(error, len(asked))
         return view(annotator, shown)
 

@@ -30,11 +30,10 @@ from functools import cached_property
 
 from annotate.config import FeedbackConfig
 from cli.entry import INTERRUPTED
-from cli.errors import UserError
+from cli.errors import ModelError, UsageError
 from data.pairs import decode_image, encode_jpeg
 from data.prompts import read_prompts
 from data.store import Store, Vote
-from models.errors import ModelError
 from models.generate import generate
 from models.loading import LoadedModel
 from models.scorers import Scorer, checked_scores
@@ -43,10 +42,6 @@ from models.toy import TOY_NAME, built_in_prompts
 from models.variety import PairVariety
 
 _UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "diffusion-dpo-loop/annotate/feedback")
-
-
-class FeedbackError(UserError):
-    """A setting the user can fix; the message is the whole answer."""
 
 
 # -- settings ------------------------------------------------------------------
@@ -73,7 +68,7 @@ class FeedbackRun:
 
     def __post_init__(self) -> None:
         if not self.prompts:
-            raise FeedbackError("no prompts: give --prompts FILE with one prompt per line")
+            raise UsageError("no prompts: give --prompts FILE with one prompt per line")
         checks = [
             (self.pairs >= 1, "--pairs must be at least 1"),
             (self.per_prompt >= 1, "--per-prompt must be at least 1"),
@@ -82,7 +77,7 @@ class FeedbackRun:
         ]
         for ok, message in checks:
             if not ok:
-                raise FeedbackError(message)
+                raise UsageError(message)
 
     @property
     def source(self) -> str:
@@ -136,7 +131,7 @@ def default_prompts(model: str) -> list[str]:
     """The model's built-in prompts (the toy's captions); other models need a prompts file."""
     built_in = built_in_prompts(model)
     if built_in is None:
-        raise FeedbackError(
+        raise UsageError(
             f"--model {model} has no built-in prompts: give --prompts FILE "
             "(one prompt per line, or a CSV with a 'prompt' column)"
         )

@@ -22,16 +22,12 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from annotate.screening import MAX_PROMPT_CHARS
-from cli.errors import UserError
+from cli.errors import UsageError
 from data.pairs import encode_jpeg
 from data.store import ImageRecord
 
 GOLD_MODEL = "gold"
 _UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "diffusion-dpo-loop/annotate/gold")
-
-
-class GoldFileError(UserError):
-    """The gold file cannot be used; the message names the line and the fix."""
 
 
 @dataclass(frozen=True)
@@ -43,15 +39,15 @@ class GoldPair:
 
 def _image(folder: Path, name: object, prompt: str, where: str) -> ImageRecord:
     if not isinstance(name, str) or not name:
-        raise GoldFileError(f"{where}: 'better' and 'worse' must be image paths")
+        raise UsageError(f"{where}: 'better' and 'worse' must be image paths")
     path = folder / name
     try:
         raw = path.read_bytes()
         image = Image.open(io.BytesIO(raw)).convert("RGB")
     except FileNotFoundError:
-        raise GoldFileError(f"{where}: {path} does not exist") from None
+        raise UsageError(f"{where}: {path} does not exist") from None
     except UnidentifiedImageError:
-        raise GoldFileError(f"{where}: {path} is not an image") from None
+        raise UsageError(f"{where}: {path} is not an image") from None
     # The same file always gets the same uid, so restarting a server stores it once.
     uid = str(uuid.uuid5(_UID_NAMESPACE, hashlib.sha256(raw).hexdigest()))
     return ImageRecord(image_uid=uid, jpg=encode_jpeg(image), prompt=prompt, model=GOLD_MODEL,
@@ -59,10 +55,10 @@ def _image(folder: Path, name: object, prompt: str, where: str) -> ImageRecord:
 
 
 def read_gold(path: str | Path) -> list[GoldPair]:
-    """Every pair of a gold file, or a `GoldFileError` naming the first bad line."""
+    """Every pair of a gold file, or a `UsageError` naming the first bad line."""
     path = Path(path)
     if not path.is_file():
-        raise GoldFileError(f"{path} does not exist: give a JSON Lines gold file")
+        raise UsageError(f"{path} does not exist: give a JSON Lines gold file")
     pairs = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
@@ -71,17 +67,17 @@ def read_gold(path: str | Path) -> list[GoldPair]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
-            raise GoldFileError(f"{where}: not JSON; write one object per line") from None
+            raise UsageError(f"{where}: not JSON; write one object per line") from None
         if not isinstance(row, dict) or not str(row.get("prompt", "")).strip():
-            raise GoldFileError(f"{where}: needs a non-empty 'prompt'")
+            raise UsageError(f"{where}: needs a non-empty 'prompt'")
         prompt = str(row["prompt"])
         if len(prompt) > MAX_PROMPT_CHARS:
-            raise GoldFileError(f"{where}: the prompt is {len(prompt):,} characters long: "
+            raise UsageError(f"{where}: the prompt is {len(prompt):,} characters long: "
                                 f"shorten it to at most {MAX_PROMPT_CHARS:,}")
         better = _image(path.parent, row.get("better"), prompt, where)
         worse = _image(path.parent, row.get("worse"), prompt, where)
         pairs.append(GoldPair(prompt, better, worse))
     if not pairs:
-        raise GoldFileError(f"{path} has no pairs")
+        raise UsageError(f"{path} has no pairs")
     return pairs
 

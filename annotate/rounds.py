@@ -7,10 +7,10 @@ stored with the pair's images in one transaction before the next round is made.
 
 A vote belongs to the pair that was on screen when it was cast: it names its round, and
 a vote for a round that is not the annotator's current one (a second key pressed while
-the first vote was on its way, a pair replaced by Generate) is refused with `StaleVote`,
+the first vote was on its way, a pair replaced by Generate) is refused with `NotCounted`,
 never moved on to the next pair. A vote that comes sooner than `min_display_ms` after
-the pair was delivered is refused too (`TooSoon`): nobody judges two images that fast.
-A vote the store cannot commit (a full disk) raises `VoteNotSaved` and keeps its round
+the pair was delivered is refused too (`NotCounted`): nobody judges two images that fast.
+A vote the store cannot commit (a full disk) raises `NotCounted` and keeps its round
 open, so the same vote can be cast again.
 
 After a vote the next round follows the annotator's mode:
@@ -44,14 +44,12 @@ from PIL import Image
 from annotate.gold import GoldPair
 from annotate.screening import Blocklist, check_length, screen
 from annotate.worker import SET_SOURCE, PairWorker, Progress
-from cli.errors import UserError
-from data.errors import StoreWriteError
+from cli.errors import DailyCapReached, NotCounted, PageError, StoreWriteError
 from data.pages import unsaved_vote
 from data.pairs import decode_image, encode_jpeg
 from data.store import (
     OUTCOMES,
     QUESTIONS,
-    DailyCapReached,
     ImageRecord,
     Ranking,
     Store,
@@ -66,22 +64,6 @@ _MAX_ROUNDS = 10_000  # rounds awaiting a vote, across sessions; the oldest are 
 MIN_DISPLAY_MS = 500  # a pair is on screen this long before a vote on it counts
 HOLD_S = 300  # an open round keeps its overlap pair's place this long
 ANSWERS = ("left", "right", "tie")  # what the appeal and alignment questions take
-
-
-class AnnotateError(UserError):
-    """Something the annotator must do differently; the message says what."""
-
-
-class StaleVote(AnnotateError):
-    """A vote for a pair that is no longer on the annotator's screen; nothing is stored."""
-
-
-class TooSoon(AnnotateError):
-    """A vote cast before the pair was shown for the minimum time; nothing is stored."""
-
-
-class VoteNotSaved(AnnotateError):
-    """The store could not commit the vote; the round stays open for the same vote."""
 
 
 @dataclass(frozen=True)
@@ -165,7 +147,7 @@ class Collector:
     def annotator(self, name: str) -> Annotator:
         name = (name or "").strip()
         if not name:
-            raise AnnotateError("Type your name first: your votes are recorded under it.")
+            raise PageError("Type your name first: your votes are recorded under it.")
         return Annotator(self.store.user_id(name), name)
 
     def tally(self, annotator: Annotator) -> Tally:
@@ -177,8 +159,8 @@ class Collector:
                 self.tally(annotator).today >= self.settings.daily_cap):
             raise self._cap_reached()
 
-    def _cap_reached(self) -> AnnotateError:
-        return AnnotateError(f"You have reached today's limit of {self.settings.daily_cap} "
+    def _cap_reached(self) -> PageError:
+        return PageError(f"You have reached today's limit of {self.settings.daily_cap} "
                              "votes. Thank you! Come back tomorrow.")
 
     # -- rounds ------------------------------------------------------------------
@@ -203,14 +185,14 @@ class Collector:
         The same vote sent again (a double click, a client retry) returns its first
         ranking and no round, so the page keeps showing what followed it. A different
         vote on a round already voted, or a vote on a round that is no longer the
-        annotator's current one, raises `StaleVote`; one sooner than the minimum display
-        time raises `TooSoon`. Neither stores anything, nor does `VoteNotSaved`, nor a vote
+        annotator's current one, raises `NotCounted`; one sooner than the minimum display
+        time raises `NotCounted`. Neither stores anything, nor does `NotCounted`, nor a vote
         past the daily cap (counted as the vote is stored: a second tab may hold a pair
         handed out before the cap was reached), nor a round whose prompt is over the
         length cap (a gold or prompt-set prompt the screening never saw).
         """
         if outcome not in OUTCOMES:
-            raise AnnotateError(f"unknown vote {outcome!r}: use one of {', '.join(OUTCOMES)}")
+            raise PageError(f"unknown vote {outcome!r}: use one of {', '.join(OUTCOMES)}")
         extra = self._answers(outcome, answers or {})
         shown = self._claim(annotator, round_id, outcome)
         if isinstance(shown, Ranking):
@@ -242,7 +224,7 @@ class Collector:
             raise self._cap_reached() from None
         except StoreWriteError as error:
             self._settle(shown, stored=False)
-            raise VoteNotSaved(unsaved_vote(error, self.store.path.parent)) from None
+            raise NotCounted(unsaved_vote(error, self.store.path.parent)) from None
         except BaseException:
             self._settle(shown, stored=False)
             raise
@@ -256,7 +238,7 @@ class Collector:
             return {}
         for question in asked:
             if answers.get(question) not in ANSWERS:
-                raise AnnotateError(f"Answer every question first: {QUESTIONS[question]} "
+                raise PageError(f"Answer every question first: {QUESTIONS[question]} "
                                     "(nothing was stored).")
         return {q: answers[q] for q in asked}
 
@@ -266,11 +248,11 @@ class Collector:
         with self._lock:
             shown = self._rounds.get(round_id)
             if shown is not None and shown.user_id != annotator.user_id:
-                raise AnnotateError("This pair was shown to another annotator: press Generate.")
+                raise PageError("This pair was shown to another annotator: press Generate.")
             if shown is not None and self._current.get(annotator.user_id) == round_id:
                 waited_ms = (time.monotonic() - shown.shown_at) * 1000
                 if waited_ms < self.settings.min_display_ms:
-                    raise TooSoon("Too quick: look at both images first; that vote was not "
+                    raise NotCounted("Too quick: look at both images first; that vote was not "
                                   "stored, vote again.")
                 self._voting[round_id] = threading.Event()
                 return self._rounds.pop(round_id)
@@ -281,12 +263,12 @@ class Collector:
         if ranking is not None and ranking.user_id == annotator.user_id:
             if ranking.outcome == outcome:
                 return ranking
-            raise StaleVote(f"This pair already had your vote ({ranking.outcome}): "
+            raise NotCounted(f"This pair already had your vote ({ranking.outcome}): "
                             f"the second one ({outcome}) was not stored.")
         if shown is not None:
-            raise StaleVote("That vote was for a pair no longer on your screen: it was not "
+            raise NotCounted("That vote was for a pair no longer on your screen: it was not "
                             "stored. Vote on the pair shown now.")
-        raise StaleVote("This pair is no longer open: press Generate for a new one.")
+        raise NotCounted("This pair is no longer open: press Generate for a new one.")
 
     def _settle(self, shown: Round, stored: bool) -> None:
         """The vote on `shown` is stored, or (not stored) its round is open again."""
@@ -319,7 +301,7 @@ class Collector:
 
     def _check_mode(self, mode: str) -> None:
         if mode not in MODES:
-            raise AnnotateError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
+            raise PageError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
 
     def _fresh(self, annotator: Annotator, source: str, progress: Progress | None,
                note: str | None = None) -> Round:

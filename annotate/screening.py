@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from cli.errors import UserError
+from cli.errors import PageError
 
 # About what the longest-reading text encoder served here reads (FLUX's T5: 512 tokens, at
 # about four characters a token); every CLIP encoder reads far less (77 tokens). Beyond it
@@ -31,10 +31,6 @@ MAX_PROMPT_CHARS = 2000
 # CLIP's tokenizer's own word split (its pre-tokenizer pattern, `re` spelling): the
 # contractions, a run of letters, one digit, or a run of anything else but spaces.
 _WORD = re.compile(r"'s|'t|'re|'ve|'m|'ll|'d|[^\W\d_]+|\d|(?:[^\s\w]|_)+")
-
-
-class PromptRefused(UserError):
-    """The prompt cannot be generated; the message says why and what to do."""
 
 
 def normalise(text: str) -> str:
@@ -65,7 +61,7 @@ def _contains(words: list[str], entry: list[str]) -> bool:
 def check_length(prompt: str) -> None:
     """Refuse a prompt over `MAX_PROMPT_CHARS`, before anything reads it further."""
     if len(prompt) > MAX_PROMPT_CHARS:
-        raise PromptRefused(f"The prompt is {len(prompt):,} characters long: shorten it to at "
+        raise PageError(f"The prompt is {len(prompt):,} characters long: shorten it to at "
                             f"most {MAX_PROMPT_CHARS:,}.")
 
 
@@ -120,11 +116,11 @@ def screen(prompt: str, blocklist: Blocklist, count: Callable[[str], int] | None
     """Refuse an empty, overlong or blocked prompt; otherwise the note to show with it,
     if any."""
     if not prompt.strip():
-        raise PromptRefused("The prompt is empty: type what the images should show.")
+        raise PageError("The prompt is empty: type what the images should show.")
     check_length(prompt)
     blocked = blocklist.first_match(prompt)
     if blocked is not None:
-        raise PromptRefused(f'The prompt contains the blocked term "{blocked}": '
+        raise PageError(f'The prompt contains the blocked term "{blocked}": '
                             "rephrase it without that term.")
     if count is None or limit is None:
         return None

@@ -13,16 +13,12 @@ from annotate.gold import read_gold
 from annotate.rounds import Collector, Settings
 from annotate.screening import MAX_PROMPT_CHARS, Blocklist, token_counter
 from annotate.worker import PairWorker, PromptSet
-from cli.errors import UserError
+from cli.errors import UsageError
 from data.pages import PageImages, launch_page, pick_port, read_logins, server_options
 from data.prompts import read_prompts
 from data.store import QUESTIONS, Store
 from models.threads import use_free_cores
 from models.toy import built_in_prompts
-
-
-class ServeError(UserError):
-    """A flag or file the server cannot start with; the message names the fix."""
 
 
 @dataclass
@@ -72,7 +68,7 @@ def open_app(config: PageConfig) -> Server:
     users = {user for user, _ in logins or []}
     unknown = [o for o in config.owner or [] if o not in users]
     if unknown:
-        raise ServeError(f"--owner {unknown[0]} is not a login in {config.auth}")
+        raise UsageError(f"--owner {unknown[0]} is not a login in {config.auth}")
     owners = frozenset(config.owner or ([logins[0][0]] if logins else []))
     gold = read_gold(config.gold) if config.gold else []
     blocklist = Blocklist.read(config.blocklist) if config.blocklist else Blocklist()
@@ -80,7 +76,7 @@ def open_app(config: PageConfig) -> Server:
         prompts = read_prompts(config.prompts)
         longest = max(prompts, key=len)
         if len(longest) > MAX_PROMPT_CHARS:
-            raise ServeError(f"{config.prompts} holds a prompt of {len(longest):,} characters: "
+            raise UsageError(f"{config.prompts} holds a prompt of {len(longest):,} characters: "
                              f"shorten it to at most {MAX_PROMPT_CHARS:,}")
     else:
         built_in = built_in_prompts(config.models[0])
@@ -120,7 +116,7 @@ def serve(config: PageConfig) -> int:
     try:
         server = open_app(config)
     except OSError as error:
-        raise ServeError(str(error)) from None
+        raise UsageError(str(error)) from None
     try:
         launch_page(lambda free: server.demo.launch(
             server_name=config.host, server_port=free, auth=server.logins,

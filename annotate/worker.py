@@ -9,7 +9,7 @@ A prompt source is what a session is drawing pairs from: one typed prompt (every
 for that prompt), or a prompt set (each pair for the set's next prompt, in order).
 
 The queue of people waiting is bounded (`max_waiting`): over it, `take` answers at once
-with `WorkerBusy` ("busy, N ahead") instead of holding a server thread for minutes, so
+with `NotCounted` ("busy, N ahead") instead of holding a server thread for minutes, so
 a burst of requests cannot starve the page and the votes of threads. `stop` interrupts
 a generation between two sampler steps, so a server stops within a step's time.
 """
@@ -25,19 +25,11 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 
-from cli.errors import UserError
+from cli.errors import NotCounted, PageError
 from models.generate import GeneratedImage
 
 MakePair = Callable[[str, Callable[[int, int], None]], tuple[GeneratedImage, GeneratedImage]]
 Progress = Callable[[str, float | None], None]
-
-
-class WorkerError(UserError):
-    """A pair could not be made (the generation failed, or it took too long)."""
-
-
-class WorkerBusy(WorkerError):
-    """Too many people are waiting for a pair; the message says how many."""
 
 
 class _Stopped(Exception):
@@ -141,9 +133,9 @@ class PairWorker:
                 self._served_at = time.monotonic()
                 return buffer.pairs.popleft()
             if not self._running:
-                raise WorkerError("the server is shutting down")
+                raise PageError("the server is shutting down")
             if len(self._waiting) >= self.max_waiting:
-                raise WorkerBusy(f"The generator is busy, {len(self._waiting)} ahead: "
+                raise NotCounted(f"The generator is busy, {len(self._waiting)} ahead: "
                                  "try again in a moment.")
             waiter = _Waiter(source)
             self._waiting.append(waiter)
@@ -157,7 +149,7 @@ class PairWorker:
                     with self._cond:
                         if waiter in self._waiting:
                             self._waiting.remove(waiter)
-                    raise WorkerError("no pair came in time: the generator is overloaded") from None
+                    raise PageError("no pair came in time: the generator is overloaded") from None
                 if progress is not None:
                     progress(*self._describe(waiter))
 
@@ -217,19 +209,19 @@ class PairWorker:
                     self._cond.wait(timeout=self._refill_delay_s)
                 if not self._running:
                     for waiter in self._waiting:
-                        waiter.future.set_exception(WorkerError("the server is shutting down"))
+                        waiter.future.set_exception(PageError("the server is shutting down"))
                     return
             source, waiter = job
             try:
                 pair = self._make(source)
             except _Stopped:
                 if waiter is not None:
-                    waiter.future.set_exception(WorkerError("the server is shutting down"))
+                    waiter.future.set_exception(PageError("the server is shutting down"))
                 continue
             except Exception as error:  # a waiter gets the failure; a refill stops until asked
                 with self._cond:
                     if waiter is not None:
-                        waiter.future.set_exception(WorkerError(f"generation failed: {error}"))
+                        waiter.future.set_exception(PageError(f"generation failed: {error}"))
                     else:
                         self._buffers.pop(source, None)
                 continue
@@ -247,7 +239,7 @@ class PairWorker:
     def _make(self, source: str) -> Pair:
         if source == SET_SOURCE:
             if self._prompt_set is None:
-                raise WorkerError("this server has no prompt set")
+                raise PageError("this server has no prompt set")
             prompt = self._prompt_set.next_prompt()
         else:
             prompt = source

@@ -10,10 +10,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from cli.entry import run_main
-from cli.errors import report_user_error
+from cli.errors import ShardError, UpgradeNeededError, report_user_error
 from cli.parser import config_values, parse_command
 from data.config import COMMANDS, ExportConfig, ImportConfig, StatsConfig
-from data.errors import ShardError, UpgradeNeededError
 from data.pickapic import ImportedFile, export_pairs, import_shards
 from data.stats import format_stats, store_stats
 from data.store import Store

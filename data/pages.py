@@ -49,7 +49,7 @@ from typing import TypeVar
 import numpy as np
 from PIL import Image
 
-from data.errors import DataError, DiskFullError, StoreWriteError
+from cli.errors import DataError, DiskFullError, StoreWriteError
 
 FRAME_PX = 400  # the height of each image frame on both pages
 FIRST_PORT = 7860  # Gradio's default, and the first port tried without --port

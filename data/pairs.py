@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 from torch.utils.data import Dataset
 
-from data.errors import DataError, ShardError
+from cli.errors import DataError, ShardError
 from data.images import ImageProblem, check_jpeg
 from data.pickapic import check_schema, find_shards, split_of
 from data.quality import flagged_users

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 import yaml
 from tqdm import tqdm
 
-from data.errors import DataError, ShardError
+from cli.errors import DataError, ShardError
 from data.images import MAX_SIDE, ImageProblem, check_jpeg
 from data.quality import flagged_users
 from data.store import (

@@ -13,7 +13,7 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
-from data.errors import DataError
+from cli.errors import DataError
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 DuckDB allows one read-write process per file. The process that owns the file (an app)
 shares one `Store` between its threads; each thread gets its own cursor. Another process
-that finds the file locked gets a `StoreLockedError` naming the holder and the fix.
+that finds the file locked gets a `DataError` naming the holder and the fix.
 
 A vote is one transaction. Its `vote_id` is the client's idempotency key: a replayed
 vote (double click, client retry) is stored once and answered with the first result.
@@ -26,13 +26,13 @@ from pathlib import Path
 
 import duckdb
 
-from cli.errors import report_warning
-from data.errors import (
+from cli.errors import (
+    DailyCapReached,
     DataError,
     DiskFullError,
-    StoreLockedError,
     StoreWriteError,
     UpgradeNeededError,
+    report_warning,
 )
 from data.migrations import MIGRATIONS
 
@@ -149,10 +149,6 @@ class Ranking:
 
 
 RANKING_COLUMNS = [f.name for f in fields(Ranking)]
-
-
-class DailyCapReached(DataError):
-    """A vote past its annotator's daily cap (`Store.record_vote`); nothing was stored."""
 
 
 def utc_day_start() -> datetime:
@@ -342,7 +338,7 @@ class DuckDBFile:
         except duckdb.IOException as error:
             if "lock" in str(error).lower():
                 who, pid = _holder(error)
-                raise StoreLockedError(
+                raise DataError(
                     f"{path} is in use by {who}: {self.IN_USE.format(path=path, pid=pid)}"
                 ) from None
             if is_disk_full(error):

@@ -19,8 +19,8 @@ from pathlib import Path
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from cli.entry import run_main  # noqa: E402
+from cli.errors import DataError
 from cli.parser import CONFIG_FILE, command_line, parse_command, save_config  # noqa: E402
-from data.errors import DataError  # noqa: E402
 from data.pages import launch_page, pick_port, read_logins  # noqa: E402
 from eval.config import (  # noqa: E402
     COMMANDS,
@@ -47,7 +47,7 @@ def newest_trained_model(root: Path = Path("runs/train")) -> str | None:
 
 def check_model(flag: str, name: str) -> None:
     """A model name that does not load fails at once, naming the flag that gave it."""
-    from models.errors import ModelError
+    from cli.errors import ModelError
     from models.loading import check
 
     try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from data.errors import DataError
+from cli.errors import DataError
 from data.pages import FRAME_PX, check_name, markdown_literal, server_options
 from data.stats import percent
 from data.store import QUESTIONS

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.errors import DataError, StoreWriteError
+from cli.errors import DataError, ModelError, StoreWriteError
 from data.pages import PageImages, enlarge, unsaved_vote
 from data.prompts import Prompt
 from data.store import QUESTIONS
@@ -49,7 +49,6 @@ from eval.config import Sampling
 from eval.images import DEFAULT_ROOT, images_for, open_image
 from eval.stats import Tally, tally_by_category
 from eval.votes import SIDES, VoteRow, VoteStore, now, other_side, outcome_of
-from models.errors import ModelError
 
 MAX_PENDING = 10_000  # pairs shown and not yet voted on, kept per server
 

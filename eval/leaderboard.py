@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.errors import DataError
+from cli.errors import DataError
 from eval.auto import outcome
 from eval.stats import Interval
 

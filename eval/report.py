@@ -12,7 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from data.errors import DataError  # noqa: E402
+from cli.errors import DataError
 from data.stats import percent  # noqa: E402
 from data.store import disk_full_error, is_disk_full, unwritable_folder  # noqa: E402
 from eval.auto import AutoResult, mean_interval  # noqa: E402

@@ -18,7 +18,7 @@ from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
-from data.errors import DataError
+from cli.errors import DataError
 from data.store import DuckDBFile
 from eval.stats import Vote
 

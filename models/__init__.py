@@ -17,7 +17,7 @@ LoRA weights (train/output.py), and diffusers' log level on the annotate page
 (annotate/serve.py); tests/test_docs.py holds the project to that list.
 
 This package never imports the apps (annotate, train, eval). `load` and `LoadedModel` are
-imported on first use, so `models.errors` or `models.toy` cost no torch import.
+imported on first use, so `models.toy` costs no torch import.
 """
 
 import logging

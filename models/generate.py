@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
+from cli.errors import ModelError
 from data.store import ImageRecord
-from models.errors import ModelError
 from models.loading import LoadedModel
 from models.variety import PairVariety
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from models.errors import ModelError
+from cli.errors import ModelError
 from models.toy import TOY_FLOW_NAME, TOY_NAME
 
 TOY_DIR = Path(__file__).resolve().parent / "toy" / "pipeline"

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from models.errors import ModelError
+from cli.errors import ModelError
 
 Scorer = Callable[[Sequence[str], Sequence[Image.Image]], torch.Tensor]
 

@@ -43,8 +43,8 @@ import time
 from pathlib import Path
 
 from cli.entry import run_main
+from cli.errors import DataError
 from cli.parser import parse
-from data.errors import DataError
 from data.store import Store
 from models.loading import NEWEST_ROUND_FILE, ROUND_FILE, same_model
 from models.toy import TOY_NAMES, built_in_prompts

@@ -11,25 +11,11 @@ import time
 import pytest
 from PIL import Image
 
-from annotate.gold import GoldFileError, read_gold
-from annotate.rounds import (
-    AnnotateError,
-    Collector,
-    Settings,
-    StaleVote,
-    TooSoon,
-    VoteNotSaved,
-)
-from annotate.screening import (
-    MAX_PROMPT_CHARS,
-    Blocklist,
-    PromptRefused,
-    encoder_words,
-    screen,
-    token_counter,
-)
-from annotate.worker import SET_SOURCE, PairWorker, PromptSet, WorkerBusy, WorkerError
-from data.errors import DataError
+from annotate.gold import read_gold
+from annotate.rounds import Collector, Settings
+from annotate.screening import MAX_PROMPT_CHARS, Blocklist, encoder_words, screen, token_counter
+from annotate.worker import SET_SOURCE, PairWorker, PromptSet
+from cli.errors import DataError, NotCounted, PageError, UsageError
 from data.pages import read_logins
 from data.stats import format_stats, store_stats
 from data.store import Store
@@ -134,7 +120,7 @@ def test_a_failed_generation_reaches_the_waiter_as_one_line():
 
     worker = PairWorker(broken, buffer_size=2).start()
     try:
-        with pytest.raises(WorkerError, match="generation failed: out of memory"):
+        with pytest.raises(PageError, match="generation failed: out of memory"):
             worker.take(RED, timeout=5)
         assert worker.ready(RED) == 0
     finally:
@@ -157,7 +143,7 @@ def test_over_its_queue_the_worker_answers_busy_at_once():
             thread.start()
         wait_until(lambda: len(worker._waiting) == 2)
         start = time.perf_counter()
-        with pytest.raises(WorkerBusy, match="busy, 2 ahead: try again in a moment"):
+        with pytest.raises(NotCounted, match="busy, 2 ahead: try again in a moment"):
             worker.take("one too many")
         assert time.perf_counter() - start < 0.5
         release.set()
@@ -183,7 +169,7 @@ def test_stop_interrupts_a_generation_between_sampler_steps(toy):
     worker = PairWorker(make, buffer_size=0).start()
     failure = []
     waiter = threading.Thread(target=lambda: failure.append(
-        pytest.raises(WorkerError, worker.take, RED).value))
+        pytest.raises(PageError, worker.take, RED).value))
     waiter.start()
     wait_until(lambda: len(steps) >= 2, timeout=120)  # mid-generation
     start = time.perf_counter()
@@ -202,11 +188,11 @@ def test_screening_refuses_empty_and_blocked_prompts(tmp_path):
     listed.write_text("# words we never generate\nGore\nred panda\n\n")
     blocklist = Blocklist.read(listed)
     for empty in ("", "   ", "\n"):
-        with pytest.raises(PromptRefused, match="empty"):
+        with pytest.raises(PageError, match="empty"):
             screen(empty, blocklist)
-    with pytest.raises(PromptRefused, match='"Gore"'):
+    with pytest.raises(PageError, match='"Gore"'):
         screen("so much GORE here", blocklist)
-    with pytest.raises(PromptRefused, match='"red panda"'):
+    with pytest.raises(PageError, match='"red panda"'):
         screen("a Red Panda eating", blocklist)
     assert screen("a gorey story of a red pandas' cousin", blocklist) is None  # whole words
 
@@ -219,13 +205,13 @@ def test_the_blocklist_reads_a_prompt_as_the_text_encoder_does(toy):
     red = Blocklist(("red",))
     for prompt in ("a_red_circle", "red2", "RED", "\uff52\uff45\uff44", "a red-circle",
                    "red's hat", "[red]"):
-        with pytest.raises(PromptRefused, match='blocked term "red"'):
+        with pytest.raises(PageError, match='blocked term "red"'):
             screen(prompt, red)
     for prompt in ("credit", "tired", "a tired robot", "redder", "bored"):
         assert screen(prompt, red) is None, prompt
     phrases = Blocklist(("red panda", "c++"))
     for prompt in ("RED_PANDA", "a red   panda", "a red-panda", "c++ code"):
-        with pytest.raises(PromptRefused, match="blocked term"):
+        with pytest.raises(PageError, match="blocked term"):
             screen(prompt, phrases)
     for prompt in ("a red circle and a panda", "red pandas", "c + +", "a c program"):
         assert screen(prompt, phrases) is None, prompt
@@ -241,7 +227,7 @@ def test_a_prompt_longer_than_the_cap_is_refused_before_it_is_read(toy):
     count, limit = token_counter(toy.pipeline.tokenizer)
     assert screen("a" * MAX_PROMPT_CHARS, Blocklist(), count, limit) is not None  # a note
     start = time.perf_counter()
-    with pytest.raises(PromptRefused, match=f"at most {MAX_PROMPT_CHARS:,}"):
+    with pytest.raises(PageError, match=f"at most {MAX_PROMPT_CHARS:,}"):
         screen("red " * 500_000, Blocklist(("red",)), count, limit)
     assert time.perf_counter() - start < 0.5
 
@@ -331,14 +317,14 @@ def test_tie_both_bad_and_skip_are_kept_apart(collector):
 def test_a_repeated_vote_stores_one_ranking_and_another_annotator_cannot_vote(collector):
     ann, bob = collector.annotator("ann"), collector.annotator("bob")
     shown = collector.start(ann, RED, "new")
-    with pytest.raises(AnnotateError, match="another annotator"):
+    with pytest.raises(PageError, match="another annotator"):
         collector.vote(bob, shown.round_id, "left")
     first, voted = collector.vote(ann, shown.round_id, "left")
     again, none = collector.vote(ann, shown.round_id, "left")  # a client retry
     assert voted is not None and none is None and again == first
-    with pytest.raises(StaleVote, match=r"already had your vote \(left\)"):
+    with pytest.raises(NotCounted, match=r"already had your vote \(left\)"):
         collector.vote(ann, shown.round_id, "right")  # a second key: refused
-    with pytest.raises(AnnotateError, match="no longer open"):
+    with pytest.raises(PageError, match="no longer open"):
         collector.vote(bob, shown.round_id, "left")
     assert collector.store.counts()["rankings"] == 1
 
@@ -363,10 +349,10 @@ def test_a_vote_for_a_pair_no_longer_on_screen_is_refused_never_moved_on(collect
     _, voted = collector.vote(ann, first.round_id, "left")
     second = collector.next_round(ann, voted, "left", "new")
     # A second key, pressed before the page had the next pair, names the first pair.
-    with pytest.raises(StaleVote, match="was not stored"):
+    with pytest.raises(NotCounted, match="was not stored"):
         collector.vote(ann, first.round_id, "right")
     replaced = collector.start(ann, BLUE, "new")  # Generate pressed: `second` is gone
-    with pytest.raises(StaleVote, match="no longer on your screen"):
+    with pytest.raises(NotCounted, match="no longer on your screen"):
         collector.vote(ann, second.round_id, "tie")
     ranking, _ = collector.vote(ann, replaced.round_id, "tie")
     assert [(r.vote_id, r.outcome) for r in collector.store.rankings()] == [
@@ -396,7 +382,7 @@ def test_two_different_votes_40_to_400_ms_apart_store_one_ranking(collector):
         try:
             collector.vote(ann, on_screen["round"], "right")
             answers.append("stored")
-        except (StaleVote, TooSoon):
+        except NotCounted:
             answers.append("refused")
         thread.join(timeout=60)
         assert sorted(answers) == ["refused", "stored"]
@@ -407,7 +393,7 @@ def test_a_vote_sooner_than_the_minimum_display_time_is_refused(collector):
     collector.settings = Settings(min_display_ms=400)
     ann = collector.annotator("ann")
     shown = collector.start(ann, RED, "new")
-    with pytest.raises(TooSoon, match="look at both images first"):
+    with pytest.raises(NotCounted, match="look at both images first"):
         collector.vote(ann, shown.round_id, "left")
     assert collector.store.counts()["rankings"] == 0
     assert 0 < collector.display_wait(shown.round_id) <= 0.4
@@ -433,7 +419,7 @@ def test_a_full_disk_refuses_the_vote_in_one_line_and_keeps_the_pair(tiny_disk, 
         ann = collector.annotator("ann")
         shown = collector.start(ann, RED, "new")
         filler = fill_disk(tiny_disk)
-        with pytest.raises(VoteNotSaved) as refused:
+        with pytest.raises(NotCounted) as refused:
             collector.vote(ann, shown.round_id, "left")
         message = str(refused.value)
         assert message.startswith("Could not save the vote: disk full")
@@ -472,7 +458,7 @@ def test_auto_mode_moves_through_the_prompt_set(collector):
         shown = collector.next_round(ann, voted, "left", "auto")
         prompts.append(shown.prompt)
     assert prompts == [RED, BLUE, RED, BLUE]
-    with pytest.raises(PromptRefused, match="empty"):
+    with pytest.raises(PageError, match="empty"):
         collector.start(ann, "  ", "new")
 
 
@@ -484,9 +470,9 @@ def test_the_daily_cap_stops_rounds_and_votes(collector):
         _, voted = collector.vote(ann, shown.round_id, "left")
         if collector.tally(ann).today < 2:
             shown = collector.next_round(ann, voted, "left", "new")
-    with pytest.raises(AnnotateError, match="today's limit of 2"):
+    with pytest.raises(PageError, match="today's limit of 2"):
         collector.next_round(ann, voted, "left", "new")
-    with pytest.raises(AnnotateError, match="today's limit of 2"):
+    with pytest.raises(PageError, match="today's limit of 2"):
         collector.start(ann, RED, "new")
     bob = collector.annotator("bob")
     assert collector.start(bob, RED, "new").user_id == bob.user_id  # per annotator
@@ -533,10 +519,10 @@ def test_a_bad_gold_file_names_the_line(tmp_path):
     path = write_gold(tmp_path)
     path.write_text(path.read_text() + '{"prompt": "x", "better": "missing.png", '
                     '"worse": "bad0.png"}\n')
-    with pytest.raises(GoldFileError, match=r"gold.jsonl:2: .*missing.png does not exist"):
+    with pytest.raises(UsageError, match=r"gold.jsonl:2: .*missing.png does not exist"):
         read_gold(path)
     path.write_text("not json\n")
-    with pytest.raises(GoldFileError, match=r"gold.jsonl:1: not JSON"):
+    with pytest.raises(UsageError, match=r"gold.jsonl:1: not JSON"):
         read_gold(path)
 
 
@@ -544,17 +530,17 @@ def test_prompts_over_the_cap_in_the_owner_s_files_are_refused_and_never_voted(
         collector, tmp_path):
     from annotate.config import PageConfig
     from annotate.gold import GoldPair
-    from annotate.serve import ServeError, open_app
+    from annotate.serve import open_app
 
     long = "a red circle " * 200  # 2,600 characters (2,599 as a prompt-set line, stripped)
     path = write_gold(tmp_path)
     path.write_text(path.read_text() + json.dumps(
         {"prompt": long, "better": "good0.png", "worse": "bad0.png"}) + "\n")
-    with pytest.raises(GoldFileError, match="gold.jsonl:2: the prompt is 2,600 characters "
+    with pytest.raises(UsageError, match="gold.jsonl:2: the prompt is 2,600 characters "
                                             "long: shorten it to at most 2,000"):
         read_gold(path)
     (tmp_path / "prompts.txt").write_text(f"a red circle\n{long}\n")
-    with pytest.raises(ServeError, match="prompts.txt holds a prompt of 2,599 characters"):
+    with pytest.raises(UsageError, match="prompts.txt holds a prompt of 2,599 characters"):
         open_app(PageConfig(db=tmp_path / "new.duckdb", prompts=tmp_path / "prompts.txt"))
     assert not (tmp_path / "new.duckdb").exists()
     # a round whose prompt never passed the screening is not voted on either
@@ -564,7 +550,7 @@ def test_prompts_over_the_cap_in_the_owner_s_files_are_refused_and_never_voted(
     ann = collector.annotator("ann")
     shown = collector.start(ann, RED, "new")
     assert shown.prompt == long
-    with pytest.raises(PromptRefused, match="at most 2,000"):
+    with pytest.raises(PageError, match="at most 2,000"):
         collector.vote(ann, shown.round_id, "left")
     assert collector.store.counts()["rankings"] == 0
 

@@ -9,8 +9,8 @@ import sys
 import pytest
 from PIL import Image
 
+from cli.errors import ModelError
 from data.store import OUTCOMES, Store
-from models.errors import ModelError
 
 
 def test_the_vote_outcomes_are_the_stores_and_its_check_constraint(tmp_path):
@@ -38,7 +38,7 @@ def test_the_toy_models_name_is_defined_once_and_costs_no_torch_import():
     assert BlindConfig().base == TOY_NAME
     assert PageConfig().models == [TOY_NAME] and TrainConfig().model == TOY_NAME
     # The default is importable by commands that must start fast (eval report, --help).
-    probe = "import sys, models.toy, models.errors; print('torch' in sys.modules)"
+    probe = "import sys, models.toy, cli.errors; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert out.stdout.strip() == "False", out.stderr
 

@@ -10,8 +10,9 @@ import datasets
 import pytest
 from PIL import Image
 
-from annotate.rounds import AnnotateError, Collector, Settings
+from annotate.rounds import Collector, Settings
 from annotate.worker import SET_SOURCE, PairWorker, PromptSet
+from cli.errors import PageError
 from data.pairs import StorePairs
 from data.pickapic import PICKAPIC_SCHEMA, export_pairs
 from data.quality import (
@@ -206,7 +207,7 @@ def test_three_questions_are_stored_per_question_and_read_by_question(campaign, 
     collector = campaign(questions=tuple(QUESTIONS))
     ann = collector.annotator("ann")
     shown = collector.start(ann, "", "auto")
-    with pytest.raises(AnnotateError, match="Answer every question first"):
+    with pytest.raises(PageError, match="Answer every question first"):
         collector.vote(ann, shown.round_id, "left", answers={"appeal": "left"})
     ranking, _ = collector.vote(ann, shown.round_id, "left",
                                 answers={"appeal": "right", "alignment": "tie"})
@@ -275,8 +276,8 @@ def test_flagged_votes_can_be_left_out_of_exports_and_training(tmp_path):
 
 
 def test_the_train_config_takes_question_and_drop_flagged():
+    from cli.errors import TrainError
     from train.config import TrainConfig
-    from train.errors import TrainError
 
     config = TrainConfig(data=["x.duckdb"], question="alignment", drop_flagged=True)
     config.check()

@@ -21,7 +21,7 @@ import pytest
 from helpers import public_shard_table, record, small_disk, write_shard
 from PIL import Image
 
-from data.errors import DataError
+from cli.errors import DataError
 from data.pickapic import import_shards
 from data.store import Store
 

@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from data.errors import DataError
+from cli.errors import DataError
 from data.prompts import Prompt
 from eval.__main__ import main
 from eval.app import build_app, launch_options

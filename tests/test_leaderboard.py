@@ -9,7 +9,7 @@ from datetime import datetime
 import numpy as np
 import pytest
 
-from data.errors import DataError
+from cli.errors import DataError
 from eval.leaderboard import Match, bradley_terry, fit, win_counts
 from eval.votes import VoteRow, VoteStore
 from tests.test_eval_auto import broken_toy  # noqa: F401  (a fixture)

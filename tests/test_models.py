@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from models.errors import ModelError
+from cli.errors import ModelError
 from models.generate import generate, generate_pair
 from models.loading import LORA_BASE_FILE, LORA_WEIGHTS, check, load, looks_like_path
 from models.scorers import AestheticHead, load_scorer

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data.errors import DataError
+from cli.errors import DataError
 from data.pages import (
     FIRST_PORT,
     FRAME_PX,

@@ -15,7 +15,7 @@ from helpers import (
     write_shard,
 )
 
-from data.errors import DataError, ShardError
+from cli.errors import DataError, ShardError
 from data.pairs import MixedPairs, ParquetPairs, StorePairs, image_labels, load_pairs
 from data.pickapic import export_pairs, import_shards
 from data.store import Store

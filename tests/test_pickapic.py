@@ -12,7 +12,7 @@ import pytest
 from helpers import PUBLIC_ROWS, huge_header_jpeg, public_shard_table, record, write_shard
 from PIL import Image
 
-from data.errors import DataError, ShardError
+from cli.errors import DataError, ShardError
 from data.pickapic import PICKAPIC_SCHEMA, export_pairs, import_shard, import_shards
 from data.store import Store
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from data.errors import DataError
+from cli.errors import DataError
 from data.prompts import Prompt, read_prompt_set, read_prompts
 
 

@@ -178,7 +178,7 @@ def test_with_keep_best_each_round_starts_from_the_previous_round_s_best_step(tm
 
 
 def test_a_plan_saved_before_a_setting_existed_continues_with_its_default(tmp_path):
-    from data.errors import DataError
+    from cli.errors import DataError
     from rounds.__main__ import fixed_plan
     from rounds.config import RoundsConfig
 

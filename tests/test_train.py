@@ -24,13 +24,12 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from data.errors import DataError
+from cli.errors import DataError, TrainError
 from data.store import Store
 from models import load
 from tests.helpers import config_for, record
 from train.cache import Preprocessing, _encode_latents, cache_bytes, mirrored, prepare_pair
 from train.config import TrainConfig, resolve
-from train.errors import TrainError
 from train.plan import cache_folder, cache_line, training_pairs
 from train.processes import PREDICTION_TYPES, DDPMProcess
 from train.trainer import Run, batch_positions, forward_pairs

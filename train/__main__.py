@@ -10,7 +10,7 @@ import time
 # transformers warns on import that torchvision is absent; this project never needs it.
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-from cli.errors import UserError, report_user_error  # noqa: E402
+from cli.errors import DoesNotFit, UserError, report_user_error
 from train.config import from_command_line  # noqa: E402
 from train.errors import timed_out, timeout_line  # noqa: E402
 
@@ -80,7 +80,7 @@ def _main(argv: list[str]) -> int:
     try:
         config, dry_run = from_command_line(argv)
         if dry_run:
-            from train.plan import DoesNotFit, launched_processes, plan
+            from train.plan import launched_processes, plan
 
             try:
                 print(plan(config, launched_processes()))

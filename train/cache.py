@@ -45,7 +45,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from train.errors import TrainError
+from cli.errors import DamagedCache
 
 FORMAT = 3  # 3: chunks keyed by content; 2: the mirrored copy under random_flip
 ENCODER_PARTS = ("vae", "text_encoder", "text_encoder_2", "text_encoder_3", "tokenizer",
@@ -240,16 +240,6 @@ def _encode_latents(vae, pixels: np.ndarray, prep: Preprocessing) -> np.ndarray:
                for i in range(0, len(images), step)]
     latents = ((torch.cat(latents).float() - shift) * vae.config.scaling_factor).cpu().numpy()
     return latents.reshape(len(pixels), 2, *latents.shape[1:])
-
-
-class DamagedCache(TrainError):
-    """A cache folder that cannot be read as it was written (a truncated or missing file):
-    the trainer rebuilds it; its message, for anyone else, says how."""
-
-    def __init__(self, directory: Path, reason: str):
-        super().__init__(f"cache {directory} is damaged ({reason}): delete that folder and "
-                         "the next run rebuilds it")
-        self.directory, self.reason = directory, reason
 
 
 def _damage(error: Exception) -> str:

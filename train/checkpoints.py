@@ -20,9 +20,9 @@ import shlex
 import shutil
 from pathlib import Path
 
+from cli.errors import TrainError
 from models.loading import same_model
 from train.config import TrainConfig
-from train.errors import TrainError
 
 STATE_FILE = "trainer_state.json"
 KIND_KEY = "run_kind"  # the marker's record of the run that wrote the checkpoint

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import yaml
 
+from cli.errors import TrainError
 from data.store import QUESTIONS
 from models.toy import TOY_NAME
-from train.errors import TrainError
 from train.presets import PRESETS
 
 HOLDOUT_SHARE = 10  # a run holds out at most one pair in this many

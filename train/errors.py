@@ -1,10 +1,5 @@
-"""The trainer's one error type: its message is the whole answer the user sees."""
-
-from cli.errors import UserError
-
-
-class TrainError(UserError):
-    """A run that cannot start or continue, with a one-line message naming the fix."""
+"""What a process that waited too long for the others says (the trainer's user errors are
+in cli/errors.py: `TrainError` and its kinds)."""
 
 
 class Phase:

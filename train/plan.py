@@ -19,13 +19,12 @@ import torch
 import yaml
 from torch.utils.data import Dataset
 
+from cli.errors import DataError, DoesNotFit, TrainError
 from data import heldout
-from data.errors import DataError
 from data.pairs import ChainedPairs, MixedPairs, load_pairs
 from models.loading import FLOW_KINDS, fingerprint, kind_of
 from train import cache as pair_cache
 from train.config import HOLDOUT_SHARE, TrainConfig, objective_text
-from train.errors import TrainError
 from train.memory import estimate_lines, size_text
 
 HELDOUT_SPLITS = ("validation", "validation_unique", "test", "test_unique")
@@ -139,15 +138,6 @@ def _free_bytes(folder: Path) -> int:
     while not folder.exists():
         folder = folder.parent
     return shutil.disk_usage(folder).free
-
-
-class DoesNotFit(TrainError):
-    """A plan whose cache cannot fit the disk it names: `text` is what the dry run prints
-    before it refuses in one line (the cache's lines, then the whole plan)."""
-
-    def __init__(self, message: str, text: str):
-        super().__init__(message)
-        self.text = text
 
 
 def cache_line(config: TrainConfig, pairs: Dataset, processes: int = 1) -> str:

@@ -28,10 +28,10 @@ import math
 
 import torch
 
+from cli.errors import TrainError
 from models.loading import FLOW_KINDS, LoadedModel
 from train.cache import CachedBatch, PairCache
 from train.config import TrainConfig
-from train.errors import TrainError
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 

@@ -31,13 +31,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from cli.errors import DamagedCache, TrainError
 from data.pairs import image_labels
 from models.loading import FLOW_KINDS, LoadedModel, load
 from models.threads import free_cores, use_free_cores
 from train import cache as pair_cache
 from train import checkpoints, samples
 from train.config import REFERENCE_OBJECTIVES, TrainConfig, save
-from train.errors import Phase, TrainError
+from train.errors import Phase
 from train.loss import (
     DPOTerms,
     dpo_loss,
@@ -344,7 +345,7 @@ def build_cache(config: TrainConfig, pairs, model: LoadedModel, accelerator,
         accelerator.wait_for_everyone()
         try:
             return pair_cache.PairCache(directory, keys, captions), encoded
-        except pair_cache.DamagedCache as damage:
+        except DamagedCache as damage:
             if accelerator.is_main_process:
                 print(f"cache {damage.directory} is damaged ({damage.reason}): encoding it "
                       "again")
