@@ -16,7 +16,7 @@ from tqdm import tqdm
 from data.prompts import Prompt
 from eval.config import Sampling
 from eval.images import DEFAULT_ROOT, images_for, open_image
-from eval.stats import Interval, Vote
+from eval.stats import Interval, Judgement
 from models.scorers import checked_scores
 
 SCORE_BATCH = 64
@@ -33,7 +33,7 @@ class AutoResult:
     seeds: list[int]
     base_scores: np.ndarray
     aligned_scores: np.ndarray
-    votes: list[Vote] = field(default_factory=list)
+    votes: list[Judgement] = field(default_factory=list)
 
 
 def mean_interval(scores: np.ndarray) -> tuple[float, Interval]:
@@ -76,7 +76,7 @@ def compare(base: str, aligned: str, prompts: list[Prompt], scorer, scorer_name:
                          [base_paths[(p.text, s)] for p, s in pairs], "base")
     aligned_scores = score_images(scorer, scorer_name, pair_texts,
                             [aligned_paths[(p.text, s)] for p, s in pairs], "aligned")
-    votes = [Vote(prompt.text, outcome(b, a, tie_margin), category=prompt.category)
+    votes = [Judgement(prompt.text, outcome(b, a, tie_margin), category=prompt.category)
              for (prompt, _), b, a in zip(pairs, base_scores, aligned_scores, strict=True)]
     return AutoResult(base, aligned, scorer_name, sampling, tie_margin,
                       [p for p, _ in pairs], [s for _, s in pairs], base_scores,

@@ -16,7 +16,7 @@ from cli.errors import DataError
 from data.stats import percent  # noqa: E402
 from data.store import disk_full_error, is_disk_full, unwritable_folder  # noqa: E402
 from eval.auto import AutoResult, mean_interval  # noqa: E402
-from eval.stats import Tally, Vote, tally, tally_by_category  # noqa: E402
+from eval.stats import Judgement, Tally, tally, tally_by_category  # noqa: E402
 from eval.votes import VoteRow  # noqa: E402
 
 
@@ -126,7 +126,7 @@ def rate_rows(tallies: dict[str, Tally]) -> list[str]:
     return rows
 
 
-def write_report(out: Path, title: str, intro: list[str], votes: list[Vote], summary: dict,
+def write_report(out: Path, title: str, intro: list[str], votes: list[Judgement], summary: dict,
                  sections: list[str] = (), rates: bool = False) -> dict:
     """The report every evaluation writes: report.md, win_rate.png and summary.json.
 

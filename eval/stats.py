@@ -28,7 +28,7 @@ Z95 = 1.959963984540054
 
 
 @dataclass(frozen=True)
-class Vote:
+class Judgement:
     """One judged pair. `aligned_left`: whether the aligned model's image was on the left."""
 
     prompt: str
@@ -92,7 +92,7 @@ def sign_test(wins: int, losses: int) -> float:
     return min(1.0, 2 * tail / 2**n)
 
 
-def _counts(votes: Sequence[Vote]) -> np.ndarray:
+def _counts(votes: Sequence[Judgement]) -> np.ndarray:
     counts = np.zeros(len(OUTCOMES), dtype=np.int64)
     for vote in votes:
         if vote.outcome not in OUTCOMES:
@@ -101,10 +101,10 @@ def _counts(votes: Sequence[Vote]) -> np.ndarray:
     return counts
 
 
-def clustered_bootstrap(votes: Sequence[Vote], samples: int = 2000, seed: int = 0,
+def clustered_bootstrap(votes: Sequence[Judgement], samples: int = 2000, seed: int = 0,
                         level: float = 0.95) -> Interval | None:
     """Percentile interval of the win rate, resampling whole prompts with replacement."""
-    by_prompt: dict[str, list[Vote]] = defaultdict(list)
+    by_prompt: dict[str, list[Judgement]] = defaultdict(list)
     for vote in votes:
         by_prompt[vote.prompt].append(vote)
     per_prompt = np.array([_counts(group) for group in by_prompt.values()])
@@ -120,7 +120,7 @@ def clustered_bootstrap(votes: Sequence[Vote], samples: int = 2000, seed: int = 
     return Interval(float(low), float(high))
 
 
-def tally(votes: Iterable[Vote], bootstrap_samples: int = 2000, seed: int = 0) -> Tally:
+def tally(votes: Iterable[Judgement], bootstrap_samples: int = 2000, seed: int = 0) -> Tally:
     """Every figure of the module docstring for one set of votes."""
     votes = list(votes)
     wins, losses, ties, both_bad = (int(c) for c in _counts(votes))
@@ -143,10 +143,10 @@ def tally(votes: Iterable[Vote], bootstrap_samples: int = 2000, seed: int = 0) -
     )
 
 
-def tally_by_category(votes: Iterable[Vote], **options) -> dict[str, Tally]:
+def tally_by_category(votes: Iterable[Judgement], **options) -> dict[str, Tally]:
     """One tally per prompt category (votes without one are under 'all' only)."""
     votes = list(votes)
-    groups: dict[str, list[Vote]] = defaultdict(list)
+    groups: dict[str, list[Judgement]] = defaultdict(list)
     for vote in votes:
         if vote.category:
             groups[vote.category].append(vote)

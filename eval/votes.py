@@ -20,7 +20,7 @@ from pathlib import Path
 
 from cli.errors import DataError
 from data.store import DuckDBFile
-from eval.stats import Vote
+from eval.stats import Judgement
 
 DEFAULT_VOTES = Path("runs/eval/votes.duckdb")
 SIDES = ("base", "aligned")
@@ -72,9 +72,9 @@ class VoteRow:
     created_at: datetime
     question: str = "preference"
 
-    def as_stat(self) -> Vote:
+    def as_stat(self) -> Judgement:
         """The vote as eval.stats counts it (aligned over base, side A is the left)."""
-        return Vote(self.prompt, self.outcome, self.side_a == "aligned", self.category)
+        return Judgement(self.prompt, self.outcome, self.side_a == "aligned", self.category)
 
 
 COLUMNS = [f.name for f in fields(VoteRow)]

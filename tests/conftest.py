@@ -6,8 +6,12 @@ diffusers or gradio, so nothing can reach the network or the user's caches.
 
 from __future__ import annotations
 
+import ast
+import inspect
 import os
+import re
 import tempfile
+import textwrap
 from pathlib import Path
 
 _SANDBOX = Path(tempfile.mkdtemp(prefix="dpo-tests-"))
@@ -316,7 +320,51 @@ LONGEST_FIRST = ["test_rounds.py", "test_cluster.py", "test_readme.py", "test_be
                  "test_train.py", "test_annotate_app.py"]
 
 
+# The markers (pyproject.toml): `browser` for a test that uses the browser fixture,
+# `subprocess` for one whose body, fixtures or module helpers start a process, `slow` for
+# the tests tests/slow.txt lists: those over 5 s in the last full run measured with
+# `--durations=0` (`python scripts/slow_tests.py LOG` writes the file from that run's log).
+SLOW = {line.strip() for line in (REPO / "tests" / "slow.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")}
+_STARTS_A_PROCESS = re.compile(r"\bsubprocess\b|\bPopen\b|sys\.executable|accelerate_launch")
+
+
+def _module_functions(module) -> dict[str, str]:
+    """The source of each module-level function (helpers and fixtures) of a test module."""
+    try:
+        text = inspect.getsource(module)
+    except (OSError, TypeError):
+        return {}
+    return {node.name: ast.get_source_segment(text, node) or "" for node in ast.parse(text).body
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))}
+
+
+def _starts_a_process(item: pytest.Function, functions: dict[str, str]) -> bool:
+    """Whether the test, a fixture it requests or a helper it calls (one level) mentions
+    starting a process."""
+    try:
+        source = inspect.getsource(item.function)
+    except (OSError, TypeError):
+        return False
+    called = {node.id for node in ast.walk(ast.parse(textwrap.dedent(source)))
+              if isinstance(node, ast.Name)}
+    texts = [source, *(functions.get(name, "") for name in called | set(item.fixturenames))]
+    return any(_STARTS_A_PROCESS.search(text) for text in texts)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    modules: dict[str, dict[str, str]] = {}
+    for item in items:
+        if "browser" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.browser)
+        if isinstance(item, pytest.Function):
+            functions = modules.setdefault(item.module.__name__,
+                                           _module_functions(item.module))
+            if _starts_a_process(item, functions):
+                item.add_marker(pytest.mark.subprocess)
+        if item.nodeid.removeprefix("tests/") in SLOW or item.nodeid in SLOW:
+            item.add_marker(pytest.mark.slow)
+
     def rank(item: pytest.Item) -> int:
         name = item.path.name
         return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)

@@ -4,7 +4,7 @@ import pytest
 
 from eval.stats import (
     Interval,
-    Vote,
+    Judgement,
     clustered_bootstrap,
     sign_test,
     tally,
@@ -14,7 +14,7 @@ from eval.stats import (
 
 
 def votes(prompt="p", **counts):
-    return [Vote(prompt, outcome) for outcome, k in counts.items() for _ in range(k)]
+    return [Judgement(prompt, outcome) for outcome, k in counts.items() for _ in range(k)]
 
 
 def test_wilson_interval_matches_published_values():
@@ -72,25 +72,25 @@ def test_bootstrap_resamples_prompts_so_correlated_votes_widen_the_interval():
     assert clustered.high - clustered.low > 1.5 * (naive.high - naive.low)
     assert clustered_bootstrap(data, samples=4000, seed=1) == clustered  # seeded
     # with independent prompts (one vote each) it agrees with Wilson roughly
-    spread = [Vote(f"p{i}", "aligned" if i % 2 else "base") for i in range(200)]
+    spread = [Judgement(f"p{i}", "aligned" if i % 2 else "base") for i in range(200)]
     independent = clustered_bootstrap(spread, samples=4000, seed=1)
     assert independent.high - independent.low == pytest.approx(
         wilson(100, 200).high - wilson(100, 200).low, rel=0.15)
 
 
 def test_left_side_win_rate_checks_position_bias():
-    left_always_wins = [Vote("p", "aligned", aligned_left=True),
-                        Vote("p", "base", aligned_left=False),
-                        Vote("p", "aligned", aligned_left=True),
-                        Vote("p", "tie", aligned_left=False),  # not decisive
-                        Vote("p", "base")]  # side unknown
+    left_always_wins = [Judgement("p", "aligned", aligned_left=True),
+                        Judgement("p", "base", aligned_left=False),
+                        Judgement("p", "aligned", aligned_left=True),
+                        Judgement("p", "tie", aligned_left=False),  # not decisive
+                        Judgement("p", "base")]  # side unknown
     t = tally(left_always_wins)
     assert t.left_win_rate == 1.0 and t.left_decisive_votes == 3
 
 
 def test_tallies_per_category():
-    data = votes("a", aligned=3) + [Vote("b", "base", category="animals")] * 2
-    data += [Vote("c", "aligned", category="art")]
+    data = votes("a", aligned=3) + [Judgement("b", "base", category="animals")] * 2
+    data += [Judgement("c", "aligned", category="art")]
     tallies = tally_by_category(data)
     assert list(tallies) == ["all", "animals", "art"]
     assert tallies["all"].n == 6 and tallies["animals"].win_rate == 0.0
@@ -99,7 +99,7 @@ def test_tallies_per_category():
 
 def test_unknown_outcomes_are_refused():
     with pytest.raises(ValueError, match="unknown outcome"):
-        tally([Vote("p", "left")])
+        tally([Judgement("p", "left")])
 
 
 def test_interval_contains():

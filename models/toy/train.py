@@ -13,10 +13,11 @@ Stable Diffusion pipeline directory that plain `DiffusionPipeline.from_pretraine
 
 from __future__ import annotations
 
-import argparse
 import json
 import resource
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from cli.entry import run_main
+from cli.parser import parse, setting
 from models.toy.shapes import IMAGE_SIZE, WORDS, all_captions, sample_batch
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "pipeline"
@@ -158,46 +161,48 @@ def save_pipeline(pipe, out: Path) -> None:
     pipe.save_pretrained(out, safe_serialization=True)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m models.toy.train", description=__doc__)
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="pipeline folder")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--images", type=int, default=20000, help="training images")
-    parser.add_argument("--vae-steps", type=int, default=500)
-    parser.add_argument("--vae-batch", type=int, default=32)
-    parser.add_argument("--unet-steps", type=int, default=1000)
-    parser.add_argument("--unet-batch", type=int, default=128)
-    parser.add_argument(
-        "--snapshot-every", type=int, default=0,
-        help="also save the UNet every N steps under OUT/snapshots (to choose --unet-steps)",
-    )
-    args = parser.parse_args(argv)
+@dataclass(frozen=True)
+class ToyTrainConfig:
+    """Train the toy pipeline (VAE, then UNet) from scratch on the toy world's images."""
+
+    out: Path = setting("pipeline folder", DEFAULT_OUT)
+    seed: int = setting("seed of every draw", 0)
+    images: int = setting("training images", 20000)
+    vae_steps: int = setting("VAE training steps", 500)
+    vae_batch: int = setting("VAE batch", 32)
+    unet_steps: int = setting("UNet training steps", 1000)
+    unet_batch: int = setting("UNet batch", 128)
+    snapshot_every: int = setting("also save the UNet every N steps under OUT/snapshots (to "
+                                  "choose --unet-steps)", 0)
+
+
+def train_toy(config: ToyTrainConfig) -> int:
 
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
     torch.use_deterministic_algorithms(True)
     started = time.time()
-    args.out.mkdir(parents=True, exist_ok=True)
-    work = args.out / "_build"
-    tokenizer, text_encoder = build_text_side(work, args.seed)
+    config.out.mkdir(parents=True, exist_ok=True)
+    work = config.out / "_build"
+    tokenizer, text_encoder = build_text_side(work, config.seed)
     captions = all_captions()
     text = embed(tokenizer, text_encoder, [*captions, ""])
 
-    pixels, image_captions = sample_batch(args.images, seed=args.seed)
+    pixels, image_captions = sample_batch(config.images, seed=config.seed)
     images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1
     caption_ids = torch.tensor([captions.index(c) for c in image_captions])
 
-    vae = build_vae(args.seed)
-    psnr = train_vae(vae, images, args.vae_steps, args.vae_batch, args.seed)
+    vae = build_vae(config.seed)
+    psnr = train_vae(vae, images, config.vae_steps, config.vae_batch, config.seed)
     latents = encode_latents(vae, images)
     scaling = float(1.0 / latents.std())
     vae.register_to_config(scaling_factor=scaling)
     vae_minutes = (time.time() - started) / 60
 
-    unet = build_unet(args.seed)
+    unet = build_unet(config.seed)
     noise_scheduler = train_unet(
-        unet, latents * scaling, text, caption_ids, args.unet_steps, args.unet_batch,
-        args.seed, args.snapshot_every, args.out,
+        unet, latents * scaling, text, caption_ids, config.unet_steps, config.unet_batch,
+        config.seed, config.snapshot_every, config.out,
     )
 
     pipe = StableDiffusionPipeline(
@@ -208,13 +213,13 @@ def main(argv: list[str] | None = None) -> None:
         safety_checker=None, feature_extractor=None, image_encoder=None,
         requires_safety_checker=False,
     )
-    save_pipeline(pipe, args.out)
+    save_pipeline(pipe, config.out)
     for leftover in sorted(work.rglob("*"), reverse=True):
         leftover.unlink() if leftover.is_file() else leftover.rmdir()
     work.rmdir()
     report = {
-        "seed": args.seed, "images": args.images, "vae_steps": args.vae_steps,
-        "unet_steps": args.unet_steps, "unet_batch": args.unet_batch,
+        "seed": config.seed, "images": config.images, "vae_steps": config.vae_steps,
+        "unet_steps": config.unet_steps, "unet_batch": config.unet_batch,
         "vae_psnr_db": round(psnr, 2), "latent_scaling_factor": round(scaling, 4),
         "vae_params_m": round(sum(p.numel() for p in vae.parameters()) / 1e6, 3),
         "unet_params_m": round(sum(p.numel() for p in unet.parameters()) / 1e6, 3),
@@ -222,9 +227,17 @@ def main(argv: list[str] | None = None) -> None:
         "total_minutes": round((time.time() - started) / 60, 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
     }
-    (args.out / "training.json").write_text(json.dumps(report, indent=2) + "\n")
+    (config.out / "training.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    def command(argv: list[str]) -> int:
+        return train_toy(parse(ToyTrainConfig, argv, "python -m models.toy.train"))
+
+    return run_main(command, argv)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -14,17 +14,20 @@ Deterministic from `--seed`. The result is a `StableDiffusion3Pipeline` folder.
 
 from __future__ import annotations
 
-import argparse
 import json
 import resource
 import shutil
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from cli.entry import run_main
+from cli.parser import parse, setting
 from models.toy.shapes import all_captions, sample_batch
 from models.toy.train import encode_latents
 
@@ -69,20 +72,23 @@ def build_transformer(seed: int, width: int, layers: int, patch: int):
         caption_projection_dim=width, pooled_projection_dim=128, pos_embed_max_size=8)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m models.toy.train_flow",
-                                     description=__doc__)
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="pipeline folder")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--images", type=int, default=20000, help="training images")
-    parser.add_argument("--steps", type=int, default=2400)
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--width", type=int, default=64, help="transformer width")
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--patch", type=int, default=1,
-                        help="latent patch size: 1 gives 64 image tokens, 2 gives 16")
-    parser.add_argument("--snapshot-every", type=int, default=0)
-    args = parser.parse_args(argv)
+@dataclass(frozen=True)
+class FlowToyTrainConfig:
+    """Train the flow toy's transformer on the toy's VAE and text encoder."""
+
+    out: Path = setting("pipeline folder", DEFAULT_OUT)
+    seed: int = setting("seed of every draw", 0)
+    images: int = setting("training images", 20000)
+    steps: int = setting("training steps", 2400)
+    batch: int = setting("batch", 128)
+    width: int = setting("transformer width", 64)
+    layers: int = setting("transformer layers", 4)
+    patch: int = setting("latent patch size: 1 gives 64 image tokens, 2 gives 16", 1)
+    snapshot_every: int = setting("also save the transformer every N steps under "
+                                  "OUT/snapshots", 0)
+
+
+def train_flow_toy(config: FlowToyTrainConfig) -> int:
 
     from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
 
@@ -93,9 +99,9 @@ def main(argv: list[str] | None = None) -> None:
     toy = load("toy", device="cpu", dtype=torch.float32).pipeline
     vae = toy.vae
     vae.register_to_config(shift_factor=0.0)  # SD3's pipeline adds it when decoding
-    encoder = text_encoders(toy, args.seed)
-    transformer = build_transformer(args.seed, args.width, args.layers, args.patch)
-    t5, t5_tokenizer = t5_side(args.out / "_build" / "t5", args.seed)
+    encoder = text_encoders(toy, config.seed)
+    transformer = build_transformer(config.seed, config.width, config.layers, config.patch)
+    t5, t5_tokenizer = t5_side(config.out / "_build" / "t5", config.seed)
     pipe = StableDiffusion3Pipeline(
         transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0),
         vae=vae, text_encoder=encoder, tokenizer=toy.tokenizer, text_encoder_2=encoder,
@@ -106,25 +112,25 @@ def main(argv: list[str] | None = None) -> None:
     with torch.no_grad():
         text, _, pooled, _ = pipe.encode_prompt([*captions, ""], None, None, device="cpu",
                                                 do_classifier_free_guidance=False)
-    pixels, image_captions = sample_batch(args.images, seed=args.seed)
+    pixels, image_captions = sample_batch(config.images, seed=config.seed)
     images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1
     latents = encode_latents(vae, images) * vae.config.scaling_factor
     caption_ids = torch.tensor([captions.index(c) for c in image_captions])
 
-    generator = torch.Generator().manual_seed(args.seed)
+    generator = torch.Generator().manual_seed(config.seed)
     optimizer = torch.optim.AdamW(transformer.parameters(), lr=3e-4, weight_decay=1e-2)
     empty = len(captions)
     transformer.train()
-    bar = tqdm(range(1, args.steps + 1), desc="transformer", unit="step")
+    bar = tqdm(range(1, config.steps + 1), desc="transformer", unit="step")
     for step in bar:
         for group in optimizer.param_groups:
             group["lr"] = 3e-4 * min(1.0, step / 100)
-        index = torch.randint(0, len(latents), (args.batch,), generator=generator)
+        index = torch.randint(0, len(latents), (config.batch,), generator=generator)
         x0 = latents[index]
         ids = caption_ids[index].clone()
-        ids[torch.rand(args.batch, generator=generator) < 0.1] = empty
+        ids[torch.rand(config.batch, generator=generator) < 0.1] = empty
         noise = torch.randn(x0.shape, generator=generator)
-        s = torch.sigmoid(torch.randn(args.batch, generator=generator))
+        s = torch.sigmoid(torch.randn(config.batch, generator=generator))
         noisy = (1 - s.view(-1, 1, 1, 1)) * x0 + s.view(-1, 1, 1, 1) * noise
         pred = transformer(hidden_states=noisy, timestep=s * 1000,
                            encoder_hidden_states=text[ids], pooled_projections=pooled[ids]).sample
@@ -134,24 +140,32 @@ def main(argv: list[str] | None = None) -> None:
         torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
         optimizer.step()
         bar.set_postfix(loss=f"{loss.item():.4f}")
-        if args.snapshot_every and step % args.snapshot_every == 0 and step < args.steps:
-            transformer.save_pretrained(args.out / "snapshots" / f"transformer-{step}")
+        if config.snapshot_every and step % config.snapshot_every == 0 and step < config.steps:
+            transformer.save_pretrained(config.out / "snapshots" / f"transformer-{step}")
     transformer.eval()
     transformer.to(torch.float16)  # as the UNet toy stores them (train.save_pipeline);
     vae.to(torch.float16)  # diffusers loads them as fp32, the text encoders stay fp32
-    pipe.save_pretrained(args.out, safe_serialization=True)
-    shutil.rmtree(args.out / "_build")
+    pipe.save_pretrained(config.out, safe_serialization=True)
+    shutil.rmtree(config.out / "_build")
     report = {
-        "seed": args.seed, "images": args.images, "steps": args.steps, "batch": args.batch,
-        "width": args.width, "layers": args.layers, "patch": args.patch,
+        "seed": config.seed, "images": config.images, "steps": config.steps, "batch": config.batch,
+        "width": config.width, "layers": config.layers, "patch": config.patch,
         "transformer_params_m": round(sum(p.numel() for p in transformer.parameters()) / 1e6,
                                       3),
         "total_minutes": round((time.time() - started) / 60, 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
     }
-    (args.out / "training.json").write_text(json.dumps(report, indent=2) + "\n")
+    (config.out / "training.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    def command(argv: list[str]) -> int:
+        return train_flow_toy(parse(FlowToyTrainConfig, argv, "python -m models.toy.train_flow"))
+
+    return run_main(command, argv)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
