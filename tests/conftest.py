@@ -322,8 +322,9 @@ LONGEST_FIRST = ["test_rounds.py", "test_cluster.py", "test_readme.py", "test_be
 
 # The markers (pyproject.toml): `browser` for a test that uses the browser fixture,
 # `subprocess` for one whose body, fixtures or module helpers start a process, `slow` for
-# the tests tests/slow.txt lists: those over 5 s in the last full run measured with
-# `--durations=0` (`python scripts/slow_tests.py LOG` writes the file from that run's log).
+# the tests tests/slow.txt lists (those over 5 s in the last full run measured with
+# `--durations=0`: `python scripts/slow_tests.py LOG` writes the file from that run's log)
+# and the tests that share a module-scoped fixture with one of them.
 SLOW = {line.strip() for line in (REPO / "tests" / "slow.txt").read_text().splitlines()
         if line.strip() and not line.startswith("#")}
 _STARTS_A_PROCESS = re.compile(r"\bsubprocess\b|\bPopen\b|sys\.executable|accelerate_launch")
@@ -335,7 +336,9 @@ def _module_functions(module) -> dict[str, str]:
         text = inspect.getsource(module)
     except (OSError, TypeError):
         return {}
-    return {node.name: ast.get_source_segment(text, node) or "" for node in ast.parse(text).body
+    lines = text.splitlines()
+    return {node.name: "\n".join(lines[node.lineno - 1:node.end_lineno])
+            for node in ast.parse(text).body
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))}
 
 
@@ -352,17 +355,31 @@ def _starts_a_process(item: pytest.Function, functions: dict[str, str]) -> bool:
     return any(_STARTS_A_PROCESS.search(text) for text in texts)
 
 
+def _shared_fixtures(item: pytest.Item) -> set[tuple[str, str]]:
+    """The module- or class-scoped fixtures a test uses: built once, for the first test of
+    its file that asks, so a test that shares one with a slow test is as slow to run alone."""
+    info = getattr(item, "_fixtureinfo", None)
+    used = info.name2fixturedefs if info else {}
+    return {(defs[-1].baseid, name) for name, defs in used.items()
+            if defs and defs[-1].scope in ("module", "class", "package")}
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    slow_fixtures = {key for item in items
+                     if item.nodeid.removeprefix("tests/") in SLOW or item.nodeid in SLOW
+                     for key in _shared_fixtures(item)}
     modules: dict[str, dict[str, str]] = {}
     for item in items:
         if "browser" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.browser)
         if isinstance(item, pytest.Function):
-            functions = modules.setdefault(item.module.__name__,
-                                           _module_functions(item.module))
+            if item.module.__name__ not in modules:
+                modules[item.module.__name__] = _module_functions(item.module)
+            functions = modules[item.module.__name__]
             if _starts_a_process(item, functions):
                 item.add_marker(pytest.mark.subprocess)
-        if item.nodeid.removeprefix("tests/") in SLOW or item.nodeid in SLOW:
+        if item.nodeid.removeprefix("tests/") in SLOW or item.nodeid in SLOW \
+                or _shared_fixtures(item) & slow_fixtures:
             item.add_marker(pytest.mark.slow)
 
     def rank(item: pytest.Item) -> int:

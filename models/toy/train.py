@@ -162,12 +162,18 @@ def save_pipeline(pipe, out: Path) -> None:
 
 
 @dataclass(frozen=True)
-class ToyTrainConfig:
+class ToyImages:
+    """What both toy models train on: drawn toy-world images."""
+
+    seed: int = setting("seed of every draw", 0)
+    images: int = setting("training images", 20000)
+
+
+@dataclass(frozen=True)
+class ToyTrainConfig(ToyImages):
     """Train the toy pipeline (VAE, then UNet) from scratch on the toy world's images."""
 
     out: Path = setting("pipeline folder", DEFAULT_OUT)
-    seed: int = setting("seed of every draw", 0)
-    images: int = setting("training images", 20000)
     vae_steps: int = setting("VAE training steps", 500)
     vae_batch: int = setting("VAE batch", 32)
     unet_steps: int = setting("UNet training steps", 1000)

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from cli.entry import run_main
 from cli.parser import parse, setting
 from models.toy.shapes import all_captions, sample_batch
-from models.toy.train import encode_latents
+from models.toy.train import ToyImages, encode_latents
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "flow_pipeline"
 
@@ -73,12 +73,10 @@ def build_transformer(seed: int, width: int, layers: int, patch: int):
 
 
 @dataclass(frozen=True)
-class FlowToyTrainConfig:
+class FlowToyTrainConfig(ToyImages):
     """Train the flow toy's transformer on the toy's VAE and text encoder."""
 
     out: Path = setting("pipeline folder", DEFAULT_OUT)
-    seed: int = setting("seed of every draw", 0)
-    images: int = setting("training images", 20000)
     steps: int = setting("training steps", 2400)
     batch: int = setting("batch", 128)
     width: int = setting("transformer width", 64)
