@@ -75,11 +75,13 @@ def test_a_visibly_worse_model_loses_clearly_and_the_report_says_so(broken_toy, 
     assert before == after and len(before) == 72
 
 
-def test_the_command_says_what_to_train_first(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "eval", "auto"], capture_output=True,
-                         text=True, cwd=tmp_path)
-    assert out.returncode == 1
-    assert out.stderr.startswith("error: no aligned model") and out.stderr.count("\n") == 1
+def test_the_command_says_what_to_train_first(tmp_path, monkeypatch, capsys):
+    from eval.__main__ import main
+
+    monkeypatch.chdir(tmp_path)  # no runs/train here
+    assert main(["auto"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: no aligned model") and err.count("\n") == 1
 
 
 def test_a_run_s_kept_and_last_models_report_under_the_run_s_name():
