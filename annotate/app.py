@@ -2,8 +2,8 @@
 
 Every event's function takes the name box (ignored with a login: the user id then comes
 from the login alone), the mode and the round id held by the page, and answers with the
-whole view: both images (enlarged for the page by `data.pages.enlarge`, as files of a
-`data.pages.PageImages`), the prompt shown, the round id, the tally, the note and the
+whole view: both images (enlarged for the page by `pages.shared.enlarge`, as files of a
+`pages.shared.PageImages`), the prompt shown, the round id, the tally, the note and the
 vote buttons. The round id is held by the page (a hidden textbox, not server-side
 state), so a vote names the pair that was on screen when it was cast. A new pair comes
 with its buttons off; `arm` turns them on once the pair has been shown for the minimum
@@ -24,8 +24,8 @@ import pandas as pd
 from annotate.campaign import ANNOTATOR_COLUMNS, campaign
 from annotate.rounds import ANSWERS, Annotator, Collector, Round
 from cli.errors import DataError, NotCounted, PageError
-from data.pages import FRAME_PX, PageImages, check_name, enlarge
 from data.store import QUESTIONS
+from pages.shared import FRAME_PX, PageImages, check_name, enlarge
 
 BUTTONS = [  # (outcome, label, key name shown, KeyboardEvent.key values)
     ("left", "Left is better", "←", ["ArrowLeft"]),

@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from data.pages import markdown_literal
 from data.quality import CrowdQuality, human_votes
 from data.stats import StoreStats, percent, store_stats
 from data.store import Store
+from pages.shared import markdown_literal
 
 ANNOTATOR_COLUMNS = ["annotator", "votes", "agreement with others", "compared",
                      "gold accuracy", "gold answered", "left-side rate", "votes/min",

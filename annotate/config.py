@@ -10,10 +10,10 @@ from pathlib import Path
 from annotate.rounds import MIN_DISPLAY_MS
 from cli.errors import UsageError
 from cli.parser import setting
-from data.pages import PORT_HELP
 from data.store import DEFAULT_DB
 from models.toy import TOY_NAME
 from models.variety import PairVariety
+from pages.shared import PORT_HELP
 
 _STORE_HELP = "store file"
 

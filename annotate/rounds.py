@@ -45,7 +45,6 @@ from annotate.gold import GoldPair
 from annotate.screening import Blocklist, check_length, screen
 from annotate.worker import SET_SOURCE, PairWorker, Progress
 from cli.errors import DailyCapReached, NotCounted, PageError, StoreWriteError
-from data.pages import unsaved_vote
 from data.pairs import decode_image, encode_jpeg
 from data.store import (
     OUTCOMES,
@@ -58,6 +57,7 @@ from data.store import (
     utc_day_start,
 )
 from models.generate import GeneratedImage
+from pages.shared import unsaved_vote
 
 MODES = ("new", "keep", "auto")
 _MAX_ROUNDS = 10_000  # rounds awaiting a vote, across sessions; the oldest are forgotten

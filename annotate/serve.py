@@ -14,11 +14,11 @@ from annotate.rounds import Collector, Settings
 from annotate.screening import MAX_PROMPT_CHARS, Blocklist, token_counter
 from annotate.worker import PairWorker, PromptSet
 from cli.errors import UsageError
-from data.pages import PageImages, launch_page, pick_port, read_logins, server_options
 from data.prompts import read_prompts
 from data.store import QUESTIONS, Store
 from models.threads import use_free_cores
 from models.toy import built_in_prompts
+from pages.shared import PageImages, launch_page, pick_port, read_logins, server_options
 
 
 @dataclass

@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from data.pages import free_port  # noqa: E402
+from pages.shared import free_port  # noqa: E402
 
 HONEST, RANDOM, LEFT = "honest", "random", "left"
 CROWD = [(f"honest-{i:02d}", HONEST) for i in range(1, 10)] + [

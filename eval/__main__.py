@@ -21,7 +21,6 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 from cli.entry import run_main  # noqa: E402
 from cli.errors import DataError
 from cli.parser import CONFIG_FILE, command_line, parse_command, save_config  # noqa: E402
-from data.pages import launch_page, pick_port, read_logins  # noqa: E402
 from eval.config import (  # noqa: E402
     COMMANDS,
     AutoConfig,
@@ -31,6 +30,7 @@ from eval.config import (  # noqa: E402
 )
 from models.threads import use_free_cores  # noqa: E402
 from models.toy import TOY_NAME, TOY_NAMES, built_in_prompts  # noqa: E402
+from pages.shared import launch_page, pick_port, read_logins  # noqa: E402
 
 
 def trained_models(root: Path = Path("runs/train")) -> list[str]:

@@ -10,11 +10,11 @@ from __future__ import annotations
 import gradio as gr
 
 from cli.errors import DataError
-from data.pages import FRAME_PX, check_name, markdown_literal, server_options
 from data.stats import percent
 from data.store import QUESTIONS
 from eval.blind import BlindEval, Progress, Reveal
 from eval.stats import Tally
+from pages.shared import FRAME_PX, check_name, markdown_literal, server_options
 
 IDS = {"A": "eval-vote-a", "B": "eval-vote-b", "tie": "eval-vote-tie", "both_bad": "eval-vote-bad"}
 LABELS = {"A": "A is better  [a / ←]", "B": "B is better  [b / →]", "tie": "Tie  [t / ↓]",

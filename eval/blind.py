@@ -2,9 +2,9 @@
 
 Blindness is a security property here. What the browser gets before a vote is a `Shown`:
 an opaque pair id (kept server-side in the page's state), the prompt and the two images,
-each decoded, enlarged for the page (`data.pages.enlarge`) and written afresh for this
+each decoded, enlarged for the page (`pages.shared.enlarge`) and written afresh for this
 one showing as a PNG without metadata, under a random name in a folder of this process
-(`BlindEval.showings`, a `data.pages.PageImages`). So no two showings share a URL, not
+(`BlindEval.showings`, a `pages.shared.PageImages`). So no two showings share a URL, not
 even the same image shown again, to another voter or after a restart: a voter who has
 seen earlier reveals learns nothing from an address. (Content-addressed names, as
 Gradio gives images by default, would repeat.) Which model made which image stays in
@@ -42,13 +42,13 @@ from pathlib import Path
 import numpy as np
 
 from cli.errors import DataError, ModelError, StoreWriteError
-from data.pages import PageImages, enlarge, unsaved_vote
 from data.prompts import Prompt
 from data.store import QUESTIONS
 from eval.config import Sampling
 from eval.images import DEFAULT_ROOT, images_for, open_image
 from eval.stats import Tally, tally_by_category
 from eval.votes import SIDES, VoteRow, VoteStore, now, other_side, outcome_of
+from pages.shared import PageImages, enlarge, unsaved_vote
 
 MAX_PENDING = 10_000  # pairs shown and not yet voted on, kept per server
 

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 from cli.errors import UsageError
 from cli.parser import setting
-from data.pages import PORT_HELP
 from data.store import QUESTIONS
 from eval.votes import DEFAULT_VOTES
 from models.toy import TOY_NAME
+from pages.shared import PORT_HELP
 
 _PROMPTS_HELP = ("prompt set: one per line, or CSV/TSV with prompt and category columns "
                  "(default for toy: the 18 toy captions, by shape)")

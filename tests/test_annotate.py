@@ -16,12 +16,12 @@ from annotate.rounds import Collector, Settings
 from annotate.screening import MAX_PROMPT_CHARS, Blocklist, encoder_words, screen, token_counter
 from annotate.worker import SET_SOURCE, PairWorker, PromptSet
 from cli.errors import DataError, NotCounted, PageError, UsageError
-from data.pages import read_logins
 from data.stats import format_stats, store_stats
 from data.store import Store
 from models.generate import GeneratedImage, generate_pair
 from models.loading import load
 from models.variety import PairVariety
+from pages.shared import read_logins
 from tests.helpers import fill_disk, small_filesystem
 
 RED = "a red circle on a white background"

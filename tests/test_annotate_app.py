@@ -21,9 +21,9 @@ from PIL import Image
 from annotate.config import PageConfig
 from annotate.rounds import MIN_DISPLAY_MS
 from annotate.serve import open_app
-from data.pages import free_port
 from data.pairs import decode_image
 from data.store import Store, stable_id
+from pages.shared import free_port
 from tests.helpers import fill_disk, serving, small_filesystem
 
 RED = "a red circle on a white background"

@@ -13,7 +13,7 @@ import subprocess
 
 from conftest import REPO
 
-PACKAGES = ("cli", "data", "models", "annotate", "train", "eval", "rounds")
+PACKAGES = ("cli", "data", "pages", "models", "annotate", "train", "eval", "rounds")
 UNSEEN = re.compile(r"DESIGN\.md|shared/|\bissues? #?\d+", re.IGNORECASE)
 
 

@@ -1,4 +1,4 @@
-"""What a person sees on the two pages, and what both share (data/pages.py): small images
+"""What a person sees on the two pages, and what both share (pages/shared.py): small images
 enlarged to fill their frame without blur, refusals as a line of text rather than error
 badges, one port rule for both commands, and bounded names."""
 
@@ -18,7 +18,13 @@ import pytest
 from PIL import Image
 
 from cli.errors import DataError
-from data.pages import (
+from data.pairs import decode_image
+from data.prompts import Prompt
+from eval.app import build_app, launch_options
+from eval.blind import BlindEval
+from eval.config import Sampling
+from eval.votes import VoteStore
+from pages.shared import (
     FIRST_PORT,
     FRAME_PX,
     MAX_NAME,
@@ -30,12 +36,6 @@ from data.pages import (
     port_free,
     scale_for,
 )
-from data.pairs import decode_image
-from data.prompts import Prompt
-from eval.app import build_app, launch_options
-from eval.blind import BlindEval
-from eval.config import Sampling
-from eval.votes import VoteStore
 from tests.helpers import serving
 
 # -- plain functions ---------------------------------------------------------------------

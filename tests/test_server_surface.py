@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from data.pages import free_port
+from pages.shared import free_port
 
 LOGIN = {"username": "alice", "password": "wonderland"}
 MARK = b"upload-probe-5e1f"  # bytes no file under the upload folder may hold afterwards

@@ -1,7 +1,8 @@
 """What the two pages (`annotate` and `eval`) share: how an image is sent to the page,
 which port a page takes, and what a typed name may be.
 
-It lives below both apps because the apps never import each other (docs/ARCHITECTURE.md).
+It lives beside both apps, in its own package, because the apps never import each other
+(docs/ARCHITECTURE.md).
 Nothing here imports Gradio.
 
 - Images: a small image (the toy model's are 32x32) would show at its native size in a
