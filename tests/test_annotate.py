@@ -128,9 +128,10 @@ def test_a_failed_generation_reaches_the_waiter_as_one_line():
 
 
 def test_over_its_queue_the_worker_answers_busy_at_once():
-    release = threading.Event()
+    release, making = threading.Event(), threading.Event()
 
     def slow(prompt, on_step):
+        making.set()
         release.wait(30)
         return fake_pair(prompt, on_step)
 
@@ -139,7 +140,9 @@ def test_over_its_queue_the_worker_answers_busy_at_once():
     try:
         waiting = [threading.Thread(target=lambda k=k: results.append(
             worker.take(f"prompt {k}").prompt)) for k in range(3)]
-        for thread in waiting:  # one is being made, two wait: the queue is full
+        waiting[0].start()
+        assert making.wait(30)  # the first is being made: it no longer waits
+        for thread in waiting[1:]:  # two wait: the queue is full
             thread.start()
         wait_until(lambda: len(worker._waiting) == 2)
         start = time.perf_counter()
