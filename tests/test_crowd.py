@@ -110,7 +110,9 @@ def vote_of(user: str, pair: int, value: str, at: datetime, dwell: int = 2000,
             shown_left: int = 0, gold_right: bool | None = None) -> HumanVote:
     outcome = "tie" if value == "tie" else ("left" if (value == "0") == (shown_left == 0)
                                             else "right")
-    return HumanVote(hash(user) % 1000, user, (f"a{pair}", f"b{pair}"), value, outcome,
+    # an id fixed by the name: hash() differs per process, and two names could share one
+    user_id = int.from_bytes(user.encode(), "big")
+    return HumanVote(user_id, user, (f"a{pair}", f"b{pair}"), value, outcome,
                      shown_left, dwell, at, gold_right)
 
 
