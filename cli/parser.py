@@ -66,17 +66,20 @@ class CommandParser(HfArgumentParser):
     """HfArgumentParser for one config dataclass, with positional fields and errors that
     are one line."""
 
-    def __init__(self, config_class: type, prog: str, description: str | None = None):
+    def __init__(self, config_class: type, prog: str, description: str | None = None,
+                 **argparse_options):
         self.config_class = config_class
         super().__init__(config_class, prog=prog, description=description or _doc(config_class),
-                         formatter_class=_HelpFormatter)
+                         formatter_class=_HelpFormatter,
+                         allow_abbrev=False,  # `--lr` must not quietly mean --lr-scheduler
+                         **argparse_options)
         self.add_argument("--config", type=Path, metavar="FILE",
                           help="a YAML or JSON file of settings (the fields above); flags "
                                "given too override it")
 
     @staticmethod
     def _parse_dataclass_field(parser: argparse.ArgumentParser, field: dataclasses.Field):
-        kind, many = _item_type(field.type)
+        kind, many = item_type(field.type)
         help_text = field.metadata.get("help")
         if field.metadata.get("positional"):
             optional = field.default is not dataclasses.MISSING or (
@@ -110,8 +113,12 @@ class CommandParser(HfArgumentParser):
     def error(self, message: str):
         unknown = re.match(r"unrecognized arguments: (-\S+)", message)
         if unknown:
-            message = f"unknown flag {unknown[1]}: {nearest(unknown[1], self.flags())}"
+            message = f"unknown flag {unknown[1]}: {self.hint(unknown[1], self.flags())}"
         raise UsageError(f"{self.prog}: {message} ({self.prog} --help lists every setting)")
+
+    def hint(self, name: str, choices: Sequence[str], prefix: str = "--") -> str:
+        """What to use instead of the unknown flag or key `name`."""
+        return nearest(name, choices, prefix)
 
     def flags(self) -> list[str]:
         return [option for option in self._option_string_actions if option.startswith("--")]
@@ -147,7 +154,7 @@ class CommandParser(HfArgumentParser):
             name = key.replace("-", "_")
             if name not in known:
                 raise UsageError(f"{where}: unknown key {key!r}: "
-                                 f"{nearest(name, known, prefix='')}")
+                                 f"{self.hint(name, known, prefix='')}")
             out[name] = _typed(actions[name], value, f"{where}: {key}")
         return out
 
@@ -160,7 +167,7 @@ class CommandParser(HfArgumentParser):
                     action.nargs = "*" if action.nargs == "+" else "?"
 
 
-def _item_type(annotation) -> tuple[type, bool]:
+def item_type(annotation) -> tuple[type, bool]:
     """(the type of one value, whether the field holds a list) of `list[int] | None` and
     the like."""
     if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
@@ -200,12 +207,15 @@ def _typed(action: argparse.Action, value, where: str):
 
 
 def nearest(name: str, choices: Sequence[str], prefix: str = "--") -> str:
-    """"use X, the nearest" for the choice nearest to `name`, or that none is near."""
+    """"use X, the nearest" for the choice nearest to `name` (a flag in the user's own
+    spelling, dashes or underscores), or that none is near."""
     bare = name.lstrip("-").replace("-", "_")
-    pool = {choice.lstrip("-").replace("-", "_"): choice for choice in choices}
-    close = difflib.get_close_matches(bare, pool, n=1, cutoff=0.6)
-    return f"use {prefix}{pool[close[0]].lstrip('-') if prefix else close[0]}, the nearest" \
-        if close else "no setting is near it"
+    close = difflib.get_close_matches(
+        bare, {choice.lstrip("-").replace("-", "_") for choice in choices}, n=1, cutoff=0.6)
+    if not close:
+        return "no setting is near it"
+    spelt = close[0] if "_" in name or not prefix else close[0].replace("_", "-")
+    return f"use {prefix}{spelt}, the nearest"
 
 
 def read_config_file(path: Path) -> dict:

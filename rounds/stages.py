@@ -22,8 +22,7 @@ from cli.parser import parse, save_config
 from eval.config import AutoConfig, LeaderboardConfig
 from models.toy.evaluate import EvaluateConfig
 from rounds.config import RoundsConfig
-from train.config import TrainConfig, from_command_line
-from train.config import save as save_train_config
+from train.config import from_command_line
 
 
 @dataclass(frozen=True)
@@ -37,11 +36,7 @@ class Stage:
 
     def argv(self, folder: Path) -> list[str]:
         """The command line, once the config is written to folder/NAME.yaml."""
-        path = folder / f"{self.name}.yaml"
-        if isinstance(self.config, TrainConfig):
-            save_train_config(self.config, path)
-            return [*self.command, str(path)]
-        save_config(self.config, path)
+        path = save_config(self.config, folder / f"{self.name}.yaml")
         return [*self.command, "--config", str(path)]
 
 
@@ -101,10 +96,11 @@ def train(config: RoundsConfig, k: int) -> Stage:
             "--cache_dir", str(Path(config.out) / "cache"), "--resume", "latest",
             *(["--keep_best", "true"] if config.keep_best else []), *config.train_args]
     try:
-        trained, _ = from_command_line(argv)
+        trained = from_command_line(argv)
     except UserError as error:
         raise UsageError(f"round {k}'s training (--preset, --train-args): {error}") from None
-    return Stage("train", trained, [*(config.launcher() or [sys.executable]), "-m", "train"],
+    return Stage("train", trained,
+                 [*(config.launcher() or [sys.executable]), "-m", "train", config.preset],
                  output / "summary.json")
 
 

@@ -196,10 +196,10 @@ def test_a_plan_saved_before_a_setting_existed_continues_with_its_default(tmp_pa
      "--tie-margin, the nearest"),
     (["--feedback-args", "--steps 0"], "--feedback-args: --steps must be at least 1"),
     (["--train-args", "--max_steps", "8", "--learning_rat", "1e-5"],
-     "round 1's training (--preset, --train-args): command line: unknown flag "
-     "--learning_rat: use --learning_rate, the nearest"),
-    (["--preset", "toyy"], "round 1's training (--preset, --train-args): 'toyy' is neither "
-                           "a preset"),
+     "round 1's training (--preset, --train-args): accelerate launch -m train: unknown "
+     "flag --learning_rat: use --learning_rate, the nearest"),
+    (["--preset", "toyy"], "round 1's training (--preset, --train-args): accelerate launch -m "
+                           "train: 'toyy' is neither a preset"),
 ])
 def test_a_misspelt_stage_setting_is_refused_before_any_stage_runs(tmp_path, capsys, flags,
                                                                     says):

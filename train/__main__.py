@@ -78,8 +78,8 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str]) -> int:
     config = None
     try:
-        config, dry_run = from_command_line(argv)
-        if dry_run:
+        config = from_command_line(argv)
+        if config.dry_run:
             from train.plan import launched_processes, plan
 
             try:

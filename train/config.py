@@ -5,25 +5,20 @@
 
 Resolution order: the dataclass defaults, then the preset (train/presets.py) or the
 config file (YAML or JSON), then `--key value` flags. The resolved config is saved as
-`config.yaml` in the output folder, and that file is itself a valid config. A config
-made in code, `TrainConfig(...)`, is converted and checked as it is made, with the same
-one-line errors as the command line.
+`config.yaml` in the output folder, and that file is itself a valid config. The flags
+and files are read by cli/parser.py, as every command's are. A config made in code,
+`TrainConfig(...)`, is checked as it is made, with the same one-line errors.
 """
 
 from __future__ import annotations
 
-import argparse
-import difflib
 import functools
-import json
-import types
 import typing
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
-import yaml
-
-from cli.errors import TrainError
+from cli.errors import TrainError, UsageError
+from cli.parser import CommandParser, item_type, read_config_file, setting
 from data.store import QUESTIONS
 from models.toy import TOY_NAME
 from train.presets import PRESETS
@@ -37,141 +32,147 @@ LOSS_WEIGHTING = ("sigma_sqrt", "cosmap")  # diffusers' SD3/FLUX scripts' scheme
 
 
 
-def _help(text: str, default=MISSING, factory=MISSING):
-    if factory is not MISSING:
-        return field(default_factory=factory, metadata={"help": text})
-    return field(default=default, metadata={"help": text})
-
-
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     # What to train
-    model: str = _help("base model: `toy`, a local pipeline folder or a Hub id", TOY_NAME)
-    objective: str = _help("`dpo` (Diffusion-DPO), `ipo` (IPO on DPO's margin), `kto` "
+    model: str = setting("base model: `toy`, a local pipeline folder or a Hub id", TOY_NAME)
+    objective: str = setting("`dpo` (Diffusion-DPO), `ipo` (IPO on DPO's margin), `kto` "
                            "(Diffusion-KTO: each image liked or disliked, both-bad votes "
                            "too), `mapo` (MaPO: no reference model) or `sft` (the paper's "
                            "baseline: denoising loss on the preferred images only)", "dpo")
-    reference_model: str | None = _help(
+    reference_model: str | None = setting(
         "dpo, ipo and kto with full fine-tuning: the frozen reference, when it is not `model` "
         "itself (training in rounds: `model` the last round's, this the base); the same "
         "architecture as `model` (default: `model`)", None)
-    beta: float = _help("DPO beta in the official convention (inside = -0.5*beta*delta; "
+    beta: float = setting("DPO beta in the official convention (inside = -0.5*beta*delta; "
                         "paper 5000); for ipo, the margin pulled to is 1/(2*beta); for "
                         "kto, the scale of the raw error gain", 5000.0)
-    winner_safe: bool = _help("dpo and ipo: scale the loser's gradient so a step does not "
+    winner_safe: bool = setting("dpo and ipo: scale the loser's gradient so a step does not "
                               "raise the winner's error (Diffusion-SDPO)", False)
-    winner_safe_mu: float = _help("winner_safe's margin mu in [0, 1]: how much a step must "
+    winner_safe_mu: float = setting("winner_safe's margin mu in [0, 1]: how much a step must "
                                   "lower the winner's error (the SDPO scripts' 0.9)", 0.9)
-    beta_mapo: float = _help("MaPO's weight of its margin term (MaPO's default)", 0.1)
-    mapo_snr: float = _help("MaPO's constant s in its error score s*e/(exp(s*e)-1) "
+    beta_mapo: float = setting("MaPO's weight of its margin term (MaPO's default)", 0.1)
+    mapo_snr: float = setting("MaPO's constant s in its error score s*e/(exp(s*e)-1) "
                             "(MaPO's default)", 0.5)
     # Flow-matching models (sd3, flux: train/processes.py); ignored for sd and sdxl
-    timestep_sampling: str = _help("sd3/flux: the density the noise level is drawn from: "
+    timestep_sampling: str = setting("sd3/flux: the density the noise level is drawn from: "
                                    "logit_normal (diffusers' SD3 and FLUX scripts) or "
                                    "uniform", "logit_normal")
-    logit_mean: float = _help("sd3/flux: logit_normal's mean", 0.0)
-    logit_std: float = _help("sd3/flux: logit_normal's standard deviation", 1.0)
-    flow_shift: float | None = _help("sd3/flux: the noise-level shift s in s*u/(1+(s-1)*u) "
+    logit_mean: float = setting("sd3/flux: logit_normal's mean", 0.0)
+    logit_std: float = setting("sd3/flux: logit_normal's standard deviation", 1.0)
+    flow_shift: float | None = setting("sd3/flux: the noise-level shift s in s*u/(1+(s-1)*u) "
                                      "(default: the model scheduler's: SD3 3.0, FLUX 1.0)",
                                      None)
-    loss_weighting: str | None = _help("sd3/flux: a per-sample weight of the velocity "
+    loss_weighting: str | None = setting("sd3/flux: a per-sample weight of the velocity "
                                        "errors, sigma_sqrt or cosmap (default: none, every "
                                        "error weighs the same)", None)
-    flux_guidance: float = _help("flux dev (guidance as an input): the guidance value the "
+    flux_guidance: float = setting("flux dev (guidance as an input): the guidance value the "
                                  "transformer is given in training (diffusers' FLUX scripts: "
                                  "3.5)", 3.5)
-    max_sequence_length: int | None = _help("sd3/flux: T5 tokens per caption in the cache "
+    max_sequence_length: int | None = setting("sd3/flux: T5 tokens per caption in the cache "
                                             "(default: the pipeline's own, SD3 256, FLUX "
                                             "512)", None)
-    lora_rank: int = _help("LoRA rank; 0 trains the full UNet or transformer", 0)
-    lora_alpha: float | None = _help("LoRA alpha (default: the rank, as diffusers' script)",
+    lora_rank: int = setting("LoRA rank; 0 trains the full UNet or transformer", 0)
+    lora_alpha: float | None = setting("LoRA alpha (default: the rank, as diffusers' script)",
                                      None)
-    lora_targets: list[str] = _help("UNet or transformer modules that get LoRA adapters",
+    lora_targets: list[str] = setting("UNet or transformer modules that get LoRA adapters",
                                     factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
     # Data
-    data: list[str] = _help("pair sources: DuckDB stores (.duckdb) and Pick-a-Pic parquet "
+    data: list[str] = setting("pair sources: DuckDB stores (.duckdb) and Pick-a-Pic parquet "
                             "files or folders", factory=lambda: ["runs/prefs.duckdb"])
-    data_ratios: list[float] | None = _help("mixing ratio per source (default: by size)", None)
-    num_samples: int | None = _help("pairs in the mix (default: as many as the ratios allow "
+    data_ratios: list[float] | None = setting("mixing ratio per source (default: by size)", None)
+    num_samples: int | None = setting("pairs in the mix (default: as many as the ratios allow "
                                     "without repeats)", None)
-    split: str = _help("which split of the sources to train on", "train")
-    include_ties: bool = _help("keep tied pairs (image 0 then counts as preferred)", False)
-    question: str = _help("which question's votes a store gives: preference, appeal or "
+    split: str = setting("which split of the sources to train on", "train")
+    include_ties: bool = setting("keep tied pairs (image 0 then counts as preferred)", False)
+    question: str = setting("which question's votes a store gives: preference, appeal or "
                           "alignment (docs/ANNOTATE.md)", "preference")
-    drop_flagged: bool = _help("leave out a store's votes by annotators that `python -m data "
+    drop_flagged: bool = setting("leave out a store's votes by annotators that `python -m data "
                                "stats` flags", False)
-    holdout_pairs: int = _help("at most this many pairs kept out of training to measure "
+    holdout_pairs: int = setting("at most this many pairs kept out of training to measure "
                                "held-out implicit accuracy: whole prompts, none of them "
                                f"trained on, about one pair in {HOLDOUT_SHARE} (none under "
                                f"{HOLDOUT_SHARE} pairs), or the data's own validation split "
                                "where it has one", 0)
-    resolution: int = _help("training resolution in pixels (square)", 512)
-    random_crop: bool = _help("random instead of centre crop (the same for both images)", False)
-    random_flip: bool = _help("flip a pair horizontally with probability 1/2 (both images "
+    resolution: int = setting("training resolution in pixels (square)", 512)
+    random_crop: bool = setting("random instead of centre crop (the same for both images)", False)
+    random_flip: bool = setting("flip a pair horizontally with probability 1/2 (both images "
                               "together), drawn every step", True)
-    flip_per_pair: bool = _help("with random_flip: draw each pair's flip once, from (seed, "
+    flip_per_pair: bool = setting("with random_flip: draw each pair's flip once, from (seed, "
                                 "pair index), and keep it for the whole run (the toy preset's "
                                 "recipe, measured better there)", False)
-    prompt_dropout: float = _help("share of captions replaced by the empty prompt, for "
+    prompt_dropout: float = setting("share of captions replaced by the empty prompt, for "
                                   "classifier-free guidance", 0.1)
-    cache_dir: str = _help("where cached latents and text embeddings live", "runs/cache")
-    cache_workers: int = _help("processes decoding images while the cache is built", 0)
-    process_group_timeout: int = _help(
+    cache_dir: str = setting("where cached latents and text embeddings live", "runs/cache")
+    cache_workers: int = setting("processes decoding images while the cache is built", 0)
+    process_group_timeout: int = setting(
         "seconds a process waits for the others in a collective (a barrier) before the run "
         "stops with one line naming the phase; long enough for an evaluation or a large "
         "model's checkpoint (the cache is built by every process, so none waits for it)",
         3600)
     # Optimisation
-    batch_size: int = _help("pairs per process per forward pass", 1)
-    effective_batch: int = _help("pairs per optimizer step; gradient accumulation is "
+    batch_size: int = setting("pairs per process per forward pass", 1)
+    effective_batch: int = setting("pairs per optimizer step; gradient accumulation is "
                                  "derived from it", 16)
-    max_steps: int = _help("optimizer steps", 1000)
-    learning_rate: float = _help("peak learning rate", 1e-5)
-    lr_scheduler: str = _help("diffusers schedule name: constant_with_warmup, constant, "
+    max_steps: int = setting("optimizer steps", 1000)
+    learning_rate: float = setting("peak learning rate", 1e-5)
+    lr_scheduler: str = setting("diffusers schedule name: constant_with_warmup, constant, "
                               "cosine, linear, ...", "constant_with_warmup")
-    warmup_steps: int = _help("learning-rate warmup steps", 0)
-    optimizer: str = _help("`adamw` or `adafactor`", "adamw")
-    adam_beta1: float = _help("AdamW beta1", 0.9)
-    adam_beta2: float = _help("AdamW beta2", 0.999)
-    weight_decay: float = _help("weight decay", 1e-2)
-    adam_epsilon: float = _help("AdamW epsilon", 1e-8)
-    max_grad_norm: float = _help("gradient clipping norm", 1.0)
-    ema_decay: float = _help("keep an exponential moving average of the trained weights with "
+    warmup_steps: int = setting("learning-rate warmup steps", 0)
+    optimizer: str = setting("`adamw` or `adafactor`", "adamw")
+    adam_beta1: float = setting("AdamW beta1", 0.9)
+    adam_beta2: float = setting("AdamW beta2", 0.999)
+    weight_decay: float = setting("weight decay", 1e-2)
+    adam_epsilon: float = setting("AdamW epsilon", 1e-8)
+    max_grad_norm: float = setting("gradient clipping norm", 1.0)
+    ema_decay: float = setting("keep an exponential moving average of the trained weights with "
                              "this decay per step (0: off; 0.99 averages about the last 100 "
                              "steps): the average is what is evaluated, kept as best/ and "
                              "saved as final/", 0.0)
-    mixed_precision: str = _help("`auto` (bf16 on GPU, fp32 on CPU), `no`, `fp16` or `bf16`",
+    mixed_precision: str = setting("`auto` (bf16 on GPU, fp32 on CPU), `no`, `fp16` or `bf16`",
                                  "auto")
-    gradient_checkpointing: bool = _help("trade compute for memory in the UNet", False)
-    seed: int = _help("seed for data order, noise, timesteps and prompt dropout", 0)
+    gradient_checkpointing: bool = setting("trade compute for memory in the UNet", False)
+    seed: int = setting("seed for data order, noise, timesteps and prompt dropout", 0)
     # Output, checkpoints, logging
-    output_dir: str = _help("run folder (default: runs/train/<preset or config name>)", "")
-    resume: str | None = _help("`latest` or a checkpoint folder to continue from", None)
-    checkpoint_every: int = _help("save a resumable checkpoint every N steps (0: never)", 500)
-    checkpoints_kept: int = _help("how many checkpoints to keep (oldest removed first)", 3)
-    log_every: int = _help("log scalars every N steps", 10)
-    eval_every: int = _help("held-out accuracy, sample grid and sample score every N "
+    output_dir: str = setting("run folder (default: runs/train/<preset or config name>)", "")
+    resume: str | None = setting("`latest` or a checkpoint folder to continue from", None)
+    checkpoint_every: int = setting("save a resumable checkpoint every N steps (0: never)", 500)
+    checkpoints_kept: int = setting("how many checkpoints to keep (oldest removed first)", 3)
+    log_every: int = setting("log scalars every N steps", 10)
+    eval_every: int = setting("held-out accuracy, sample grid and sample score every N "
                             "steps (0: never)", 0)
-    sample_prompts: list[str] = _help("fixed prompts of the sample grid", factory=list)
-    sample_seeds: int = _help("samples per prompt (seeds sample_seed_start.."
+    sample_prompts: list[str] = setting("fixed prompts of the sample grid", factory=list)
+    sample_seeds: int = setting("samples per prompt (seeds sample_seed_start.."
                               "sample_seed_start+N-1)", 2)
-    sample_seed_start: int = _help("first seed of the sample grid; keep it apart from the "
+    sample_seed_start: int = setting("first seed of the sample grid; keep it apart from the "
                                    "seeds an evaluation uses when keep_best picks by it", 0)
-    sample_steps: int = _help("sampler steps for the sample grid", 20)
-    sample_guidance: float = _help("guidance scale for the sample grid", 7.5)
-    scorer: str | None = _help("scorer for the samples: toy_judge, pickscore, clip, "
+    sample_steps: int = setting("sampler steps for the sample grid", 20)
+    sample_guidance: float = setting("guidance scale for the sample grid", 7.5)
+    scorer: str | None = setting("scorer for the samples: toy_judge, pickscore, clip, "
                                "hpsv2, aesthetic or module:callable", None)
-    keep_best: bool = _help("also save the model with the best sample score to best/", False)
-    guard_scorers: list[str] = _help("scorers watched beside `scorer` on the same samples, to "
+    keep_best: bool = setting("also save the model with the best sample score to best/", False)
+    guard_scorers: list[str] = setting("scorers watched beside `scorer` on the same samples, to "
                                      "catch a model that games it (toy: toy_judge); logged "
                                      "as guard_<name>", factory=list)
-    guard_max_drop: float | None = _help("keep_best keeps only a step whose every guard score "
+    guard_max_drop: float | None = setting("keep_best keeps only a step whose every guard score "
                                          "is at most this far below its first one (the "
                                          "scorer's units: toy_judge 0.05 = 5 points)", None)
 
+    dry_run: bool = setting("resolve the config, count the pairs and print the plan "
+                            "(processes, batch, accumulation, memory), then stop: no model "
+                            "loads", False)
+
     def __post_init__(self) -> None:
-        for key in KEYS:
-            setattr(self, key, _coerce(key, getattr(self, key)))
+        if isinstance(self.data, str):  # TrainConfig(data="prefs.duckdb")
+            object.__setattr__(self, "data", [self.data])
+        for name, annotation in _annotations().items():
+            kind, many = item_type(annotation)
+            value = getattr(self, name)
+            if any(not isinstance(item, kind) and item is not None
+                   and not (kind is float and isinstance(item, int))
+                   for item in (value if many and isinstance(value, list) else [value])):
+                raise TrainError(f"{name}: expected {'a list of ' * many}{kind.__name__}, "
+                                 f"got {value!r}")
         self.check()
 
     def accumulation(self, processes: int) -> int:
@@ -272,23 +273,6 @@ DIFFUSERS_NAMES = {
 }
 
 
-def unknown_key(key: str, origin: str) -> TrainError:
-    """The one-line error for a key no field has, naming the key it most likely meant."""
-    name = key.lstrip("-").replace("-", "_")
-    shown = f"--{name}" if origin == "command line" else repr(name)
-    what = "flag" if origin == "command line" else "key"
-    if name in DIFFUSERS_NAMES:
-        meant = DIFFUSERS_NAMES[name]
-        note = (" (pairs per optimizer step; the accumulation is derived from it)"
-                if meant == "effective_batch" else "")
-        return TrainError(f"{origin}: unknown {what} {shown}, another trainer's name for "
-                          f"--{meant}: use --{meant}{note}")
-    if name in KEYS:  # written with dashes
-        return TrainError(f"{origin}: unknown {what} {key}: use --{name}")
-    close = difflib.get_close_matches(name, KEYS, n=1, cutoff=0.6)
-    hint = f"use --{close[0]}, the nearest" if close else "no key is near it"
-    return TrainError(f"{origin}: unknown {what} {shown}: {hint} (python -m train --help "
-                      "lists them all)")
 _OBJECTIVE_KEYS = {"dpo": ("beta",), "ipo": ("beta",), "kto": ("beta",),
                    "mapo": ("beta_mapo", "mapo_snr"), "sft": ()}
 
@@ -305,130 +289,61 @@ def objective_text(values: dict) -> str:
 
 
 @functools.cache
-def _base_type(annotation: str):
-    """(scalar type, is_list) of a field's annotation like 'list[float] | None'."""
-    hint = typing.get_type_hints(TrainConfig)[annotation]
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        hint = args[0]
-    if typing.get_origin(hint) is list:
-        return typing.get_args(hint)[0], True
-    return hint, False
+def _annotations() -> dict:
+    return typing.get_type_hints(TrainConfig)
 
 
-def _parse_scalar(kind, text: str):
-    if text.lower() in ("none", "null"):
-        return None
-    if kind is bool:
-        if text.lower() in ("true", "1", "yes"):
-            return True
-        if text.lower() in ("false", "0", "no"):
-            return False
-        raise ValueError(f"expected true or false, got {text!r}")
-    return kind(text)
+PROG = "accelerate launch -m train"
+USAGE = f"{PROG} PRESET_OR_CONFIG [--key value ...]"
 
 
-def _coerce(key: str, value):
-    """A value from a file or a flag, converted to the field's type, or a one-line error."""
-    kind, is_list = _base_type(key)
-    try:
-        if value is None:
-            return None
-        if is_list:
-            items = value if isinstance(value, list) else [value]
-            return [_parse_scalar(kind, str(v)) if isinstance(v, str) else kind(v)
-                    for v in items]
-        if isinstance(value, str):
-            return _parse_scalar(kind, value)
-        return kind(value)
-    except (TypeError, ValueError) as error:
-        raise TrainError(f"{key}: {error}") from None
+class TrainParser(CommandParser):
+    """TrainConfig's flags after a preset or a config file; another trainer's name for a
+    setting is pointed to ours."""
+
+    def __init__(self):
+        presets = "; ".join(f"{name}: {values['_about']}" for name, values in PRESETS.items())
+        super().__init__(
+            TrainConfig, PROG, usage=USAGE,
+            description="Diffusion-DPO and its family (ipo, kto, mapo, sft) on preference "
+                        "pairs. PRESET_OR_CONFIG is a preset or a .yaml/.json file of these "
+                        "settings; each flag overrides it. The resolved config is saved as "
+                        "OUTPUT_DIR/config.yaml, itself a valid PRESET_OR_CONFIG.",
+            epilog=f"presets: {presets}.")
+
+    def hint(self, name: str, choices, prefix: str = "--") -> str:
+        meant = DIFFUSERS_NAMES.get(name.lstrip("-").replace("-", "_"))
+        if meant is None:
+            return super().hint(name, choices, prefix)
+        note = (" (pairs per optimizer step; the accumulation is derived from it)"
+                if meant == "effective_batch" else "")
+        return f"another trainer's name for --{meant}: use --{meant}{note}"
 
 
-def _load_file(path: Path) -> dict:
-    try:
-        text = path.read_text()
-        values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (OSError, ValueError, yaml.YAMLError) as error:
-        raise TrainError(f"cannot read config {path}: {str(error).splitlines()[0]}") from None
-    if not isinstance(values, dict):
-        raise TrainError(f"{path} must hold a mapping of keys to values")
-    return values
-
-
-def _apply(config: TrainConfig, values: dict, origin: str) -> None:
-    for key, value in values.items():
-        key = key.replace("-", "_")
-        if key.startswith("_"):  # a preset's description
-            continue
-        if key not in KEYS:
-            raise unknown_key(key, origin)
-        setattr(config, key, _coerce(key, value))
+def named(preset_or_file: str) -> dict:
+    """The settings a preset or a config file holds, over the output folder its name gives."""
+    path = Path(preset_or_file)
+    if preset_or_file in PRESETS:
+        values = {key: value for key, value in PRESETS[preset_or_file].items()
+                  if not key.startswith("_")}  # `_about`: the preset's description
+    elif path.suffix in (".yaml", ".yml", ".json") and path.exists():
+        values = read_config_file(path)
+    else:
+        raise UsageError(f"{PROG}: {preset_or_file!r} is neither a preset "
+                         f"({', '.join(PRESETS)}) nor a .yaml/.json config file")
+    return {"output_dir": str(Path("runs/train") / path.stem), **values}
 
 
 def resolve(preset_or_file: str, overrides: dict | None = None) -> TrainConfig:
-    """The config named by a preset or a file, with `overrides` on top."""
-    config = TrainConfig()
-    path = Path(preset_or_file)
-    if preset_or_file in PRESETS:
-        _apply(config, PRESETS[preset_or_file], f"preset {preset_or_file}")
-        name = preset_or_file
-    elif path.suffix in (".yaml", ".yml", ".json") and path.exists():
-        _apply(config, _load_file(path), str(path))
-        name = path.stem
-    else:
-        raise TrainError(
-            f"{preset_or_file!r} is neither a preset ({', '.join(PRESETS)}) nor a "
-            ".yaml/.json config file"
-        )
-    _apply(config, overrides or {}, "command line")
-    if not config.output_dir:
-        config.output_dir = str(Path("runs/train") / name)
-    config.check()
-    return config
+    """The config a preset or a file names, with `overrides` (setting: value) on top."""
+    return TrainParser().parse([], {**named(preset_or_file), **(overrides or {})})
 
 
-def save(config: TrainConfig, path: Path) -> None:
-    path.write_text(yaml.safe_dump(asdict(config), sort_keys=False))
-
-
-def parser() -> argparse.ArgumentParser:
-    presets = "\n".join(f"  {name:6} {values['_about']}" for name, values in PRESETS.items())
-    parse = argparse.ArgumentParser(
-        prog="accelerate launch -m train",
-        description="Diffusion-DPO fine-tuning of an SD1.5, SDXL or toy model on preference "
-                    "pairs.",
-        epilog=f"presets:\n{presets}\n\nEvery key can also be set in a YAML/JSON config "
-               "file. The resolved config is saved as OUTPUT_DIR/config.yaml.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        allow_abbrev=False,  # `--lr` must not quietly mean --lr_scheduler
-    )
-    parse.add_argument("preset", metavar="PRESET_OR_CONFIG",
-                       help="a preset name or a .yaml/.json config file")
-    keys = parse.add_argument_group("keys (each overrides the preset or file)")
-    defaults = TrainConfig()
-    for f in fields(TrainConfig):
-        _, is_list = _base_type(f.name)
-        text = f.metadata["help"]
-        if "(default:" not in text:  # a key whose help says its default in words keeps it
-            text += f" (default: {getattr(defaults, f.name)!r})"
-        keys.add_argument(f"--{f.name}", nargs="+" if is_list else None,
-                          default=argparse.SUPPRESS, metavar=f.name.upper(), help=text)
-    parse.add_argument("--dry_run", action="store_true",
-                       help="resolve the config, count the pairs and print the plan "
-                            "(processes, batch, accumulation), then stop: no model loads")
-    return parse
-
-
-def from_command_line(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:
-    """The resolved config, and whether --dry_run asked for the plan only."""
-    parsed, unknown = parser().parse_known_args(argv)
-    if unknown:
-        flag = unknown[0].split("=")[0]
-        if not flag.startswith("-"):
-            raise TrainError(f"unexpected argument {flag!r}: give one PRESET_OR_CONFIG, then "
-                             "--key value flags")
-        raise unknown_key(flag, "command line")
-    args = vars(parsed)
-    dry_run = args.pop("dry_run")
-    return resolve(args.pop("preset"), args), dry_run
+def from_command_line(argv: list[str]) -> TrainConfig:
+    """The config `PRESET_OR_CONFIG --key value ...` gives."""
+    if not argv or argv[0].startswith("-"):
+        if {"-h", "--help"} & set(argv):
+            TrainParser().parse(["--help"])
+        raise UsageError(f"give a preset ({', '.join(PRESETS)}) or a config file first: "
+                         f"{USAGE}")
+    return TrainParser().parse(argv[1:], named(argv[0]))

@@ -32,12 +32,13 @@ import torch
 from tqdm import tqdm
 
 from cli.errors import DamagedCache, TrainError
+from cli.parser import CONFIG_FILE, save_config
 from data.pairs import image_labels
 from models.loading import FLOW_KINDS, LoadedModel, load
 from models.threads import free_cores, use_free_cores
 from train import cache as pair_cache
 from train import checkpoints, samples
-from train.config import REFERENCE_OBJECTIVES, TrainConfig, save
+from train.config import REFERENCE_OBJECTIVES, TrainConfig
 from train.errors import Phase
 from train.loss import (
     DPOTerms,
@@ -568,7 +569,6 @@ class Run:
         from accelerate import Accelerator
         from accelerate.utils import InitProcessGroupKwargs
 
-        config.check()  # a config changed after it was made
         c = self.config = config
         self.out = Path(c.output_dir)
         Phase.now = "starting"
@@ -742,7 +742,7 @@ class Run:
             if self.accelerator.is_local_main_process:  # once a machine
                 print(f"resumed from {self.resume} at step {start}")
         if self.main:
-            save(c, self.out / "config.yaml")
+            save_config(c, self.out / CONFIG_FILE)
             begin_logs(self.out, start if self.resume is not None else None)
             acc.init_trackers("dpo")
         if self.resume is None and self.evaluates:  # a resumed run's eval.jsonl has it
