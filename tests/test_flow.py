@@ -204,7 +204,7 @@ def test_flow_dpo_resumes_to_the_weights_of_an_uninterrupted_run(tiny_flux_dir, 
 
 
 def test_two_processes_train_sd3_with_lora(tiny_sd3_dir, store_path, tmp_path):
-    from train.config import save
+    from cli.parser import save_config as save
 
     config = config_for(tiny_sd3_dir, store_path, tmp_path / "run", max_steps=2,
                         checkpoint_every=2, eval_every=0, batch_size=1, effective_batch=4,

@@ -752,7 +752,7 @@ def test_two_processes_train_and_write_one_checkpoint_once(objective, tiny_sd_di
                         checkpoint_every=2, eval_every=0, batch_size=1, effective_batch=4,
                         objective=objective)
     config_file = tmp_path / "two.yaml"
-    from train.config import save
+    from cli.parser import save_config as save
 
     save(config, config_file)
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "GLOO_SOCKET_IFNAME": "lo"}
