@@ -37,72 +37,72 @@ class TrainConfig:
     # What to train
     model: str = setting("base model: `toy`, a local pipeline folder or a Hub id", TOY_NAME)
     objective: str = setting("`dpo` (Diffusion-DPO), `ipo` (IPO on DPO's margin), `kto` "
-                           "(Diffusion-KTO: each image liked or disliked, both-bad votes "
-                           "too), `mapo` (MaPO: no reference model) or `sft` (the paper's "
-                           "baseline: denoising loss on the preferred images only)", "dpo")
+                             "(Diffusion-KTO: each image liked or disliked, both-bad votes "
+                             "too), `mapo` (MaPO: no reference model) or `sft` (the paper's "
+                             "baseline: denoising loss on the preferred images only)", "dpo")
     reference_model: str | None = setting(
         "dpo, ipo and kto with full fine-tuning: the frozen reference, when it is not `model` "
         "itself (training in rounds: `model` the last round's, this the base); the same "
         "architecture as `model` (default: `model`)", None)
     beta: float = setting("DPO beta in the official convention (inside = -0.5*beta*delta; "
-                        "paper 5000); for ipo, the margin pulled to is 1/(2*beta); for "
-                        "kto, the scale of the raw error gain", 5000.0)
+                          "paper 5000); for ipo, the margin pulled to is 1/(2*beta); for "
+                          "kto, the scale of the raw error gain", 5000.0)
     winner_safe: bool = setting("dpo and ipo: scale the loser's gradient so a step does not "
-                              "raise the winner's error (Diffusion-SDPO)", False)
+                                "raise the winner's error (Diffusion-SDPO)", False)
     winner_safe_mu: float = setting("winner_safe's margin mu in [0, 1]: how much a step must "
-                                  "lower the winner's error (the SDPO scripts' 0.9)", 0.9)
+                                    "lower the winner's error (the SDPO scripts' 0.9)", 0.9)
     beta_mapo: float = setting("MaPO's weight of its margin term (MaPO's default)", 0.1)
     mapo_snr: float = setting("MaPO's constant s in its error score s*e/(exp(s*e)-1) "
-                            "(MaPO's default)", 0.5)
+                              "(MaPO's default)", 0.5)
     # Flow-matching models (sd3, flux: train/processes.py); ignored for sd and sdxl
     timestep_sampling: str = setting("sd3/flux: the density the noise level is drawn from: "
-                                   "logit_normal (diffusers' SD3 and FLUX scripts) or "
-                                   "uniform", "logit_normal")
+                                     "logit_normal (diffusers' SD3 and FLUX scripts) or "
+                                     "uniform", "logit_normal")
     logit_mean: float = setting("sd3/flux: logit_normal's mean", 0.0)
     logit_std: float = setting("sd3/flux: logit_normal's standard deviation", 1.0)
     flow_shift: float | None = setting("sd3/flux: the noise-level shift s in s*u/(1+(s-1)*u) "
-                                     "(default: the model scheduler's: SD3 3.0, FLUX 1.0)",
-                                     None)
+                                       "(default: the model scheduler's: SD3 3.0, FLUX 1.0)",
+                                       None)
     loss_weighting: str | None = setting("sd3/flux: a per-sample weight of the velocity "
-                                       "errors, sigma_sqrt or cosmap (default: none, every "
-                                       "error weighs the same)", None)
+                                         "errors, sigma_sqrt or cosmap (default: none, every "
+                                         "error weighs the same)", None)
     flux_guidance: float = setting("flux dev (guidance as an input): the guidance value the "
-                                 "transformer is given in training (diffusers' FLUX scripts: "
-                                 "3.5)", 3.5)
+                                   "transformer is given in training (diffusers' FLUX scripts: "
+                                   "3.5)", 3.5)
     max_sequence_length: int | None = setting("sd3/flux: T5 tokens per caption in the cache "
-                                            "(default: the pipeline's own, SD3 256, FLUX "
-                                            "512)", None)
+                                              "(default: the pipeline's own, SD3 256, FLUX "
+                                              "512)", None)
     lora_rank: int = setting("LoRA rank; 0 trains the full UNet or transformer", 0)
     lora_alpha: float | None = setting("LoRA alpha (default: the rank, as diffusers' script)",
-                                     None)
+                                       None)
     lora_targets: list[str] = setting("UNet or transformer modules that get LoRA adapters",
-                                    factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+                                      factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
     # Data
     data: list[str] = setting("pair sources: DuckDB stores (.duckdb) and Pick-a-Pic parquet "
-                            "files or folders", factory=lambda: ["runs/prefs.duckdb"])
+                              "files or folders", factory=lambda: ["runs/prefs.duckdb"])
     data_ratios: list[float] | None = setting("mixing ratio per source (default: by size)", None)
     num_samples: int | None = setting("pairs in the mix (default: as many as the ratios allow "
-                                    "without repeats)", None)
+                                      "without repeats)", None)
     split: str = setting("which split of the sources to train on", "train")
     include_ties: bool = setting("keep tied pairs (image 0 then counts as preferred)", False)
     question: str = setting("which question's votes a store gives: preference, appeal or "
-                          "alignment (docs/ANNOTATE.md)", "preference")
+                            "alignment (docs/ANNOTATE.md)", "preference")
     drop_flagged: bool = setting("leave out a store's votes by annotators that `python -m data "
-                               "stats` flags", False)
+                                 "stats` flags", False)
     holdout_pairs: int = setting("at most this many pairs kept out of training to measure "
-                               "held-out implicit accuracy: whole prompts, none of them "
-                               f"trained on, about one pair in {HOLDOUT_SHARE} (none under "
-                               f"{HOLDOUT_SHARE} pairs), or the data's own validation split "
-                               "where it has one", 0)
+                                 "held-out implicit accuracy: whole prompts, none of them "
+                                 f"trained on, about one pair in {HOLDOUT_SHARE} (none under "
+                                 f"{HOLDOUT_SHARE} pairs), or the data's own validation split "
+                                 "where it has one", 0)
     resolution: int = setting("training resolution in pixels (square)", 512)
     random_crop: bool = setting("random instead of centre crop (the same for both images)", False)
     random_flip: bool = setting("flip a pair horizontally with probability 1/2 (both images "
-                              "together), drawn every step", True)
+                                "together), drawn every step", True)
     flip_per_pair: bool = setting("with random_flip: draw each pair's flip once, from (seed, "
-                                "pair index), and keep it for the whole run (the toy preset's "
-                                "recipe, measured better there)", False)
+                                  "pair index), and keep it for the whole run (the toy preset's "
+                                  "recipe, measured better there)", False)
     prompt_dropout: float = setting("share of captions replaced by the empty prompt, for "
-                                  "classifier-free guidance", 0.1)
+                                    "classifier-free guidance", 0.1)
     cache_dir: str = setting("where cached latents and text embeddings live", "runs/cache")
     cache_workers: int = setting("processes decoding images while the cache is built", 0)
     process_group_timeout: int = setting(
@@ -113,11 +113,11 @@ class TrainConfig:
     # Optimisation
     batch_size: int = setting("pairs per process per forward pass", 1)
     effective_batch: int = setting("pairs per optimizer step; gradient accumulation is "
-                                 "derived from it", 16)
+                                   "derived from it", 16)
     max_steps: int = setting("optimizer steps", 1000)
     learning_rate: float = setting("peak learning rate", 1e-5)
     lr_scheduler: str = setting("diffusers schedule name: constant_with_warmup, constant, "
-                              "cosine, linear, ...", "constant_with_warmup")
+                                "cosine, linear, ...", "constant_with_warmup")
     warmup_steps: int = setting("learning-rate warmup steps", 0)
     optimizer: str = setting("`adamw` or `adafactor`", "adamw")
     adam_beta1: float = setting("AdamW beta1", 0.9)
@@ -126,11 +126,11 @@ class TrainConfig:
     adam_epsilon: float = setting("AdamW epsilon", 1e-8)
     max_grad_norm: float = setting("gradient clipping norm", 1.0)
     ema_decay: float = setting("keep an exponential moving average of the trained weights with "
-                             "this decay per step (0: off; 0.99 averages about the last 100 "
-                             "steps): the average is what is evaluated, kept as best/ and "
-                             "saved as final/", 0.0)
+                               "this decay per step (0: off; 0.99 averages about the last 100 "
+                               "steps): the average is what is evaluated, kept as best/ and "
+                               "saved as final/", 0.0)
     mixed_precision: str = setting("`auto` (bf16 on GPU, fp32 on CPU), `no`, `fp16` or `bf16`",
-                                 "auto")
+                                   "auto")
     gradient_checkpointing: bool = setting("trade compute for memory in the UNet", False)
     seed: int = setting("seed for data order, noise, timesteps and prompt dropout", 0)
     # Output, checkpoints, logging
@@ -140,27 +140,27 @@ class TrainConfig:
     checkpoints_kept: int = setting("how many checkpoints to keep (oldest removed first)", 3)
     log_every: int = setting("log scalars every N steps", 10)
     eval_every: int = setting("held-out accuracy, sample grid and sample score every N "
-                            "steps (0: never)", 0)
+                              "steps (0: never)", 0)
     sample_prompts: list[str] = setting("fixed prompts of the sample grid", factory=list)
     sample_seeds: int = setting("samples per prompt (seeds sample_seed_start.."
-                              "sample_seed_start+N-1)", 2)
+                                "sample_seed_start+N-1)", 2)
     sample_seed_start: int = setting("first seed of the sample grid; keep it apart from the "
-                                   "seeds an evaluation uses when keep_best picks by it", 0)
+                                     "seeds an evaluation uses when keep_best picks by it", 0)
     sample_steps: int = setting("sampler steps for the sample grid", 20)
     sample_guidance: float = setting("guidance scale for the sample grid", 7.5)
     scorer: str | None = setting("scorer for the samples: toy_judge, pickscore, clip, "
-                               "hpsv2, aesthetic or module:callable", None)
+                                 "hpsv2, aesthetic or module:callable", None)
     keep_best: bool = setting("also save the model with the best sample score to best/", False)
     guard_scorers: list[str] = setting("scorers watched beside `scorer` on the same samples, to "
-                                     "catch a model that games it (toy: toy_judge); logged "
-                                     "as guard_<name>", factory=list)
+                                       "catch a model that games it (toy: toy_judge); logged "
+                                       "as guard_<name>", factory=list)
     guard_max_drop: float | None = setting("keep_best keeps only a step whose every guard score "
-                                         "is at most this far below its first one (the "
-                                         "scorer's units: toy_judge 0.05 = 5 points)", None)
+                                           "is at most this far below its first one (the "
+                                           "scorer's units: toy_judge 0.05 = 5 points)", None)
 
     dry_run: bool = setting("resolve the config, count the pairs and print the plan "
-                            "(processes, batch, accumulation, memory), then stop: no model "
-                            "loads", False)
+                              "(processes, batch, accumulation, memory), then stop: no model "
+                              "loads", False)
 
     def __post_init__(self) -> None:
         if isinstance(self.data, str):  # TrainConfig(data="prefs.duckdb")
