@@ -122,7 +122,7 @@ class Collection:
 # a short run of the script costs little more than one loop.
 COLLECTIONS = (
     Collection("readme"),
-    Collection("plus-8-pairs", more_pairs=8),  # as a Quickstart page's handful of votes
+    Collection("plus-8-pairs", more_pairs=8),  # as a handful of votes on the page README.md opens
     Collection("train-seed-1", train_seed=1),
     Collection("feedback-seed-1", feedback_seed=1),
     Collection("feedback-seed-2", feedback_seed=2),
