@@ -1,10 +1,10 @@
-"""The annotate page: layout and wiring only; the logic is in annotate/rounds.py.
+"""The annotate page: layout and wiring only; the logic is in annotate/showings.py.
 
 Every event's function takes the name box (ignored with a login: the user id then comes
-from the login alone), the mode and the round id held by the page, and answers with the
+from the login alone), the mode and the showing id held by the page, and answers with the
 whole view: both images (enlarged for the page by `pages.shared.enlarge`, as files of a
-`pages.shared.PageImages`), the prompt shown, the round id, the tally, the note and the
-vote buttons. The round id is held by the page (a hidden textbox, not server-side
+`pages.shared.PageImages`), the prompt shown, the showing id, the tally, the note and the
+vote buttons. The showing id is held by the page (a hidden textbox, not server-side
 state), so a vote names the pair that was on screen when it was cast. A new pair comes
 with its buttons off; `arm` turns them on once the pair has been shown for the minimum
 display time. A request the server refuses (no name, an empty prompt, a stale or
@@ -22,7 +22,7 @@ import gradio as gr
 import pandas as pd
 
 from annotate.campaign import ANNOTATOR_COLUMNS, campaign
-from annotate.rounds import ANSWERS, Annotator, Collector, Round
+from annotate.showings import ANSWERS, Annotator, Collector, Showing
 from cli.errors import DataError, NotCounted, PageError
 from data.store import QUESTIONS
 from pages.shared import FRAME_PX, PageImages, check_name, enlarge
@@ -75,14 +75,14 @@ def build(collector: Collector, images: PageImages, prompt_set: list[str] | None
             return collector.annotator(request.username)
         return collector.annotator(check_name(name))
 
-    def view(annotator: Annotator, shown: Round | None, note: str | None = None):
+    def view(annotator: Annotator, shown: Showing | None, note: str | None = None):
         tally = collector.tally(annotator).text(cap)
         cleared = [None] * len(asked)  # the other questions, unanswered for a new pair
         if shown is None:
             return (None, None, "", "", tally, note or "", *_buttons(False), *cleared)
         note = "\n\n".join(n for n in (note, shown.note) if n)
         return (images.write(enlarge(shown.left)), images.write(enlarge(shown.right)),
-                shown.prompt, shown.round_id,
+                shown.prompt, shown.showing_id,
                 tally, note, *_buttons(False), *cleared)  # until `arm`: shown long enough
 
     def generate(name, prompt, mode, request: gr.Request, progress=gr.Progress()):
@@ -93,25 +93,25 @@ def build(collector: Collector, images: PageImages, prompt_set: list[str] | None
             return refused(error, len(asked))
         return view(annotator, shown)
 
-    async def arm(round_id: str):
+    async def arm(showing_id: str):
         """The vote buttons on once the pair has been shown long enough (never off)."""
-        wait = collector.display_wait(round_id)
+        wait = collector.display_wait(showing_id)
         if wait is None:
             return [gr.skip() for _ in BUTTONS]
         await asyncio.sleep(wait)
         return _buttons(True)
 
-    def cast(outcome, name, mode, round_id, answers, request, progress):
+    def cast(outcome, name, mode, showing_id, answers, request, progress):
         try:
             annotator = who(name, request)
             try:
-                _, voted = collector.vote(annotator, round_id, outcome, answers=answers)
+                _, voted = collector.vote(annotator, showing_id, outcome, answers=answers)
             except _REFUSED as error:
                 return refused(error, len(asked))
             if voted is None:  # a repeated vote: the page already moved on
                 return (gr.skip(),) * (6 + len(BUTTONS) + len(asked))
             try:
-                shown = collector.next_round(annotator, voted, outcome, mode,
+                shown = collector.next_showing(annotator, voted, outcome, mode,
                                              _reporter(progress))
             except _ERRORS as error:  # the vote is stored; say why nothing follows
                 return view(annotator, None, f"Vote recorded. {error}")
@@ -120,13 +120,13 @@ def build(collector: Collector, images: PageImages, prompt_set: list[str] | None
         return view(annotator, shown)
 
     def voter(outcome: str):
-        def vote(name, mode, round_id, request: gr.Request, progress=gr.Progress()):
-            return cast(outcome, name, mode, round_id, {}, request, progress)
+        def vote(name, mode, showing_id, request: gr.Request, progress=gr.Progress()):
+            return cast(outcome, name, mode, showing_id, {}, request, progress)
 
-        def vote_answered(name, mode, round_id, appeal, alignment, request: gr.Request,
+        def vote_answered(name, mode, showing_id, appeal, alignment, request: gr.Request,
                           progress=gr.Progress()):
             answers = {"appeal": appeal, "alignment": alignment}
-            return cast(outcome, name, mode, round_id, answers, request, progress)
+            return cast(outcome, name, mode, showing_id, answers, request, progress)
 
         return vote_answered if asked else vote
 
@@ -172,17 +172,17 @@ def build(collector: Collector, images: PageImages, prompt_set: list[str] | None
             ]
         gr.Markdown("Keys: ← left is better · → right is better · ↓ tie · "
                     "↑ both are bad · S skip", elem_id="shortcuts")
-        round_id = gr.Textbox("", visible=False, elem_id="round-id")
+        showing_id = gr.Textbox("", visible=False, elem_id="showing-id")
 
-        outputs = [left, right, shown_prompt, round_id, tally, note, *buttons, *questions]
+        outputs = [left, right, shown_prompt, showing_id, tally, note, *buttons, *questions]
         events = dict(outputs=outputs, concurrency_limit=None, show_progress="full",
                       show_progress_on=[left, right])
-        armed = dict(fn=arm, inputs=round_id, outputs=buttons, concurrency_limit=None,
+        armed = dict(fn=arm, inputs=showing_id, outputs=buttons, concurrency_limit=None,
                      show_progress="hidden", api_visibility="private")
         gr.on([generate_button.click, prompt.submit], generate, [name, prompt, mode],
               api_name="generate", **events).then(**armed)
         for (outcome, *_), button in zip(BUTTONS, buttons, strict=True):
-            button.click(voter(outcome), [name, mode, round_id, *questions],
+            button.click(voter(outcome), [name, mode, showing_id, *questions],
                          api_name=f"vote_{outcome}", **events).then(**armed)
         set_button.click(from_set, None, [prompt, note], api_visibility="private")
         demo.load(None, js=page_script())

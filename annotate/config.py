@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from annotate.rounds import MIN_DISPLAY_MS
+from annotate.showings import MIN_DISPLAY_MS
 from cli.errors import UsageError
 from cli.parser import setting
 from data.store import DEFAULT_DB
@@ -39,7 +39,7 @@ class PageConfig(PairVariety):
                                 "then comes from the login only", None, metavar="FILE")
     gold: Path | None = setting("gold pairs, JSON Lines {prompt, better, worse} "
                                 "(docs/ANNOTATE.md)", None, metavar="FILE")
-    gold_rate: float = setting("share of rounds that show a gold pair", 0.05, metavar="R")
+    gold_rate: float = setting("share of the pairs shown that are gold pairs", 0.05, metavar="R")
     daily_cap: int | None = setting("votes per annotator per day (UTC); no cap by default",
                                     None, metavar="N")
     blocklist: Path | None = setting("words or phrases that must not be generated, one per "
@@ -52,8 +52,8 @@ class PageConfig(PairVariety):
     overlap: int = setting("show each shared pair to K different annotators (1: no "
                            "sharing); see --overlap-share", 1, metavar="K")
     overlap_share: float = setting(
-        "share of the prompt set's new pairs that are shared (0..1); a prompt-set round "
-        "offers a shared pair that still needs votes first", 0.0, metavar="S")
+        "share of the prompt set's new pairs that are shared (0..1); a shared pair that "
+        "still needs votes is offered first", 0.0, metavar="S")
     questions: int = setting("ask the general preference alone (1) or also visual appeal and "
                              "prompt alignment (3), the paper's three questions", 1,
                              choices=[1, 3])
@@ -68,7 +68,7 @@ class PageConfig(PairVariety):
         super().__post_init__()
         checks = [
             (1 <= len(self.models) <= 2, "give one --model, or two to compare them"),
-            (0 <= self.gold_rate <= 1, "--gold-rate is a share of rounds between 0 and 1"),
+            (0 <= self.gold_rate <= 1, "--gold-rate is a share of the pairs shown: 0 to 1"),
             (self.buffer >= 0, "--buffer must be 0 or more"),
             (self.queue >= 1, "--queue must be at least 1"),
             (self.min_display_ms >= 0, "--min-display-ms must be 0 or more"),

@@ -1,4 +1,4 @@
-"""Gold (control) pairs: pairs whose better image is known, mixed into the rounds.
+"""Gold (control) pairs: pairs whose better image is known, mixed into what the page shows.
 
 They score annotators (Prolific's advice: use them to score raters, not to reject them).
 A gold file is JSON Lines, one pair a line, image paths relative to the file:

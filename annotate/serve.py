@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 from annotate.config import PageConfig
 from annotate.gold import read_gold
-from annotate.rounds import Collector, Settings
 from annotate.screening import MAX_PROMPT_CHARS, Blocklist, token_counter
+from annotate.showings import Collector, Settings
 from annotate.worker import PairWorker, PromptSet
 from cli.errors import UsageError
 from data.prompts import read_prompts

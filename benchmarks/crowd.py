@@ -124,7 +124,7 @@ RETRIES: list[str] = []
 def call(client, *args, api_name: str, tries: int = 5):
     """`client.predict`, again after a dropped connection, each resend noted in
     `RETRIES` (a lost answer is a fault a person at the page would see); a vote names its
-    round, so sending it twice stores it once."""
+    showing, so sending it twice stores it once."""
     for attempt in range(tries):
         try:
             return client.predict(*args, api_name=api_name)
@@ -154,14 +154,14 @@ def annotate(url: str, annotator: Annotator, votes: int, errors: list[str]) -> N
         shown = generate()
         cast = 0
         while cast < votes:
-            left, right, prompt, round_id = shown[:4]
-            if kept(round_id) or not round_id:  # refused, or no pair made (busy): again
+            left, right, prompt, showing_id = shown[:4]
+            if kept(showing_id) or not showing_id:  # refused, or no pair made (busy): again
                 time.sleep(0.5)
                 shown = generate()
                 continue
             time.sleep(annotator.look_s)
             outcome = choose(annotator, prompt, left, right)
-            after = call(client, "", "auto", round_id, api_name=f"/vote_{outcome}")
+            after = call(client, "", "auto", showing_id, api_name=f"/vote_{outcome}")
             if kept(after[3]) and not kept(after[5]):  # refused: the note says why
                 errors.append(f"{annotator.name}: {after[5]}")
                 if len(errors) > 50:

@@ -1,4 +1,4 @@
-"""The collection logic without a browser: worker, screening, rounds, gold, caps, logins."""
+"""The collection logic without a browser: worker, screening, showings, gold, caps, logins."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from annotate.gold import read_gold
-from annotate.rounds import Collector, Settings
 from annotate.screening import MAX_PROMPT_CHARS, Blocklist, encoder_words, screen, token_counter
+from annotate.showings import Collector, Settings
 from annotate.worker import SET_SOURCE, PairWorker, PromptSet
 from cli.errors import DataError, NotCounted, PageError, UsageError
 from data.stats import format_stats, store_stats
@@ -270,7 +270,7 @@ def test_counting_tokens_on_a_session_thread_leaves_the_pipelines_truncation_alo
     assert lengths == {limit}
 
 
-# -- rounds and votes ------------------------------------------------------------------
+# -- showings and votes ----------------------------------------------------------------
 
 
 @pytest.fixture
@@ -291,7 +291,7 @@ def test_a_vote_stores_the_pair_with_pickapic_labels_for_the_side_chosen(collect
     sides = set()
     for outcome in ("left", "right", "left", "right", "left", "right"):
         shown = collector.start(ann, RED, "new")
-        ranking, voted = collector.vote(ann, shown.round_id, outcome)
+        ranking, voted = collector.vote(ann, shown.showing_id, outcome)
         winner = shown.shown_left if outcome == "left" else 1 - shown.shown_left
         assert voted == shown
         assert ranking.best_image_uid == shown.images[winner].image_uid
@@ -309,7 +309,7 @@ def test_tie_both_bad_and_skip_are_kept_apart(collector):
     ann = collector.annotator("ann")
     for outcome in ("tie", "both_bad", "skip"):
         shown = collector.start(ann, RED, "new")
-        ranking, _ = collector.vote(ann, shown.round_id, outcome)
+        ranking, _ = collector.vote(ann, shown.showing_id, outcome)
         assert ranking.outcome == outcome
     ties, bad, skip = collector.store.rankings()
     assert (ties.label_0, ties.best_image_uid) == (0.5, "none")
@@ -321,14 +321,14 @@ def test_a_repeated_vote_stores_one_ranking_and_another_annotator_cannot_vote(co
     ann, bob = collector.annotator("ann"), collector.annotator("bob")
     shown = collector.start(ann, RED, "new")
     with pytest.raises(PageError, match="another annotator"):
-        collector.vote(bob, shown.round_id, "left")
-    first, voted = collector.vote(ann, shown.round_id, "left")
-    again, none = collector.vote(ann, shown.round_id, "left")  # a client retry
+        collector.vote(bob, shown.showing_id, "left")
+    first, voted = collector.vote(ann, shown.showing_id, "left")
+    again, none = collector.vote(ann, shown.showing_id, "left")  # a client retry
     assert voted is not None and none is None and again == first
     with pytest.raises(NotCounted, match=r"already had your vote \(left\)"):
-        collector.vote(ann, shown.round_id, "right")  # a second key: refused
+        collector.vote(ann, shown.showing_id, "right")  # a second key: refused
     with pytest.raises(PageError, match="no longer open"):
-        collector.vote(bob, shown.round_id, "left")
+        collector.vote(bob, shown.showing_id, "left")
     assert collector.store.counts()["rankings"] == 1
 
 
@@ -337,7 +337,7 @@ def test_concurrent_double_clicks_store_one_ranking(collector):
     shown = collector.start(ann, RED, "new")
     results = []
     threads = [threading.Thread(target=lambda: results.append(
-        collector.vote(ann, shown.round_id, "left")[0])) for _ in range(6)]
+        collector.vote(ann, shown.showing_id, "left")[0])) for _ in range(6)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -349,17 +349,17 @@ def test_concurrent_double_clicks_store_one_ranking(collector):
 def test_a_vote_for_a_pair_no_longer_on_screen_is_refused_never_moved_on(collector):
     ann = collector.annotator("ann")
     first = collector.start(ann, RED, "new")
-    _, voted = collector.vote(ann, first.round_id, "left")
-    second = collector.next_round(ann, voted, "left", "new")
+    _, voted = collector.vote(ann, first.showing_id, "left")
+    second = collector.next_showing(ann, voted, "left", "new")
     # A second key, pressed before the page had the next pair, names the first pair.
     with pytest.raises(NotCounted, match="was not stored"):
-        collector.vote(ann, first.round_id, "right")
+        collector.vote(ann, first.showing_id, "right")
     replaced = collector.start(ann, BLUE, "new")  # Generate pressed: `second` is gone
     with pytest.raises(NotCounted, match="no longer on your screen"):
-        collector.vote(ann, second.round_id, "tie")
-    ranking, _ = collector.vote(ann, replaced.round_id, "tie")
+        collector.vote(ann, second.showing_id, "tie")
+    ranking, _ = collector.vote(ann, replaced.showing_id, "tie")
     assert [(r.vote_id, r.outcome) for r in collector.store.rankings()] == [
-        (first.round_id, "left"), (replaced.round_id, "tie")]
+        (first.showing_id, "left"), (replaced.showing_id, "tie")]
 
 
 def test_two_different_votes_40_to_400_ms_apart_store_one_ranking(collector):
@@ -369,21 +369,21 @@ def test_two_different_votes_40_to_400_ms_apart_store_one_ranking(collector):
     collector.settings = Settings(min_display_ms=500)
     ann = collector.annotator("ann")
     rng = random.Random(3)
-    on_screen = {"round": collector.start(ann, RED, "new").round_id}
+    on_screen = {"showing": collector.start(ann, RED, "new").showing_id}
     for _trial in range(6):
         time.sleep(0.55)  # the pair on screen is shown long enough
         answers = []
 
         def first_key(answers=answers):
-            _, voted = collector.vote(ann, on_screen["round"], "left")
-            on_screen["round"] = collector.next_round(ann, voted, "left", "new").round_id
+            _, voted = collector.vote(ann, on_screen["showing"], "left")
+            on_screen["showing"] = collector.next_showing(ann, voted, "left", "new").showing_id
             answers.append("stored")
 
         thread = threading.Thread(target=first_key)
         thread.start()
         time.sleep(rng.uniform(0.04, 0.4))
         try:
-            collector.vote(ann, on_screen["round"], "right")
+            collector.vote(ann, on_screen["showing"], "right")
             answers.append("stored")
         except NotCounted:
             answers.append("refused")
@@ -397,12 +397,12 @@ def test_a_vote_sooner_than_the_minimum_display_time_is_refused(collector):
     ann = collector.annotator("ann")
     shown = collector.start(ann, RED, "new")
     with pytest.raises(NotCounted, match="look at both images first"):
-        collector.vote(ann, shown.round_id, "left")
+        collector.vote(ann, shown.showing_id, "left")
     assert collector.store.counts()["rankings"] == 0
-    assert 0 < collector.display_wait(shown.round_id) <= 0.4
-    time.sleep(collector.display_wait(shown.round_id) + 0.01)
-    ranking, _ = collector.vote(ann, shown.round_id, "left")  # the same pair, now counted
-    assert ranking.vote_id == shown.round_id and collector.store.counts()["rankings"] == 1
+    assert 0 < collector.display_wait(shown.showing_id) <= 0.4
+    time.sleep(collector.display_wait(shown.showing_id) + 0.01)
+    ranking, _ = collector.vote(ann, shown.showing_id, "left")  # the same pair, now counted
+    assert ranking.vote_id == shown.showing_id and collector.store.counts()["rankings"] == 1
 
 
 @pytest.fixture
@@ -423,14 +423,14 @@ def test_a_full_disk_refuses_the_vote_in_one_line_and_keeps_the_pair(tiny_disk, 
         shown = collector.start(ann, RED, "new")
         filler = fill_disk(tiny_disk)
         with pytest.raises(NotCounted) as refused:
-            collector.vote(ann, shown.round_id, "left")
+            collector.vote(ann, shown.showing_id, "left")
         message = str(refused.value)
         assert message.startswith("Could not save the vote: disk full")
         assert "free space" in message and "\n" not in message
-        assert store.counts()["rankings"] == 0 and collector.display_wait(shown.round_id) == 0
+        assert store.counts()["rankings"] == 0 and collector.display_wait(shown.showing_id) == 0
         filler.unlink()
-        ranking, voted = collector.vote(ann, shown.round_id, "left")  # the same vote
-        assert voted == shown and ranking.vote_id == shown.round_id
+        ranking, voted = collector.vote(ann, shown.showing_id, "left")  # the same vote
+        assert voted == shown and ranking.vote_id == shown.showing_id
     finally:
         worker.stop()
         store.close()
@@ -442,13 +442,13 @@ def test_keep_the_winner_keeps_it_and_replaces_the_loser(collector):
     ann = collector.annotator("ann")
     shown = collector.start(ann, RED, "keep")
     for outcome in ("left", "right", "left"):
-        _, voted = collector.vote(ann, shown.round_id, outcome)
+        _, voted = collector.vote(ann, shown.showing_id, outcome)
         winner = voted.images[voted.shown_left if outcome == "left" else 1 - voted.shown_left]
-        shown = collector.next_round(ann, voted, outcome, "keep")
+        shown = collector.next_showing(ann, voted, outcome, "keep")
         assert shown.images[0] == winner and shown.prompt == RED
         assert shown.images[1].image_uid not in {im.image_uid for im in voted.images}
-    _, voted = collector.vote(ann, shown.round_id, "tie")
-    fresh = collector.next_round(ann, voted, "tie", "keep")  # no winner: a fresh pair
+    _, voted = collector.vote(ann, shown.showing_id, "tie")
+    fresh = collector.next_showing(ann, voted, "tie", "keep")  # no winner: a fresh pair
     assert not {im.image_uid for im in fresh.images} & {im.image_uid for im in voted.images}
 
 
@@ -457,24 +457,24 @@ def test_auto_mode_moves_through_the_prompt_set(collector):
     shown = collector.start(ann, "", "auto")
     prompts = [shown.prompt]
     for _ in range(3):
-        _, voted = collector.vote(ann, shown.round_id, "left")
-        shown = collector.next_round(ann, voted, "left", "auto")
+        _, voted = collector.vote(ann, shown.showing_id, "left")
+        shown = collector.next_showing(ann, voted, "left", "auto")
         prompts.append(shown.prompt)
     assert prompts == [RED, BLUE, RED, BLUE]
     with pytest.raises(PageError, match="empty"):
         collector.start(ann, "  ", "new")
 
 
-def test_the_daily_cap_stops_rounds_and_votes(collector):
+def test_the_daily_cap_stops_showings_and_votes(collector):
     collector.settings = Settings(daily_cap=2, min_display_ms=0)
     ann = collector.annotator("ann")
     shown = collector.start(ann, RED, "new")
     for _ in range(2):
-        _, voted = collector.vote(ann, shown.round_id, "left")
+        _, voted = collector.vote(ann, shown.showing_id, "left")
         if collector.tally(ann).today < 2:
-            shown = collector.next_round(ann, voted, "left", "new")
+            shown = collector.next_showing(ann, voted, "left", "new")
     with pytest.raises(PageError, match="today's limit of 2"):
-        collector.next_round(ann, voted, "left", "new")
+        collector.next_showing(ann, voted, "left", "new")
     with pytest.raises(PageError, match="today's limit of 2"):
         collector.start(ann, RED, "new")
     bob = collector.annotator("bob")
@@ -493,7 +493,7 @@ def write_gold(folder, pairs=1):
     return path
 
 
-def test_gold_rounds_score_annotators_and_never_reach_training(collector, tmp_path):
+def test_gold_pairs_score_annotators_and_never_reach_training(collector, tmp_path):
     collector.gold = read_gold(write_gold(tmp_path, pairs=2))
     collector.settings = Settings(gold_rate=1.0, min_display_ms=0)
     ann, bob = collector.annotator("ann"), collector.annotator("bob")
@@ -504,10 +504,10 @@ def test_gold_rounds_score_annotators_and_never_reach_training(collector, tmp_pa
             better_side = "left" if shown.shown_left == 0 else "right"
             wrong_side = "right" if better_side == "left" else "left"
             outcome = better_side if k < right_answers else wrong_side
-            ranking, _ = collector.vote(annotator, shown.round_id, outcome)
+            ranking, _ = collector.vote(annotator, shown.showing_id, outcome)
             assert ranking.is_gold and ranking.split == "gold"
     shown = collector.start(ann, BLUE, "new")
-    collector.vote(ann, shown.round_id, "skip")  # skips are left out of the accuracy
+    collector.vote(ann, shown.showing_id, "skip")  # skips are left out of the accuracy
     stats = store_stats(collector.store)
     assert stats.gold == {"ann": (3, 4), "bob": (1, 4)}
     assert "75.0%  ann (3/4)" in format_stats(stats)
@@ -546,7 +546,7 @@ def test_prompts_over_the_cap_in_the_owner_s_files_are_refused_and_never_voted(
     with pytest.raises(UsageError, match="prompts.txt holds a prompt of 2,599 characters"):
         open_app(PageConfig(db=tmp_path / "new.duckdb", prompts=tmp_path / "prompts.txt"))
     assert not (tmp_path / "new.duckdb").exists()
-    # a round whose prompt never passed the screening is not voted on either
+    # a showing whose prompt never passed the screening is not voted on either
     [gold] = read_gold(write_gold(tmp_path))
     collector.gold = [GoldPair(long, gold.better, gold.worse)]
     collector.settings = Settings(gold_rate=1.0, min_display_ms=0)
@@ -554,7 +554,7 @@ def test_prompts_over_the_cap_in_the_owner_s_files_are_refused_and_never_voted(
     shown = collector.start(ann, RED, "new")
     assert shown.prompt == long
     with pytest.raises(PageError, match="at most 2,000"):
-        collector.vote(ann, shown.round_id, "left")
+        collector.vote(ann, shown.showing_id, "left")
     assert collector.store.counts()["rankings"] == 0
 
 

@@ -19,8 +19,8 @@ from gradio_client import Client
 from PIL import Image
 
 from annotate.config import PageConfig
-from annotate.rounds import MIN_DISPLAY_MS
 from annotate.serve import open_app
+from annotate.showings import MIN_DISPLAY_MS
 from data.pairs import decode_image
 from data.store import Store, stable_id
 from pages.shared import free_port
@@ -420,7 +420,7 @@ def test_a_burst_of_generate_calls_is_answered_and_leaves_the_page_and_votes_fas
     try:
         with serving(server.demo) as url:
             first, _ = call(url, "generate", ["voter", RED, "new"], timeout=300)
-            round_id = re.search(r'"([0-9a-f-]{36})"', first).group(1)
+            showing_id = re.search(r'"([0-9a-f-]{36})"', first).group(1)
             answers = []
 
             def generate(k: int) -> None:
@@ -440,7 +440,7 @@ def test_a_burst_of_generate_calls_is_answered_and_leaves_the_page_and_votes_fas
             start = time.perf_counter()
             page = httpx.get(url, timeout=60)
             page_s = time.perf_counter() - start
-            vote, vote_s = call(url, "vote_left", ["voter", "new", round_id], timeout=60)
+            vote, vote_s = call(url, "vote_left", ["voter", "new", showing_id], timeout=60)
             for thread in burst:
                 thread.join(timeout=300)
     finally:

@@ -14,9 +14,9 @@ from data.store import OUTCOMES, Store
 
 
 def test_the_vote_outcomes_are_the_stores_and_its_check_constraint(tmp_path):
-    from annotate import rounds
+    from annotate import showings
 
-    assert rounds.OUTCOMES is OUTCOMES
+    assert showings.OUTCOMES is OUTCOMES
     with Store(tmp_path / "prefs.duckdb") as store:
         checks = store.cursor().execute(
             "SELECT expression FROM duckdb_constraints() "

@@ -10,7 +10,7 @@ import datasets
 import pytest
 from PIL import Image
 
-from annotate.rounds import Collector, Settings
+from annotate.showings import Collector, Settings
 from annotate.worker import SET_SOURCE, PairWorker, PromptSet
 from cli.errors import PageError
 from data.pairs import StorePairs
@@ -181,21 +181,21 @@ def test_overlap_pairs_reach_k_annotators_never_one_twice(campaign):
     people = [collector.annotator(n) for n in ("ann", "bea", "cy", "dan")]
     ann = people[0]
     first = collector.start(ann, "", "auto")
-    collector.vote(ann, first.round_id, "left")
-    second = collector.next_round(ann, first, "left", "auto")
+    collector.vote(ann, first.showing_id, "left")
+    second = collector.next_showing(ann, first, "left", "auto")
     assert second.pair != first.pair  # ann is never shown her pair again
-    collector.vote(ann, second.round_id, "right")
+    collector.vote(ann, second.showing_id, "right")
     # the next annotator gets the stored pair nearest to complete, oldest first
     bea = people[1]
     shown = collector.start(bea, "", "auto")
     assert shown.pair == first.pair and shown.votes_wanted == 3
     # while bea holds it, cy still gets it (it wants two more), then dan gets the other
-    cy_round = collector.start(people[2], "", "auto")
-    assert cy_round.pair == first.pair
-    dan_round = collector.start(people[3], "", "auto")
-    assert dan_round.pair == second.pair
-    for person, shown_round in ((bea, shown), (people[2], cy_round)):
-        collector.vote(person, shown_round.round_id, "tie")
+    cy_showing = collector.start(people[2], "", "auto")
+    assert cy_showing.pair == first.pair
+    dan_showing = collector.start(people[3], "", "auto")
+    assert dan_showing.pair == second.pair
+    for person, showing in ((bea, shown), (people[2], cy_showing)):
+        collector.vote(person, showing.showing_id, "tie")
     assert collector.store.overlap_progress() == (1, 2)
     # the complete pair is not offered again; a typed prompt never gets overlap pairs
     assert collector.start(people[3], "", "auto").pair not in (first.pair, second.pair)
@@ -210,8 +210,8 @@ def test_three_questions_are_stored_per_question_and_read_by_question(campaign, 
     ann = collector.annotator("ann")
     shown = collector.start(ann, "", "auto")
     with pytest.raises(PageError, match="Answer every question first"):
-        collector.vote(ann, shown.round_id, "left", answers={"appeal": "left"})
-    ranking, _ = collector.vote(ann, shown.round_id, "left",
+        collector.vote(ann, shown.showing_id, "left", answers={"appeal": "left"})
+    ranking, _ = collector.vote(ann, shown.showing_id, "left",
                                 answers={"appeal": "right", "alignment": "tie"})
     rows = {r.question: r for r in collector.store.rankings()}
     assert set(rows) == set(QUESTIONS) and ranking.question == "preference"
@@ -219,8 +219,8 @@ def test_three_questions_are_stored_per_question_and_read_by_question(campaign, 
     assert rows["preference"].best_image_uid == winner
     assert rows["appeal"].best_image_uid != winner and rows["alignment"].label_0 == 0.5
     # both bad needs no other answers; the tally counts a vote once
-    nxt = collector.next_round(ann, shown, "left", "auto")
-    collector.vote(ann, nxt.round_id, "both_bad")
+    nxt = collector.next_showing(ann, shown, "left", "auto")
+    collector.vote(ann, nxt.showing_id, "both_bad")
     assert collector.tally(ann).total == 2
     # the trainer's loader and the export choose a question
     store = collector.store
@@ -287,10 +287,10 @@ def test_the_train_config_takes_question_and_drop_flagged():
         TrainConfig(data=["x.duckdb"], question="looks").check()
 
 
-def test_a_set_source_round_is_still_made_when_no_overlap_pair_waits(campaign):
+def test_a_set_source_showing_is_still_made_when_no_overlap_pair_waits(campaign):
     collector = campaign(overlap=2, overlap_share=0.0)
     ann = collector.annotator("ann")
     shown = collector.start(ann, "", "auto")
     assert shown.source == SET_SOURCE and shown.votes_wanted == 1
-    collector.vote(ann, shown.round_id, "left")
+    collector.vote(ann, shown.showing_id, "left")
     assert collector.store.overlap_progress() == (0, 0)

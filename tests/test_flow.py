@@ -231,8 +231,8 @@ def test_the_annotate_page_collects_sd3_pairs_unchanged(tiny_sd3_dir, tmp_path):
     from gradio_client import Client
 
     from annotate.config import PageConfig
-    from annotate.rounds import MIN_DISPLAY_MS
     from annotate.serve import open_app
+    from annotate.showings import MIN_DISPLAY_MS
     from tests.helpers import serving
 
     server = open_app(PageConfig(model=[str(tiny_sd3_dir)], db=tmp_path / "prefs.duckdb",

@@ -1,29 +1,29 @@
-"""The collection logic behind the page: rounds shown to annotators and their votes.
+"""The collection logic behind the page: the pairs shown to annotators (showings) and their votes.
 
-A round is one pair shown to one annotator. Its id is the vote's idempotency key, so a
-double click or a client retry stores one ranking. Rounds live on the server (the page
-holds only the id); a vote is checked against the annotator the round was shown to, then
-stored with the pair's images in one transaction before the next round is made.
+A showing is one pair shown to one annotator. Its id is the vote's idempotency key, so a
+double click or a client retry stores one ranking. Showings live on the server (the page
+holds only the id); a vote is checked against the annotator the showing was shown to, then
+stored with the pair's images in one transaction before the next showing is made.
 
-A vote belongs to the pair that was on screen when it was cast: it names its round, and
-a vote for a round that is not the annotator's current one (a second key pressed while
+A vote belongs to the pair that was on screen when it was cast: it names its showing, and
+a vote for a showing that is not the annotator's current one (a second key pressed while
 the first vote was on its way, a pair replaced by Generate) is refused with `NotCounted`,
 never moved on to the next pair. A vote that comes sooner than `min_display_ms` after
 the pair was delivered is refused too (`NotCounted`): nobody judges two images that fast.
-A vote the store cannot commit (a full disk) raises `NotCounted` and keeps its round
+A vote the store cannot commit (a full disk) raises `NotCounted` and keeps its showing
 open, so the same vote can be cast again.
 
-After a vote the next round follows the annotator's mode:
+After a vote the next showing follows the annotator's mode:
 - "new": a fresh pair for the same prompt (or the same prompt set);
 - "keep": Pick-a-Pic's keep-the-winner chain: the winner stays, the loser is replaced by a
   new image for the same prompt (a tie, both-bad or skip starts a fresh pair);
 - "auto": a fresh pair for the prompt set's next prompt, without asking for a prompt.
 
 Overlap (`Settings.overlap` k > 1): a share of the prompt set's fresh pairs is marked, with
-its first vote, to be shown to k different annotators. A round from the prompt set first
+its first vote, to be shown to k different annotators. A showing from the prompt set first
 offers such a pair that the annotator has not been shown, nearest to complete first, so
 pairs complete soon; a pair is not handed to more annotators at once than it still
-needs (a round left open longer than `HOLD_S` no longer holds its place).
+needs (a showing left open longer than `HOLD_S` no longer holds its place).
 
 Questions (`Settings.questions`): the general preference alone, or with it the paper's two
 other questions (visual appeal, prompt alignment); the answers to those come with the
@@ -60,9 +60,9 @@ from models.generate import GeneratedImage
 from pages.shared import unsaved_vote
 
 MODES = ("new", "keep", "auto")
-_MAX_ROUNDS = 10_000  # rounds awaiting a vote, across sessions; the oldest are forgotten
+_MAX_SHOWINGS = 10_000  # showings awaiting a vote, across sessions; the oldest are forgotten
 MIN_DISPLAY_MS = 500  # a pair is on screen this long before a vote on it counts
-HOLD_S = 300  # an open round keeps its overlap pair's place this long
+HOLD_S = 300  # an open showing keeps its overlap pair's place this long
 ANSWERS = ("left", "right", "tie")  # what the appeal and alignment questions take
 
 
@@ -83,17 +83,17 @@ class Tally:
 
 
 @dataclass(frozen=True)
-class Round:
+class Showing:
     """One pair shown to one annotator; images in storage order (image_0, image_1)."""
 
-    round_id: str
+    showing_id: str
     user_id: int
     source: str  # the prompt, or SET_SOURCE
     prompt: str
     images: tuple[ImageRecord, ImageRecord]
     pictures: tuple[Image.Image, Image.Image]
     shown_left: int  # which of the two images is on the left
-    shown_at: float  # time.monotonic() when the round was made
+    shown_at: float  # time.monotonic() when the showing was made
     gold_best_uid: str | None = None
     note: str | None = None
     votes_wanted: int = 1  # 2+: an overlap pair, to be voted by that many annotators
@@ -123,7 +123,7 @@ class Settings:
 
 
 class Collector:
-    """One per server: makes rounds for annotators and records their votes."""
+    """One per server: makes showings for annotators and records their votes."""
 
     def __init__(self, store: Store, worker: PairWorker, settings: Settings = Settings(),
                  gold: list[GoldPair] | None = None,
@@ -136,9 +136,9 @@ class Collector:
         self._count, self._limit = count_tokens or (None, None)
         self._rng = rng or random.Random()
         self._rng_lock = threading.Lock()
-        self._rounds: OrderedDict[str, Round] = OrderedDict()  # awaiting a vote
-        self._current: dict[int, str] = {}  # user id -> the round last shown to them
-        self._voting: dict[str, threading.Event] = {}  # rounds whose vote is being stored
+        self._rounds: OrderedDict[str, Showing] = OrderedDict()  # awaiting a vote
+        self._current: dict[int, str] = {}  # user id -> the showing last shown to them
+        self._voting: dict[str, threading.Event] = {}  # showings whose vote is being stored
         self._lock = threading.Lock()
         self._overlap_lock = threading.Lock()  # one overlap pair handed out at a time
 
@@ -154,7 +154,7 @@ class Collector:
         return Tally(*self.store.vote_tally(annotator.user_id, utc_day_start()))
 
     def _check_cap(self, annotator: Annotator) -> None:
-        """Refuse a new round at the cap (the vote itself is checked again as it is stored)."""
+        """Refuse a new showing at the cap (the vote itself is checked again as it is stored)."""
         if self.settings.daily_cap is not None and (
                 self.tally(annotator).today >= self.settings.daily_cap):
             raise self._cap_reached()
@@ -163,11 +163,11 @@ class Collector:
         return PageError(f"You have reached today's limit of {self.settings.daily_cap} "
                              "votes. Thank you! Come back tomorrow.")
 
-    # -- rounds ------------------------------------------------------------------
+    # -- showings ------------------------------------------------------------------
 
     def start(self, annotator: Annotator, prompt: str, mode: str,
-              progress: Progress | None = None) -> Round:
-        """The first round for a typed prompt (or, in auto mode, for the prompt set)."""
+              progress: Progress | None = None) -> Showing:
+        """The first showing for a typed prompt (or, in auto mode, for the prompt set)."""
         self._check_mode(mode)
         self._check_cap(annotator)
         if mode == "auto" and not prompt.strip():
@@ -175,26 +175,26 @@ class Collector:
         note = screen(prompt, self.settings.blocklist, self._count, self._limit)
         return self._fresh(annotator, prompt, progress, note)
 
-    def vote(self, annotator: Annotator, round_id: str, outcome: str,
+    def vote(self, annotator: Annotator, showing_id: str, outcome: str,
              dwell_ms: int | None = None,
-             answers: Mapping[str, str] | None = None) -> tuple[Ranking, Round | None]:
-        """Store the vote on a round; (the ranking, the round), or (ranking, None) if repeated.
+             answers: Mapping[str, str] | None = None) -> tuple[Ranking, Showing | None]:
+        """Store the vote on a showing; (the ranking, the showing), or (ranking, None) if repeated.
 
         `answers`: the other questions' answers ('left', 'right' or 'tie'), needed when
         the campaign asks them and the vote prefers an image or calls a tie.
         The same vote sent again (a double click, a client retry) returns its first
-        ranking and no round, so the page keeps showing what followed it. A different
-        vote on a round already voted, or a vote on a round that is no longer the
+        ranking and no showing, so the page keeps showing what followed it. A different
+        vote on a showing already voted, or a vote on a showing that is no longer the
         annotator's current one, raises `NotCounted`; one sooner than the minimum display
         time raises `NotCounted`. Neither stores anything, nor does `NotCounted`, nor a vote
         past the daily cap (counted as the vote is stored: a second tab may hold a pair
-        handed out before the cap was reached), nor a round whose prompt is over the
+        handed out before the cap was reached), nor a showing whose prompt is over the
         length cap (a gold or prompt-set prompt the screening never saw).
         """
         if outcome not in OUTCOMES:
             raise PageError(f"unknown vote {outcome!r}: use one of {', '.join(OUTCOMES)}")
         extra = self._answers(outcome, answers or {})
-        shown = self._claim(annotator, round_id, outcome)
+        shown = self._claim(annotator, showing_id, outcome)
         if isinstance(shown, Ranking):
             return shown, None
         if dwell_ms is None:
@@ -215,8 +215,8 @@ class Collector:
         try:
             check_length(shown.prompt)
             ranking = self.store.record_vote(
-                as_vote(shown.round_id, "preference", outcome), shown.images,
-                also=[as_vote(f"{shown.round_id}/{q}", q, a) for q, a in extra.items()],
+                as_vote(shown.showing_id, "preference", outcome), shown.images,
+                also=[as_vote(f"{shown.showing_id}/{q}", q, a) for q, a in extra.items()],
                 daily_cap=self.settings.daily_cap,
             )
         except DailyCapReached:
@@ -242,24 +242,24 @@ class Collector:
                                     "(nothing was stored).")
         return {q: answers[q] for q in asked}
 
-    def _claim(self, annotator: Annotator, round_id: str, outcome: str) -> Round | Ranking:
-        """The open round `round_id`, taken out of the open rounds so that one vote
+    def _claim(self, annotator: Annotator, showing_id: str, outcome: str) -> Showing | Ranking:
+        """The open showing `showing_id`, taken out of the open showings so that one vote
         alone is stored on it; or the ranking already stored for the same vote."""
         with self._lock:
-            shown = self._rounds.get(round_id)
+            shown = self._rounds.get(showing_id)
             if shown is not None and shown.user_id != annotator.user_id:
                 raise PageError("This pair was shown to another annotator: press Generate.")
-            if shown is not None and self._current.get(annotator.user_id) == round_id:
+            if shown is not None and self._current.get(annotator.user_id) == showing_id:
                 waited_ms = (time.monotonic() - shown.shown_at) * 1000
                 if waited_ms < self.settings.min_display_ms:
                     raise NotCounted("Too quick: look at both images first; that vote was not "
                                   "stored, vote again.")
-                self._voting[round_id] = threading.Event()
-                return self._rounds.pop(round_id)
-            voting = self._voting.get(round_id)
-        if voting is not None:  # another vote on this round is being stored: its answer
+                self._voting[showing_id] = threading.Event()
+                return self._rounds.pop(showing_id)
+            voting = self._voting.get(showing_id)
+        if voting is not None:  # another vote on this showing is being stored: its answer
             voting.wait(timeout=60)
-        ranking = self.store.ranking_by_vote(round_id) if round_id else None
+        ranking = self.store.ranking_by_vote(showing_id) if showing_id else None
         if ranking is not None and ranking.user_id == annotator.user_id:
             if ranking.outcome == outcome:
                 return ranking
@@ -270,25 +270,25 @@ class Collector:
                             "stored. Vote on the pair shown now.")
         raise NotCounted("This pair is no longer open: press Generate for a new one.")
 
-    def _settle(self, shown: Round, stored: bool) -> None:
-        """The vote on `shown` is stored, or (not stored) its round is open again."""
+    def _settle(self, shown: Showing, stored: bool) -> None:
+        """The vote on `shown` is stored, or (not stored) its showing is open again."""
         with self._lock:
             if not stored:
-                self._rounds[shown.round_id] = shown
-            self._voting.pop(shown.round_id).set()
+                self._rounds[shown.showing_id] = shown
+            self._voting.pop(shown.showing_id).set()
 
-    def display_wait(self, round_id: str) -> float | None:
-        """Seconds until a vote on the open round `round_id` counts; None if not open."""
+    def display_wait(self, showing_id: str) -> float | None:
+        """Seconds until a vote on the open showing `showing_id` counts; None if not open."""
         with self._lock:
-            shown = self._rounds.get(round_id)
+            shown = self._rounds.get(showing_id)
         if shown is None:
             return None
         waited = time.monotonic() - shown.shown_at
         return max(0.0, self.settings.min_display_ms / 1000 - waited)
 
-    def next_round(self, annotator: Annotator, voted: Round, outcome: str, mode: str,
-                   progress: Progress | None = None) -> Round:
-        """The round after a vote on `voted`, as the mode says."""
+    def next_showing(self, annotator: Annotator, voted: Showing, outcome: str, mode: str,
+                   progress: Progress | None = None) -> Showing:
+        """The showing after a vote on `voted`, as the mode says."""
         self._check_mode(mode)
         self._check_cap(annotator)
         if mode == "auto":
@@ -304,7 +304,7 @@ class Collector:
             raise PageError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
 
     def _fresh(self, annotator: Annotator, source: str, progress: Progress | None,
-               note: str | None = None) -> Round:
+               note: str | None = None) -> Showing:
         with self._rng_lock:
             gold = self.gold and self._rng.random() < self.settings.gold_rate
             gold_pair = self._rng.choice(self.gold) if gold else None
@@ -315,7 +315,7 @@ class Collector:
                                   (gold_pair.better, gold_pair.worse), None, note,
                                   gold_pair.better.image_uid)
         if source == SET_SOURCE and self.settings.overlap > 1:
-            shared = self._overlap_round(annotator)
+            shared = self._overlap_showing(annotator)
             if shared is not None:
                 return shared
         pair = self.worker.take(source, progress)
@@ -326,9 +326,9 @@ class Collector:
                               tuple(image.image for image in pair.images), note,
                               votes_wanted=self.settings.overlap if overlap else 1)
 
-    def _overlap_round(self, annotator: Annotator) -> Round | None:
+    def _overlap_showing(self, annotator: Annotator) -> Showing | None:
         """A stored overlap pair this annotator has not been shown (nor holds open) that
-        still needs votes beyond the rounds now showing it; None when there is none."""
+        still needs votes beyond the showings now showing it; None when there is none."""
         with self._overlap_lock:
             wanting = self.store.open_overlap(annotator.user_id)
             if not wanting:
@@ -347,8 +347,8 @@ class Collector:
                                           votes_wanted=self.settings.overlap)
         return None
 
-    def _challenge(self, annotator: Annotator, voted: Round, winner: int,
-                   progress: Progress | None) -> Round:
+    def _challenge(self, annotator: Annotator, voted: Showing, winner: int,
+                   progress: Progress | None) -> Showing:
         """The winner of `voted` against a new image for its prompt."""
         pair = self.worker.take(voted.prompt, progress)
         loser_model = voted.images[1 - winner].model
@@ -361,23 +361,23 @@ class Collector:
     def _remember(self, annotator: Annotator, source: str, prompt: str,
                   images: tuple[ImageRecord, ImageRecord],
                   pictures: tuple[Image.Image, Image.Image] | None, note: str | None,
-                  gold_best_uid: str | None = None, votes_wanted: int = 1) -> Round:
+                  gold_best_uid: str | None = None, votes_wanted: int = 1) -> Showing:
         if pictures is None:
             pictures = tuple(decode_image(image.jpg) for image in images)
         with self._rng_lock:
             shown_left = self._rng.randrange(2)
-        shown = Round(
-            round_id=new_uid(), user_id=annotator.user_id, source=source, prompt=prompt,
+        shown = Showing(
+            showing_id=new_uid(), user_id=annotator.user_id, source=source, prompt=prompt,
             images=images, pictures=pictures, shown_left=shown_left,
             shown_at=time.monotonic(), gold_best_uid=gold_best_uid, note=note,
             votes_wanted=votes_wanted,
         )
         with self._lock:
-            self._rounds[shown.round_id] = shown
-            self._current[annotator.user_id] = shown.round_id
-            while len(self._rounds) > _MAX_ROUNDS:
+            self._rounds[shown.showing_id] = shown
+            self._current[annotator.user_id] = shown.showing_id
+            while len(self._rounds) > _MAX_SHOWINGS:
                 self._rounds.popitem(last=False)
-            while len(self._current) > _MAX_ROUNDS:
+            while len(self._current) > _MAX_SHOWINGS:
                 self._current.pop(next(iter(self._current)))
         return shown
 
