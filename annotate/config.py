@@ -7,13 +7,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from annotate.showings import MIN_DISPLAY_MS
 from cli.errors import UsageError
 from cli.parser import setting
 from data.store import DEFAULT_DB
 from models.toy import TOY_NAME
 from models.variety import PairVariety
 from pages.shared import PORT_HELP
+
+MIN_DISPLAY_MS = 500  # a pair is on screen this long before a vote on it counts
 
 _STORE_HELP = "store file"
 

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
+from annotate.config import MIN_DISPLAY_MS
 from annotate.gold import GoldPair
 from annotate.screening import Blocklist, check_length, screen
 from annotate.worker import SET_SOURCE, PairWorker, Progress
@@ -61,7 +62,6 @@ from pages.shared import unsaved_vote
 
 MODES = ("new", "keep", "auto")
 _MAX_SHOWINGS = 10_000  # showings awaiting a vote, across sessions; the oldest are forgotten
-MIN_DISPLAY_MS = 500  # a pair is on screen this long before a vote on it counts
 HOLD_S = 300  # an open showing keeps its overlap pair's place this long
 ANSWERS = ("left", "right", "tie")  # what the appeal and alignment questions take
 
