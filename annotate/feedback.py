@@ -31,6 +31,7 @@ from functools import cached_property
 from annotate.config import FeedbackConfig
 from cli.entry import INTERRUPTED
 from cli.errors import ModelError, UsageError
+from cli.parser import save_config_beside
 from data.pairs import decode_image, encode_jpeg
 from data.prompts import read_prompts
 from data.store import Store, Vote
@@ -331,6 +332,7 @@ def feedback(config: FeedbackConfig) -> int:
     try:
         scorer = load_scorer(run, device)
         with Store(config.db) as store:
+            save_config_beside(config, config.db, "feedback")
             counts = collect(
                 run, store, scorer, lambda: load(run.model), progress=not config.no_progress,
                 announce=lambda line: print(line, file=sys.stderr),

@@ -14,6 +14,7 @@ from annotate.screening import MAX_PROMPT_CHARS, Blocklist, token_counter
 from annotate.showings import Collector, Settings
 from annotate.worker import PairWorker, PromptSet
 from cli.errors import UsageError
+from cli.parser import save_config_beside
 from data.prompts import read_prompts
 from data.store import QUESTIONS, Store
 from models.threads import use_free_cores
@@ -92,6 +93,7 @@ def open_app(config: PageConfig) -> Server:
     worker = PairWorker(make_pair, prompt_set, buffer_size=config.buffer,
                         max_waiting=config.queue)
     store = Store(config.db)
+    save_config_beside(config, config.db, "annotate")
     settings = Settings(config.gold_rate, config.daily_cap, blocklist, config.min_display_ms,
                         config.overlap, config.overlap_share,
                         tuple(QUESTIONS) if config.questions == 3 else ("preference",))

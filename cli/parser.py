@@ -297,3 +297,10 @@ def save_config(config, path: Path) -> Path:
     """Write the resolved config as YAML at `path`; `--config path` gives it back."""
     path.write_text(yaml.safe_dump(config_values(config), sort_keys=False))
     return path
+
+
+def save_config_beside(config, output: Path, command: str) -> Path:
+    """The resolved config of a command whose output is one file (a store), saved beside
+    it: runs/prefs.duckdb -> runs/prefs.feedback.yaml, the last such run's settings."""
+    output = Path(output)
+    return save_config(config, output.parent / f"{output.stem}.{command}.yaml")

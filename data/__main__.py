@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from cli.entry import run_main
 from cli.errors import ShardError, UpgradeNeededError, report_user_error
-from cli.parser import config_values, parse_command
+from cli.parser import config_values, parse_command, save_config_beside
 from data.config import COMMANDS, ExportConfig, ImportConfig, StatsConfig
 from data.pickapic import ImportedFile, export_pairs, import_shards
 from data.stats import format_stats, store_stats
@@ -53,6 +53,7 @@ def open_to_read(db: Path) -> Store:
 
 def import_pairs(config: ImportConfig) -> int:
     with Store(config.db) as store:
+        save_config_beside(config, config.db, "import")
         done = import_shards(store, config.paths, source=config.source, split=config.split,
                              max_side=config.max_image_side, on_file=announce)
     imported = [f for f in done if not (f.refused or f.skipped)]

@@ -20,7 +20,13 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from cli.entry import run_main  # noqa: E402
 from cli.errors import DataError
-from cli.parser import CONFIG_FILE, command_line, parse_command, save_config  # noqa: E402
+from cli.parser import (  # noqa: E402
+    CONFIG_FILE,
+    command_line,
+    parse_command,
+    save_config,
+    save_config_beside,
+)
 from eval.config import (  # noqa: E402
     COMMANDS,
     AutoConfig,
@@ -105,6 +111,7 @@ def blind(args: BlindConfig) -> int:
     from eval.votes import VoteStore
 
     votes = VoteStore(args.db)  # first, so a locked file fails before any image is made
+    save_config_beside(args, args.db, "blind")
     blind_eval = BlindEval.prepare(models, prompts,
                                    args.sampling(), votes,
                                    Path(args.images), names=names, ratings=ratings,

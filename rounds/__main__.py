@@ -44,7 +44,7 @@ from pathlib import Path
 
 from cli.entry import run_main
 from cli.errors import DataError
-from cli.parser import parse
+from cli.parser import CONFIG_FILE, parse, save_config
 from data.store import Store
 from models.loading import NEWEST_ROUND_FILE, ROUND_FILE, same_model
 from models.toy import TOY_NAMES, built_in_prompts
@@ -168,6 +168,7 @@ def fixed_plan(config: RoundsConfig) -> None:
                             "or give a new --out")
     Path(config.out).mkdir(parents=True, exist_ok=True)
     saved.write_text(json.dumps(now, indent=1))
+    save_config(config, Path(config.out) / CONFIG_FILE)  # this run's, `--out` and all
 
 
 def write_toy_prompts(path: Path) -> None:

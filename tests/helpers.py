@@ -203,3 +203,13 @@ def small_disk(path: Path, size: str, read_only: bool = False) -> Iterator[Path]
         yield path
     finally:
         subprocess.run(["umount", str(path)], check=True)
+
+
+def saved_config_gives(path: Path, config_class: type, argv: list[str]) -> bool:
+    """A command's saved resolved config is a file `--config` reads back to the config
+    that `argv` gave it."""
+    from cli.parser import parse
+
+    assert path.is_file(), f"no config saved at {path}"
+    return parse(config_class, ["--config", str(path)], "test") == parse(config_class, argv,
+                                                                         "test")

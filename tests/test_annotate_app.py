@@ -24,7 +24,7 @@ from annotate.showings import MIN_DISPLAY_MS
 from data.pairs import decode_image
 from data.store import Store, stable_id
 from pages.shared import free_port
-from tests.helpers import fill_disk, serving, small_filesystem
+from tests.helpers import fill_disk, saved_config_gives, serving, small_filesystem
 
 RED = "a red circle on a white background"
 MIN_DISPLAY_S = MIN_DISPLAY_MS / 1000 + 0.05
@@ -39,6 +39,14 @@ def app(tmp_path_factory):
     with serving(server.demo) as url:
         yield server, url
     server.close()
+
+
+def test_the_page_saves_its_settings_beside_its_store(app):
+    server, _ = app
+    db = server.store.path
+    assert saved_config_gives(db.with_name("prefs.annotate.yaml"), PageConfig,
+                              ["--db", str(db), "--steps", "2", "--seed", "0", "--buffer", "2",
+                               "--queue", "16"])
 
 
 def user_rankings(server, name):

@@ -20,7 +20,7 @@ from data.__main__ import main as data_main
 from data.config import COMMANDS, ExportConfig, ImportConfig, StatsConfig
 from data.pickapic import EXPORT_CONFIG
 from data.store import Store
-from tests.helpers import record
+from tests.helpers import public_shard_table, record, saved_config_gives
 
 
 def test_flags_take_dashes_or_underscores_and_bools_three_ways():
@@ -101,6 +101,33 @@ def test_export_writes_its_resolved_config_and_that_file_repeats_the_export(tmp_
     assert pq.read_table(out / "train").equals(first)
     assert len(list((out / "train").glob("*.parquet"))) == 3  # 2 + 2 + 1 rows
     assert "exported to" in capsys.readouterr().out
+
+
+def test_the_commands_that_write_one_file_save_their_config_beside_it(tmp_path, capsys):
+    """import and feedback write into a store, the toy's evaluation into its --out file: each
+    saves the settings it ran with beside that file (STEM.COMMAND.yaml), a file --config
+    takes back. (Train, export, the reports, the pages and rounds: their own tests.)"""
+    from annotate.__main__ import main as annotate_main
+    from annotate.config import FeedbackConfig
+    from models.toy.evaluate import EvaluateConfig
+    from models.toy.evaluate import main as evaluate_main
+
+    shard = tmp_path / "train-0.parquet"
+    pq.write_table(public_shard_table([("a red circle", 1.0, 0.0)], image_size=16), shard)
+    db = tmp_path / "prefs.duckdb"
+    given = [str(shard), "--db", str(db), "--source", "mine"]
+    assert data_main(["import", *given]) == 0
+    assert saved_config_gives(tmp_path / "prefs.import.yaml", ImportConfig, given)
+
+    given = ["--pairs", "2", "--per-prompt", "2", "--steps", "2", "--db", str(db),
+             "--no-progress"]
+    assert annotate_main(["feedback", *given]) == 0
+    assert saved_config_gives(tmp_path / "prefs.feedback.yaml", FeedbackConfig, given)
+
+    given = ["--pairs", "2", "--steps", "2", "--out", str(tmp_path / "adherence.json")]
+    assert evaluate_main(given) == 0
+    assert saved_config_gives(tmp_path / "adherence.evaluate.yaml", EvaluateConfig, given)
+    capsys.readouterr()
 
 
 def test_the_entry_wrapper_gives_one_line_for_a_user_error_and_130_for_a_stop(capsys):

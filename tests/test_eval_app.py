@@ -31,12 +31,12 @@ from data.prompts import Prompt
 from eval.__main__ import main
 from eval.app import build_app, launch_options
 from eval.blind import BlindEval, Progress, informative_matchup, unseen_items
-from eval.config import Sampling
+from eval.config import BlindConfig, ReportConfig, Sampling
 from eval.images import images_for, model_folder
 from eval.report import write_human_report
 from eval.votes import VoteRow, VoteStore, outcome_of
 from models.loading import TOY_DIR
-from tests.helpers import fill_disk, serving, small_filesystem
+from tests.helpers import fill_disk, saved_config_gives, serving, small_filesystem
 
 PROMPTS = [Prompt("a red circle on a white background", "circle"),
            Prompt("a blue square on a white background", "square")]
@@ -338,6 +338,8 @@ def test_report_command_on_votes_and_its_one_line_errors(tmp_path, capsys):
     assert summary["wins"] == 2 and summary["losses"] == 1
     report = (tmp_path / "r" / "report.md").read_text()
     assert "elsewhere against toy (1 votes)" in report  # the other comparison is named
+    assert saved_config_gives(tmp_path / "r" / "config.yaml", ReportConfig,
+                              ["--db", str(db), "--out", str(tmp_path / "r")])
     assert main(["report", "--db", str(db), "--aligned", "elsewhere", "--out",
                  str(tmp_path / "r2")]) == 0
     assert json.loads(capsys.readouterr().out)["losses"] == 1
@@ -668,6 +670,10 @@ def test_the_page_is_served_before_the_images_are_made_and_says_how_far(browser,
     errors = [e for e in err.splitlines() if e.startswith("error: ")]
     assert len(errors) == 1 and "cannot load" in errors[0], err[-2000:]
     assert "Traceback" not in err
+    assert saved_config_gives(  # the page's settings, beside its votes
+        tmp_path / "votes.blind.yaml", BlindConfig,
+        ["--aligned", str(aligned), "--prompts", "prompts.txt", "--seeds", "1", "--steps", "2",
+         "--images", str(tmp_path / "images"), "--db", str(tmp_path / "votes.duckdb")])
 
 
 def test_while_images_are_made_a_voter_waits_rather_than_see_a_revealed_pair_again(

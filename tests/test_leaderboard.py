@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 
 from cli.errors import DataError
+from eval.config import LeaderboardConfig
 from eval.leaderboard import Match, bradley_terry, fit, win_counts
 from eval.votes import VoteRow, VoteStore
+from tests.helpers import saved_config_gives
 from tests.test_eval_auto import broken_toy  # noqa: F401  (a fixture)
 
 
@@ -112,4 +114,5 @@ def test_the_command_ranks_the_toy_above_a_broken_copy_by_scorer_and_by_votes(
     assert people["models"][1]["rating"] == pytest.approx(1000 - 400 * math.log10(8.5 / 2.5))
     report = (out / "leaderboard.md").read_text()
     assert "| 1 | toy |" in report and "Row beats column" in report
+    assert saved_config_gives(out / "config.yaml", LeaderboardConfig, done.args[4:])
     assert (out / "leaderboard-people-blind-votes.png").stat().st_size > 10_000

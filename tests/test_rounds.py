@@ -13,7 +13,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from cli.parser import parse
 from models.loading import resolve, round_of
+from rounds import stages
+from rounds.config import RoundsConfig
+from tests.helpers import saved_config_gives
+from train.config import from_command_line
 
 TINY = ["--pairs", "24", "--per-prompt", "4", "--steps", "6", "--eval-seeds", "1",
         "--adherence-pairs", "8", "--train-args", "--max_steps", "8", "--eval_every", "0",
@@ -67,6 +72,9 @@ def whole(tmp_path_factory):
 
 def test_each_round_trains_from_the_last_against_the_base_and_is_ranked(whole):
     out, printed = whole
+    given = command(out)[3:]
+    assert saved_config_gives(out / "config.yaml", RoundsConfig, given)
+    rounds_settings = vars(parse(RoundsConfig, given, "rounds"))
     assert [r["round"] for r in printed["rounds"]] == [1, 2]
     for k in (1, 2):
         folder = out / f"round-{k}"
@@ -75,6 +83,9 @@ def test_each_round_trains_from_the_last_against_the_base_and_is_ranked(whole):
         start_model = "toy" if k == 1 else str(out / "round-1" / "train" / "final")
         assert f"model: {start_model}\n" in config
         assert ("reference_model: toy" in config) == (k == 2)  # round 1's model is the base
+        # the trainer saved the very config rounds built for it, and the file gives it back
+        planned = stages.train(RoundsConfig(**rounds_settings), k).config
+        assert from_command_line([str(folder / "train" / "config.yaml")]) == planned
     # each round's images come from the previous round's model, and name it and its round
     made_by = {}
     for k in (1, 2):

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from cli.entry import run_main
 from cli.errors import UsageError
-from cli.parser import parse, setting
+from cli.parser import parse, save_config_beside, setting
 from models.toy import TOY_NAME
 from models.toy.judge import judge
 from models.toy.shapes import COLORS, SHAPES, all_captions, draw, random_spec
@@ -120,6 +120,7 @@ def evaluate(config: EvaluateConfig) -> int:
     print(json.dumps(report, indent=2))
     if config.out is not None:
         config.out.write_text(json.dumps(report, indent=1))
+        save_config_beside(config, config.out, "evaluate")
     return 0
 
 
