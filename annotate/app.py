@@ -112,7 +112,7 @@ def build(collector: Collector, images: PageImages, prompt_set: list[str] | None
                 return (gr.skip(),) * (6 + len(BUTTONS) + len(asked))
             try:
                 shown = collector.next_showing(annotator, voted, outcome, mode,
-                                             _reporter(progress))
+                                               _reporter(progress))
             except _ERRORS as error:  # the vote is stored; say why nothing follows
                 return view(annotator, None, f"Vote recorded. {error}")
         except _ERRORS as error:

@@ -136,7 +136,7 @@ class Collector:
         self._count, self._limit = count_tokens or (None, None)
         self._rng = rng or random.Random()
         self._rng_lock = threading.Lock()
-        self._rounds: OrderedDict[str, Showing] = OrderedDict()  # awaiting a vote
+        self._showings: OrderedDict[str, Showing] = OrderedDict()  # awaiting a vote
         self._current: dict[int, str] = {}  # user id -> the showing last shown to them
         self._voting: dict[str, threading.Event] = {}  # showings whose vote is being stored
         self._lock = threading.Lock()
@@ -163,7 +163,7 @@ class Collector:
         return PageError(f"You have reached today's limit of {self.settings.daily_cap} "
                              "votes. Thank you! Come back tomorrow.")
 
-    # -- showings ------------------------------------------------------------------
+    # -- showings ----------------------------------------------------------------
 
     def start(self, annotator: Annotator, prompt: str, mode: str,
               progress: Progress | None = None) -> Showing:
@@ -246,7 +246,7 @@ class Collector:
         """The open showing `showing_id`, taken out of the open showings so that one vote
         alone is stored on it; or the ranking already stored for the same vote."""
         with self._lock:
-            shown = self._rounds.get(showing_id)
+            shown = self._showings.get(showing_id)
             if shown is not None and shown.user_id != annotator.user_id:
                 raise PageError("This pair was shown to another annotator: press Generate.")
             if shown is not None and self._current.get(annotator.user_id) == showing_id:
@@ -255,7 +255,7 @@ class Collector:
                     raise NotCounted("Too quick: look at both images first; that vote was not "
                                   "stored, vote again.")
                 self._voting[showing_id] = threading.Event()
-                return self._rounds.pop(showing_id)
+                return self._showings.pop(showing_id)
             voting = self._voting.get(showing_id)
         if voting is not None:  # another vote on this showing is being stored: its answer
             voting.wait(timeout=60)
@@ -274,13 +274,13 @@ class Collector:
         """The vote on `shown` is stored, or (not stored) its showing is open again."""
         with self._lock:
             if not stored:
-                self._rounds[shown.showing_id] = shown
+                self._showings[shown.showing_id] = shown
             self._voting.pop(shown.showing_id).set()
 
     def display_wait(self, showing_id: str) -> float | None:
         """Seconds until a vote on the open showing `showing_id` counts; None if not open."""
         with self._lock:
-            shown = self._rounds.get(showing_id)
+            shown = self._showings.get(showing_id)
         if shown is None:
             return None
         waited = time.monotonic() - shown.shown_at
@@ -335,9 +335,9 @@ class Collector:
                 return None
             now = time.monotonic()
             with self._lock:
-                held = Counter(r.pair for r in self._rounds.values()
+                held = Counter(r.pair for r in self._showings.values()
                                if now - r.shown_at < HOLD_S)
-                mine = {r.pair for r in self._rounds.values()
+                mine = {r.pair for r in self._showings.values()
                         if r.user_id == annotator.user_id}
             for uid_0, uid_1, caption, still_wanted in wanting:
                 if (uid_0, uid_1) not in mine and held[uid_0, uid_1] < still_wanted:
@@ -373,10 +373,10 @@ class Collector:
             votes_wanted=votes_wanted,
         )
         with self._lock:
-            self._rounds[shown.showing_id] = shown
+            self._showings[shown.showing_id] = shown
             self._current[annotator.user_id] = shown.showing_id
-            while len(self._rounds) > _MAX_SHOWINGS:
-                self._rounds.popitem(last=False)
+            while len(self._showings) > _MAX_SHOWINGS:
+                self._showings.popitem(last=False)
             while len(self._current) > _MAX_SHOWINGS:
                 self._current.pop(next(iter(self._current)))
         return shown
