@@ -4,6 +4,14 @@ and diffusers' research `train_diffusion_dpo.py` (LoRA, reference = adapters off
 
     python benchmarks/peers.py --peers /tmp/peers                # 3 rounds of 20 steps
     python benchmarks/peers.py --peers /tmp/peers --rounds 1 --steps 6 --profile
+    python benchmarks/peers.py --peers /tmp/peers --size sd15 --rounds 1 --steps 4 --warmup 1
+
+`--size sd15`: the same comparison at real size: the randomly initialised SD1.5-sized
+pipeline benchmarks/real_sizes.py writes (UNet 860M, VAE, CLIP-L), 512 px noise images,
+one pair a step, gradient checkpointing on in every trainer (the official recipe's
+setting), full and LoRA; the floors run at the toy size only. A step takes about a
+minute on two cores and a full run holds about 18 GiB, so one round of the four trainers
+is about 25 minutes. `--size tiny` runs that path on a tiny UNet (it checks the script).
 
 The peers are not part of this repository. Put them in a folder first, from clones or
 from GitHub (the versions measured in docs/BENCHMARKS.md are named there):
@@ -81,6 +89,15 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS = REPO / "benchmarks"
 TOY_PIPELINE = REPO / "models" / "toy" / "pipeline"
+
+# --size: the pipeline every trainer starts from, its resolution, and whether gradient
+# checkpointing is on; "sd15" and "tiny" are built by benchmarks/real_sizes.py. Defaults
+# of --pairs and --batch per size: a real-size step is one pair, as in docs' "Real sizes".
+SIZES = {
+    "toy": {"resolution": 32, "checkpointing": False, "pairs": 256, "batch": 16},
+    "sd15": {"resolution": 512, "checkpointing": True, "pairs": 4, "batch": 1},
+    "tiny": {"resolution": 64, "checkpointing": True, "pairs": 4, "batch": 1},
+}
 
 # The peers: their file names in the --peers folder and where they come from.
 PEERS = {
@@ -233,8 +250,11 @@ def crop(image: Image.Image, top: int, left: int, height: int, width: int) -> Im
 
 
 # --- the peers: found, copied, patched ---------------------------------------------------
-def peer_sources(folder: str | None) -> dict[str, Path] | str:
-    """Each peer's script in `folder`, or why the benchmark skips."""
+def peer_sources(folder: str | None, trainers: list[str]) -> dict[str, Path] | str:
+    """Each peer's script in `folder` (none where `trainers` names no peer), or why the
+    benchmark skips."""
+    if not set(trainers) & set(PEERS):
+        return {}
     if not folder:
         return "no --peers folder given: the peers' scripts are not in this repository"
     missing = [name for name, _ in PEERS.values() if not (Path(folder) / name).is_file()]
@@ -268,14 +288,31 @@ def install_peers(sources: dict[str, Path], work: Path) -> dict[str, Path]:
 
 
 # --- the pairs ----------------------------------------------------------------------------
-def make_pairs(work: Path, pairs: int) -> Path:
-    """Drawn pairs in a store, exported as Pick-a-Pic v2 parquet; the export's folder."""
+def make_pipeline(work: Path, size: str) -> Path:
+    """The pipeline every trainer starts from: the toy's, or a random one real_sizes.py
+    writes (in its own process, as real_sizes.py does)."""
+    if size == "toy":
+        return TOY_PIPELINE
+    folder = work / "pipeline"
+    subprocess.run([sys.executable, str(BENCHMARKS / "real_sizes.py"), "--build", str(folder)]
+                   + (["--tiny"] if size == "tiny" else []), check=True, stdout=sys.stderr)
+    return folder
+
+
+def make_pairs(work: Path, pairs: int, size: str) -> Path:
+    """Pairs in a store, exported as Pick-a-Pic v2 parquet; the export's folder. The toy
+    draws its shapes; a built pipeline's pairs are noise at its resolution."""
     # imported here, not at the top: the peers' processes import this file for the
     # transforms stand-in and should hold nothing of this project's
     sys.path.insert(0, str(BENCHMARKS))
-    from train_throughput import drawn_pairs
+    if size == "toy":
+        from train_throughput import drawn_pairs
 
-    drawn_pairs(work / "pairs.duckdb", pairs)
+        drawn_pairs(work / "pairs.duckdb", pairs)
+    else:
+        from real_sizes import noise_pairs
+
+        noise_pairs(work / "pairs.duckdb", pairs, SIZES[size]["resolution"])
     exported = work / "pickapic_v2"
     subprocess.run([sys.executable, "-m", "data", "export", str(exported), "--db",
                     str(work / "pairs.duckdb")], cwd=REPO, check=True,
@@ -286,14 +323,18 @@ def make_pairs(work: Path, pairs: int) -> Path:
 # --- what each trainer runs -------------------------------------------------------------
 def trainer_specs(name: str, peers: dict[str, Path], data: Path, run: Path,
                   args: argparse.Namespace, steps: int) -> dict:
-    """The wrapper's spec for one trainer: a script or module and its arguments."""
+    """The wrapper's spec for one trainer: a script or module and its arguments. Ours
+    runs without its moving average (the peers keep none)."""
+    size = SIZES[args.size]
+    resolution, checkpointing = str(size["resolution"]), size["checkpointing"]
     batch, common_peer = str(args.batch), [
-        "--pretrained_model_name_or_path", str(TOY_PIPELINE), "--dataset_name", str(data),
-        "--resolution", "32", "--train_batch_size", str(args.batch),
+        "--pretrained_model_name_or_path", str(args.pipeline), "--dataset_name", str(data),
+        "--resolution", resolution, "--train_batch_size", str(args.batch),
         "--gradient_accumulation_steps", "1", "--max_train_steps", str(steps),
         "--mixed_precision", "no", "--learning_rate", "2e-5", "--seed", "0",
         "--output_dir", str(run / "out"), "--cache_dir", str(run / "hf-cache"),
         "--checkpointing_steps", str(steps + 1), "--dataloader_num_workers", "0",
+        *(["--gradient_checkpointing"] if checkpointing else []),
     ]
     if name == "official":
         return {"target": str(peers["official"]), "argv": [*common_peer, "--beta_dpo", "5000"]}
@@ -303,7 +344,9 @@ def trainer_specs(name: str, peers: dict[str, Path], data: Path, run: Path,
                          "--dataset_split_name", "train"]}
     if name.startswith("ours_"):
         return {"module": "train", "target": "train",
-                "argv": ["toy", "--data", str(data), "--output_dir", str(run / "out"),
+                "argv": ["toy", "--model", str(args.pipeline), "--resolution", resolution,
+                         "--gradient_checkpointing", str(checkpointing).lower(),
+                         "--ema_decay", "0", "--data", str(data), "--output_dir", str(run / "out"),
                          "--cache_dir", str(run / "cache"), "--max_steps", str(steps),
                          "--batch_size", batch, "--effective_batch", batch,
                          "--mixed_precision", "no", "--eval_every", "0",
@@ -521,11 +564,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=20, help="optimizer steps per run")
     parser.add_argument("--warmup", type=int, default=2, help="first steps left out")
-    parser.add_argument("--pairs", type=int, default=256)
-    parser.add_argument("--batch", type=int, default=16, help="pairs per step")
+    parser.add_argument("--size", choices=list(SIZES), default="toy",
+                        help="the model every trainer starts from (see the docstring)")
+    parser.add_argument("--pairs", type=int, help="pairs drawn (default: 256 toy, 4 else)")
+    parser.add_argument("--batch", type=int, help="pairs per step (default: 16 toy, 1 else)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per process")
-    parser.add_argument("--only", nargs="+", choices=list(TRAINERS), default=list(TRAINERS),
-                        help="run these trainers only")
+    parser.add_argument("--only", nargs="+", choices=list(TRAINERS),
+                        help="run these trainers only (default: all; no floors but at toy "
+                             "size)")
     parser.add_argument("--profile", action="store_true",
                         help="also profile one step of each (tables under WORK/profiles)")
     parser.add_argument("--work", help="work folder (default: a new temporary one)")
@@ -533,7 +579,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--floor", choices=["full", "lora"], help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
-    return parser.parse_args()
+    args = parser.parse_args()
+    size = SIZES[args.size]
+    args.pairs = args.pairs or size["pairs"]
+    args.batch = args.batch or size["batch"]
+    args.only = args.only or [name for name in TRAINERS
+                              if args.size == "toy" or not name.startswith("floor_")]
+    return args
 
 def timed_rounds(args: argparse.Namespace, peers: dict[str, Path], data: Path,
                  work: Path) -> dict[str, list[dict]]:
@@ -578,7 +630,9 @@ def main() -> None:
         return child(Path(args.child))
     if args.floor:
         return floor(args.floor, Path(args.data), Path(args.out), args.steps, args.batch)
-    sources = peer_sources(args.peers)
+    if args.size != "toy" and any(name.startswith("floor_") for name in args.only):
+        fail("the floors run at --size toy only: leave floor_full and floor_lora out of --only")
+    sources = peer_sources(args.peers, args.only)
     if isinstance(sources, str):
         print(json.dumps({"benchmark": "peers", "skipped": sources}))
         return
@@ -587,12 +641,15 @@ def main() -> None:
     work = Path(args.work or tempfile.mkdtemp(prefix="peers-bench-"))
     say(f"work folder: {work}")
     peers = install_peers(sources, work)
-    data = make_pairs(work, args.pairs)
+    args.pipeline = make_pipeline(work, args.size)
+    data = make_pairs(work, args.pairs, args.size)
     runs = timed_rounds(args, peers, data, work)
     trainers = summarise(runs, args.batch)
     result = {
         "benchmark": "peers",
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "size": args.size, "resolution": SIZES[args.size]["resolution"],
+        "gradient_checkpointing": SIZES[args.size]["checkpointing"],
         "threads": args.threads, "batch_pairs": args.batch, "pairs": args.pairs,
         "steps_per_run": args.steps, "warmup_steps": args.warmup, "rounds": args.rounds,
         "peers": peer_versions(sources),

@@ -145,6 +145,22 @@ def test_peers_skips_without_the_peers_scripts(tmp_path):
     out = bench("peers", "--peers", str(tmp_path), tmp_path=tmp_path)
     assert out["skipped"].startswith(f"{tmp_path} lacks train.py, train_diffusion_dpo.py")
 
+
+def test_peers_real_size_path_runs_ours_on_a_built_pipeline(tmp_path):
+    # --size sd15's path (a pipeline real_sizes.py builds, noise pairs at its resolution,
+    # one pair a step, checkpointing on) at the tiny size; ours needs no peer script
+    out = bench("peers", "--size", "tiny", "--only", "ours_lora", "--rounds", "1",
+                "--steps", "3", "--warmup", "1", "--threads", "1", tmp_path=tmp_path)
+    assert (out["size"], out["resolution"], out["batch_pairs"]) == ("tiny", 64, 1)
+    assert out["gradient_checkpointing"] is True and list(out["trainers"]) == ["ours_lora"]
+    assert out["trainers"]["ours_lora"]["pairs_per_s"]["median"] > 0
+    refused = subprocess.run([sys.executable, str(BENCHMARKS / "peers.py"), "--size", "sd15",
+                              "--only", "ours_full", "floor_full"],
+                             capture_output=True, text=True, cwd=tmp_path)
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == ("error: the floors run at --size toy only: leave "
+                                      "floor_full and floor_lora out of --only")
+
 def test_pair_generation(tmp_path):
     out = bench("pair_generation", "--steps", "2", "--repeats", "1", tmp_path=tmp_path)
     assert out["benchmark"] == "pair_generation" and out["model"] == "toy"
