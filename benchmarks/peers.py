@@ -515,7 +515,7 @@ def summarise(runs: dict[str, list[dict]], batch: int) -> dict:
         out[name] = {
             "what": TRAINERS[name],
             "s_per_step": spread(seconds, 4),
-            "pairs_per_s": spread([batch / s for s in seconds], 1),
+            "pairs_per_s": spread([batch / s for s in seconds], 4),
             "fastest_step_s": round(min(r["fastest_step_s"] for r in records), 4),
             "cpu_s_per_step": spread([r["cpu_s_per_step"] for r in records], 4),
             "first_step_s": spread([r["first_step_s"] for r in records], 2),
@@ -535,9 +535,10 @@ def machine_load(runs: dict[str, list[dict]]) -> dict:
 
 
 def ratios(trainers: dict) -> dict[str, float]:
-    """Pairs/s of one over the other, from the medians: above 1, the first is faster."""
-    return {f"{a}/{b}": round(trainers[a]["pairs_per_s"]["median"]
-                              / trainers[b]["pairs_per_s"]["median"], 3)
+    """Pairs/s of one over the other, from the median seconds a step (every trainer takes
+    the same pairs a step): above 1, the first is faster."""
+    return {f"{a}/{b}": round(trainers[b]["s_per_step"]["median"]
+                              / trainers[a]["s_per_step"]["median"], 3)
             for a, b in RATIOS if a in trainers and b in trainers}
 
 
