@@ -1,7 +1,7 @@
 """`python -m annotate`: the preference-collection page (annotate/serve.py).
 
-`python -m annotate feedback ...` labels generated pairs with a scorer instead
-(annotate/feedback.py).
+`python -m annotate feedback ...` labels generated pairs with a scorer instead, and
+`python -m annotate pool ...` makes unlabelled pairs ahead of time (annotate/feedback.py).
 """
 
 from __future__ import annotations
@@ -13,22 +13,22 @@ from collections.abc import Sequence
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-from annotate.config import FeedbackConfig, PageConfig  # noqa: E402
+from annotate.config import FeedbackConfig, PageConfig, PoolConfig  # noqa: E402
 from cli.entry import run_main  # noqa: E402
 from cli.parser import parse_command  # noqa: E402
 
-COMMANDS = {"page": PageConfig, "feedback": FeedbackConfig}
+COMMANDS = {"page": PageConfig, "feedback": FeedbackConfig, "pool": PoolConfig}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The page, or `feedback`; the exit status."""
+    """The page, `feedback` or `pool`; the exit status."""
 
     def command(argv: list[str]) -> int:
         name, config = parse_command(COMMANDS, argv, "python -m annotate", default="page")
-        if name == "feedback":
-            from annotate.feedback import feedback
+        if name in ("feedback", "pool"):
+            from annotate.feedback import make_pairs
 
-            return feedback(config)
+            return make_pairs(config, name)
         from annotate.serve import serve
 
         return serve(config)
@@ -38,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     code = main()
-    if sys.argv[1:2] == ["feedback"]:
+    if sys.argv[1:2] in (["feedback"], ["pool"]):
         sys.exit(code)
     # The server is closed (its store too), but its daemon threads may still be inside
     # C++ code (the worker in a sampler step). Interpreter teardown would unwind them

@@ -90,10 +90,11 @@ class PageConfig(PairVariety):
 
 
 @dataclass(frozen=True)
-class FeedbackConfig(PairVariety):
-    """Generate image pairs with a model, let a scorer prefer one image of each pair, and
-    record the pairs as votes (source ai:<scorer>) in the preference store. Resumable: run
-    the same command again to continue, or with a larger --pairs to add more."""
+class PoolConfig(PairVariety):
+    """Generate unlabelled image pairs with a model into the preference store (a pool),
+    for the page to show annotators without a wait. Under `accelerate launch` every
+    process makes its share. Resumable: run the same command again to continue, or with a
+    larger --pairs to add more."""
 
     model: str = setting("model name: toy, a Hub id, a local pipeline or LoRA folder",
                          TOY_NAME, metavar="NAME")
@@ -101,22 +102,11 @@ class FeedbackConfig(PairVariety):
         "one prompt per line (blank and # lines skipped), or a CSV with a 'prompt' column; "
         "prompts cycle in order (default for the toy model: its 18 captions; required for "
         "other models)", None, metavar="FILE")
-    scorer: str = setting("toy_judge, pickscore, clip, aesthetic, hpsv2, or module:callable "
-                          "for your own score(prompts, images)", "toy_judge", metavar="NAME")
-    scorer_model: str | None = setting("weights for a CLIP-based scorer instead of its "
-                                       "default", None, metavar="NAME_OR_PATH")
-    scorer_processor: str | None = setting("processor for a CLIP-based scorer instead of its "
-                                           "default", None, metavar="NAME_OR_PATH")
-    scorer_weights: str | None = setting("the aesthetic predictor's weights file", None,
-                                         metavar="FILE")
     pairs: int = setting("total pairs this run should hold; pairs already stored count",
                          1000, metavar="N")
     db: Path = setting(_STORE_HELP, DEFAULT_DB, metavar="PATH")
     seed: int = setting("seeds and guidance of pair i follow from this and i", 0, metavar="N")
     per_prompt: int = setting("pairs for each prompt before the next one", 1, metavar="K")
-    tie_margin: float = setting("record a tie when the two scores differ by M or less "
-                                "(docs/AI_FEEDBACK.md suggests a value per scorer)", 0.0,
-                                metavar="M")
     batch: int = setting("pairs of one prompt per pipeline call, 2B images; only speed and "
                          "memory depend on it", 16, metavar="B")
     threads: int | None = setting(
@@ -130,6 +120,26 @@ class FeedbackConfig(PairVariety):
         super().__post_init__()
         if self.threads is not None and self.threads < 1:
             raise UsageError("--threads must be at least 1")
+
+
+@dataclass(frozen=True)
+class FeedbackConfig(PoolConfig):
+    """Generate image pairs with a model, let a scorer prefer one image of each pair, and
+    record the pairs as votes (source ai:<scorer>) in the preference store. Under
+    `accelerate launch` every process makes its share. Resumable: run the same command
+    again to continue, or with a larger --pairs to add more."""
+
+    scorer: str = setting("toy_judge, pickscore, clip, aesthetic, hpsv2, or module:callable "
+                          "for your own score(prompts, images)", "toy_judge", metavar="NAME")
+    scorer_model: str | None = setting("weights for a CLIP-based scorer instead of its "
+                                       "default", None, metavar="NAME_OR_PATH")
+    scorer_processor: str | None = setting("processor for a CLIP-based scorer instead of its "
+                                           "default", None, metavar="NAME_OR_PATH")
+    scorer_weights: str | None = setting("the aesthetic predictor's weights file", None,
+                                         metavar="FILE")
+    tie_margin: float = setting("record a tie when the two scores differ by M or less "
+                                "(docs/AI_FEEDBACK.md suggests a value per scorer)", 0.0,
+                                metavar="M")
 
     def scorer_options(self) -> dict[str, str]:
         """What `load_scorer` takes beside the scorer's name, as given."""

@@ -1,15 +1,20 @@
-"""`python -m annotate feedback`: label generated pairs with a scorer, headless.
+"""`python -m annotate feedback` and `python -m annotate pool`: pairs made headless.
 
-The paper's AI-feedback variant, and the quickest way to fill a store: a model draws
-two images per prompt, a scorer (the toy judge, PickScore, or a user's
+Feedback is the paper's AI-feedback variant, and the quickest way to fill a store: a
+model draws two images per prompt, a scorer (the toy judge, PickScore, or a user's
 `module:callable`) prefers one, and the pair is recorded as a vote with source
-`ai:<scorer>`, exactly as a person's vote would be.
+`ai:<scorer>`, exactly as a person's vote would be. A pool is the same pairs without a
+scorer: unlabelled pairs made ahead of time, for the page to show people without a wait.
 
 Everything about a pair follows from the run's settings and its index, so a run is
-reproducible and resumable: the vote id is derived from a run key (model, prompts,
+reproducible and resumable: the pair's id is derived from a run key (model, prompts,
 scorer, seed, variety, tie margin) plus the index, and a second run with the same
-settings skips the indices already stored. Each vote is its own transaction, so an
+settings skips the indices already stored. Each batch is its own transaction, so an
 interrupted run loses at most the batch in flight and never leaves half a pair.
+
+Under `accelerate launch` every process makes every N-th batch of one plan
+(models/launch.py); the main process stores its own batches and takes in the others'
+(data/shards.py), so N processes store exactly the pairs one would.
 
 Speed comes from batching: the pairs of one prompt are drawn in one pipeline call
 (`--batch` pairs, twice as many images) and scored in one scorer call.
@@ -17,6 +22,7 @@ Speed comes from batching: the pairs of one prompt are drawn in one pipeline cal
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -27,15 +33,18 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
+from pathlib import Path
 
-from annotate.config import FeedbackConfig
+from annotate.config import FeedbackConfig, PoolConfig
 from cli.entry import INTERRUPTED
 from cli.errors import ModelError, UsageError
 from cli.parser import save_config_beside
 from data.pairs import decode_image, encode_jpeg
 from data.prompts import read_prompts
-from data.store import Store, Vote
+from data.shards import Pair, add_pairs, clear_partial, shard_folder, take_in, write_shard
+from data.store import PoolPair, Store, Vote
 from models.generate import generate
+from models.launch import ONE_PROCESS, Launch, this_launch
 from models.loading import LoadedModel
 from models.scorers import Scorer, checked_scores
 from models.threads import use_free_cores
@@ -50,15 +59,16 @@ _UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "diffusion-dpo-loop/annotate/fee
 
 @dataclass(frozen=True)
 class FeedbackRun:
-    """What one feedback run makes: every pair follows from these and its index.
+    """What one feedback or pool run makes: every pair follows from these and its index.
 
     `batch` only decides how many pairs share a pipeline call; it is not part of the
-    run's identity, so a resumed run may use another batch size.
+    run's identity, so a resumed run may use another batch size. `scorer` None: a pool
+    (unlabelled pairs).
     """
 
     prompts: tuple[str, ...]
     model: str = TOY_NAME
-    scorer: str = "toy_judge"
+    scorer: str | None = "toy_judge"
     pairs: int = 1000
     seed: int = 0
     variety: PairVariety = field(default_factory=PairVariety)
@@ -82,8 +92,8 @@ class FeedbackRun:
 
     @property
     def source(self) -> str:
-        """The provenance recorded with each vote, and the annotator's name."""
-        return f"ai:{self.scorer}"
+        """The provenance recorded with each vote, and the annotator's name; a pool's name."""
+        return f"ai:{self.scorer}" if self.scorer else f"pool-{self.key}"
 
     @cached_property
     def key(self) -> str:
@@ -102,7 +112,8 @@ class FeedbackRun:
 
     @property
     def vote_prefix(self) -> str:
-        return f"ai-{self.key}-"
+        """What every pair id of the run starts with."""
+        return f"{'ai' if self.scorer else 'pool'}-{self.key}-"
 
     def vote_id(self, index: int) -> str:
         return f"{self.vote_prefix}{index:08d}"
@@ -145,7 +156,8 @@ def default_prompts(model: str) -> list[str]:
 def existing_indices(store: Store, run: FeedbackRun) -> set[int]:
     """Indices of this run's pairs that the store already holds."""
     prefix = run.vote_prefix
-    return {int(vote_id[len(prefix):]) for vote_id in store.vote_ids(prefix)}
+    ids = store.vote_ids(prefix) if run.scorer else store.pool_ids(prefix)
+    return {int(pair_id[len(prefix):]) for pair_id in ids}
 
 
 def plan_batches(run: FeedbackRun, missing: Sequence[int]) -> list[list[int]]:
@@ -174,11 +186,10 @@ def outcome(score_0: float, score_1: float, margin: float) -> str:
 # -- one batch -----------------------------------------------------------------
 
 
-
-
 @dataclass
 class Counts:
-    """What a run found and did; `summary()` is the command's closing line."""
+    """What a run found and did; `summary()` is the command's closing line. Several
+    processes' counts add up (`merged`); their seconds are the slowest process's."""
 
     pairs: int
     existing: int
@@ -189,11 +200,21 @@ class Counts:
     generate_s: float = 0.0
     score_s: float = 0.0
     store_s: float = 0.0
+    processes: int = 1
     interrupted: bool = False
 
     @property
     def seconds(self) -> float:
         return self.generate_s + self.score_s + self.store_s
+
+    def merged(self, others: list[Counts]) -> Counts:
+        everyone = [self, *others]
+        slowest = max(everyone, key=lambda c: c.seconds)
+        return Counts(
+            self.pairs, self.existing, *(sum(getattr(c, k) for c in everyone)
+                                         for k in ("added", "left", "right", "ties")),
+            slowest.generate_s, slowest.score_s, slowest.store_s, len(everyone),
+            any(c.interrupted for c in everyone))
 
     def summary(self) -> dict[str, object]:
         out = asdict(self)
@@ -213,9 +234,10 @@ class Labeller:
     user_id: int
 
 
-def run_batch(run: FeedbackRun, model: LoadedModel, labeller: Labeller, store: Store,
-              indices: list[int], counts: Counts) -> None:
-    """Generate, score and store the pairs `indices` (all of one prompt)."""
+def make_batch(run: FeedbackRun, model: LoadedModel, labeller: Labeller | None,
+               indices: list[int], counts: Counts) -> list[Pair]:
+    """Generate (and, with a labeller, score) the pairs `indices`, all of one prompt: a
+    vote each, or a pool pair each without a labeller."""
     prompt = run.prompt(indices[0])
     draws = [run.draw(i) for i in indices]
     start = time.perf_counter()
@@ -226,85 +248,122 @@ def run_batch(run: FeedbackRun, model: LoadedModel, labeller: Labeller, store: S
     jpgs = [encode_jpeg(im.image) for im in images]
     counts.generate_s += time.perf_counter() - start
 
+    pairs: list[Pair] = []
+    if labeller is None:
+        for k, index in enumerate(indices):
+            pair_id = run.vote_id(index)
+            records = tuple(images[2 * k + s].record(image_uid(pair_id, s), jpgs[2 * k + s])
+                            for s in (0, 1))
+            pairs.append((PoolPair(pair_id, run.source, prompt, records[0].image_uid,
+                                   records[1].image_uid), records))
+        return pairs
+
     start = time.perf_counter()
     # Score what is stored (the JPEG), so a label always describes the stored pair.
     scores = checked_scores(labeller.scorer, labeller.name, [prompt] * len(jpgs),
                             [decode_image(j) for j in jpgs])
     counts.score_s += time.perf_counter() - start
-
-    start = time.perf_counter()
-    votes, outcomes = [], []
     for k, index in enumerate(indices):
         vote_id = run.vote_id(index)
-        pair = [images[2 * k + s].record(image_uid(vote_id, s), jpgs[2 * k + s])
-                for s in (0, 1)]
+        records = tuple(images[2 * k + s].record(image_uid(vote_id, s), jpgs[2 * k + s])
+                        for s in (0, 1))
         result = outcome(scores[2 * k], scores[2 * k + 1], run.tie_margin)
-        votes.append((Vote(vote_id=vote_id, caption=prompt, image_0_uid=pair[0].image_uid,
-                           image_1_uid=pair[1].image_uid, outcome=result, shown_left=0,
-                           user_id=labeller.user_id, source=run.source), pair))
-        outcomes.append(result)
-    store.record_votes(votes)  # one commit for the batch: a commit costs more than a pair
-    counts.added += len(outcomes)
+        pairs.append((Vote(vote_id=vote_id, caption=prompt, image_0_uid=records[0].image_uid,
+                           image_1_uid=records[1].image_uid, outcome=result, shown_left=0,
+                           user_id=labeller.user_id, source=run.source), records))
+    return pairs
+
+
+def tally(pairs: list[Pair], counts: Counts) -> None:
+    outcomes = [pair.outcome for pair, _ in pairs if isinstance(pair, Vote)]
+    counts.added += len(pairs)
     counts.ties += outcomes.count("tie")
     counts.left += outcomes.count("left")
     counts.right += outcomes.count("right")
-    counts.store_s += time.perf_counter() - start
 
 
 def collect(
     run: FeedbackRun,
-    store: Store,
-    scorer: Scorer,
+    store: Store | None,
+    scorer: Scorer | None,
     load_model: Callable[[], LoadedModel],
     progress: bool = True,
     announce: Callable[[str], None] | None = None,
+    launch: Launch = ONE_PROCESS,
 ) -> Counts:
-    """Add the run's missing pairs to `store`; the counts of what was found and added.
+    """Add the run's missing pairs to `store`; the counts of what was found and added
+    (in the main process: every process's).
 
-    `load_model` is called only when something is missing, so a finished run returns
-    at once. Ctrl-C stops at once (the batch in flight is rolled back, the ones before
-    are committed) and the counts say `interrupted`.
+    `store` is the main process's (None in the others, which never open it); `scorer`
+    None makes a pool. `load_model` is called only when something is missing, so a
+    finished run returns at once. Ctrl-C stops at once (the batch in flight is lost, the
+    ones before are kept) and the counts say `interrupted`.
     """
     from tqdm import tqdm
 
-    done = existing_indices(store, run)
-    missing = [i for i in range(run.pairs) if i not in done]
+    plan = None
+    if launch.main:
+        shards = shard_folder(store.path, run.key)
+        clear_partial(shards)
+        take_in(store, shards)  # what processes of a killed run left
+        done = existing_indices(store, run)
+        missing = [i for i in range(run.pairs) if i not in done]
+        user_id = store.user_id(run.source) if scorer is not None and missing else None
+        plan = (missing, user_id, str(shards))
+    missing, user_id, folder = launch.broadcast(plan)
+    shards = Path(folder)
     counts = Counts(pairs=run.pairs, existing=run.pairs - len(missing))
-    if announce:
+    if announce and launch.main:
+        processes = f" on {launch.count} processes" if launch.count > 1 else ""
         announce(
             f"{run.source}: {counts.existing} of {run.pairs} pairs already in {store.path}"
-            f" (run {run.key}); adding {len(missing)}"
+            f" (run {run.key}); adding {len(missing)}{processes}"
         )
     if not missing:
         return counts
-    labeller = Labeller(scorer, run.scorer, store.user_id(run.source))
+    labeller = None if scorer is None else Labeller(scorer, run.scorer, user_id)
     model = load_model()
-    bar = tqdm(total=len(missing), unit="pair", disable=not progress, file=sys.stderr,
-               mininterval=1.0, dynamic_ncols=True)
+    mine = launch.share(plan_batches(run, missing))
+    bar = tqdm(total=sum(map(len, mine)), unit="pair", disable=not (progress and launch.main),
+               file=sys.stderr, mininterval=1.0, dynamic_ncols=True)
     try:
-        for indices in plan_batches(run, missing):
-            before = counts.added
-            try:
-                run_batch(run, model, labeller, store, indices, counts)
-            finally:
-                bar.update(counts.added - before)
+        for indices in mine:
+            pairs = make_batch(run, model, labeller, indices, counts)
+            start = time.perf_counter()
+            if launch.main:
+                add_pairs(store, pairs)  # one commit for the batch: a commit costs more than a pair
+                take_in(store, shards)
+            else:
+                write_shard(shards, f"{run.key}-{indices[0]:08d}", pairs)
+            counts.store_s += time.perf_counter() - start
+            tally(pairs, counts)
+            bar.update(len(pairs))
     except KeyboardInterrupt:
-        counts.interrupted = True
+        counts.interrupted = True  # every process of a launch hears Ctrl-C: no collective
+        return counts
     finally:
         bar.close()
+    everyone = launch.gather(counts)
+    launch.wait()
+    if launch.main:
+        take_in(store, shards)
+        return counts.merged(everyone[1:])
     return counts
 
 
 # -- command line --------------------------------------------------------------
 
 
-def run_from_config(config: FeedbackConfig) -> FeedbackRun:
+def run_from_config(config: PoolConfig) -> FeedbackRun:
+    """The run a feedback config (a FeedbackConfig) or a pool config describes."""
     prompts = read_prompts(config.prompts) if config.prompts else default_prompts(config.model)
+    labelled = isinstance(config, FeedbackConfig)
     return FeedbackRun(
-        prompts=tuple(prompts), model=config.model, scorer=config.scorer, pairs=config.pairs,
-        seed=config.seed, variety=config.variety(), per_prompt=config.per_prompt,
-        tie_margin=config.tie_margin, batch=config.batch,
-        scorer_options=tuple(config.scorer_options().items()),
+        prompts=tuple(prompts), model=config.model, scorer=config.scorer if labelled else None,
+        pairs=config.pairs, seed=config.seed, variety=config.variety(),
+        per_prompt=config.per_prompt, tie_margin=config.tie_margin if labelled else 0.0,
+        batch=config.batch,
+        scorer_options=tuple(config.scorer_options().items()) if labelled else (),
     )
 
 
@@ -321,25 +380,32 @@ def load_scorer(run: FeedbackRun, device: str) -> Scorer:
                          f"{error}") from None
 
 
-def feedback(config: FeedbackConfig) -> int:
-    """The command: 0 when done, 130 when interrupted (what was added is kept)."""
+def make_pairs(config: PoolConfig, command: str) -> int:
+    """`python -m annotate feedback` or `pool`, this process's share of a launch: 0 when
+    done, 130 when interrupted (what was added is kept). The main process alone opens the
+    store and prints the summary."""
     from models.loading import default_device_and_dtype, load
 
     run = run_from_config(config)
-    if (chosen := use_free_cores(config.threads, how="--threads N")):
+    launch = this_launch()
+    if (chosen := use_free_cores(config.threads, how="--threads N")) and launch.main:
         print(chosen, file=sys.stderr)
-    device = default_device_and_dtype()[0]
     try:
-        scorer = load_scorer(run, device)
-        with Store(config.db) as store:
-            save_config_beside(config, config.db, "feedback")
+        scorer = (load_scorer(run, launch.device or default_device_and_dtype()[0])
+                  if run.scorer else None)
+        with Store(config.db) if launch.main else contextlib.nullcontext() as store:
+            if launch.main:
+                save_config_beside(config, config.db, command)
             counts = collect(
-                run, store, scorer, lambda: load(run.model), progress=not config.no_progress,
-                announce=lambda line: print(line, file=sys.stderr),
+                run, store, scorer, lambda: load(run.model, device=launch.device),
+                progress=not config.no_progress,
+                announce=lambda line: print(line, file=sys.stderr), launch=launch,
             )
     except KeyboardInterrupt:
         print("interrupted before any pair was made", file=sys.stderr)
         raise
+    if not launch.main:
+        return INTERRUPTED if counts.interrupted else 0
     summary = {"source": run.source, "db": str(config.db), "run": run.key, **counts.summary()}
     print(json.dumps(summary))
     if config.summary is not None and not counts.interrupted:

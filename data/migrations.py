@@ -128,6 +128,23 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             """,
         ],
     ),
+    (
+        6,
+        [
+            # Unlabelled pairs made ahead of time (`python -m annotate pool`), for the page
+            # to show without a wait; a pool is the run that made its pairs.
+            """
+            CREATE TABLE pool (
+                pair_id     VARCHAR PRIMARY KEY,
+                pool        VARCHAR NOT NULL,
+                caption     VARCHAR NOT NULL,
+                image_0_uid VARCHAR NOT NULL,
+                image_1_uid VARCHAR NOT NULL,
+                created_at  TIMESTAMP NOT NULL DEFAULT current_timestamp
+            )
+            """,
+        ],
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

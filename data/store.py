@@ -124,6 +124,18 @@ class Vote:
 
 
 @dataclass(frozen=True)
+class PoolPair:
+    """An unlabelled pair made ahead of time for the page to show; `pool` names the run
+    that made it (`python -m annotate pool`)."""
+
+    pair_id: str
+    pool: str
+    caption: str
+    image_0_uid: str
+    image_1_uid: str
+
+
+@dataclass(frozen=True)
 class Ranking:
     """One stored row of `rankings`."""
 
@@ -582,6 +594,32 @@ class Store(DuckDBFile):
                 self._insert_answers(cur, labelled)
 
         self._write(work)
+
+    def add_pool_pairs(self, pairs: Iterable[tuple[PoolPair, Iterable[ImageRecord]]]) -> None:
+        """Store unlabelled pairs with their images in one transaction: all or none. A pair
+        whose `pair_id` is already stored is skipped."""
+        batch = [(pair, list(images)) for pair, images in pairs]
+
+        def work(cur: duckdb.DuckDBPyConnection) -> None:
+            stored = {pair_id for (pair_id,) in cur.execute(
+                "SELECT pair_id FROM pool WHERE pair_id IN (SELECT unnest(?))",
+                [[pair.pair_id for pair, _ in batch]]).fetchall()}
+            new = {pair.pair_id: (pair, images) for pair, images in batch
+                   if pair.pair_id not in stored}
+            self._insert_images(cur, [im for _, images in new.values() for im in images])
+            for pair, _ in new.values():
+                cur.execute("INSERT INTO pool (pair_id, pool, caption, image_0_uid, "
+                            "image_1_uid) VALUES (?, ?, ?, ?, ?)",
+                            [pair.pair_id, pair.pool, pair.caption, pair.image_0_uid,
+                             pair.image_1_uid])
+
+        self._write(work)
+
+    def pool_ids(self, prefix: str) -> list[str]:
+        """Every stored pool pair id that starts with `prefix` (a pool run's pairs)."""
+        rows = self.cursor().execute(
+            "SELECT pair_id FROM pool WHERE starts_with(pair_id, ?)", [prefix]).fetchall()
+        return [pair_id for (pair_id,) in rows]
 
     @staticmethod
     def _labelled(votes: list[Vote]) -> list[tuple[Vote, tuple]]:

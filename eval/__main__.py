@@ -164,15 +164,25 @@ def report(args: ReportConfig) -> int:
 def auto(args: AutoConfig) -> int:
     from data.prompts import read_prompt_set
     from eval.auto import compare
+    from eval.images import images_for
     from eval.report import report_folder, write_auto_report
+    from models.launch import this_launch
     from models.scorers import load_scorer
 
     prompts = read_prompt_set(args.prompts) if args.prompts else default_prompts(args.base)
     base, aligned = _models(args)
-    if (chosen := use_free_cores()):
+    launch = this_launch()
+    if (chosen := use_free_cores()) and launch.main:
         print(chosen, file=sys.stderr)
     out = Path(args.out or Path("runs/eval") / f"auto-{Path(aligned).parent.name}")
     sampling = args.sampling()
+    if launch.count > 1:  # every process makes its share of the images; the main one judges
+        for model in (base, aligned):
+            images_for(model, [p.text for p in prompts], sampling, Path(args.images),
+                       launch=launch)
+        launch.wait()
+        if not launch.main:
+            return 0
     scorers = {name: load_scorer(name) for name in [args.scorer, *args.also]}  # all, first
     result, *also = [compare(base, aligned, prompts, scorer, name, sampling, args.tie_margin,
                              Path(args.images)) for name, scorer in scorers.items()]

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from eval.config import Sampling
 from models.generate import generate
+from models.launch import ONE_PROCESS, Launch
 from models.loading import fingerprint, load
 
 DEFAULT_ROOT = Path("runs/eval/images")
@@ -39,12 +40,16 @@ def model_folder(model: str, sampling: Sampling, root: Path = DEFAULT_ROOT) -> P
 def images_for(model: str, prompts: list[str], sampling: Sampling,
                root: Path = DEFAULT_ROOT,
                on_image: Callable[[tuple[str, int], Path], None] | None = None,
-               stop: threading.Event | None = None) -> dict[tuple[str, int], Path]:
+               stop: threading.Event | None = None,
+               launch: Launch = ONE_PROCESS) -> dict[tuple[str, int], Path]:
     """Paths of every (prompt, seed) image of `model`, generating only what is missing.
 
     `on_image(key, path)` hears of each image once it exists (those in the cache first),
     so a caller can use images while the rest are made; `stop`, once set, ends the work
     between prompts (the paths of images not made are then absent from the result).
+    In a launch of several processes each makes its share of the missing prompts (all
+    seeds of a prompt in one call, as one process would) and returns the paths of every
+    image, made or not yet: wait for the others before reading them.
     """
     folder = model_folder(model, sampling, root)
     folder.mkdir(parents=True, exist_ok=True)
@@ -53,11 +58,12 @@ def images_for(model: str, prompts: list[str], sampling: Sampling,
     for key, path in wanted.items():
         if path.exists() and on_image:
             on_image(key, path)
-    missing = sorted({p for (p, s), path in wanted.items() if not path.exists()},
-                     key=prompts.index)
+    missing = launch.share(sorted({p for (p, s), path in wanted.items() if not path.exists()},
+                                  key=prompts.index))
     if missing:
-        loaded = load(model)
-        for prompt in tqdm(missing, desc=f"images {Path(model).name}", unit="prompt"):
+        loaded = load(model, device=launch.device)
+        for prompt in tqdm(missing, desc=f"images {Path(model).name}", unit="prompt",
+                           disable=not launch.main):
             if stop is not None and stop.is_set():
                 return {k: path for k, path in wanted.items() if path.exists()}
             seeds = list(range(sampling.seeds))

@@ -175,3 +175,32 @@ def test_a_wrong_model_name_fails_at_once_in_one_line_before_any_work(tmp_path, 
     assert (out.returncode, out.stderr) == (1, expected)
     assert not list(tmp_path.rglob("*.png"))  # the toy base made no image first
     assert took < 45, f"{took:.0f} s"  # imports on a loaded machine; the check is instant
+
+
+def test_two_processes_make_the_images_and_tallies_of_one(tmp_path, broken_toy):
+    # `accelerate launch` of two CPU processes: each makes its share of both models'
+    # images, the main one judges; the same files and the same summary as one process
+    from pages.shared import free_port
+
+    def auto(processes: int, folder: str) -> dict:
+        flags = ["--aligned", str(broken_toy), "--seeds", "2", "--steps", "4", "--out",
+                 str(tmp_path / folder / "r"), "--images", str(tmp_path / folder / "i")]
+        launcher = [sys.executable, "-m", "accelerate.commands.launch", "-q", "--multi_gpu",
+                    "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+                    "--dynamo_backend", "no", "--num_cpu_threads_per_process", "1",
+                    "--main_process_port", str(free_port())]
+        out = subprocess.run(
+            [*(launcher if processes > 1 else [sys.executable]), "-m", "eval", "auto", *flags],
+            capture_output=True, text=True, cwd=tmp_path, timeout=600,
+            env={**os.environ, "ACCELERATE_USE_CPU": "true", "GLOO_SOCKET_IFNAME": "lo",
+                 "OMP_NUM_THREADS": "1"})
+        assert out.returncode == 0, out.stderr[-3000:]
+        summary = json.loads(out.stdout.strip().splitlines()[-1])
+        summary.pop("report")
+        return summary
+
+    one, two = auto(1, "one"), auto(2, "two")
+    assert one == two and one["pairs"] == 36
+    images = [{str(p.relative_to(tmp_path / f / "i")): p.read_bytes()
+               for p in (tmp_path / f / "i").rglob("*.png")} for f in ("one", "two")]
+    assert len(images[0]) == 72 and images[0] == images[1]
