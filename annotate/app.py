@@ -63,10 +63,11 @@ def page_script() -> str:
 
 def build(collector: Collector, images: PageImages, prompt_set: list[str] | None = None,
           auth: bool = False, cap: int | None = None,
-          owners: frozenset[str] = frozenset()) -> gr.Blocks:
+          owners: frozenset[str] = frozenset(), mode: str = "new") -> gr.Blocks:
     """The page for one server, its images written to `images`; `auth` hides the name box
-    (the login names the user). The campaign page (/campaign) shows the store's figures;
-    with `auth`, to the logins in `owners` alone."""
+    (the login names the user); `mode` is what follows a vote until the annotator picks
+    another. The campaign page (/campaign) shows the store's figures; with `auth`, to the
+    logins in `owners` alone."""
     pick = random.Random()
     asked = [q for q in collector.settings.questions if q != "preference"]
 
@@ -149,7 +150,7 @@ def build(collector: Collector, images: PageImages, prompt_set: list[str] | None
             set_button = gr.Button("Prompt from the set", elem_id="from-set", scale=1)
         note = gr.Markdown(elem_id="note")
         with gr.Row(equal_height=True):
-            mode = gr.Radio(MODE_CHOICES, value="new", label="After a vote", elem_id="mode",
+            mode = gr.Radio(MODE_CHOICES, value=mode, label="After a vote", elem_id="mode",
                             scale=3)
             shown_prompt = gr.Textbox(label="Prompt shown", interactive=False,
                                       elem_id="shown-prompt", scale=2)

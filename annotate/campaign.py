@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from data.quality import CrowdQuality, human_votes
-from data.stats import StoreStats, percent, store_stats
+from data.stats import StoreStats, percent, pool_line, store_stats
 from data.store import Store
 from pages.shared import markdown_literal
 
@@ -75,6 +75,7 @@ def summary_text(stats: StoreStats, progress: tuple[int, int]) -> str:
     gold_answered = sum(n for _, n in stats.gold.values())
     alpha = "n/a" if crowd.alpha is None else f"{crowd.alpha:.3f}"
     human = stats.by_source.get("human", 0)
+    pool = pool_line(stats.pool)
     return "\n".join([
         f"- **Votes:** {human} by {len(crowd.annotators)} annotators "
         f"({stats.rankings} rankings in the store) · **overlap pairs:** {complete} complete "
@@ -85,6 +86,7 @@ def summary_text(stats: StoreStats, progress: tuple[int, int]) -> str:
         f"({gold_right}/{gold_answered}) · **left-side win rate:** "
         f"{percent(stats.left_win_rate, 0)} of {stats.left_win_votes} decisive votes · "
         f"**tie rate:** {percent(stats.tie_rate, 0)}",
+        *([f"- **Pool:** {pool.removeprefix('pool: ')}"] if pool else []),
     ])
 
 

@@ -64,6 +64,9 @@ class PageConfig(PairVariety):
         metavar="USER")
     min_display_ms: int = setting("a pair is shown this long before its vote buttons work and "
                                   "a vote on it counts", MIN_DISPLAY_MS, metavar="MS")
+    pool: bool = setting("show the prompt set's pairs (Auto mode, the default then) from the "
+                         "store's pool, made ahead by `python -m annotate pool`, with no "
+                         "wait; typed prompts are still generated", False)
 
     def __post_init__(self) -> None:
         super().__post_init__()

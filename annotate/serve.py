@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 
 from annotate.config import PageConfig
 from annotate.gold import read_gold
+from annotate.pool import PoolQueue
 from annotate.screening import MAX_PROMPT_CHARS, Blocklist, token_counter
-from annotate.showings import Collector, Settings
+from annotate.showings import HOLD_S, Collector, Settings
 from annotate.worker import PairWorker, PromptSet
 from cli.errors import UsageError
 from cli.parser import save_config_beside
@@ -97,13 +98,20 @@ def open_app(config: PageConfig) -> Server:
     settings = Settings(config.gold_rate, config.daily_cap, blocklist, config.min_display_ms,
                         config.overlap, config.overlap_share,
                         tuple(QUESTIONS) if config.questions == 3 else ("preference",))
+    pool = None
+    if config.pool:
+        pool = PoolQueue(store, HOLD_S)
+        if not pool.left():
+            store.close()
+            raise UsageError(f"--pool: {config.db} holds no pool pair still to vote on: make "
+                             f"some first (python -m annotate pool --db {config.db} ...)")
     collector = Collector(
         store, worker, settings, gold,
-        token_counter(loaded[0].pipeline.tokenizer), random.Random(config.seed),
+        token_counter(loaded[0].pipeline.tokenizer), random.Random(config.seed), pool,
     )
     images = PageImages("annotate-shown-", keep_s=600)
     demo = build(collector, images, prompts, auth=logins is not None, cap=config.daily_cap,
-                 owners=owners)
+                 owners=owners, mode="auto" if pool else "new")
     worker.start()
     served = [m.name + ("" if m.round is None else f" (round {m.round})") for m in loaded]
     return Server(demo, worker, store, logins, images, served)

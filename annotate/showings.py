@@ -43,6 +43,7 @@ from PIL import Image
 
 from annotate.config import MIN_DISPLAY_MS
 from annotate.gold import GoldPair
+from annotate.pool import DRY_NOTE, PoolQueue
 from annotate.screening import Blocklist, check_length, screen
 from annotate.worker import SET_SOURCE, PairWorker, Progress
 from cli.errors import DailyCapReached, NotCounted, PageError, StoreWriteError
@@ -97,6 +98,7 @@ class Showing:
     gold_best_uid: str | None = None
     note: str | None = None
     votes_wanted: int = 1  # 2+: an overlap pair, to be voted by that many annotators
+    pool_pair: str | None = None  # the pool pair's id, when the pair came from the pool
 
     @property
     def pair(self) -> tuple[str, str]:
@@ -128,9 +130,10 @@ class Collector:
     def __init__(self, store: Store, worker: PairWorker, settings: Settings = Settings(),
                  gold: list[GoldPair] | None = None,
                  count_tokens: tuple[Callable[[str], int], int] | None = None,
-                 rng: random.Random | None = None):
+                 rng: random.Random | None = None, pool: PoolQueue | None = None):
         self.store = store
         self.worker = worker
+        self.pool = pool  # the prompt set's pairs come from here while it has any
         self.settings = settings
         self.gold = gold or []
         self._count, self._limit = count_tokens or (None, None)
@@ -229,6 +232,8 @@ class Collector:
             self._settle(shown, stored=False)
             raise
         self._settle(shown, stored=True)
+        if shown.pool_pair is not None and self.pool is not None:
+            self.pool.voted(shown.pool_pair, annotator.user_id, outcome)
         return ranking, shown
 
     def _answers(self, outcome: str, answers: Mapping[str, str]) -> dict[str, str]:
@@ -318,13 +323,34 @@ class Collector:
             shared = self._overlap_showing(annotator)
             if shared is not None:
                 return shared
+        wanted = self.settings.overlap if overlap else 1
+        if source == SET_SOURCE:
+            note = None  # a prompt-set pair's note is its own prompt's (`_screened`)
+        if source == SET_SOURCE and self.pool is not None:
+            pooled = self.pool.take(annotator.user_id)
+            if pooled is not None:
+                records = self.store.image_records([pooled.image_0_uid, pooled.image_1_uid])
+                return self._remember(
+                    annotator, source, pooled.caption,
+                    (records[pooled.image_0_uid], records[pooled.image_1_uid]), None,
+                    self._screened(pooled.caption, None), votes_wanted=wanted,
+                    pool_pair=pooled.pair_id)
+            note = DRY_NOTE
         pair = self.worker.take(source, progress)
-        if source == SET_SOURCE and self._count is not None:
-            note = screen(pair.prompt, Blocklist(), self._count, self._limit)
+        if source == SET_SOURCE:
+            note = self._screened(pair.prompt, note)
         records = (_record(pair.images[0]), _record(pair.images[1]))
         return self._remember(annotator, source, pair.prompt, records,
                               tuple(image.image for image in pair.images), note,
-                              votes_wanted=self.settings.overlap if overlap else 1)
+                              votes_wanted=wanted)
+
+    def _screened(self, prompt: str, note: str | None) -> str | None:
+        """A prompt-set pair's note: `note`, then the screening's (a prompt the encoder
+        truncates)."""
+        if self._count is None:
+            return note
+        said = screen(prompt, Blocklist(), self._count, self._limit)
+        return "\n\n".join(n for n in (note, said) if n) or None
 
     def _overlap_showing(self, annotator: Annotator) -> Showing | None:
         """A stored overlap pair this annotator has not been shown (nor holds open) that
@@ -361,7 +387,8 @@ class Collector:
     def _remember(self, annotator: Annotator, source: str, prompt: str,
                   images: tuple[ImageRecord, ImageRecord],
                   pictures: tuple[Image.Image, Image.Image] | None, note: str | None,
-                  gold_best_uid: str | None = None, votes_wanted: int = 1) -> Showing:
+                  gold_best_uid: str | None = None, votes_wanted: int = 1,
+                  pool_pair: str | None = None) -> Showing:
         if pictures is None:
             pictures = tuple(decode_image(image.jpg) for image in images)
         with self._rng_lock:
@@ -370,7 +397,7 @@ class Collector:
             showing_id=new_uid(), user_id=annotator.user_id, source=source, prompt=prompt,
             images=images, pictures=pictures, shown_left=shown_left,
             shown_at=time.monotonic(), gold_best_uid=gold_best_uid, note=note,
-            votes_wanted=votes_wanted,
+            votes_wanted=votes_wanted, pool_pair=pool_pair,
         )
         with self._lock:
             self._showings[shown.showing_id] = shown

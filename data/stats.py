@@ -7,6 +7,7 @@ three questions is one vote here); `by_question` counts the answers to each."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 
 from data.quality import CrowdQuality, store_quality
 from data.store import Store
@@ -32,6 +33,18 @@ class StoreStats:
     gold: dict[str, tuple[int, int]]  # annotator -> (right answers, answered gold pairs)
     by_question: dict[str, int]  # question -> answers stored
     crowd: CrowdQuality
+    pool: tuple[int, int, int]  # pool pairs not voted on, pool pairs, first voted last hour
+
+
+def pool_line(pool: tuple[int, int, int]) -> str | None:
+    """How much of the store's pair pool is left and, at the last hour's pace, for how
+    long (the campaign page and `data stats`); None without a pool."""
+    left, total, last_hour = pool
+    if not total:
+        return None
+    pace = (f"{last_hour:,} first voted in the last hour: about {left / last_hour:.1f} hours "
+            "left at that pace" if last_hour else "none voted in the last hour")
+    return f"pool: {left:,} of {total:,} pairs not yet voted on ({pace})"
 
 
 def _ratio(part: int, whole: int) -> float | None:
@@ -78,6 +91,8 @@ def store_stats(store: Store, question: str = "preference") -> StoreStats:
               for a in crowd.annotators if a.gold_answered},
         by_question=counts("SELECT question, count(*) FROM rankings GROUP BY 1 ORDER BY 2 DESC"),
         crowd=crowd,
+        pool=store.pool_progress(
+            datetime.now(timezone.utc).replace(tzinfo=None) - timedelta(hours=1)),
     )
 
 
@@ -89,6 +104,7 @@ def format_stats(stats: StoreStats) -> str:
         f"tie rate: {percent(stats.tie_rate)}    both-bad rate: {percent(stats.both_bad_rate)}    "
         f"left-side win rate: {percent(stats.left_win_rate)} "
         f"(over {stats.left_win_votes} decisive votes with a known side)",
+        *filter(None, [pool_line(stats.pool)]),
     ]
     for title, table in (
         ("by source", stats.by_source),

@@ -615,6 +615,34 @@ class Store(DuckDBFile):
 
         self._write(work)
 
+    _POOL_VOTED = ("EXISTS (SELECT 1 FROM rankings r WHERE r.image_0_uid = p.image_0_uid "
+                   "AND r.image_1_uid = p.image_1_uid AND r.question = 'preference' "
+                   "AND r.outcome <> 'skip')")
+
+    def pool_to_show(self) -> tuple[list[PoolPair], dict[str, set[int]]]:
+        """The pool pairs nobody has voted on yet (a skip is no vote), oldest first, and
+        for each the users who skipped it."""
+        cur = self.cursor()
+        pairs = [PoolPair(*row) for row in cur.execute(
+            "SELECT p.pair_id, p.pool, p.caption, p.image_0_uid, p.image_1_uid FROM pool p "
+            f"WHERE NOT {self._POOL_VOTED} ORDER BY p.created_at, p.pair_id").fetchall()]
+        skipped: dict[str, set[int]] = {}
+        for pair_id, user_id in cur.execute(
+                "SELECT p.pair_id, r.user_id FROM pool p JOIN rankings r ON r.image_0_uid = "
+                "p.image_0_uid AND r.image_1_uid = p.image_1_uid WHERE r.outcome = 'skip'"
+                ).fetchall():
+            skipped.setdefault(pair_id, set()).add(user_id)
+        return pairs, skipped
+
+    def pool_progress(self, since: datetime) -> tuple[int, int, int]:
+        """(pool pairs nobody has voted on, pool pairs, pool pairs first voted since
+        `since`)."""
+        return self.cursor().execute(
+            f"SELECT count(*) FILTER (NOT {self._POOL_VOTED}), count(*), "
+            "count(*) FILTER ((SELECT min(r.created_at) FROM rankings r WHERE r.image_0_uid "
+            "= p.image_0_uid AND r.image_1_uid = p.image_1_uid AND r.outcome <> 'skip' "
+            "AND r.question = 'preference') >= ?) FROM pool p", [since]).fetchone()
+
     def pool_ids(self, prefix: str) -> list[str]:
         """Every stored pool pair id that starts with `prefix` (a pool run's pairs)."""
         rows = self.cursor().execute(

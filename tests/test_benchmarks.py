@@ -39,7 +39,8 @@ def bench(name: str, *flags: str, tmp_path, timeout: int = 600) -> dict:
 def test_every_benchmark_script_is_run_here():
     tested = {"ai_feedback", "annotate_latency", "cache_build", "crowd", "encode_cost",
               "eval_auto",
-              "import_shard", "objectives", "pair_generation", "peers", "real_plan",
+              "import_shard", "objectives", "pair_generation", "peers", "pool_serving",
+              "real_plan",
               "real_sizes", "run_index", "store_votes", "threads", "toy_loop",
               "train_throughput"}
     assert {p.stem for p in BENCHMARKS.glob("*.py")} - {"readme", "__init__"} == tested
@@ -160,6 +161,18 @@ def test_peers_real_size_path_runs_ours_on_a_built_pipeline(tmp_path):
     assert refused.returncode == 1
     assert refused.stderr.strip() == ("error: the floors run at --size toy only: leave "
                                       "floor_full and floor_lora out of --only")
+
+def test_pool_serving(tmp_path):
+    out = bench("pool_serving", "--annotators", "2", "--votes", "2", "--think", "0.1",
+                "--steps", "2", "--client-processes", "1", tmp_path=tmp_path)
+    assert out["benchmark"] == "pool_serving"
+    pool, live = out["results"]
+    assert (pool["case"], live["case"]) == ("pool", "live")
+    for case in (pool, live):
+        assert case["every_acknowledged_vote_stored_once"] and case["errors"] == []
+        assert case["p95_ms"] >= case["p50_ms"] > 0 and case["server_cores"] >= 0
+    assert pool["votes_acknowledged"] == 4 and pool["busy"] == 0
+
 
 def test_pair_generation(tmp_path):
     out = bench("pair_generation", "--steps", "2", "--repeats", "1", tmp_path=tmp_path)

@@ -146,3 +146,107 @@ def test_a_shard_is_taken_in_whole_and_once(tmp_path):
         assert take_in(store, folder) == 2
         assert store.counts()["images"] == 2 and len(store.rankings()) == 1
         assert store.pool_ids("pool-x-") == ["pool-x-00000000"]
+
+
+# -- the page serves a pool ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def toy():
+    from models.loading import load
+
+    return load("toy")
+
+
+@pytest.fixture
+def pooled(tmp_path, toy):
+    """A store with a 6-pair toy pool (2 captions x 3), and a page's Collector that serves
+    it, with overlap factory `collector(overlap, share)`."""
+    import random
+
+    from annotate.__main__ import main as annotate_main
+    from annotate.pool import PoolQueue
+    from annotate.screening import token_counter
+    from annotate.showings import HOLD_S, Collector, Settings
+    from annotate.worker import PairWorker, PromptSet
+    from models.generate import generate_pair
+    from models.variety import PairVariety
+
+    db = tmp_path / "prefs.duckdb"
+    (tmp_path / "prompts.txt").write_text("a red circle\na blue square\n")
+    assert annotate_main(["pool", "--db", str(db), "--prompts", str(tmp_path / "prompts.txt"),
+                          "--pairs", "6", "--per-prompt", "3", *FAST]) == 0
+    made = []
+
+    def make(prompt, on_step):
+        made.append(prompt)
+        return generate_pair(toy, prompt, PairVariety(steps=2), random.Random(1))
+
+    opened = []
+
+    def collector(overlap: int = 1, share: float = 0.0) -> Collector:
+        worker = PairWorker(make, PromptSet(["a red circle"]), buffer_size=0).start()
+        store = Store(db)
+        opened.append((worker, store))
+        return Collector(store, worker, Settings(min_display_ms=0, overlap=overlap,
+                                                 overlap_share=share),
+                         count_tokens=token_counter(toy.pipeline.tokenizer),
+                         rng=random.Random(0), pool=PoolQueue(store, HOLD_S))
+
+    yield collector, made
+    for worker, store in opened:
+        worker.stop()
+        store.close()
+
+
+def test_the_page_shows_each_pool_pair_once_then_generates_and_says_so(pooled):
+    from annotate.pool import DRY_NOTE
+
+    make_collector, made = pooled
+    collector = make_collector()
+    pool = {p.pair_id: p for p in collector.store.pool_to_show()[0]}
+    ann, bob = collector.annotator("ann"), collector.annotator("bob")
+    held = collector.start(ann, "", "auto")  # a pool pair, held for ann while on her screen
+    shown = [collector.start(bob, "", "auto") for _ in range(5)]
+    assert {s.pool_pair for s in [held, *shown]} == set(pool)  # all six, none twice
+    for s in [held, *shown]:
+        pair = pool[s.pool_pair]
+        assert s.pair == (pair.image_0_uid, pair.image_1_uid) and s.prompt == pair.caption
+    assert collector.pool.left() == 6 and made == []  # nothing generated
+    collector.vote(ann, held.showing_id, "left")
+    assert collector.pool.left() == 5
+    # bob's last showing is his current one: his vote counts; his other five were replaced
+    collector.vote(bob, shown[-1].showing_id, "skip")  # a skip puts the pair back, not for bob
+    assert collector.pool.left() == 5
+    after_skip = collector.next_showing(ann, held, "left", "auto")
+    assert after_skip.pool_pair == shown[-1].pool_pair
+    # the four bob left unvoted stay held for him until HOLD_S: the pool has none for bob
+    dry = collector.start(bob, "", "auto")
+    assert dry.pool_pair is None and dry.note == DRY_NOTE and made == ["a red circle"]
+    # data stats and the campaign page say how much of the pool is left
+    from data.stats import format_stats, store_stats
+
+    assert "pool: 5 of 6 pairs not yet voted on (1 first voted in the last hour: about 5.0 " \
+        "hours left at that pace)" in format_stats(store_stats(collector.store))
+
+
+def test_a_pool_pair_marked_for_overlap_goes_to_k_annotators(pooled):
+    make_collector, made = pooled
+    collector = make_collector(overlap=2, share=1.0)
+    ann, bob = collector.annotator("ann"), collector.annotator("bob")
+    first = collector.start(ann, "", "auto")
+    collector.vote(ann, first.showing_id, "left")
+    second = collector.start(bob, "", "auto")  # the overlap pair first: it wants a 2nd vote
+    assert second.pair == first.pair and second.pool_pair is None
+    collector.vote(bob, second.showing_id, "right")
+    assert collector.store.overlap_progress() == (1, 1) and collector.pool.left() == 5
+    assert made == []
+
+
+def test_the_page_refuses_pool_when_the_store_has_none(tmp_path):
+    from annotate.config import PageConfig
+    from annotate.serve import open_app
+    from cli.errors import UsageError
+
+    with pytest.raises(UsageError, match=r"--pool: .* holds no pool pair still to vote on"):
+        open_app(PageConfig(db=tmp_path / "prefs.duckdb", pool=True))
