@@ -104,11 +104,11 @@ def test_export_writes_its_resolved_config_and_that_file_repeats_the_export(tmp_
 
 
 def test_the_commands_that_write_one_file_save_their_config_beside_it(tmp_path, capsys):
-    """import and feedback write into a store, the toy's evaluation into its --out file: each
+    """import, feedback and pool write into a store, the toy's evaluation into its --out file: each
     saves the settings it ran with beside that file (STEM.COMMAND.yaml), a file --config
     takes back. (Train, export, the reports, the pages and rounds: their own tests.)"""
     from annotate.__main__ import main as annotate_main
-    from annotate.config import FeedbackConfig
+    from annotate.config import FeedbackConfig, PoolConfig
     from models.toy.evaluate import EvaluateConfig
     from models.toy.evaluate import main as evaluate_main
 
@@ -123,6 +123,8 @@ def test_the_commands_that_write_one_file_save_their_config_beside_it(tmp_path, 
              "--no-progress"]
     assert annotate_main(["feedback", *given]) == 0
     assert saved_config_gives(tmp_path / "prefs.feedback.yaml", FeedbackConfig, given)
+    assert annotate_main(["pool", *given]) == 0
+    assert saved_config_gives(tmp_path / "prefs.pool.yaml", PoolConfig, given)
 
     given = ["--pairs", "2", "--steps", "2", "--out", str(tmp_path / "adherence.json")]
     assert evaluate_main(given) == 0
