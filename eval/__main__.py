@@ -167,6 +167,7 @@ def auto(args: AutoConfig) -> int:
     from eval.images import images_for
     from eval.report import report_folder, write_auto_report
     from models.launch import this_launch
+    from models.loading import default_device_and_dtype
     from models.scorers import load_scorer
 
     prompts = read_prompt_set(args.prompts) if args.prompts else default_prompts(args.base)
@@ -183,7 +184,9 @@ def auto(args: AutoConfig) -> int:
         launch.wait()
         if not launch.main:
             return 0
-    scorers = {name: load_scorer(name) for name in [args.scorer, *args.also]}  # all, first
+    device = default_device_and_dtype()[0]  # the GPU where there is one: scoring is batched
+    scorers = {name: load_scorer(name, device=device)
+               for name in [args.scorer, *args.also]}  # all, first
     result, *also = [compare(base, aligned, prompts, scorer, name, sampling, args.tie_margin,
                              Path(args.images)) for name, scorer in scorers.items()]
     command = command_line("python -m eval auto", args)
@@ -213,12 +216,13 @@ def leaderboard(args: LeaderboardConfig) -> int:
     from eval.images import images_for
     from eval.leaderboard import fit, scored_matches, vote_matches, write_boards
     from eval.report import report_folder
+    from models.loading import default_device_and_dtype
     from models.scorers import load_scorer
 
     sampling = args.sampling()
     texts = [p.text for p in prompts]
     keys = [(t, s) for t in texts for s in range(sampling.seeds)]
-    scorer = load_scorer(args.scorer)
+    scorer = load_scorer(args.scorer, device=default_device_and_dtype()[0])
     scores = {}
     for model, name in zip(models, names, strict=True):
         paths = images_for(model, texts, sampling, Path(args.images))
