@@ -248,30 +248,23 @@ def make_batch(run: FeedbackRun, model: LoadedModel, labeller: Labeller | None,
     jpgs = [encode_jpeg(im.image) for im in images]
     counts.generate_s += time.perf_counter() - start
 
-    pairs: list[Pair] = []
+    ids = [run.vote_id(index) for index in indices]
+    records = [tuple(images[2 * k + s].record(image_uid(pair_id, s), jpgs[2 * k + s])
+                     for s in (0, 1)) for k, pair_id in enumerate(ids)]
     if labeller is None:
-        for k, index in enumerate(indices):
-            pair_id = run.vote_id(index)
-            records = tuple(images[2 * k + s].record(image_uid(pair_id, s), jpgs[2 * k + s])
-                            for s in (0, 1))
-            pairs.append((PoolPair(pair_id, run.source, prompt, records[0].image_uid,
-                                   records[1].image_uid), records))
-        return pairs
+        return [(PoolPair(pair_id, run.source, prompt, pair[0].image_uid, pair[1].image_uid),
+                 pair) for pair_id, pair in zip(ids, records, strict=True)]
 
     start = time.perf_counter()
     # Score what is stored (the JPEG), so a label always describes the stored pair.
     scores = checked_scores(labeller.scorer, labeller.name, [prompt] * len(jpgs),
                             [decode_image(j) for j in jpgs])
     counts.score_s += time.perf_counter() - start
-    for k, index in enumerate(indices):
-        vote_id = run.vote_id(index)
-        records = tuple(images[2 * k + s].record(image_uid(vote_id, s), jpgs[2 * k + s])
-                        for s in (0, 1))
-        result = outcome(scores[2 * k], scores[2 * k + 1], run.tie_margin)
-        pairs.append((Vote(vote_id=vote_id, caption=prompt, image_0_uid=records[0].image_uid,
-                           image_1_uid=records[1].image_uid, outcome=result, shown_left=0,
-                           user_id=labeller.user_id, source=run.source), records))
-    return pairs
+    return [(Vote(vote_id=vote_id, caption=prompt, image_0_uid=pair[0].image_uid,
+                  image_1_uid=pair[1].image_uid,
+                  outcome=outcome(scores[2 * k], scores[2 * k + 1], run.tie_margin),
+                  shown_left=0, user_id=labeller.user_id, source=run.source), pair)
+            for k, (vote_id, pair) in enumerate(zip(ids, records, strict=True))]
 
 
 def tally(pairs: list[Pair], counts: Counts) -> None:
