@@ -40,10 +40,6 @@ if __name__ == "__main__":
     code = main()
     if sys.argv[1:2] in (["feedback"], ["pool"]):
         sys.exit(code)
-    # The server is closed (its store too), but its daemon threads may still be inside
-    # C++ code (the worker in a sampler step). Interpreter teardown would unwind them
-    # there, which glibc reports as "FATAL: exception not rethrown" and an abort; leave
-    # without it.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    from annotate.serve import leave
+
+    leave(code)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import sys
 import threading
@@ -53,6 +54,19 @@ class Server:
             server.should_exit = True
         self.store.close()
         self.images.close()
+
+
+def leave(code: int) -> None:
+    """Exit now, after a closed page, without interpreter teardown.
+
+    The server is closed (its store too), but its daemon threads may still be inside C++
+    code (the worker in a sampler step, a Gradio handler in torch). Teardown would unwind
+    them there, which glibc reports as "FATAL: exception not rethrown" and an abort after
+    the command's output was already written.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def open_app(config: PageConfig) -> Server:

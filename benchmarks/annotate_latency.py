@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from playwright.async_api import async_playwright  # noqa: E402
 
 from annotate.config import PageConfig
-from annotate.serve import open_app  # noqa: E402
+from annotate.serve import leave, open_app  # noqa: E402
 from models.toy.shapes import all_captions  # noqa: E402
 
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -121,3 +121,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    leave(0)

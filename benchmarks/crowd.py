@@ -296,3 +296,6 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    from annotate.serve import leave
+
+    leave(0)  # the page's threads may still be in torch code
