@@ -143,6 +143,9 @@ class FeedbackConfig(PoolConfig):
     tie_margin: float = setting("record a tie when the two scores differ by M or less "
                                 "(docs/AI_FEEDBACK.md suggests a value per scorer)", 0.0,
                                 metavar="M")
+    score_batch: int | None = setting("images a scorer takes in one call on its device "
+                                      "(default: 32); lower it when the scorer runs out of "
+                                      "GPU memory", None, metavar="N")
 
     def scorer_options(self) -> dict[str, str]:
         """What `load_scorer` takes beside the scorer's name, as given."""

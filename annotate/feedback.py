@@ -46,7 +46,7 @@ from data.store import PoolPair, Store, Vote
 from models.generate import generate
 from models.launch import ONE_PROCESS, Launch, this_launch
 from models.loading import LoadedModel
-from models.scorers import Scorer, checked_scores
+from models.scorers import SCORE_BATCH, Scorer, checked_scores
 from models.threads import use_free_cores
 from models.toy import TOY_NAME, built_in_prompts
 from models.variety import PairVariety
@@ -76,6 +76,7 @@ class FeedbackRun:
     tie_margin: float = 0.0
     batch: int = 16
     scorer_options: tuple[tuple[str, str], ...] = ()  # (name, value) for load_scorer
+    score_batch: int = SCORE_BATCH  # images a scorer call takes; not part of the identity
 
     def __post_init__(self) -> None:
         if not self.prompts:
@@ -84,6 +85,7 @@ class FeedbackRun:
             (self.pairs >= 1, "--pairs must be at least 1"),
             (self.per_prompt >= 1, "--per-prompt must be at least 1"),
             (self.batch >= 1, "--batch must be at least 1"),
+            (self.score_batch >= 1, "--score-batch must be at least 1"),
             (self.tie_margin >= 0, "--tie-margin must be 0 or more"),
         ]
         for ok, message in checks:
@@ -202,6 +204,7 @@ class Counts:
     store_s: float = 0.0
     processes: int = 1
     interrupted: bool = False
+    judge_s: float = 0.0  # merged counts: every process's score_s summed (per pair: / added)
 
     @property
     def seconds(self) -> float:
@@ -214,7 +217,7 @@ class Counts:
             self.pairs, self.existing, *(sum(getattr(c, k) for c in everyone)
                                          for k in ("added", "left", "right", "ties")),
             slowest.generate_s, slowest.score_s, slowest.store_s, len(everyone),
-            any(c.interrupted for c in everyone))
+            any(c.interrupted for c in everyone), sum(c.score_s for c in everyone))
 
     def summary(self) -> dict[str, object]:
         out = asdict(self)
@@ -222,6 +225,9 @@ class Counts:
         out["pairs_per_min"] = round(60 * self.added / self.seconds, 1) if self.seconds else 0.0
         for key in ("generate_s", "score_s", "store_s"):
             out[key] = round(out[key], 2)
+        judged = self.judge_s or self.score_s
+        out["judge_ms_per_pair"] = round(1000 * judged / self.added, 1) if self.added else 0.0
+        del out["judge_s"]
         return out
 
 
@@ -232,6 +238,7 @@ class Labeller:
     scorer: Scorer
     name: str
     user_id: int
+    batch: int = SCORE_BATCH
 
 
 def make_batch(run: FeedbackRun, model: LoadedModel, labeller: Labeller | None,
@@ -258,7 +265,7 @@ def make_batch(run: FeedbackRun, model: LoadedModel, labeller: Labeller | None,
     start = time.perf_counter()
     # Score what is stored (the JPEG), so a label always describes the stored pair.
     scores = checked_scores(labeller.scorer, labeller.name, [prompt] * len(jpgs),
-                            [decode_image(j) for j in jpgs])
+                            [decode_image(j) for j in jpgs], labeller.batch)
     counts.score_s += time.perf_counter() - start
     return [(Vote(vote_id=vote_id, caption=prompt, image_0_uid=pair[0].image_uid,
                   image_1_uid=pair[1].image_uid,
@@ -314,7 +321,7 @@ def collect(
         )
     if not missing:
         return counts
-    labeller = None if scorer is None else Labeller(scorer, run.scorer, user_id)
+    labeller = None if scorer is None else Labeller(scorer, run.scorer, user_id, run.score_batch)
     model = load_model()
     mine = launch.share(plan_batches(run, missing))
     bar = tqdm(total=sum(map(len, mine)), unit="pair", disable=not (progress and launch.main),
@@ -357,6 +364,7 @@ def run_from_config(config: PoolConfig) -> FeedbackRun:
         per_prompt=config.per_prompt, tie_margin=config.tie_margin if labelled else 0.0,
         batch=config.batch,
         scorer_options=tuple(config.scorer_options().items()) if labelled else (),
+        score_batch=(config.score_batch if labelled else None) or SCORE_BATCH,
     )
 
 

@@ -188,7 +188,8 @@ def auto(args: AutoConfig) -> int:
     scorers = {name: load_scorer(name, device=device)
                for name in [args.scorer, *args.also]}  # all, first
     result, *also = [compare(base, aligned, prompts, scorer, name, sampling, args.tie_margin,
-                             Path(args.images)) for name, scorer in scorers.items()]
+                             Path(args.images), args.score_batch)
+                     for name, scorer in scorers.items()]
     command = command_line("python -m eval auto", args)
     with report_folder(out):
         summary = write_auto_report(result, out, command, also)
@@ -227,7 +228,7 @@ def leaderboard(args: LeaderboardConfig) -> int:
     for model, name in zip(models, names, strict=True):
         paths = images_for(model, texts, sampling, Path(args.images))
         scores[model] = score_images(scorer, args.scorer, [t for t, _ in keys],
-                                     [paths[k] for k in keys], name)
+                                     [paths[k] for k in keys], name, args.score_batch)
     boards = [fit(scored_matches(models, texts, sampling.seeds, scores, args.tie_margin),
                   models, f"{args.scorer} (tie margin {args.tie_margin:g})", args.prior)]
     if Path(args.votes).exists():

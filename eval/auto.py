@@ -7,6 +7,7 @@ decides it: the higher score wins; scores within `tie_margin` of each other are 
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,9 +18,7 @@ from data.prompts import Prompt
 from eval.config import Sampling
 from eval.images import DEFAULT_ROOT, images_for, open_image
 from eval.stats import Interval, Judgement
-from models.scorers import checked_scores
-
-SCORE_BATCH = 64
+from models.scorers import SCORE_BATCH, checked_scores
 
 
 @dataclass
@@ -34,6 +33,7 @@ class AutoResult:
     base_scores: np.ndarray
     aligned_scores: np.ndarray
     votes: list[Judgement] = field(default_factory=list)
+    judge_s: float = 0.0  # the scorer's seconds on both models' images, loading them included
 
 
 def mean_interval(scores: np.ndarray) -> tuple[float, Interval]:
@@ -45,15 +45,14 @@ def mean_interval(scores: np.ndarray) -> tuple[float, Interval]:
 
 
 def score_images(scorer, name: str, prompts: list[str], paths: list[Path],
-                 label: str) -> np.ndarray:
-    """The scorer's checked scores of one model's images (`label`), in batches."""
+                 label: str, batch: int | None = None) -> np.ndarray:
+    """The scorer's checked scores of one model's images (`label`), `batch` a call."""
+    batch = batch or SCORE_BATCH
     scores = []
-    for start in tqdm(range(0, len(paths), SCORE_BATCH), desc=f"scoring {label}",
-                      unit="batch"):
-        images = [open_image(p) for p in paths[start:start + SCORE_BATCH]]
-        scores.append(np.asarray(checked_scores(scorer, name,
-                                                prompts[start:start + SCORE_BATCH], images)))
-    return np.concatenate(scores)
+    for start in tqdm(range(0, len(paths), batch), desc=f"scoring {label}", unit="batch"):
+        images = [open_image(p) for p in paths[start:start + batch]]
+        scores += checked_scores(scorer, name, prompts[start:start + batch], images, batch)
+    return np.asarray(scores)
 
 
 def outcome(base_score: float, aligned_score: float, tie_margin: float) -> str:
@@ -64,7 +63,7 @@ def outcome(base_score: float, aligned_score: float, tie_margin: float) -> str:
 
 def compare(base: str, aligned: str, prompts: list[Prompt], scorer, scorer_name: str,
             sampling: Sampling | None = None, tie_margin: float = 0.0,
-            root: Path = DEFAULT_ROOT) -> AutoResult:
+            root: Path = DEFAULT_ROOT, score_batch: int | None = None) -> AutoResult:
     """Generate (or reuse) both models' images and let the scorer judge every pair."""
     sampling = sampling or Sampling()
     texts = [p.text for p in prompts]
@@ -72,12 +71,15 @@ def compare(base: str, aligned: str, prompts: list[Prompt], scorer, scorer_name:
     aligned_paths = images_for(aligned, texts, sampling, root)
     pairs = [(p, s) for p in prompts for s in range(sampling.seeds)]
     pair_texts = [p.text for p, _ in pairs]
+    start = time.perf_counter()
     base_scores = score_images(scorer, scorer_name, pair_texts,
-                         [base_paths[(p.text, s)] for p, s in pairs], "base")
+                               [base_paths[(p.text, s)] for p, s in pairs], "base", score_batch)
     aligned_scores = score_images(scorer, scorer_name, pair_texts,
-                            [aligned_paths[(p.text, s)] for p, s in pairs], "aligned")
+                                  [aligned_paths[(p.text, s)] for p, s in pairs], "aligned",
+                                  score_batch)
+    judge_s = time.perf_counter() - start
     votes = [Judgement(prompt.text, outcome(b, a, tie_margin), category=prompt.category)
              for (prompt, _), b, a in zip(pairs, base_scores, aligned_scores, strict=True)]
     return AutoResult(base, aligned, scorer_name, sampling, tie_margin,
                       [p for p, _ in pairs], [s for _, s in pairs], base_scores,
-                      aligned_scores, votes)
+                      aligned_scores, votes, judge_s)

@@ -14,6 +14,8 @@ from pages.shared import PORT_HELP
 
 _PROMPTS_HELP = ("prompt set: one per line, or CSV/TSV with prompt and category columns "
                  "(default for toy: the 18 toy captions, by shape)")
+_SCORE_BATCH_HELP = ("images a scorer takes in one call on its device (default: 32); lower "
+                     "it when the scorer runs out of GPU memory")
 _SCORER_HELP = "toy_judge, pickscore, clip, aesthetic, hpsv2 or module:callable"
 _TIE_MARGIN_HELP = "score difference at or below which two images tie"
 
@@ -110,6 +112,7 @@ class AutoConfig(Sampled, Compared):
                               "a prompt-blind preference such as aesthetic, a prompt-following "
                               "one such as toy_judge or clip)", factory=list, metavar="SCORER")
     tie_margin: float = setting(_TIE_MARGIN_HELP, 0.0)
+    score_batch: int | None = setting(_SCORE_BATCH_HELP, None, metavar="N")
     out: str | None = setting("report folder (default: runs/eval/auto-<aligned name>)", None)
 
 
@@ -129,6 +132,7 @@ class LeaderboardConfig(Sampled):
     votes: str = setting("blind votes to rank by as well, when the file exists",
                          str(DEFAULT_VOTES))
     tie_margin: float = setting(_TIE_MARGIN_HELP, 0.0)
+    score_batch: int | None = setting(_SCORE_BATCH_HELP, None, metavar="N")
     prior: float = setting("virtual ties per pair of models, so an unbeaten model has a "
                            "finite rating (0: the plain maximum likelihood)", 1.0)
     out: str = setting("report folder", "runs/eval/leaderboard")

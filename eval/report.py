@@ -191,7 +191,8 @@ def write_auto_report(result: AutoResult, out: Path, command: str,
     ]
     summary = {"base": result.base, "aligned": result.aligned, "scorer": result.scorer,
                "pairs": len(result.votes), "base_mean_score": base_mean,
-               "aligned_mean_score": aligned_mean}
+               "aligned_mean_score": aligned_mean,
+               "judge_ms_per_pair": round(1000 * result.judge_s / len(result.votes), 1)}
     if also:
         table, figures = scorer_rows([result, *also])
         sections += ["## Every scorer on the same images", "",

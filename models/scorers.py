@@ -8,7 +8,8 @@ score per (prompt, image); higher is better. Built in:
 - `clip`: CLIPScore (Hessel et al. 2021): `100 * max(cosine, 0)`.
 - `aesthetic`: the LAION aesthetic predictor v2, an MLP on normalised CLIP ViT-L/14
   image embeddings; its weights are a file the user gives.
-- `hpsv2`: HPS v2.1 through the optional `hpsv2` package.
+- `hpsv2`: HPS v2 (Wu et al. 2023): the cosine of image and text embeddings of its
+  fine-tuned CLIP-H, from weights in transformers' CLIP format.
 - `toy_judge`: the toy world's judge (models/toy/judge.py), from pixels.
 
 A user's own scorer is named `module:callable`, a function with the same signature or
@@ -32,6 +33,8 @@ Scorer = Callable[[Sequence[str], Sequence[Image.Image]], torch.Tensor]
 PICKSCORE_PROCESSOR = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
 PICKSCORE_MODEL = "yuvalkirstain/PickScore_v1"
 CLIP_MODEL = "openai/clip-vit-large-patch14"
+HPSV2_MODEL = "adams-story/HPSv2-hf"  # HPS v2 converted to CLIPModel; ViT-H-14 preprocessing
+SCORE_BATCH = 32  # images a scorer takes in one call, unless the command says otherwise
 
 
 def _load_clip(model: str, processor: str | None, device: str):
@@ -143,30 +146,39 @@ class AestheticScore:
         return self.head(self.clip.images(images)).squeeze(-1).float().cpu()
 
 
-def hpsv2_scorer(version: str = "v2.1") -> Scorer:
-    """HPS v2 through the `hpsv2` package (it fetches its own weights on first use)."""
-    try:
-        import hpsv2
-    except ImportError:
-        raise ModelError("the hpsv2 scorer needs its package: pip install hpsv2") from None
+class HpsV2:
+    """HPS v2: cosine(image, text) of its CLIP-H, as the `hpsv2` package reads it (about
+    0.2-0.35). Batched on the scorer's device; the package itself scores one image per
+    forward pass and reloads its checkpoint on every call."""
 
-    def score(prompts: Sequence[str], images: Sequence[Image.Image]) -> torch.Tensor:
-        return torch.tensor(
-            [float(hpsv2.score(image, prompt, hps_version=version)[0])
-             for prompt, image in zip(prompts, images, strict=True)]
-        )
+    def __init__(self, model: str = HPSV2_MODEL, processor: str = PICKSCORE_PROCESSOR,
+                 device: str = "cpu"):
+        self.clip = ClipEmbedder(model, processor, device)
 
-    return score
+    def __call__(self, prompts: Sequence[str], images: Sequence[Image.Image]) -> torch.Tensor:
+        return (self.clip.texts(prompts) * self.clip.images(images)).sum(-1).cpu()
 
 
 def checked_scores(scorer: Scorer, name: str, prompts: Sequence[str],
-                   images: Sequence[Image.Image]) -> list[float]:
-    """One finite score per image, or a one-line ModelError naming the scorer.
+                   images: Sequence[Image.Image], batch: int = SCORE_BATCH) -> list[float]:
+    """One finite score per image, `batch` images a call, or a one-line ModelError naming
+    the scorer.
 
     Every caller of a scorer (AI feedback, `eval auto`, the trainer's samples) goes through
     this: a user's `module:callable` may return anything, and a wrong count or a NaN
-    would otherwise become a silent label or a silent mean.
+    would otherwise become a silent label or a silent mean. `batch` bounds what a call
+    holds on the scorer's device (`--score_batch`: lower it when a scorer runs out of GPU
+    memory, raise it while the GPU is not busy).
     """
+    scores = []
+    for start in range(0, len(images), batch):
+        scores += _checked(scorer, name, prompts[start:start + batch],
+                           images[start:start + batch])
+    return scores
+
+
+def _checked(scorer: Scorer, name: str, prompts: Sequence[str],
+             images: Sequence[Image.Image]) -> list[float]:
     try:
         raw = scorer(prompts, images)
     except ModelError:
@@ -229,7 +241,7 @@ def load_scorer(name: str, model: str | None = None, processor: str | None = Non
             raise ModelError("the aesthetic scorer needs --weights PATH to its predictor file")
         return AestheticScore(weights, model or CLIP_MODEL, device)
     if name == "hpsv2":
-        return hpsv2_scorer()
+        return HpsV2(model or HPSV2_MODEL, processor or PICKSCORE_PROCESSOR, device)
     if name == "toy_judge":
         return toy_judge()
     raise ModelError(f"unknown scorer {name!r}: use one of {', '.join(SCORERS)} or module:callable")

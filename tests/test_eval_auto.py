@@ -100,6 +100,7 @@ def test_the_command_writes_a_report_and_the_config_that_repeats_it(tmp_path, br
                  "--out", str(tmp_path / "r"), "--images", str(tmp_path / "i")]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["pairs"] == 18 and (tmp_path / "r" / "report.md").exists()
+    assert summary.pop("judge_ms_per_pair") > 0  # the judge's time, shown with the tallies
     command = (f"python -m eval auto --aligned {broken_toy} --seeds 1 --steps 4 "
                f"--images {tmp_path / 'i'} --out {tmp_path / 'r'}")  # the fields' order
     assert f"`{command}`" in (tmp_path / "r" / "report.md").read_text()
@@ -110,6 +111,7 @@ def test_the_command_writes_a_report_and_the_config_that_repeats_it(tmp_path, br
                  str(tmp_path / "r2")]) == 0
     again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert again.pop("report") == str(tmp_path / "r2" / "report.md")
+    assert again.pop("judge_ms_per_pair") > 0
     summary.pop("report")
     assert again == summary
 
@@ -118,10 +120,11 @@ def test_every_scorer_given_is_reported_side_by_side_on_the_same_images(tmp_path
     (tmp_path / "bright.py").write_text(  # a preference blind to the prompt
         "import numpy as np, torch\n"
         "def score(prompts, images):\n"
+        "    assert len(images) <= 5, len(images)  # --score-batch 5\n"
         "    return torch.tensor([float(np.asarray(i).mean()) for i in images])\n")
     out = subprocess.run(
         [sys.executable, "-m", "eval", "auto", "--aligned", str(broken_toy), "--seeds", "1",
-         "--steps", "4", "--scorer", "bright:score", "--also", "toy_judge",
+         "--steps", "4", "--scorer", "bright:score", "--also", "toy_judge", "--score-batch", "5",
          "--out", str(tmp_path / "r"), "--images", str(tmp_path / "i")],
         capture_output=True, text=True, cwd=tmp_path,
         env={**os.environ, "PYTHONPATH": str(tmp_path)})
@@ -197,6 +200,7 @@ def test_two_processes_make_the_images_and_tallies_of_one(tmp_path, broken_toy):
         assert out.returncode == 0, out.stderr[-3000:]
         summary = json.loads(out.stdout.strip().splitlines()[-1])
         summary.pop("report")
+        assert summary.pop("judge_ms_per_pair") > 0
         return summary
 
     one, two = auto(1, "one"), auto(2, "two")

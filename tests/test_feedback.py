@@ -118,7 +118,8 @@ SCORER = '''
 import torch
 
 def brightness(prompts, images):
-    """Prefers the brighter image: the mean of its pixels."""
+    """Prefers the brighter image: the mean of its pixels. Takes 3 images a call at most."""
+    assert len(images) <= 3, f"{len(images)} images in one call"
     return torch.tensor([float(torch.tensor(list(im.convert("L").getdata())).float().mean())
                          for im in images])
 '''
@@ -130,8 +131,9 @@ def test_a_module_callable_scorer_labels_by_its_own_scores(tmp_path, monkeypatch
     db = tmp_path / "prefs.duckdb"
     spec = "my_scorer:brightness"
     result, _ = feedback_here(capsys, "--db", str(db), "--pairs", "24", "--scorer", spec,
-                              "--guidance-range", "3", "12", *FAST)
+                              "--guidance-range", "3", "12", "--score-batch", "3", *FAST)
     assert result["added"] == 24 and result["source"] == f"ai:{spec}"
+    assert result["judge_ms_per_pair"] > 0
     pairs = stored_pairs(db)
     assert {p[4] for p in pairs} == {f"ai:{spec}"}
     assert any(p[10] != p[15] for p in pairs)  # guidance drawn per image

@@ -16,7 +16,7 @@ from PIL import Image
 from cli.errors import ModelError
 from models.generate import generate, generate_pair
 from models.loading import LORA_BASE_FILE, LORA_WEIGHTS, check, load, looks_like_path
-from models.scorers import AestheticHead, load_scorer
+from models.scorers import AestheticHead, checked_scores, load_scorer
 from models.variety import PairVariety
 
 
@@ -209,14 +209,38 @@ def test_aesthetic_scorer_reads_predictor_weights(tiny_clip_dir, tmp_path):
         load_scorer("aesthetic", model=str(tiny_clip_dir), weights=str(tmp_path / "none.pth"))
 
 
-def test_hpsv2_without_its_package_says_how_to_get_it():
-    try:
-        import hpsv2  # noqa: F401
-    except ImportError:
-        with pytest.raises(ModelError, match="pip install hpsv2"):
-            load_scorer("hpsv2")
-    else:  # pragma: no cover - only where hpsv2 is installed
-        pytest.skip("hpsv2 is installed; its weights need the network")
+def test_hpsv2_is_the_cosine_of_its_clip_embeddings_batched_as_one_at_a_time(tiny_clip_dir):
+    from transformers import CLIPModel, CLIPProcessor
+
+    scorer = load_scorer("hpsv2", model=str(tiny_clip_dir), processor=str(tiny_clip_dir))
+    images = [Image.new("RGB", (40 + 4 * k, 40), (40 * k, 200 - 30 * k, 90)) for k in range(5)]
+    prompts = [f"shape number {k}" for k in range(5)]
+    scores = scorer(prompts, images)
+    one_at_a_time = torch.cat([scorer([p], [im]) for p, im in zip(prompts, images, strict=True)])
+    assert torch.allclose(scores, one_at_a_time, atol=1e-5)
+
+    model, processor = CLIPModel.from_pretrained(tiny_clip_dir), CLIPProcessor.from_pretrained(
+        tiny_clip_dir)  # HPS v2's reading, written out: image_features @ text_features.T
+    inputs = processor(text=prompts, images=images, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        out = model(**inputs)
+    cosine = (out.image_embeds / out.image_embeds.norm(dim=-1, keepdim=True)) @ (
+        out.text_embeds / out.text_embeds.norm(dim=-1, keepdim=True)).T
+    assert torch.allclose(scores, cosine.diagonal(), atol=1e-5)
+
+
+def test_checked_scores_calls_the_scorer_a_batch_at_a_time():
+    calls = []
+
+    def scorer(prompts, images):
+        calls.append(len(images))
+        return torch.tensor([float(im.width) for im in images])
+
+    images = [Image.new("RGB", (10 + k, 8)) for k in range(5)]
+    assert checked_scores(scorer, "widths", ["p"] * 5, images, batch=2) == [10, 11, 12, 13, 14]
+    assert calls == [2, 2, 1]
+    with pytest.raises(ModelError, match="returned 1 scores for 2 images"):
+        checked_scores(lambda p, im: torch.zeros(1), "short", ["p"] * 5, images, batch=2)
 
 
 def test_user_scorer_by_module_and_callable(tmp_path, monkeypatch):
