@@ -75,6 +75,8 @@ FLOW_AUTO = "python -m eval auto --base toy-flow --aligned runs/train/toy-flow/f
 ROUNDS_BOARD = "python -m eval --board runs/rounds/leaderboard/leaderboard.json --db " \
     "runs/rounds/votes.duckdb"
 SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+SD35 = "stabilityai/stable-diffusion-3.5-medium"
+MULTI_GPU = "accelerate launch -q --config_file docs/accelerate/multi_gpu.yaml"
 SHARDS = "pickapic_v2/data"
 SHARD = "data/train-00000-of-00645-8e4e2f1d6c0a.parquet"  # the public set's naming
 
@@ -120,6 +122,14 @@ CHECKS = {
     "--host 0.0.0.0": "parse",
     f"python -m eval auto --base {SD15} --aligned runs/train/sd15/final --prompts "
     "PartiPrompts.tsv --scorer pickscore": "parse",
+    f"{MULTI_GPU} -m annotate pool --model {SD35} --prompts PartiPrompts.tsv "
+    "--guidance-range 3 12 --steps 40 --pairs 20000": "parse",
+    f"python -m annotate --pool --model {SD35} --prompts PartiPrompts.tsv --steps 40 "
+    "--overlap 3 --auth logins.txt --host 0.0.0.0": "parse",
+    f"{MULTI_GPU} -m annotate feedback --model {SD35} --prompts PartiPrompts.tsv --scorer "
+    "pickscore --tie-margin 0.1 --pairs 100000": "parse",
+    f"{MULTI_GPU} -m eval auto --base {SD15} --aligned runs/train/sd15/final --prompts "
+    "PartiPrompts.tsv --scorer pickscore --seeds 4": "parse",
     f"python -m data import {SHARDS} --source public:pickapic_v2": "run",
     "python -m data stats": "run",
     "python -m data export runs/export": "run",
@@ -299,15 +309,25 @@ def _check_gpu(text: str, cwd: Path) -> None:
 
 
 def _check_parse(text: str) -> None:
+    """The command's flags parse; under `accelerate launch`, the launcher's too, with a
+    config file that exists, and the module's flags as the module reads them."""
+    from accelerate.commands.launch import launch_command_parser
+
     from annotate.__main__ import COMMANDS as ANNOTATE
     from cli.parser import parse_command
     from eval.config import COMMANDS as EVAL
     from train.config import resolve
 
     argv = shlex.split(text)
-    commands, default = (EVAL, "blind") if argv[2] == "eval" else (ANNOTATE, "page")
-    _, args = parse_command(commands, argv[3:], f"python -m {argv[2]}", default=default)
-    aligned = getattr(args, "aligned", None)
+    if argv[:2] == ["accelerate", "launch"]:
+        launch = launch_command_parser().parse_args(argv[2:])
+        assert launch.module and (REPO / launch.config_file).exists(), text
+        module, args = launch.training_script, launch.training_script_args
+    else:
+        module, args = argv[2], argv[3:]
+    commands, default = (EVAL, "blind") if module == "eval" else (ANNOTATE, "page")
+    _, config = parse_command(commands, args, f"python -m {module}", default=default)
+    aligned = getattr(config, "aligned", None)
     if aligned:  # what the trainer writes for that preset
         preset = Path(aligned).parent.name
         assert str(Path(resolve(preset).output_dir) / "final") == aligned, text
