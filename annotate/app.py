@@ -17,15 +17,17 @@ from __future__ import annotations
 
 import asyncio
 import random
+from pathlib import Path
 
 import gradio as gr
 import pandas as pd
+from PIL import Image
 
 from annotate.campaign import ANNOTATOR_COLUMNS, campaign
 from annotate.showings import ANSWERS, Annotator, Collector, Showing
 from cli.errors import DataError, NotCounted, PageError
-from data.store import QUESTIONS
-from pages.shared import FRAME_PX, PageImages, check_name, enlarge
+from data.store import QUESTIONS, ImageRecord
+from pages.shared import FRAME_PX, PageImages, check_name, enlarge, scale_for
 
 BUTTONS = [  # (outcome, label, key name shown, KeyboardEvent.key values)
     ("left", "Left is better", "←", ["ArrowLeft"]),
@@ -61,6 +63,15 @@ def page_script() -> str:
 }}"""
 
 
+def shown_file(images: PageImages, picture: Image.Image, record: ImageRecord) -> Path:
+    """The file the page shows for one image: the stored JPEG itself when it fills the
+    frame (no encoding on the server), else the picture enlarged pixel by pixel (the
+    toy's 32-64 px images, which a browser would blur)."""
+    if scale_for(picture.width, picture.height) == 1:
+        return images.write(record.jpg)
+    return images.write(enlarge(picture))
+
+
 def build(collector: Collector, images: PageImages, prompt_set: list[str] | None = None,
           auth: bool = False, cap: int | None = None,
           owners: frozenset[str] = frozenset(), mode: str = "new") -> gr.Blocks:
@@ -82,8 +93,8 @@ def build(collector: Collector, images: PageImages, prompt_set: list[str] | None
         if shown is None:
             return (None, None, "", "", tally, note or "", *_buttons(False), *cleared)
         note = "\n\n".join(n for n in (note, shown.note) if n)
-        return (images.write(enlarge(shown.left)), images.write(enlarge(shown.right)),
-                shown.prompt, shown.showing_id,
+        left, right = (shown_file(images, picture, record) for picture, record in shown.sides)
+        return (left, right, shown.prompt, shown.showing_id,
                 tally, note, *_buttons(False), *cleared)  # until `arm`: shown long enough
 
     def generate(name, prompt, mode, request: gr.Request, progress=gr.Progress()):

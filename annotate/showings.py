@@ -99,6 +99,7 @@ class Showing:
     note: str | None = None
     votes_wanted: int = 1  # 2+: an overlap pair, to be voted by that many annotators
     pool_pair: str | None = None  # the pool pair's id, when the pair came from the pool
+    stored: bool = False  # its images are in the store already (pool and overlap pairs)
 
     @property
     def pair(self) -> tuple[str, str]:
@@ -111,6 +112,13 @@ class Showing:
     @property
     def right(self) -> Image.Image:
         return self.pictures[1 - self.shown_left]
+
+    @property
+    def sides(self) -> tuple[tuple[Image.Image, ImageRecord], tuple[Image.Image, ImageRecord]]:
+        """(picture, stored record) on the left, then on the right."""
+        left, right = self.shown_left, 1 - self.shown_left
+        return ((self.pictures[left], self.images[left]),
+                (self.pictures[right], self.images[right]))
 
 
 @dataclass(frozen=True)
@@ -218,7 +226,8 @@ class Collector:
         try:
             check_length(shown.prompt)
             ranking = self.store.record_vote(
-                as_vote(shown.showing_id, "preference", outcome), shown.images,
+                as_vote(shown.showing_id, "preference", outcome),
+                () if shown.stored else shown.images,
                 also=[as_vote(f"{shown.showing_id}/{q}", q, a) for q, a in extra.items()],
                 daily_cap=self.settings.daily_cap,
             )
@@ -334,7 +343,7 @@ class Collector:
                     annotator, source, pooled.caption,
                     (records[pooled.image_0_uid], records[pooled.image_1_uid]), None,
                     self._screened(pooled.caption, None), votes_wanted=wanted,
-                    pool_pair=pooled.pair_id)
+                    pool_pair=pooled.pair_id, stored=True)
             note = DRY_NOTE
         pair = self.worker.take(source, progress)
         if source == SET_SOURCE:
@@ -370,7 +379,7 @@ class Collector:
                     records = self.store.image_records([uid_0, uid_1])
                     return self._remember(annotator, SET_SOURCE, caption,
                                           (records[uid_0], records[uid_1]), None, None,
-                                          votes_wanted=self.settings.overlap)
+                                          votes_wanted=self.settings.overlap, stored=True)
         return None
 
     def _challenge(self, annotator: Annotator, voted: Showing, winner: int,
@@ -388,7 +397,7 @@ class Collector:
                   images: tuple[ImageRecord, ImageRecord],
                   pictures: tuple[Image.Image, Image.Image] | None, note: str | None,
                   gold_best_uid: str | None = None, votes_wanted: int = 1,
-                  pool_pair: str | None = None) -> Showing:
+                  pool_pair: str | None = None, stored: bool = False) -> Showing:
         if pictures is None:
             pictures = tuple(decode_image(image.jpg) for image in images)
         with self._rng_lock:
@@ -397,7 +406,7 @@ class Collector:
             showing_id=new_uid(), user_id=annotator.user_id, source=source, prompt=prompt,
             images=images, pictures=pictures, shown_left=shown_left,
             shown_at=time.monotonic(), gold_best_uid=gold_best_uid, note=note,
-            votes_wanted=votes_wanted, pool_pair=pool_pair,
+            votes_wanted=votes_wanted, pool_pair=pool_pair, stored=stored,
         )
         with self._lock:
             self._showings[shown.showing_id] = shown

@@ -6,12 +6,12 @@
 For each case a store is prepared, `python -m annotate` is started as a server process on
 127.0.0.1 (the toy model, `--min-display-ms 0`, the default queue of 8 waiting people),
 and `--annotators` sessions (threads spread over `--client-processes` processes: one
-Python process's lock would otherwise serialise 30 clients), each a gradio_client session
-under its own name, press
+Python process's lock would otherwise serialise 30 clients), each speaking Gradio's queue
+protocol over HTTP as the page's browser tab does (`Session`) under its own name, press
 Generate in Auto mode and then vote `--votes` times, each after looking at the pair for
 `--think` seconds (default 4: a crowd that votes every 4-5 s). A vote's latency is the
-time from sending it to holding the next pair (the vote call returns the next pair's
-images, downloaded by the client). Cases:
+time from sending it to holding the next pair (the vote's answer names the next pair's
+images; both are downloaded). Cases:
 - pool: `python -m annotate pool` first makes every pair the annotators will need, then the
   server runs with `--pool`;
 - live: the same server without a pool: every pair is generated when it is needed (the
@@ -29,6 +29,7 @@ import multiprocessing
 import os
 import platform
 import resource
+import secrets
 import statistics
 import subprocess
 import sys
@@ -71,19 +72,57 @@ def start_server(db: Path, port: int, pool: bool, steps: int) -> subprocess.Pope
     raise SystemExit("the server did not answer within 180 s")
 
 
+class Session:
+    """One browser tab's traffic, without the browser: Gradio's own queue protocol over
+    HTTP (join the queue, read the event's answer from its server-sent events), then the
+    two image files the answer names, as the page fetches them. Costs the client about
+    6 ms of CPU a vote (gradio_client: about 150 ms), so on a shared machine the figures
+    are the server's, not the simulated annotators'."""
+
+    def __init__(self, url: str):
+        import httpx
+
+        self.url = url.rstrip("/")
+        self.http = httpx.Client(timeout=120)
+        config = self.http.get(f"{self.url}/config").json()
+        self.prefix = self.url + config.get("api_prefix", "/gradio_api")
+        self.events = {d["api_name"]: i for i, d in enumerate(config["dependencies"])
+                       if d.get("api_name")}
+        self.session = secrets.token_hex(6)
+
+    def call(self, api: str, *data) -> list:
+        """The event's outputs, with its images downloaded."""
+        self.http.post(f"{self.prefix}/queue/join", json={
+            "data": list(data), "fn_index": self.events[api], "session_hash": self.session,
+            "event_data": None, "trigger_id": None}).raise_for_status()
+        with self.http.stream("GET", f"{self.prefix}/queue/data",
+                              params={"session_hash": self.session}) as stream:
+            for line in stream.iter_lines():
+                if not line.startswith("data:"):
+                    continue
+                message = json.loads(line[5:])
+                if message.get("msg") == "process_completed":
+                    if not message.get("success", True):
+                        raise RuntimeError(str(message.get("output"))[:200])
+                    outputs = message["output"]["data"]
+                    for image in outputs[:2]:
+                        if image:
+                            self.http.get(image["url"]).raise_for_status()
+                    return outputs
+        raise RuntimeError(f"{api}: the event stream ended without an answer")
+
+
 def annotate(url: str, k: int, votes: int, think: float, out: dict) -> None:
     """One annotator's session: Generate in Auto mode, then `votes` votes."""
-    from gradio_client import Client
-
     record = out[k] = {"latencies": [], "acknowledged": 0, "refused": [], "error": None}
     try:
-        client = Client(url, verbose=False, httpx_kwargs={"timeout": 120})
+        session = Session(url)
         name = f"annotator-{k}"
-        shown = client.predict(name, "", "auto", api_name="/generate")
+        shown = session.call("generate", name, "", "auto")
         for _ in range(votes):
             time.sleep(think)
             start = time.perf_counter()
-            after = client.predict(name, "auto", shown[3], api_name="/vote_left")
+            after = session.call("vote_left", name, "auto", shown[3])
             latency = time.perf_counter() - start
             if after[3] and after[3] != shown[3]:  # the vote counted and a pair followed
                 record["latencies"].append(latency * 1000)
@@ -92,7 +131,7 @@ def annotate(url: str, k: int, votes: int, think: float, out: dict) -> None:
             else:  # said in the note: a vote stored with no pair after it ("busy"), or not
                 record["refused"].append(after[5])
                 record["acknowledged"] += after[5].startswith("Vote recorded")
-                shown = client.predict(name, "", "auto", api_name="/generate")
+                shown = session.call("generate", name, "", "auto")
     except Exception as error:  # reported in the result, with the annotator
         record["error"] = f"{type(error).__name__}: {error}"
 
@@ -186,7 +225,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="sampler steps per image")
     parser.add_argument("--cases", nargs="+", choices=["pool", "live"],
                         default=["pool", "live"])
-    parser.add_argument("--client-processes", type=int, default=6,
+    parser.add_argument("--client-processes", type=int, default=3,
                         help="processes the simulated annotators are spread over")
     parser.add_argument("--timeout", type=float, default=900,
                         help="seconds a case's annotators get before they are left")

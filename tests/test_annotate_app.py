@@ -548,3 +548,28 @@ def test_a_full_disk_shows_one_line_and_keeps_the_pair_for_the_same_vote(browser
                 page.close()
         finally:
             server.close()
+
+
+def test_a_full_size_image_is_shown_as_its_stored_jpeg_and_a_small_one_enlarged(tmp_path):
+    # A 512 px image fills the frame: the page sends the store's JPEG bytes as they are (no
+    # PNG encoding on the server, and the annotator sees exactly the stored image); the
+    # toy's 48 px images are enlarged pixel by pixel into a PNG.
+    from annotate.app import shown_file
+    from data.pairs import encode_jpeg
+    from data.store import ImageRecord
+    from pages.shared import FRAME_PX, PageImages
+
+    images = PageImages("test-shown-")
+    try:
+        large = Image.fromarray(np.random.default_rng(0).integers(0, 255, (512, 512, 3),
+                                                                  dtype=np.uint8))
+        record = ImageRecord("uid-large", encode_jpeg(large))
+        path = shown_file(images, large, record)
+        assert path.suffix == ".jpg" and path.read_bytes() == record.jpg
+        small = Image.new("RGB", (48, 48), (200, 30, 30))
+        path = shown_file(images, small, ImageRecord("uid-small", encode_jpeg(small)))
+        with Image.open(path) as shown:
+            assert shown.format == "PNG" and shown.size == (FRAME_PX // 48 * 48,) * 2
+            assert shown.getpixel((0, 0)) == (200, 30, 30)
+    finally:
+        images.close()
