@@ -16,15 +16,17 @@ and can still be voted on.
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 from pathlib import Path
 
+import anyio
 import gradio as gr
 import pandas as pd
 from PIL import Image
 
 from annotate.campaign import ANNOTATOR_COLUMNS, campaign
-from annotate.showings import ANSWERS, Annotator, Collector, Showing
+from annotate.showings import ANSWERS, Annotator, Collector, Pending, Showing
 from cli.errors import DataError, NotCounted, PageError
 from data.store import QUESTIONS, ImageRecord
 from pages.shared import FRAME_PX, PageImages, check_name, enlarge, scale_for
@@ -80,6 +82,7 @@ def build(collector: Collector, images: PageImages, prompt_set: list[str] | None
     another. The campaign page (/campaign) shows the store's figures; with `auth`, to the
     logins in `owners` alone."""
     pick = random.Random()
+    one_vote_at_a_time = anyio.CapacityLimiter(1)
     asked = [q for q in collector.settings.questions if q != "preference"]
 
     def who(name: str, request: gr.Request) -> Annotator:
@@ -113,7 +116,9 @@ def build(collector: Collector, images: PageImages, prompt_set: list[str] | None
         await asyncio.sleep(wait)
         return _buttons(True)
 
-    def cast(outcome, name, mode, showing_id, answers, request, progress):
+    def record(outcome, name, mode, showing_id, answers, request):
+        """Store the vote and make what follows: the page's outputs, or, when the
+        generator must make the next pair, a function that waits for it and returns them."""
         try:
             annotator = who(name, request)
             try:
@@ -123,22 +128,41 @@ def build(collector: Collector, images: PageImages, prompt_set: list[str] | None
             if voted is None:  # a repeated vote: the page already moved on
                 return (gr.skip(),) * (6 + len(BUTTONS) + len(asked))
             try:
-                shown = collector.next_showing(annotator, voted, outcome, mode,
-                                               _reporter(progress))
+                shown = collector.next_showing(annotator, voted, outcome, mode, wait=False)
             except _ERRORS as error:  # the vote is stored; say why nothing follows
                 return view(annotator, None, f"Vote recorded. {error}")
         except _ERRORS as error:
             return refused(error, len(asked))
+        if isinstance(shown, Pending):
+            return lambda progress: finish(annotator, shown, progress)
         return view(annotator, shown)
 
-    def voter(outcome: str):
-        def vote(name, mode, showing_id, request: gr.Request, progress=gr.Progress()):
-            return cast(outcome, name, mode, showing_id, {}, request, progress)
+    def finish(annotator: Annotator, pending: Pending, progress):
+        try:
+            return view(annotator, pending.finish(_reporter(progress)))
+        except _ERRORS as error:
+            return view(annotator, None, f"Vote recorded. {error}")
 
-        def vote_answered(name, mode, showing_id, appeal, alignment, request: gr.Request,
-                          progress=gr.Progress()):
+    async def cast(outcome, name, mode, showing_id, answers, request, progress):
+        """A vote, recorded one at a time: each takes about 10 ms of CPU, and run side by
+        side in Gradio's threads they fought over the GIL (12 annotators at once: 250 ms a
+        vote instead of 35; docs/BENCHMARKS.md, "Pools"). A wait for the generator
+        (seconds) happens outside that line, so it holds up no one else's vote."""
+        out = await anyio.to_thread.run_sync(
+            functools.partial(record, outcome, name, mode, showing_id, answers, request),
+            limiter=one_vote_at_a_time)
+        if callable(out):
+            out = await anyio.to_thread.run_sync(out, progress)
+        return out
+
+    def voter(outcome: str):
+        async def vote(name, mode, showing_id, request: gr.Request, progress=gr.Progress()):
+            return await cast(outcome, name, mode, showing_id, {}, request, progress)
+
+        async def vote_answered(name, mode, showing_id, appeal, alignment,
+                                request: gr.Request, progress=gr.Progress()):
             answers = {"appeal": appeal, "alignment": alignment}
-            return cast(outcome, name, mode, showing_id, answers, request, progress)
+            return await cast(outcome, name, mode, showing_id, answers, request, progress)
 
         return vote_answered if asked else vote
 

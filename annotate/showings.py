@@ -45,7 +45,7 @@ from annotate.config import MIN_DISPLAY_MS
 from annotate.gold import GoldPair
 from annotate.pool import DRY_NOTE, PoolQueue
 from annotate.screening import Blocklist, check_length, screen
-from annotate.worker import SET_SOURCE, PairWorker, Progress
+from annotate.worker import SET_SOURCE, Pair, PairWorker, Progress
 from cli.errors import DailyCapReached, NotCounted, PageError, StoreWriteError
 from data.pairs import decode_image, encode_jpeg
 from data.store import (
@@ -119,6 +119,14 @@ class Showing:
         left, right = self.shown_left, 1 - self.shown_left
         return ((self.pictures[left], self.images[left]),
                 (self.pictures[right], self.images[right]))
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A showing whose pair the generator has yet to make: `finish(progress)` waits for it
+    (seconds) and returns the showing."""
+
+    finish: Callable[[Progress | None], Showing]
 
 
 @dataclass(frozen=True)
@@ -301,24 +309,27 @@ class Collector:
         return max(0.0, self.settings.min_display_ms / 1000 - waited)
 
     def next_showing(self, annotator: Annotator, voted: Showing, outcome: str, mode: str,
-                   progress: Progress | None = None) -> Showing:
-        """The showing after a vote on `voted`, as the mode says."""
+                     progress: Progress | None = None,
+                     wait: bool = True) -> Showing | Pending:
+        """The showing after a vote on `voted`, as the mode says. `wait` False: when the
+        generator must make its pair, a `Pending` instead of waiting here (for a caller
+        that serialises the fast path and waits elsewhere)."""
         self._check_mode(mode)
         self._check_cap(annotator)
         if mode == "auto":
-            return self._fresh(annotator, SET_SOURCE, progress)
+            return self._fresh(annotator, SET_SOURCE, progress, wait=wait)
         if (mode == "keep" and outcome in ("left", "right")
                 and voted.gold_best_uid is None):
             winner = voted.shown_left if outcome == "left" else 1 - voted.shown_left
-            return self._challenge(annotator, voted, winner, progress)
-        return self._fresh(annotator, voted.source, progress, voted.note)
+            return self._challenge(annotator, voted, winner, progress, wait)
+        return self._fresh(annotator, voted.source, progress, voted.note, wait)
 
     def _check_mode(self, mode: str) -> None:
         if mode not in MODES:
             raise PageError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
 
     def _fresh(self, annotator: Annotator, source: str, progress: Progress | None,
-               note: str | None = None) -> Showing:
+               note: str | None = None, wait: bool = True) -> Showing | Pending:
         with self._rng_lock:
             gold = self.gold and self._rng.random() < self.settings.gold_rate
             gold_pair = self._rng.choice(self.gold) if gold else None
@@ -345,13 +356,15 @@ class Collector:
                     self._screened(pooled.caption, None), votes_wanted=wanted,
                     pool_pair=pooled.pair_id, stored=True)
             note = DRY_NOTE
-        pair = self.worker.take(source, progress)
-        if source == SET_SOURCE:
-            note = self._screened(pair.prompt, note)
-        records = (_record(pair.images[0]), _record(pair.images[1]))
-        return self._remember(annotator, source, pair.prompt, records,
-                              tuple(image.image for image in pair.images), note,
-                              votes_wanted=wanted)
+
+        def made(pair: Pair) -> Showing:
+            said = self._screened(pair.prompt, note) if source == SET_SOURCE else note
+            records = (_record(pair.images[0]), _record(pair.images[1]))
+            return self._remember(annotator, source, pair.prompt, records,
+                                  tuple(image.image for image in pair.images), said,
+                                  votes_wanted=wanted)
+
+        return self._generated(source, made, progress, wait)
 
     def _screened(self, prompt: str, note: str | None) -> str | None:
         """A prompt-set pair's note: `note`, then the screening's (a prompt the encoder
@@ -383,15 +396,29 @@ class Collector:
         return None
 
     def _challenge(self, annotator: Annotator, voted: Showing, winner: int,
-                   progress: Progress | None) -> Showing:
+                   progress: Progress | None, wait: bool = True) -> Showing | Pending:
         """The winner of `voted` against a new image for its prompt."""
-        pair = self.worker.take(voted.prompt, progress)
         loser_model = voted.images[1 - winner].model
-        new = next((im for im in pair.images if im.model == loser_model), pair.images[0])
-        return self._remember(
-            annotator, voted.prompt, voted.prompt, (voted.images[winner], _record(new)),
-            (voted.pictures[winner], new.image), voted.note,
-        )
+
+        def made(pair: Pair) -> Showing:
+            new = next((im for im in pair.images if im.model == loser_model), pair.images[0])
+            return self._remember(
+                annotator, voted.prompt, voted.prompt, (voted.images[winner], _record(new)),
+                (voted.pictures[winner], new.image), voted.note,
+            )
+
+        return self._generated(voted.prompt, made, progress, wait)
+
+    def _generated(self, source: str, made: Callable[[Pair], Showing],
+                   progress: Progress | None, wait: bool) -> Showing | Pending:
+        """`made` of the generator's next pair for `source`: a buffered one at once, else
+        waited for, or (`wait` False) a `Pending` that waits when finished."""
+        pair = self.worker.take_ready(source)
+        if pair is not None:
+            return made(pair)
+        if not wait:
+            return Pending(lambda progress: made(self.worker.take(source, progress)))
+        return made(self.worker.take(source, progress))
 
     def _remember(self, annotator: Annotator, source: str, prompt: str,
                   images: tuple[ImageRecord, ImageRecord],

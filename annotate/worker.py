@@ -128,10 +128,9 @@ class PairWorker:
              timeout: float = 300.0) -> Pair:
         """The next pair for `source`: from its buffer, or made now (the caller waits)."""
         with self._cond:
-            buffer = self._touch(source)
-            if buffer.pairs:
-                self._served_at = time.monotonic()
-                return buffer.pairs.popleft()
+            pair = self._buffered(source)
+            if pair is not None:
+                return pair
             if not self._running:
                 raise PageError("the server is shutting down")
             if len(self._waiting) >= self.max_waiting:
@@ -152,6 +151,18 @@ class PairWorker:
                     raise PageError("no pair came in time: the generator is overloaded") from None
                 if progress is not None:
                     progress(*self._describe(waiter))
+
+    def take_ready(self, source: str) -> Pair | None:
+        """The next pair for `source` if one is buffered now, else None; never waits."""
+        with self._cond:
+            return self._buffered(source)
+
+    def _buffered(self, source: str) -> Pair | None:
+        buffer = self._touch(source)
+        if not buffer.pairs:
+            return None
+        self._served_at = time.monotonic()
+        return buffer.pairs.popleft()
 
     def ready(self, source: str) -> int:
         """Pairs buffered for `source` now."""

@@ -92,15 +92,19 @@ class Session:
 
     def call(self, api: str, *data) -> list:
         """The event's outputs, with its images downloaded."""
-        self.http.post(f"{self.prefix}/queue/join", json={
+        joined = self.http.post(f"{self.prefix}/queue/join", json={
             "data": list(data), "fn_index": self.events[api], "session_hash": self.session,
-            "event_data": None, "trigger_id": None}).raise_for_status()
+            "event_data": None, "trigger_id": None})
+        joined.raise_for_status()
+        event = joined.json()["event_id"]
         with self.http.stream("GET", f"{self.prefix}/queue/data",
                               params={"session_hash": self.session}) as stream:
             for line in stream.iter_lines():
                 if not line.startswith("data:"):
                     continue
                 message = json.loads(line[5:])
+                if message.get("event_id") != event:  # the session's other events
+                    continue
                 if message.get("msg") == "process_completed":
                     if not message.get("success", True):
                         raise RuntimeError(str(message.get("output"))[:200])

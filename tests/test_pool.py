@@ -250,3 +250,69 @@ def test_the_page_refuses_pool_when_the_store_has_none(tmp_path):
 
     with pytest.raises(UsageError, match=r"--pool: .* holds no pool pair still to vote on"):
         open_app(PageConfig(db=tmp_path / "prefs.duckdb", pool=True))
+
+
+def test_a_showing_the_generator_must_make_is_pending_and_a_pool_one_is_not(pooled):
+    # What lets the page record votes one at a time: next_showing(wait=False) never waits
+    # for the generator; it hands back a Pending that waits when finished (in a thread)
+    from annotate.showings import Pending
+
+    make_collector, made = pooled
+    collector = make_collector()
+    ann = collector.annotator("ann")
+    typed = collector.start(ann, "a green triangle", "new")  # made live (it waits)
+    assert made == ["a green triangle"]
+    collector.vote(ann, typed.showing_id, "left")
+    pending = collector.next_showing(ann, typed, "left", "new", wait=False)
+    assert isinstance(pending, Pending) and made == ["a green triangle"]  # nothing made yet
+    shown = pending.finish(None)
+    assert shown.prompt == "a green triangle" and len(made) == 2
+    collector.vote(ann, shown.showing_id, "left")
+    pooled_next = collector.next_showing(ann, shown, "left", "auto", wait=False)
+    assert pooled_next.pool_pair is not None and len(made) == 2  # a pool pair: at once
+
+
+def test_a_vote_that_waits_for_the_generator_holds_up_no_other_vote(tmp_path):
+    # One annotator types a prompt (its pairs are made live, seconds each at 300 steps);
+    # another votes on pool pairs meanwhile: votes are recorded one at a time, but a wait
+    # for the generator happens outside that line
+    import threading
+
+    from gradio_client import Client
+
+    from annotate.__main__ import main as annotate_main
+    from annotate.config import PageConfig
+    from annotate.serve import open_app
+    from tests.helpers import serving
+
+    db = tmp_path / "prefs.duckdb"
+    assert annotate_main(["pool", "--db", str(db), "--pairs", "6", *FAST]) == 0
+    server = open_app(PageConfig(db=db, pool=True, steps=300, buffer=0, min_display_ms=0))
+    try:
+        with serving(server.demo) as url:
+            ann, bob = Client(url, verbose=False), Client(url, verbose=False)
+            ann_shown = ann.predict("ann", "a red circle", "new", api_name="/generate")
+            bob_shown = bob.predict("bob", "", "auto", api_name="/generate")
+            ann_done = {}
+
+            def ann_votes():
+                start = time.perf_counter()
+                out = ann.predict("ann", "new", ann_shown[3], api_name="/vote_left")
+                ann_done.update(seconds=time.perf_counter() - start, at=time.perf_counter(),
+                                out=out)
+
+            waiting = threading.Thread(target=ann_votes)
+            waiting.start()
+            time.sleep(0.3)
+            for _ in range(3):
+                after = bob.predict("bob", "auto", bob_shown[3], api_name="/vote_left")
+                assert after[3] and after[3] != bob_shown[3], after[5]  # the next pool pair
+                bob_shown = after
+            bob_done = time.perf_counter()
+            waiting.join(timeout=120)
+    finally:
+        server.close()
+    assert ann_done["out"][3] and ann_done["out"][2] == "a red circle"  # made live
+    assert ann_done["seconds"] > 1.0 and bob_done < ann_done["at"]
+    with Store(db, read_only=True) as store:
+        assert store.cursor().execute("SELECT count(*) FROM rankings").fetchone()[0] == 4
