@@ -75,9 +75,10 @@ def start_server(db: Path, port: int, pool: bool, steps: int) -> subprocess.Pope
 class Session:
     """One browser tab's traffic, without the browser: Gradio's own queue protocol over
     HTTP (join the queue, read the event's answer from its server-sent events), then the
-    two image files the answer names, as the page fetches them. Costs the client about
-    6 ms of CPU a vote (gradio_client: about 150 ms), so on a shared machine the figures
-    are the server's, not the simulated annotators'."""
+    two image files the answer names, as the page fetches them, then the event the page
+    chains after it (`arm`, which turns the vote buttons on). Costs the client a few ms of
+    CPU a vote (gradio_client: about 150 ms), so on a shared machine the figures are the
+    server's, not the simulated annotators'."""
 
     def __init__(self, url: str):
         import httpx
@@ -86,14 +87,23 @@ class Session:
         self.http = httpx.Client(timeout=120)
         config = self.http.get(f"{self.url}/config").json()
         self.prefix = self.url + config.get("api_prefix", "/gradio_api")
-        self.events = {d["api_name"]: i for i, d in enumerate(config["dependencies"])
-                       if d.get("api_name")}
+        events = config["dependencies"]
+        self.events = {d["api_name"]: i for i, d in enumerate(events) if d.get("api_name")}
+        self.chained = {d["trigger_after"]: i for i, d in enumerate(events)
+                     if d.get("trigger_after") is not None}  # `.then` events, by the first
         self.session = secrets.token_hex(6)
 
     def call(self, api: str, *data) -> list:
         """The event's outputs, with its images downloaded."""
+        return self._event(self.events[api], list(data))
+
+    def then(self, api: str, showing_id: str) -> None:
+        """What the page runs after `api` answered (it turns the vote buttons on)."""
+        self._event(self.chained[self.events[api]], [showing_id])
+
+    def _event(self, index: int, data: list) -> list:
         joined = self.http.post(f"{self.prefix}/queue/join", json={
-            "data": list(data), "fn_index": self.events[api], "session_hash": self.session,
+            "data": data, "fn_index": index, "session_hash": self.session,
             "event_data": None, "trigger_id": None})
         joined.raise_for_status()
         event = joined.json()["event_id"]
@@ -108,12 +118,18 @@ class Session:
                 if message.get("msg") == "process_completed":
                     if not message.get("success", True):
                         raise RuntimeError(str(message.get("output"))[:200])
-                    outputs = message["output"]["data"]
+                    outputs = [None if _unchanged(value) else value
+                               for value in message["output"]["data"]]
                     for image in outputs[:2]:
-                        if image:
+                        if isinstance(image, dict) and image.get("url"):
                             self.http.get(image["url"]).raise_for_status()
                     return outputs
-        raise RuntimeError(f"{api}: the event stream ended without an answer")
+        raise RuntimeError(f"event {index}: the stream ended without an answer")
+
+
+def _unchanged(value) -> bool:
+    """Whether an output is Gradio's "leave it as it is" (`gr.skip()`): no new value."""
+    return isinstance(value, dict) and value.get("__type__") == "update" and "value" not in value
 
 
 def annotate(url: str, k: int, votes: int, think: float, out: dict) -> None:
@@ -122,7 +138,19 @@ def annotate(url: str, k: int, votes: int, think: float, out: dict) -> None:
     try:
         session = Session(url)
         name = f"annotator-{k}"
-        shown = session.call("generate", name, "", "auto")
+
+        def fresh() -> list:
+            """Generate until a pair is shown: a busy generator refuses, and the
+            annotator presses Generate again after looking away for `think` seconds."""
+            while True:
+                shown = session.call("generate", name, "", "auto")
+                if shown[3]:
+                    session.then("generate", shown[3])
+                    return shown
+                record["refused"].append(shown[5])
+                time.sleep(think)
+
+        shown = fresh()
         for _ in range(votes):
             time.sleep(think)
             start = time.perf_counter()
@@ -132,10 +160,11 @@ def annotate(url: str, k: int, votes: int, think: float, out: dict) -> None:
                 record["latencies"].append(latency * 1000)
                 record["acknowledged"] += 1
                 shown = after
+                session.then("vote_left", shown[3])
             else:  # said in the note: a vote stored with no pair after it ("busy"), or not
                 record["refused"].append(after[5])
                 record["acknowledged"] += after[5].startswith("Vote recorded")
-                shown = session.call("generate", name, "", "auto")
+                shown = fresh()
     except Exception as error:  # reported in the result, with the annotator
         record["error"] = f"{type(error).__name__}: {error}"
 
