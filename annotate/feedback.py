@@ -408,6 +408,8 @@ def make_pairs(config: PoolConfig, command: str) -> int:
     if not launch.main:
         return INTERRUPTED if counts.interrupted else 0
     summary = {"source": run.source, "db": str(config.db), "run": run.key, **counts.summary()}
+    if run.scorer is None:  # a pool: nothing judged
+        summary.pop("judge_ms_per_pair")
     print(json.dumps(summary))
     if config.summary is not None and not counts.interrupted:
         config.summary.write_text(json.dumps(summary, indent=1))
