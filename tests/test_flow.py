@@ -105,6 +105,45 @@ def test_noise_levels_follow_the_logit_normal_and_the_schedulers_shift(tiny_sd3_
     assert torch.allclose(weighted, torch.tensor([2 / (math.pi * 0.5)]))
 
 
+@pytest.mark.parametrize("mean", [1.0, -0.5, 0.0])
+def test_logit_normal_noise_levels_have_diffusers_scripts_quantiles(mean):
+    # diffusers' SD3 and FLUX scripts: u = sigmoid(m + d z), indices = (u * 1000).long(),
+    # sigma = the shifted scheduler's sigmas[indices] (a descending schedule); the same
+    # distribution here, quantile by quantile (m = +1 with SD3's shift: median 0.525)
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from diffusers.training_utils import compute_density_for_timestep_sampling
+
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
+    u = compute_density_for_timestep_sampling(
+        "logit_normal", 50_000, logit_mean=mean, logit_std=1.0,
+        generator=torch.Generator().manual_seed(1))
+    theirs = scheduler.sigmas[(u * 1000).long()]
+    ours = FlowProcess(3.0, "logit_normal", mean, 1.0).draw(
+        50_000, torch.Generator().manual_seed(2))
+    q = torch.tensor([0.05, 0.25, 0.5, 0.75, 0.95])
+    assert torch.allclose(torch.quantile(ours, q), torch.quantile(theirs.float(), q), atol=0.01)
+    if mean == 1.0:
+        assert abs(float(ours.median()) - 0.525) < 0.01
+
+
+def test_sigma_sqrt_on_the_velocity_is_diffusers_sd3_lora_loss_without_preconditioning():
+    # diffusers' SD3 LoRA script, --precondition_outputs 1 (its default): the prediction
+    # becomes x_s - s v_pred and is compared with x0, weighted 1/s^2 by sigma_sqrt; that is
+    # the plain velocity error. Ours weights the velocity error itself by 1/s^2, which is
+    # that script with --precondition_outputs 0 (docs/TRAINING.md says both)
+    process = FlowProcess(1.0, weighting="sigma_sqrt")
+    clean, noise, v_pred = torch.randn(3, 2, 4, 4), torch.randn(3, 2, 4, 4), torch.randn(3, 2, 4, 4)
+    sigma = torch.tensor([0.2, 0.5, 0.9])
+    s = sigma.view(-1, 1, 1, 1)
+    noisy = process.noisy(clean, noise, sigma)
+    weight = process.weights(sigma)
+    preconditioned = weight * (((noisy - s * v_pred) - clean) ** 2).flatten(1).mean(1)
+    plain = ((v_pred - process.target(clean, noise, sigma)) ** 2).flatten(1).mean(1)
+    assert torch.allclose(preconditioned, plain, rtol=1e-4)
+    ours = weight * plain
+    assert not torch.allclose(ours, plain)  # ours: 1/s^2 times the plain error
+
+
 def test_flux_latents_are_packed_and_positioned_as_the_pipeline_does(tiny_flux_dir):
     from diffusers import FluxPipeline
 

@@ -83,8 +83,12 @@ class FlowProcess:
         self.logit_mean, self.logit_std = logit_mean, logit_std
 
     def draw(self, pairs: int, generator: torch.Generator) -> torch.Tensor:
+        """Noise levels for `pairs` pairs. diffusers' SD3 and FLUX scripts draw u =
+        sigmoid(m + d z) and index their descending schedule with it, so their unshifted
+        level is 1 - u, distributed as sigmoid(-m + d z): drawn so here, `logit_mean` means
+        what it means there (m > 0: less noise; the SD3 paper's m has the other sign)."""
         if self.sampling == "logit_normal":
-            u = torch.sigmoid(self.logit_mean
+            u = torch.sigmoid(-self.logit_mean
                               + self.logit_std * torch.randn(pairs, generator=generator))
         else:
             u = torch.rand(pairs, generator=generator)
