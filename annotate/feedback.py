@@ -364,7 +364,8 @@ def run_from_config(config: PoolConfig) -> FeedbackRun:
         per_prompt=config.per_prompt, tie_margin=config.tie_margin if labelled else 0.0,
         batch=config.batch,
         scorer_options=tuple(config.scorer_options().items()) if labelled else (),
-        score_batch=(config.score_batch if labelled else None) or SCORE_BATCH,
+        score_batch=(SCORE_BATCH if not labelled or config.score_batch is None
+                     else config.score_batch),
     )
 
 

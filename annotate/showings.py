@@ -106,14 +106,6 @@ class Showing:
         return self.images[0].image_uid, self.images[1].image_uid
 
     @property
-    def left(self) -> Image.Image:
-        return self.pictures[self.shown_left]
-
-    @property
-    def right(self) -> Image.Image:
-        return self.pictures[1 - self.shown_left]
-
-    @property
     def sides(self) -> tuple[tuple[Image.Image, ImageRecord], tuple[Image.Image, ImageRecord]]:
         """(picture, stored record) on the left, then on the right."""
         left, right = self.shown_left, 1 - self.shown_left
@@ -411,14 +403,14 @@ class Collector:
 
     def _generated(self, source: str, made: Callable[[Pair], Showing],
                    progress: Progress | None, wait: bool) -> Showing | Pending:
-        """`made` of the generator's next pair for `source`: a buffered one at once, else
-        waited for, or (`wait` False) a `Pending` that waits when finished."""
+        """`made` of the generator's next pair for `source`, waited for; with `wait` False,
+        a buffered one at once, else a `Pending` that waits when finished."""
+        if wait:
+            return made(self.worker.take(source, progress))
         pair = self.worker.take_ready(source)
         if pair is not None:
             return made(pair)
-        if not wait:
-            return Pending(lambda progress: made(self.worker.take(source, progress)))
-        return made(self.worker.take(source, progress))
+        return Pending(lambda progress: made(self.worker.take(source, progress)))
 
     def _remember(self, annotator: Annotator, source: str, prompt: str,
                   images: tuple[ImageRecord, ImageRecord],

@@ -47,7 +47,7 @@ def mean_interval(scores: np.ndarray) -> tuple[float, Interval]:
 def score_images(scorer, name: str, prompts: list[str], paths: list[Path],
                  label: str, batch: int | None = None) -> np.ndarray:
     """The scorer's checked scores of one model's images (`label`), `batch` a call."""
-    batch = batch or SCORE_BATCH
+    batch = SCORE_BATCH if batch is None else batch
     scores = []
     for start in tqdm(range(0, len(paths), batch), desc=f"scoring {label}", unit="batch"):
         images = [open_image(p) for p in paths[start:start + batch]]

@@ -20,6 +20,11 @@ _SCORER_HELP = "toy_judge, pickscore, clip, aesthetic, hpsv2 or module:callable"
 _TIE_MARGIN_HELP = "score difference at or below which two images tie"
 
 
+def _check_score_batch(score_batch: int | None) -> None:
+    if score_batch is not None and score_batch < 1:
+        raise UsageError("--score-batch must be at least 1")
+
+
 @dataclass(frozen=True)
 class Sampling:
     """How each model's images are made (eval/images.py keys its cache by it)."""
@@ -115,6 +120,10 @@ class AutoConfig(Sampled, Compared):
     score_batch: int | None = setting(_SCORE_BATCH_HELP, None, metavar="N")
     out: str | None = setting("report folder (default: runs/eval/auto-<aligned name>)", None)
 
+    def __post_init__(self):
+        super().__post_init__()
+        _check_score_batch(self.score_batch)
+
 
 @dataclass(frozen=True)
 class LeaderboardConfig(Sampled):
@@ -136,6 +145,10 @@ class LeaderboardConfig(Sampled):
     prior: float = setting("virtual ties per pair of models, so an unbeaten model has a "
                            "finite rating (0: the plain maximum likelihood)", 1.0)
     out: str = setting("report folder", "runs/eval/leaderboard")
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check_score_batch(self.score_batch)
 
 
 COMMANDS = {"blind": BlindConfig, "report": ReportConfig, "auto": AutoConfig,

@@ -71,6 +71,10 @@ class ClipEmbedder:
             _features(self.model.get_image_features(**inputs)).float(), dim=-1
         )
 
+    def cosine(self, prompts: Sequence[str], images: Sequence[Image.Image]) -> torch.Tensor:
+        """cos(image, text) per (prompt, image), each side embedded in one forward pass."""
+        return (self.texts(prompts) * self.images(images)).sum(-1)
+
     @torch.inference_mode()
     def texts(self, prompts: Sequence[str]) -> torch.Tensor:
         inputs = self.processor(
@@ -90,9 +94,8 @@ class PickScore:
         self.clip = ClipEmbedder(model, processor, device)
 
     def __call__(self, prompts: Sequence[str], images: Sequence[Image.Image]) -> torch.Tensor:
-        cosine = (self.clip.texts(prompts) * self.clip.images(images)).sum(-1)
         scale = self.clip.model.logit_scale.detach().exp().float()
-        return (scale * cosine).cpu()
+        return (scale * self.clip.cosine(prompts, images)).cpu()
 
     def preference(self, prompt: str, images: Sequence[Image.Image]) -> torch.Tensor:
         """Probabilities that each image is preferred, as PickScore's paper reads them."""
@@ -106,8 +109,7 @@ class ClipScore:
         self.clip = ClipEmbedder(model, None, device)
 
     def __call__(self, prompts: Sequence[str], images: Sequence[Image.Image]) -> torch.Tensor:
-        cosine = (self.clip.texts(prompts) * self.clip.images(images)).sum(-1)
-        return (100 * cosine.clamp(min=0)).cpu()
+        return (100 * self.clip.cosine(prompts, images).clamp(min=0)).cpu()
 
 
 class AestheticHead(torch.nn.Module):
@@ -156,7 +158,7 @@ class HpsV2:
         self.clip = ClipEmbedder(model, processor, device)
 
     def __call__(self, prompts: Sequence[str], images: Sequence[Image.Image]) -> torch.Tensor:
-        return (self.clip.texts(prompts) * self.clip.images(images)).sum(-1).cpu()
+        return self.clip.cosine(prompts, images).cpu()
 
 
 def checked_scores(scorer: Scorer, name: str, prompts: Sequence[str],
@@ -167,7 +169,7 @@ def checked_scores(scorer: Scorer, name: str, prompts: Sequence[str],
     Every caller of a scorer (AI feedback, `eval auto`, the trainer's samples) goes through
     this: a user's `module:callable` may return anything, and a wrong count or a NaN
     would otherwise become a silent label or a silent mean. `batch` bounds what a call
-    holds on the scorer's device (`--score_batch`: lower it when a scorer runs out of GPU
+    holds on the scorer's device (`--score-batch`: lower it when a scorer runs out of GPU
     memory, raise it while the GPU is not busy).
     """
     scores = []

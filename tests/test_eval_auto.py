@@ -208,3 +208,13 @@ def test_two_processes_make_the_images_and_tallies_of_one(tmp_path, broken_toy):
     images = [{str(p.relative_to(tmp_path / f / "i")): p.read_bytes()
                for p in (tmp_path / f / "i").rglob("*.png")} for f in ("one", "two")]
     assert len(images[0]) == 72 and images[0] == images[1]
+
+
+@pytest.mark.parametrize("command", ["auto", "leaderboard"])
+def test_a_score_batch_below_one_is_refused_before_any_work(command):
+    from cli.errors import UsageError
+    from cli.parser import parse_command
+    from eval.config import COMMANDS
+
+    with pytest.raises(UsageError, match="--score-batch must be at least 1"):
+        parse_command(COMMANDS, [command, "--score-batch", "0"], "python -m eval")

@@ -199,6 +199,7 @@ def test_a_store_held_by_another_process_is_one_line_and_exit_1(tmp_path):
         (["--prompts", "missing.txt"], "not found"),
         (["--model", "some/other-model"], "--prompts FILE"),
         (["--pairs", "0"], "--pairs must be at least 1"),
+        (["--score-batch", "0"], "--score-batch must be at least 1"),
         (["--pairs", "many"], "invalid int value"),
         (["--guidance-range", "0.5", "12"], "1 < LOW <= HIGH"),
         (["--guidance", "5", "--guidance-range", "3", "12"], "not both"),
