@@ -32,10 +32,14 @@ class Sampling:
     seeds: int = setting("images per prompt and model, seeds 0..N-1", 2)
     steps: int = setting("sampler steps", 20)
     guidance: float = setting("guidance scale", 7.5)
+    size: int | None = setting("image side in pixels, a multiple of 16 (default: the "
+                               "model's own)", None, metavar="PX")
 
     def __post_init__(self):
         if self.seeds < 1 or self.steps < 1:
             raise UsageError("--seeds and --steps must be at least 1")
+        if self.size is not None and (self.size < 16 or self.size % 16):
+            raise UsageError(f"--size {self.size}: give a multiple of 16, e.g. 512 or 1024")
 
 
 @dataclass(frozen=True)
@@ -46,7 +50,7 @@ class Sampled(Sampling):
                           "leaderboard", "runs/eval/images")
 
     def sampling(self) -> Sampling:
-        return Sampling(self.seeds, self.steps, self.guidance)
+        return Sampling(self.seeds, self.steps, self.guidance, self.size)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """The images an evaluation compares, made once per model and reused.
 
-Both models get the same prompts, seeds, sampler, steps and guidance. Images live under
+Both models get the same prompts, seeds, sampler, steps, guidance and size. Images live under
 `runs/eval/images/<key>/`, where the key hashes the model's fingerprint (its files'
 sizes and times, so a model retrained in place gets new images) and the sampling
 settings. File names are hashes of prompt and seed: they name no model.
@@ -34,7 +34,10 @@ def image_name(prompt: str, seed: int) -> str:
 
 
 def model_folder(model: str, sampling: Sampling, root: Path = DEFAULT_ROOT) -> Path:
-    return root / _hash([fingerprint(model), sampling.steps, sampling.guidance])
+    settings = [fingerprint(model), sampling.steps, sampling.guidance]
+    if sampling.size is not None:  # the model's own size: the key it always had
+        settings.append(sampling.size)
+    return root / _hash(settings)
 
 
 def images_for(model: str, prompts: list[str], sampling: Sampling,
@@ -68,7 +71,7 @@ def images_for(model: str, prompts: list[str], sampling: Sampling,
                 return {k: path for k, path in wanted.items() if path.exists()}
             seeds = list(range(sampling.seeds))
             for image in generate(loaded, prompt, seeds, [sampling.guidance] * len(seeds),
-                                  sampling.steps):
+                                  sampling.steps, sampling.size, sampling.size):
                 path = wanted[(prompt, image.seed)]
                 temp = path.with_suffix(".tmp.png")
                 image.image.save(temp)

@@ -1,13 +1,18 @@
 """Generate image pairs for one prompt, recording how each image was made.
 
 Both images of a pair come from one batched pipeline call, each with its own seed and
-its own guidance scale. diffusers pipelines take one guidance scale per call; a
-per-image scale is applied by rescaling the text half of the denoiser's output (UNet or
-SD3 transformer) inside the call, which is exact: with call scale G and image scale g,
-the pipeline's `u + G * (t' - u)` with `t' = u + (g / G) * (t - u)` is `u + g * (t - u)`.
-FLUX has no classifier-free guidance to rescale: FLUX dev takes its guidance as an input
-of the transformer, one value per call, so images with different scales take one call
-each; FLUX schnell takes none, and its images record guidance 0.
+its own guidance scale. diffusers pipelines take one guidance scale per call; for the
+UNets and SD3, whose pipelines batch the conditioned and unconditioned halves, a
+per-image scale is applied by rescaling the text half of the denoiser's output inside
+the call, which is exact: with call scale G and image scale g, the pipeline's
+`u + G * (t' - u)` with `t' = u + (g / G) * (t - u)` is `u + g * (t - u)`.
+The other transformers take one scale per call, so images with different scales take
+one call each, each in its model's own convention (`guidance_options`): FLUX.1 dev and
+FLUX.2 dev take guidance as an input of the transformer; FLUX.2 [klein] base and Z-Image
+run classifier-free guidance against the empty prompt (`guidance_scale`; Z-Image's 0 is
+none, as Z-Image-Turbo is run); Qwen-Image runs "true CFG" (`true_cfg_scale`) against
+the negative prompt " " its model card uses. Guidance-distilled models that take none
+(FLUX.1 schnell, FLUX.2 [klein] distilled) record guidance 0.
 Pairs from two different models take one call per model.
 """
 
@@ -75,6 +80,27 @@ def _per_image_guidance(denoiser: torch.nn.Module, ratios: torch.Tensor):
         handle.remove()
 
 
+# kinds whose pipelines batch the conditioned and unconditioned halves in one UNet or
+# transformer call, so that `_per_image_guidance` can rescale each image's half
+BATCHED_CFG_KINDS = ("sd", "sdxl", "sd3")
+
+
+def takes_guidance(model: LoadedModel) -> bool:
+    """Whether the model's images depend on a guidance scale at all."""
+    if model.kind == "flux":
+        return bool(model.denoiser.config.guidance_embeds)  # dev yes, schnell no
+    if model.kind == "flux2":
+        return not model.pipeline.config.get("is_distilled", False)  # klein distilled: no
+    return True
+
+
+def guidance_options(model: LoadedModel, scale: float, n: int) -> dict:
+    """The pipeline call's arguments for guidance `scale` on `n` images."""
+    if model.kind == "qwenimage":
+        return {"true_cfg_scale": scale, "negative_prompt": [" "] * n}
+    return {"guidance_scale": scale}
+
+
 def generate(
     model: LoadedModel,
     prompt: str,
@@ -85,8 +111,9 @@ def generate(
     width: int | None = None,
     on_step: Callable[[int, int], None] | None = None,
 ) -> list[GeneratedImage]:
-    """One image per seed for `prompt`, in one batched call (FLUX dev with differing
-    guidance: one call per image); the same inputs, the same images.
+    """One image per seed for `prompt`, in one batched call (for transformers other than
+    SD3 with differing guidance: one call per image); the same inputs, the same images.
+    `height` and `width`: the pipeline's default size where None.
 
     `on_step(done, total)` is called after each sampler step, for progress displays.
     """
@@ -95,16 +122,14 @@ def generate(
     if not prompt.strip():
         raise ModelError("the prompt is empty: type what the image should show")
     n = len(seeds)
+    if not takes_guidance(model):
+        guidance_scales = [0.0] * n
     top = max(guidance_scales)
     varies = len(set(guidance_scales)) > 1
-    if model.kind == "flux":
-        if not model.denoiser.config.guidance_embeds:  # schnell: no guidance at all
-            guidance_scales = [0.0] * n
-        elif varies:  # one guidance input per call
-            return [image for seed, g in zip(seeds, guidance_scales, strict=True)
-                    for image in generate(model, prompt, [seed], [g], steps, height, width,
-                                          on_step)]
-        varies = False
+    if varies and model.kind not in BATCHED_CFG_KINDS:
+        return [image for seed, g in zip(seeds, guidance_scales, strict=True)
+                for image in generate(model, prompt, [seed], [g], steps, height, width,
+                                      on_step)]
     if varies and min(guidance_scales) <= 1.0:
         raise ModelError("per-image guidance scales must all be above 1")
     pipe = model.pipeline
@@ -124,9 +149,9 @@ def generate(
         )
         with guidance:
             images = pipe(
-                [prompt] * n, num_inference_steps=steps, guidance_scale=top,
-                generator=generators, height=height, width=width,
-                callback_on_step_end=step_callback,
+                prompt=[prompt] * n, num_inference_steps=steps, generator=generators,
+                height=height, width=width, callback_on_step_end=step_callback,
+                **guidance_options(model, top, n),
             ).images
     gen_ms = (time.perf_counter() - start) * 1000 / n
     return [
@@ -155,7 +180,8 @@ def generate_pair(
     drawn_seeds, guidance = variety.draw(rng)
     seeds = list(seeds) if seeds is not None else drawn_seeds
     if isinstance(models, LoadedModel):
-        first, second = generate(models, prompt, seeds, guidance, variety.steps, on_step=on_step)
+        first, second = generate(models, prompt, seeds, guidance, variety.steps, variety.size,
+                                 variety.size, on_step=on_step)
         return first, second
     if len(models) != 2:
         raise ModelError("a pair comes from one model or two")
@@ -166,6 +192,9 @@ def generate_pair(
             return None
         return lambda done, _total: on_step(offset + done, 2 * steps)
 
-    [first] = generate(models[0], prompt, seeds[:1], guidance[:1], steps, on_step=half(0))
-    [second] = generate(models[1], prompt, seeds[1:], guidance[1:], steps, on_step=half(steps))
+    size = variety.size
+    [first] = generate(models[0], prompt, seeds[:1], guidance[:1], steps, size, size,
+                       on_step=half(0))
+    [second] = generate(models[1], prompt, seeds[1:], guidance[1:], steps, size, size,
+                        on_step=half(steps))
     return first, second

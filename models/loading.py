@@ -4,8 +4,9 @@ A name is `toy` (the bundled model), a local diffusers pipeline folder, a Hub id
 LoRA folder written by `train` (its weights plus `base_model.json` naming the base), or
 the run folder of `python -m rounds`, which stands for its newest finished round's model.
 Its kind is read from the model's own files: `sd` (SD 1.x/2.x), `sdxl`, `sd3` (SD3 and
-SD3.5) or `flux`. The first two denoise with a UNet that predicts noise; `sd3` and
-`flux` are rectified-flow transformers that predict a velocity (`FLOW_KINDS`).
+SD3.5), `flux` (FLUX.1), `flux2` (FLUX.2 [klein] and FLUX.2), `qwenimage` (Qwen-Image) or
+`zimage` (Z-Image). The first two denoise with a UNet that predicts noise; the others are
+rectified-flow transformers that predict a velocity (`FLOW_KINDS`).
 
 `check(name)` answers, in a second and without loading weights, whether a name can be
 loaded at all, so a command can refuse a wrong name before it does any work: a name that
@@ -42,8 +43,17 @@ ROUND_FILE = "round.json"
 NEWEST_ROUND_FILE = "newest-round.json"
 
 
-KINDS = ("sd", "sdxl", "sd3", "flux")
-FLOW_KINDS = ("sd3", "flux")  # rectified flow: x_t = (1 - t) x0 + t noise, velocity target
+KINDS = ("sd", "sdxl", "sd3", "flux", "flux2", "qwenimage", "zimage")
+# rectified flow: x_t = (1 - t) x0 + t noise, velocity target
+FLOW_KINDS = ("sd3", "flux", "flux2", "qwenimage", "zimage")
+# The text-to-image pipeline classes of the transformer kinds; FLUX.2 [klein] and FLUX.2
+# (dev) share one kind: the same transformer and latents, other text encoders.
+TRANSFORMER_PIPELINES = {
+    "StableDiffusion3Pipeline": "sd3", "FluxPipeline": "flux", "Flux2KleinPipeline": "flux2",
+    "Flux2Pipeline": "flux2", "QwenImagePipeline": "qwenimage", "ZImagePipeline": "zimage",
+}
+FAMILIES = {"StableDiffusion3": "SD3", "Flux2": "FLUX.2", "Flux": "FLUX",
+            "QwenImage": "Qwen-Image", "ZImage": "Z-Image"}  # class-name prefix: family
 
 
 def denoiser_part(kind: str) -> str:
@@ -65,11 +75,20 @@ class LoadedModel:
 
     @property
     def scheduler_name(self) -> str:
-        return type(self.pipeline.scheduler).__name__
+        """The sampler's class, and for flow-matching samplers the shift that places their
+        steps (static, or computed from the image size at each call), as the store
+        records it: what an image needs, beside seed, steps and guidance, to be made again."""
+        scheduler = self.pipeline.scheduler
+        name, config = type(scheduler).__name__, scheduler.config
+        if "shift" not in config:
+            return name
+        if config.get("use_dynamic_shifting"):
+            return f"{name} (shift from the image size)"
+        return f"{name} (shift {config['shift']:g})"
 
     @property
     def denoiser(self) -> torch.nn.Module:
-        """The UNet (sd, sdxl) or the transformer (sd3, flux)."""
+        """The UNet (sd, sdxl) or the transformer (the flow kinds)."""
         return getattr(self.pipeline, denoiser_part(self.kind))
 
 
@@ -83,32 +102,36 @@ def default_device_and_dtype() -> tuple[str, torch.dtype]:
 def kind_of(model_index: dict) -> str:
     """One of KINDS, from a pipeline's model_index.json."""
     class_name = model_index.get("_class_name", "")
-    if class_name.startswith("Flux"):
-        if class_name != "FluxPipeline":
-            raise ModelError(f"{class_name} is a FLUX pipeline for another task: use a "
-                             "text-to-image FLUX model (FluxPipeline)")
-        return "flux"
-    if class_name.startswith("StableDiffusion3"):
-        if class_name != "StableDiffusion3Pipeline":
-            raise ModelError(f"{class_name} is an SD3 pipeline for another task: use a "
-                             "text-to-image SD3 model (StableDiffusion3Pipeline)")
-        return "sd3"
+    if class_name in TRANSFORMER_PIPELINES:
+        return TRANSFORMER_PIPELINES[class_name]
+    for prefix, family in FAMILIES.items():
+        if class_name.startswith(prefix):
+            if class_name.startswith("QwenImage2"):
+                raise ModelError(f"{class_name} (Qwen-Image 2.x) is not supported yet: use "
+                                 "Qwen-Image (QwenImagePipeline)")
+            known = [c for c, kind in TRANSFORMER_PIPELINES.items() if c.startswith(prefix)]
+            raise ModelError(f"{class_name} is a {family} pipeline for another task: use a "
+                             f"text-to-image {family} model ({' or '.join(known)})")
     if "XL" in class_name or ("text_encoder_2" in model_index and "unet" in model_index):
         return "sdxl"
     if "StableDiffusion" in class_name or "unet" in model_index:
         return "sd"
     raise ModelError(f"{class_name or 'this model'} is not a Stable Diffusion (1.x, 2.x, XL, "
-                     "3) or FLUX pipeline")
+                     "3), FLUX (.1 or .2), Qwen-Image or Z-Image pipeline")
 
 
-def pipeline_class(kind: str):
-    """The diffusers pipeline class of a kind."""
+def pipeline_class(kind: str, class_name: str | None = None):
+    """The diffusers pipeline class of a kind (of `class_name`, the model's own, where
+    one kind has two: FLUX.2 [klein] and FLUX.2)."""
     import diffusers
 
+    if class_name in TRANSFORMER_PIPELINES:
+        return getattr(diffusers, class_name)
     return getattr(diffusers, {"sd": "StableDiffusionPipeline",
                                "sdxl": "StableDiffusionXLPipeline",
-                               "sd3": "StableDiffusion3Pipeline",
-                               "flux": "FluxPipeline"}[kind])
+                               "sd3": "StableDiffusion3Pipeline", "flux": "FluxPipeline",
+                               "flux2": "Flux2KleinPipeline", "qwenimage": "QwenImagePipeline",
+                               "zimage": "ZImagePipeline"}[kind])
 
 
 HUB_PROBE_TIMEOUT = 5.0  # seconds: one quick look at the Hub instead of minutes of retries
@@ -258,7 +281,7 @@ def load(
     source, index, local = _model_index(base or name)
     kind = kind_of(index)
     try:
-        pipeline = pipeline_class(kind).from_pretrained(
+        pipeline = pipeline_class(kind, index.get("_class_name")).from_pretrained(
             source, dtype=dtype, local_files_only=local,
             **({denoiser_part(kind): denoiser} if denoiser is not None else {}),
             **({"safety_checker": None, "requires_safety_checker": False} if kind == "sd"

@@ -96,3 +96,33 @@ def write_t5_tokenizer(
                     model_max_length=model_max_length).save_pretrained(directory)
     return directory
 
+
+
+QWEN_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>",
+                 "<|vision_end|>", "<|image_pad|>", "<think>", "</think>")
+# Qwen's chat format, user/system/assistant turns; Qwen3's `enable_thinking=False` adds an
+# empty thinking block after the generation prompt, as Qwen3's own template does.
+QWEN_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{{ message['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and enable_thinking is false %}"
+    "<think>\n\n</think>\n\n{% endif %}{% endif %}"
+)
+
+
+def write_qwen_tokenizer(directory: str | Path, model_max_length: int = 512) -> Path:
+    """Write a byte-level Qwen2 tokenizer with Qwen's chat specials and template (the
+    text encoders of Qwen-Image, Z-Image and FLUX.2 [klein] read prompts through it);
+    load with Qwen2TokenizerFast or AutoTokenizer. Every character is a token or a few
+    byte tokens: no merges."""
+    from transformers import Qwen2TokenizerFast
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    vocab = {symbol: i for i, symbol in enumerate(_bytes_to_unicode().values())}
+    tokenizer = Qwen2TokenizerFast(vocab=vocab, merges=[], model_max_length=model_max_length)
+    tokenizer.add_special_tokens({"additional_special_tokens": list(QWEN_SPECIALS[1:])})
+    tokenizer.chat_template = QWEN_CHAT_TEMPLATE
+    tokenizer.save_pretrained(directory)
+    return directory

@@ -26,10 +26,15 @@ class PairVariety:
         "draw each image's guidance uniformly from LOW..HIGH (Pick-a-Pic drew 3..12)", None,
         nargs=2, metavar=("LOW", "HIGH"))
     steps: int = setting("sampling steps", 20, metavar="N")
+    size: int | None = setting("image side in pixels, a multiple of 16 (default: the model's "
+                               "own: 512 for SD1.5, 1024 for SDXL, SD3, FLUX, Qwen-Image and "
+                               "Z-Image)", None, metavar="PX")
 
     def __post_init__(self) -> None:
         if self.steps < 1:
             raise UsageError("--steps must be at least 1")
+        if self.size is not None and (self.size < 16 or self.size % 16):
+            raise UsageError(f"--size {self.size}: give a multiple of 16, e.g. 512 or 1024")
         if self.guidance_range is None:
             return
         if self.guidance != DEFAULT_GUIDANCE:
@@ -51,4 +56,4 @@ class PairVariety:
 
     def variety(self) -> PairVariety:
         """These settings alone (a command's config holds more)."""
-        return PairVariety(self.guidance, self.guidance_range, self.steps)
+        return PairVariety(self.guidance, self.guidance_range, self.steps, self.size)

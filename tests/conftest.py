@@ -148,6 +148,137 @@ def build_tiny_flux(directory: Path, guidance_embeds: bool = True) -> Path:
     return directory / "pipe"
 
 
+def _qwen_tokenizer(directory: Path):
+    from transformers import AutoTokenizer
+
+    from models.tokenizer import write_qwen_tokenizer
+
+    return AutoTokenizer.from_pretrained(write_qwen_tokenizer(directory))
+
+
+QWEN_IDS = {"bos_token_id": 256, "eos_token_id": 256, "pad_token_id": 256}  # <|endoftext|>
+
+
+def _qwen3_config(layers: int):
+    """A tiny Qwen3 text model (hidden 16) over the local Qwen tokenizer's ids."""
+    from transformers import Qwen3Config
+
+    return Qwen3Config(hidden_size=16, intermediate_size=16, num_hidden_layers=layers,
+                       num_attention_heads=2, num_key_value_heads=2, head_dim=8,
+                       vocab_size=300, max_position_embeddings=512, **QWEN_IDS)
+
+
+def build_tiny_flux2_klein(directory: Path) -> Path:
+    """A tiny FLUX.2 [klein] base pipeline (Qwen3 text encoder read at layers 9, 18 and
+    27 as the real one is, 2x2-patchified latents normalised by the VAE's batch-norm
+    statistics, 4-axis position ids, true CFG), saved (diffusers' get_dummy_components,
+    with a local tokenizer and statistics that are not the identity)."""
+    import torch
+    from diffusers import (
+        AutoencoderKLFlux2,
+        FlowMatchEulerDiscreteScheduler,
+        Flux2KleinPipeline,
+        Flux2Transformer2DModel,
+    )
+    from transformers import Qwen3ForCausalLM
+
+    torch.manual_seed(0)
+    transformer = Flux2Transformer2DModel(
+        patch_size=1, in_channels=4, num_layers=1, num_single_layers=1,
+        attention_head_dim=16, num_attention_heads=2, joint_attention_dim=48,
+        timestep_guidance_channels=256, axes_dims_rope=[4, 4, 4, 4], guidance_embeds=False)
+    torch.manual_seed(0)
+    text_encoder = Qwen3ForCausalLM(_qwen3_config(27))
+    torch.manual_seed(0)
+    vae = AutoencoderKLFlux2(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(4, 8),
+        layers_per_block=1, latent_channels=1, norm_num_groups=1, use_quant_conv=False,
+        use_post_quant_conv=False)
+    with torch.no_grad():
+        vae.bn.running_mean.copy_(torch.tensor([0.1, -0.2, 0.3, 0.0]))
+        vae.bn.running_var.copy_(torch.tensor([2.0, 0.5, 1.5, 1.0]))
+    pipe = Flux2KleinPipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(
+            use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15),
+        vae=vae, text_encoder=text_encoder, tokenizer=_qwen_tokenizer(directory / "_tok"))
+    pipe.save_pretrained(directory / "pipe")
+    return directory / "pipe"
+
+
+def build_tiny_qwenimage(directory: Path) -> Path:
+    """A tiny Qwen-Image pipeline (Qwen2.5-VL text encoder, a 3-D VAE whose latents are
+    normalised by per-channel mean and std, 2x2-packed latents, true CFG), saved."""
+    import torch
+    from diffusers import (
+        AutoencoderKLQwenImage,
+        FlowMatchEulerDiscreteScheduler,
+        QwenImagePipeline,
+        QwenImageTransformer2DModel,
+    )
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    torch.manual_seed(0)
+    transformer = QwenImageTransformer2DModel(
+        patch_size=2, in_channels=16, out_channels=4, num_layers=2, attention_head_dim=16,
+        num_attention_heads=3, joint_attention_dim=16, guidance_embeds=False,
+        axes_dims_rope=(8, 4, 4))
+    torch.manual_seed(0)
+    vae = AutoencoderKLQwenImage(
+        base_dim=24, z_dim=4, dim_mult=[1, 2, 4], num_res_blocks=1,
+        temperal_downsample=[False, True], latents_mean=[0.1, -0.2, 0.05, 0.0],
+        latents_std=[1.5, 0.8, 1.2, 1.0])
+    torch.manual_seed(0)
+    config = Qwen2_5_VLConfig(
+        text_config={"hidden_size": 16, "intermediate_size": 16, "num_hidden_layers": 2,
+                     "num_attention_heads": 2, "num_key_value_heads": 2,
+                     "rope_scaling": {"mrope_section": [1, 1, 2], "rope_type": "default",
+                                      "type": "default"},
+                     "rope_theta": 1000000.0, "vocab_size": 300, **QWEN_IDS},
+        vision_config={"depth": 2, "hidden_size": 16, "intermediate_size": 16,
+                       "num_heads": 2, "out_hidden_size": 16},
+        hidden_size=16, vocab_size=300, vision_end_token_id=260, **QWEN_IDS,
+        vision_start_token_id=259, vision_token_id=261)
+    text_encoder = Qwen2_5_VLForConditionalGeneration(config).eval()
+    pipe = QwenImagePipeline(
+        transformer=transformer, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(
+            use_dynamic_shifting=True, base_shift=0.5, max_shift=0.9),
+        text_encoder=text_encoder, tokenizer=_qwen_tokenizer(directory / "_tok"))
+    pipe.save_pretrained(directory / "pipe")
+    return directory / "pipe"
+
+
+def build_tiny_zimage(directory: Path) -> Path:
+    """A tiny Z-Image pipeline (Qwen3 text encoder, variable-length captions as lists,
+    the FLUX VAE's shift and scale, static shift 3 as Z-Image-Turbo), saved."""
+    import torch
+    from diffusers import (
+        FlowMatchEulerDiscreteScheduler,
+        ZImagePipeline,
+        ZImageTransformer2DModel,
+    )
+    from transformers import Qwen3Model
+
+    torch.manual_seed(0)
+    transformer = ZImageTransformer2DModel(
+        all_patch_size=(2,), all_f_patch_size=(1,), in_channels=4, dim=32, n_layers=2,
+        n_refiner_layers=1, n_heads=2, n_kv_heads=2, norm_eps=1e-5, qk_norm=True,
+        cap_feat_dim=16, rope_theta=256.0, t_scale=1000.0, axes_dims=[8, 4, 4],
+        axes_lens=[256, 32, 32])
+    with torch.no_grad():
+        transformer.x_pad_token.copy_(torch.ones_like(transformer.x_pad_token))
+        transformer.cap_pad_token.copy_(torch.ones_like(transformer.cap_pad_token))
+    torch.manual_seed(0)
+    text_encoder = Qwen3Model(_qwen3_config(2))
+    pipe = ZImagePipeline(
+        transformer=transformer, vae=_tiny_vae(latent_channels=4, shift_factor=0.1159,
+                                               scaling_factor=0.3611),
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), text_encoder=text_encoder,
+        tokenizer=_qwen_tokenizer(directory / "_tok"))
+    pipe.save_pretrained(directory / "pipe")
+    return directory / "pipe"
+
+
 def build_tiny_sd(directory: Path) -> Path:
     """A tiny Stable Diffusion 1.5-style pipeline, randomly initialised, saved to `directory`."""
     import torch
@@ -249,6 +380,24 @@ def tiny_sd3_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_flux_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A saved tiny FLUX-dev-style pipeline directory (guidance as an input)."""
     return build_tiny_flux(tmp_path_factory.mktemp("tiny-flux"))
+
+
+@pytest.fixture(scope="session")
+def tiny_flux2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A saved tiny FLUX.2 [klein] base pipeline directory."""
+    return build_tiny_flux2_klein(tmp_path_factory.mktemp("tiny-flux2"))
+
+
+@pytest.fixture(scope="session")
+def tiny_qwenimage_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A saved tiny Qwen-Image pipeline directory."""
+    return build_tiny_qwenimage(tmp_path_factory.mktemp("tiny-qwenimage"))
+
+
+@pytest.fixture(scope="session")
+def tiny_zimage_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A saved tiny Z-Image pipeline directory."""
+    return build_tiny_zimage(tmp_path_factory.mktemp("tiny-zimage"))
 
 
 def build_tiny_clip(directory: Path) -> Path:
