@@ -109,6 +109,8 @@ class FeedbackRun:
             "tie_margin": self.tie_margin,
             "prompts": hashlib.sha256("\n".join(self.prompts).encode()).hexdigest(),
         }
+        if self.variety.size is not None:  # the model's own size: the key it always had
+            identity["size"] = self.variety.size
         text = json.dumps(identity, sort_keys=True)
         return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
@@ -250,7 +252,8 @@ def make_batch(run: FeedbackRun, model: LoadedModel, labeller: Labeller | None,
     start = time.perf_counter()
     images = generate(
         model, prompt, [s for seeds, _ in draws for s in seeds],
-        [g for _, scales in draws for g in scales], run.variety.steps,
+        [g for _, scales in draws for g in scales], run.variety.steps, run.variety.size,
+        run.variety.size,
     )
     jpgs = [encode_jpeg(im.image) for im in images]
     counts.generate_s += time.perf_counter() - start

@@ -15,7 +15,14 @@ distinct caption, plus the empty prompt's, which prompt dropout swaps in - the s
 unconditional embedding that the pipeline uses at inference (zeros for SDXL's
 `force_zeros_for_empty_prompt`; SD3's and FLUX's encoding of ""). SD3 and FLUX store
 the whole text sequence (CLIP's tokens, then `text_tokens` T5 tokens; FLUX: T5's alone)
-and the pooled CLIP embedding.
+and the pooled CLIP embedding. The LLM-encoded kinds store what their pipelines pass the
+transformer: FLUX.2's Qwen3 (or Mistral) hidden states of three layers, padded to
+`text_tokens` as the pipeline pads them; Qwen-Image's and Z-Image's captions vary in
+length (the transformer sees only a caption's own tokens), so each row is stored with its
+length, zero-padded to the longest caption of its chunk. Latents are stored as each
+transformer reads them before packing: FLUX.2's 2x2-patchified and normalised by the
+VAE's batch-norm statistics, Qwen-Image's normalised by its VAE's per-channel mean and
+std (the frame axis of its video VAE dropped).
 
 A cache folder is named by a hash of the encoders' files (their contents, not their
 path) and the preprocessing settings that change a pixel or an embedding. It holds chunks
@@ -60,7 +67,7 @@ class Preprocessing:
     random_crop: bool
     random_flip: bool
     seed: int
-    text_tokens: int | None = None  # sd3/flux: T5 tokens per caption (None: the pipeline's)
+    text_tokens: int | None = None  # flow kinds: T5/LLM tokens per caption (None: pipeline's)
 
     def text_options(self) -> dict:
         """What `encode_prompt` is given besides the prompts."""
@@ -76,11 +83,28 @@ class CachedBatch:
     pooled: torch.Tensor | None = None  # SDXL, SD3, FLUX: [B, D2]
     time_ids: torch.Tensor | None = None  # SDXL: [B, 6]
     liked: torch.Tensor | None = None  # KTO: [B, 2], each image liked (True) or disliked
+    text_lengths: torch.Tensor | None = None  # Qwen-Image, Z-Image: [B] tokens of each row
 
 
-# the T5 tokens per caption SD3's and FLUX's pipelines encode when not told
-# (`max_sequence_length` of their `encode_prompt`)
-DEFAULT_T5_TOKENS = {"sd3": 256, "flux": 512}
+@dataclass
+class Texts:
+    """Captions as a pipeline conditions on them: `embeds` [N, L, D], zero-padded past each
+    caption's `lengths` for the kinds whose captions vary in length
+    (`VARIABLE_TEXT_KINDS`), and the pooled embeddings [N, D2] of the kinds with one."""
+
+    embeds: torch.Tensor
+    pooled: torch.Tensor | None = None
+    lengths: torch.Tensor | None = None
+
+
+# the T5 or LLM tokens per caption the flow kinds' pipelines encode when not told
+# (`max_sequence_length` of their `encode_prompt`; Qwen-Image and Z-Image: at most)
+DEFAULT_TEXT_TOKENS = {"sd3": 256, "flux": 512, "flux2": 512, "qwenimage": 512,
+                       "zimage": 512}
+VARIABLE_TEXT_KINDS = ("qwenimage", "zimage")
+# The unconditional caption prompt dropout swaps in: the one each pipeline guides against
+# (Qwen-Image's model card uses the negative prompt " "; the others "").
+EMPTY_CAPTION = {"qwenimage": " "}
 _NPY_HEADER = 128  # numpy's .npy header for these arrays
 
 
@@ -94,21 +118,25 @@ def _config(model: str, part: str) -> dict | None:
 
 def text_shape(model: str, kind: str, prep: Preprocessing) -> tuple[tuple, tuple | None] | None:
     """(the cached text embedding's shape per caption, the pooled one's or None), read from
-    the model's config files as `encode_prompts` will produce them; None when they are
-    not on this machine."""
+    the model's config files as `encode_prompts` will produce them (Qwen-Image, Z-Image:
+    their longest); None when they are not on this machine."""
     from models.loading import denoiser_part
 
     denoiser = _config(model, denoiser_part(kind))
     clip = _config(model, "tokenizer")
     if denoiser is None or clip is None:
-        return None
+        return None  # (for the LLM-encoded kinds, "clip" is their tokenizer's config)
     if kind in ("sd", "sdxl"):
         pooled = _config(model, "text_encoder_2") if kind == "sdxl" else None
         if kind == "sdxl" and pooled is None:
             return None
         return ((clip["model_max_length"], denoiser["cross_attention_dim"]),
                 None if pooled is None else (pooled["projection_dim"],))
-    t5 = prep.text_tokens or DEFAULT_T5_TOKENS[kind]
+    t5 = prep.text_tokens or DEFAULT_TEXT_TOKENS[kind]
+    if kind == "zimage":
+        return (t5, denoiser["cap_feat_dim"]), None
+    if kind in ("flux2", "qwenimage"):
+        return (t5, denoiser["joint_attention_dim"]), None
     tokens = t5 if kind == "flux" else clip["model_max_length"] + t5
     return ((tokens, denoiser["joint_attention_dim"]), (denoiser["pooled_projection_dim"],))
 
@@ -123,20 +151,32 @@ def cache_bytes(model: str, kind: str, pairs: int, captions: int,
     vae, shapes = _config(model, "vae"), text_shape(model, kind, prep)
     if vae is None or shapes is None:
         return None
-    side = prep.resolution // 2 ** (len(vae["block_out_channels"]) - 1)
-    latents = pairs * 2 * vae["latent_channels"] * side * side * 2
+    latents = pairs * 2 * math.prod(latent_shape(vae, kind, prep.resolution)) * 2
     text, pooled = shapes
     total = latents * (2 if prep.random_flip else 1) + pairs * 36  # + keys.json
     total += (captions + 1) * 2 * math.prod(text)
+    if kind in VARIABLE_TEXT_KINDS:
+        total += (captions + 1) * 4  # lengths, int32
     if pooled is not None:
         total += (captions + 1) * 2 * math.prod(pooled)
     if kind == "sdxl":
         total += pairs * 6 * 4  # time_ids, fp32
     pair_files = 1 + bool(prep.random_flip) + (kind == "sdxl")
-    text_files = 1 + (pooled is not None)
+    text_files = 1 + (pooled is not None) + (kind in VARIABLE_TEXT_KINDS)
     files = (math.ceil(pairs / CHUNK) * pair_files
              + (math.ceil(captions / CHUNK) + 1) * text_files)
     return total + files * _NPY_HEADER
+
+
+def latent_shape(vae: dict, kind: str, resolution: int) -> tuple[int, int, int]:
+    """[C, H, W] of one image's cached latents at `resolution`, from the VAE's config."""
+    if kind == "qwenimage":  # a video VAE: 2**len(temperal_downsample) smaller
+        side = resolution // 2 ** len(vae["temperal_downsample"])
+        return vae["z_dim"], side, side
+    side = resolution // 2 ** (len(vae["block_out_channels"]) - 1)
+    if kind == "flux2":  # 2x2 patches as channels
+        return 4 * vae["latent_channels"], side // 2, side // 2
+    return vae["latent_channels"], side, side
 
 
 def prepare_pair(
@@ -191,54 +231,105 @@ def cache_key(model: dict, prep: Preprocessing) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def _padded(rows: list[torch.Tensor], length: int) -> torch.Tensor:
+    """[L_i, D] rows zero-padded to [N, length, D]."""
+    out = rows[0].new_zeros(len(rows), length, rows[0].shape[-1])
+    for i, row in enumerate(rows):
+        out[i, :len(row)] = row
+    return out
+
+
 @torch.no_grad()
 def encode_prompts(pipeline, kind: str, prompts: list[str],
-                   options: dict | None = None) -> tuple[torch.Tensor, ...]:
-    """(embeddings, pooled or None) as the pipeline itself conditions on `prompts`;
-    `options`: `Preprocessing.text_options`."""
+                   options: dict | None = None) -> Texts:
+    """`prompts` as the pipeline itself conditions on them; `options`:
+    `Preprocessing.text_options`."""
     device, options = pipeline.device, options or {}
     if kind == "flux":
         embeds, pooled, _ = pipeline.encode_prompt(prompts, None, device=device, **options)
-        return embeds.float().cpu(), pooled.float().cpu()
+        return Texts(embeds.float().cpu(), pooled.float().cpu())
+    if kind == "flux2":
+        embeds, _ = pipeline.encode_prompt(prompt=prompts, device=device, **options)
+        return Texts(embeds.float().cpu())
+    if kind == "qwenimage":
+        embeds, mask = pipeline.encode_prompt(prompt=prompts, device=device, **options)
+        lengths = (mask.sum(1) if mask is not None
+                   else torch.full((len(prompts),), embeds.shape[1]))
+        return Texts(embeds.float().cpu(), lengths=lengths.long().cpu())
+    if kind == "zimage":
+        rows, _ = pipeline.encode_prompt(prompt=prompts, device=device,
+                                         do_classifier_free_guidance=False, **options)
+        lengths = torch.tensor([len(row) for row in rows])
+        return Texts(_padded([r.float().cpu() for r in rows], int(lengths.max())),
+                     lengths=lengths)
     if kind in ("sdxl", "sd3"):
         more = (None, None) if kind == "sd3" else ()  # prompt_2, prompt_3 as `prompts`
         embeds, _, pooled, _ = pipeline.encode_prompt(
             prompts, *more, device=device, num_images_per_prompt=1,
             do_classifier_free_guidance=False, **options)
-        return embeds.float().cpu(), pooled.float().cpu()
+        return Texts(embeds.float().cpu(), pooled.float().cpu())
     embeds, _ = pipeline.encode_prompt(prompts, device, 1, False)
-    return embeds.float().cpu(), None
+    return Texts(embeds.float().cpu())
 
 
 @torch.no_grad()
-def encode_empty(pipeline, kind: str,
-                 options: dict | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The unconditional embedding the pipeline uses for classifier-free guidance (FLUX,
-    which has none: the empty prompt's)."""
+def encode_empty(pipeline, kind: str, options: dict | None = None) -> Texts:
+    """The unconditional embedding (one row) the pipeline uses for classifier-free
+    guidance; for the transformers that guide against a caption, or not at all (FLUX.1),
+    that caption's (`EMPTY_CAPTION`)."""
     device, options = pipeline.device, options or {}
-    if kind == "flux":
-        embeds, pooled = encode_prompts(pipeline, kind, [""], options)
-        return embeds[0], pooled[0]
     if kind in ("sdxl", "sd3"):
         more = (None, None) if kind == "sd3" else ()
         _, negative, _, negative_pooled = pipeline.encode_prompt(
             "x", *more, device=device, num_images_per_prompt=1,
             do_classifier_free_guidance=True, **options)
-        return negative[0].float().cpu(), negative_pooled[0].float().cpu()
-    _, negative = pipeline.encode_prompt("x", device, 1, True)
-    return negative[0].float().cpu(), None
+        return Texts(negative[:1].float().cpu(), negative_pooled[:1].float().cpu())
+    if kind == "sd":
+        _, negative = pipeline.encode_prompt("x", device, 1, True)
+        return Texts(negative[:1].float().cpu())
+    return encode_prompts(pipeline, kind, [EMPTY_CAPTION.get(kind, "")], options)
+
+
+def concat(parts: list[Texts]) -> Texts:
+    """Texts of several encoder calls as one (rows of varying length padded alike)."""
+    length = max(part.embeds.shape[1] for part in parts)
+    embeds = [torch.nn.functional.pad(p.embeds, (0, 0, 0, length - p.embeds.shape[1]))
+              for p in parts]
+    return Texts(torch.cat(embeds),
+                 None if parts[0].pooled is None else torch.cat([p.pooled for p in parts]),
+                 None if parts[0].lengths is None else torch.cat([p.lengths for p in parts]))
 
 
 @torch.no_grad()
-def _encode_latents(vae, pixels: np.ndarray, prep: Preprocessing) -> np.ndarray:
-    """[N, 2, 3, R, R] pixels of N pairs -> their scaled latents [N, 2, C, h, w], as the
-    pipeline's VAE expects them, `vae_batch` images per call."""
+def _encode_latents(vae, kind: str, pixels: np.ndarray, prep: Preprocessing) -> np.ndarray:
+    """[N, 2, 3, R, R] pixels of N pairs -> their latents [N, 2, C, h, w], normalised as the
+    kind's pipeline and training script normalise them, `vae_batch` images per call."""
     images = torch.from_numpy(pixels.reshape(-1, *pixels.shape[2:]))
-    shift = getattr(vae.config, "shift_factor", None) or 0.0
     step = vae_batch(prep.resolution)
-    latents = [vae.encode(images[i:i + step].to(vae.device, vae.dtype)).latent_dist.mean
-               for i in range(0, len(images), step)]
-    latents = ((torch.cat(latents).float() - shift) * vae.config.scaling_factor).cpu().numpy()
+    latents = []
+    for i in range(0, len(images), step):
+        batch = images[i:i + step].to(vae.device, vae.dtype)
+        if kind == "qwenimage":  # a video VAE: one frame
+            batch = batch[:, :, None]
+        latents.append(vae.encode(batch).latent_dist.mean.float())
+    latents = torch.cat(latents)
+    if kind == "flux2":
+        from diffusers import Flux2KleinPipeline
+
+        latents = Flux2KleinPipeline._patchify_latents(latents)
+        mean = vae.bn.running_mean.view(1, -1, 1, 1).float()
+        std = torch.sqrt(vae.bn.running_var.view(1, -1, 1, 1).float()
+                         + vae.config.batch_norm_eps)
+        latents = (latents - mean) / std
+    elif kind == "qwenimage":
+        shape = (1, vae.config.z_dim, 1, 1, 1)
+        mean = torch.tensor(vae.config.latents_mean).view(shape).to(latents.device)
+        std = torch.tensor(vae.config.latents_std).view(shape).to(latents.device)
+        latents = ((latents - mean) / std)[:, :, 0]
+    else:
+        shift = getattr(vae.config, "shift_factor", None) or 0.0
+        latents = (latents - shift) * vae.config.scaling_factor
+    latents = latents.cpu().numpy()
     return latents.reshape(len(pixels), 2, *latents.shape[1:])
 
 
@@ -316,21 +407,34 @@ class PairCache:
         self.empty_text = torch.from_numpy(np.asarray(empty["text"][0], dtype=np.float32))
         self.empty_pooled = (torch.from_numpy(np.asarray(empty["pooled"][0], dtype=np.float32))
                              if "pooled" in empty else None)
+        self.empty_length = int(empty["lengths"][0]) if "lengths" in empty else None
         self._opened = functools.lru_cache(maxsize=64)(_open_chunk)
 
     def __len__(self) -> int:
         return len(self.parts["pairs"][1])
 
     def rows(self, name: str, indices) -> np.ndarray | None:
-        """Array `name` ("latents", "flipped", "time_ids"; the captions' "text", "pooled")
-        of pairs `indices`, read from their chunks now, as fp32; None if not cached."""
+        """Array `name` ("latents", "flipped", "time_ids"; the captions' "text", "pooled",
+        "lengths") of pairs `indices`, read from their chunks now, as fp32 (lengths as
+        int64; variable-length text padded to the longest of these); None if not cached."""
         order = np.asarray(indices)
-        folders, chunk, row = self.parts["text" if name in ("text", "pooled") else "pairs"]
+        text = name in ("text", "pooled", "lengths")
+        folders, chunk, row = self.parts["text" if text else "pairs"]
         arrays = [self._opened(folders[c]) for c in chunk[order]]
         if name not in arrays[0]:
             return None
-        return np.stack([a[name][r] for a, r in zip(arrays, row[order], strict=True)]
-                        ).astype(np.float32)
+        rows = [a[name][r] for a, r in zip(arrays, row[order], strict=True)]
+        if name == "lengths":
+            return np.asarray(rows, dtype=np.int64)
+        if name == "text" and "lengths" in arrays[0]:  # chunks padded to their own longest
+            length = max(int(a["lengths"][r]) for a, r in zip(arrays, row[order],
+                                                               strict=True))
+            out = np.zeros((len(rows), length, rows[0].shape[-1]), dtype=np.float32)
+            for i, embeds in enumerate(rows):
+                used = min(length, len(embeds))
+                out[i, :used] = embeds[:used]
+            return out
+        return np.stack(rows).astype(np.float32)
 
     def batch(self, indices: list[int], device: torch.device | str,
               flips: np.ndarray | None = None) -> CachedBatch:
@@ -343,11 +447,13 @@ class PairCache:
                 raise ValueError(f"{self.directory} was built without random_flip")
             latents[flips] = mirror
         pooled, time_ids = self.rows("pooled", order), self.rows("time_ids", order)
+        lengths = self.rows("lengths", order)
         return CachedBatch(
             latents=torch.from_numpy(latents).to(device),
             text=torch.from_numpy(self.rows("text", order)).to(device),
             pooled=None if pooled is None else torch.from_numpy(pooled).to(device),
             time_ids=None if time_ids is None else torch.from_numpy(time_ids).to(device),
+            text_lengths=None if lengths is None else torch.from_numpy(lengths).to(device),
         )
 
 
@@ -421,13 +527,14 @@ def _new_chunk(final: Path) -> Path:
     return temp
 
 
-def _write_text(directory: Path, name: str, captions: list[str], embeds: torch.Tensor,
-                pooled: torch.Tensor | None) -> None:
+def _write_text(directory: Path, name: str, captions: list[str], texts: Texts) -> None:
     final = directory / "text" / name if name != "empty" else directory / "empty"
     temp = _new_chunk(final)
-    np.save(temp / "text.npy", embeds.numpy().astype(np.float16))
-    if pooled is not None:
-        np.save(temp / "pooled.npy", pooled.numpy().astype(np.float16))
+    np.save(temp / "text.npy", texts.embeds.numpy().astype(np.float16))
+    if texts.pooled is not None:
+        np.save(temp / "pooled.npy", texts.pooled.numpy().astype(np.float16))
+    if texts.lengths is not None:
+        np.save(temp / "lengths.npy", texts.lengths.numpy().astype(np.int32))
     _finish(temp, final, captions)
 
 
@@ -438,15 +545,11 @@ def encode(todo: Todo, pairs, keys: list[str], pipeline, kind: str, prep: Prepro
     _remove_killed_builds(directory)
     options = prep.text_options()
     if todo.empty and share.rank == 0:
-        empty, empty_pooled = encode_empty(pipeline, kind, options)
-        _write_text(directory, "empty", [""], empty[None],
-                    None if empty_pooled is None else empty_pooled[None])
+        _write_text(directory, "empty", [""], encode_empty(pipeline, kind, options))
     for captions in share.mine(todo.text):
         parts = [encode_prompts(pipeline, kind, captions[i:i + ENCODE_BATCH], options)
                  for i in range(0, len(captions), ENCODE_BATCH)]
-        pooled = None if parts[0][1] is None else torch.cat([p[1] for p in parts])
-        _write_text(directory, _chunk_name(captions), captions,
-                    torch.cat([p[0] for p in parts]), pooled)
+        _write_text(directory, _chunk_name(captions), captions, concat(parts))
     mine = share.mine(todo.pairs)
     batches = [chunk[i:i + ENCODE_BATCH] for chunk in mine
                for i in range(0, len(chunk), ENCODE_BATCH)]
@@ -460,8 +563,8 @@ def encode(todo: Todo, pairs, keys: list[str], pipeline, kind: str, prep: Prepro
     for pixels, time_ids in loader:
         if writer is None:
             writer = _PairWriter(*next(chunks), keys, kind, prep)
-        writer.add(_encode_latents(pipeline.vae, pixels, prep),
-                   _encode_latents(pipeline.vae, mirrored(pixels), prep)
+        writer.add(_encode_latents(pipeline.vae, kind, pixels, prep),
+                   _encode_latents(pipeline.vae, kind, mirrored(pixels), prep)
                    if prep.random_flip else None, time_ids)
         if writer.full():
             writer.finish()

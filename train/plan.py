@@ -187,13 +187,14 @@ def encode_flops(model: str, kind: str, prep: pair_cache.Preprocessing
         return None
     vae, texts = built
     side = prep.resolution
-    pixels = torch.empty(2, 3, side, side, device="meta")
+    pixels = torch.empty(2, 3, *((1,) if kind == "qwenimage" else ()), side, side,
+                         device="meta")  # Qwen-Image's VAE reads video: one frame
     pair = counted_flops(lambda: vae.encode(pixels)) * (2 if prep.random_flip else 1)
     caption = 0
     for text in texts:
-        t5 = text.config.model_type == "t5"
-        length = (prep.text_tokens or pair_cache.DEFAULT_T5_TOKENS.get(kind, 512) if t5
-                  else text.config.max_position_embeddings)
+        clip = text.config.model_type.startswith("clip")  # else T5 or an LLM
+        length = (text.config.max_position_embeddings if clip
+                  else prep.text_tokens or pair_cache.DEFAULT_TEXT_TOKENS.get(kind, 512))
         tokens = torch.zeros(1, length, dtype=torch.long, device="meta")
         caption += counted_flops(lambda text=text, tokens=tokens: text(tokens))
     return pair, caption

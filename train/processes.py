@@ -19,7 +19,11 @@ objectives in train/loss.py see per-sample errors of the same form whichever it 
 `conditioning` and `predict` hide how each denoiser takes its inputs: a UNet
 positionally, SD3's transformer by keyword with the pooled text embedding, FLUX's with
 its latents packed into 2x2 patches, position ids for image and text tokens and, for
-guidance-distilled models (FLUX dev), the guidance value as an input.
+guidance-distilled models (FLUX.1 dev, FLUX.2 dev), the guidance value as an input;
+FLUX.2's with 4-axis position ids over latents already patchified in the cache;
+Qwen-Image's with 2x2-packed latents, a caption mask and the image's shape in tokens;
+Z-Image's as lists of latents and of captions at their own lengths, in reversed time,
+predicting minus the velocity.
 """
 
 from __future__ import annotations
@@ -124,11 +128,21 @@ def process_for(model: LoadedModel, config: TrainConfig) -> DDPMProcess | FlowPr
 def conditioning(kind: str, batch: CachedBatch, cache: PairCache, generator: torch.Generator,
                  dropout: float, copies: int) -> dict:
     """Text conditioning for `copies` stacked copies of the batch, a share `dropout` of
-    captions replaced by the empty prompt's embeddings."""
+    captions replaced by the empty prompt's embeddings (for captions of varying length,
+    with its length: `text_lengths` then says how many tokens of each row are its own)."""
     drop = torch.rand(len(batch.text), generator=generator) < dropout
-    text = batch.text.clone()
-    text[drop.to(text.device)] = cache.empty_text.to(text.device)
+    text, empty = batch.text, cache.empty_text.to(batch.text.device)
+    if batch.text_lengths is not None:
+        lengths = torch.where(drop.to(text.device), cache.empty_length, batch.text_lengths)
+        text = torch.nn.functional.pad(text, (0, 0, 0, max(0, len(empty) - text.shape[1])))
+        text = text[:, :int(lengths.max())].clone()
+        empty = torch.nn.functional.pad(empty, (0, 0, 0, text.shape[1] - len(empty)))
+    else:
+        text = text.clone()
+    text[drop.to(text.device)] = empty
     inputs = {"encoder_hidden_states": text.repeat(copies, 1, 1)}
+    if batch.text_lengths is not None:
+        inputs["text_lengths"] = lengths.repeat(copies)
     if batch.pooled is None:
         return inputs
     pooled = batch.pooled.clone()
@@ -144,23 +158,90 @@ def conditioning(kind: str, batch: CachedBatch, cache: PairCache, generator: tor
 def predict(net: torch.nn.Module, kind: str, noisy: torch.Tensor, t: torch.Tensor,
             inputs: dict, flux_guidance: float = 3.5) -> torch.Tensor:
     """The denoiser's prediction for `noisy` latents [B, C, H, W] at `t` (DDPM: the
-    timestep; flow: sigma), in the latents' layout."""
+    timestep; flow: sigma), in the latents' layout: for the flow kinds the velocity
+    noise - x0, each transformer called as its pipeline calls it."""
     if kind not in FLOW_KINDS:
         return net(noisy, t, **inputs).sample
     if kind == "sd3":
         return net(hidden_states=noisy, timestep=t * FlowProcess.num_train_timesteps,
                    **inputs).sample
+    if kind == "flux2":
+        return _predict_flux2(net, noisy, t, inputs, flux_guidance)
+    if kind == "qwenimage":
+        return _predict_qwenimage(net, noisy, t, inputs)
+    if kind == "zimage":
+        return _predict_zimage(net, noisy, t, inputs)
     b, c, h, w = noisy.shape
-    packed = noisy.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5)
-    packed = packed.reshape(b, (h // 2) * (w // 2), c * 4)
+    packed = _pack(noisy)
     rows, cols = torch.meshgrid(torch.arange(h // 2), torch.arange(w // 2), indexing="ij")
     image_ids = torch.stack([torch.zeros_like(rows), rows, cols], -1).reshape(-1, 3)
     text = inputs["encoder_hidden_states"]
-    guidance = (torch.full((b,), flux_guidance, device=noisy.device, dtype=noisy.dtype)
-                if getattr(net, "module", net).config.guidance_embeds else None)
-    out = net(hidden_states=packed, timestep=t.to(noisy.dtype), guidance=guidance,
+    out = net(hidden_states=packed, timestep=t.to(noisy.dtype),
+              guidance=_guidance(net, b, flux_guidance, noisy),
               img_ids=image_ids.to(noisy.device, noisy.dtype),
               txt_ids=torch.zeros(text.shape[1], 3, device=noisy.device, dtype=noisy.dtype),
               **inputs).sample
-    out = out.reshape(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5)
+    return _unpack(out, c, h, w)
+
+
+def _pack(latents: torch.Tensor) -> torch.Tensor:
+    """[B, C, H, W] -> [B, H/2 * W/2, 4C]: 2x2 patches as tokens (FLUX.1, Qwen-Image)."""
+    b, c, h, w = latents.shape
+    patches = latents.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5)
+    return patches.reshape(b, (h // 2) * (w // 2), c * 4)
+
+
+def _unpack(tokens: torch.Tensor, c: int, h: int, w: int) -> torch.Tensor:
+    b = tokens.shape[0]
+    out = tokens.reshape(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5)
     return out.reshape(b, c, h, w)
+
+
+def _guidance(net: torch.nn.Module, b: int, value: float, like: torch.Tensor):
+    """The guidance input of guidance-distilled transformers (FLUX.1 and FLUX.2 dev)."""
+    if not getattr(net, "module", net).config.guidance_embeds:
+        return None
+    return torch.full((b,), value, device=like.device, dtype=like.dtype)
+
+
+def _predict_flux2(net, noisy, t, inputs, flux_guidance):
+    """FLUX.2: latents already in 2x2 patches (the cache's), one token per position, and
+    position ids (t, h, w, l) for image tokens (0, h, w, 0) and text tokens (0, 0, 0, l)."""
+    b, c, h, w = noisy.shape
+    text = inputs["encoder_hidden_states"]
+    zero = torch.zeros(1, dtype=torch.long)
+    grid = torch.cartesian_prod(zero, torch.arange(h), torch.arange(w), zero)
+    words = torch.cartesian_prod(zero, zero, zero, torch.arange(text.shape[1]))
+    out = net(hidden_states=noisy.reshape(b, c, h * w).permute(0, 2, 1), timestep=t.to(
+              noisy.dtype), guidance=_guidance(net, b, flux_guidance, noisy),
+              encoder_hidden_states=text,
+              img_ids=grid.to(noisy.device, noisy.dtype).expand(b, -1, -1),
+              txt_ids=words.to(noisy.device, noisy.dtype).expand(b, -1, -1)).sample
+    return out[:, :h * w].permute(0, 2, 1).reshape(b, c, h, w)
+
+
+def _text_mask(inputs: dict) -> torch.Tensor:
+    text, lengths = inputs["encoder_hidden_states"], inputs["text_lengths"]
+    return torch.arange(text.shape[1], device=text.device)[None] < lengths[:, None].to(
+        text.device)
+
+
+def _predict_qwenimage(net, noisy, t, inputs):
+    """Qwen-Image: 2x2-packed latents, the caption's mask, the image's (frames, rows,
+    columns) in tokens."""
+    b, c, h, w = noisy.shape
+    out = net(hidden_states=_pack(noisy), timestep=t.to(noisy.dtype),
+              encoder_hidden_states=inputs["encoder_hidden_states"],
+              encoder_hidden_states_mask=_text_mask(inputs).long(),
+              img_shapes=[(1, h // 2, w // 2)] * b).sample
+    return _unpack(out, c, h, w)
+
+
+def _predict_zimage(net, noisy, t, inputs):
+    """Z-Image: lists of one-frame latents [C, 1, H, W] and of captions cut to their own
+    tokens; its time runs the other way (1 - sigma) and it predicts x0 - noise, so the
+    output is negated into the velocity, as its pipeline and training script do."""
+    text, mask = inputs["encoder_hidden_states"], _text_mask(inputs)
+    captions = [row[keep] for row, keep in zip(text, mask, strict=True)]
+    out = net(list(noisy.unsqueeze(2).unbind(0)), (1 - t).to(noisy.dtype), captions).sample
+    return -torch.stack(out).squeeze(2)

@@ -15,6 +15,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from models.scorers import checked_scores
+from train.cache import Texts
 
 CHUNK = 16  # images per pipeline call
 
@@ -22,40 +23,69 @@ CHUNK = 16  # images per pipeline call
 @dataclass
 class SamplePrompts:
     prompts: list[str]
-    embeds: torch.Tensor  # [P, L, D]
-    negative: torch.Tensor  # [L, D]
-    pooled: torch.Tensor | None = None  # SDXL, SD3, FLUX
-    negative_pooled: torch.Tensor | None = None
+    texts: Texts  # one row per prompt
+    negative: Texts  # one row: the unconditional embedding
+
+
+def _rows(texts: Texts, index: torch.Tensor) -> list[torch.Tensor]:
+    """Rows `index` of variable-length texts, each cut to its own length."""
+    return [texts.embeds[i, :texts.lengths[i]] for i in index.tolist()]
+
+
+def text_inputs(pipeline, kind: str, prompts: SamplePrompts, index: torch.Tensor,
+                dtype: torch.dtype) -> dict:
+    """The pipeline call's text arguments for prompts `index` (one image each), in each
+    pipeline's own form; the negative (the unconditional embedding) where it takes one."""
+    import inspect
+
+    device, n = pipeline.device, len(index)
+
+    def to(tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.to(device, dtype)
+
+    texts, negative = prompts.texts, prompts.negative
+    if kind == "zimage":  # lists of [L_i, D]
+        return {"prompt_embeds": [to(r) for r in _rows(texts, index)],
+                "negative_prompt_embeds": [to(r) for r in _rows(negative, torch.zeros(
+                    n, dtype=torch.long))]}
+    if kind == "qwenimage":  # padded, with masks
+        embeds = to(texts.embeds[index])
+        mask = torch.arange(embeds.shape[1]) < texts.lengths[index, None]
+        empty = to(negative.embeds[:, :negative.lengths[0]]).expand(n, -1, -1)
+        return {"prompt_embeds": embeds, "prompt_embeds_mask": mask.long().to(device),
+                "negative_prompt_embeds": empty,
+                "negative_prompt_embeds_mask": torch.ones(empty.shape[:2], dtype=torch.long,
+                                                          device=device)}
+    inputs = {"prompt_embeds": to(texts.embeds[index])}
+    takes = inspect.signature(pipeline.__call__).parameters
+    if "negative_prompt_embeds" in takes and kind != "flux":  # FLUX.1: no negative
+        inputs["negative_prompt_embeds"] = to(negative.embeds).expand(n, -1, -1)
+    if texts.pooled is not None:
+        inputs["pooled_prompt_embeds"] = to(texts.pooled[index])
+        if kind != "flux":
+            inputs["negative_pooled_prompt_embeds"] = to(negative.pooled).expand(n, -1)
+    return inputs
 
 
 @torch.inference_mode()
 def generate(pipeline, kind: str, prompts: SamplePrompts, seeds: int, steps: int,
              guidance: float, resolution: int, seed_start: int = 0) -> list[list[Image.Image]]:
     """images[p][s]: prompt p with seed seed_start + s, the same every time for the same
-    weights. FLUX takes no negative prompt: `guidance` is its guidance input."""
+    weights. `guidance` in the pipeline's own convention (FLUX.1 and FLUX.2 dev: its
+    guidance input; Qwen-Image: its true CFG scale)."""
     from models.loading import denoiser_part
 
     jobs = [(p, seed_start + s) for p in range(len(prompts.prompts)) for s in range(seeds)]
-    device = pipeline.device
     dtype = next(getattr(pipeline, denoiser_part(kind)).parameters()).dtype
     images: list[list[Image.Image]] = [[] for _ in prompts.prompts]
+    guidance_name = "true_cfg_scale" if kind == "qwenimage" else "guidance_scale"
     for start in range(0, len(jobs), CHUNK):
         chunk = jobs[start:start + CHUNK]
         index = torch.tensor([p for p, _ in chunk])
-        extra = {}
-        if kind != "flux":
-            extra["negative_prompt_embeds"] = prompts.negative.expand(len(chunk), -1, -1).to(
-                device, dtype)
-        if prompts.pooled is not None:
-            extra["pooled_prompt_embeds"] = prompts.pooled[index].to(device, dtype)
-        if prompts.pooled is not None and kind != "flux":
-            extra["negative_pooled_prompt_embeds"] = prompts.negative_pooled.expand(
-                len(chunk), -1).to(device, dtype)
         out = pipeline(
-            prompt_embeds=prompts.embeds[index].to(device, dtype),
             generator=[torch.Generator("cpu").manual_seed(s) for _, s in chunk],
-            num_inference_steps=steps, guidance_scale=guidance, height=resolution,
-            width=resolution, **extra,
+            num_inference_steps=steps, height=resolution, width=resolution,
+            **{guidance_name: guidance}, **text_inputs(pipeline, kind, prompts, index, dtype),
         ).images
         for (p, _), image in zip(chunk, out, strict=True):
             images[p].append(image)

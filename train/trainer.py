@@ -385,11 +385,10 @@ def sample_prompts(config: TrainConfig, model: LoadedModel) -> samples.SamplePro
         return None
     options = ({"max_sequence_length": config.max_sequence_length}
                if model.kind in FLOW_KINDS and config.max_sequence_length else {})
-    embeds, pooled = pair_cache.encode_prompts(model.pipeline, model.kind,
-                                               config.sample_prompts, options)
-    negative, negative_pooled = pair_cache.encode_empty(model.pipeline, model.kind, options)
-    return samples.SamplePrompts(config.sample_prompts, embeds, negative, pooled,
-                                 negative_pooled)
+    return samples.SamplePrompts(
+        config.sample_prompts,
+        pair_cache.encode_prompts(model.pipeline, model.kind, config.sample_prompts, options),
+        pair_cache.encode_empty(model.pipeline, model.kind, options))
 
 
 def free_encoders(model: LoadedModel, keep_vae: bool) -> None:

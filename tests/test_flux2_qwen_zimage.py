@@ -1,0 +1,299 @@
+"""FLUX.2 [klein], Qwen-Image and Z-Image (tiny, built from configs offline) through the
+whole loop: loaded by name, pairs in each model's guidance convention on the annotate page
+and in AI feedback, Flow-DPO in full and with LoRA, exact resume, outputs that plain
+diffusers loads, and eval auto of base against aligned."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from models.generate import generate, generate_pair
+from models.loading import check, load
+from models.variety import PairVariety
+from tests.helpers import config_for
+from train.processes import predict
+from train.trainer import Run
+
+RED = "a red circle"
+KINDS = ["flux2", "qwenimage", "zimage"]
+CLASSES = {"flux2": "Flux2KleinPipeline", "qwenimage": "QwenImagePipeline",
+           "zimage": "ZImagePipeline"}
+
+
+@pytest.fixture(params=KINDS)
+def model_2026(request) -> tuple[str, object]:
+    """(kind, the tiny pipeline folder of that kind)."""
+    return request.param, request.getfixturevalue(f"tiny_{request.param}_dir")
+
+
+def brightness(prompts, images) -> list[float]:
+    """A scorer for AI feedback and eval auto: the mean pixel value."""
+    return [float(np.asarray(image, dtype=np.float32).mean()) for image in images]
+
+
+def images(pipe, kind: str) -> np.ndarray:
+    guidance = ({"true_cfg_scale": 4.0, "negative_prompt": " "} if kind == "qwenimage"
+                else {"guidance_scale": 4.0})
+    return pipe(prompt=RED, num_inference_steps=2, height=32, width=32, output_type="np",
+                generator=torch.Generator().manual_seed(0), **guidance).images
+
+
+def unreachable(kind: str, name: str) -> bool:
+    """Parameters no loss can move: Qwen-Image's last block's text stream (its output is
+    discarded: only image tokens are predicted); Z-Image's padding tokens (the tiny
+    captions and images fill whole blocks of 32 tokens, so none is padded)."""
+    if kind == "qwenimage":
+        return name.startswith("transformer_blocks.1.") and ("txt" in name
+                                                             or "add_out" in name)
+    return kind == "zimage" and name in ("x_pad_token", "cap_pad_token")
+
+
+def transformer_state(folder) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "transformer" / "diffusion_pytorch_model.safetensors"))
+
+
+# -- the model layer -------------------------------------------------------------------
+
+
+def test_each_loads_by_name_and_makes_reproducible_pairs_with_per_image_guidance(model_2026):
+    kind, folder = model_2026
+    assert check(str(folder)) == kind
+    model = load(str(folder))
+    assert model.kind == kind and type(model.pipeline).__name__ == CLASSES[kind]
+    import random
+
+    pair = generate_pair(model, RED, PairVariety(guidance_range=[3.0, 7.0], steps=2, size=32),
+                         random.Random(0))
+    assert [image.width for image in pair] == [32, 32]
+    assert pair[0].guidance_scale != pair[1].guidance_scale  # each image its own
+    assert "shift" in pair[0].scheduler  # the sampler's shift is recorded with the image
+    for image in pair:  # the recorded settings make the same image again
+        [again] = generate(model, RED, [image.seed], [image.guidance_scale], image.steps,
+                           32, 32)
+        assert np.array_equal(np.asarray(again.image), np.asarray(image.image))
+
+
+def test_flux2_klein_distilled_takes_no_guidance_and_records_zero(tiny_flux2_dir, tmp_path):
+    folder = tmp_path / "distilled"
+    shutil.copytree(tiny_flux2_dir, folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps({**index, "is_distilled": True}))
+    pair = generate(load(str(folder)), RED, [1, 2], [3.0, 6.0], steps=2, height=32, width=32)
+    assert [image.guidance_scale for image in pair] == [0.0, 0.0]
+
+
+# -- the transformers called as their pipelines call them ------------------------------
+
+
+def test_flux2_latents_and_ids_are_the_pipelines(tiny_flux2_dir):
+    from diffusers import Flux2KleinPipeline
+
+    pipe = Flux2KleinPipeline.from_pretrained(tiny_flux2_dir)
+    net = pipe.transformer
+    latents, sigma, text = torch.randn(2, 4, 8, 8), torch.tensor([0.3, 0.8]), torch.randn(2, 5, 48)
+    with torch.no_grad():
+        ours = predict(net, "flux2", latents, sigma, {"encoder_hidden_states": text})
+        ids = Flux2KleinPipeline._prepare_latent_ids(latents)
+        theirs = net(hidden_states=Flux2KleinPipeline._pack_latents(latents), timestep=sigma,
+                     encoder_hidden_states=text, img_ids=ids,
+                     txt_ids=Flux2KleinPipeline._prepare_text_ids(text)).sample
+        theirs = Flux2KleinPipeline._unpack_latents_with_ids(theirs, ids)
+    assert torch.allclose(ours, theirs, atol=1e-6)
+
+
+def test_flux2_cached_latents_are_patchified_and_normalised_as_the_pipeline_undoes(
+        tiny_flux2_dir):
+    from diffusers import Flux2KleinPipeline
+
+    from train.cache import Preprocessing, _encode_latents
+
+    pipe = Flux2KleinPipeline.from_pretrained(tiny_flux2_dir)
+    pixels = np.random.default_rng(0).uniform(-1, 1, (1, 2, 3, 32, 32)).astype(np.float32)
+    cached = torch.from_numpy(_encode_latents(pipe.vae, "flux2", pixels,
+                                              Preprocessing(32, False, False, 0))[0])
+    # the pipeline's decode path: de-normalise with the batch-norm statistics, un-patchify
+    bn = pipe.vae.bn
+    std = torch.sqrt(bn.running_var.view(1, -1, 1, 1) + pipe.vae.config.batch_norm_eps)
+    raw = Flux2KleinPipeline._unpatchify_latents(cached * std + bn.running_mean.view(1, -1, 1, 1))
+    with torch.no_grad():
+        vae = pipe.vae.encode(torch.from_numpy(pixels[0])).latent_dist.mode()
+    assert cached.shape == (2, 4, 8, 8) and torch.allclose(raw, vae, atol=1e-5)
+
+
+def test_qwenimage_latents_are_packed_and_masked_as_the_pipeline_does(tiny_qwenimage_dir):
+    from diffusers import QwenImagePipeline
+
+    pipe = QwenImagePipeline.from_pretrained(tiny_qwenimage_dir)
+    net = pipe.transformer
+    latents, sigma = torch.randn(2, 4, 8, 8), torch.tensor([0.3, 0.8])
+    text, lengths = torch.randn(2, 6, 16), torch.tensor([6, 4])
+    with torch.no_grad():
+        ours = predict(net, "qwenimage", latents, sigma,
+                       {"encoder_hidden_states": text, "text_lengths": lengths})
+        alone = predict(net, "qwenimage", latents[1:], sigma[1:],  # padding changes nothing
+                        {"encoder_hidden_states": text[1:, :4], "text_lengths": lengths[1:]})
+        packed = QwenImagePipeline._pack_latents(latents[:, None], 2, 4, 8, 8)
+        mask = (torch.arange(6) < lengths[:, None]).long()
+        theirs = net(hidden_states=packed, timestep=sigma, encoder_hidden_states=text,
+                     encoder_hidden_states_mask=mask, img_shapes=[[(1, 4, 4)]] * 2).sample
+        theirs = QwenImagePipeline._unpack_latents(theirs, 32, 32, pipe.vae_scale_factor)
+    assert torch.allclose(ours, theirs[:, :, 0], atol=1e-6)
+    assert torch.allclose(ours[1:], alone, atol=1e-5)
+
+
+def test_zimage_predicts_the_velocity_from_its_reversed_time_and_negated_output(
+        tiny_zimage_dir):
+    from diffusers import ZImagePipeline
+
+    net = ZImagePipeline.from_pretrained(tiny_zimage_dir).transformer
+    latents, sigma = torch.randn(2, 4, 8, 8), torch.tensor([0.3, 0.8])
+    text, lengths = torch.randn(2, 7, 16), torch.tensor([7, 3])
+    with torch.no_grad():
+        ours = predict(net, "zimage", latents, sigma,
+                       {"encoder_hidden_states": text, "text_lengths": lengths})
+        # the pipeline's loop: timestep (1000 - t) / 1000 with t = 1000 sigma, one-frame
+        # latents and captions as lists, the output negated before the scheduler's step
+        out = net([x[:, None] for x in latents], (1000 - 1000 * sigma) / 1000,
+                  [text[0], text[1, :3]]).sample
+    assert torch.allclose(ours, -torch.stack(out)[:, :, 0], atol=1e-5)
+
+
+# -- Flow-DPO ---------------------------------------------------------------------------
+
+
+def test_full_flow_dpo_starts_at_ln2_changes_every_transformer_weight_and_loads_plainly(
+        model_2026, store_path, tmp_path):
+    kind, base = model_2026
+    config = config_for(base, store_path, tmp_path / "run", max_steps=2, eval_every=2,
+                        sample_prompts=["prompt 0"], sample_seeds=1, sample_steps=2,
+                        max_sequence_length=64)
+    summary = Run(config).train()
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert logged[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)  # policy = reference
+    assert summary["pairs"] == 12
+    final = tmp_path / "run" / "final"
+    before, after = transformer_state(base), transformer_state(final)
+    assert before.keys() == after.keys()
+    weights = {name for name, p in load(str(base)).denoiser.named_parameters()}
+    unchanged = [k for k in weights if torch.equal(before[k], after[k])]
+    assert all(unreachable(kind, name) for name in unchanged), unchanged
+    for part in ("vae", "text_encoder"):
+        [file] = (base / part).glob("*.safetensors")
+        original, saved = load_file(str(file)), load_file(str(final / part / file.name))
+        assert all(torch.equal(original[k], saved[k]) for k in original), part
+    assert (tmp_path / "run" / "samples" / "step-000002.png").is_file()  # the grid
+    from diffusers import DiffusionPipeline  # plain diffusers, no project code
+
+    trained = DiffusionPipeline.from_pretrained(final)
+    assert type(trained).__name__ == CLASSES[kind]
+    assert not np.allclose(images(trained, kind),
+                           images(DiffusionPipeline.from_pretrained(base), kind))
+
+
+def test_lora_flow_dpo_changes_every_adapter_weight_and_loads_with_load_lora_weights(
+        model_2026, store_path, tmp_path):
+    kind, base = model_2026
+    run = Run(config_for(base, store_path, tmp_path / "run", lora_rank=4, max_steps=3,
+                         eval_every=0, max_sequence_length=64))
+    lora_before = {n: p.detach().clone() for n, p in run.denoiser.named_parameters()
+                   if "lora_" in n}
+    run.train()
+    lora_after = {n: p for n, p in run.denoiser.named_parameters() if "lora_" in n}
+    assert lora_before and all(not torch.equal(lora_before[n], lora_after[n])
+                               for n in lora_before)
+    base_now = {n.replace(".base_layer", ""): p for n, p in run.denoiser.named_parameters()
+                if "lora_" not in n}
+    original = transformer_state(base)
+    assert all(torch.equal(original[n], base_now[n]) for n in base_now if n in original)
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert logged[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)  # adapters start at 0
+    from diffusers import DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(base)
+    plain = images(pipe, kind)
+    pipe.load_lora_weights(str(tmp_path / "run" / "final"))
+    assert not np.allclose(images(pipe, kind), plain)
+    assert load(str(tmp_path / "run" / "final")).kind == kind  # and by the project's name
+
+
+def test_flow_dpo_resumes_to_the_weights_of_an_uninterrupted_run(model_2026, store_path,
+                                                                 tmp_path):
+    kind, base = model_2026
+    common = {"max_steps": 4, "checkpoint_every": 2, "checkpoints_kept": 5, "lora_rank": 4,
+              "eval_every": 0, "max_sequence_length": 64, "prompt_dropout": 0.5}
+    whole = Run(config_for(base, store_path, tmp_path / "whole", **common))
+    whole.train()
+    (tmp_path / "resumed" / "checkpoints").mkdir(parents=True)
+    shutil.copytree(tmp_path / "whole" / "checkpoints" / "checkpoint-000002",
+                    tmp_path / "resumed" / "checkpoints" / "checkpoint-000002")
+    resumed = Run(config_for(base, store_path, tmp_path / "resumed", resume="latest",
+                             **common))
+    assert resumed.train()["trained_steps"] == 2
+    for (name, a), (_, b) in zip(whole.denoiser.named_parameters(),
+                                 resumed.denoiser.named_parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6), name
+
+
+# -- the loop's other commands ----------------------------------------------------------
+
+
+def test_the_annotate_page_and_ai_feedback_collect_pairs_unchanged(model_2026, tmp_path,
+                                                                   capsys):
+    from gradio_client import Client
+
+    from annotate.__main__ import main as annotate_main
+    from annotate.config import PageConfig
+    from annotate.serve import open_app
+    from annotate.showings import MIN_DISPLAY_MS
+    from tests.helpers import serving
+
+    kind, folder = model_2026
+    server = open_app(PageConfig(model=[str(folder)], db=tmp_path / "prefs.duckdb", steps=2,
+                                 guidance_range=[3.0, 7.0], size=32, buffer=0))
+    try:
+        with serving(server.demo) as url:
+            client = Client(url, verbose=False)
+            shown = client.predict("ann", RED, "new", api_name="/generate")
+            time.sleep(MIN_DISPLAY_MS / 1000 + 0.05)
+            client.predict("ann", "new", shown[3], api_name="/vote_left")
+        [ranking] = server.store.rankings()
+        made = server.store.cursor().execute(
+            "SELECT model, width, scheduler FROM images ORDER BY image_uid").fetchall()
+    finally:
+        server.close()
+    assert ranking.caption == RED and len(made) == 2
+    assert {(m, w) for m, w, _ in made} == {(str(folder), 32)}
+    (tmp_path / "prompts.txt").write_text("a red circle\na blue square\n")
+    code = annotate_main(["feedback", "--model", str(folder), "--db",
+                          str(tmp_path / "ai.duckdb"), "--pairs", "2", "--steps", "2",
+                          "--size", "32", "--prompts", str(tmp_path / "prompts.txt"),
+                          "--scorer", f"{__name__}:brightness", "--no-progress"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert json.loads(out.out.strip().splitlines()[-1])["pairs"] == 2
+
+
+def test_eval_auto_compares_the_base_with_its_flow_dpo_lora(model_2026, store_path,
+                                                            tmp_path, capsys):
+    from eval.__main__ import main as eval_main
+
+    kind, base = model_2026
+    Run(config_for(base, store_path, tmp_path / "run", lora_rank=4, max_steps=1,
+                   eval_every=0, max_sequence_length=64)).train()
+    (tmp_path / "prompts.txt").write_text("prompt 0\nprompt 1\n")
+    code = eval_main(["auto", "--base", str(base), "--aligned", str(tmp_path / "run" / "final"),
+                      "--prompts", str(tmp_path / "prompts.txt"), "--seeds", "2", "--steps",
+                      "2", "--size", "32", "--scorer", f"{__name__}:brightness",
+                      "--images", str(tmp_path / "images"), "--out", str(tmp_path / "eval")])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    result = json.loads(out.out[out.out.index("{"):])
+    assert result["pairs"] == 4 and (tmp_path / "eval" / "report.md").is_file()
