@@ -116,6 +116,15 @@ CHECKS = {
     "--prompts PartiPrompts.tsv --scorer pickscore --guidance 3.5 --steps 28": "parse",
     "accelerate launch -q --config_file docs/accelerate/multi_node.yaml --machine_rank 0 "
     f"-m train sd15 --data {SHARDS}": "gpu",
+    "python -m annotate --model black-forest-labs/FLUX.2-klein-base-4B --guidance-range 3 6 "
+    "--steps 50 --host 0.0.0.0": "parse",
+    f"{ONE_PROCESS} -m train flux2-klein --data runs/prefs.duckdb": "gpu",
+    f"{ONE_PROCESS} -m train qwen-image --data runs/prefs.duckdb": "gpu",
+    "accelerate launch -q --config_file docs/accelerate/fsdp.yaml -m train qwen-image "
+    "--lora_rank 0 --data runs/prefs.duckdb": "gpu",
+    f"{ONE_PROCESS} -m train z-image --data runs/prefs.duckdb": "gpu",
+    "python -m eval auto --base Tongyi-MAI/Z-Image --aligned runs/train/z-image/final "
+    "--prompts PartiPrompts.tsv --scorer pickscore --guidance 4 --steps 50": "parse",
     "curl -LO https://raw.githubusercontent.com/google-research/parti/main/PartiPrompts.tsv":
         "download",
     f"python -m eval --base {SD15} --aligned runs/train/sd15/final --prompts PartiPrompts.tsv "

@@ -393,7 +393,7 @@ def test_random_flip_is_drawn_per_step_from_both_cached_orientations(
     prep = Preprocessing(config.resolution, config.random_crop, True, config.seed)
     pixels, _ = prepare_pair(pair.preferred, pair.rejected, prep, 3)
     vae = load(str(tiny_sd_dir)).pipeline.vae
-    expected = torch.from_numpy(_encode_latents(vae, mirrored(pixels)[None], prep)[0])
+    expected = torch.from_numpy(_encode_latents(vae, "sd", mirrored(pixels)[None], prep)[0])
     got = torch.from_numpy(cache.rows("flipped", [3])[0])
     assert torch.allclose(got, expected, atol=2e-3)
     plain = torch.from_numpy(cache.rows("latents", [3])[0])

@@ -313,10 +313,10 @@ def _encode_latents(vae, kind: str, pixels: np.ndarray, prep: Preprocessing) -> 
             batch = batch[:, :, None]
         latents.append(vae.encode(batch).latent_dist.mean.float())
     latents = torch.cat(latents)
-    if kind == "flux2":
-        from diffusers import Flux2KleinPipeline
-
-        latents = Flux2KleinPipeline._patchify_latents(latents)
+    if kind == "flux2":  # 2x2 patches as channels, as its pipeline's _patchify_latents
+        n, c, h, w = latents.shape
+        latents = latents.view(n, c, h // 2, 2, w // 2, 2).permute(0, 1, 3, 5, 2, 4).reshape(
+            n, c * 4, h // 2, w // 2)
         mean = vae.bn.running_mean.view(1, -1, 1, 1).float()
         std = torch.sqrt(vae.bn.running_var.view(1, -1, 1, 1).float()
                          + vae.config.batch_norm_eps)
