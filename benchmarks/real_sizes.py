@@ -1,6 +1,7 @@
 """What one DPO pair costs at real model sizes, counted on this machine without a GPU.
 
-    python benchmarks/real_sizes.py                   # FLOPs at SD1.5 512 px, SDXL 1024 px
+    python benchmarks/real_sizes.py                   # FLOPs at SD1.5 512 px, SDXL 1024 px,
+                                                      # FLUX.2 [klein], Qwen-Image, Z-Image
     python benchmarks/real_sizes.py --step lora full  # plus real SD1.5-sized steps on this CPU
     python benchmarks/real_sizes.py --tiny --step lora full   # both, on a tiny UNet
 
@@ -81,6 +82,63 @@ OPENCLIP_BIGG = {"hidden_size": 1280, "intermediate_size": 5120, "num_hidden_lay
                  "vocab_size": 49408, "projection_dim": 1280}
 TINY_CLIP = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
              "num_attention_heads": 2, "max_position_embeddings": 8, "vocab_size": 1000}
+
+
+# The 2026 transformers at their published sizes: FLUX.2 [klein] 4B as diffusers'
+# conversion script configures it (scripts/convert_flux2_to_diffusers.py); Qwen-Image and
+# Z-Image are their transformer classes' defaults (the released configs). With each, the
+# VAE config fields that set the cached latents' shape, and the preset it trains with.
+TRANSFORMERS = {
+    "flux2_klein_4b_1024": {
+        "preset": "flux2-klein", "pipeline": "Flux2KleinPipeline",
+        "transformer": {"_class_name": "Flux2Transformer2DModel", "num_layers": 5,
+                        "num_single_layers": 20, "num_attention_heads": 24,
+                        "joint_attention_dim": 7680, "guidance_embeds": False},
+        "vae": {"_class_name": "AutoencoderKLFlux2", "latent_channels": 32,
+                "block_out_channels": [128, 256, 512, 512]},
+    },
+    "qwen_image_1024": {
+        "preset": "qwen-image", "pipeline": "QwenImagePipeline",
+        "transformer": {"_class_name": "QwenImageTransformer2DModel"},
+        "vae": {"_class_name": "AutoencoderKLQwenImage", "z_dim": 16,
+                "temperal_downsample": [False, True, True]},
+    },
+    "z_image_1024": {
+        "preset": "z-image", "pipeline": "ZImagePipeline",
+        "transformer": {"_class_name": "ZImageTransformer2DModel"},
+        "vae": {"_class_name": "AutoencoderKL", "latent_channels": 16,
+                "block_out_channels": [128, 256, 512, 512]},
+    },
+}
+TINY_TRANSFORMERS = {  # the tests' tiny pipelines' sizes (tests/conftest.py), at 64 px
+    "tiny_flux2": {
+        "preset": "flux2-klein", "pipeline": "Flux2KleinPipeline",
+        "transformer": {"_class_name": "Flux2Transformer2DModel", "in_channels": 4,
+                        "num_layers": 1, "num_single_layers": 1, "attention_head_dim": 16,
+                        "num_attention_heads": 2, "joint_attention_dim": 48,
+                        "axes_dims_rope": [4, 4, 4, 4], "guidance_embeds": False},
+        "vae": {"_class_name": "AutoencoderKLFlux2", "latent_channels": 1,
+                "block_out_channels": [4, 8]},
+    },
+    "tiny_qwen_image": {
+        "preset": "qwen-image", "pipeline": "QwenImagePipeline",
+        "transformer": {"_class_name": "QwenImageTransformer2DModel", "in_channels": 16,
+                        "out_channels": 4, "num_layers": 2, "attention_head_dim": 16,
+                        "num_attention_heads": 3, "joint_attention_dim": 16,
+                        "axes_dims_rope": [8, 4, 4]},
+        "vae": {"_class_name": "AutoencoderKLQwenImage", "z_dim": 4,
+                "temperal_downsample": [False, True]},
+    },
+    "tiny_z_image": {
+        "preset": "z-image", "pipeline": "ZImagePipeline",
+        "transformer": {"_class_name": "ZImageTransformer2DModel", "in_channels": 4,
+                        "dim": 32, "n_layers": 2, "n_refiner_layers": 1, "n_heads": 2,
+                        "n_kv_heads": 2, "cap_feat_dim": 16, "axes_dims": [8, 4, 4],
+                        "axes_lens": [256, 32, 32]},
+        "vae": {"_class_name": "AutoencoderKL", "latent_channels": 4,
+                "block_out_channels": [4, 8]},
+    },
+}
 
 
 def model_sizes(tiny: bool) -> dict[str, dict]:
@@ -238,6 +296,100 @@ def _real_steps(work: Path, modes: list[str], steps: int, tiny: bool) -> dict:
             "pairs_per_step": 1, "modes": results}
 
 
+def transformer_folder(folder: Path, size: dict) -> Path:
+    """A model folder of configs only (no weights): what `--dry_run` reads; the
+    transformer's written in full (every default) as `save_pretrained` writes it."""
+    import diffusers
+
+    (folder / "vae").mkdir(parents=True)
+    (folder / "tokenizer").mkdir()
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": size["pipeline"]}))
+    with torch.device("meta"):
+        net = getattr(diffusers, size["transformer"]["_class_name"]).from_config(
+            size["transformer"])
+    net.save_config(folder / "transformer")
+    (folder / "vae" / "config.json").write_text(json.dumps(size["vae"]))
+    (folder / "tokenizer" / "tokenizer_config.json").write_text("{}")
+    return folder
+
+
+def transformer_row(folder: Path, size: dict, resolution: int, shards: int) -> dict:
+    """One transformer's DPO pair, counted on meta as `pair_flops` counts a UNet's, with
+    what `--dry_run` estimates for its preset: LoRA (the preset's rank and targets) on one
+    GPU, full with FSDP2 over
+    `shards` GPUs, and the text cache's size per caption."""
+    from models.meta import denoiser_on_meta
+    from train.cache import VARIABLE_TEXT_KINDS, Preprocessing, text_shape
+    from train.config import resolve
+    from train.memory import GIB, estimate, transformer_inputs
+
+    row: dict = {}
+    for mode, rank in (("full", 0), ("lora", resolve(size["preset"]).lora_rank)):
+        config = resolve(size["preset"], {"model": str(folder), "lora_rank": rank,
+                                          "resolution": resolution, "batch_size": 1,
+                                          "mixed_precision": "bf16"})
+        kind, net = denoiser_on_meta(str(folder))
+        if rank:
+            net.requires_grad_(False)
+            with torch.device("meta"):
+                net.add_adapter(config.lora_adapter())
+        with torch.device("meta"):
+            latents, inputs = transformer_inputs(str(folder), kind, config, 2)
+            step, ref = _transformer_flops(net, kind, latents, inputs, lora=bool(rank))
+        memory = estimate(config, 1 if rank else shards)
+        cached = step + ref
+        row[mode] = {
+            "transformer_parameters": sum(p.numel() for p in net.parameters()),
+            "trainable_parameters": sum(p.numel() for p in net.parameters()
+                                        if p.requires_grad),
+            "policy_forward_backward": step, "reference_forward": ref,
+            "tflop_per_pair_cached": round(cached / 1e12, 4),
+            "tflop_per_pair_cached_checkpointing": round((cached + ref) / 1e12, 4),
+            "pairs_per_s_per_gpu_cached": implied_rates(cached + ref),
+            "dry_run_gib_per_gpu": round(memory.total / GIB, 2),
+            "dry_run_processes": 1 if rank else shards,
+            "dry_run_activations_gib": round((memory.activations or 0) / GIB, 2),
+        }
+    (tokens, width), _ = text_shape(str(folder), kind, Preprocessing(
+        resolution, False, False, 0, resolve(size["preset"]).max_sequence_length))
+    row["text_tokens"] = tokens
+    row["text_cache_mib_per_caption"] = round(2 * tokens * width / 2**20, 2)
+    row["text_cache_is_a_bound"] = kind in VARIABLE_TEXT_KINDS  # captions at own length
+    return row
+
+
+def _transformer_flops(net, kind: str, latents, inputs: dict, lora: bool) -> tuple[int, int]:
+    """FLOPs of the policy's forward and backward on a pair and of the reference's forward
+    (LoRA: the same transformer with adapters off)."""
+    from train.memory import fused_attention, masks_keep_all
+    from train.processes import predict
+
+    sigma = torch.full((len(latents),), 0.5)
+
+    def forward() -> torch.Tensor:
+        return predict(net, kind, latents, sigma, inputs)
+
+    def reference() -> None:
+        with torch.no_grad():
+            if lora:
+                net.disable_adapters()
+            forward()
+            if lora:
+                net.enable_adapters()
+
+    with fused_attention(), masks_keep_all():
+        step = counted_flops(lambda: forward().float().pow(2).mean().backward())
+        return step, counted_flops(reference)
+
+
+def transformer_rows(tiny: bool, shards: int = 8) -> dict:
+    sizes, resolution = (TINY_TRANSFORMERS, 64) if tiny else (TRANSFORMERS, 1024)
+    with tempfile.TemporaryDirectory(prefix="real-size-") as work:
+        return {name: transformer_row(transformer_folder(Path(work) / name, size), size,
+                                      resolution, shards)
+                for name, size in sizes.items()}
+
+
 def implied_rates(flops_per_pair: float) -> dict[str, float]:
     """Pairs per second per GPU at UTILISATION of each GPU's dense bf16 peak."""
     return {gpu: round(UTILISATION * peak * 1e12 / flops_per_pair, 2)
@@ -280,6 +432,7 @@ def main() -> None:
         per_pair = sd15["tflop_per_pair_uncached"] * 1e12
         result["official_sd15_a100_utilisation"] = round(
             OFFICIAL_SD15_PAIRS_PER_S_PER_GPU * per_pair / (PEAK_BF16_TFLOPS["A100"] * 1e12), 3)
+    result["transformers"] = transformer_rows(args.tiny)
     if args.step:
         print(f"training {', '.join(args.step)} at real size...", file=sys.stderr)
         result["cpu_step"] = real_steps(args.step, args.steps, args.tiny)

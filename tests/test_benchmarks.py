@@ -292,6 +292,18 @@ def test_real_sizes(tmp_path):
         step = out["cpu_step"]["modes"][mode]
         assert step["seconds_per_step"] > 0 and step["peak_rss_mb"] > 0
         assert step["dry_run_memory"].startswith("memory: about ")
+    assert set(out["transformers"]) == {"tiny_flux2", "tiny_qwen_image", "tiny_z_image"}
+    for row in out["transformers"].values():
+        full, lora = row["full"], row["lora"]
+        assert full["trainable_parameters"] == full["transformer_parameters"]
+        assert 0 < lora["trainable_parameters"] < lora["transformer_parameters"]
+        # a backward is about two forwards (less where outputs feed nothing: Qwen-Image's
+        # last block's text stream)
+        assert 2.0 < full["policy_forward_backward"] / full["reference_forward"] < 3.5
+        # the reference is the same transformer with its adapters off
+        assert lora["reference_forward"] == full["reference_forward"]
+        assert full["dry_run_processes"] == 8 and full["dry_run_activations_gib"] >= 0
+        assert row["text_cache_mib_per_caption"] > 0
 
 
 def test_threads(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from models import load
@@ -57,6 +58,25 @@ def test_activations_counted_on_meta_equal_those_of_a_real_forward(tiny_sd_dir):
         real_unet(torch.randn(4, config.in_channels, 8, 8), torch.tensor([1, 2, 3, 4]),
                   encoder_hidden_states=torch.randn(4, 77, config.cross_attention_dim))
     assert on_meta == saved > 0
+
+
+@pytest.mark.parametrize("kind", ["sd3", "flux", "flux2", "qwenimage", "zimage"])
+def test_transformer_activations_counted_on_meta_equal_those_of_a_real_forward(
+        kind, request, store_path, tmp_path):
+    from train.memory import saved_bytes, transformer_inputs
+    from train.processes import predict
+
+    folder = request.getfixturevalue(f"tiny_{kind}_dir")
+    config = config_for(folder, store_path, tmp_path / "run", mixed_precision="no",
+                        max_sequence_length=8)
+    counted = estimate(config).activations
+    net = load(str(folder), device="cpu", dtype=torch.float32).denoiser.train()
+    latents, inputs = transformer_inputs(str(folder), kind, config, 2 * config.batch_size)
+    real = {name: torch.randn_like(value) if value.is_floating_point() else value
+            for name, value in inputs.items()}
+    saved = saved_bytes(lambda: predict(net, kind, torch.randn_like(latents),
+                                        torch.full((len(latents),), 0.5), real))
+    assert counted == saved > 0
 
 
 def test_checkpointing_shrinks_the_counted_activations(tiny_sd_dir, store_path, tmp_path):

@@ -2,15 +2,15 @@
 
 The denoiser is built from its config on the meta device (no weights, nothing
 downloaded), so `--dry_run` can size a run at SDXL scale on a laptop. Weights, gradients
-and optimizer state follow from the parameter counts and the run's precision. For UNets
-the activations the backward pass keeps are counted too, by hooking the tensors autograd
-saves during one meta forward at the run's batch and resolution (with gradient
-checkpointing when the config asks for it). Under FSDP (an FSDP launch), weights,
-reference, gradients and optimizer state are each process's shard, plus two of the
-model's blocks gathered at a time for a forward. Not counted: the VAE and text encoders
-(unloaded after the cache is built), the allocator's slack, and the peak of recomputing
-one checkpointed block; docs/BENCHMARKS.md ("Real sizes") sets the estimate beside a
-measured step.
+and optimizer state follow from the parameter counts and the run's precision. The
+activations the backward pass keeps are counted too, by hooking the tensors autograd
+saves during one meta forward at the run's batch, resolution and (transformers) text
+length (with gradient checkpointing when the config asks for it). Under FSDP (an FSDP
+launch), weights, reference, gradients and optimizer state are each process's shard,
+plus two of the model's blocks gathered at a time for a forward. Not counted: the VAE
+and text encoders (unloaded after the cache is built), the allocator's slack, and the
+peak of recomputing one checkpointed block; docs/BENCHMARKS.md ("Real sizes") sets the
+estimate beside a measured step.
 """
 
 from __future__ import annotations
@@ -83,6 +83,9 @@ def fused_attention():
 
     def attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
                   scale=None, **_):
+        if attn_mask is not None and attn_mask.dtype == torch.bool:  # the kernel adds masks
+            attn_mask = torch.zeros(attn_mask.shape, dtype=query.dtype,
+                                    device=query.device).masked_fill(~attn_mask, -torch.inf)
         return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
             query, key, value, dropout_p, is_causal, attn_mask=attn_mask, scale=scale)[0]
 
@@ -93,8 +96,8 @@ def fused_attention():
         functional.scaled_dot_product_attention = unfused
 
 
-def saved_activation_bytes(unet, batch: int, resolution: int) -> int:
-    """Bytes autograd keeps for the backward pass of one forward, counted on meta tensors."""
+def saved_bytes(forward) -> int:
+    """Bytes autograd keeps for the backward pass of `forward()`, on meta tensors too."""
     saved = 0
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
@@ -103,12 +106,47 @@ def saved_activation_bytes(unet, batch: int, resolution: int) -> int:
             saved += tensor.numel() * tensor.element_size()
         return tensor
 
+    with (fused_attention(), masks_keep_all(),
+          torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor)):
+        forward()
+    return saved
+
+
+def masks_keep_all():
+    """On meta tensors, a selection by mask (`nonzero`: Z-Image picks caption tokens so)
+    keeps every element, as it does for a caption that fills its length."""
+    import torch.fx.experimental._config as fx_config
+
+    return fx_config.patch(meta_nonzero_assume_all_nonzero=True)
+
+
+def saved_activation_bytes(unet, batch: int, resolution: int) -> int:
+    """Bytes autograd keeps for the backward pass of one UNet forward, counted on meta
+    tensors."""
     with torch.device("meta"):
         inputs = unet_inputs(unet, batch, resolution)
-        with (fused_attention(),
-              torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor)):
-            unet(**inputs)
-    return saved
+        return saved_bytes(lambda: unet(**inputs))
+
+
+def transformer_inputs(model: str, kind: str, config: TrainConfig,
+                       images: int) -> tuple[torch.Tensor, dict] | None:
+    """(zero latents, zero conditioning) of the shapes a flow transformer is trained on at
+    the run's resolution and text length (`images` latents), from the model's VAE and text
+    configs; None where those are not on this machine."""
+    from train.cache import Preprocessing, _config, latent_shape, text_shape
+
+    vae = _config(model, "vae")
+    shapes = text_shape(model, kind, Preprocessing(config.resolution, False, False, 0,
+                                                   config.max_sequence_length))
+    if vae is None or shapes is None:
+        return None
+    (tokens, width), pooled = shapes
+    inputs = {"encoder_hidden_states": torch.zeros(images, tokens, width),
+              "text_lengths": torch.full((images,), tokens)}
+    if pooled is not None:
+        inputs = {"encoder_hidden_states": inputs["encoder_hidden_states"],
+                  "pooled_projections": torch.zeros(images, *pooled)}
+    return torch.zeros(images, *latent_shape(vae, kind, config.resolution)), inputs
 
 
 def _optimizer_bytes(config: TrainConfig, trainable: list[torch.nn.Parameter]) -> int:
@@ -148,12 +186,23 @@ def estimate(config: TrainConfig, shards: int = 1) -> MemoryEstimate | None:
     else:  # fp32 policy and an fp32 frozen copy (train/trainer.py, build_networks)
         weights, reference = parameters * 4, parameters * 4
     activations = None
+    if config.gradient_checkpointing:
+        net.enable_gradient_checkpointing()
+    net.train()
     if kind in ("sd", "sdxl"):
-        if config.gradient_checkpointing:
-            net.enable_gradient_checkpointing()
-        net.train()
         fp32 = saved_activation_bytes(net, 2 * config.batch_size, config.resolution)
         activations = fp32 // 2 if half else fp32
+    else:
+        from train.processes import predict
+
+        with torch.device("meta"):
+            found = transformer_inputs(config.model, kind, config, 2 * config.batch_size)
+            if found is not None:
+                latents, inputs = found
+                sigma = torch.full((len(latents),), 0.5)
+                fp32 = saved_bytes(lambda: predict(net, kind, latents, sigma, inputs,
+                                                   config.flux_guidance))
+                activations = fp32 // 2 if half else fp32
     gradients, optimizer = 4 * trained, _optimizer_bytes(config, trainable)
     if config.ema_decay:  # its moving average: an fp32 copy of what is trained
         optimizer += 4 * trained
@@ -178,7 +227,8 @@ def estimate_lines(config: TrainConfig, shards: int = 1) -> list[str]:
                 "(download the model, or give a local folder)"]
     precision = "fp32" if config.mixed_precision == "no" else (
         "bf16 on a GPU" if config.mixed_precision == "auto" else config.mixed_precision)
-    activations = ("not counted for transformers" if found.activations is None
+    activations = ("not counted (the VAE's or text encoder's config is not here)"
+                   if found.activations is None
                    else f"{size_text(found.activations)} saved for backward at "
                         f"{config.batch_size} pairs of {config.resolution} px")
     return [

@@ -32,6 +32,16 @@ _TOY_RUN = {
     "sample_seed_start": 2_000_000, "scorer": "toy_judge", "holdout_pairs": 64,
 }
 
+# What the three 2026 transformer presets share (sources beside PRESETS' entries).
+_FLOW_DPO_2026 = {
+    "beta": 100.0, "timestep_sampling": "logit_normal", "effective_batch": 32,
+    "batch_size": 1, "max_steps": 300, "warmup_steps": 0, "lr_scheduler": "constant",
+    "optimizer": "adamw", "weight_decay": 1e-4, "max_grad_norm": 1.0, "prompt_dropout": 0.1,
+    "gradient_checkpointing": True, "checkpoint_every": 100,
+    "eval_every": 50, "sample_prompts": PARTI_STYLE_PROMPTS, "holdout_pairs": 500,
+    "cache_workers": 8,
+}
+
 PRESETS: dict[str, dict] = {
     "sd15": {
         "_about": "the paper's SD1.5 recipe (full UNet, AdamW, batch 2048, 2000 steps)",
@@ -84,50 +94,56 @@ PRESETS: dict[str, dict] = {
         "checkpoint_every": 500, "eval_every": 250, "sample_prompts": PARTI_STYLE_PROMPTS,
         "sample_steps": 28, "sample_guidance": 3.5, "holdout_pairs": 500, "cache_workers": 8,
     },
-    # The 2026 transformers: LoRA Flow-DPO on one GPU. The DPO numbers (beta 100, lr 1e-5,
-    # rank 16, 32 pairs a step, 2000 steps) are this project's SD3/FLUX presets'; from
-    # diffusers' own LoRA scripts for each model (examples/dreambooth, 2026): 1024 px, the
-    # noise-level density (their default `weighting_scheme none`: uniform, unshifted for
-    # FLUX.2 and Qwen-Image whose schedulers shift dynamically, Z-Image's static shift 3),
-    # the LoRA targets and 512 text tokens.
+    # The 2026 transformers: LoRA Flow-DPO, beta 100 (flow_grpo's and VeRL-Omni's Flow-DPO
+    # on SD3.5 and Qwen-Image; per-element mean errors as here), logit-normal(0, 1) noise
+    # levels on the scheduler's own table (the same sources), 32 pairs a step, constant
+    # lr, weight decay 1e-4 and clipping 1.0 (every Flow-Factory, flow_grpo and VeRL-Omni
+    # recipe), LoRA alpha twice the rank (Flow-Factory's default), prompt dropout 0.1 (this
+    # project's `sd3` preset's; no source drops captions). Qwen-Image is the
+    # one model with a published DPO recipe (VeRL-Omni's online DPO, 2026): its numbers are
+    # taken whole. FLUX.2 [klein] and Z-Image have none in Flow-Factory, VeRL-Omni,
+    # flow_grpo or DiffusionNFT (Flow-Factory lists both for offline DPO without a config);
+    # their rank, targets, lr and resolution are Flow-Factory's LoRA GRPO/NFT recipes'.
+    # Steps: VeRL-Omni's 300 for all three.
     "flux2-klein": {
-        "_about": "one GPU: FLUX.2 [klein] base 4B with LoRA rank 16 (diffusers' klein "
-                  "targets, single blocks too), Flow-DPO, 1024 px, batch 32, 2000 steps",
+        "_about": "FLUX.2 [klein] base 4B, LoRA rank 64 on both streams' attention and "
+                  "MLPs and the single blocks (Flow-Factory's targets, with the single "
+                  "blocks' attn.to_out named), Flow-DPO beta 100, lr 1e-4, 512 px, "
+                  "32 pairs a step, 300 steps",
         "model": "black-forest-labs/FLUX.2-klein-base-4B",
-        "resolution": 1024, "beta": 100.0, "lora_rank": 16, "learning_rate": 1e-5,
-        "lora_targets": ["to_q", "to_k", "to_v", "to_out.0", "to_qkv_mlp_proj",
+        "lora_rank": 64, "lora_alpha": 128.0, "learning_rate": 1e-4,  # FF nft/lora/flux2_klein_base
+        "lora_targets": ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj",
+                         "add_v_proj", "to_add_out", "ff.linear_in", "ff.linear_out",
+                         "ff_context.linear_in", "ff_context.linear_out", "to_qkv_mlp_proj",
                          *[f"single_transformer_blocks.{i}.attn.to_out" for i in range(24)]],
-        "effective_batch": 32, "batch_size": 1, "max_steps": 2000, "warmup_steps": 0,
-        "lr_scheduler": "constant", "optimizer": "adamw", "prompt_dropout": 0.1,
-        "timestep_sampling": "uniform", "max_sequence_length": 512,
-        "gradient_checkpointing": True, "checkpoint_every": 500, "eval_every": 250,
-        "sample_prompts": PARTI_STYLE_PROMPTS, "sample_steps": 50, "sample_guidance": 4.0,
-        "holdout_pairs": 500, "cache_workers": 8,
+        "resolution": 512, "max_sequence_length": 512,  # FF: 384-512 px; Qwen3, 512 tokens
+        "sample_steps": 28, "sample_guidance": 4.0,  # FF klein base eval: 28 steps, gs 4
+        **_FLOW_DPO_2026,
     },
     "qwen-image": {
-        "_about": "one GPU: Qwen-Image (20B) with LoRA rank 16 on the image stream's "
-                  "attention, Flow-DPO, 1024 px, batch 32, 2000 steps (needs an 80 GB GPU "
-                  "in bf16; FSDP2 across GPUs for more)",
+        "_about": "Qwen-Image (20B), VeRL-Omni's DPO recipe: LoRA rank 64 on both streams' "
+                  "attention and MLPs, beta 100, lr 3e-4, 512 px, 256 text tokens, 32 pairs "
+                  "a step, 300 steps",
         "model": "Qwen/Qwen-Image",
-        "resolution": 1024, "beta": 100.0, "lora_rank": 16, "learning_rate": 1e-5,
-        "effective_batch": 32, "batch_size": 1, "max_steps": 2000, "warmup_steps": 0,
-        "lr_scheduler": "constant", "optimizer": "adamw", "prompt_dropout": 0.1,
-        "timestep_sampling": "uniform", "max_sequence_length": 512,
-        "gradient_checkpointing": True, "checkpoint_every": 500, "eval_every": 250,
-        "sample_prompts": PARTI_STYLE_PROMPTS, "sample_steps": 50, "sample_guidance": 4.0,
-        "holdout_pairs": 500, "cache_workers": 8,
+        "lora_rank": 64, "lora_alpha": 128.0, "learning_rate": 3e-4,
+        "lora_targets": ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj",
+                         "add_v_proj", "to_add_out", "img_mlp.net.0.proj", "img_mlp.net.2",
+                         "txt_mlp.net.0.proj", "txt_mlp.net.2"],
+        "resolution": 512, "max_sequence_length": 256,
+        "sample_steps": 50, "sample_guidance": 4.0,  # VeRL-Omni validation: 50 steps
+        **_FLOW_DPO_2026,
     },
     "z-image": {
-        "_about": "one GPU: Z-Image (6B base) with LoRA rank 16 on attention, Flow-DPO, "
-                  "1024 px, batch 32, 2000 steps",
+        "_about": "Z-Image (6B base), LoRA rank 64 on attention and the SwiGLU MLP "
+                  "(Flow-Factory's targets), Flow-DPO beta 100, lr 3e-4, 512 px, 32 pairs "
+                  "a step, 300 steps",
         "model": "Tongyi-MAI/Z-Image",
-        "resolution": 1024, "beta": 100.0, "lora_rank": 16, "learning_rate": 1e-5,
-        "effective_batch": 32, "batch_size": 1, "max_steps": 2000, "warmup_steps": 0,
-        "lr_scheduler": "constant", "optimizer": "adamw", "prompt_dropout": 0.1,
-        "timestep_sampling": "uniform", "max_sequence_length": 512,
-        "gradient_checkpointing": True, "checkpoint_every": 500, "eval_every": 250,
-        "sample_prompts": PARTI_STYLE_PROMPTS, "sample_steps": 50, "sample_guidance": 5.0,
-        "holdout_pairs": 500, "cache_workers": 8,
+        "lora_rank": 64, "lora_alpha": 128.0, "learning_rate": 3e-4,  # FF grpo|nft/lora/z_image
+        "lora_targets": ["to_q", "to_k", "to_v", "to_out.0", "feed_forward.w1",
+                         "feed_forward.w2", "feed_forward.w3"],
+        "resolution": 512, "max_sequence_length": 512,
+        "sample_steps": 40, "sample_guidance": 4.0,  # FF z_image eval: 40 steps, gs 4
+        **_FLOW_DPO_2026,
     },
     "toy": {
         "_about": "the bundled toy model on this laptop's CPU, judged by the toy judge",
