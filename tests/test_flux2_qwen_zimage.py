@@ -9,6 +9,7 @@ import json
 import math
 import shutil
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ from tests.helpers import config_for
 from train.processes import predict
 from train.trainer import Run
 
+REPO = Path(__file__).resolve().parents[1]
 RED = "a red circle"
 KINDS = ["flux2", "qwenimage", "zimage"]
 CLASSES = {"flux2": "Flux2KleinPipeline", "qwenimage": "QwenImagePipeline",
@@ -297,3 +299,37 @@ def test_eval_auto_compares_the_base_with_its_flow_dpo_lora(model_2026, store_pa
     assert code == 0, out.err
     result = json.loads(out.out[out.out.index("{"):])
     assert result["pairs"] == 4 and (tmp_path / "eval" / "report.md").is_file()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_fsdp2_full_flow_dpo_on_two_processes_writes_a_pipeline_plain_diffusers_loads(
+        kind, request, store_path, tmp_path):
+    """docs/accelerate/fsdp.yaml (FSDP2: the policy and the reference sharded block by block
+    by the transformer's own `_no_split_modules`), 2 processes: the run starts at ln 2 and
+    its gathered weights load with from_pretrained and change the images."""
+    import os
+    import subprocess
+    import sys
+
+    from cli.parser import save_config
+
+    base = request.getfixturevalue(f"tiny_{kind}_dir")
+    config = config_for(base, store_path, tmp_path / "run", max_steps=2, eval_every=0,
+                        batch_size=1, effective_batch=2, max_sequence_length=64)
+    save_config(config, tmp_path / "fsdp.yaml")
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "GLOO_SOCKET_IFNAME": "lo"}
+    out = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+         str(REPO / "docs" / "accelerate" / "fsdp.yaml"), "--num_processes", "2",
+         "--main_process_port", str(29571 + KINDS.index(kind)), "-m", "train",
+         str(tmp_path / "fsdp.yaml")],
+        capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert [row["step"] for row in logged] == [1, 2]
+    assert logged[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)
+    from diffusers import DiffusionPipeline
+
+    trained = DiffusionPipeline.from_pretrained(tmp_path / "run" / "final")
+    assert not np.allclose(images(trained, kind),
+                           images(DiffusionPipeline.from_pretrained(base), kind))
