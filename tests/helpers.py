@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -162,8 +163,6 @@ def fill_disk(folder: Path) -> Path:
 def judged_store(path: Path) -> Path:
     """A store of twelve judged pairs of distinct colours (four prompts), plus a tie and a
     both-bad vote, at `path`."""
-    import numpy as np
-
     rng = np.random.default_rng(0)
     with Store(path) as store:
         for i in range(12):
@@ -172,6 +171,18 @@ def judged_store(path: Path) -> Path:
         record(store, "a tie", "tie")
         record(store, "both bad", "both_bad")
     return path
+
+
+def flow_images(pipe, kind: str, seed: int = 0) -> np.ndarray:
+    """Two steps of 32 px images of one prompt by a tiny flow pipeline, in its own
+    guidance convention (Qwen-Image: true CFG against " ")."""
+    import torch
+
+    guidance = ({"true_cfg_scale": 4.0, "negative_prompt": " "} if kind == "qwenimage"
+                else {"guidance_scale": 4.0})
+    return pipe(prompt="a red circle", num_inference_steps=2, height=32, width=32,
+                output_type="np", generator=torch.Generator().manual_seed(seed),
+                **guidance).images
 
 
 def config_for(model_dir, store_path, out, **overrides):

@@ -1,7 +1,9 @@
 """FLUX.2 [klein], Qwen-Image and Z-Image (tiny, built from configs offline) through the
 whole loop: loaded by name, pairs in each model's guidance convention on the annotate page
-and in AI feedback, Flow-DPO in full and with LoRA, exact resume, outputs that plain
-diffusers loads, and eval auto of base against aligned."""
+and in AI feedback, each transformer called as its pipeline calls it, FSDP2 full
+fine-tuning, and eval auto of base against aligned. Flow-DPO in full and with LoRA, exact
+resume and plain-diffusers loads of both outputs are tests/test_flow.py's, run on all five
+flow kinds."""
 
 from __future__ import annotations
 
@@ -14,12 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from models.generate import generate, generate_pair
 from models.loading import check, load
 from models.variety import PairVariety
-from tests.helpers import config_for
+from tests.helpers import config_for, flow_images
 from train.processes import predict
 from train.trainer import Run
 
@@ -39,27 +40,6 @@ def model_2026(request) -> tuple[str, object]:
 def brightness(prompts, images) -> list[float]:
     """A scorer for AI feedback and eval auto: the mean pixel value."""
     return [float(np.asarray(image, dtype=np.float32).mean()) for image in images]
-
-
-def images(pipe, kind: str) -> np.ndarray:
-    guidance = ({"true_cfg_scale": 4.0, "negative_prompt": " "} if kind == "qwenimage"
-                else {"guidance_scale": 4.0})
-    return pipe(prompt=RED, num_inference_steps=2, height=32, width=32, output_type="np",
-                generator=torch.Generator().manual_seed(0), **guidance).images
-
-
-def unreachable(kind: str, name: str) -> bool:
-    """Parameters no loss can move: Qwen-Image's last block's text stream (its output is
-    discarded: only image tokens are predicted); Z-Image's padding tokens (the tiny
-    captions and images fill whole blocks of 32 tokens, so none is padded)."""
-    if kind == "qwenimage":
-        return name.startswith("transformer_blocks.1.") and ("txt" in name
-                                                             or "add_out" in name)
-    return kind == "zimage" and name in ("x_pad_token", "cap_pad_token")
-
-
-def transformer_state(folder) -> dict[str, torch.Tensor]:
-    return load_file(str(folder / "transformer" / "diffusion_pytorch_model.safetensors"))
 
 
 # -- the model layer -------------------------------------------------------------------
@@ -168,82 +148,6 @@ def test_zimage_predicts_the_velocity_from_its_reversed_time_and_negated_output(
     assert torch.allclose(ours, -torch.stack(out)[:, :, 0], atol=1e-5)
 
 
-# -- Flow-DPO ---------------------------------------------------------------------------
-
-
-def test_full_flow_dpo_starts_at_ln2_changes_every_transformer_weight_and_loads_plainly(
-        model_2026, store_path, tmp_path):
-    kind, base = model_2026
-    config = config_for(base, store_path, tmp_path / "run", max_steps=2, eval_every=2,
-                        sample_prompts=["prompt 0"], sample_seeds=1, sample_steps=2,
-                        max_sequence_length=64)
-    summary = Run(config).train()
-    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
-    assert logged[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)  # policy = reference
-    assert summary["pairs"] == 12
-    final = tmp_path / "run" / "final"
-    before, after = transformer_state(base), transformer_state(final)
-    assert before.keys() == after.keys()
-    weights = {name for name, p in load(str(base)).denoiser.named_parameters()}
-    unchanged = [k for k in weights if torch.equal(before[k], after[k])]
-    assert all(unreachable(kind, name) for name in unchanged), unchanged
-    for part in ("vae", "text_encoder"):
-        [file] = (base / part).glob("*.safetensors")
-        original, saved = load_file(str(file)), load_file(str(final / part / file.name))
-        assert all(torch.equal(original[k], saved[k]) for k in original), part
-    assert (tmp_path / "run" / "samples" / "step-000002.png").is_file()  # the grid
-    from diffusers import DiffusionPipeline  # plain diffusers, no project code
-
-    trained = DiffusionPipeline.from_pretrained(final)
-    assert type(trained).__name__ == CLASSES[kind]
-    assert not np.allclose(images(trained, kind),
-                           images(DiffusionPipeline.from_pretrained(base), kind))
-
-
-def test_lora_flow_dpo_changes_every_adapter_weight_and_loads_with_load_lora_weights(
-        model_2026, store_path, tmp_path):
-    kind, base = model_2026
-    run = Run(config_for(base, store_path, tmp_path / "run", lora_rank=4, max_steps=3,
-                         eval_every=0, max_sequence_length=64))
-    lora_before = {n: p.detach().clone() for n, p in run.denoiser.named_parameters()
-                   if "lora_" in n}
-    run.train()
-    lora_after = {n: p for n, p in run.denoiser.named_parameters() if "lora_" in n}
-    assert lora_before and all(not torch.equal(lora_before[n], lora_after[n])
-                               for n in lora_before)
-    base_now = {n.replace(".base_layer", ""): p for n, p in run.denoiser.named_parameters()
-                if "lora_" not in n}
-    original = transformer_state(base)
-    assert all(torch.equal(original[n], base_now[n]) for n in base_now if n in original)
-    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
-    assert logged[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)  # adapters start at 0
-    from diffusers import DiffusionPipeline
-
-    pipe = DiffusionPipeline.from_pretrained(base)
-    plain = images(pipe, kind)
-    pipe.load_lora_weights(str(tmp_path / "run" / "final"))
-    assert not np.allclose(images(pipe, kind), plain)
-    assert load(str(tmp_path / "run" / "final")).kind == kind  # and by the project's name
-
-
-def test_flow_dpo_resumes_to_the_weights_of_an_uninterrupted_run(model_2026, store_path,
-                                                                 tmp_path):
-    kind, base = model_2026
-    common = {"max_steps": 4, "checkpoint_every": 2, "checkpoints_kept": 5, "lora_rank": 4,
-              "eval_every": 0, "max_sequence_length": 64, "prompt_dropout": 0.5}
-    whole = Run(config_for(base, store_path, tmp_path / "whole", **common))
-    whole.train()
-    (tmp_path / "resumed" / "checkpoints").mkdir(parents=True)
-    shutil.copytree(tmp_path / "whole" / "checkpoints" / "checkpoint-000002",
-                    tmp_path / "resumed" / "checkpoints" / "checkpoint-000002")
-    resumed = Run(config_for(base, store_path, tmp_path / "resumed", resume="latest",
-                             **common))
-    assert resumed.train()["trained_steps"] == 2
-    for (name, a), (_, b) in zip(whole.denoiser.named_parameters(),
-                                 resumed.denoiser.named_parameters(), strict=True):
-        assert torch.allclose(a, b, atol=1e-6), name
-
-
 # -- the loop's other commands ----------------------------------------------------------
 
 
@@ -331,5 +235,5 @@ def test_fsdp2_full_flow_dpo_on_two_processes_writes_a_pipeline_plain_diffusers_
     from diffusers import DiffusionPipeline
 
     trained = DiffusionPipeline.from_pretrained(tmp_path / "run" / "final")
-    assert not np.allclose(images(trained, kind),
-                           images(DiffusionPipeline.from_pretrained(base), kind))
+    assert not np.allclose(flow_images(trained, kind),
+                           flow_images(DiffusionPipeline.from_pretrained(base), kind))
