@@ -276,35 +276,6 @@ def test_two_processes_train_sd3_with_lora(tiny_sd3_dir, store_path, tmp_path):
     assert (tmp_path / "run" / "final" / "pytorch_lora_weights.safetensors").is_file()
 
 
-def test_the_annotate_page_collects_sd3_pairs_unchanged(tiny_sd3_dir, tmp_path):
-    import time
-
-    from gradio_client import Client
-
-    from annotate.config import PageConfig
-    from annotate.serve import open_app
-    from annotate.showings import MIN_DISPLAY_MS
-    from tests.helpers import serving
-
-    server = open_app(PageConfig(model=[str(tiny_sd3_dir)], db=tmp_path / "prefs.duckdb",
-                                steps=2, guidance_range=[3.0, 7.0],
-                                buffer=0))
-    try:
-        with serving(server.demo) as url:
-            client = Client(url, verbose=False)
-            shown = client.predict("ann", RED, "new", api_name="/generate")
-            time.sleep(MIN_DISPLAY_MS / 1000 + 0.05)
-            client.predict("ann", "new", shown[3], api_name="/vote_left")
-        [ranking] = server.store.rankings()
-        made = server.store.cursor().execute(
-            "SELECT model, guidance_scale, width FROM images ORDER BY image_uid").fetchall()
-    finally:
-        server.close()
-    assert ranking.caption == RED
-    assert {m for m, _, _ in made} == {str(tiny_sd3_dir)} and {w for *_, w in made} == {32}
-    assert len(made) == 2 and all(3.0 <= g <= 7.0 for _, g, _ in made)  # drawn per image
-
-
 def test_eval_auto_compares_an_sd3_base_with_its_flow_dpo_lora(tiny_sd3_dir, store_path,
                                                                 tmp_path):
     Run(config_for(tiny_sd3_dir, store_path, tmp_path / "run", lora_rank=4, max_steps=1,

@@ -151,7 +151,8 @@ def test_zimage_predicts_the_velocity_from_its_reversed_time_and_negated_output(
 # -- the loop's other commands ----------------------------------------------------------
 
 
-def test_the_annotate_page_and_ai_feedback_collect_pairs_unchanged(model_2026, tmp_path,
+@pytest.mark.parametrize("kind", ["sd3", *KINDS])
+def test_the_annotate_page_and_ai_feedback_collect_pairs_unchanged(kind, request, tmp_path,
                                                                    capsys):
     from gradio_client import Client
 
@@ -161,7 +162,7 @@ def test_the_annotate_page_and_ai_feedback_collect_pairs_unchanged(model_2026, t
     from annotate.showings import MIN_DISPLAY_MS
     from tests.helpers import serving
 
-    kind, folder = model_2026
+    folder = request.getfixturevalue(f"tiny_{kind}_dir")
     server = open_app(PageConfig(model=[str(folder)], db=tmp_path / "prefs.duckdb", steps=2,
                                  guidance_range=[3.0, 7.0], size=32, buffer=0))
     try:
@@ -172,11 +173,12 @@ def test_the_annotate_page_and_ai_feedback_collect_pairs_unchanged(model_2026, t
             client.predict("ann", "new", shown[3], api_name="/vote_left")
         [ranking] = server.store.rankings()
         made = server.store.cursor().execute(
-            "SELECT model, width, scheduler FROM images ORDER BY image_uid").fetchall()
+            "SELECT model, width, guidance_scale FROM images ORDER BY image_uid").fetchall()
     finally:
         server.close()
     assert ranking.caption == RED and len(made) == 2
     assert {(m, w) for m, w, _ in made} == {(str(folder), 32)}
+    assert all(3.0 <= g <= 7.0 for *_, g in made)  # drawn per image
     (tmp_path / "prompts.txt").write_text("a red circle\na blue square\n")
     code = annotate_main(["feedback", "--model", str(folder), "--db",
                           str(tmp_path / "ai.duckdb"), "--pairs", "2", "--steps", "2",
