@@ -314,14 +314,14 @@ def transformer_folder(folder: Path, size: dict) -> Path:
 
 
 def transformer_row(folder: Path, size: dict, resolution: int, shards: int) -> dict:
-    """One transformer's DPO pair, counted on meta as `pair_flops` counts a UNet's, with
+    """One transformer's DPO pair, counted on meta as `--dry_run` counts it, with
     what `--dry_run` estimates for its preset: LoRA (the preset's rank and targets) on one
     GPU, full with FSDP2 over
     `shards` GPUs, and the text cache's size per caption."""
     from models.meta import denoiser_on_meta
     from train.cache import VARIABLE_TEXT_KINDS, Preprocessing, text_shape
     from train.config import resolve
-    from train.memory import GIB, estimate, transformer_inputs
+    from train.memory import GIB, estimate, pair_flops
 
     row: dict = {}
     for mode, rank in (("full", 0), ("lora", resolve(size["preset"]).lora_rank)):
@@ -333,9 +333,8 @@ def transformer_row(folder: Path, size: dict, resolution: int, shards: int) -> d
             net.requires_grad_(False)
             with torch.device("meta"):
                 net.add_adapter(config.lora_adapter())
-        with torch.device("meta"):
-            latents, inputs = transformer_inputs(str(folder), kind, config, 2)
-            step, ref = _transformer_flops(net, kind, latents, inputs, lora=bool(rank))
+        flops = pair_flops(config)
+        step, ref = flops.policy, flops.reference
         memory = estimate(config, 1 if rank else shards)
         cached = step + ref
         row[mode] = {
@@ -344,8 +343,8 @@ def transformer_row(folder: Path, size: dict, resolution: int, shards: int) -> d
                                         if p.requires_grad),
             "policy_forward_backward": step, "reference_forward": ref,
             "tflop_per_pair_cached": round(cached / 1e12, 4),
-            "tflop_per_pair_cached_checkpointing": round((cached + ref) / 1e12, 4),
-            "pairs_per_s_per_gpu_cached": implied_rates(cached + ref),
+            "tflop_per_pair_cached_checkpointing": round(flops.total / 1e12, 4),
+            "pairs_per_s_per_gpu_cached": implied_rates(flops.total),
             "dry_run_gib_per_gpu": round(memory.total / GIB, 2),
             "dry_run_processes": 1 if rank else shards,
             "dry_run_activations_gib": round((memory.activations or 0) / GIB, 2),
@@ -356,30 +355,6 @@ def transformer_row(folder: Path, size: dict, resolution: int, shards: int) -> d
     row["text_cache_mib_per_caption"] = round(2 * tokens * width / 2**20, 2)
     row["text_cache_is_a_bound"] = kind in VARIABLE_TEXT_KINDS  # captions at own length
     return row
-
-
-def _transformer_flops(net, kind: str, latents, inputs: dict, lora: bool) -> tuple[int, int]:
-    """FLOPs of the policy's forward and backward on a pair and of the reference's forward
-    (LoRA: the same transformer with adapters off)."""
-    from train.memory import fused_attention, masks_keep_all
-    from train.processes import predict
-
-    sigma = torch.full((len(latents),), 0.5)
-
-    def forward() -> torch.Tensor:
-        return predict(net, kind, latents, sigma, inputs)
-
-    def reference() -> None:
-        with torch.no_grad():
-            if lora:
-                net.disable_adapters()
-            forward()
-            if lora:
-                net.enable_adapters()
-
-    with fused_attention(), masks_keep_all():
-        step = counted_flops(lambda: forward().float().pow(2).mean().backward())
-        return step, counted_flops(reference)
 
 
 def transformer_rows(tiny: bool, shards: int = 8) -> dict:

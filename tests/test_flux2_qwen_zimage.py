@@ -91,6 +91,28 @@ def test_flux2_latents_and_ids_are_the_pipelines(tiny_flux2_dir):
     assert torch.allclose(ours, theirs, atol=1e-6)
 
 
+def test_flux2_dev_takes_the_guidance_value_as_its_pipeline_gives_it():
+    """FLUX.2 (dev) is FLUX.2 [klein]'s transformer with a guidance embedding: the trainer
+    feeds `flux_guidance` as Flux2Pipeline feeds its guidance scale (the raw value)."""
+    from diffusers import Flux2Pipeline, Flux2Transformer2DModel
+
+    torch.manual_seed(0)
+    net = Flux2Transformer2DModel(
+        patch_size=1, in_channels=4, num_layers=1, num_single_layers=1,
+        attention_head_dim=16, num_attention_heads=2, joint_attention_dim=48,
+        axes_dims_rope=[4, 4, 4, 4], guidance_embeds=True)
+    latents, sigma, text = torch.randn(2, 4, 8, 8), torch.tensor([0.3, 0.8]), torch.randn(2, 5, 48)
+    with torch.no_grad():
+        ours = predict(net, "flux2", latents, sigma, {"encoder_hidden_states": text}, 4.0)
+        other = predict(net, "flux2", latents, sigma, {"encoder_hidden_states": text}, 1.0)
+        ids = Flux2Pipeline._prepare_latent_ids(latents)
+        theirs = net(hidden_states=Flux2Pipeline._pack_latents(latents), timestep=sigma,
+                     guidance=torch.full([1], 4.0).expand(2), encoder_hidden_states=text,
+                     img_ids=ids, txt_ids=Flux2Pipeline._prepare_text_ids(text)).sample
+        theirs = Flux2Pipeline._unpack_latents_with_ids(theirs, ids)
+    assert torch.allclose(ours, theirs, atol=1e-6) and not torch.allclose(ours, other)
+
+
 def test_flux2_cached_latents_are_patchified_and_normalised_as_the_pipeline_undoes(
         tiny_flux2_dir):
     from diffusers import Flux2KleinPipeline
@@ -239,3 +261,24 @@ def test_fsdp2_full_flow_dpo_on_two_processes_writes_a_pipeline_plain_diffusers_
     trained = DiffusionPipeline.from_pretrained(tmp_path / "run" / "final")
     assert not np.allclose(flow_images(trained, kind),
                            flow_images(DiffusionPipeline.from_pretrained(base), kind))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_dry_run_sizes_memory_the_text_cache_and_a_pairs_flops(kind, request, store_path,
+                                                                   tmp_path):
+    from train.memory import pair_flops
+    from train.plan import plan
+
+    folder = request.getfixturevalue(f"tiny_{kind}_dir")
+    config = config_for(folder, store_path, tmp_path / "run", max_sequence_length=64,
+                        gradient_checkpointing=True)
+    lines = plan(config, 1).splitlines()
+    [cache] = [line for line in lines if line.startswith("cache:  ")]
+    bound = "at most " if kind != "flux2" else ""
+    assert f"text {bound}" in cache and " KiB a caption" in cache  # tiny: 64 x 16 or 48
+    [memory] = [line for line in lines if line.startswith("memory: ")]
+    assert "saved for backward at 2 pairs of 32 px" in memory
+    flops = pair_flops(config)
+    assert flops.recompute == flops.reference > 0  # full: a frozen copy's forward
+    [compute] = [line for line in lines if line.startswith("compute: ")]
+    assert f"{flops.total / 1e12:.2f} TFLOP a pair" in compute

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 import torch
 
 from models.meta import denoiser_on_meta
-from train.config import TrainConfig
+from train.config import REFERENCE_OBJECTIVES, TrainConfig
+from train.processes import predict
 
 GIB = 1024**3
 PEAK_BF16_TFLOPS = {"A100": 312.0, "H100 SXM": 989.4}  # dense, NVIDIA's data sheets
@@ -193,8 +194,6 @@ def estimate(config: TrainConfig, shards: int = 1) -> MemoryEstimate | None:
         fp32 = saved_activation_bytes(net, 2 * config.batch_size, config.resolution)
         activations = fp32 // 2 if half else fp32
     else:
-        from train.processes import predict
-
         with torch.device("meta"):
             found = transformer_inputs(config.model, kind, config, 2 * config.batch_size)
             if found is not None:
@@ -213,6 +212,78 @@ def estimate(config: TrainConfig, shards: int = 1) -> MemoryEstimate | None:
         gathered = 2 * largest_block(net) * (2 if half else 4)
     return MemoryEstimate(parameters, trained, weights, reference, gradients, optimizer,
                           activations, gathered)
+
+
+@dataclass(frozen=True)
+class PairFlops:
+    """FLOPs one pair costs a step: the policy's forward and backward on its images, the
+    reference's forward (0 for the objectives without one), and what gradient
+    checkpointing recomputes (a policy forward; 0 without it)."""
+
+    policy: int
+    reference: int
+    recompute: int
+
+    @property
+    def total(self) -> int:
+        return self.policy + self.reference + self.recompute
+
+
+def pair_flops(config: TrainConfig) -> PairFlops | None:
+    """One pair of `config`'s run counted on the meta device at its resolution and text
+    length (LoRA: the reference is the same network with its adapters off); None when the
+    model's configs are not on this machine."""
+    built = denoiser_on_meta(config.model)
+    if built is None:
+        return None
+    kind, net = built
+    images = 1 if config.objective == "sft" else 2  # SFT trains on the winner alone
+    if config.lora_rank:
+        net.requires_grad_(False)
+        with torch.device("meta"):
+            net.add_adapter(config.lora_adapter())
+    with torch.device("meta"):
+        if kind in ("sd", "sdxl"):
+            inputs = unet_inputs(net, images, config.resolution)
+
+            def forward() -> torch.Tensor:
+                return net(**inputs).sample
+        else:
+            found = transformer_inputs(config.model, kind, config, images)
+            if found is None:
+                return None
+            latents, conditioning = found
+            sigma = torch.full((images,), 0.5)
+
+            def forward() -> torch.Tensor:
+                return predict(net, kind, latents, sigma, conditioning, config.flux_guidance)
+
+        def reference() -> None:
+            with torch.no_grad():
+                if config.lora_rank:
+                    net.disable_adapters()
+                forward()
+                if config.lora_rank:
+                    net.enable_adapters()
+
+        with fused_attention(), masks_keep_all():
+            policy = counted_flops(lambda: forward().float().pow(2).mean().backward())
+            ref = counted_flops(reference)
+    return PairFlops(policy, ref if config.objective in REFERENCE_OBJECTIVES else 0,
+                     ref if config.gradient_checkpointing else 0)
+
+
+def compute_line(config: TrainConfig) -> str:
+    """What --dry_run prints about a pair's FLOPs and the rate they allow."""
+    found = pair_flops(config)
+    if found is None:
+        return (f"compute: not counted: {config.model}'s configs are not on this machine")
+    rates = ", ".join(f"{UTILISATION * peak * 1e12 / found.total:.2f} per {gpu}"
+                      for gpu, peak in PEAK_BF16_TFLOPS.items())
+    return (f"compute: {found.total / 1e12:.2f} TFLOP a pair (policy forward and backward "
+            f"{found.policy / 1e12:.2f}, reference forward {found.reference / 1e12:.2f}, "
+            f"checkpointing's recompute {found.recompute / 1e12:.2f}): pairs/s at "
+            f"{UTILISATION:.0%} of bf16 peak: {rates}")
 
 
 def size_text(n: int) -> str:

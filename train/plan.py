@@ -9,6 +9,7 @@ memory a process will hold is estimated (train/memory.py) where the model is loc
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from dataclasses import asdict, dataclass
@@ -25,7 +26,7 @@ from data.pairs import ChainedPairs, MixedPairs, load_pairs
 from models.loading import FLOW_KINDS, fingerprint, kind_of
 from train import cache as pair_cache
 from train.config import HOLDOUT_SHARE, TrainConfig, objective_text
-from train.memory import estimate_lines, size_text
+from train.memory import compute_line, estimate_lines, size_text
 
 HELDOUT_SPLITS = ("validation", "validation_unique", "test", "test_unique")
 INDEX_BYTES_PER_PAIR = 1900  # a run's pairs, keys, captions, cache index: benchmarks/run_index.py
@@ -163,9 +164,14 @@ def cache_line(config: TrainConfig, pairs: Dataset, processes: int = 1) -> str:
     free = _free_bytes(Path(config.cache_dir))
     where = (f"built, in {directory}" if not len(todo) else
              f"{len(todo):,} pairs and {captions_todo:,} captions to encode in {directory}")
+    shapes = pair_cache.text_shape(config.model, kind, prep)
+    bound = "at most " if kind in pair_cache.VARIABLE_TEXT_KINDS else ""
+    text = 2 * math.prod(shapes[0])
+    text_size = f"{text / 2**20:.2f} MiB" if text >= 2**20 else f"{text / 1024:.1f} KiB"
+    per_caption = f", text {bound}{text_size} a caption"
     lines = "\n".join([
-        f"cache:  {size_text(size)} ({where}; {size_text(free)} free there); every "
-        "process memory-maps it and holds a batch's rows",
+        f"cache:  {size_text(size)} ({where}; {size_text(free)} free there{per_caption}); "
+        "every process memory-maps it and holds a batch's rows",
         encode_line(config, kind, len(todo), captions_todo, processes)])
     if len(todo) and to_write > free:
         raise DoesNotFit(f"the cache needs about {size_text(to_write)} more in "
@@ -285,6 +291,7 @@ def plan(config: TrainConfig, processes: int) -> str:
         cache,
         ram_line(config, len(run.pairs), processes),
         *estimate_lines(config, shards),
+        compute_line(config),
     ]
     if refused is not None:  # the whole plan, then the refusal
         refused.text = "\n".join(lines)
