@@ -264,9 +264,10 @@ class BlindEval:
         return pair
 
     def _matchup_counts(self) -> dict[tuple[int, int], int]:
-        """Votes so far per matchup (i < j), whichever model was the base when voted."""
+        """Votes so far per matchup (i < j) that inform the board (on the page's question,
+        not both bad), whichever model was the base when voted."""
         counts: dict[tuple[int, int], int] = {}
-        for b, a, n in self.votes.comparisons():
+        for b, a, n in self.votes.comparisons(self.question):
             if b in self.models and a in self.models:
                 key = tuple(sorted((self.models.index(b), self.models.index(a))))
                 counts[key] = counts.get(key, 0) + n

@@ -103,8 +103,25 @@ def check_connected(games: np.ndarray, models: Sequence[str]) -> None:
                         "models: compare them on the same prompts and seeds first")
 
 
+def unbeaten_group(wins: np.ndarray) -> list[int]:
+    """The indices of a group of models that never lost or tied to any model outside
+    it, or [] when there is none. The likelihood has a finite maximum exactly when every
+    model beat (or tied) its way to every other one (Zermelo; Ford 1957): the "beat or
+    tied" graph is strongly connected. Without it, the group's ratings grow without bound
+    and the fit stops at an arbitrary one."""
+    from scipy.sparse.csgraph import connected_components
+
+    count, component = connected_components(wins > 0, directed=True, connection="strong")
+    if count == 1:
+        return []
+    beaten = {component[j] for i, j in zip(*np.nonzero(wins > 0), strict=True)
+              if component[i] != component[j]}  # j lost to a model of another group
+    top = next(c for c in range(count) if c not in beaten)
+    return [int(k) for k in np.flatnonzero(component == top)]
+
+
 def bradley_terry(wins: np.ndarray, prior: float = 1.0, tol: float = 1e-10,
-                  max_iter: int = 100_000) -> np.ndarray:
+                  max_iter: int = 100_000, names: Sequence[str] | None = None) -> np.ndarray:
     """Strengths theta (mean 0) maximising the Bradley-Terry likelihood of `wins`.
 
     Hunter's MM update p_i <- W_i / sum_j n_ij / (p_i + p_j), which raises the
@@ -118,6 +135,11 @@ def bradley_terry(wins: np.ndarray, prior: float = 1.0, tol: float = 1e-10,
     if np.any(total <= 0):
         raise DataError("a model that never won or tied has no finite Bradley-Terry rating: "
                         "use a prior above 0")
+    unbeaten = unbeaten_group(wins)
+    if unbeaten:
+        named = [names[k] if names else f"model {k}" for k in unbeaten]
+        raise DataError(f"{', '.join(named)} never lost or tied to the other models: no "
+                        "finite Bradley-Terry rating exists; use a prior above 0")
     strength = np.ones(len(wins))
     for _ in range(max_iter):
         new = total / (games / (strength[:, None] + strength[None, :])).sum(axis=1)
@@ -146,7 +168,7 @@ def fit(matches: Sequence[Match], models: Sequence[str], judge: str, prior: floa
     check_connected(games, models)
 
     def ratings(w: np.ndarray) -> np.ndarray:
-        theta = bradley_terry(w, prior)
+        theta = bradley_terry(w, prior, names=models)
         return ANCHOR + ELO * (theta - theta[0])
 
     rng = np.random.default_rng(seed)

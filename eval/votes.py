@@ -150,11 +150,14 @@ class VoteStore(DuckDBFile):
                             "AND (? IS NULL OR question = ?)",
                             [base, base, aligned, aligned, question, question])
 
-    def comparisons(self) -> list[tuple[str, str, int]]:
-        """(base, aligned, votes) of every comparison voted on, the latest voted first."""
+    def comparisons(self, question: str | None = None) -> list[tuple[str, str, int]]:
+        """(base, aligned, votes) of every comparison voted on, the latest voted first;
+        with `question`, only the votes that rank the two models on it (both-bad votes
+        and other questions' votes say nothing of which is better)."""
         return [tuple(r) for r in self.cursor().execute(
-            "SELECT base_model, aligned_model, count(*) FROM votes GROUP BY ALL "
-            "ORDER BY max(created_at) DESC").fetchall()]
+            "SELECT base_model, aligned_model, count(*) FROM votes WHERE ? IS NULL OR "
+            "(question = ? AND outcome <> 'both_bad') GROUP BY ALL "
+            "ORDER BY max(created_at) DESC", [question, question]).fetchall()]
 
     def revealed(self, voter: str) -> set[tuple[str, str, int]]:
         """(model, prompt, seed) of every image `voter` has seen revealed: both images of

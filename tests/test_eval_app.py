@@ -204,6 +204,28 @@ def test_a_board_deals_its_informative_matchups_and_stores_each_vote_between_the
         blind.close()
 
 
+def test_the_matchup_chooser_counts_only_votes_that_rank_on_the_boards_question(tmp_path):
+    """Both-bad votes and another question's votes say nothing of which model is better on
+    this board's question, so they leave its matchup as unvoted as it was."""
+    from datetime import datetime
+
+    from eval.votes import VoteRow
+
+    with VoteStore(tmp_path / "votes.duckdb") as votes:
+        def vote(k: int, choice: str, outcome: str, question: str) -> None:
+            votes.record(VoteRow(f"v{k}", "ann", "p", None, 0, "m-a", "m-b", "base", choice,
+                                 outcome, 2, 7.5, 100, datetime.now(), question))
+
+        vote(0, "A", "base", "preference")
+        vote(1, "both_bad", "both_bad", "preference")
+        vote(2, "B", "aligned", "appeal")
+        blind = BlindEval(["m-a", "m-b"], PROMPTS, Sampling(seeds=1), {}, votes,
+                          random.Random(0), names=["a", "b"], ratings=[1000, 1000])
+        assert blind.matchup_votes() == [("a", "b", 1)]
+        assert votes.comparisons() == [("m-a", "m-b", 3)]  # the report still sees every vote
+        blind.close()
+
+
 def test_the_board_flag_refuses_a_file_that_is_no_board_in_one_line(tmp_path):
     (tmp_path / "board.json").write_text("{}")
     for board in ("board.json", "missing.json"):

@@ -66,6 +66,23 @@ def test_an_unbeaten_model_needs_the_prior_and_the_prior_pulls_to_even():
     assert board.ratings[0] - board.ratings[1] == pytest.approx(400 * math.log10(11))
 
 
+def test_an_unbeaten_model_or_group_is_refused_without_a_prior_though_all_others_won():
+    # every model won something, but a never lost: its maximum-likelihood rating is
+    # infinite (the fit used to stop at an arbitrary one after max_iter)
+    ms = matches("a", "b", 2, 0) + matches("a", "c", 2, 0) + matches("b", "c", 1, 1)
+    with pytest.raises(DataError, match=r"^a never lost or tied to the other models"):
+        fit(ms, ["a", "b", "c"], "hand", prior=0, samples=0)
+    # a group that traded wins within itself but never lost to the rest
+    group = (matches("a", "b", 1, 1) + matches("b", "c", 3, 0) + matches("a", "d", 2, 0)
+             + matches("c", "d", 1, 1))
+    with pytest.raises(DataError, match=r"^a, b never lost or tied"):
+        fit(group, ["a", "b", "c", "d"], "hand", prior=0, samples=0)
+    assert np.isfinite(fit(ms, ["a", "b", "c"], "hand", prior=1, samples=0).ratings).all()
+    beaten_once = ms + matches("a", "c", 0, 1)  # one loss makes the fit finite
+    assert np.isfinite(fit(beaten_once, ["a", "b", "c"], "hand", prior=0,
+                           samples=0).ratings).all()
+
+
 def test_models_that_never_met_cannot_be_ranked_together():
     with pytest.raises(DataError, match="c never met a"):
         fit(matches("a", "b", 2, 1), ["a", "b", "c"], "hand", samples=0)
