@@ -73,6 +73,7 @@ def export(config: ExportConfig) -> int:
             store, config.out_dir, images=not config.no_images, shard_rows=config.shard_rows,
             overwrite=config.overwrite, question=config.question, consensus=config.consensus,
             drop_flagged=config.drop_flagged, settings=config_values(config),
+            manifest=config.format == "jsonl",
         )
     summary = ", ".join(f"{s.split}: {s.rows} pairs in {len(s.files)} file(s)" for s in splits)
     print(f"exported to {config.out_dir}: {summary or 'no pairs'}")

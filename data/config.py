@@ -40,11 +40,13 @@ class ImportConfig:
 
 @dataclass(frozen=True)
 class ExportConfig:
-    """Export preference pairs as Pick-a-Pic v2 parquet shards.
+    """Export preference pairs as Pick-a-Pic v2 parquet shards, or as JSONL manifests.
 
-    Writes OUT_DIR/<split>/<split>-NNNNN-of-NNNNN.parquet with exactly the pickapic_v2
-    columns. Ties are 0.5/0.5 with best_image_uid 'none'; both-bad and skipped votes are
-    not pairs and are not exported.
+    Parquet (the default) writes OUT_DIR/<split>/<split>-NNNNN-of-NNNNN.parquet with exactly
+    the pickapic_v2 columns; ties are 0.5/0.5 with best_image_uid 'none'. `--format jsonl`
+    writes OUT_DIR/<split>.jsonl (prompt, chosen, rejected, label, split, annotator, ...)
+    with the images under OUT_DIR/images/; ties are label 0.5. Both-bad and skipped votes
+    are not pairs and are not exported.
     """
 
     out_dir: Path = setting("the folder to write", positional=True, metavar="OUT_DIR")
@@ -59,10 +61,16 @@ class ExportConfig:
                               "majority: a tie), instead of one row per vote", False)
     drop_flagged: bool = setting("leave out the votes of annotators that `stats` flags",
                                  False)
+    format: str = setting("parquet (Pick-a-Pic v2 shards) or jsonl (a manifest per split "
+                          "of prompt, chosen and rejected image paths, images beside it)",
+                          "parquet", choices=["parquet", "jsonl"])
 
     def __post_init__(self):
         if self.shard_rows < 1:
             raise UsageError("--shard-rows must be at least 1")
+        if self.format == "jsonl" and self.no_images:
+            raise UsageError("a JSONL manifest names its image files, which the export "
+                             "writes beside it: leave out --no-images")
 
 
 @dataclass(frozen=True)

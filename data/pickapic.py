@@ -704,8 +704,10 @@ def export_pairs(
     consensus: bool = False,
     drop_flagged: bool = False,
     settings: dict | None = None,
+    manifest: bool = False,
 ) -> list[ExportedSplit]:
-    """Write preference pairs as Pick-a-Pic v2 shards, `OUT/<split>/<split>-i-of-n.parquet`.
+    """Write preference pairs as Pick-a-Pic v2 shards, `OUT/<split>/<split>-i-of-n.parquet`,
+    or (`manifest`) as JSONL manifests with their images (data/manifest.py).
 
     One row per vote on `question`, as Pick-a-Pic; or (`consensus`) one row per pair,
     labelled as most of its votes say, with how they agreed in `ExportedSplit.consensus`.
@@ -715,6 +717,9 @@ def export_pairs(
     resolved config, is kept in it as EXPORT_CONFIG.
     """
     out_dir = Path(out_dir)
+    if manifest and not images:
+        raise DataError("a JSONL manifest names its image files, which the export writes "
+                        "beside it: leave out --no-images")
     _check_target(store, out_dir, overwrite)
     schema = PICKAPIC_SCHEMA if images else NO_IMAGES_SCHEMA
     labelled = _LABELLED.format(keep=_keep(store, question, drop_flagged))
@@ -734,9 +739,11 @@ def export_pairs(
             splits = cur.execute(
                 f"WITH labelled AS ({labelled}) SELECT DISTINCT split FROM labelled ORDER BY 1"
             ).fetchall()
+            written: set[str] = set()  # a manifest export's images, each once
             exported = [
-                _export_split(cur, query, schema, split, staging, shard_rows,
-                              _consensus(cur, labelled, split) if consensus else None)
+                (_export_manifest if manifest else _export_split)(
+                    cur, query, schema, split, staging, shard_rows,
+                    _consensus(cur, labelled, split) if consensus else None, written)
                 for (split,) in splits
             ]
         _mark_export(store, staging, [f for e in exported for f in e.files])
@@ -849,8 +856,18 @@ def _consensus(cur, labelled: str, split: str) -> Consensus:
     return Consensus(*(int(x) for x in row))
 
 
+def _export_manifest(cur, query, schema, split, root: Path, shard_rows: int,
+                     consensus: Consensus | None, written: set[str]) -> ExportedSplit:
+    from data.manifest import write_split
+
+    rows = (row for batch in cur.sql(query, params=[split]).to_arrow_reader(batch_size=256)
+            for row in batch.to_pylist())
+    count, files = write_split(rows, split, root, written)
+    return ExportedSplit(split, count, files, consensus)
+
+
 def _export_split(cur, query, schema, split, root: Path, shard_rows: int,
-                  consensus: Consensus | None) -> ExportedSplit:
+                  consensus: Consensus | None, written: set[str]) -> ExportedSplit:
     [(total,)] = cur.execute(f"SELECT count(*) FROM ({query})", [split]).fetchall()
     n_shards = max(1, math.ceil(total / shard_rows))
     (root / split).mkdir()

@@ -91,7 +91,7 @@ def test_export_writes_its_resolved_config_and_that_file_repeats_the_export(tmp_
     saved = yaml.safe_load((out / EXPORT_CONFIG).read_text())
     assert saved == {"out_dir": str(out), "db": str(db), "no_images": True, "shard_rows": 2,
                      "overwrite": False, "question": "preference", "consensus": False,
-                     "drop_flagged": False}
+                     "drop_flagged": False, "format": "parquet"}
     first = pq.read_table(out / "train")
     assert first.num_rows == 5 and "jpg_0" not in first.column_names
 
