@@ -18,14 +18,17 @@ _STORE_HELP = "the store file"
 
 @dataclass(frozen=True)
 class ImportConfig:
-    """Import parquet shards in the Pick-a-Pic v1/v2 schema (public ones or our exports).
+    """Import parquet shards in the Pick-a-Pic v1/v2 schema (public ones or our exports)
+    and JSONL pair manifests (prompt, chosen, rejected image paths; optional label, split,
+    annotator).
 
-    Each file is all-or-nothing: a file with a bad row is refused with its row and
-    problem, and the other files still import. Importing a shard again adds nothing.
+    Each file is all-or-nothing: a file with a bad row is refused with its row (a
+    manifest: its line) and problem, and the other files still import. Importing a file
+    again adds nothing.
     """
 
-    paths: list[str] = setting("parquet files, or folders of them", positional=True,
-                               metavar="SHARD_OR_DIR")
+    paths: list[str] = setting("parquet files or .jsonl manifests, or folders of them",
+                               positional=True, metavar="SHARD_OR_DIR")
     db: Path = setting(_STORE_HELP, DEFAULT_DB)
     source: str = setting("provenance recorded for these pairs", "public:pickapic")
     split: str | None = setting("split for every row (default: from the folder or file "

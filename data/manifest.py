@@ -10,14 +10,27 @@ names as `OUT/images/<image_uid>.jpg`, each once, the stored JPEG bytes unchange
 `label` is the share of the vote (or votes) for `chosen`: 1.0 for a decisive vote; a tie
 is 0.5, with chosen and rejected then in the stored pair's order. `annotator` is the
 store's user id of the vote (0 for a consensus row, which speaks for several).
+
+An import (`python -m data import FILE.jsonl` or a folder holding manifests) reads the same
+fields (`label` 1 or 0.5, default 1; `split` one per file, default from the file's name;
+`annotator` a number or a name): every line is checked first, a bad one refused with its
+file and line and nothing stored, then the pairs go in as the parquet import puts a shard
+in. Images are identified by their content and pairs by prompt, images, label and
+annotator, so importing a manifest again adds nothing; images in other formats than JPEG
+are stored re-encoded as JPEG. A manifest records no time: its pairs are stamped 1970-01-01.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import re
+from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
+
+from cli.errors import ShardError
 
 IMAGES = "images"  # the folder beside the manifests that holds the images they name
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,100}")
@@ -68,3 +81,151 @@ def write_split(rows, split: str, root: Path, written: set[str]) -> tuple[int, l
                       + "\n")
             count += 1
     return count, files
+
+
+# -- import ------------------------------------------------------------------------------
+
+EPOCH = datetime(1970, 1, 1)  # a manifest records no time: its pairs are all stamped so
+
+
+def _id(*parts) -> int:
+    """A stable positive 63-bit id of `parts`: the same manifest row, the same id."""
+    digest = hashlib.blake2b(json.dumps(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
+
+
+def _image(folder: Path, value, key: str, where: str, max_side: int) -> bytes:
+    """The JPEG bytes a manifest row's `key` names (other formats re-encoded as JPEG, as
+    the store keeps JPEG), checked as the parquet import checks them."""
+    from PIL import Image
+
+    from data.images import ImageProblem, check_jpeg
+    from data.pairs import encode_jpeg
+
+    if not isinstance(value, str) or not value:
+        raise ShardError(f"{where}: `{key}` must be an image path")
+    path = Path(value) if Path(value).is_absolute() else folder / value
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise ShardError(f"{where}: `{key}` {value}: {error.strerror or error}") from None
+    try:
+        try:
+            check_jpeg(data, max_side)
+        except ImageProblem as problem:
+            if "not JPEG" not in str(problem):
+                raise
+            with Image.open(io.BytesIO(data)) as image:
+                if max(image.size) > max_side:
+                    raise ImageProblem(f"declares {image.width}x{image.height} pixels, over "
+                                       f"the {max_side} px per side limit") from None
+                data = encode_jpeg(image)
+            check_jpeg(data, max_side)
+    except ImageProblem as problem:
+        raise ShardError(f"{where}: `{key}` {value} {problem}") from None
+    except Exception as error:  # PIL raises many types for bytes it cannot read
+        raise ShardError(f"{where}: `{key}` {value} is not a decodable image "
+                         f"({type(error).__name__})") from None
+    return data
+
+
+def _user_id(value, where: str) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ShardError(f"{where}: `annotator` must be a name or a number")
+    return value if isinstance(value, int) and value >= 0 else _id("annotator", str(value))
+
+
+def read_manifest(path: Path, max_side: int) -> tuple[list[dict], list[int], str | None]:
+    """A manifest's pairs as Pick-a-Pic rows (images read and checked), the line of each,
+    and the split its rows name (one per file); `ShardError` names the file and line of
+    the first bad row."""
+    rows, lines, split = [], [], None
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ShardError(f"{path}: cannot be read as UTF-8 text ({error})") from None
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            item = json.loads(line)
+        except ValueError as error:
+            raise ShardError(f"{where}: not a JSON object ({error.msg})") from None
+        if not isinstance(item, dict):
+            raise ShardError(f"{where}: not a JSON object")
+        prompt = item.get("prompt")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ShardError(f"{where}: `prompt` must be non-empty text")
+        label = item.get("label", 1.0)
+        if isinstance(label, bool) or label not in (1, 0.5):
+            raise ShardError(f"{where}: `label` {label!r}: give 1 (chosen preferred) or 0.5 "
+                             "(a tie); other shares are not imported yet")
+        row_split = item.get("split")
+        if row_split is not None and (not isinstance(row_split, str) or not row_split):
+            raise ShardError(f"{where}: `split` must be a name such as train or test")
+        if row_split is not None and split is not None and row_split != split:
+            raise ShardError(f"{where}: split {row_split!r} after {split!r}: one split per "
+                             "file; put each split's rows in its own file")
+        split = row_split or split
+        chosen, rejected = (_image(path.parent, item.get(key), key, where, max_side)
+                            for key in ("chosen", "rejected"))
+        uids = [hashlib.sha256(data).hexdigest()[:32] for data in (chosen, rejected)]
+        if uids[0] == uids[1]:
+            raise ShardError(f"{where}: `chosen` and `rejected` are the same image")
+        user = _user_id(item.get("annotator"), where)
+        rows.append({
+            "are_different": False, "best_image_uid": uids[0] if label == 1 else "none",
+            "caption": prompt, "created_at": EPOCH, "has_label": True,
+            "image_0_uid": uids[0], "image_0_url": None, "image_1_uid": uids[1],
+            "image_1_url": None, "jpg_0": chosen, "jpg_1": rejected,
+            "label_0": float(label), "label_1": 1.0 - float(label),
+            "model_0": str(item.get("model_chosen") or ""),
+            "model_1": str(item.get("model_rejected") or ""),
+            "ranking_id": _id(prompt, *uids, float(label), user), "user_id": user,
+            "num_example_per_prompt": None,
+        })
+        lines.append(number)
+    if not rows:
+        raise ShardError(f"{path}: no pairs in this manifest")
+    return rows, lines, split
+
+
+def import_manifest(store, path: Path, source: str, split: str | None, max_side: int):
+    """Import one manifest as the parquet import imports a shard (all of it or nothing,
+    ids from the content so a re-import adds nothing): its rows are checked here, line by
+    line, then written as a Pick-a-Pic shard beside the store and imported from there."""
+    import tempfile
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from data.pickapic import (
+        KNOWN_SPLITS,
+        PICKAPIC_SCHEMA,
+        ImportedFile,
+        _imported_before,
+        _stamp,
+        import_shard,
+    )
+
+    stamp, cur = _stamp(path), store.cursor()
+    if _imported_before(cur, stamp):
+        return ImportedFile(path=path, rows=0, added=0, skipped=True)
+    rows, lines, named = read_manifest(path, max_side)
+    split = split or named or (path.stem if path.stem in KNOWN_SPLITS else "train")
+    with tempfile.TemporaryDirectory(prefix=".manifest-", dir=store.path.parent) as work:
+        shard = Path(work) / f"{path.stem}.parquet"
+        pq.write_table(pa.Table.from_pylist(rows, schema=PICKAPIC_SCHEMA), shard)
+        try:
+            done = import_shard(store, shard, source, split=split, max_side=max_side)
+        except ShardError as error:
+            text = str(error).replace(str(shard), str(path))
+            text = re.sub(r", row (\d+)", lambda m: f":{lines[int(m.group(1))]}", text)
+            raise ShardError(text) from None
+        # the record that lets a rerun skip the file: the manifest's, not the shard's
+        cur.execute("UPDATE imported_files SET path = ?, size = ?, mtime_ns = ? "
+                    "WHERE path = ?", [*stamp, str(shard.resolve())])
+    return replace(done, path=path)

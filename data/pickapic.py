@@ -123,13 +123,14 @@ class ExportedSplit:
 
 
 def find_shards(paths: Iterable[str | Path]) -> list[Path]:
-    """Parquet files named directly, or found under named folders, in sorted order."""
+    """Parquet files and JSONL manifests named directly, or found under named folders, in
+    sorted order."""
     shards: list[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
-            found = sorted(path.rglob("*.parquet"))
+            found = sorted([*path.rglob("*.parquet"), *path.rglob("*.jsonl")])
             if not found:
-                raise DataError(f"{path}: no .parquet files in this folder")
+                raise DataError(f"{path}: no .parquet or .jsonl files in this folder")
             shards.extend(found)
         elif path.is_file():
             shards.append(path)
@@ -601,7 +602,12 @@ def import_shards(
     shards = find_shards(paths)
     for shard in tqdm(shards, desc="import", unit="shard", disable=None if progress else True):
         try:
-            result = import_shard(store, shard, source, split=split, max_side=max_side)
+            if shard.suffix == ".jsonl":
+                from data.manifest import import_manifest
+
+                result = import_manifest(store, shard, source, split, max_side)
+            else:
+                result = import_shard(store, shard, source, split=split, max_side=max_side)
         except ShardError as error:
             result = ImportedFile(path=shard, rows=0, added=0, refused=str(error))
         done.append(result)

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from helpers import record
 
 from data.pickapic import export_pairs
@@ -53,3 +54,98 @@ def test_a_jsonl_export_without_images_is_refused_in_one_line(tmp_path):
                           "--no-images"], capture_output=True, text=True)
     assert out.returncode != 0 and out.stderr.count("\n") == 1
     assert "leave out --no-images" in out.stderr and not (tmp_path / "out").exists()
+
+
+def manifest_rows(folder) -> dict[str, tuple]:
+    """prompt -> (label, chosen bytes, rejected bytes) of a manifest export's train split."""
+    rows = [json.loads(line) for line in (folder / "train.jsonl").read_text().splitlines()]
+    return {r["prompt"]: (r["label"], (folder / r["chosen"]).read_bytes(),
+                          (folder / r["rejected"]).read_bytes()) for r in rows}
+
+
+def test_a_manifest_imports_exports_the_same_pairs_reimports_nothing_and_trains(
+        tmp_path, tiny_sd_dir):
+    from data.pickapic import import_shards
+    from tests.helpers import config_for
+    from train.trainer import Run
+
+    with Store(tmp_path / "a.duckdb") as store:
+        for i, outcome in enumerate(["left", "right", "tie", "left", "right", "left"]):
+            record(store, f"prompt {i % 3}", outcome, shown_left=i % 2, user=f"p{i % 2}")
+        export_pairs(store, tmp_path / "first", manifest=True)
+    with Store(tmp_path / "b.duckdb") as store:
+        [done] = import_shards(store, [tmp_path / "first"], source="public:manifest",
+                               progress=False)
+        assert (done.rows, done.added, done.refused) == (6, 6, None)
+        export_pairs(store, tmp_path / "second", manifest=True)
+        again = tmp_path / "again" / "train.jsonl"  # the same manifest elsewhere
+        again.parent.mkdir()
+        again.write_bytes((tmp_path / "second" / "train.jsonl").read_bytes())
+        (tmp_path / "again" / "images").symlink_to(tmp_path / "second" / "images")
+        [twice] = import_shards(store, [again], source="public:manifest", progress=False)
+        assert (twice.rows, twice.added, twice.already) == (6, 0, 6)
+        [skipped] = import_shards(store, [again], source="public:manifest", progress=False)
+        assert skipped.skipped
+    assert sorted(manifest_rows(tmp_path / "first").values()) == sorted(
+        manifest_rows(tmp_path / "second").values())
+    summary = Run(config_for(tiny_sd_dir, tmp_path / "b.duckdb", tmp_path / "run",
+                             max_steps=1)).train()
+    assert summary["trained_steps"] == 1 and summary["pairs"] == 5  # the tie left out
+
+
+def write_manifest(folder, *lines: str):
+    from tests.helpers import jpeg_bytes
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "red.jpg").write_bytes(jpeg_bytes((200, 0, 0)))
+    (folder / "blue.jpg").write_bytes(jpeg_bytes((0, 0, 200)))
+    path = folder / "pairs.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+GOOD = '{"prompt": "a red circle", "chosen": "red.jpg", "rejected": "blue.jpg"}'
+
+
+@pytest.mark.parametrize("line, says", [
+    ("{not json", "not a JSON object"),
+    ('["a", "b"]', "not a JSON object"),
+    ('{"chosen": "red.jpg", "rejected": "blue.jpg"}', "`prompt` must be non-empty text"),
+    ('{"prompt": "x", "chosen": "missing.jpg", "rejected": "blue.jpg"}',
+     "`chosen` missing.jpg: No such file or directory"),
+    ('{"prompt": "x", "chosen": "red.jpg", "rejected": "notes.txt"}',
+     "`rejected` notes.txt is not a decodable image"),
+    ('{"prompt": "x", "chosen": "red.jpg", "rejected": "blue.jpg", "label": 0.3}',
+     "`label` 0.3: give 1 (chosen preferred) or 0.5 (a tie)"),
+    ('{"prompt": "x", "chosen": "red.jpg", "rejected": "blue.jpg", "split": "test"}',
+     "split 'test' after 'train': one split per file"),
+    ('{"prompt": "x", "chosen": "red.jpg", "rejected": "red.jpg"}',
+     "`chosen` and `rejected` are the same image"),
+])
+def test_a_bad_row_is_refused_with_its_file_and_line_and_nothing_is_stored(tmp_path, line,
+                                                                           says):
+    from data.pickapic import import_shards
+
+    first = GOOD[:-1] + ', "split": "train"}'
+    path = write_manifest(tmp_path / "m", first, line)
+    (tmp_path / "m" / "notes.txt").write_text("not an image")
+    with Store(tmp_path / "prefs.duckdb") as store:
+        [done] = import_shards(store, [path], progress=False)
+        counts = [store.cursor().execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+                  for t in ("rankings", "images")]
+    assert done.refused.startswith(f"{path}:2: ") and says in done.refused, done.refused
+    assert counts == [0, 0]
+
+
+def test_a_png_is_stored_as_jpeg_and_the_cli_says_what_it_imported(tmp_path):
+    from PIL import Image
+
+    path = write_manifest(tmp_path / "m", GOOD.replace("blue.jpg", "blue.png"))
+    Image.new("RGB", (32, 32), (0, 0, 200)).save(tmp_path / "m" / "blue.png")
+    out = subprocess.run([sys.executable, "-m", "data", "import", str(path), "--db",
+                          str(tmp_path / "prefs.duckdb")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert f"{path}: 1 rows, 1 new pairs" in out.stdout
+    with Store(tmp_path / "prefs.duckdb") as store:
+        jpgs = [j for (j,) in store.cursor().execute("SELECT jpg FROM images").fetchall()]
+    assert len(jpgs) == 2 and all(j[:2] == b"\xff\xd8" for j in jpgs)  # JPEG, both
