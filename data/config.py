@@ -18,17 +18,17 @@ _STORE_HELP = "the store file"
 
 @dataclass(frozen=True)
 class ImportConfig:
-    """Import parquet shards in the Pick-a-Pic v1/v2 schema (public ones or our exports)
-    and JSONL pair manifests (prompt, chosen, rejected image paths; optional label, split,
-    annotator).
+    """Import parquet shards in the Pick-a-Pic v1/v2 schema (public ones or our exports),
+    JSONL pair manifests (prompt, chosen, rejected image paths; optional label, split,
+    annotator) and HPDv3's JSON files (prompt, path1 preferred, path2).
 
     Each file is all-or-nothing: a file with a bad row is refused with its row (a
     manifest: its line) and problem, and the other files still import. Importing a file
     again adds nothing.
     """
 
-    paths: list[str] = setting("parquet files or .jsonl manifests, or folders of them",
-                               positional=True, metavar="SHARD_OR_DIR")
+    paths: list[str] = setting("parquet files, .jsonl manifests or HPDv3 .json files, or "
+                               "folders of them", positional=True, metavar="SHARD_OR_DIR")
     db: Path = setting(_STORE_HELP, DEFAULT_DB)
     source: str = setting("provenance recorded for these pairs", "public:pickapic")
     split: str | None = setting("split for every row (default: from the folder or file "

@@ -11,13 +11,16 @@ names as `OUT/images/<image_uid>.jpg`, each once, the stored JPEG bytes unchange
 is 0.5, with chosen and rejected then in the stored pair's order. `annotator` is the
 store's user id of the vote (0 for a consensus row, which speaks for several).
 
-An import (`python -m data import FILE.jsonl` or a folder holding manifests) reads the same
-fields (`label` 1 or 0.5, default 1; `split` one per file, default from the file's name;
-`annotator` a number or a name): every line is checked first, a bad one refused with its
-file and line and nothing stored, then the pairs go in as the parquet import puts a shard
-in. Images are identified by their content and pairs by prompt, images, label and
-annotator, so importing a manifest again adds nothing; images in other formats than JPEG
-are stored re-encoded as JPEG. A manifest records no time: its pairs are stamped 1970-01-01.
+An import (`python -m data import FILE.jsonl`, or a folder holding manifests) reads the
+same fields (`label` 1 or 0.5, default 1; `split` one per file, default from the file's
+name; `annotator` a number or a name), and HPDv3's JSON files the same way (a JSON array of
+prompt, path1 - always the preferred image -, path2, model1, model2, ...; read a chunk at
+a time). Each row is checked as it is read, a bad one refused with its file and line (or
+pair) and nothing stored; the rows are written a few hundred at a time as a Pick-a-Pic
+shard beside the store, which the shard import then takes in. Images are identified by
+their content and pairs by prompt, images, label and annotator, so importing a file again
+adds nothing; images in other formats than JPEG are stored re-encoded as JPEG. A manifest
+records no time: its pairs are stamped 1970-01-01.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import hashlib
 import io
 import json
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -44,7 +48,7 @@ def image_path(uid: str) -> str:
     return f"{IMAGES}/{name}.jpg"
 
 
-def manifest_row(row: dict) -> dict:
+def exported_row(row: dict) -> dict:
     """One exported pair (a row of the export query) as a manifest line's fields."""
     first = row["label_0"] >= row["label_1"]
     chosen, rejected = (0, 1) if first else (1, 0)
@@ -77,7 +81,7 @@ def write_split(rows, split: str, root: Path, written: set[str]) -> tuple[int, l
                     image.write_bytes(row[f"jpg_{side}"])
                     files.append(image)
                     written.add(uid)
-            out.write(json.dumps(manifest_row({**row, "split": split}), ensure_ascii=False)
+            out.write(json.dumps(exported_row({**row, "split": split}), ensure_ascii=False)
                       + "\n")
             count += 1
     return count, files
@@ -137,23 +141,87 @@ def _user_id(value, where: str) -> int:
     return value if isinstance(value, int) and value >= 0 else _id("annotator", str(value))
 
 
-def read_manifest(path: Path, max_side: int) -> tuple[list[dict], list[int], str | None]:
-    """A manifest's pairs as Pick-a-Pic rows (images read and checked), the line of each,
-    and the split its rows name (one per file); `ShardError` names the file and line of
-    the first bad row."""
-    rows, lines, split = [], [], None
+def jsonl_items(path: Path) -> Iterator[tuple[str, object]]:
+    """(where, parsed line) of a JSONL manifest, where being "FILE:LINE"; a line that is
+    no JSON raises `ShardError` naming it."""
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open(encoding="utf-8") as lines:
+            for number, line in enumerate(lines, 1):
+                if line.strip():
+                    where = f"{path}:{number}"
+                    try:
+                        yield where, json.loads(line)
+                    except ValueError as error:
+                        raise ShardError(f"{where}: not a JSON object ({error.msg})") from None
     except (OSError, UnicodeDecodeError) as error:
         raise ShardError(f"{path}: cannot be read as UTF-8 text ({error})") from None
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            item = json.loads(line)
-        except ValueError as error:
-            raise ShardError(f"{where}: not a JSON object ({error.msg})") from None
+
+
+CHUNK_CHARS = 1 << 20  # characters of a JSON array read at a time
+
+
+def json_array_items(path: Path) -> Iterator[tuple[str, object]]:
+    """(where, element) of a file holding one JSON array (HPDv3's files), read a chunk at a
+    time so a file of a million pairs is never held whole; where is "FILE, pair K"."""
+    decoder = json.JSONDecoder()
+    try:
+        with path.open(encoding="utf-8") as text:
+            buffer, at, count, started, done = text.read(CHUNK_CHARS), 0, 0, False, False
+            while True:
+                while at < len(buffer) and (buffer[at].isspace()
+                                            or (started and buffer[at] == ",")):
+                    at += 1
+                if at == len(buffer):
+                    more = text.read(CHUNK_CHARS)
+                    if not more:
+                        break
+                    buffer, at = buffer[at:] + more, 0
+                    continue
+                if not started:
+                    if buffer[at] != "[":
+                        raise ShardError(f"{path}: not a JSON array of pairs")
+                    started, at = True, at + 1
+                    continue
+                if buffer[at] == "]":
+                    done = True
+                    break
+                try:
+                    item, end = decoder.raw_decode(buffer, at)
+                except ValueError as error:
+                    more = text.read(CHUNK_CHARS)
+                    if not more:
+                        raise ShardError(f"{path}, pair {count + 1}: not valid JSON "
+                                         f"({error.msg})") from None
+                    buffer, at = buffer[at:] + more, 0
+                    continue
+                count += 1
+                yield f"{path}, pair {count}", item
+                at = end
+            if not done:
+                raise ShardError(f"{path}: the JSON array does not end (a cut file?)")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ShardError(f"{path}: cannot be read as UTF-8 text ({error})") from None
+
+
+def hpdv3_items(path: Path) -> Iterator[tuple[str, object]]:
+    """HPDv3's pairs (MizzenAI/HPSv3's README, "Pairwise Training Data Format": a JSON
+    array of prompt, path1, path2, model1, model2, choice_dist, confidence, with path1
+    always the preferred image and paths relative to the file) as manifest items."""
+    for where, item in json_array_items(path):
+        if not isinstance(item, dict) or not {"path1", "path2"} <= item.keys():
+            raise ShardError(f"{where}: not an HPDv3 pair (an object with prompt, path1 "
+                             "and path2)")
+        yield where, {"prompt": item.get("prompt"), "chosen": item["path1"],
+                      "rejected": item["path2"], "model_chosen": item.get("model1"),
+                      "model_rejected": item.get("model2")}
+
+
+def manifest_rows(items: Iterable[tuple[str, object]], folder: Path, max_side: int,
+                  state: dict) -> Iterator[dict]:
+    """Pick-a-Pic rows of manifest `items` (images read and checked, relative paths from
+    `folder`); `ShardError` names the first bad one. `state` collects where each row came
+    from ("wheres") and the split the rows name ("split": one per file)."""
+    for where, item in items:
         if not isinstance(item, dict):
             raise ShardError(f"{where}: not a JSON object")
         prompt = item.get("prompt")
@@ -163,20 +231,21 @@ def read_manifest(path: Path, max_side: int) -> tuple[list[dict], list[int], str
         if isinstance(label, bool) or label not in (1, 0.5):
             raise ShardError(f"{where}: `label` {label!r}: give 1 (chosen preferred) or 0.5 "
                              "(a tie); other shares are not imported yet")
-        row_split = item.get("split")
+        row_split, split = item.get("split"), state.get("split")
         if row_split is not None and (not isinstance(row_split, str) or not row_split):
             raise ShardError(f"{where}: `split` must be a name such as train or test")
         if row_split is not None and split is not None and row_split != split:
             raise ShardError(f"{where}: split {row_split!r} after {split!r}: one split per "
                              "file; put each split's rows in its own file")
-        split = row_split or split
-        chosen, rejected = (_image(path.parent, item.get(key), key, where, max_side)
+        state["split"] = row_split or split
+        chosen, rejected = (_image(folder, item.get(key), key, where, max_side)
                             for key in ("chosen", "rejected"))
         uids = [hashlib.sha256(data).hexdigest()[:32] for data in (chosen, rejected)]
         if uids[0] == uids[1]:
             raise ShardError(f"{where}: `chosen` and `rejected` are the same image")
         user = _user_id(item.get("annotator"), where)
-        rows.append({
+        state.setdefault("wheres", []).append(where)
+        yield {
             "are_different": False, "best_image_uid": uids[0] if label == 1 else "none",
             "caption": prompt, "created_at": EPOCH, "has_label": True,
             "image_0_uid": uids[0], "image_0_url": None, "image_1_uid": uids[1],
@@ -186,17 +255,17 @@ def read_manifest(path: Path, max_side: int) -> tuple[list[dict], list[int], str
             "model_1": str(item.get("model_rejected") or ""),
             "ranking_id": _id(prompt, *uids, float(label), user), "user_id": user,
             "num_example_per_prompt": None,
-        })
-        lines.append(number)
-    if not rows:
-        raise ShardError(f"{path}: no pairs in this manifest")
-    return rows, lines, split
+        }
+
+
+ROWS_PER_WRITE = 256  # rows (with their images) held at once while a file is converted
 
 
 def import_manifest(store, path: Path, source: str, split: str | None, max_side: int):
-    """Import one manifest as the parquet import imports a shard (all of it or nothing,
-    ids from the content so a re-import adds nothing): its rows are checked here, line by
-    line, then written as a Pick-a-Pic shard beside the store and imported from there."""
+    """Import one manifest (JSONL, or HPDv3's JSON array) as the parquet import imports a
+    shard: all of it or nothing, ids from the content so a re-import adds nothing. Its
+    rows are checked here one by one and written, a few hundred at a time, as a
+    Pick-a-Pic shard beside the store, which the shard import then reads."""
     import tempfile
 
     import pyarrow as pa
@@ -214,16 +283,30 @@ def import_manifest(store, path: Path, source: str, split: str | None, max_side:
     stamp, cur = _stamp(path), store.cursor()
     if _imported_before(cur, stamp):
         return ImportedFile(path=path, rows=0, added=0, skipped=True)
-    rows, lines, named = read_manifest(path, max_side)
-    split = split or named or (path.stem if path.stem in KNOWN_SPLITS else "train")
+    items = hpdv3_items(path) if path.suffix == ".json" else jsonl_items(path)
+    state: dict = {}
     with tempfile.TemporaryDirectory(prefix=".manifest-", dir=store.path.parent) as work:
         shard = Path(work) / f"{path.stem}.parquet"
-        pq.write_table(pa.Table.from_pylist(rows, schema=PICKAPIC_SCHEMA), shard)
+        with pq.ParquetWriter(shard, PICKAPIC_SCHEMA) as writer:
+            batch = []
+            for row in manifest_rows(items, path.parent, max_side, state):
+                batch.append(row)
+                if len(batch) == ROWS_PER_WRITE:
+                    writer.write_table(pa.Table.from_pylist(batch, schema=PICKAPIC_SCHEMA))
+                    batch = []
+            if batch:
+                writer.write_table(pa.Table.from_pylist(batch, schema=PICKAPIC_SCHEMA))
+        wheres = state.get("wheres", [])
+        if not wheres:
+            raise ShardError(f"{path}: no pairs in this file")
+        split = split or state.get("split") or (path.stem if path.stem in KNOWN_SPLITS
+                                                else "train")
         try:
             done = import_shard(store, shard, source, split=split, max_side=max_side)
         except ShardError as error:
             text = str(error).replace(str(shard), str(path))
-            text = re.sub(r", row (\d+)", lambda m: f":{lines[int(m.group(1))]}", text)
+            text = re.sub(rf"{re.escape(str(path))}, row (\d+)",
+                          lambda m: wheres[int(m.group(1))], text)
             raise ShardError(text) from None
         # the record that lets a rerun skip the file: the manifest's, not the shard's
         cur.execute("UPDATE imported_files SET path = ?, size = ?, mtime_ns = ? "

@@ -122,15 +122,19 @@ class ExportedSplit:
 # -- import ------------------------------------------------------------------------------
 
 
+IMPORTED_SUFFIXES = (".parquet", ".jsonl", ".json")  # shards, manifests, HPDv3's files
+
+
 def find_shards(paths: Iterable[str | Path]) -> list[Path]:
-    """Parquet files and JSONL manifests named directly, or found under named folders, in
-    sorted order."""
+    """Parquet shards, JSONL manifests and HPDv3 JSON files named directly, or found under
+    named folders (hidden files aside: an export's mark), in sorted order."""
     shards: list[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
-            found = sorted([*path.rglob("*.parquet"), *path.rglob("*.jsonl")])
+            found = sorted(p for p in path.rglob("*") if p.suffix in IMPORTED_SUFFIXES
+                           and p.is_file() and not p.name.startswith("."))
             if not found:
-                raise DataError(f"{path}: no .parquet or .jsonl files in this folder")
+                raise DataError(f"{path}: no .parquet, .jsonl or .json files in this folder")
             shards.extend(found)
         elif path.is_file():
             shards.append(path)
@@ -602,7 +606,7 @@ def import_shards(
     shards = find_shards(paths)
     for shard in tqdm(shards, desc="import", unit="shard", disable=None if progress else True):
         try:
-            if shard.suffix == ".jsonl":
+            if shard.suffix in (".jsonl", ".json"):
                 from data.manifest import import_manifest
 
                 result = import_manifest(store, shard, source, split, max_side)

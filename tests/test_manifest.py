@@ -149,3 +149,68 @@ def test_a_png_is_stored_as_jpeg_and_the_cli_says_what_it_imported(tmp_path):
     with Store(tmp_path / "prefs.duckdb") as store:
         jpgs = [j for (j,) in store.cursor().execute("SELECT jpg FROM images").fetchall()]
     assert len(jpgs) == 2 and all(j[:2] == b"\xff\xd8" for j in jpgs)  # JPEG, both
+
+
+def hpdv3_folder(root, pairs: int = 3):
+    """A small dataset in HPDv3's documented layout (MizzenAI/HPSv3 README): images/ and
+    train.json / test.json arrays whose path1 is always the preferred image."""
+    from tests.helpers import jpeg_bytes
+
+    (root / "images").mkdir(parents=True)
+    splits = {}
+    for split, start in (("train", 0), ("test", 100)):
+        items = []
+        for k in range(start, start + pairs):
+            for side in (1, 2):
+                (root / "images" / f"{k}-{side}.jpg").write_bytes(
+                    jpeg_bytes((k * 20 % 256, 40 * side, 90)))
+            items.append({"prompt": f"prompt {k}", "choice_dist": [12, 7], "confidence": 0.99,
+                          "path1": f"images/{k}-1.jpg", "path2": f"images/{k}-2.jpg",
+                          "model1": "flux", "model2": "infinity"})
+        (root / f"{split}.json").write_text(json.dumps(items, indent=4))
+        splits[split] = items
+    return splits
+
+
+def test_hpdv3_imports_with_its_splits_preferred_first_in_chunks_and_once(tmp_path,
+                                                                         monkeypatch):
+    import data.manifest
+    from data.pickapic import import_shards
+
+    monkeypatch.setattr(data.manifest, "CHUNK_CHARS", 7)  # objects across chunk ends
+    hpdv3_folder(tmp_path / "HPDv3")
+    with Store(tmp_path / "prefs.duckdb") as store:
+        done = import_shards(store, [tmp_path / "HPDv3"], source="public:hpdv3",
+                             progress=False)
+        assert [(d.path.name, d.rows, d.added, d.refused) for d in done] == [
+            ("test.json", 3, 3, None), ("train.json", 3, 3, None)]
+        rows = store.cursor().execute(
+            "SELECT r.caption, r.split, r.label_0, i.jpg, i.model FROM rankings r "
+            "JOIN images i ON i.image_uid = r.best_image_uid ORDER BY 1").fetchall()
+        again = import_shards(store, [tmp_path / "HPDv3"], source="public:hpdv3",
+                              progress=False)
+    assert [(caption, split) for caption, split, *_ in rows] == [
+        (f"prompt {k}", "test" if k >= 100 else "train") for k in (0, 1, 100, 101, 102, 2)]
+    for caption, _, label, jpg, model in rows:  # the winner is path1's image
+        k = int(caption.split()[1])
+        assert label == 1.0 and model == "flux"
+        assert jpg == (tmp_path / "HPDv3" / "images" / f"{k}-1.jpg").read_bytes()
+    assert all(d.skipped for d in again)
+
+
+def test_a_bad_hpdv3_pair_or_a_cut_file_is_refused_by_pair_and_nothing_is_stored(tmp_path):
+    from data.pickapic import import_shards
+
+    items = hpdv3_folder(tmp_path / "HPDv3")["train"]
+    bad = tmp_path / "HPDv3" / "train.json"
+    bad.write_text(json.dumps([items[0], {"prompt": "x", "path1": "images/0-1.jpg"}]))
+    cut = tmp_path / "HPDv3" / "test.json"
+    cut.write_text(cut.read_text()[:-3])
+    with Store(tmp_path / "prefs.duckdb") as store:
+        done = {d.path.name: d.refused for d in import_shards(store, [bad, cut],
+                                                               progress=False)}
+        [(pairs,)] = store.cursor().execute("SELECT count(*) FROM rankings").fetchall()
+    assert done["train.json"] == (f"{bad}, pair 2: not an HPDv3 pair (an object with "
+                                  "prompt, path1 and path2)")
+    assert done["test.json"].startswith(f"{cut}, pair 3: not valid JSON")
+    assert pairs == 0

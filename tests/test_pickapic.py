@@ -348,7 +348,7 @@ def test_not_parquet_and_missing_paths_are_one_line_errors(store, tmp_path):
     with pytest.raises(DataError, match="no such file or folder"):
         import_shards(store, [tmp_path / "nowhere"], progress=False)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match="no .parquet or .jsonl files"):
+    with pytest.raises(DataError, match="no .parquet, .jsonl or .json files"):
         import_shards(store, [tmp_path / "empty"], progress=False)
 
 
