@@ -1197,3 +1197,21 @@ def test_the_dry_run_says_a_process_s_ram_and_the_memory_fsdp_leaves_it(store_pa
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # as an FSDP launch sets it
     printed = plan(resolve("toy", {"data": [str(store_path)], "effective_batch": "64"}), 4)
     assert "FSDP over 4 processes" in printed and "4 processes x 16 pairs" in printed
+
+
+def test_label_smoothing_and_ties_give_dpo_each_pairs_preferred_share(store_path, tmp_path):
+    """With --include_ties a tie trains as one half each way; --label_smoothing eps makes
+    every decisive vote 1 - eps; both refused where they do not apply, in one line."""
+    from train.trainer import Run
+
+    run = Run(config_for(store_path=store_path, model_dir="toy", out=tmp_path / "run",
+                         include_ties=True, label_smoothing=0.1, max_steps=1))
+    shares = run.data.shares
+    ties = [run.data.cache.captions[i] == "a tie" for i in range(len(shares))]
+    assert sorted(set(shares[np.array(ties)].tolist())) == [0.5]
+    assert np.allclose(shares[~np.array(ties)], 0.9)
+    assert run.train()["trained_steps"] == 1
+    for bad, says in (({"label_smoothing": 0.5}, "below 0.5"),
+                      ({"label_smoothing": 0.1, "objective": "ipo"}, "applies to dpo")):
+        with pytest.raises(TrainError, match=says):
+            config_for("toy", store_path, tmp_path / "bad", **bad)

@@ -50,6 +50,30 @@ def test_the_mean_is_outside_the_logsigmoid():
     assert terms.loss.item() == pytest.approx(expected, rel=1e-6)
 
 
+def test_a_soft_label_weighs_both_orders_as_the_conservative_formula_says():
+    # inside = [1, -1] (as above); p = [0.9, 0.5]:
+    # pair 1: -(0.9 ln s(1) + 0.1 ln s(-1)); pair 2 (a tie): -(ln s(-1) + ln s(1)) / 2
+    def softplus(x: float) -> float:  # -ln sigmoid(-x)
+        return math.log1p(math.exp(x))
+
+    terms = dpo_loss(t(0.1, 0.4), t(0.3, 0.2), t(0.2, 0.3), t(0.2, 0.3), beta=10,
+                     preferred_share=t(0.9, 0.5))
+    first = 0.9 * softplus(-1.0) + 0.1 * softplus(1.0)
+    tie = (softplus(1.0) + softplus(-1.0)) / 2
+    assert terms.loss.item() == pytest.approx((first + tie) / 2, rel=1e-6)
+    hard = dpo_loss(t(0.1, 0.4), t(0.3, 0.2), t(0.2, 0.3), t(0.2, 0.3), beta=10)
+    assert dpo_loss(t(0.1, 0.4), t(0.3, 0.2), t(0.2, 0.3), t(0.2, 0.3), beta=10,
+                    preferred_share=1.0).loss.item() == hard.loss.item()  # p = 1: the paper's
+    # a tie's loss is the same whichever image is called preferred, and its gradient
+    # pulls the margin toward 0
+    model_w = t(0.1).requires_grad_()
+    tie_terms = dpo_loss(model_w, t(0.3), t(0.2), t(0.2), beta=10, preferred_share=0.5)
+    swapped = dpo_loss(t(0.3), model_w.detach(), t(0.2), t(0.2), beta=10, preferred_share=0.5)
+    assert tie_terms.loss.item() == pytest.approx(swapped.loss.item())
+    tie_terms.loss.backward()
+    assert model_w.grad.item() < 0  # inside > 0 here: a descent step raises the winner's error
+
+
 def test_swapping_winner_and_loser_flips_the_margin():
     model_w, model_l, ref_w, ref_l = t(0.1, 0.5), t(0.3, 0.2), t(0.25, 0.3), t(0.2, 0.35)
     forward = dpo_loss(model_w, model_l, ref_w, ref_l, beta=100)

@@ -84,6 +84,7 @@ class CachedBatch:
     time_ids: torch.Tensor | None = None  # SDXL: [B, 6]
     liked: torch.Tensor | None = None  # KTO: [B, 2], each image liked (True) or disliked
     text_lengths: torch.Tensor | None = None  # Qwen-Image, Z-Image: [B] tokens of each row
+    shares: torch.Tensor | None = None  # DPO: [B], the chance each preferred image is better
 
 
 @dataclass

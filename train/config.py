@@ -51,6 +51,9 @@ class TrainConfig:
                                 "raise the winner's error (Diffusion-SDPO)", False)
     winner_safe_mu: float = setting("winner_safe's margin mu in [0, 1]: how much a step must "
                                     "lower the winner's error (the SDPO scripts' 0.9)", 0.9)
+    label_smoothing: float = setting("dpo: the chance eps that a vote is wrong; the loss "
+                                     "becomes -(1-eps) log sigmoid(x) - eps log sigmoid(-x) "
+                                     "(conservative DPO)", 0.0)
     beta_mapo: float = setting("MaPO's weight of its margin term (MaPO's default)", 0.1)
     mapo_snr: float = setting("MaPO's constant s in its error score s*e/(exp(s*e)-1) "
                               "(MaPO's default)", 0.5)
@@ -84,7 +87,9 @@ class TrainConfig:
     num_samples: int | None = setting("pairs in the mix (default: as many as the ratios allow "
                                       "without repeats)", None)
     split: str = setting("which split of the sources to train on", "train")
-    include_ties: bool = setting("keep tied pairs (image 0 then counts as preferred)", False)
+    include_ties: bool = setting("keep tied pairs (dpo: each image preferred with "
+                                 "probability one half, in the conservative loss; the "
+                                 "others: image 0 counts as preferred)", False)
     question: str = setting("which question's votes a store gives: preference, appeal or "
                             "alignment (docs/ANNOTATE.md)", "preference")
     drop_flagged: bool = setting("leave out a store's votes by annotators that `python -m data "
@@ -227,6 +232,12 @@ class TrainConfig:
         if self.question not in QUESTIONS:
             raise TrainError(f"unknown question {self.question!r}: use one of "
                              f"{', '.join(QUESTIONS)}")
+        if not 0 <= self.label_smoothing < 0.5:
+            raise TrainError("label_smoothing must be at least 0 and below 0.5 (a vote "
+                             "right more often than not)")
+        if self.label_smoothing and self.objective != "dpo":
+            raise TrainError(f"label_smoothing applies to dpo, not {self.objective}: drop "
+                             "--label_smoothing or use --objective dpo")
         if self.objective == "kto" and self.include_ties:
             raise TrainError("include_ties does not apply to kto: a tie likes or dislikes "
                              "neither image; drop --include_ties")

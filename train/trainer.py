@@ -208,8 +208,11 @@ def forward_pairs(net, reference, process: DDPMProcess | FlowProcess, kind: str,
         scale = winner_safe_scale(*(prediction - target).chunk(2), config.winner_safe_mu)
         model_l = scaled_gradient(model_l, scale)
         extra["loser_scale"] = scale
-    loss_of = ipo_loss if config.objective == "ipo" else dpo_loss
-    terms: DPOTerms = loss_of(model_w, model_l, ref_w, ref_l, config.beta)
+    if config.objective == "ipo":
+        terms: DPOTerms = ipo_loss(model_w, model_l, ref_w, ref_l, config.beta)
+    else:
+        terms = dpo_loss(model_w, model_l, ref_w, ref_l, config.beta,
+                         1.0 if batch.shares is None else batch.shares)
     return terms.loss, {**extra,
         "loss": terms.loss.detach(), "accuracy": terms.accuracy,
         "reward_preferred": terms.reward_preferred, "reward_rejected": terms.reward_rejected,
@@ -297,14 +300,18 @@ class TrainingData:
     order: PairOrder  # the rest, one permutation per epoch
     liked: np.ndarray | None = None  # KTO: [pairs, 2], each cached image liked or disliked
     pair_flips: np.ndarray | None = None  # flip_per_pair: each pair's flip for the whole run
+    shares: np.ndarray | None = None  # DPO: [pairs], the chance its preferred image is better
 
     def batch(self, indices: list[int], device, flips: np.ndarray | None = None
               ) -> pair_cache.CachedBatch:
-        """Cached pairs `indices` (mirrored where `flips`), with KTO's labels if it has them."""
+        """Cached pairs `indices` (mirrored where `flips`), with KTO's labels or DPO's
+        preferred shares where the run has them."""
         batch = self.cache.batch(indices, device, flips)
-        if self.liked is None:
-            return batch
-        return replace(batch, liked=torch.from_numpy(self.liked[indices]).to(device))
+        if self.liked is not None:
+            batch = replace(batch, liked=torch.from_numpy(self.liked[indices]).to(device))
+        if self.shares is not None:
+            batch = replace(batch, shares=torch.from_numpy(self.shares[indices]).to(device))
+        return batch
 
 
 def storage_share(accelerator, directory: Path) -> pair_cache.Share:
@@ -375,8 +382,12 @@ def cache_pairs(config: TrainConfig, run: RunPairs, model: LoadedModel, accelera
     if c.random_flip and c.flip_per_pair:
         pair_flips = np.array([random.Random(c.seed * 1_000_003 + i).random() < 0.5
                                for i in range(len(cache))])
+    shares = None
+    if c.objective == "dpo" and (c.label_smoothing or c.include_ties):
+        shares = np.array([0.5 if pairs.describe(i)[1].tie else 1 - c.label_smoothing
+                           for i in range(len(pairs))], dtype=np.float32)
     return TrainingData(cache, not encoded, run.heldout, PairOrder(run.train, c.seed), liked,
-                        pair_flips)
+                        pair_flips, shares)
 
 
 def sample_prompts(config: TrainConfig, model: LoadedModel) -> samples.SamplePrompts | None:
