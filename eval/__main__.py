@@ -238,7 +238,9 @@ def leaderboard(args: LeaderboardConfig) -> int:
             voted = vote_matches(store.votes(question="preference"), models)
         if voted:
             try:
-                boards.append(fit(voted, models, "people (blind votes)", args.prior))
+                boards.append(fit(voted, models, "people (blind votes)", args.prior,
+                                  min_matches=args.min_matches,
+                                  preliminary_below=args.preliminary_below))
             except DataError as error:  # votes that do not link every model: say, go on
                 print(f"note: no people's board: {error}", file=sys.stderr)
     command = command_line("python -m eval leaderboard", args)

@@ -148,11 +148,17 @@ class LeaderboardConfig(Sampled):
     score_batch: int | None = setting(_SCORE_BATCH_HELP, None, metavar="N")
     prior: float = setting("virtual ties per pair of models, so an unbeaten model has a "
                            "finite rating (0: the plain maximum likelihood)", 1.0)
+    min_matches: int = setting("the people's board: votes a model needs to be ranked "
+                               "(fewer: listed below, unranked)", 10, metavar="N")
+    preliminary_below: int = setting("the people's board: a ranked model with fewer votes is "
+                                     "marked preliminary", 50, metavar="N")
     out: str = setting("report folder", "runs/eval/leaderboard")
 
     def __post_init__(self):
         super().__post_init__()
         _check_score_batch(self.score_batch)
+        if self.min_matches < 0 or self.preliminary_below < 0:
+            raise UsageError("--min-matches and --preliminary-below must be at least 0")
 
 
 COMMANDS = {"blind": BlindConfig, "report": ReportConfig, "auto": AutoConfig,

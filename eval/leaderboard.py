@@ -56,10 +56,30 @@ class Board:
     games: np.ndarray  # [i, j]: matches between i and j
     prompts: int
     prior: float
+    min_matches: int = 0  # a model with fewer is listed below the ranking, unranked
+    preliminary_below: int = 0  # a ranked model with fewer is marked preliminary
+
+    def matches(self, k: int) -> float:
+        return float(self.games[k].sum())
+
+    def lower(self, k: int) -> float:
+        """The lower end of k's 95% interval (the anchor, fixed by definition: its rating)."""
+        low = self.intervals[k].low
+        return float(self.ratings[k]) if k == 0 or math.isnan(low) else float(low)
+
+    def listed(self, k: int) -> bool:
+        return self.matches(k) >= self.min_matches
+
+    def preliminary(self, k: int) -> bool:
+        return self.listed(k) and self.matches(k) < self.preliminary_below
 
     def ranked(self) -> list[int]:
-        """Model indices, best rating first."""
-        return sorted(range(len(self.models)), key=lambda i: -self.ratings[i])
+        """Model indices as 2026 arenas rank them: the listed models by the lower end of
+        their interval (a well-measured model ahead of a lucky few votes), the rating
+        breaking ties; then the unlisted ones, by rating."""
+        return sorted(range(len(self.models)),
+                      key=lambda k: (not self.listed(k), -self.lower(k) if self.listed(k)
+                                     else 0.0, -self.ratings[k]))
 
     def win_rate(self, i: int, j: int) -> float | None:
         """i's observed win rate over j, (W + T/2) / N; None if they never met."""
@@ -152,8 +172,10 @@ def bradley_terry(wins: np.ndarray, prior: float = 1.0, tol: float = 1e-10,
 
 
 def fit(matches: Sequence[Match], models: Sequence[str], judge: str, prior: float = 1.0,
-        samples: int = 1000, seed: int = 0) -> Board:
-    """The leaderboard of `models` from `matches`, with prompt-bootstrap intervals."""
+        samples: int = 1000, seed: int = 0, min_matches: int = 0,
+        preliminary_below: int = 0) -> Board:
+    """The leaderboard of `models` from `matches`, with prompt-bootstrap intervals;
+    `min_matches` and `preliminary_below` are its listing rules (`Board`)."""
     models = list(models)
     if len(set(models)) != len(models):
         raise DataError("a model is named twice on the board: name each once")
@@ -184,7 +206,8 @@ def fit(matches: Sequence[Match], models: Sequence[str], judge: str, prior: floa
     spread = np.percentile(np.array(draws), [2.5, 97.5], axis=0) if draws else None
     intervals = [Interval(float(spread[0, k]), float(spread[1, k])) if spread is not None
                  else Interval(float("nan"), float("nan")) for k in range(len(models))]
-    return Board(models, judge, ratings(wins), intervals, wins, games, len(per_prompt), prior)
+    return Board(models, judge, ratings(wins), intervals, wins, games, len(per_prompt), prior,
+                 min_matches, preliminary_below)
 
 
 def scored_matches(models: Sequence[str], prompts: Sequence[str], seeds: int,
@@ -222,17 +245,27 @@ def _rating(board: Board, k: int) -> str:
 
 def markdown(board: Board, names: Sequence[str]) -> list[str]:
     """The ranking table and the pairwise win-rate matrix, as markdown lines."""
+    rules = ""
+    if board.min_matches or board.preliminary_below:
+        rules = (f" Ranked by the lower end of the interval; a model needs "
+                 f"{board.min_matches} matches to be ranked, and is preliminary below "
+                 f"{board.preliminary_below}.")
     lines = [f"Judge: {board.judge}; {int(board.games.sum() / 2)} matches on "
              f"{board.prompts} prompts; Bradley-Terry ratings (Elo scale, {names[0]} = "
              f"{ANCHOR:.0f}) with 95% intervals from {board.prompts}-prompt bootstraps; prior "
-             f"{board.prior:g} virtual tie per pair.", "",
+             f"{board.prior:g} virtual tie per pair.{rules}", "",
              "| rank | model | rating (95%) | P(beats " + names[0] + ") | matches | "
              "win rate, all matches |", "|---|---|---|---|---|---|"]
-    for rank, k in enumerate(board.ranked(), 1):
+    rank = 0
+    for k in board.ranked():
         p_base = 1 / (1 + 10 ** (-(board.ratings[k] - board.ratings[0]) / 400))
-        games = board.games[k].sum()
+        games = board.matches(k)
         rate = board.wins[k].sum() / games if games else float("nan")
-        lines.append(f"| {rank} | {names[k]} | {_rating(board, k)} | {100 * p_base:.1f}% | "
+        rank += board.listed(k)
+        shown = (str(rank) if board.listed(k) else "-")
+        name = names[k] + (" (preliminary)" if board.preliminary(k) else "") + (
+            f" (unranked: under {board.min_matches} matches)" if not board.listed(k) else "")
+        lines.append(f"| {shown} | {name} | {_rating(board, k)} | {100 * p_base:.1f}% | "
                      f"{games:.0f} | {100 * rate:.1f}% |")
     order = board.ranked()
     lines += ["", "Row beats column, (W + T/2) / N, N matches:", "",
@@ -292,10 +325,13 @@ def chart(board: Board, names: Sequence[str], path: Path) -> Path:
 def summary(board: Board, names: Sequence[str]) -> dict:
     """The board as plain JSON values."""
     return {"judge": board.judge, "prompts": board.prompts, "prior": board.prior,
+            "min_matches": board.min_matches, "preliminary_below": board.preliminary_below,
             "models": [{"name": names[k], "model": board.models[k],
                         "rating": float(board.ratings[k]),
                         "interval": [board.intervals[k].low, board.intervals[k].high],
-                        "matches": float(board.games[k].sum())} for k in board.ranked()],
+                        "lower": board.lower(k), "matches": board.matches(k),
+                        "listed": board.listed(k), "preliminary": board.preliminary(k)}
+                       for k in board.ranked()],
             "win_rate": {names[i]: {names[j]: board.win_rate(i, j)
                                     for j in range(len(names)) if j != i}
                          for i in range(len(names))}}

@@ -133,3 +133,29 @@ def test_the_command_ranks_the_toy_above_a_broken_copy_by_scorer_and_by_votes(
     assert "| 1 | toy |" in report and "Row beats column" in report
     assert saved_config_gives(out / "config.yaml", LeaderboardConfig, done.args[4:])
     assert (out / "leaderboard-people-blind-votes.png").stat().st_size > 10_000
+
+
+def test_the_board_ranks_by_the_lower_end_lists_after_min_matches_and_marks_preliminary():
+    from eval.leaderboard import Board, markdown, summary
+    from eval.stats import Interval
+
+    # b: rated higher on 12 matches; c: a little lower on 200; d: 4 matches
+    games = np.zeros((4, 4))
+    for i, j, n in ((0, 1, 6), (1, 2, 6), (0, 2, 194), (0, 3, 4)):
+        games[i, j] = games[j, i] = n
+    board = Board(["a", "b", "c", "d"], "people", np.array([1000.0, 1100.0, 1060.0, 1200.0]),
+                  [Interval(float("nan"), float("nan")), Interval(950.0, 1250.0),
+                   Interval(1030.0, 1090.0), Interval(900.0, 1500.0)],
+                  games / 2, games, prompts=10, prior=1.0, min_matches=10,
+                  preliminary_below=50)
+    assert board.ranked() == [2, 0, 1, 3]  # c (1030) > a (1000, the anchor) > b (950); d last
+    assert [board.listed(k) for k in range(4)] == [True, True, True, False]
+    assert [board.preliminary(k) for k in range(4)] == [False, True, False, False]
+    rows = [line for line in markdown(board, ["a", "b", "c", "d"]) if line.startswith("| ")]
+    assert [row.split(" | ")[:2] for row in rows[1:5]] == [
+        ["| 1", "c"], ["| 2", "a"], ["| 3", "b (preliminary)"],
+        ["| -", "d (unranked: under 10 matches)"]]
+    listed = [(m["name"], m["listed"], m["preliminary"], m["lower"])
+              for m in summary(board, ["a", "b", "c", "d"])["models"]]
+    assert listed == [("c", True, False, 1030.0), ("a", True, False, 1000.0),
+                      ("b", True, True, 950.0), ("d", False, False, 900.0)]
