@@ -822,6 +822,8 @@ class Run:
                 samples.plot_scores([json.loads(line) for line in evals.open()],
                                     self.out / "scores.png", c.scorer)
         acc.end_training()
+        if torch.distributed.is_initialized():  # gloo's threads alive at exit abort it
+            torch.distributed.destroy_process_group()
         return summary
 
     def _log(self, step: int, values: dict[str, float]) -> None:
