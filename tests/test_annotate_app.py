@@ -300,9 +300,11 @@ def test_one_image_shown_to_six_annotators_at_once_reaches_each_of_them_whole(tm
     assert not server.images.folder.exists()  # the page's files go with the server
 
 
-def test_an_api_client_voting_twice_40_to_400_ms_apart_stores_one_ranking(app):
+def test_an_api_client_voting_twice_40_to_250_ms_apart_stores_one_ranking(app):
     """Like the page: the second vote names the round the client holds when it is cast
-    (the first, until the answer to the first vote arrives; then the next, too soon)."""
+    (the first, until the answer to the first vote arrives; then the next, too soon). At
+    most 250 ms apart: the client's own 100-200 ms a call under load must still leave the
+    second vote inside the next pair's 500 ms (a 400 ms gap sometimes did not, in CI)."""
     server, url = app
     client = Client(url, verbose=False)
     rng = random.Random(1)
@@ -311,7 +313,7 @@ def test_an_api_client_voting_twice_40_to_400_ms_apart_stores_one_ranking(app):
     for trial in range(trials):
         time.sleep(MIN_DISPLAY_S)
         first = client.submit("api-quick", "new", shown[3], api_name="/vote_left")
-        time.sleep(rng.uniform(0.04, 0.4))
+        time.sleep(rng.uniform(0.04, 0.25))
         holding = first.result()[3] if first.done() else shown[3]
         second = client.predict("api-quick", "new", holding, api_name="/vote_right")
         answers = [first.result(), second]
