@@ -25,10 +25,12 @@ records no time: its pairs are stamped 1970-01-01.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
 import re
+from array import array
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from datetime import datetime
@@ -141,18 +143,27 @@ def _user_id(value, where: str) -> int:
     return value if isinstance(value, int) and value >= 0 else _id("annotator", str(value))
 
 
-def jsonl_items(path: Path) -> Iterator[tuple[str, object]]:
-    """(where, parsed line) of a JSONL manifest, where being "FILE:LINE"; a line that is
-    no JSON raises `ShardError` naming it."""
+def jsonl_where(path: Path, number: int) -> str:
+    return f"{path}:{number}"
+
+
+def array_where(path: Path, number: int) -> str:
+    return f"{path}, pair {number}"
+
+
+def jsonl_items(path: Path) -> Iterator[tuple[int, object]]:
+    """(line number, parsed line) of a JSONL manifest (`jsonl_where` names it); a line that
+    is no JSON raises `ShardError` naming it."""
     try:
         with path.open(encoding="utf-8") as lines:
             for number, line in enumerate(lines, 1):
                 if line.strip():
-                    where = f"{path}:{number}"
                     try:
-                        yield where, json.loads(line)
+                        item = json.loads(line)
                     except ValueError as error:
-                        raise ShardError(f"{where}: not a JSON object ({error.msg})") from None
+                        raise ShardError(f"{jsonl_where(path, number)}: not a JSON object "
+                                         f"({error.msg})") from None
+                    yield number, item
     except (OSError, UnicodeDecodeError) as error:
         raise ShardError(f"{path}: cannot be read as UTF-8 text ({error})") from None
 
@@ -160,9 +171,9 @@ def jsonl_items(path: Path) -> Iterator[tuple[str, object]]:
 CHUNK_CHARS = 1 << 20  # characters of a JSON array read at a time
 
 
-def json_array_items(path: Path) -> Iterator[tuple[str, object]]:
-    """(where, element) of a file holding one JSON array (HPDv3's files), read a chunk at a
-    time so a file of a million pairs is never held whole; where is "FILE, pair K"."""
+def json_array_items(path: Path) -> Iterator[tuple[int, object]]:
+    """(number, element) of a file holding one JSON array (HPDv3's files), read a chunk at
+    a time so a file of a million pairs is never held whole (`array_where` names it)."""
     decoder = json.JSONDecoder()
     try:
         with path.open(encoding="utf-8") as text:
@@ -195,7 +206,7 @@ def json_array_items(path: Path) -> Iterator[tuple[str, object]]:
                     buffer, at = buffer[at:] + more, 0
                     continue
                 count += 1
-                yield f"{path}, pair {count}", item
+                yield count, item
                 at = end
             if not done:
                 raise ShardError(f"{path}: the JSON array does not end (a cut file?)")
@@ -203,25 +214,27 @@ def json_array_items(path: Path) -> Iterator[tuple[str, object]]:
         raise ShardError(f"{path}: cannot be read as UTF-8 text ({error})") from None
 
 
-def hpdv3_items(path: Path) -> Iterator[tuple[str, object]]:
+def hpdv3_items(path: Path) -> Iterator[tuple[int, object]]:
     """HPDv3's pairs (MizzenAI/HPSv3's README, "Pairwise Training Data Format": a JSON
     array of prompt, path1, path2, model1, model2, choice_dist, confidence, with path1
     always the preferred image and paths relative to the file) as manifest items."""
-    for where, item in json_array_items(path):
+    for number, item in json_array_items(path):
         if not isinstance(item, dict) or not {"path1", "path2"} <= item.keys():
-            raise ShardError(f"{where}: not an HPDv3 pair (an object with prompt, path1 "
-                             "and path2)")
-        yield where, {"prompt": item.get("prompt"), "chosen": item["path1"],
+            raise ShardError(f"{array_where(path, number)}: not an HPDv3 pair (an object "
+                             "with prompt, path1 and path2)")
+        yield number, {"prompt": item.get("prompt"), "chosen": item["path1"],
                       "rejected": item["path2"], "model_chosen": item.get("model1"),
                       "model_rejected": item.get("model2")}
 
 
-def manifest_rows(items: Iterable[tuple[str, object]], folder: Path, max_side: int,
-                  state: dict) -> Iterator[dict]:
+def manifest_rows(items: Iterable[tuple[int, object]], where_of, folder: Path,
+                  max_side: int, state: dict) -> Iterator[dict]:
     """Pick-a-Pic rows of manifest `items` (images read and checked, relative paths from
-    `folder`); `ShardError` names the first bad one. `state` collects where each row came
-    from ("wheres") and the split the rows name ("split": one per file)."""
-    for where, item in items:
+    `folder`); `ShardError` names the first bad one by `where_of(number)`. `state` collects
+    each row's line or pair number ("numbers", 8 bytes a row) and the split the rows name
+    ("split": one per file)."""
+    for number, item in items:
+        where = where_of(number)
         if not isinstance(item, dict):
             raise ShardError(f"{where}: not a JSON object")
         prompt = item.get("prompt")
@@ -244,7 +257,7 @@ def manifest_rows(items: Iterable[tuple[str, object]], folder: Path, max_side: i
         if uids[0] == uids[1]:
             raise ShardError(f"{where}: `chosen` and `rejected` are the same image")
         user = _user_id(item.get("annotator"), where)
-        state.setdefault("wheres", []).append(where)
+        state.setdefault("numbers", array("q")).append(number)
         yield {
             "are_different": False, "best_image_uid": uids[0] if label == 1 else "none",
             "caption": prompt, "created_at": EPOCH, "has_label": True,
@@ -283,21 +296,23 @@ def import_manifest(store, path: Path, source: str, split: str | None, max_side:
     stamp, cur = _stamp(path), store.cursor()
     if _imported_before(cur, stamp):
         return ImportedFile(path=path, rows=0, added=0, skipped=True)
-    items = hpdv3_items(path) if path.suffix == ".json" else jsonl_items(path)
+    hpdv3 = path.suffix == ".json"
+    items = hpdv3_items(path) if hpdv3 else jsonl_items(path)
+    where_of = functools.partial(array_where if hpdv3 else jsonl_where, path)
     state: dict = {}
     with tempfile.TemporaryDirectory(prefix=".manifest-", dir=store.path.parent) as work:
         shard = Path(work) / f"{path.stem}.parquet"
         with pq.ParquetWriter(shard, PICKAPIC_SCHEMA) as writer:
             batch = []
-            for row in manifest_rows(items, path.parent, max_side, state):
+            for row in manifest_rows(items, where_of, path.parent, max_side, state):
                 batch.append(row)
                 if len(batch) == ROWS_PER_WRITE:
                     writer.write_table(pa.Table.from_pylist(batch, schema=PICKAPIC_SCHEMA))
                     batch = []
             if batch:
                 writer.write_table(pa.Table.from_pylist(batch, schema=PICKAPIC_SCHEMA))
-        wheres = state.get("wheres", [])
-        if not wheres:
+        numbers = state.get("numbers", [])
+        if not numbers:
             raise ShardError(f"{path}: no pairs in this file")
         split = split or state.get("split") or (path.stem if path.stem in KNOWN_SPLITS
                                                 else "train")
@@ -306,7 +321,7 @@ def import_manifest(store, path: Path, source: str, split: str | None, max_side:
         except ShardError as error:
             text = str(error).replace(str(shard), str(path))
             text = re.sub(rf"{re.escape(str(path))}, row (\d+)",
-                          lambda m: wheres[int(m.group(1))], text)
+                          lambda m: where_of(numbers[int(m.group(1))]), text)
             raise ShardError(text) from None
         # the record that lets a rerun skip the file: the manifest's, not the shard's
         cur.execute("UPDATE imported_files SET path = ?, size = ?, mtime_ns = ? "
