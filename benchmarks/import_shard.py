@@ -6,9 +6,12 @@ resident memory. Memory should stay flat as the shard grows: import streams batc
 Beside each import, in its own child process, the floor: a bare pyarrow scan of the
 same shard that checks every JPEG as the import does (`check_jpeg`) and stores nothing.
 The import's rows/s over the floor's says what storing costs (the target is at least 0.5).
+And beside both, the same import into a store that already holds `--stored` rankings
+(and two images each): its speed over the empty store's says whether the import slows as
+the store grows (the target is 1: flat).
 
-    python benchmarks/import_shard.py            # 1,000- and 2,000-row shards
-    python benchmarks/import_shard.py --rows 500 2000
+    python benchmarks/import_shard.py            # 1,000- and 2,000-row shards, 200K stored
+    python benchmarks/import_shard.py --rows 500 2000 --stored 450000
 """
 
 from __future__ import annotations
@@ -36,14 +39,38 @@ CHILD = """
 import json, resource, sys, time
 from pathlib import Path
 from data.store import Store
+import data.pickapic
 from data.pickapic import import_shards
-db, shard = sys.argv[1], sys.argv[2]
-start = time.perf_counter()
+write_pairs = data.pickapic._store_rankings
+pairs_seconds = []
+def timed_write_pairs(*args):  # the step that grew with the store: the pairs' one insert
+    start = time.perf_counter()
+    added = write_pairs(*args)
+    pairs_seconds.append(time.perf_counter() - start)
+    return added
+data.pickapic._store_rankings = timed_write_pairs
+db, shard, stored = sys.argv[1], sys.argv[2], int(sys.argv[3])
 with Store(db) as store:
+    if stored:  # rankings and images as an earlier import leaves them, then on disk
+        cur = store.cursor()
+        cur.execute(
+            "INSERT INTO images (image_uid, jpg, prompt, model, width, height) "
+            "SELECT 'stored-' || i, repeat('x', 64)::BLOB, 'stored prompt', 'm', 512, 512 "
+            "FROM range($n) t(i)", {"n": 2 * stored})
+        cur.execute(
+            "INSERT INTO rankings (ranking_id, caption, image_0_uid, image_1_uid, label_0, "
+            "label_1, best_image_uid, user_id, created_at, has_label, outcome, source, split) "
+            "SELECT 1e9 + i, 'stored prompt ' || i % 40000, 'stored-' || 2 * i, "
+            "'stored-' || 2 * i + 1, 1, 0, 'stored-' || 2 * i, i % 100, "
+            "TIMESTAMP '2023-01-01' + INTERVAL (i) SECOND, true, 'left', 'public:stored', "
+            "'train' FROM range($n) t(i)", {"n": stored})
+        cur.execute("CHECKPOINT")
+    start = time.perf_counter()
     done = import_shards(store, [shard], progress=False)
-seconds = time.perf_counter() - start
+    seconds = time.perf_counter() - start
 peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print(json.dumps({"rows": done[0].rows, "seconds": seconds, "peak_rss_mb": peak_mb}))
+print(json.dumps({"rows": done[0].rows, "added": done[0].added, "seconds": seconds,
+                  "pairs_seconds": sum(pairs_seconds), "peak_rss_mb": peak_mb}))
 """
 
 FLOOR = """
@@ -114,6 +141,8 @@ def build_shard(path: Path, rows: int, seed: int = 0, size: int = 512,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, nargs="+", default=[1000, 2000])
+    parser.add_argument("--stored", type=int, default=200_000,
+                        help="rankings already in the store for the third import")
     args = parser.parse_args()
     repo = Path(__file__).resolve().parents[1]
     results = []
@@ -121,10 +150,11 @@ def main() -> None:
         for rows in args.rows:
             shard = Path(tmp) / f"train-{rows}.parquet"
             build_shard(shard, rows)
-            measured, floor = (json.loads(subprocess.run(
-                [sys.executable, "-c", code, str(Path(tmp) / f"{rows}.duckdb"), str(shard)],
+            measured, floor, grown = (json.loads(subprocess.run(
+                [sys.executable, "-c", code, str(Path(tmp) / f"{rows}-{stored}.duckdb"),
+                 str(shard), str(stored)],
                 capture_output=True, text=True, cwd=repo, check=True,
-            ).stdout) for code in (CHILD, FLOOR))
+            ).stdout) for code, stored in ((CHILD, 0), (FLOOR, 0), (CHILD, args.stored)))
             results.append({
                 "rows": rows,
                 "shard_mb": round(shard.stat().st_size / 2**20, 1),
@@ -134,6 +164,12 @@ def main() -> None:
                 "floor_rows_per_s": round(rows / floor["seconds"], 1),
                 "floor_peak_rss_mb": round(floor["peak_rss_mb"], 1),
                 "import_over_floor": round(floor["seconds"] / measured["seconds"], 3),
+                "stored": args.stored,
+                "added_at_stored": grown["added"],
+                "rows_per_s_at_stored": round(rows / grown["seconds"], 1),
+                "at_stored_over_empty": round(measured["seconds"] / grown["seconds"], 3),
+                "pairs_write_s": round(measured["pairs_seconds"], 3),
+                "pairs_write_s_at_stored": round(grown["pairs_seconds"], 3),
             })
     print(json.dumps({
         "benchmark": "import_shard",

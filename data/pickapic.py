@@ -568,9 +568,12 @@ def _store_rankings(cur, path: Path, rankings: str, source: str, split: str,
             # NULL); their outcome is stated as if image_0 had been (ARCHITECTURE.md).
             "CASE WHEN label_0 = 0.5 THEN 'tie' WHEN label_0 = 1 THEN 'left' "
             f"ELSE 'right' END, $source, $split FROM ({rankings}) "
+            # Stored before with the same content (checked before): skipped by an anti
+            # join, not ON CONFLICT, whose cost grows with the stored rankings (13x per
+            # row at 450K: docs/BENCHMARKS.md).
+            "WHERE ranking_id NOT IN (SELECT ranking_id FROM rankings) "
             # A row repeating an earlier one exactly (checked before) is stored once.
-            "QUALIFY row_number() OVER (PARTITION BY ranking_id ORDER BY row) = 1 "
-            "ON CONFLICT DO NOTHING",
+            "QUALIFY row_number() OVER (PARTITION BY ranking_id ORDER BY row) = 1",
             {"path": str(path), "source": source, "split": split},
         )
         [(after,)] = cur.execute("SELECT count(*) FROM rankings").fetchall()

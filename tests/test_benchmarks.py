@@ -129,12 +129,13 @@ def test_run_index(tmp_path):
 
 
 def test_import_shard(tmp_path):
-    out = bench("import_shard", "--rows", "10", "20", tmp_path=tmp_path)
+    out = bench("import_shard", "--rows", "10", "20", "--stored", "500", tmp_path=tmp_path)
     assert out["benchmark"] == "import_shard"
     assert [r["rows"] for r in out["results"]] == [10, 20]
     for result in out["results"]:
         assert result["rows_per_s"] > 0 and result["peak_rss_mb"] > 0 and result["shard_mb"] > 0
         assert result["floor_rows_per_s"] > 0 and result["import_over_floor"] > 0
+        assert result["added_at_stored"] == result["rows"] and result["at_stored_over_empty"] > 0
 
 
 def test_peers_skips_without_the_peers_scripts(tmp_path):
