@@ -10,6 +10,12 @@ and prior=0 gives the plain maximum-likelihood fit. Ratings are on the Elo scale
 (400 log10 of the odds) with the first model at 1000. Intervals are percentiles of a
 bootstrap that resamples prompts, not matches: the matches of one prompt are not
 independent. Both-bad votes state no preference and are not matches.
+
+Where the judge saw the two images side by side (people on the blind page), the side is
+a covariate, as arena leaderboards fit it:
+    P(i on the left beats j) = sigmoid(theta_i - theta_j + gamma),
+so ratings come with the left side's advantage gamma removed, and the board reports
+gamma. A scorer sees no sides: its matches carry no position and no gamma is fitted.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ class Match:
     first: str
     second: str
     result: str  # one of RESULTS: which model's image won, or a tie
+    left: str | None = None  # the model shown on the left; None where the judge saw no sides
 
 
 @dataclass
@@ -58,6 +65,8 @@ class Board:
     prior: float
     min_matches: int = 0  # a model with fewer is listed below the ranking, unranked
     preliminary_below: int = 0  # a ranked model with fewer is marked preliminary
+    position: float | None = None  # the left side's advantage, Elo points; None: no sides
+    position_interval: Interval | None = None
 
     def matches(self, k: int) -> float:
         return float(self.games[k].sum())
@@ -88,8 +97,14 @@ class Board:
 
 def win_counts(matches: Sequence[Match], models: Sequence[str]) -> np.ndarray:
     """[i, j]: how often models[i] beat models[j], a tie counting one half to each."""
+    return side_counts(matches, models).sum(axis=0)
+
+
+def side_counts(matches: Sequence[Match], models: Sequence[str]) -> np.ndarray:
+    """[side, i, j]: what models[i] won against models[j] (a tie one half to each) while
+    on the left (side 0), on the right (1), or where no side was shown (2)."""
     index = {m: k for k, m in enumerate(models)}
-    wins = np.zeros((len(models), len(models)))
+    wins = np.zeros((3, len(models), len(models)))
     for match in matches:
         if match.result not in RESULTS:
             raise DataError(f"unknown match result {match.result!r}: use one of {RESULTS}")
@@ -99,12 +114,17 @@ def win_counts(matches: Sequence[Match], models: Sequence[str]) -> np.ndarray:
             i, j = index[match.first], index[match.second]
         except KeyError as missing:
             raise DataError(f"match of {missing} which is not on the board") from None
+        if match.left not in (None, match.first, match.second):
+            raise DataError(f"a match of {match.first} and {match.second} shows "
+                            f"{match.left} on the left: name one of the two, or None")
+        side = {i: 2, j: 2} if match.left is None else \
+            {i: 0, j: 1} if match.left == match.first else {i: 1, j: 0}
         if match.result == "tie":
-            wins[i, j] += 0.5
-            wins[j, i] += 0.5
+            wins[side[i], i, j] += 0.5
+            wins[side[j], j, i] += 0.5
         else:
             winner, loser = (i, j) if match.result == "first" else (j, i)
-            wins[winner, loser] += 1
+            wins[side[winner], winner, loser] += 1
     return wins
 
 
@@ -171,6 +191,80 @@ def bradley_terry(wins: np.ndarray, prior: float = 1.0, tol: float = 1e-10,
     return np.log(strength)
 
 
+def _logit_terms(sides: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One row per (side, winner, loser) with points in `side_counts`: its points, and its
+    logit's gradient by parameter (theta_1.., gamma; theta_0 = 0 fixes the scale)."""
+    n = sides.shape[1]
+    side, winner, loser = np.nonzero(sides)
+    rows = np.arange(len(side))
+    design = np.zeros((len(side), n + 1))
+    np.add.at(design, (rows, winner), 1.0)
+    np.add.at(design, (rows, loser), -1.0)
+    design[:, n] = np.array([1.0, -1.0, 0.0])[side]
+    return sides[side, winner, loser], design[:, 1:]
+
+
+def position_estimable(sides: np.ndarray) -> bool:
+    """Whether matches seen side by side tell the left side's advantage apart from the
+    models' strengths: not when, say, one model was always on the left."""
+    if not sides[:2].sum():
+        return False
+    _, design = _logit_terms(sides)
+    return bool(np.linalg.matrix_rank(design) == design.shape[1])
+
+
+def bradley_terry_sides(sides: np.ndarray, prior: float = 1.0, tol: float = 1e-10,
+                        max_iter: int = 100, names: Sequence[str] | None = None,
+                        ) -> tuple[np.ndarray, float]:
+    """Strengths theta (mean 0) and the left side's advantage gamma maximising
+        sum over matches of log sigmoid(theta_winner - theta_loser +/- gamma)
+    (+ when the winner was on the left, - on the right, no gamma where no side was shown;
+    a tie is half a win to each), from `side_counts`. The prior's virtual ties are split
+    evenly between the sides, so they pull gamma to 0 as they pull ratings together.
+
+    Newton's method: the log-likelihood is concave, and the step is halved until it rises.
+    """
+    n = sides.shape[1]
+    met = (sides.sum(axis=0) + sides.sum(axis=0).T) > 0
+    sides = sides + np.stack([(prior / 4) * met, (prior / 4) * met, np.zeros((n, n))])
+    wins = sides.sum(axis=0)
+    if np.any(wins.sum(axis=1) <= 0):
+        raise DataError("a model that never won or tied has no finite Bradley-Terry rating: "
+                        "use a prior above 0")
+    unbeaten = unbeaten_group(wins)
+    if unbeaten:
+        named = [names[k] if names else f"model {k}" for k in unbeaten]
+        raise DataError(f"{', '.join(named)} never lost or tied to the other models: no "
+                        "finite Bradley-Terry rating exists; use a prior above 0")
+    if sides[0].sum() == 0 or sides[1].sum() == 0:
+        won = "left" if sides[1].sum() == 0 else "right"
+        raise DataError(f"the {won} side won every match shown side by side: its advantage "
+                        "has no finite estimate; use a prior above 0")
+    weight, design = _logit_terms(sides)
+
+    def loglik(x: np.ndarray) -> float:
+        return float(weight @ -np.logaddexp(0.0, -(design @ x)))
+
+    x = np.zeros(n)
+    for _ in range(max_iter):
+        p = 1 / (1 + np.exp(-(design @ x)))
+        gradient = design.T @ (weight * (1 - p))
+        hessian = (design * (weight * p * (1 - p))[:, None]).T @ design
+        try:
+            step = np.linalg.solve(hessian, gradient)
+        except np.linalg.LinAlgError:
+            raise DataError("these matches do not tell the left side's advantage from the "
+                            "models' strengths: use a prior above 0") from None
+        before, size = loglik(x), 1.0
+        while loglik(x + size * step) < before and size > 1e-8:
+            size /= 2
+        x = x + size * step
+        if np.max(np.abs(size * step)) < tol:
+            break
+    theta = np.concatenate([[0.0], x[:-1]])
+    return theta - theta.mean(), float(x[-1])
+
+
 def fit(matches: Sequence[Match], models: Sequence[str], judge: str, prior: float = 1.0,
         samples: int = 1000, seed: int = 0, min_matches: int = 0,
         preliminary_below: int = 0) -> Board:
@@ -182,22 +276,27 @@ def fit(matches: Sequence[Match], models: Sequence[str], judge: str, prior: floa
     by_prompt: dict[str, list[Match]] = defaultdict(list)
     for match in matches:
         by_prompt[match.prompt].append(match)
-    per_prompt = np.array([win_counts(group, models) for group in by_prompt.values()])
+    per_prompt = np.array([side_counts(group, models) for group in by_prompt.values()])
     if not len(per_prompt):
         raise DataError("no matches to rank: judge some pairs first")
-    wins = per_prompt.sum(axis=0)
+    sided = position_estimable(per_prompt.sum(axis=0))
+    wins = per_prompt.sum(axis=(0, 1))
     games = wins + wins.T
     check_connected(games, models)
 
-    def ratings(w: np.ndarray) -> np.ndarray:
-        theta = bradley_terry(w, prior, names=models)
-        return ANCHOR + ELO * (theta - theta[0])
+    def ratings(sides: np.ndarray) -> np.ndarray:
+        """Ratings on the Elo scale, then the left side's advantage in Elo points if fitted."""
+        if sided:
+            theta, gamma = bradley_terry_sides(sides, prior, names=models)
+        else:
+            theta, gamma = bradley_terry(sides.sum(axis=0), prior, names=models), 0.0
+        return np.append(ANCHOR + ELO * (theta - theta[0]), ELO * gamma)
 
     rng = np.random.default_rng(seed)
     draws = []
     for _ in range(samples):
         resampled = per_prompt[rng.integers(0, len(per_prompt), len(per_prompt))].sum(axis=0)
-        met = resampled + resampled.T
+        met = resampled.sum(axis=0) + resampled.sum(axis=0).T
         try:  # a draw that leaves a model apart or winless says nothing about it
             check_connected(met, models)
             draws.append(ratings(resampled))
@@ -205,9 +304,12 @@ def fit(matches: Sequence[Match], models: Sequence[str], judge: str, prior: floa
             continue
     spread = np.percentile(np.array(draws), [2.5, 97.5], axis=0) if draws else None
     intervals = [Interval(float(spread[0, k]), float(spread[1, k])) if spread is not None
-                 else Interval(float("nan"), float("nan")) for k in range(len(models))]
-    return Board(models, judge, ratings(wins), intervals, wins, games, len(per_prompt), prior,
-                 min_matches, preliminary_below)
+                 else Interval(float("nan"), float("nan")) for k in range(len(models) + 1)]
+    fitted = ratings(per_prompt.sum(axis=0))
+    return Board(models, judge, fitted[:-1], intervals[:-1], wins, games, len(per_prompt),
+                 prior, min_matches, preliminary_below,
+                 position=float(fitted[-1]) if sided else None,
+                 position_interval=intervals[-1] if sided else None)
 
 
 def scored_matches(models: Sequence[str], prompts: Sequence[str], seeds: int,
@@ -231,7 +333,8 @@ def scored_matches(models: Sequence[str], prompts: Sequence[str], seeds: int,
 def vote_matches(votes, models: Sequence[str]) -> list[Match]:
     """The blind page's votes (eval.votes.VoteRow) between models on the board."""
     results = {"base": "first", "aligned": "second", "tie": "tie"}  # base is the first here
-    return [Match(v.prompt, v.seed, v.base_model, v.aligned_model, results[v.outcome])
+    return [Match(v.prompt, v.seed, v.base_model, v.aligned_model, results[v.outcome],
+                  left=v.base_model if v.side_a == "base" else v.aligned_model)
             for v in votes if v.outcome in results
             and v.base_model in models and v.aligned_model in models]
 
@@ -241,6 +344,21 @@ def _rating(board: Board, k: int) -> str:
         return f"{board.ratings[0]:.0f} (the anchor)"
     low, high = board.intervals[k].low, board.intervals[k].high
     return f"{board.ratings[k]:.0f} ({low:.0f}-{high:.0f})"
+
+
+def left_wins_between_equals(board: Board) -> float | None:
+    """P(the left image wins) between two equally rated models: the position effect."""
+    return None if board.position is None else 1 / (1 + 10 ** (-board.position / 400))
+
+
+def _position_line(board: Board) -> str:
+    if board.position is None:
+        return ""
+    low, high = board.position_interval.low, board.position_interval.high
+    return (f" Side shown: the left image's advantage is {board.position:+.0f} points "
+            f"({low:+.0f} to {high:+.0f}), between equal models the left wins "
+            f"{100 * left_wins_between_equals(board):.1f}%; the ratings are fitted with it "
+            "removed.")
 
 
 def markdown(board: Board, names: Sequence[str]) -> list[str]:
@@ -253,7 +371,7 @@ def markdown(board: Board, names: Sequence[str]) -> list[str]:
     lines = [f"Judge: {board.judge}; {int(board.games.sum() / 2)} matches on "
              f"{board.prompts} prompts; Bradley-Terry ratings (Elo scale, {names[0]} = "
              f"{ANCHOR:.0f}) with 95% intervals from {board.prompts}-prompt bootstraps; prior "
-             f"{board.prior:g} virtual tie per pair.{rules}", "",
+             f"{board.prior:g} virtual tie per pair.{rules}{_position_line(board)}", "",
              "| rank | model | rating (95%) | P(beats " + names[0] + ") | matches | "
              "win rate, all matches |", "|---|---|---|---|---|---|"]
     rank = 0
@@ -326,6 +444,10 @@ def summary(board: Board, names: Sequence[str]) -> dict:
     """The board as plain JSON values."""
     return {"judge": board.judge, "prompts": board.prompts, "prior": board.prior,
             "min_matches": board.min_matches, "preliminary_below": board.preliminary_below,
+            "position": None if board.position is None else {
+                "elo": board.position,
+                "interval": [board.position_interval.low, board.position_interval.high],
+                "left_wins_between_equals": left_wins_between_equals(board)},
             "models": [{"name": names[k], "model": board.models[k],
                         "rating": float(board.ratings[k]),
                         "interval": [board.intervals[k].low, board.intervals[k].high],

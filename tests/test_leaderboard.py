@@ -11,7 +11,14 @@ import pytest
 
 from cli.errors import DataError
 from eval.config import LeaderboardConfig
-from eval.leaderboard import Match, bradley_terry, fit, win_counts
+from eval.leaderboard import (
+    Match,
+    bradley_terry,
+    bradley_terry_sides,
+    fit,
+    side_counts,
+    win_counts,
+)
 from eval.votes import VoteRow, VoteStore
 from tests.helpers import saved_config_gives
 from tests.test_eval_auto import broken_toy  # noqa: F401  (a fixture)
@@ -55,6 +62,99 @@ def test_at_the_fit_every_model_is_expected_to_win_what_it_won():
     games = wins + wins.T
     expected = (games / (1 + np.exp(theta[None, :] - theta[:, None]))).sum(axis=1)
     assert expected == pytest.approx(wins.sum(axis=1), abs=1e-6)
+
+
+def test_the_fit_agrees_with_choix_on_the_same_votes():
+    import choix
+
+    rng = np.random.default_rng(3)
+    wins = rng.integers(1, 12, size=(5, 5)) + 0.5 * rng.integers(0, 3, size=(5, 5))
+    np.fill_diagonal(wins, 0)
+    met = (wins + wins.T) > 0
+    for prior in (0.0, 1.0):
+        ours = bradley_terry(wins, prior=prior)
+        # choix knows no prior: its virtual ties are given to it as half wins each way
+        theirs = choix.ilsr_pairwise_dense(wins + prior / 2 * met, alpha=0.0, tol=1e-12)
+        assert ours == pytest.approx(theirs - theirs.mean(), abs=1e-7)
+
+
+def sided(first: str, second: str, results: str, left: str, prompt: str = "p") -> list[Match]:
+    """Matches from a string of results: 'f' first won, 's' second won, 't' a tie."""
+    named = {"f": "first", "s": "second", "t": "tie"}
+    return [Match(prompt, seed, first, second, named[r], left=left)
+            for seed, r in enumerate(results)]
+
+
+def test_the_left_sides_advantage_on_a_hand_case():
+    # a on the left beat b 6 of 8; b on the left beat a 4 of 8. With
+    # logit P(left wins) = theta_left - theta_right + gamma, the two orientations give
+    # theta_a - theta_b + gamma = logit(6/8) = ln 3 and theta_b - theta_a + gamma = logit(4/8) = 0,
+    # so gamma = ln(3) / 2 and theta_a - theta_b = ln(3) / 2.
+    ms = sided("a", "b", "ffffffss", left="a") + sided("a", "b", "ssssffff", left="b")
+    theta, gamma = bradley_terry_sides(side_counts(ms, ["a", "b"]), prior=0)
+    assert gamma == pytest.approx(math.log(3) / 2, abs=1e-9)
+    assert theta[0] - theta[1] == pytest.approx(math.log(3) / 2, abs=1e-9)
+    board = fit(ms, ["a", "b"], "hand", prior=0, samples=0)
+    assert board.position == pytest.approx(400 * math.log10(3) / 2, abs=1e-6)
+    assert board.ratings[1] == pytest.approx(1000 - 400 * math.log10(3) / 2, abs=1e-6)
+    from eval.leaderboard import markdown, summary
+
+    between_equals = summary(board, ["a", "b"])["position"]["left_wins_between_equals"]
+    assert between_equals == pytest.approx(math.sqrt(3) / (1 + math.sqrt(3)))  # sigmoid(gamma)
+    assert "the left image's advantage is +95 points" in markdown(board, ["a", "b"])[0]
+    # a tie is half a win to each side, wherever it was shown
+    counts = side_counts(sided("a", "b", "t", left="b"), ["a", "b"])
+    assert counts[1, 0, 1] == counts[0, 1, 0] == 0.5 and counts.sum() == 1
+
+
+def test_the_sided_fit_maximises_the_likelihood_written_out_match_by_match():
+    from scipy.optimize import minimize
+
+    rng = np.random.default_rng(0)
+    models, truth, gamma = ["a", "b", "c"], np.array([0.3, 0.0, -0.5]), 0.4
+    ms = []
+    for k in range(600):
+        i, j = rng.choice(3, size=2, replace=False)
+        left = models[i] if rng.random() < 0.5 else models[j]
+        logit = truth[i] - truth[j] + (gamma if left == models[i] else -gamma)
+        draw = rng.random()
+        result = "tie" if draw < 0.1 else "first" if draw < 0.1 + 0.9 / (1 + np.exp(-logit)) \
+            else "second"
+        ms.append(Match(f"p{k % 60}", k, models[i], models[j], result, left=left))
+
+    def minus_loglik(x):  # x = theta_b, theta_c, gamma; theta_a = 0
+        theta = dict(zip(models, [0.0, x[0], x[1]], strict=True))
+        total = 0.0
+        for m in ms:
+            toward_first = theta[m.first] - theta[m.second] + (x[2] if m.left == m.first
+                                                                 else -x[2])
+            share = {"first": 1.0, "second": 0.0, "tie": 0.5}[m.result]
+            total += share * np.logaddexp(0, -toward_first) \
+                + (1 - share) * np.logaddexp(0, toward_first)
+        return total
+
+    best = minimize(minus_loglik, np.zeros(3), method="BFGS", options={"gtol": 1e-9}).x
+    theta, fitted_gamma = bradley_terry_sides(side_counts(ms, models), prior=0)
+    assert theta[1:] - theta[0] == pytest.approx(best[:2], abs=1e-4)
+    assert fitted_gamma == pytest.approx(best[2], abs=1e-4)
+    board = fit(ms, models, "simulated", prior=0, samples=200)
+    interval = board.position_interval
+    assert interval.low < 400 / math.log(10) * gamma < interval.high  # the truth, recovered
+    assert interval.low > 0
+
+
+def test_no_position_is_fitted_where_sides_cannot_be_told_from_models():
+    # b always on the left: its strength and the left's advantage are one number
+    ms = sided("a", "b", "ffsss", left="b")
+    board = fit(ms, ["a", "b"], "hand", prior=1, samples=0)
+    assert board.position is None and board.position_interval is None
+    assert board.ratings[1] == pytest.approx(1000 + 400 * math.log10(3.5 / 2.5))
+    # each won once, both times on the left: without a prior the advantage is unbounded
+    once_each = sided("a", "b", "f", left="a") + sided("a", "b", "s", left="b")
+    with pytest.raises(DataError, match="left side won every match"):
+        bradley_terry_sides(side_counts(once_each, ["a", "b"]), prior=0)
+    theta, gamma = bradley_terry_sides(side_counts(once_each, ["a", "b"]), prior=1)
+    assert theta[0] == pytest.approx(theta[1]) and 0 < gamma < 2
 
 
 def test_an_unbeaten_model_needs_the_prior_and_the_prior_pulls_to_even():
