@@ -15,7 +15,7 @@ import bisect
 import io
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +44,8 @@ class Provenance:
     tie: bool  # only with include_ties=True; then "preferred" is simply image 0
     split: str
     both_bad: bool = False  # only with include_both_bad=True; "preferred" is image 0
+    votes: int = 1  # the votes behind the pair (several where a store groups them)
+    share: float = 1.0  # of those votes, the share for the preferred image (a tie one half)
 
 
 def image_labels(prov: Provenance) -> tuple[int, int]:
@@ -83,6 +85,29 @@ def encode_jpeg(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
+# A store's votes grouped by their two images (in either order) as one ranking row: the
+# first vote's caption, id, annotator and split, image_0 the lesser uid, and as label_0
+# the share of the votes for image_0 (a tie one half).
+_GROUPED = """
+WITH votes AS (
+    SELECT r.*, least(r.image_0_uid, r.image_1_uid) AS lesser,
+        greatest(r.image_0_uid, r.image_1_uid) AS greater,
+        CASE WHEN r.image_0_uid < r.image_1_uid THEN r.label_0 ELSE 1 - r.label_0 END AS for_lesser
+    FROM rankings r WHERE {where}
+), r AS (
+    SELECT lesser AS image_0_uid, greater AS image_1_uid, avg(for_lesser) AS label_0,
+        count(*) AS votes, arg_min(caption, (created_at, ranking_id)) AS caption,
+        arg_min(source, (created_at, ranking_id)) AS source,
+        arg_min(user_id, (created_at, ranking_id)) AS user_id,
+        arg_min(split, (created_at, ranking_id)) AS split,
+        min(created_at) AS created_at, min(ranking_id) AS ranking_id
+    FROM votes GROUP BY lesser, greater
+)
+SELECT r.caption, r.label_0, r.source, r.ranking_id, r.user_id, r.image_0_uid, r.image_1_uid,
+    i0.model, i1.model, r.split, r.votes FROM r
+"""
+
+
 def _winner_first(label_0: float) -> bool:
     """Whether image 0 is the preferred one (a tie keeps the stored order)."""
     return label_0 >= 0.5
@@ -99,16 +124,26 @@ def _provenance(source: str, ranking_id: int, user_id: int, label_0: float,
         preferred_uid=uids[order[0]], rejected_uid=uids[order[1]],
         preferred_model=models[order[0]], rejected_model=models[order[1]],
         tie=label_0 == 0.5, split=split, both_bad=label_0 is None,
+        share=0.5 if label_0 == 0.5 else 1.0,
     )
 
 
+PAIR_VOTES = ("each", "majority", "share")
+
+
 class StorePairs(Dataset):
-    """Pairs from the DuckDB store (its file, or a `Store` this process already holds)."""
+    """Pairs from the DuckDB store (its file, or a `Store` this process already holds).
+
+    `pair_votes` says what several votes on one pair of images make (a crowd's overlap):
+    `each` vote its own pair, as stored; or one pair per two images, preferring the side
+    most votes preferred, with `share` the fraction of its votes that did (a tie vote one
+    half to each side, when ties are included). An even split is a tie.
+    """
 
     def __init__(
         self, store: str | Path | Store, split: str | None = "train", include_ties: bool = False,
         include_both_bad: bool = False, question: str = "preference",
-        drop_flagged: bool = False,
+        drop_flagged: bool = False, pair_votes: str = "each",
     ):
         self._store = store if isinstance(store, Store) else None
         self._path = Path(store.path if isinstance(store, Store) else store)
@@ -125,20 +160,33 @@ class StorePairs(Dataset):
             if flagged:
                 where += f" AND r.user_id NOT IN ({', '.join('?' * len(flagged))})"
                 params += flagged
+        if pair_votes not in PAIR_VOTES:
+            raise DataError(f"unknown pair_votes {pair_votes!r}: use one of {PAIR_VOTES}")
+        if pair_votes != "each" and include_both_bad:
+            raise DataError("both-bad votes have no side to count: group votes by pair "
+                            "(pair_votes majority or share) without them")
         rows = self._open().cursor().execute(
-            "SELECT r.caption, r.label_0, r.source, r.ranking_id, r.user_id, r.image_0_uid, "
-            "r.image_1_uid, i0.model, i1.model, r.split FROM rankings r "
+            ("SELECT r.caption, r.label_0, r.source, r.ranking_id, r.user_id, r.image_0_uid, "
+             "r.image_1_uid, i0.model, i1.model, r.split, 1 AS votes FROM rankings r "
+             if pair_votes == "each" else _GROUPED.format(where=where)) +
             "JOIN images i0 ON i0.image_uid = r.image_0_uid "
-            f"JOIN images i1 ON i1.image_uid = r.image_1_uid WHERE {where} "
+            "JOIN images i1 ON i1.image_uid = r.image_1_uid "
+            f"{'WHERE ' + where if pair_votes == 'each' else ''} "
             "ORDER BY r.created_at, r.ranking_id",
             params,
         ).fetchall()
-        self._items = [
-            (caption, _provenance(source, ranking_id, user_id, label_0, (uid0, uid1),
-                                  (m0, m1), row_split))
-            for caption, label_0, source, ranking_id, user_id, uid0, uid1, m0, m1, row_split
-            in rows
-        ]
+        self._items = []
+        for caption, label_0, source, ranking_id, user_id, uid0, uid1, m0, m1, row_split, \
+                votes in rows:
+            prov = _provenance(source, ranking_id, user_id, label_0, (uid0, uid1), (m0, m1),
+                               row_split)
+            if pair_votes != "each":
+                if prov.tie and not include_ties:
+                    continue  # an even split says neither image is better
+                share = max(label_0, 1 - label_0) if pair_votes == "share" else \
+                    0.5 if prov.tie else 1.0
+                prov = replace(prov, tie=label_0 == 0.5, votes=votes, share=share)
+            self._items.append((caption, prov))
 
     def _open(self) -> Store:
         # A DuckDB connection must not cross a fork: DataLoader workers open their own.
@@ -337,17 +385,20 @@ def load_pairs(
     include_both_bad: bool = False,
     question: str = "preference",
     drop_flagged: bool = False,
+    pair_votes: str = "each",
 ) -> MixedPairs:
     """One loader for every source: a `.duckdb` store, or parquet files and folders.
     `include_both_bad` adds a store's "both bad" votes (Pick-a-Pic shards have none).
     `question` and `drop_flagged` (data.quality) choose a store's votes; a parquet
-    export holds one question's votes, as `data export` chose them."""
+    export holds one question's votes, as `data export` chose them. `pair_votes` groups a
+    store's votes by pair (`StorePairs`); a shard's rows stay a pair each."""
     datasets: list[Dataset] = []
     for source in sources:
         if _is_store(source):
             datasets.append(StorePairs(source, split=split, include_ties=include_ties,
                                        include_both_bad=include_both_bad,
-                                       question=question, drop_flagged=drop_flagged))
+                                       question=question, drop_flagged=drop_flagged,
+                                       pair_votes=pair_votes))
         else:
             datasets.append(ParquetPairs([source], split=split, include_ties=include_ties))
     if not any(len(d) for d in datasets):

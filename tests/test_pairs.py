@@ -193,3 +193,48 @@ def test_both_bad_votes_join_as_pairs_with_both_images_disliked_only_when_asked(
     tie = next(i for i in range(len(with_ties)) if with_ties.describe(i)[1].tie)
     with pytest.raises(DataError, match="a tie likes or dislikes neither image"):
         image_labels(with_ties.describe(tie)[1])
+
+
+def test_votes_on_one_pair_count_each_or_as_the_majority_or_as_its_share(tmp_path):
+    from data.store import Vote, new_uid
+
+    path = tmp_path / "prefs.duckdb"
+    with Store(path) as store:
+        # pair 1 (red, blue): 3 annotators, two prefer red, one blue, one voted with the
+        # images the other way round; pair 2: an even split; pair 3: one vote and one tie
+        _, (red, blue) = record(store, "two to one", "left", user="a")
+        store.record_vote(Vote(vote_id=new_uid(), caption="two to one", image_0_uid=blue.image_uid,
+                               image_1_uid=red.image_uid, outcome="right", shown_left=0,
+                               user_id=store.user_id("b")))
+        store.record_vote(Vote(vote_id=new_uid(), caption="two to one", image_0_uid=red.image_uid,
+                               image_1_uid=blue.image_uid, outcome="right", shown_left=0,
+                               user_id=store.user_id("c")))
+        _, (x, y) = record(store, "even", "left", user="a")
+        store.record_vote(Vote(vote_id=new_uid(), caption="even", image_0_uid=x.image_uid,
+                               image_1_uid=y.image_uid, outcome="right", shown_left=0,
+                               user_id=store.user_id("b")))
+        _, (u, v) = record(store, "with a tie", "right", user="a")
+        store.record_vote(Vote(vote_id=new_uid(), caption="with a tie", image_0_uid=u.image_uid,
+                               image_1_uid=v.image_uid, outcome="tie", shown_left=0,
+                               user_id=store.user_id("b")))
+
+    def summary(pairs):
+        return [(pairs.describe(i)[0], pairs.describe(i)[1].votes, pairs.describe(i)[1].share,
+                 pairs.describe(i)[1].tie) for i in range(len(pairs))]
+
+    assert len(StorePairs(path)) == 6  # each decisive vote its own pair, ties left out
+    assert summary(StorePairs(path, pair_votes="majority")) == [
+        ("two to one", 3, 1.0, False), ("with a tie", 1, 1.0, False)]
+    assert summary(StorePairs(path, pair_votes="share")) == [
+        ("two to one", 3, pytest.approx(2 / 3), False), ("with a tie", 1, 1.0, False)]
+    assert summary(StorePairs(path, pair_votes="share", include_ties=True)) == [
+        ("two to one", 3, pytest.approx(2 / 3), False), ("even", 2, 0.5, True),
+        ("with a tie", 2, 0.75, False)]  # the tie vote is half a vote for each image
+    grouped = StorePairs(path, pair_votes="share")
+    first = grouped[0]
+    assert first.provenance.preferred_uid == red.image_uid  # the majority's side, first
+    assert close_to(color_of(first.preferred), RED) and close_to(color_of(first.rejected), BLUE)
+    third = grouped[1]  # "with a tie": the one decisive vote preferred image 1
+    assert third.provenance.preferred_uid == v.image_uid
+    with pytest.raises(DataError, match="both-bad votes have no side"):
+        StorePairs(path, pair_votes="share", include_both_bad=True)

@@ -1215,3 +1215,32 @@ def test_label_smoothing_and_ties_give_dpo_each_pairs_preferred_share(store_path
                       ({"label_smoothing": 0.1, "objective": "ipo"}, "applies to dpo")):
         with pytest.raises(TrainError, match=says):
             config_for("toy", store_path, tmp_path / "bad", **bad)
+
+
+def test_votes_on_one_pair_train_dpo_as_one_pair_with_their_share(tmp_path):
+    """--pair_votes share: three annotators on one pair, two for image 0, make one pair whose
+    preferred share is 2/3 (times label smoothing's 1 - eps, plus eps for the rest)."""
+    from data.store import Store, Vote, new_uid
+    from tests.helpers import judged_store
+    from train.trainer import Run
+
+    path = judged_store(tmp_path / "prefs.duckdb")
+    with Store(path) as store:
+        caption, uid0, uid1 = store.cursor().execute(  # one decisive vote for image 0
+            "SELECT caption, image_0_uid, image_1_uid FROM rankings WHERE label_0 = 1 "
+            "ORDER BY created_at LIMIT 1").fetchone()
+        for user, outcome in (("second", "right"), ("third", "left")):
+            store.record_vote(Vote(vote_id=new_uid(), caption=caption, image_0_uid=uid0,
+                                   image_1_uid=uid1, outcome=outcome, shown_left=0,
+                                   user_id=store.user_id(user)))
+    each = Run(config_for(store_path=path, model_dir="toy", out=tmp_path / "each",
+                          max_steps=1))
+    run = Run(config_for(store_path=path, model_dir="toy", out=tmp_path / "share",
+                         pair_votes="share", label_smoothing=0.1, max_steps=1))
+    assert len(run.data.cache) == len(each.data.cache) - 2  # three votes, one pair
+    shares = sorted(run.data.shares.tolist())
+    assert shares[0] == pytest.approx(2 / 3 * 0.9 + 1 / 3 * 0.1)
+    assert shares[1:] == pytest.approx([0.9] * (len(shares) - 1))
+    assert run.train()["trained_steps"] == 1
+    with pytest.raises(TrainError, match="soft label of dpo"):
+        config_for("toy", path, tmp_path / "bad", pair_votes="share", objective="ipo")

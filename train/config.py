@@ -19,6 +19,7 @@ from pathlib import Path
 
 from cli.errors import TrainError, UsageError
 from cli.parser import CommandParser, item_type, read_config_file, setting
+from data.pairs import PAIR_VOTES
 from data.store import QUESTIONS
 from models.toy import TOY_NAME
 from train.presets import PRESETS
@@ -90,6 +91,12 @@ class TrainConfig:
     include_ties: bool = setting("keep tied pairs (dpo: each image preferred with "
                                  "probability one half, in the conservative loss; the "
                                  "others: image 0 counts as preferred)", False)
+    pair_votes: str = setting(
+        "a store's votes on the same two images (a crowd's overlap): `each` vote a pair of "
+        "its own; one pair, the side most voted for preferred (`majority`; an even split is "
+        "a tie); or one pair whose preferred image is better with the share of the votes "
+        "that preferred it (`share`, dpo's soft labels in the conservative loss)", "each",
+        choices=list(PAIR_VOTES))
     question: str = setting("which question's votes a store gives: preference, appeal or "
                             "alignment (docs/ANNOTATE.md)", "preference")
     drop_flagged: bool = setting("leave out a store's votes by annotators that `python -m data "
@@ -238,6 +245,12 @@ class TrainConfig:
         if self.label_smoothing and self.objective != "dpo":
             raise TrainError(f"label_smoothing applies to dpo, not {self.objective}: drop "
                              "--label_smoothing or use --objective dpo")
+        if self.pair_votes == "share" and self.objective != "dpo":
+            raise TrainError(f"pair_votes share is a soft label of dpo, not {self.objective}: "
+                             "use --pair_votes majority or --objective dpo")
+        if self.pair_votes != "each" and self.objective == "kto":
+            raise TrainError("kto reads each vote's liked and disliked images: drop "
+                             "--pair_votes")
         if self.objective == "kto" and self.include_ties:
             raise TrainError("include_ties does not apply to kto: a tie likes or dislikes "
                              "neither image; drop --include_ties")

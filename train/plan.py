@@ -51,7 +51,8 @@ def training_pairs(config: TrainConfig) -> MixedPairs:
                        num_samples=config.num_samples, split=config.split,
                        include_ties=config.include_ties,
                        include_both_bad=config.objective == "kto",
-                       question=config.question, drop_flagged=config.drop_flagged)
+                       question=config.question, drop_flagged=config.drop_flagged,
+                       pair_votes=config.pair_votes)
     if not len(pairs):
         raise TrainError(f"no decisive pairs in {', '.join(config.data)}: collect some votes "
                          "or import shards first")
@@ -71,7 +72,8 @@ def validation_pairs(config: TrainConfig) -> tuple[str, MixedPairs] | None:
                                         include_ties=config.include_ties,
                                         include_both_bad=config.objective == "kto",
                                         question=config.question,
-                                        drop_flagged=config.drop_flagged))
+                                        drop_flagged=config.drop_flagged,
+                                        pair_votes=config.pair_votes))
             except DataError:  # this source has no such split
                 continue
         if found:

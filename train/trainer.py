@@ -383,9 +383,11 @@ def cache_pairs(config: TrainConfig, run: RunPairs, model: LoadedModel, accelera
         pair_flips = np.array([random.Random(c.seed * 1_000_003 + i).random() < 0.5
                                for i in range(len(cache))])
     shares = None
-    if c.objective == "dpo" and (c.label_smoothing or c.include_ties):
-        shares = np.array([0.5 if pairs.describe(i)[1].tie else 1 - c.label_smoothing
-                           for i in range(len(pairs))], dtype=np.float32)
+    if c.objective == "dpo" and (c.label_smoothing or c.include_ties or c.pair_votes != "each"):
+        eps = c.label_smoothing  # each vote wrong with chance eps
+        shares = np.array([share * (1 - eps) + (1 - share) * eps for share in
+                           (pairs.describe(i)[1].share for i in range(len(pairs)))],
+                          dtype=np.float32)
     return TrainingData(cache, not encoded, run.heldout, PairOrder(run.train, c.seed), liked,
                         pair_flips, shares)
 
