@@ -14,9 +14,11 @@ gradio_client, each from its own thread:
 - two vote left or right at random, one always votes "left"; these three look only
   `--quick-look` seconds, as a spammer does.
 Then `data.quality` computes agreement and flags (its default rule), and, unless
---no-train, the toy preset trains once on every vote and once with `--drop_flagged true`,
-and `models.toy.evaluate` measures each model's adherence on 400 held-out prompt/seed
-pairs. Prints one JSON object (also RUN/result.json).
+--no-train, the toy preset trains on the same store once per `--variants` (VARIANTS: every
+vote a pair, the flagged left out, several votes on a pair as their majority or as their
+share: soft labels), and `models.toy.evaluate` measures each model's adherence on 400
+held-out prompt/seed pairs and `python -m eval auto` its decisive win rate over the base.
+Prints one JSON object (also RUN/result.json).
 """
 
 from __future__ import annotations
@@ -243,8 +245,19 @@ def quality(db: Path) -> dict:
     }
 
 
-def train_and_measure(db: Path, out: Path, pairs: int, train_args: list[str]) -> dict:
-    """The toy preset on every vote and without the flagged ones; adherence of each."""
+# What the trainer is given per variant, on the same store, pairs and steps.
+VARIANTS = {
+    "all_votes": [],
+    "without_flagged": ["--drop_flagged", "true"],
+    "majority": ["--pair_votes", "majority"],
+    "share": ["--pair_votes", "share"],
+}
+
+
+def train_and_measure(db: Path, out: Path, pairs: int, train_args: list[str],
+                      variants: list[str] = ("all_votes", "without_flagged")) -> dict:
+    """The toy preset once per variant; adherence of each, and its decisive win rate over
+    the base by the toy judge (eval auto: 414 same-seed pairs) with its Wilson interval."""
     python = sys.executable
     launch = [python, "-m", "accelerate.commands.launch", "-q", "--config_file",
               str(ROOT / "docs/accelerate/one_process.yaml")]
@@ -256,15 +269,25 @@ def train_and_measure(db: Path, out: Path, pairs: int, train_args: list[str]) ->
                               cwd=ROOT, check=True, capture_output=True, text=True)
         return json.loads(done.stdout[done.stdout.index("{"):])["adherence"]["both"]
 
+    def win_rate(model: str, name: str) -> dict:
+        done = subprocess.run([python, "-m", "eval", "auto", "--aligned", model, "--out",
+                               str(out / f"auto-{name}"), "--images", str(out / "images")],
+                              cwd=ROOT, check=True, capture_output=True, text=True)
+        tally = json.loads(done.stdout[done.stdout.index("{"):])
+        return {"wins": tally["wins"], "losses": tally["losses"], "ties": tally["ties"],
+                "decisive_win_rate": tally["decisive_win_rate"],
+                "decisive_wilson": tally["decisive_wilson"]}
+
     result["adherence_base"] = adherence("toy")
-    for name, extra in (("all_votes", []), ("without_flagged", ["--drop_flagged", "true"])):
+    for name in variants:
         folder = out / f"train-{name}"
         start = time.perf_counter()
         subprocess.run([*launch, "-m", "train", "toy", "--data", str(db), "--output_dir",
-                        str(folder), "--cache_dir", str(out / "cache"), *extra, *train_args],
-                       cwd=ROOT, check=True, capture_output=True, text=True)
+                        str(folder), "--cache_dir", str(out / "cache"), *VARIANTS[name],
+                        *train_args], cwd=ROOT, check=True, capture_output=True, text=True)
         result[f"train_{name}_s"] = round(time.perf_counter() - start, 1)
         result[f"adherence_{name}"] = adherence(str(folder / "final"))
+        result[f"judged_{name}"] = win_rate(str(folder / "final"), name)
     return result
 
 
@@ -279,16 +302,24 @@ def main() -> None:
     parser.add_argument("--quick-look", type=float, default=0.6)
     parser.add_argument("--pairs", type=int, default=400, help="adherence prompt/seed pairs")
     parser.add_argument("--no-train", action="store_true")
+    parser.add_argument("--db", type=Path, help="train on this crowd store (made by an "
+                        "earlier run) instead of running the crowd")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS),
+                        default=["all_votes", "without_flagged"])
     parser.add_argument("--train-args", nargs=argparse.REMAINDER, default=[],
                         help="more trainer flags, last (for a smoke run: --max_steps 2 ...)")
     args = parser.parse_args()
-    result = simulate(args.out, args.votes, steps=args.steps, look=args.look,
-                      quick_look=args.quick_look, honest_noise=args.honest_noise,
-                      tie_margin=args.tie_margin)
+    if args.db:
+        args.out.mkdir(parents=True, exist_ok=True)
+        result = {"db": str(args.db)}
+    else:
+        result = simulate(args.out, args.votes, steps=args.steps, look=args.look,
+                          quick_look=args.quick_look, honest_noise=args.honest_noise,
+                          tie_margin=args.tie_margin)
     result.update(quality(Path(result["db"])))
     if not args.no_train:
         result.update(train_and_measure(Path(result["db"]), args.out, args.pairs,
-                                        args.train_args))
+                                        args.train_args, args.variants))
     text = json.dumps(result, indent=2)
     (args.out / "result.json").write_text(text + "\n")
     print(text)
