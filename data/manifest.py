@@ -31,8 +31,8 @@ import io
 import json
 import re
 from array import array
-from collections.abc import Iterable, Iterator
-from dataclasses import replace
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -227,6 +227,68 @@ def hpdv3_items(path: Path) -> Iterator[tuple[int, object]]:
                       "model_rejected": item.get("model2")}
 
 
+@dataclass(frozen=True)
+class ManifestRow:
+    """A manifest line's (or HPDv3 pair's) fields, checked; its images not read yet."""
+
+    prompt: str
+    chosen: str  # the image's path as the manifest names it
+    rejected: str
+    label: float  # the share for `chosen`: 1.0, or 0.5 for a tie
+    user: int
+    model_chosen: str
+    model_rejected: str
+
+
+def manifest_row(item: object, where: str, state: dict) -> ManifestRow:
+    """`item`'s fields, or `ShardError` naming `where`; `state["split"]` keeps the split
+    the file's rows name (one per file)."""
+    if not isinstance(item, dict):
+        raise ShardError(f"{where}: not a JSON object")
+    prompt = item.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ShardError(f"{where}: `prompt` must be non-empty text")
+    label = item.get("label", 1.0)
+    if isinstance(label, bool) or label not in (1, 0.5):
+        raise ShardError(f"{where}: `label` {label!r}: give 1 (chosen preferred) or 0.5 "
+                         "(a tie); other shares are not imported yet")
+    row_split, split = item.get("split"), state.get("split")
+    if row_split is not None and (not isinstance(row_split, str) or not row_split):
+        raise ShardError(f"{where}: `split` must be a name such as train or test")
+    if row_split is not None and split is not None and row_split != split:
+        raise ShardError(f"{where}: split {row_split!r} after {split!r}: one split per "
+                         "file; put each split's rows in its own file")
+    state["split"] = row_split or split
+    for key in ("chosen", "rejected"):
+        if not isinstance(item.get(key), str) or not item[key]:
+            raise ShardError(f"{where}: `{key}` must be an image path")
+    if item["chosen"] == item["rejected"]:
+        raise ShardError(f"{where}: `chosen` and `rejected` are the same image")
+    return ManifestRow(prompt, item["chosen"], item["rejected"], float(label),
+                       _user_id(item.get("annotator"), where),
+                       str(item.get("model_chosen") or ""), str(item.get("model_rejected") or ""))
+
+
+def manifest_split(path: Path, state: dict) -> str:
+    """The split of a manifest file: the one its rows name, else its name's (train.jsonl,
+    test.json), else train."""
+    from data.pickapic import KNOWN_SPLITS
+
+    return state.get("split") or (path.stem if path.stem in KNOWN_SPLITS else "train")
+
+
+def manifest_items(path: Path) -> tuple[Iterator[tuple[int, object]], Callable[[int], str]]:
+    """A manifest's (number, item)s, HPDv3's JSON or JSONL, and what names item `number`."""
+    if path.suffix == ".json":
+        return hpdv3_items(path), functools.partial(array_where, path)
+    return jsonl_items(path), functools.partial(jsonl_where, path)
+
+
+def read_image(path: Path, key: str, where: str, max_side: int) -> bytes:
+    """A manifest row's image file as the store keeps it (`_image`)."""
+    return _image(path.parent, str(path), key, where, max_side)
+
+
 def manifest_rows(items: Iterable[tuple[int, object]], where_of, folder: Path,
                   max_side: int, state: dict) -> Iterator[dict]:
     """Pick-a-Pic rows of manifest `items` (images read and checked, relative paths from
@@ -235,38 +297,21 @@ def manifest_rows(items: Iterable[tuple[int, object]], where_of, folder: Path,
     ("split": one per file)."""
     for number, item in items:
         where = where_of(number)
-        if not isinstance(item, dict):
-            raise ShardError(f"{where}: not a JSON object")
-        prompt = item.get("prompt")
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise ShardError(f"{where}: `prompt` must be non-empty text")
-        label = item.get("label", 1.0)
-        if isinstance(label, bool) or label not in (1, 0.5):
-            raise ShardError(f"{where}: `label` {label!r}: give 1 (chosen preferred) or 0.5 "
-                             "(a tie); other shares are not imported yet")
-        row_split, split = item.get("split"), state.get("split")
-        if row_split is not None and (not isinstance(row_split, str) or not row_split):
-            raise ShardError(f"{where}: `split` must be a name such as train or test")
-        if row_split is not None and split is not None and row_split != split:
-            raise ShardError(f"{where}: split {row_split!r} after {split!r}: one split per "
-                             "file; put each split's rows in its own file")
-        state["split"] = row_split or split
-        chosen, rejected = (_image(folder, item.get(key), key, where, max_side)
-                            for key in ("chosen", "rejected"))
+        row = manifest_row(item, where, state)
+        chosen, rejected = (_image(folder, value, key, where, max_side) for key, value
+                            in (("chosen", row.chosen), ("rejected", row.rejected)))
         uids = [hashlib.sha256(data).hexdigest()[:32] for data in (chosen, rejected)]
         if uids[0] == uids[1]:
             raise ShardError(f"{where}: `chosen` and `rejected` are the same image")
-        user = _user_id(item.get("annotator"), where)
         state.setdefault("numbers", array("q")).append(number)
         yield {
-            "are_different": False, "best_image_uid": uids[0] if label == 1 else "none",
-            "caption": prompt, "created_at": EPOCH, "has_label": True,
+            "are_different": False, "best_image_uid": uids[0] if row.label == 1 else "none",
+            "caption": row.prompt, "created_at": EPOCH, "has_label": True,
             "image_0_uid": uids[0], "image_0_url": None, "image_1_uid": uids[1],
             "image_1_url": None, "jpg_0": chosen, "jpg_1": rejected,
-            "label_0": float(label), "label_1": 1.0 - float(label),
-            "model_0": str(item.get("model_chosen") or ""),
-            "model_1": str(item.get("model_rejected") or ""),
-            "ranking_id": _id(prompt, *uids, float(label), user), "user_id": user,
+            "label_0": row.label, "label_1": 1.0 - row.label,
+            "model_0": row.model_chosen, "model_1": row.model_rejected,
+            "ranking_id": _id(row.prompt, *uids, row.label, row.user), "user_id": row.user,
             "num_example_per_prompt": None,
         }
 
@@ -285,7 +330,6 @@ def import_manifest(store, path: Path, source: str, split: str | None, max_side:
     import pyarrow.parquet as pq
 
     from data.pickapic import (
-        KNOWN_SPLITS,
         PICKAPIC_SCHEMA,
         ImportedFile,
         _imported_before,
@@ -296,9 +340,7 @@ def import_manifest(store, path: Path, source: str, split: str | None, max_side:
     stamp, cur = _stamp(path), store.cursor()
     if _imported_before(cur, stamp):
         return ImportedFile(path=path, rows=0, added=0, skipped=True)
-    hpdv3 = path.suffix == ".json"
-    items = hpdv3_items(path) if hpdv3 else jsonl_items(path)
-    where_of = functools.partial(array_where if hpdv3 else jsonl_where, path)
+    items, where_of = manifest_items(path)
     state: dict = {}
     with tempfile.TemporaryDirectory(prefix=".manifest-", dir=store.path.parent) as work:
         shard = Path(work) / f"{path.stem}.parquet"
@@ -314,8 +356,7 @@ def import_manifest(store, path: Path, source: str, split: str | None, max_side:
         numbers = state.get("numbers", [])
         if not numbers:
             raise ShardError(f"{path}: no pairs in this file")
-        split = split or state.get("split") or (path.stem if path.stem in KNOWN_SPLITS
-                                                else "train")
+        split = split or manifest_split(path, state)
         try:
             done = import_shard(store, shard, source, split=split, max_side=max_side)
         except ShardError as error:

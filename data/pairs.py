@@ -24,7 +24,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from cli.errors import DataError, ShardError
-from data.images import ImageProblem, check_jpeg
+from data.images import MAX_SIDE, ImageProblem, check_jpeg
 from data.pickapic import check_schema, find_shards, split_of
 from data.quality import flagged_users
 from data.store import Store
@@ -129,6 +129,7 @@ def _provenance(source: str, ranking_id: int, user_id: int, label_0: float,
 
 
 PAIR_VOTES = ("each", "majority", "share")
+MANIFEST_SUFFIXES = (".jsonl", ".json")  # data/manifest.py: JSONL manifests, HPDv3's files
 
 
 class StorePairs(Dataset):
@@ -227,7 +228,8 @@ class ParquetPairs(Dataset):
         split: str | None = "train",
         include_ties: bool = False,
     ):
-        self._files = [p for p in find_shards(paths) if split is None or split_of(p) == split]
+        self._files = [p for p in find_shards(paths) if p.suffix == ".parquet"
+                       and (split is None or split_of(p) == split)]
         if not self._files:
             raise DataError(f"no {split} shards in {', '.join(map(str, paths))}")
         self._row_group_starts = []
@@ -288,6 +290,61 @@ class ParquetPairs(Dataset):
         image_0, image_1 = (self._decode(file_index, row, k, jpgs[f"jpg_{k}"][offset])
                             for k in (0, 1))
         preferred, rejected = (image_0, image_1) if first else (image_1, image_0)
+        return PreferencePair(caption, preferred, rejected, prov)
+
+
+class ManifestPairs(Dataset):
+    """Pairs from JSONL manifests and HPDv3 JSON files (data/manifest.py), read in place:
+    each row checked when the dataset is made, its two image files read when the item is.
+    An image's path (resolved) stands for its uid; a row's line or pair number for its
+    ranking id."""
+
+    def __init__(self, paths: Sequence[str | Path], split: str | None = "train",
+                 include_ties: bool = False):
+        from data.manifest import manifest_items, manifest_row, manifest_split
+
+        self._files = [p for p in find_shards(paths) if p.suffix in MANIFEST_SUFFIXES]
+        self._items = []
+        matched = 0  # files of the split
+        for file_index, path in enumerate(self._files):
+            items, where_of = manifest_items(path)
+            state: dict = {}
+            rows = [(number, manifest_row(item, where_of(number), state))
+                    for number, item in items]
+            file_split = manifest_split(path, state)
+            if split is not None and file_split != split:
+                continue
+            matched += 1
+            folder = path.parent.resolve()
+            for number, row in rows:
+                if row.label == 0.5 and not include_ties:
+                    continue
+                chosen, rejected = (str(folder / value) for value in (row.chosen, row.rejected))
+                prov = Provenance(
+                    source=f"manifest:{path.name}", ranking_id=number, user_id=row.user,
+                    preferred_uid=chosen, rejected_uid=rejected,
+                    preferred_model=row.model_chosen or None,
+                    rejected_model=row.model_rejected or None, tie=row.label == 0.5,
+                    split=file_split, share=row.label)
+                self._items.append((file_index, number, row.prompt, prov))
+        if not matched:
+            raise DataError(f"no {split} manifests in {', '.join(map(str, paths))}")
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def describe(self, index: int) -> tuple[str, Provenance]:
+        """An item's caption and provenance, without reading its images."""
+        return self._items[index][2:]
+
+    def __getitem__(self, index: int) -> PreferencePair:
+        from data.manifest import manifest_items, read_image
+
+        file_index, number, caption, prov = self._items[index]
+        where = manifest_items(self._files[file_index])[1](number)
+        preferred, rejected = (
+            decode_image(read_image(Path(uid), key, where, MAX_SIDE))
+            for key, uid in (("chosen", prov.preferred_uid), ("rejected", prov.rejected_uid)))
         return PreferencePair(caption, preferred, rejected, prov)
 
 
@@ -400,7 +457,11 @@ def load_pairs(
                                        question=question, drop_flagged=drop_flagged,
                                        pair_votes=pair_votes))
         else:
-            datasets.append(ParquetPairs([source], split=split, include_ties=include_ties))
+            found = {path.suffix for path in find_shards([source])}
+            if ".parquet" in found:
+                datasets.append(ParquetPairs([source], split=split, include_ties=include_ties))
+            if found & set(MANIFEST_SUFFIXES):
+                datasets.append(ManifestPairs([source], split=split, include_ties=include_ties))
     if not any(len(d) for d in datasets):
         raise _no_pairs(sources, split, question, include_both_bad)
     return MixedPairs(datasets, ratios=ratios, seed=seed, num_samples=num_samples)

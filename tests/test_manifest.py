@@ -214,3 +214,44 @@ def test_a_bad_hpdv3_pair_or_a_cut_file_is_refused_by_pair_and_nothing_is_stored
                                   "prompt, path1 and path2)")
     assert done["test.json"].startswith(f"{cut}, pair 3: not valid JSON")
     assert pairs == 0
+
+
+def test_the_trainer_reads_a_manifest_and_hpdv3_in_place_as_it_reads_the_store(
+        tmp_path, tiny_sd_dir):
+    from cli.errors import ShardError
+    from data.pairs import StorePairs, load_pairs
+    from tests.helpers import config_for
+    from train.trainer import Run
+
+    with Store(tmp_path / "a.duckdb") as store:
+        for i, outcome in enumerate(["left", "right", "tie", "left", "right"]):
+            record(store, f"prompt {i}", outcome, shown_left=i % 2)
+        export_pairs(store, tmp_path / "manifest", manifest=True)
+    stored, read = StorePairs(tmp_path / "a.duckdb"), load_pairs([tmp_path / "manifest"])
+    assert len(read) == len(stored) == 4  # the tie left out, as from the store
+    by_caption = {stored[i].caption: stored[i] for i in range(len(stored))}
+    for i in range(len(read)):
+        pair = read[i]
+        want = by_caption[pair.caption]
+        assert pair.preferred.tobytes() == want.preferred.tobytes()
+        assert pair.rejected.tobytes() == want.rejected.tobytes()
+    with_ties = load_pairs([tmp_path / "manifest"], include_ties=True)
+    assert sorted(with_ties.describe(i)[1].share for i in range(len(with_ties))) == [
+        0.5, 1, 1, 1, 1]
+    summary = Run(config_for(tiny_sd_dir, tmp_path / "manifest", tmp_path / "run",
+                             max_steps=1)).train()
+    assert summary["trained_steps"] == 1 and summary["pairs"] == 4
+
+    hpdv3_folder(tmp_path / "HPDv3")
+    train, test = (load_pairs([tmp_path / "HPDv3"], split=split) for split in ("train", "test"))
+    assert [train.describe(i)[0] for i in range(len(train))] == ["prompt 0", "prompt 1",
+                                                                 "prompt 2"]
+    assert len(test) == 3
+    first = train[0]  # path1 is the preferred image
+    assert first.provenance.preferred_uid.endswith("images/0-1.jpg")
+    (tmp_path / "HPDv3" / "images" / "1-2.jpg").write_bytes(b"not an image")
+    with pytest.raises(ShardError, match=r"train.json, pair 2: `rejected` .*1-2.jpg"):
+        train[1]
+    write_manifest(tmp_path / "bad", GOOD, '{"prompt": "", "chosen": "red.jpg"}')
+    with pytest.raises(ShardError, match=r"pairs.jsonl:2: `prompt` must be non-empty"):
+        load_pairs([tmp_path / "bad"])

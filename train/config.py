@@ -82,8 +82,9 @@ class TrainConfig:
     lora_targets: list[str] = setting("UNet or transformer modules that get LoRA adapters",
                                       factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
     # Data
-    data: list[str] = setting("pair sources: DuckDB stores (.duckdb) and Pick-a-Pic parquet "
-                              "files or folders", factory=lambda: ["runs/prefs.duckdb"])
+    data: list[str] = setting("pair sources: DuckDB stores (.duckdb), Pick-a-Pic parquet, "
+                              "JSONL manifests and HPDv3 .json files, or folders of them",
+                              factory=lambda: ["runs/prefs.duckdb"])
     data_ratios: list[float] | None = setting("mixing ratio per source (default: by size)", None)
     num_samples: int | None = setting("pairs in the mix (default: as many as the ratios allow "
                                       "without repeats)", None)
