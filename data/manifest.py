@@ -224,7 +224,8 @@ def hpdv3_items(path: Path) -> Iterator[tuple[int, object]]:
                              "with prompt, path1 and path2)")
         yield number, {"prompt": item.get("prompt"), "chosen": item["path1"],
                       "rejected": item["path2"], "model_chosen": item.get("model1"),
-                      "model_rejected": item.get("model2")}
+                      "model_rejected": item.get("model2"),
+                      "choice_dist": item.get("choice_dist")}
 
 
 @dataclass(frozen=True)
@@ -234,24 +235,40 @@ class ManifestRow:
     prompt: str
     chosen: str  # the image's path as the manifest names it
     rejected: str
-    label: float  # the share for `chosen`: 1.0, or 0.5 for a tie
+    label: float  # the row's label: 1.0 chosen preferred, 0.5 a tie (or a share between)
+    share: float  # of the votes behind the row, the share for `chosen` (HPDv3: choice_dist)
     user: int
     model_chosen: str
     model_rejected: str
 
 
-def manifest_row(item: object, where: str, state: dict) -> ManifestRow:
+def manifest_row(item: object, where: str, state: dict, shares: bool = False) -> ManifestRow:
     """`item`'s fields, or `ShardError` naming `where`; `state["split"]` keeps the split
-    the file's rows name (one per file)."""
+    the file's rows name (one per file). With `shares` (read in place by the trainer),
+    `label` may be any share from 0.5 to 1, and an HPDv3 pair's `choice_dist` votes give
+    its share; otherwise (the store's import) a label is 1 or 0.5."""
     if not isinstance(item, dict):
         raise ShardError(f"{where}: not a JSON object")
     prompt = item.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise ShardError(f"{where}: `prompt` must be non-empty text")
     label = item.get("label", 1.0)
-    if isinstance(label, bool) or label not in (1, 0.5):
-        raise ShardError(f"{where}: `label` {label!r}: give 1 (chosen preferred) or 0.5 "
-                         "(a tie); other shares are not imported yet")
+    votes = item.get("choice_dist")
+    share = label
+    if shares and votes is not None:
+        if not (isinstance(votes, list) and len(votes) == 2 and all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in votes)
+                and sum(votes) > 0):
+            raise ShardError(f"{where}: `choice_dist` {votes!r}: give two vote counts "
+                             "[for path1, for path2], or null")
+        share = votes[0] / sum(votes)
+    if isinstance(label, bool) or not isinstance(label, int | float) or not (
+            0.5 <= label <= 1 if shares else label in (1, 0.5)):
+        raise ShardError(
+            f"{where}: `label` {label!r}: give the share of the votes for chosen, from 0.5 (a "
+            "tie) to 1" if shares else f"{where}: `label` {label!r}: give 1 (chosen "
+            "preferred) or 0.5 (a tie); other shares are not imported yet (train on the "
+            "file in place: --data FILE)")
     row_split, split = item.get("split"), state.get("split")
     if row_split is not None and (not isinstance(row_split, str) or not row_split):
         raise ShardError(f"{where}: `split` must be a name such as train or test")
@@ -264,7 +281,7 @@ def manifest_row(item: object, where: str, state: dict) -> ManifestRow:
             raise ShardError(f"{where}: `{key}` must be an image path")
     if item["chosen"] == item["rejected"]:
         raise ShardError(f"{where}: `chosen` and `rejected` are the same image")
-    return ManifestRow(prompt, item["chosen"], item["rejected"], float(label),
+    return ManifestRow(prompt, item["chosen"], item["rejected"], float(label), float(share),
                        _user_id(item.get("annotator"), where),
                        str(item.get("model_chosen") or ""), str(item.get("model_rejected") or ""))
 

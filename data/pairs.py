@@ -297,10 +297,12 @@ class ManifestPairs(Dataset):
     """Pairs from JSONL manifests and HPDv3 JSON files (data/manifest.py), read in place:
     each row checked when the dataset is made, its two image files read when the item is.
     An image's path (resolved) stands for its uid; a row's line or pair number for its
-    ranking id."""
+    ranking id. A row that states a share of several votes (a `label` between 0.5 and 1,
+    HPDv3's `choice_dist`) is one decisive pair, or with `pair_votes` "share" a pair of
+    that share."""
 
     def __init__(self, paths: Sequence[str | Path], split: str | None = "train",
-                 include_ties: bool = False):
+                 include_ties: bool = False, pair_votes: str = "each"):
         from data.manifest import manifest_items, manifest_row, manifest_split
 
         self._files = [p for p in find_shards(paths) if p.suffix in MANIFEST_SUFFIXES]
@@ -309,7 +311,9 @@ class ManifestPairs(Dataset):
         for file_index, path in enumerate(self._files):
             items, where_of = manifest_items(path)
             state: dict = {}
-            rows = [(number, manifest_row(item, where_of(number), state))
+            # a row may state a share of several votes (`label`, HPDv3's `choice_dist`):
+            # kept as the pair's share with pair_votes "share", else the row is one vote
+            rows = [(number, manifest_row(item, where_of(number), state, shares=True))
                     for number, item in items]
             file_split = manifest_split(path, state)
             if split is not None and file_split != split:
@@ -325,7 +329,8 @@ class ManifestPairs(Dataset):
                     preferred_uid=chosen, rejected_uid=rejected,
                     preferred_model=row.model_chosen or None,
                     rejected_model=row.model_rejected or None, tie=row.label == 0.5,
-                    split=file_split, share=row.label)
+                    split=file_split, share=row.share if pair_votes == "share" else
+                    0.5 if row.label == 0.5 else 1.0)
                 self._items.append((file_index, number, row.prompt, prov))
         if not matched:
             raise DataError(f"no {split} manifests in {', '.join(map(str, paths))}")
@@ -448,7 +453,8 @@ def load_pairs(
     `include_both_bad` adds a store's "both bad" votes (Pick-a-Pic shards have none).
     `question` and `drop_flagged` (data.quality) choose a store's votes; a parquet
     export holds one question's votes, as `data export` chose them. `pair_votes` groups a
-    store's votes by pair (`StorePairs`); a shard's rows stay a pair each."""
+    store's votes by pair (`StorePairs`); a manifest's row is a pair, with "share" its
+    stated share of several votes (`ManifestPairs`); a shard's rows stay a pair each."""
     datasets: list[Dataset] = []
     for source in sources:
         if _is_store(source):
@@ -461,7 +467,8 @@ def load_pairs(
             if ".parquet" in found:
                 datasets.append(ParquetPairs([source], split=split, include_ties=include_ties))
             if found & set(MANIFEST_SUFFIXES):
-                datasets.append(ManifestPairs([source], split=split, include_ties=include_ties))
+                datasets.append(ManifestPairs([source], split=split, include_ties=include_ties,
+                                              pair_votes=pair_votes))
     if not any(len(d) for d in datasets):
         raise _no_pairs(sources, split, question, include_both_bad)
     return MixedPairs(datasets, ratios=ratios, seed=seed, num_samples=num_samples)

@@ -249,6 +249,12 @@ def test_the_trainer_reads_a_manifest_and_hpdv3_in_place_as_it_reads_the_store(
     assert len(test) == 3
     first = train[0]  # path1 is the preferred image
     assert first.provenance.preferred_uid.endswith("images/0-1.jpg")
+    assert {train.describe(i)[1].share for i in range(3)} == {1.0}  # each row one vote
+    shared = load_pairs([tmp_path / "HPDv3"], pair_votes="share")
+    assert {shared.describe(i)[1].share for i in range(3)} == {12 / 19}  # choice_dist [12, 7]
+    soft = write_manifest(tmp_path / "soft", GOOD.replace("}", ', "label": 0.75}'))
+    assert load_pairs([soft], pair_votes="share").describe(0)[1].share == 0.75
+    assert load_pairs([soft]).describe(0)[1].share == 1.0
     (tmp_path / "HPDv3" / "images" / "1-2.jpg").write_bytes(b"not an image")
     with pytest.raises(ShardError, match=r"train.json, pair 2: `rejected` .*1-2.jpg"):
         train[1]
