@@ -160,6 +160,19 @@ def unbeaten_group(wins: np.ndarray) -> list[int]:
     return [int(k) for k in np.flatnonzero(component == top)]
 
 
+def check_finite(wins: np.ndarray, names: Sequence[str] | None = None) -> None:
+    """Refuse `wins` (the prior's virtual ties included) where no finite rating exists: a
+    model that never won or tied, or a group that never lost or tied to the rest."""
+    if np.any(wins.sum(axis=1) <= 0):
+        raise DataError("a model that never won or tied has no finite Bradley-Terry rating: "
+                        "use a prior above 0")
+    unbeaten = unbeaten_group(wins)
+    if unbeaten:
+        named = [names[k] if names else f"model {k}" for k in unbeaten]
+        raise DataError(f"{', '.join(named)} never lost or tied to the other models: no "
+                        "finite Bradley-Terry rating exists; use a prior above 0")
+
+
 def bradley_terry(wins: np.ndarray, prior: float = 1.0, tol: float = 1e-10,
                   max_iter: int = 100_000, names: Sequence[str] | None = None) -> np.ndarray:
     """Strengths theta (mean 0) maximising the Bradley-Terry likelihood of `wins`.
@@ -172,14 +185,7 @@ def bradley_terry(wins: np.ndarray, prior: float = 1.0, tol: float = 1e-10,
     wins = wins + (prior / 2) * met  # `prior` virtual ties per pair that met
     games = wins + wins.T
     total = wins.sum(axis=1)
-    if np.any(total <= 0):
-        raise DataError("a model that never won or tied has no finite Bradley-Terry rating: "
-                        "use a prior above 0")
-    unbeaten = unbeaten_group(wins)
-    if unbeaten:
-        named = [names[k] if names else f"model {k}" for k in unbeaten]
-        raise DataError(f"{', '.join(named)} never lost or tied to the other models: no "
-                        "finite Bradley-Terry rating exists; use a prior above 0")
+    check_finite(wins, names)
     strength = np.ones(len(wins))
     for _ in range(max_iter):
         new = total / (games / (strength[:, None] + strength[None, :])).sum(axis=1)
@@ -227,15 +233,7 @@ def bradley_terry_sides(sides: np.ndarray, prior: float = 1.0, tol: float = 1e-1
     n = sides.shape[1]
     met = (sides.sum(axis=0) + sides.sum(axis=0).T) > 0
     sides = sides + np.stack([(prior / 4) * met, (prior / 4) * met, np.zeros((n, n))])
-    wins = sides.sum(axis=0)
-    if np.any(wins.sum(axis=1) <= 0):
-        raise DataError("a model that never won or tied has no finite Bradley-Terry rating: "
-                        "use a prior above 0")
-    unbeaten = unbeaten_group(wins)
-    if unbeaten:
-        named = [names[k] if names else f"model {k}" for k in unbeaten]
-        raise DataError(f"{', '.join(named)} never lost or tied to the other models: no "
-                        "finite Bradley-Terry rating exists; use a prior above 0")
+    check_finite(sides.sum(axis=0), names)
     if sides[0].sum() == 0 or sides[1].sum() == 0:
         won = "left" if sides[1].sum() == 0 else "right"
         raise DataError(f"the {won} side won every match shown side by side: its advantage "
