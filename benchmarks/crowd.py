@@ -254,10 +254,15 @@ VARIANTS = {
 }
 
 
+JUDGE_SEEDS = 23  # eval auto's seeds per caption: 18 x 23 = 414 pairs, as benchmarks/toy_loop.py
+
+
 def train_and_measure(db: Path, out: Path, pairs: int, train_args: list[str],
-                      variants: list[str] = ("all_votes", "without_flagged")) -> dict:
+                      variants: list[str] = ("all_votes", "without_flagged"),
+                      judge_seeds: int = JUDGE_SEEDS) -> dict:
     """The toy preset once per variant; adherence of each, and its decisive win rate over
-    the base by the toy judge (eval auto: 414 same-seed pairs) with its Wilson interval."""
+    the base by the toy judge (eval auto, 18 captions x `judge_seeds` same-seed pairs)
+    with its Wilson interval."""
     python = sys.executable
     launch = [python, "-m", "accelerate.commands.launch", "-q", "--config_file",
               str(ROOT / "docs/accelerate/one_process.yaml")]
@@ -271,7 +276,8 @@ def train_and_measure(db: Path, out: Path, pairs: int, train_args: list[str],
 
     def win_rate(model: str, name: str) -> dict:
         done = subprocess.run([python, "-m", "eval", "auto", "--aligned", model, "--out",
-                               str(out / f"auto-{name}"), "--images", str(out / "images")],
+                               str(out / f"auto-{name}"), "--images", str(out / "images"),
+                               "--seeds", str(judge_seeds)],
                               cwd=ROOT, check=True, capture_output=True, text=True)
         tally = json.loads(done.stdout[done.stdout.index("{"):])
         return {"wins": tally["wins"], "losses": tally["losses"], "ties": tally["ties"],
@@ -306,6 +312,8 @@ def main() -> None:
                         "earlier run) instead of running the crowd")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS),
                         default=["all_votes", "without_flagged"])
+    parser.add_argument("--judge-seeds", type=int, default=JUDGE_SEEDS,
+                        help="eval auto's seeds per caption (pairs: 18 x this)")
     parser.add_argument("--train-args", nargs=argparse.REMAINDER, default=[],
                         help="more trainer flags, last (for a smoke run: --max_steps 2 ...)")
     args = parser.parse_args()
@@ -319,7 +327,7 @@ def main() -> None:
     result.update(quality(Path(result["db"])))
     if not args.no_train:
         result.update(train_and_measure(Path(result["db"]), args.out, args.pairs,
-                                        args.train_args, args.variants))
+                                        args.train_args, args.variants, args.judge_seeds))
     text = json.dumps(result, indent=2)
     (args.out / "result.json").write_text(text + "\n")
     print(text)
