@@ -39,6 +39,7 @@ from pathlib import Path
 from cli.errors import ShardError
 
 IMAGES = "images"  # the folder beside the manifests that holds the images they name
+SUFFIXES = (".jsonl", ".json")  # JSONL manifests, HPDv3's files
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,100}")
 
 

@@ -25,6 +25,7 @@ from torch.utils.data import Dataset
 
 from cli.errors import DataError, ShardError
 from data.images import MAX_SIDE, ImageProblem, check_jpeg
+from data.manifest import SUFFIXES as MANIFEST_SUFFIXES
 from data.pickapic import check_schema, find_shards, split_of
 from data.quality import flagged_users
 from data.store import Store
@@ -129,7 +130,6 @@ def _provenance(source: str, ranking_id: int, user_id: int, label_0: float,
 
 
 PAIR_VOTES = ("each", "majority", "share")
-MANIFEST_SUFFIXES = (".jsonl", ".json")  # data/manifest.py: JSONL manifests, HPDv3's files
 
 
 class StorePairs(Dataset):

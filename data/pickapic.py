@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from cli.errors import DataError, ShardError
 from data.images import MAX_SIDE, ImageProblem, check_jpeg
+from data.manifest import SUFFIXES as MANIFEST_SUFFIXES
 from data.quality import flagged_users
 from data.store import (
     QUESTIONS,
@@ -122,7 +123,7 @@ class ExportedSplit:
 # -- import ------------------------------------------------------------------------------
 
 
-IMPORTED_SUFFIXES = (".parquet", ".jsonl", ".json")  # shards, manifests, HPDv3's files
+IMPORTED_SUFFIXES = (".parquet", *MANIFEST_SUFFIXES)  # shards, manifests, HPDv3's files
 
 
 def find_shards(paths: Iterable[str | Path]) -> list[Path]:
