@@ -125,12 +125,10 @@ class PoolConfig(PairVariety):
             raise UsageError("--threads must be at least 1")
 
 
-@dataclass(frozen=True)
-class FeedbackConfig(PoolConfig):
-    """Generate image pairs with a model, let a scorer prefer one image of each pair, and
-    record the pairs as votes (source ai:<scorer>) in the preference store. Under
-    `accelerate launch` every process makes its share. Resumable: run the same command
-    again to continue, or with a larger --pairs to add more."""
+@dataclass(frozen=True, kw_only=True)
+class ScorerSettings:
+    """Which scorer judges, and on what weights: what `feedback` and `relabel` share
+    (keyword-only, so a command's positional settings may follow them)."""
 
     scorer: str = setting("toy_judge, pickscore, clip, aesthetic, hpsv2, or module:callable "
                           "for your own score(prompts, images)", "toy_judge", metavar="NAME")
@@ -140,9 +138,6 @@ class FeedbackConfig(PoolConfig):
                                            "default", None, metavar="NAME_OR_PATH")
     scorer_weights: str | None = setting("the aesthetic predictor's weights file", None,
                                          metavar="FILE")
-    tie_margin: float = setting("record a tie when the two scores differ by M or less "
-                                "(docs/AI_FEEDBACK.md suggests a value per scorer)", 0.0,
-                                metavar="M")
     score_batch: int | None = setting("images a scorer takes in one call on its device "
                                       "(default: 32); lower it when the scorer runs out of "
                                       "GPU memory", None, metavar="N")
@@ -152,3 +147,58 @@ class FeedbackConfig(PoolConfig):
         given = {"model": self.scorer_model, "processor": self.scorer_processor,
                  "weights": self.scorer_weights}
         return {key: value for key, value in given.items() if value is not None}
+
+
+@dataclass(frozen=True)
+class FeedbackConfig(PoolConfig, ScorerSettings):
+    """Generate image pairs with a model, let a scorer prefer one image of each pair, and
+    record the pairs as votes (source ai:<scorer>) in the preference store. Under
+    `accelerate launch` every process makes its share. Resumable: run the same command
+    again to continue, or with a larger --pairs to add more."""
+
+    tie_margin: float = setting("record a tie when the two scores differ by M or less "
+                                "(docs/AI_FEEDBACK.md suggests a value per scorer)", 0.0,
+                                metavar="M")
+
+
+SMPO_TEMPERATURE = 16.66  # SmPO's 0.1666 on PickScore's cosine; `pickscore` is 100x it
+
+
+@dataclass(frozen=True)
+class RelabelConfig(ScorerSettings):
+    """Score both images of every pair of a manifest (JSONL, or an HPDv3 JSON file) and
+    write a manifest whose `label` is the chance the scorer gives the preferred image,
+    sigmoid(score gap / temperature) (SmPO's smoothed labels); train on it with
+    `--pair_votes share`. A store or a parquet shard: `python -m data export OUT --format
+    jsonl` first. Resumable: run the same command again to continue."""
+
+    data: Path = setting("the manifest to score: a .jsonl file or an HPDv3 .json file",
+                         positional=True, metavar="MANIFEST")
+    out: Path = setting("the manifest to write (.jsonl); its image paths are relative to "
+                        "its folder", positional=True, metavar="OUT")
+    temperature: float | None = setting(
+        "the score gap that gives a label of sigmoid(1) = 0.73 (default for pickscore: "
+        f"{SMPO_TEMPERATURE}, SmPO's; required for other scorers)", None, metavar="T")
+    threads: int = setting("threads that read and decode images", 4, metavar="N")
+    no_progress: bool = setting("no progress bar", False)
+
+    def __post_init__(self) -> None:
+        if self.temperature is None and self.scorer != "pickscore":
+            raise UsageError(f"give --temperature for scorer {self.scorer}: the score gap "
+                             "that means a 73% preference in its units (SmPO's "
+                             f"{SMPO_TEMPERATURE} is pickscore's)")
+        checks = [
+            (self.temperature is None or self.temperature > 0, "--temperature must be above 0"),
+            (self.out.suffix == ".jsonl", f"--out {self.out}: name a .jsonl file"),
+            (self.threads >= 1, "--threads must be at least 1"),
+            (self.score_batch is None or self.score_batch >= 1,
+             "--score-batch must be at least 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UsageError(message)
+
+    @property
+    def scale(self) -> float:
+        """The temperature in the scorer's units."""
+        return SMPO_TEMPERATURE if self.temperature is None else self.temperature
