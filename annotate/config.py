@@ -179,7 +179,8 @@ class RelabelConfig(ScorerSettings):
     temperature: float | None = setting(
         "the score gap that gives a label of sigmoid(1) = 0.73 (default for pickscore: "
         f"{SMPO_TEMPERATURE}, SmPO's; required for other scorers)", None, metavar="T")
-    threads: int = setting("threads that read and decode images", 4, metavar="N")
+    threads: int | None = setting("threads that read and decode images (default: one per "
+                                  "core)", None, metavar="N")
     no_progress: bool = setting("no progress bar", False)
 
     def __post_init__(self) -> None:
@@ -190,7 +191,7 @@ class RelabelConfig(ScorerSettings):
         checks = [
             (self.temperature is None or self.temperature > 0, "--temperature must be above 0"),
             (self.out.suffix == ".jsonl", f"--out {self.out}: name a .jsonl file"),
-            (self.threads >= 1, "--threads must be at least 1"),
+            (self.threads is None or self.threads >= 1, "--threads must be at least 1"),
             (self.score_batch is None or self.score_batch >= 1,
              "--score-batch must be at least 1"),
         ]

@@ -31,7 +31,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from annotate.config import RelabelConfig
@@ -50,7 +50,7 @@ from data.pairs import decode_image
 from models.loading import default_device_and_dtype
 from models.scorers import SCORE_BATCH, checked_scores, load_scorer
 
-PAIRS_PER_WRITE = 64  # pairs read, scored and written together (128 images in RAM)
+PAIRS_PER_WRITE = 64  # pairs scored and written together; two such batches' images in RAM
 
 
 def smoothed(chosen: float, rejected: float, temperature: float) -> float:
@@ -120,16 +120,30 @@ def relabel(config: RelabelConfig) -> int:
     def relative(path: str) -> str:
         return os.path.relpath(folder / path, out_folder)
 
-    def images(batch: list[tuple[str, ManifestRow]]) -> list:
-        jobs = [(where, key, folder / getattr(row, key)) for where, row in batch
-                for key in ("chosen", "rejected")]
-        return list(pool.map(lambda job: decode_image(read_image(job[2], job[1], job[0],
-                                                                 MAX_SIDE)), jobs))
+    def load(where: str, key: str, path: Path):
+        return decode_image(read_image(path, key, where, MAX_SIDE))
 
-    def write(batch: list[tuple[str, ManifestRow]], out) -> None:
+    def read(batch: list[tuple[str, ManifestRow]]) -> list[Future]:
+        """The batch's images, being read and decoded by the pool while the scorer works."""
+        return [pool.submit(load, where, key, folder / getattr(row, key))
+                for where, row in batch for key in ("chosen", "rejected")]
+
+    def batches() -> Iterator[list[tuple[str, ManifestRow]]]:
+        batch = []
+        for index, (where, row) in enumerate(_rows(source, {})):
+            if index >= done:
+                batch.append((where, row))
+            if len(batch) == PAIRS_PER_WRITE:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+    def write(batch: list[tuple[str, ManifestRow]], images: list[Future], out) -> None:
         nonlocal flipped, scored
         prompts = [row.prompt for _, row in batch for _ in range(2)]
-        scores = checked_scores(scorer, config.scorer, prompts, images(batch),
+        scores = checked_scores(scorer, config.scorer, prompts,
+                                [image.result() for image in images],
                                 config.score_batch or SCORE_BATCH)
         for (_, row), s_chosen, s_rejected in zip(batch, scores[::2], scores[1::2],
                                                   strict=True):
@@ -153,18 +167,17 @@ def relabel(config: RelabelConfig) -> int:
 
     from tqdm import tqdm
 
-    with ThreadPoolExecutor(config.threads) as pool, partial.open("a", encoding="utf-8") as out, \
+    with ThreadPoolExecutor(config.threads or os.cpu_count() or 1) as pool, \
+            partial.open("a", encoding="utf-8") as out, \
             tqdm(total=total, initial=done, unit="pair", disable=config.no_progress) as bar:
-        batch = []
-        for index, (where, row) in enumerate(_rows(source, {})):
-            if index < done:
-                continue
-            batch.append((where, row))
-            if len(batch) == PAIRS_PER_WRITE:
-                write(batch, out)
-                batch = []
-        if batch:
-            write(batch, out)
+        ahead = None  # the batch whose images are read while the one before is scored
+        for batch in batches():
+            loading = (batch, read(batch))
+            if ahead:
+                write(*ahead, out)
+            ahead = loading
+        if ahead:
+            write(*ahead, out)
         os.fsync(out.fileno())
     os.replace(partial, config.out)
     seconds = time.perf_counter() - started

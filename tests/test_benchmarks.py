@@ -41,7 +41,7 @@ def test_every_benchmark_script_is_run_here():
               "eval_auto",
               "import_shard", "objectives", "pair_generation", "peers", "pool_serving",
               "real_plan",
-              "real_sizes", "run_index", "store_votes", "threads", "toy_loop",
+              "real_sizes", "relabel", "run_index", "store_votes", "threads", "toy_loop",
               "train_throughput"}
     assert {p.stem for p in BENCHMARKS.glob("*.py")} - {"readme", "__init__"} == tested
 
@@ -126,6 +126,15 @@ def test_run_index(tmp_path):
     out = bench("run_index", "--pairs", "500", "1000", tmp_path=tmp_path)  # 2 processes
     assert [s["pairs"] for s in out["sizes"]] == [500, 1000]
     assert 0 < out["sizes"][-1]["grew_mb"] < 100
+
+
+def test_relabel(tmp_path):
+    out = bench("relabel", "--pairs", "20", "40", tmp_path=tmp_path)
+    assert out["benchmark"] == "relabel"
+    assert [r["pairs"] for r in out["results"]] == [20, 40]
+    for result in out["results"]:
+        assert result["pairs_per_s"] > 0 and result["peak_rss_mb"] > 0
+        assert result["over_floor"] > 0 and result["floor_pairs_per_s"] > 0
 
 
 def test_import_shard(tmp_path):
