@@ -247,7 +247,7 @@ def quality(db: Path) -> dict:
 
 # What the trainer is given per variant, on the same store, pairs and steps.
 VARIANTS = {
-    "all_votes": [],
+    "all_votes": ["--pair_votes", "each"],
     "without_flagged": ["--drop_flagged", "true"],
     "majority": ["--pair_votes", "majority"],
     "share": ["--pair_votes", "share"],

@@ -1234,7 +1234,7 @@ def test_votes_on_one_pair_train_dpo_as_one_pair_with_their_share(tmp_path):
                                    image_1_uid=uid1, outcome=outcome, shown_left=0,
                                    user_id=store.user_id(user)))
     each = Run(config_for(store_path=path, model_dir="toy", out=tmp_path / "each",
-                          max_steps=1))
+                          pair_votes="each", max_steps=1))
     run = Run(config_for(store_path=path, model_dir="toy", out=tmp_path / "share",
                          pair_votes="share", label_smoothing=0.1, max_steps=1))
     assert len(run.data.cache) == len(each.data.cache) - 2  # three votes, one pair
@@ -1244,3 +1244,8 @@ def test_votes_on_one_pair_train_dpo_as_one_pair_with_their_share(tmp_path):
     assert run.train()["trained_steps"] == 1
     with pytest.raises(TrainError, match="soft label of dpo"):
         config_for("toy", path, tmp_path / "bad", pair_votes="share", objective="ipo")
+    # by default one pair on the majority's side (it trained best on a crowd), kto each vote
+    assert config_for("toy", path, tmp_path / "default").pair_votes == "majority"
+    assert config_for("toy", path, tmp_path / "kto", objective="kto").pair_votes == "each"
+    with pytest.raises(TrainError, match="use --pair_votes each"):
+        config_for("toy", path, tmp_path / "bad", pair_votes="majority", objective="kto")

@@ -92,11 +92,12 @@ class TrainConfig:
     include_ties: bool = setting("keep tied pairs (dpo: each image preferred with "
                                  "probability one half, in the conservative loss; the "
                                  "others: image 0 counts as preferred)", False)
-    pair_votes: str = setting(
+    pair_votes: str | None = setting(
         "a store's votes on the same two images (a crowd's overlap): `each` vote a pair of "
         "its own; one pair, the side most voted for preferred (`majority`; an even split is "
         "a tie); or one pair whose preferred image is better with the share of the votes "
-        "that preferred it (`share`, dpo's soft labels in the conservative loss)", "each",
+        "that preferred it (`share`, dpo's soft labels in the conservative loss) (default: "
+        "majority; kto: each, as it reads every vote's liked and disliked image)", None,
         choices=list(PAIR_VOTES))
     question: str = setting("which question's votes a store gives: preference, appeal or "
                             "alignment (docs/ANNOTATE.md)", "preference")
@@ -178,6 +179,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if isinstance(self.data, str):  # TrainConfig(data="prefs.duckdb")
             object.__setattr__(self, "data", [self.data])
+        if self.pair_votes is None:  # the majority trained best on a crowd (docs/RESULTS.md)
+            object.__setattr__(self, "pair_votes", "each" if self.objective == "kto" else
+                               "majority")
         for name, annotation in _annotations().items():
             kind, many = item_type(annotation)
             value = getattr(self, name)
@@ -250,8 +254,8 @@ class TrainConfig:
             raise TrainError(f"pair_votes share is a soft label of dpo, not {self.objective}: "
                              "use --pair_votes majority or --objective dpo")
         if self.pair_votes != "each" and self.objective == "kto":
-            raise TrainError("kto reads each vote's liked and disliked images: drop "
-                             "--pair_votes")
+            raise TrainError("kto reads each vote's liked and disliked images: use "
+                             f"--pair_votes each (not {self.pair_votes}) or leave it out")
         if self.objective == "kto" and self.include_ties:
             raise TrainError("include_ties does not apply to kto: a tie likes or dislikes "
                              "neither image; drop --include_ties")

@@ -383,7 +383,7 @@ def cache_pairs(config: TrainConfig, run: RunPairs, model: LoadedModel, accelera
         pair_flips = np.array([random.Random(c.seed * 1_000_003 + i).random() < 0.5
                                for i in range(len(cache))])
     shares = None
-    if c.objective == "dpo" and (c.label_smoothing or c.include_ties or c.pair_votes != "each"):
+    if c.objective == "dpo" and (c.label_smoothing or c.include_ties or c.pair_votes == "share"):
         eps = c.label_smoothing  # each vote wrong with chance eps
         shares = np.array([share * (1 - eps) + (1 - share) * eps for share in
                            (pairs.describe(i)[1].share for i in range(len(pairs)))],
