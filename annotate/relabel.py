@@ -34,19 +34,18 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+from PIL import Image
+
 from annotate.config import RelabelConfig
-from cli.errors import UsageError
+from cli.errors import ShardError, UsageError
 from cli.parser import save_config_beside
-from data.images import MAX_SIDE
 from data.manifest import (
     SUFFIXES,
     ManifestRow,
     manifest_items,
     manifest_row,
     manifest_split,
-    read_image,
 )
-from data.pairs import decode_image
 from models.loading import default_device_and_dtype
 from models.scorers import SCORE_BATCH, checked_scores, load_scorer
 
@@ -91,6 +90,21 @@ def _whole_lines(path: Path) -> int:
     return lines
 
 
+def _image(folder: Path, value: str, key: str, where: str) -> Image.Image:
+    """A row's image as the scorer sees it (any format PIL reads, as it is: nothing is
+    stored, so nothing is re-encoded), or `ShardError` naming the row."""
+    try:
+        with Image.open(folder / value) as image:
+            return image.convert("RGB")
+    except OSError as error:
+        if isinstance(error, FileNotFoundError | PermissionError | IsADirectoryError):
+            raise ShardError(f"{where}: `{key}` {value}: {error.strerror}") from None
+        raise ShardError(f"{where}: `{key}` {value} is not a decodable image") from None
+    except Exception as error:  # PIL raises many types for bytes it cannot read
+        raise ShardError(f"{where}: `{key}` {value} is not a decodable image "
+                         f"({type(error).__name__})") from None
+
+
 def relabel(config: RelabelConfig) -> int:
     """Score the manifest's pairs and write the soft-labelled manifest; the exit status."""
     source = config.data
@@ -120,12 +134,9 @@ def relabel(config: RelabelConfig) -> int:
     def relative(path: str) -> str:
         return os.path.relpath(folder / path, out_folder)
 
-    def load(where: str, key: str, path: Path):
-        return decode_image(read_image(path, key, where, MAX_SIDE))
-
     def read(batch: list[tuple[str, ManifestRow]]) -> list[Future]:
         """The batch's images, being read and decoded by the pool while the scorer works."""
-        return [pool.submit(load, where, key, folder / getattr(row, key))
+        return [pool.submit(_image, folder, getattr(row, key), key, where)
                 for where, row in batch for key in ("chosen", "rejected")]
 
     def batches() -> Iterator[list[tuple[str, ManifestRow]]]:

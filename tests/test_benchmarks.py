@@ -135,6 +135,7 @@ def test_relabel(tmp_path):
     for result in out["results"]:
         assert result["pairs_per_s"] > 0 and result["peak_rss_mb"] > 0
         assert result["over_floor"] > 0 and result["floor_pairs_per_s"] > 0
+        assert result["over_scorer"] > 0 and result["scorer_pairs_per_s"] > 0
 
 
 def test_import_shard(tmp_path):

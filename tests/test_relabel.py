@@ -133,13 +133,18 @@ def test_a_killed_relabel_resumes_after_its_last_whole_line_and_writes_what_one_
     assert not list(out.parent.glob("*.partial"))
 
 
-def test_a_bad_row_or_a_missing_temperature_is_one_line_and_nothing_is_written(tmp_path):
+def test_a_bad_row_a_missing_image_or_no_temperature_is_one_line_and_no_out(tmp_path):
     manifest = write_manifest(tmp_path / "m", GOOD, GOOD, '{"prompt": "x", "chosen": 3}')
     out = tmp_path / "soft" / "train.jsonl"
     bad = relabel(tmp_path, manifest, out, "--temperature", 0.1)
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1, bad.stderr
     assert f"{manifest}:3: `chosen` must be an image path" in bad.stderr
     assert not out.parent.exists() or not list(out.parent.iterdir())
+    missing = write_manifest(tmp_path / "n", GOOD, GOOD.replace('"red.jpg"', '"gone.jpg"'))
+    gone = relabel(tmp_path, missing, out, "--temperature", 0.1)  # found while scoring
+    assert gone.returncode == 1 and gone.stderr.count("\n") == 1, gone.stderr
+    assert f"{missing}:2: `chosen` gone.jpg: No such file or directory" in gone.stderr
+    assert not out.exists()
     unsure = relabel(tmp_path, manifest, out)
     assert unsure.returncode == 1 and "give --temperature for scorer brightness:score" in \
         unsure.stderr and unsure.stderr.count("\n") == 1
