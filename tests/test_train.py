@@ -1249,3 +1249,5 @@ def test_votes_on_one_pair_train_dpo_as_one_pair_with_their_share(tmp_path):
     assert config_for("toy", path, tmp_path / "kto", objective="kto").pair_votes == "each"
     with pytest.raises(TrainError, match="use --pair_votes each"):
         config_for("toy", path, tmp_path / "bad", pair_votes="majority", objective="kto")
+    with pytest.raises(TrainError, match="share_loss smpo scales"):
+        config_for("toy", path, tmp_path / "bad", share_loss="smpo")

@@ -74,6 +74,21 @@ def test_a_soft_label_weighs_both_orders_as_the_conservative_formula_says():
     assert model_w.grad.item() < 0  # inside > 0 here: a descent step raises the winner's error
 
 
+def test_smpo_s_form_scales_the_logit_by_the_pair_s_confidence():
+    # SmPO's train.py: -logsigmoid(-0.5 beta (2 p - 1) 10 (model_diff - ref_diff)), that is
+    # DPO's inside x scaled by 10 (2p - 1); inside = [1, -1] as above, p = [0.9, 0.5]
+    terms = dpo_loss(t(0.1, 0.4), t(0.3, 0.2), t(0.2, 0.3), t(0.2, 0.3), beta=10,
+                     preferred_share=t(0.9, 0.5), share_loss="smpo")
+    scaled = 10 * (2 * 0.9 - 1) * 1.0  # 8
+    expected = (math.log1p(math.exp(-scaled)) + math.log(2)) / 2  # a coin flip: ln 2, flat
+    assert terms.loss.item() == pytest.approx(expected, rel=1e-6)
+    assert terms.inside.tolist() == pytest.approx([1.0, -1.0])  # logged unscaled
+    model_w = t(0.1, 0.4).requires_grad_()
+    dpo_loss(model_w, t(0.3, 0.2), t(0.2, 0.3), t(0.2, 0.3), beta=10,
+             preferred_share=t(0.9, 0.5), share_loss="smpo").loss.backward()
+    assert model_w.grad[0].item() > 0 and model_w.grad[1].item() == 0  # the flip: no pull
+
+
 def test_swapping_winner_and_loser_flips_the_margin():
     model_w, model_l, ref_w, ref_l = t(0.1, 0.5), t(0.3, 0.2), t(0.25, 0.3), t(0.2, 0.35)
     forward = dpo_loss(model_w, model_l, ref_w, ref_l, beta=100)

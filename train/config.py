@@ -28,6 +28,7 @@ HOLDOUT_SHARE = 10  # a run holds out at most one pair in this many
 OBJECTIVES = ("dpo", "ipo", "kto", "mapo", "sft")
 REFERENCE_OBJECTIVES = ("dpo", "ipo", "kto")  # the others train with no reference model
 PAIRED_REFERENCE_OBJECTIVES = ("dpo", "ipo")  # the DPO family, where winner_safe applies
+SHARE_LOSSES = ("conservative", "smpo")  # how dpo learns a pair's share (train/loss.py)
 TIMESTEP_SAMPLING = ("logit_normal", "uniform")  # flow models' noise-level densities
 LOSS_WEIGHTING = ("sigma_sqrt", "cosmap")  # diffusers' SD3/FLUX scripts' schemes
 
@@ -55,6 +56,11 @@ class TrainConfig:
     label_smoothing: float = setting("dpo: the chance eps that a vote is wrong; the loss "
                                      "becomes -(1-eps) log sigmoid(x) - eps log sigmoid(-x) "
                                      "(conservative DPO)", 0.0)
+    share_loss: str = setting(
+        "dpo: how a pair's share p (pair_votes share, label_smoothing) enters the loss: "
+        "`conservative`, -(p log sigmoid(x) + (1-p) log sigmoid(-x)) (cDPO), or `smpo`, "
+        "-log sigmoid(10 (2p - 1) x): the logit scaled per pair, a coin flip ignored (SmPO's "
+        "code)", "conservative", choices=list(SHARE_LOSSES))
     beta_mapo: float = setting("MaPO's weight of its margin term (MaPO's default)", 0.1)
     mapo_snr: float = setting("MaPO's constant s in its error score s*e/(exp(s*e)-1) "
                               "(MaPO's default)", 0.5)
@@ -250,6 +256,12 @@ class TrainConfig:
         if self.label_smoothing and self.objective != "dpo":
             raise TrainError(f"label_smoothing applies to dpo, not {self.objective}: drop "
                              "--label_smoothing or use --objective dpo")
+        if self.share_loss not in SHARE_LOSSES:
+            raise TrainError(f"share_loss must be one of {', '.join(SHARE_LOSSES)}")
+        if self.share_loss == "smpo" and not (self.objective == "dpo" and (
+                self.pair_votes == "share" or self.label_smoothing)):
+            raise TrainError("share_loss smpo scales dpo's logit by each pair's share: add "
+                             "--pair_votes share (a relabelled manifest: docs/AI_FEEDBACK.md)")
         if self.pair_votes == "share" and self.objective != "dpo":
             raise TrainError(f"pair_votes share is a soft label of dpo, not {self.objective}: "
                              "use --pair_votes majority or --objective dpo")

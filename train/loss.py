@@ -55,19 +55,26 @@ def dpo_loss(
     ref_rejected: torch.Tensor,
     beta: float,
     preferred_share: torch.Tensor | float = 1.0,
+    share_loss: str = "conservative",
 ) -> DPOTerms:
     """Diffusion-DPO from per-sample errors (each of shape [pairs]).
 
     `preferred_share` p (per pair, or one for all) is the probability that the "preferred"
     image is the better: the loss is -(p log sigmoid(x) + (1 - p) log sigmoid(-x)), the
-    conservative form (cDPO; p = 1 is the paper's loss, a tie is p = 1/2)."""
+    conservative form (cDPO; p = 1 is the paper's loss, a tie is p = 1/2), which pulls a
+    pair's margin toward logit(p). `share_loss` "smpo" is SmPO's form instead (its
+    train.py: -log sigmoid(10 (2p - 1) x)): the logit scaled by the pair's confidence, so
+    a coin flip is ignored and no pair is ever pushed back."""
     model_preferred, model_rejected = model_preferred.float(), model_rejected.float()
     ref_preferred, ref_rejected = ref_preferred.float().detach(), ref_rejected.float().detach()
     reward_preferred = -0.5 * beta * (model_preferred - ref_preferred)
     reward_rejected = -0.5 * beta * (model_rejected - ref_rejected)
     inside = reward_preferred - reward_rejected
     p = torch.as_tensor(preferred_share, dtype=inside.dtype, device=inside.device)
-    loss = -(p * F.logsigmoid(inside) + (1 - p) * F.logsigmoid(-inside)).mean()
+    if share_loss == "smpo":
+        loss = -F.logsigmoid(10 * (2 * p - 1) * inside).mean()
+    else:
+        loss = -(p * F.logsigmoid(inside) + (1 - p) * F.logsigmoid(-inside)).mean()
     inside = inside.detach()
     accuracy = (inside > 0).float().mean() + 0.5 * (inside == 0).float().mean()
     return DPOTerms(

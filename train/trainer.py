@@ -212,7 +212,7 @@ def forward_pairs(net, reference, process: DDPMProcess | FlowProcess, kind: str,
         terms: DPOTerms = ipo_loss(model_w, model_l, ref_w, ref_l, config.beta)
     else:
         terms = dpo_loss(model_w, model_l, ref_w, ref_l, config.beta,
-                         1.0 if batch.shares is None else batch.shares)
+                         1.0 if batch.shares is None else batch.shares, config.share_loss)
     return terms.loss, {**extra,
         "loss": terms.loss.detach(), "accuracy": terms.accuracy,
         "reward_preferred": terms.reward_preferred, "reward_rejected": terms.reward_rejected,
