@@ -169,8 +169,9 @@ class RelabelConfig(ScorerSettings):
     """Score both images of every pair of a manifest (JSONL, or an HPDv3 JSON file) and
     write a manifest whose `label` is the chance the scorer gives the preferred image,
     sigmoid(score gap / temperature) (SmPO's smoothed labels); train on it with
-    `--pair_votes share`. A store or a parquet shard: `python -m data export OUT --format
-    jsonl` first. Resumable: run the same command again to continue."""
+    `--pair_votes share` (and SmPO's loss: `--share_loss smpo`). A store or a parquet
+    shard: `python -m data export OUT --format jsonl` first. Resumable: run the same
+    command again to continue."""
 
     data: Path = setting("the manifest to score: a .jsonl file or an HPDv3 .json file",
                          positional=True, metavar="MANIFEST")

@@ -46,6 +46,7 @@ from data.manifest import (
     manifest_row,
     manifest_split,
 )
+from data.store import disk_full_error, is_disk_full
 from models.loading import default_device_and_dtype
 from models.scorers import SCORE_BATCH, checked_scores, load_scorer
 
@@ -178,18 +179,24 @@ def relabel(config: RelabelConfig) -> int:
 
     from tqdm import tqdm
 
-    with ThreadPoolExecutor(config.threads or os.cpu_count() or 1) as pool, \
-            partial.open("a", encoding="utf-8") as out, \
-            tqdm(total=total, initial=done, unit="pair", disable=config.no_progress) as bar:
-        ahead = None  # the batch whose images are read while the one before is scored
-        for batch in batches():
-            loading = (batch, read(batch))
+    try:
+        with ThreadPoolExecutor(config.threads or os.cpu_count() or 1) as pool, \
+                partial.open("a", encoding="utf-8") as out, \
+                tqdm(total=total, initial=done, unit="pair", disable=config.no_progress) as bar:
+            ahead = None  # the batch whose images are read while the one before is scored
+            for batch in batches():
+                loading = (batch, read(batch))
+                if ahead:
+                    write(*ahead, out)
+                ahead = loading
             if ahead:
                 write(*ahead, out)
-            ahead = loading
-        if ahead:
-            write(*ahead, out)
-        os.fsync(out.fileno())
+            os.fsync(out.fileno())
+    except OSError as error:
+        if is_disk_full(error):
+            raise disk_full_error(partial, "the pairs written so far are kept and the same "
+                                  "command goes on after them") from None
+        raise
     os.replace(partial, config.out)
     seconds = time.perf_counter() - started
     print(json.dumps({

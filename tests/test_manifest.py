@@ -89,7 +89,7 @@ def test_a_manifest_imports_exports_the_same_pairs_reimports_nothing_and_trains(
     assert sorted(manifest_rows(tmp_path / "first").values()) == sorted(
         manifest_rows(tmp_path / "second").values())
     summary = Run(config_for(tiny_sd_dir, tmp_path / "b.duckdb", tmp_path / "run",
-                             max_steps=1)).train()
+                             pair_votes="each", max_steps=1)).train()  # a vote a pair
     assert summary["trained_steps"] == 1 and summary["pairs"] == 5  # the tie left out
 
 

@@ -148,3 +148,31 @@ def test_a_bad_row_a_missing_image_or_no_temperature_is_one_line_and_no_out(tmp_
     unsure = relabel(tmp_path, manifest, out)
     assert unsure.returncode == 1 and "give --temperature for scorer brightness:score" in \
         unsure.stderr and unsure.stderr.count("\n") == 1
+
+
+def test_a_full_disk_is_one_line_and_the_same_command_resumes_once_there_is_room(tmp_path):
+    from annotate.relabel import PAIRS_PER_WRITE
+    from tests.helpers import small_disk
+
+    count = 3 * PAIRS_PER_WRITE
+    rows = [json.loads(GOOD), {**json.loads(GOOD), "chosen": "blue.jpg", "rejected": "red.jpg"}]
+    manifest = write_manifest(tmp_path / "m", *(json.dumps(
+        {**rows[k % 2], "prompt": f"prompt {k} " + "x" * 400}) for k in range(count)))
+    with small_disk(tmp_path / "disk", "64k") as disk:  # room for about 100 rows
+        out = disk / "soft.jsonl"
+        full = relabel(tmp_path, manifest, out, "--temperature", 0.1)
+        assert full.returncode == 1 and full.stderr.count("\n") == 1, full.stderr
+        assert "no space left on the disk holding" in full.stderr
+        assert "the same command goes on after them" in full.stderr and not out.exists()
+        [partial] = disk.glob("soft.jsonl.*.partial")
+        kept = partial.read_bytes()
+        moved = tmp_path / "moved"
+        moved.mkdir()
+        (moved / partial.name).write_bytes(kept)  # the user makes room: the files move
+        (moved / "soft.relabel.yaml").write_bytes((disk / "soft.relabel.yaml").read_bytes())
+    done = relabel(tmp_path, manifest, moved / "soft.jsonl", "--temperature", 0.1)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert 0 < summary["resumed_after"] < count and summary["scored_now"] == (
+        count - summary["resumed_after"])
+    assert len((moved / "soft.jsonl").read_text().splitlines()) == count
