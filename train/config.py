@@ -102,7 +102,7 @@ class TrainConfig:
         "a store's votes on the same two images (a crowd's overlap): `each` vote a pair of "
         "its own; one pair, the side most voted for preferred (`majority`; an even split is "
         "a tie); or one pair whose preferred image is better with the share of the votes "
-        "that preferred it (`share`, dpo's soft labels in the conservative loss) (default: "
+        "that preferred it (`share`, dpo's soft labels, in the loss `share_loss` names) (default: "
         "majority; kto: each, as it reads every vote's liked and disliked image)", None,
         choices=list(PAIR_VOTES))
     question: str = setting("which question's votes a store gives: preference, appeal or "
