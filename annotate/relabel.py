@@ -12,9 +12,9 @@ Here a manifest goes in (JSONL, or an HPDv3 JSON file) and a JSONL manifest come
 each row's prompt and images (paths rewritten relative to the new file, nothing copied),
 the scorer's preferred image as `chosen`, p as `label` (0.5 to 1), both scores, and
 whether the scorer turned the row round. The trainer reads it in place (`--data
-OUT.jsonl --pair_votes share`) in the conservative loss; `data import` keeps only its
-decisive side. A store or a parquet shard becomes a manifest with `python -m data export
-OUT --format jsonl` first.
+OUT.jsonl --pair_votes share`, in the conservative loss or, with `--share_loss smpo`, in
+SmPO's); `data import` keeps only its decisive side. A store or a parquet shard becomes
+a manifest with `python -m data export OUT --format jsonl` first.
 
 The whole manifest is checked before the first image is read (a bad row is named with its
 file and line). Rows are written as they are scored to a `.partial` file beside OUT named
