@@ -10,6 +10,7 @@ from pathlib import Path
 from cli.errors import UsageError
 from cli.parser import setting
 from data.store import DEFAULT_DB
+from models.scorer_names import SCORER_HELP
 from models.toy import TOY_NAME
 from models.variety import PairVariety
 from pages.shared import PORT_HELP
@@ -130,8 +131,7 @@ class ScorerSettings:
     """Which scorer judges, and on what weights: what `feedback` and `relabel` share
     (keyword-only, so a command's positional settings may follow them)."""
 
-    scorer: str = setting("toy_judge, pickscore, clip, aesthetic, hpsv2, or module:callable "
-                          "for your own score(prompts, images)", "toy_judge", metavar="NAME")
+    scorer: str = setting(SCORER_HELP, "toy_judge", metavar="NAME")
     scorer_model: str | None = setting("weights for a CLIP-based scorer instead of its "
                                        "default", None, metavar="NAME_OR_PATH")
     scorer_processor: str | None = setting("processor for a CLIP-based scorer instead of its "

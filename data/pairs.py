@@ -28,7 +28,7 @@ from data.images import MAX_SIDE, ImageProblem, check_jpeg
 from data.manifest import SUFFIXES as MANIFEST_SUFFIXES
 from data.pickapic import check_schema, find_shards, split_of
 from data.quality import flagged_users
-from data.store import Store
+from data.store import Store, stable_id
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,12 @@ class PreferencePair:
     preferred: Image.Image
     rejected: Image.Image
     provenance: Provenance
+
+
+def pair_key(uid_a: str, uid_b: str) -> int:
+    """One number for two images, whichever is named first: how a judge's folder lists the
+    pairs it trained on, so that its agreement with people is measured on the others."""
+    return stable_id("pair:" + "|".join(sorted((uid_a, uid_b))))
 
 
 JPEG_QUALITY = 95  # what our generated and gold images are stored at

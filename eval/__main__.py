@@ -29,6 +29,7 @@ from cli.parser import (  # noqa: E402
 )
 from eval.config import (  # noqa: E402
     COMMANDS,
+    AgreementConfig,
     AutoConfig,
     BlindConfig,
     LeaderboardConfig,
@@ -251,7 +252,30 @@ def leaderboard(args: LeaderboardConfig) -> int:
     return 0
 
 
-RUNS = {"blind": blind, "report": report, "auto": auto, "leaderboard": leaderboard}
+def agreement(args: AgreementConfig) -> int:
+    from eval.agreement import agreement as measure
+    from eval.agreement import people_pairs, table, trained_pairs
+    from models.loading import default_device_and_dtype
+    from models.scorers import SCORE_BATCH, load_scorer
+
+    if not Path(args.db).exists():
+        raise DataError(f"{args.db} does not exist: give --db the preference store")
+    excluded = trained_pairs(args.scorers)
+    pairs = people_pairs(args.db, excluded, args.max_pairs, args.seed)
+    device = default_device_and_dtype()[0]
+    scorers = {name: load_scorer(name, device=device) for name in args.scorers}
+    results = measure(pairs, scorers, args.score_batch or SCORE_BATCH)
+    print(table(results), file=sys.stderr)
+    print(json.dumps({"db": args.db, "votes": len(pairs), "judges_trained_on": len(excluded),
+                      "scorers": [{"scorer": r.scorer, "agreement": r.rate,
+                                   "agreed": r.agreed, "votes": r.pairs,
+                                   "wilson": r.interval and [r.interval.low, r.interval.high]}
+                                  for r in results]}))
+    return 0
+
+
+RUNS = {"blind": blind, "report": report, "auto": auto, "leaderboard": leaderboard,
+        "agreement": agreement}
 
 
 def main(argv: list[str] | None = None) -> int:

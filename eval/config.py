@@ -7,8 +7,9 @@ from dataclasses import dataclass
 
 from cli.errors import UsageError
 from cli.parser import setting
-from data.store import QUESTIONS
+from data.store import DEFAULT_DB, QUESTIONS
 from eval.votes import DEFAULT_VOTES
+from models.scorer_names import SCORER_HELP
 from models.toy import TOY_NAME
 from pages.shared import PORT_HELP
 
@@ -16,7 +17,6 @@ _PROMPTS_HELP = ("prompt set: one per line, or CSV/TSV with prompt and category 
                  "(default for toy: the 18 toy captions, by shape)")
 _SCORE_BATCH_HELP = ("images a scorer takes in one call on its device (default: 32); lower "
                      "it when the scorer runs out of GPU memory")
-_SCORER_HELP = "toy_judge, pickscore, clip, aesthetic, hpsv2 or module:callable"
 _TIE_MARGIN_HELP = "score difference at or below which two images tie"
 
 
@@ -116,7 +116,7 @@ class AutoConfig(Sampled, Compared):
     aligned over base: win rates, Wilson and prompt-clustered bootstrap intervals, sign
     test, mean scores. Writes report.md, win_rate.png, scores.png and summary.json."""
 
-    scorer: str = setting(_SCORER_HELP, "toy_judge")
+    scorer: str = setting(SCORER_HELP, "toy_judge")
     also: list[str] = setting("more scorers reported beside --scorer on the same images (for "
                               "a prompt-blind preference such as aesthetic, a prompt-following "
                               "one such as toy_judge or clip)", factory=list, metavar="SCORER")
@@ -141,7 +141,7 @@ class LeaderboardConfig(Sampled):
     names: list[str] | None = setting("a short name per model (default: the run folder's "
                                       "name, or the model's)", None)
     prompts: str | None = setting(_PROMPTS_HELP, None)
-    scorer: str = setting("the automatic judge: " + _SCORER_HELP, "toy_judge")
+    scorer: str = setting("the automatic judge: " + SCORER_HELP, "toy_judge")
     votes: str = setting("blind votes to rank by as well, when the file exists",
                          str(DEFAULT_VOTES))
     tie_margin: float = setting(_TIE_MARGIN_HELP, 0.0)
@@ -161,5 +161,27 @@ class LeaderboardConfig(Sampled):
             raise UsageError("--min-matches and --preliminary-below must be at least 0")
 
 
+@dataclass(frozen=True)
+class AgreementConfig:
+    """How often each scorer agrees with people's decisive votes in the preference store
+    (not ai:* feedback), leaving out every pair a named judge trained on: agreement with
+    its Wilson 95% interval, best first. What to read before letting a scorer (or your
+    own judge, python -m train judge) label pairs in people's place."""
+
+    db: str = setting("the preference store (python -m annotate's)", str(DEFAULT_DB),
+                      metavar="PATH")
+    scorers: list[str] = setting("the scorers to measure: " + SCORER_HELP,
+                                 factory=lambda: ["toy_judge"], metavar="SCORER")
+    max_pairs: int = setting("measure on at most N votes, drawn with --seed", 5000,
+                             metavar="N")
+    seed: int = setting("seed of that draw", 0)
+    score_batch: int | None = setting(_SCORE_BATCH_HELP, None, metavar="N")
+
+    def __post_init__(self):
+        _check_score_batch(self.score_batch)
+        if self.max_pairs < 1 or not self.scorers:
+            raise UsageError("give at least one scorer and --max-pairs of 1 or more")
+
+
 COMMANDS = {"blind": BlindConfig, "report": ReportConfig, "auto": AutoConfig,
-            "leaderboard": LeaderboardConfig}
+            "leaderboard": LeaderboardConfig, "agreement": AgreementConfig}

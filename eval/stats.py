@@ -23,8 +23,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from data.intervals import Z95, Interval, wilson  # noqa: F401 (eval's names for them)
+
 OUTCOMES = ("aligned", "base", "tie", "both_bad")
-Z95 = 1.959963984540054
 
 
 @dataclass(frozen=True)
@@ -35,15 +36,6 @@ class Judgement:
     outcome: str  # one of OUTCOMES
     aligned_left: bool | None = None
     category: str | None = None
-
-
-@dataclass(frozen=True)
-class Interval:
-    low: float
-    high: float
-
-    def contains(self, value: float) -> bool:
-        return self.low <= value <= self.high
 
 
 @dataclass(frozen=True)
@@ -67,20 +59,6 @@ class Tally:
     def n(self) -> int:
         """Votes that state a preference or a tie."""
         return self.wins + self.losses + self.ties
-
-
-def wilson(successes: float, n: int, z: float = Z95) -> Interval | None:
-    """The Wilson score interval of a proportion (None without observations)."""
-    if n == 0:
-        return None
-    p = successes / n
-    denominator = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denominator
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
-    # at p = 0 or 1 one bound is exactly 0 or 1; say so rather than 0.9999999999999999
-    low = 0.0 if successes == 0 else max(0.0, centre - half)
-    high = 1.0 if successes == n else min(1.0, centre + half)
-    return Interval(low, high)
 
 
 def sign_test(wins: int, losses: int) -> float:

@@ -13,7 +13,8 @@ score per (prompt, image); higher is better. Built in:
 - `toy_judge`: the toy world's judge (models/toy/judge.py), from pixels.
 
 A user's own scorer is named `module:callable`, a function with the same signature or
-a zero-argument factory returning one (see docs/SCORERS.md).
+a zero-argument factory returning one (see docs/SCORERS.md); a judge trained on the
+store's votes (`python -m train judge`), or any CLIP checkpoint, is named by its folder.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import torch
 from PIL import Image
 
 from cli.errors import ModelError
+from models.scorer_names import SCORERS
 
 Scorer = Callable[[Sequence[str], Sequence[Image.Image]], torch.Tensor]
 
@@ -37,7 +39,9 @@ HPSV2_MODEL = "adams-story/HPSv2-hf"  # HPS v2 converted to CLIPModel; ViT-H-14 
 SCORE_BATCH = 32  # images a scorer takes in one call, unless the command says otherwise
 
 
-def _load_clip(model: str, processor: str | None, device: str):
+def load_clip(model: str, processor: str | None, device: str):
+    """(processor, model in eval mode) of a CLIP checkpoint, a hub name or a folder; a
+    checkpoint that does not load is one ModelError line."""
     from transformers import AutoModel, AutoProcessor
 
     local = Path(model).exists()
@@ -61,7 +65,7 @@ class ClipEmbedder:
     """Normalised CLIP image and text embeddings, for the CLIP-based scorers."""
 
     def __init__(self, model: str, processor: str | None = None, device: str = "cpu"):
-        self.processor, self.model = _load_clip(model, processor, device)
+        self.processor, self.model = load_clip(model, processor, device)
         self.device = device
 
     @torch.inference_mode()
@@ -226,12 +230,26 @@ def _takes_two(function: Callable) -> bool:
         return True
 
 
-SCORERS = ("pickscore", "clip", "aesthetic", "hpsv2", "toy_judge")
+JUDGE_RECORD = "judge.json"  # what a trained judge's folder says it learnt from
+JUDGE_PAIRS = "trained_pairs.npy"  # data.pairs.pair_key of each pair it trained on
+
+
+def trained_judge(folder: str | Path, device: str = "cpu") -> PickScore:
+    """A judge's folder (`python -m train judge`): a CLIP checkpoint scored as PickScore
+    is, logit_scale.exp() * cosine, since that is the score its loss trained."""
+    if not (Path(folder) / "config.json").is_file():
+        raise ModelError(f"{folder} is a folder but not a scorer: give a judge's folder "
+                         "(python -m train judge writes one: runs/judge/final) or a CLIP "
+                         "checkpoint")
+    return PickScore(str(folder), str(folder), device)
 
 
 def load_scorer(name: str, model: str | None = None, processor: str | None = None,
                 weights: str | None = None, device: str = "cpu") -> Scorer:
-    """A scorer by name (`SCORERS`) or `module:callable`; `model` etc. override its weights."""
+    """A scorer by name (`SCORERS`), `module:callable` or a judge's folder; `model` etc.
+    override a named scorer's weights."""
+    if Path(name).is_dir():
+        return trained_judge(name, device)
     if ":" in name:
         return _user_scorer(name)
     if name == "pickscore":
@@ -246,4 +264,5 @@ def load_scorer(name: str, model: str | None = None, processor: str | None = Non
         return HpsV2(model or HPSV2_MODEL, processor or PICKSCORE_PROCESSOR, device)
     if name == "toy_judge":
         return toy_judge()
-    raise ModelError(f"unknown scorer {name!r}: use one of {', '.join(SCORERS)} or module:callable")
+    raise ModelError(f"unknown scorer {name!r}: use one of {', '.join(SCORERS)}, "
+                     "module:callable or a judge's folder")

@@ -39,7 +39,7 @@ def bench(name: str, *flags: str, tmp_path, timeout: int = 600) -> dict:
 def test_every_benchmark_script_is_run_here():
     tested = {"ai_feedback", "annotate_latency", "cache_build", "crowd", "encode_cost",
               "eval_auto",
-              "import_shard", "objectives", "pair_generation", "peers", "pool_serving",
+              "import_shard", "objectives", "own_judge", "pair_generation", "peers", "pool_serving",
               "real_plan",
               "real_sizes", "relabel", "run_index", "store_votes", "threads", "toy_loop",
               "train_throughput"}
@@ -73,6 +73,22 @@ def test_crowd_flags_the_always_left_annotator_and_no_honest_one(tmp_path):
     assert isinstance(out["flagged_correctly"], bool)
     assert {a["votes"] for a in out["annotators"].values()} == {22}
     assert out["overlap_pairs"] > 0 and out["alpha"] is not None
+
+
+def test_own_judge(tmp_path):
+    # people who like large shapes vote, a judge learns them, then labels new pairs; the
+    # DPO runs after it are the toy preset's own command (tests/test_train.py)
+    out = bench("own_judge", "--out", str(tmp_path / "oj"), "--votes", "120", "--holdout",
+                "30", "--feedback", "16", "--judge-steps", "6", "--no-train",
+                tmp_path=tmp_path)
+    assert out["people"]["votes"] == 120 and out["judge"]["trained_on"]["annotators"] == 6
+    held = out["judge"]["heldout"]
+    assert 0 < held["pairs"] <= 30 and held["accuracy"] is not None
+    scorers = {s["scorer"]: s for s in out["agreement"]["scorers"]}
+    judge = str(tmp_path / "oj" / "judge" / "final")
+    assert set(scorers) == {"toy_judge", judge, "benchmarks.own_judge:size"}
+    assert scorers[judge]["agreement"] == pytest.approx(held["accuracy"])
+    assert out["feedback_s"] > 0
 
 
 def test_annotate_latency(tmp_path):

@@ -1,4 +1,5 @@
-"""`accelerate launch -m train PRESET_OR_CONFIG [--key value ...]` (or `python -m train`)."""
+"""`accelerate launch -m train PRESET_OR_CONFIG [--key value ...]` (or `python -m train`);
+`python -m train judge [RECIPE] ...` fits a judge on votes (train/judge.py)."""
 
 import json
 import os
@@ -75,7 +76,30 @@ def main(argv: list[str] | None = None) -> int:
                 signal.signal(number, handler)
 
 
+def _judge(argv: list[str]) -> int:
+    """`python -m train judge ...` (train/judge.py)."""
+    from train.judge import from_command_line as judge_config
+    from train.judge import train_judge
+
+    config = None
+    try:
+        config = judge_config(argv)
+        summary = train_judge(config)
+    except UserError as error:
+        return _failed(error)
+    except KeyboardInterrupt:
+        if os.environ.get("RANK", "0") == "0":
+            print("interrupted: the same command continues from its last checkpoint"
+                  if config else "interrupted", file=sys.stderr)
+        return 130
+    if os.environ.get("RANK", "0") == "0":
+        print(json.dumps(summary))
+    return 0
+
+
 def _main(argv: list[str]) -> int:
+    if argv[:1] == ["judge"]:
+        return _judge(argv[1:])
     config = None
     try:
         config = from_command_line(argv)

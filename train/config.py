@@ -21,6 +21,7 @@ from cli.errors import TrainError, UsageError
 from cli.parser import CommandParser, item_type, read_config_file, setting
 from data.pairs import PAIR_VOTES
 from data.store import QUESTIONS
+from models.scorer_names import SCORER_HELP
 from models.toy import TOY_NAME
 from train.presets import PRESETS
 
@@ -168,8 +169,7 @@ class TrainConfig:
                                      "seeds an evaluation uses when keep_best picks by it", 0)
     sample_steps: int = setting("sampler steps for the sample grid", 20)
     sample_guidance: float = setting("guidance scale for the sample grid", 7.5)
-    scorer: str | None = setting("scorer for the samples: toy_judge, pickscore, clip, "
-                                 "hpsv2, aesthetic or module:callable", None)
+    scorer: str | None = setting("scorer for the samples: " + SCORER_HELP, None)
     keep_best: bool = setting("also save the model with the best sample score to best/", False)
     guard_scorers: list[str] = setting("scorers watched beside `scorer` on the same samples, to "
                                        "catch a model that games it (toy: toy_judge); logged "

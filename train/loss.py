@@ -231,3 +231,16 @@ def scaled_gradient(value: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 def sft_loss(model_preferred: torch.Tensor) -> torch.Tensor:
     """The paper's SFT baseline: plain denoising loss on the preferred images only."""
     return model_preferred.float().mean()
+
+
+def bradley_terry_loss(score_0: torch.Tensor, score_1: torch.Tensor,
+                       label_0: torch.Tensor) -> torch.Tensor:
+    """A reward model's loss per pair (PickScore's, without in-batch negatives): the
+    cross-entropy of softmax(score_0, score_1) against the votes' (label_0, 1 - label_0),
+    a tie being (1/2, 1/2), less the labels' own entropy, so that a pair the model gets
+    exactly right costs 0 (PickScore adds log 2 to a tie's loss for that). The caller
+    weighs the pairs (PickScore: by 1 / the pairs of each one's prompt)."""
+    p = label_0.float()
+    gap = score_0.float() - score_1.float()
+    cross = -(p * F.logsigmoid(gap) + (1 - p) * F.logsigmoid(-gap))
+    return cross + torch.xlogy(p, p) + torch.xlogy(1 - p, 1 - p)
