@@ -39,7 +39,8 @@ def bench(name: str, *flags: str, tmp_path, timeout: int = 600) -> dict:
 def test_every_benchmark_script_is_run_here():
     tested = {"ai_feedback", "annotate_latency", "cache_build", "crowd", "encode_cost",
               "eval_auto",
-              "import_shard", "objectives", "own_judge", "pair_generation", "peers", "pool_serving",
+              "import_shard", "judge_data", "objectives", "own_judge", "pair_generation",
+              "peers", "pool_serving",
               "real_plan",
               "real_sizes", "relabel", "run_index", "store_votes", "threads", "toy_loop",
               "train_throughput"}
@@ -89,6 +90,15 @@ def test_own_judge(tmp_path):
     assert set(scorers) == {"toy_judge", judge, "benchmarks.own_judge:size"}
     assert scorers[judge]["agreement"] == pytest.approx(held["accuracy"])
     assert out["feedback_s"] > 0
+
+
+def test_judge_data(tmp_path):
+    out = bench("judge_data", "--votes", "200", "400", tmp_path=tmp_path)
+    assert [row["votes"] for row in out["rows"]] == [200, 400]
+    for row in out["rows"]:
+        assert row["split_s"] > 0 and row["peak_mb"] > 0
+        assert 0 < row["agreement_votes"] < row["votes"] // 4  # decisive held-out votes
+        assert row["trained_pairs_bytes"] > 8 * (row["votes"] - row["votes"] // 4) * 0.9
 
 
 def test_annotate_latency(tmp_path):

@@ -58,8 +58,9 @@ RECIPES: dict[str, dict] = {
 
 @dataclass(frozen=True)
 class JudgeConfig:
-    """Fit a judge on the votes of --data (PickScore's recipe by default; `toy` for the toy
-    world) and write OUTPUT/final, a scorer for every command: --scorer OUTPUT/final."""
+    """python -m train judge [pickscore|toy] [--key value ...]: fit a judge on the votes of
+    --data by a recipe (pickscore, the default: PickScore's on CLIP-H; toy: the toy world's
+    CLIP) and write OUTPUT/final, a scorer for every command: --scorer OUTPUT/final."""
 
     data: list[str] = setting("stores (.duckdb), Pick-a-Pic parquet shards or folders and "
                               "JSONL manifests whose votes it learns", factory=lambda: [DEFAULT_DB])
@@ -340,7 +341,7 @@ def train_judge(config: JudgeConfig) -> dict:
                 # the step's weighted mean over all processes' pairs (DDP averages ranks)
                 loss = (per_pair * micro["weight"]).sum() / total_weight * acc.num_processes
             acc.backward(loss)
-            train_loss += loss.item() / acc.num_processes
+            train_loss += loss.item() / acc.num_processes  # this process's share
         acc.clip_grad_norm_(params, config.max_grad_norm)
         optimizer.step()
         scheduler.step()
@@ -348,6 +349,7 @@ def train_judge(config: JudgeConfig) -> dict:
         progress["step"] = step + 1
         if progress["step"] % config.eval_every and progress["step"] < config.max_steps:
             continue
+        train_loss = acc.reduce(torch.tensor(train_loss, device=acc.device), "sum").item()
         measured = held_out(model, pairs, processor, config, acc)
         progress["history"].append({"step": progress["step"], "train_loss": train_loss,
                                     "heldout_accuracy": measured["accuracy"],
