@@ -96,7 +96,7 @@ def test_judge_data(tmp_path):
     out = bench("judge_data", "--votes", "200", "400", tmp_path=tmp_path)
     assert [row["votes"] for row in out["rows"]] == [200, 400]
     for row in out["rows"]:
-        assert row["split_s"] > 0 and row["peak_mb"] > 0
+        assert row["split_s"] > 0 and row["split_held_mb"] > 0
         assert 0 < row["agreement_votes"] < row["votes"] // 4  # decisive held-out votes
         assert row["trained_pairs_bytes"] > 8 * (row["votes"] - row["votes"] // 4) * 0.9
 
