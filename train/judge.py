@@ -296,7 +296,9 @@ def _start(config: JudgeConfig, output: Path) -> dict | None:
 def train_judge(config: JudgeConfig) -> dict:
     """Fit the judge; its summary (what judge.json holds, less the history)."""
     from accelerate import Accelerator
+    from transformers.utils.logging import disable_progress_bar
 
+    disable_progress_bar()  # saving a checkpoint is not news on the log
     acc = Accelerator()
     if config.batch_size % acc.num_processes:
         raise UsageError(f"--batch_size {config.batch_size} does not split over "
