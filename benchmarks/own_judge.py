@@ -2,8 +2,8 @@
 judge trained on them, AI feedback by that judge, and DPO on it.
 
     python benchmarks/own_judge.py --out runs/own-judge          # docs/RESULTS.md
-    python benchmarks/own_judge.py --out /tmp/oj --votes 120 --holdout 30 --feedback 16 \\
-        --judge-steps 6 --no-train                                # tiny, as the suite runs it
+    python benchmarks/own_judge.py --out /tmp/oj --votes 60 --holdout 16 --feedback 8 \\
+        --judge-steps 4 --no-train                                # tiny, as the suite runs it
 
 The people here like a large shape, whatever the prompt asks: their scoring function is
 `size`, the share of the image the shape covers. Six of them vote, each noisy in their own

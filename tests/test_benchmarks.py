@@ -79,12 +79,12 @@ def test_crowd_flags_the_always_left_annotator_and_no_honest_one(tmp_path):
 def test_own_judge(tmp_path):
     # people who like large shapes vote, a judge learns them, then labels new pairs; the
     # DPO runs after it are the toy preset's own command (tests/test_train.py)
-    out = bench("own_judge", "--out", str(tmp_path / "oj"), "--votes", "120", "--holdout",
-                "30", "--feedback", "16", "--judge-steps", "6", "--no-train",
+    out = bench("own_judge", "--out", str(tmp_path / "oj"), "--votes", "60", "--holdout",
+                "16", "--feedback", "8", "--judge-steps", "4", "--no-train",
                 tmp_path=tmp_path)
-    assert out["people"]["votes"] == 120 and out["judge"]["trained_on"]["annotators"] == 6
+    assert out["people"]["votes"] == 60 and out["judge"]["trained_on"]["annotators"] == 6
     held = out["judge"]["heldout"]
-    assert 0 < held["pairs"] <= 30 and held["accuracy"] is not None
+    assert 0 < held["pairs"] <= 16 and held["accuracy"] is not None
     scorers = {s["scorer"]: s for s in out["agreement"]["scorers"]}
     judge = str(tmp_path / "oj" / "judge" / "final")
     assert set(scorers) == {"toy_judge", judge, "benchmarks.own_judge:size"}

@@ -49,12 +49,16 @@ def size_store(path: Path, votes: int = 96, seed: int = 0, people: int = 4) -> P
     return path
 
 
-def tiny_judge(tmp_path: Path, store: Path, *extra: str) -> subprocess.CompletedProcess:
+def tiny_judge(tmp_path: Path, store: Path, *extra: str,
+               launch: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """`python -m train judge toy` at a tiny size (flags in `extra` win), in a process of
+    its own (or several: `launch` is accelerate's launcher and its flags)."""
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "GLOO_SOCKET_IFNAME": "lo"}
     return subprocess.run(
-        [sys.executable, "-m", "train", "judge", "toy", "--data", str(store), "--output_dir",
-         str(tmp_path / "judge"), "--max_steps", "6", "--eval_every", "3", "--batch_size",
-         "16", "--micro_batch_size", "8", "--holdout_pairs", "30", *extra],
-        cwd=ROOT, capture_output=True, text=True, timeout=300)
+        [sys.executable, *launch, "-m", "train", "judge", "toy", "--data", str(store),
+         "--output_dir", str(tmp_path / "judge"), "--max_steps", "6", "--eval_every", "3",
+         "--batch_size", "16", "--micro_batch_size", "4", "--holdout_pairs", "30", *extra],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
 
 
 def test_the_bradley_terry_loss_on_a_hand_case_ties_one_half():
@@ -88,11 +92,25 @@ def test_held_out_by_annotator_keeps_whole_annotators_out():
     assert all(users[i] not in chosen for i in range(len(users)) if i not in set(held))
 
 
-def test_a_judge_learns_people_s_taste_and_loads_as_a_scorer_by_path_in_a_fresh_process(
+def test_a_judge_loads_as_a_scorer_by_path_in_a_fresh_process_and_two_processes_fit_it(
         tmp_path):
     store = size_store(tmp_path / "people.duckdb")
     done = tiny_judge(tmp_path, store)
     assert done.returncode == 0, done.stderr
+    # two processes: each takes half of a step's pairs, the loss is the weighted mean over
+    # both halves, so the losses, held-out accuracies and weights are one process's
+    two = tiny_judge(tmp_path, store, "--output_dir", str(tmp_path / "two"), launch=[
+        "-m", "accelerate.commands.launch", "-q", "--multi_gpu", "--num_processes", "2"])
+    assert two.returncode == 0, two.stderr
+    from safetensors.torch import load_file
+
+    one, both = (load_file(folder / "final" / "model.safetensors")
+                 for folder in (tmp_path / "judge", tmp_path / "two"))
+    assert all(torch.allclose(one[k], both[k], atol=1e-4) for k in one)
+    histories = [json.loads((folder / "final" / "judge.json").read_text())["history"]
+                 for folder in (tmp_path / "judge", tmp_path / "two")]
+    for mine, theirs in zip(*histories, strict=True):
+        assert mine == pytest.approx(theirs, rel=1e-4)
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     final = tmp_path / "judge" / "final"
     record_ = json.loads((final / "judge.json").read_text())
@@ -164,32 +182,6 @@ def test_a_stopped_judge_run_continues_to_the_weights_of_an_uninterrupted_one(
         assert whole_step == pytest.approx(resumed_step, rel=1e-6)
 
 
-def test_two_processes_fit_the_judge_one_process_fits(tmp_path):
-    """Each process takes its half of a step's pairs; the step's loss is the weighted mean
-    over both halves, so the losses, held-out accuracies and weights are one process's."""
-    store = size_store(tmp_path / "people.duckdb", votes=120)
-    settings = ["toy", "--data", str(store), "--max_steps", "4", "--eval_every", "2",
-                "--batch_size", "16", "--micro_batch_size", "4", "--holdout_pairs", "30"]
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "GLOO_SOCKET_IFNAME": "lo"}
-    for name, launch in (("one", [sys.executable, "-m", "train", "judge"]),
-                         ("two", [sys.executable, "-m", "accelerate.commands.launch", "-q",
-                                  "--multi_gpu", "--num_processes", "2", "-m", "train",
-                                  "judge"])):
-        done = subprocess.run([*launch, *settings, "--output_dir", str(tmp_path / name)],
-                              cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
-        assert done.returncode == 0, done.stderr
-    from safetensors.torch import load_file
-
-    one, two = (load_file(tmp_path / name / "final" / "model.safetensors")
-                for name in ("one", "two"))
-    assert all(torch.allclose(one[k], two[k], atol=1e-4) for k in one)
-    histories = [json.loads((tmp_path / name / "final" / "judge.json").read_text())["history"]
-                 for name in ("one", "two")]
-    assert len(histories[0]) == len(histories[1]) == 2
-    for mine, theirs in zip(*histories, strict=True):
-        assert mine == pytest.approx(theirs, rel=1e-4)
-
-
 BRIGHTNESS = """
 import numpy as np
 import torch
@@ -229,14 +221,17 @@ def test_agreement_is_a_hand_count_of_people_s_decisive_votes(tmp_path, monkeypa
     assert measured["wilson"] == [interval.low, interval.high]
 
 
-def test_bad_input_to_a_judge_is_one_line(tmp_path):
+def test_bad_input_to_a_judge_is_one_line(tmp_path, capsys):
+    from eval.__main__ import main as eval_main
+    from train.__main__ import main as train_main
+
     with Store(tmp_path / "ai.duckdb") as store:
         record(store, "a cat", "left", source="ai:toy_judge")
-    done = tiny_judge(tmp_path, tmp_path / "ai.duckdb")
-    assert done.returncode == 1
-    assert done.stderr.strip().splitlines() == [
+    code = train_main(["judge", "toy", "--data", str(tmp_path / "ai.duckdb"), "--output_dir",
+                       str(tmp_path / "judge")])
+    assert (code, capsys.readouterr().err.strip().splitlines()) == (1, [
         f"error: {tmp_path / 'ai.duckdb'} holds no people's votes, only AI feedback (ai:*): "
-        "collect votes (python -m annotate) or give --votes all"]
+        "collect votes (python -m annotate) or give --votes all"])
     with Store(tmp_path / "people.duckdb") as store:
         record(store, "a cat", "left")
     (tmp_path / "empty").mkdir()
@@ -248,7 +243,5 @@ def test_bad_input_to_a_judge_is_one_line(tmp_path):
          "but not a scorer: give a judge's folder (python -m train judge writes one: "
          "runs/judge/final) or a CLIP checkpoint"),
     ]:
-        done = subprocess.run([sys.executable, "-m", "eval", "agreement", "--db",
-                               str(tmp_path / db), "--scorers", scorer],
-                              cwd=ROOT, capture_output=True, text=True, timeout=120)
-        assert (done.returncode, done.stderr.strip().splitlines()) == (1, [line])
+        code = eval_main(["agreement", "--db", str(tmp_path / db), "--scorers", scorer])
+        assert (code, capsys.readouterr().err.strip().splitlines()) == (1, [line])

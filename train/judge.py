@@ -129,7 +129,8 @@ class JudgePairs:
                 heldout.by_annotator([described[i][1].user_id for i in keep],
                                      config.holdout_pairs, config.seed))
         held_set = set(held.tolist())
-        self.train = np.array([keep[j] for j in range(len(keep)) if j not in held_set])
+        self.train = np.array([keep[j] for j in range(len(keep)) if j not in held_set],
+                              dtype=np.int64)
         self.held = np.array([keep[j] for j in held], dtype=np.int64)
         if len(self.train) == 0 or len(self.held) == 0:
             raise DataError(f"{len(keep)} votes cannot be split into training and held-out "
