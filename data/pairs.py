@@ -48,6 +48,11 @@ class Provenance:
     votes: int = 1  # the votes behind the pair (several where a store groups them)
     share: float = 1.0  # of those votes, the share for the preferred image (a tie one half)
 
+    @property
+    def by_people(self) -> bool:
+        """Whether people cast it: every source but AI feedback (`ai:<scorer>`)."""
+        return not self.source.startswith("ai:")
+
 
 def image_labels(prov: Provenance) -> tuple[int, int]:
     """Unpaired labels of a pair's (preferred, rejected) images, +1 liked and -1 disliked,

@@ -42,12 +42,12 @@ def trained_pairs(scorers: Sequence[str]) -> set[int]:
     return keys
 
 
-def people_pairs(db: str | Path, exclude: set[int], max_pairs: int, seed: int) -> StorePairs:
+def people_pairs(db: str | Path, exclude: set[int], max_pairs: int, seed: int) -> _Chosen:
     """The store's decisive votes by people, less the `exclude`d pairs; at most
     `max_pairs` of them, drawn with `seed` (all, in storage order, when fewer)."""
     pairs = StorePairs(db, split=None)
     keep = [i for i in range(len(pairs))
-            if not (prov := pairs.describe(i)[1]).source.startswith("ai:")
+            if (prov := pairs.describe(i)[1]).by_people
             and pair_key(prov.preferred_uid, prov.rejected_uid) not in exclude]
     if not keep:
         raise DataError(f"{db} holds no decisive vote by people that no named judge trained "

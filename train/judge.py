@@ -118,7 +118,7 @@ class JudgePairs:
         self.pairs = load_pairs(config.data, include_ties=True, seed=config.seed)
         described = [self.pairs.describe(i) for i in range(len(self.pairs))]
         keep = [i for i, (_, prov) in enumerate(described)
-                if config.votes == "all" or not prov.source.startswith("ai:")]
+                if config.votes == "all" or prov.by_people]
         if not keep:
             raise DataError(f"{' and '.join(config.data)} holds no people's votes, only AI "
                             "feedback (ai:*): collect votes (python -m annotate) or give "
