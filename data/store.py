@@ -71,6 +71,16 @@ def stable_id(text: str) -> int:
     return int.from_bytes(digest, "big") >> 1
 
 
+# the namespace AI feedback has named its images in from the start (annotate/feedback.py)
+_PAIR_IMAGE_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "diffusion-dpo-loop/annotate/feedback")
+
+
+def pair_image_uid(vote_id: str, side: int) -> str:
+    """A uuid fixed by a generated pair's id and side, so a replayed pair (a resumed run)
+    names the same images."""
+    return str(uuid.uuid5(_PAIR_IMAGE_NAMESPACE, f"{vote_id}/{side}"))
+
+
 def new_uid() -> str:
     """A fresh image or vote id (uuid4, as Pick-a-Pic uses)."""
     return str(uuid.uuid4())
@@ -368,9 +378,11 @@ class DuckDBFile:
         """Refuse a file shorter than the blocks its header counts. DuckDB opens such a
         file (a copy cut short, a disk that filled) and fails only on the first query
         that reads a missing block, so every command would end in a traceback and every
-        vote would fail."""
+        vote would fail. The bound is the blocks in use: DuckDB itself cuts free blocks
+        off the end of its file while `total_blocks` still counts them (a store written
+        and closed step after step is shorter than its total blocks, and whole)."""
         [(block_size, blocks)] = con.execute(
-            "SELECT block_size, total_blocks FROM pragma_database_size() "
+            "SELECT block_size, used_blocks FROM pragma_database_size() "
             "WHERE database_name = current_database()").fetchall()
         need, size = _HEADERS_BYTES + blocks * block_size, self.path.stat().st_size
         if size < need:
