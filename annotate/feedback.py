@@ -29,7 +29,6 @@ import json
 import random
 import sys
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
@@ -43,6 +42,7 @@ from data.pairs import decode_image, encode_jpeg
 from data.prompts import read_prompts
 from data.shards import Pair, add_pairs, clear_partial, shard_folder, take_in, write_shard
 from data.store import PoolPair, Store, Vote
+from data.store import pair_image_uid as image_uid
 from models.generate import generate
 from models.launch import ONE_PROCESS, Launch, this_launch
 from models.loading import LoadedModel
@@ -50,9 +50,6 @@ from models.scorers import SCORE_BATCH, Scorer, checked_scores
 from models.threads import use_free_cores
 from models.toy import TOY_NAME, built_in_prompts
 from models.variety import PairVariety
-
-_UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "diffusion-dpo-loop/annotate/feedback")
-
 
 # -- settings ------------------------------------------------------------------
 
@@ -133,11 +130,6 @@ class FeedbackRun:
         """The pair's two seeds and guidance scales, from `seed` and the index alone."""
         digest = hashlib.blake2b(f"{self.seed}:{index}".encode(), digest_size=8).digest()
         return self.variety.draw(random.Random(int.from_bytes(digest, "big")))
-
-
-def image_uid(vote_id: str, side: int) -> str:
-    """A uuid fixed by the vote and side, so a replayed pair names the same images."""
-    return str(uuid.uuid5(_UID_NAMESPACE, f"{vote_id}/{side}"))
 
 
 # -- prompts -------------------------------------------------------------------

@@ -14,7 +14,9 @@ score per (prompt, image); higher is better. Built in:
 
 A user's own scorer is named `module:callable`, a function with the same signature or
 a zero-argument factory returning one (see docs/SCORERS.md); a judge trained on the
-store's votes (`python -m train judge`), or any CLIP checkpoint, is named by its folder.
+store's votes (`python -m train judge`), or any CLIP checkpoint, is named by its folder;
+a scorer served by `python -m models.reward_server` (in an environment of its own) by
+its URL.
 """
 
 from __future__ import annotations
@@ -247,7 +249,12 @@ def trained_judge(folder: str | Path, device: str = "cpu") -> PickScore:
 def load_scorer(name: str, model: str | None = None, processor: str | None = None,
                 weights: str | None = None, device: str = "cpu") -> Scorer:
     """A scorer by name (`SCORERS`), `module:callable` or a judge's folder; `model` etc.
-    override a named scorer's weights."""
+    override a named scorer's weights; `http://HOST:PORT` is a scorer served by
+    `python -m models.reward_server`."""
+    if name.startswith(("http://", "https://")):
+        from models.reward_server import HttpScorer
+
+        return HttpScorer(name)
     if Path(name).is_dir():
         return trained_judge(name, device)
     if ":" in name:

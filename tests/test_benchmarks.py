@@ -42,7 +42,8 @@ def test_every_benchmark_script_is_run_here():
               "import_shard", "judge_data", "objectives", "own_judge", "pair_generation",
               "peers", "pool_serving",
               "real_plan",
-              "real_sizes", "relabel", "run_index", "store_votes", "threads", "toy_loop",
+              "real_sizes", "relabel", "reward_http", "run_index", "store_votes", "threads",
+              "toy_loop",
               "train_throughput"}
     assert {p.stem for p in BENCHMARKS.glob("*.py")} - {"readme", "__init__"} == tested
 
@@ -162,6 +163,15 @@ def test_relabel(tmp_path):
         assert result["pairs_per_s"] > 0 and result["peak_rss_mb"] > 0
         assert result["over_floor"] > 0 and result["floor_pairs_per_s"] > 0
         assert result["over_scorer"] > 0 and result["scorer_pairs_per_s"] > 0
+
+
+def test_reward_http(tmp_path):
+    out = bench("reward_http", "--images", "16", "--sizes", "32", "--repeats", "1",
+                tmp_path=tmp_path)
+    assert out["benchmark"] == "reward_http"
+    [result] = out["results"]
+    assert result["same_scores"] is True and result["images"] == 16
+    assert result["http_ms_per_image"] > 0 and result["request_kb"] > 0
 
 
 def test_import_shard(tmp_path):

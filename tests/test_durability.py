@@ -13,11 +13,11 @@ import sys
 import time
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import duckdb
 import pytest
 from helpers import public_shard_table, record, small_disk, write_shard
 from PIL import Image

@@ -112,8 +112,12 @@ def _main(argv: list[str]) -> int:
                 print(refused.text, flush=True)
                 raise
             return 0
-        from train.trainer import Run
+        from train.config import ONLINE_OBJECTIVES
 
+        if config.objective in ONLINE_OBJECTIVES:
+            from train.online import OnlineRun as Run
+        else:
+            from train.trainer import Run
         run = Run(config)
         summary = run.train()
     except UserError as error:

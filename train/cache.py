@@ -303,7 +303,8 @@ def concat(parts: list[Texts]) -> Texts:
 
 @torch.no_grad()
 def _encode_latents(vae, kind: str, pixels: np.ndarray, prep: Preprocessing) -> np.ndarray:
-    """[N, 2, 3, R, R] pixels of N pairs -> their latents [N, 2, C, h, w], normalised as the
+    """[N, 2, 3, R, R] pixels of N pairs -> their latents [N, 2, C, h, w] (or N single
+    images [N, 1, ...] -> [N, 1, ...]), normalised as the
     kind's pipeline and training script normalise them, `vae_batch` images per call."""
     images = torch.from_numpy(pixels.reshape(-1, *pixels.shape[2:]))
     step = vae_batch(prep.resolution)
@@ -331,7 +332,17 @@ def _encode_latents(vae, kind: str, pixels: np.ndarray, prep: Preprocessing) -> 
         shift = getattr(vae.config, "shift_factor", None) or 0.0
         latents = (latents - shift) * vae.config.scaling_factor
     latents = latents.cpu().numpy()
-    return latents.reshape(len(pixels), 2, *latents.shape[1:])
+    return latents.reshape(len(pixels), pixels.shape[1], *latents.shape[1:])
+
+
+def image_latents(vae, kind: str, images: list[Image.Image]) -> torch.Tensor:
+    """Generated images, square at the training resolution, as the latents [N, C, h, w]
+    training reads (normalised as `_encode_latents` normalises a pair's)."""
+    pixels = np.stack([np.asarray(image.convert("RGB"), dtype=np.float32).transpose(2, 0, 1)
+                       / 127.5 - 1.0 for image in images])[:, None]
+    prep = Preprocessing(resolution=images[0].width, random_crop=False, random_flip=False,
+                         seed=0)
+    return torch.from_numpy(_encode_latents(vae, kind, pixels, prep)[:, 0])
 
 
 def _damage(error: Exception) -> str:

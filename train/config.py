@@ -26,8 +26,9 @@ from models.toy import TOY_NAME
 from train.presets import PRESETS
 
 HOLDOUT_SHARE = 10  # a run holds out at most one pair in this many
-OBJECTIVES = ("dpo", "ipo", "kto", "mapo", "sft")
-REFERENCE_OBJECTIVES = ("dpo", "ipo", "kto")  # the others train with no reference model
+OBJECTIVES = ("dpo", "ipo", "kto", "mapo", "sft", "nft")
+ONLINE_OBJECTIVES = ("nft",)  # sample, score, update (train/online.py); the others read pairs
+REFERENCE_OBJECTIVES = ("dpo", "ipo", "kto", "nft")  # the others train with no reference
 PAIRED_REFERENCE_OBJECTIVES = ("dpo", "ipo")  # the DPO family, where winner_safe applies
 SHARE_LOSSES = ("conservative", "smpo")  # how dpo learns a pair's share (train/loss.py)
 TIMESTEP_SAMPLING = ("logit_normal", "uniform")  # flow models' noise-level densities
@@ -41,8 +42,10 @@ class TrainConfig:
     model: str = setting("base model: `toy`, a local pipeline folder or a Hub id", TOY_NAME)
     objective: str = setting("`dpo` (Diffusion-DPO), `ipo` (IPO on DPO's margin), `kto` "
                              "(Diffusion-KTO: each image liked or disliked, both-bad votes "
-                             "too), `mapo` (MaPO: no reference model) or `sft` (the paper's "
-                             "baseline: denoising loss on the preferred images only)", "dpo")
+                             "too), `mapo` (MaPO: no reference model), `sft` (the paper's "
+                             "baseline: denoising loss on the preferred images only) or "
+                             "`nft` (DiffusionNFT, online RL for flow models: samples of its "
+                             "own, scored by `rewards`; docs/TRAINING.md)", "dpo")
     reference_model: str | None = setting(
         "dpo, ipo and kto with full fine-tuning: the frozen reference, when it is not `model` "
         "itself (training in rounds: `model` the last round's, this the base); the same "
@@ -178,6 +181,41 @@ class TrainConfig:
                                            "is at most this far below its first one (the "
                                            "scorer's units: toy_judge 0.05 = 5 points)", None)
 
+    # Online RL (objective nft): rollouts from the model itself, scored, then trained on
+    prompts: str | None = setting("nft: the prompt set rollouts draw from, one prompt a line "
+                                  "or a CSV (default: the toy models' 18 captions)", None)
+    rewards: list[str] = setting("nft: the scorers whose weighted sum is the reward: "
+                                 + SCORER_HELP, factory=list)
+    reward_weights: list[float] | None = setting("nft: one weight per reward (default: 1 each)",
+                                                 None)
+    group_size: int = setting("nft: rollouts per prompt, the group its advantages are "
+                              "normalised in (DiffusionNFT: 24)", 8)
+    groups_per_step: int = setting("nft: prompts per optimizer step over all processes, "
+                                   "each process a whole share of them", 16)
+    rollout_steps: int = setting("nft: sampler steps of a rollout (DiffusionNFT: 10)", 10)
+    rollout_guidance: float | None = setting("nft: guidance of a rollout (default: "
+                                             "sample_guidance; 1 samples without CFG, as "
+                                             "DiffusionNFT does)", None)
+    noise_levels: int = setting("nft: noise levels each rollout is trained at per step, "
+                                "drawn as timestep_sampling says", 2)
+    shared_noise: bool = setting("nft: the rollouts of a group are trained at the same noise "
+                                 "and noise levels, so they differ in their sample alone "
+                                 "(common random numbers; DiffusionNFT draws each its own)",
+                                 True)
+    nft_beta: float = setting("nft: how far the implicit positive and negative policies "
+                              "step from the old one (DiffusionNFT: 1, 0.1 for OCR)", 1.0)
+    kl_beta: float = setting("nft: weight of the KL to the reference, the mean squared "
+                             "velocity difference (LoRA: the adapters off); the guard that "
+                             "acts in every step", 1e-4)
+    old_decay: float = setting("nft: the old (sampling) policy follows the trained one as "
+                               "old = d old + (1 - d) new after each step, d rising 0.001 a "
+                               "step up to this (DiffusionNFT's decay_type 1: 0.5)", 0.5)
+    advantage_clip: float = setting("nft: advantages are clipped to +-this before they "
+                                    "become optimality probabilities", 5.0)
+    rollout_db: str | None = setting("nft: the store every rollout goes to, as pairs "
+                                     "labelled by the reward (source ai:REWARD) (default: "
+                                     "OUTPUT_DIR/rollouts.duckdb; `none`: kept nowhere)", None)
+
     dry_run: bool = setting("resolve the config, count the pairs and print the plan "
                               "(processes, batch, accumulation, memory), then stop: no model "
                               "loads", False)
@@ -271,6 +309,8 @@ class TrainConfig:
         if self.objective == "kto" and self.include_ties:
             raise TrainError("include_ties does not apply to kto: a tie likes or dislikes "
                              "neither image; drop --include_ties")
+        if self.objective in ONLINE_OBJECTIVES:
+            self.check_online()
         for name in ("beta", "beta_mapo", "mapo_snr"):
             if not getattr(self, name) > 0:
                 raise TrainError(f"{name} must be above 0")
@@ -288,6 +328,24 @@ class TrainConfig:
             raise TrainError("logit_std and flow_shift must be above 0")
         if self.max_sequence_length is not None and self.max_sequence_length < 1:
             raise TrainError("max_sequence_length must be at least 1")
+
+    def check_online(self) -> None:
+        if not self.rewards:
+            raise TrainError(f"{self.objective} needs a reward: give --rewards SCORER "
+                             "(toy: toy_judge)")
+        if self.reward_weights is not None and len(self.reward_weights) != len(self.rewards):
+            raise TrainError(f"reward_weights: {len(self.reward_weights)} weights for "
+                             f"{len(self.rewards)} rewards: give one each")
+        for name in ("group_size", "groups_per_step", "rollout_steps", "noise_levels"):
+            if getattr(self, name) < 1:
+                raise TrainError(f"{name} must be at least 1")
+        if self.group_size < 2:
+            raise TrainError("group_size must be at least 2: a sample's advantage is "
+                             "measured against the others of its prompt")
+        if not self.nft_beta > 0 or self.kl_beta < 0 or not self.advantage_clip > 0:
+            raise TrainError("nft_beta and advantage_clip must be above 0, kl_beta 0 or more")
+        if not 0 <= self.old_decay < 1:
+            raise TrainError("old_decay must be at least 0 and below 1")
 
     def lora_adapter(self):
         """The PEFT config of this run's LoRA adapters (gaussian init, as diffusers' script)."""
@@ -315,7 +373,8 @@ DIFFUSERS_NAMES = {
 
 
 _OBJECTIVE_KEYS = {"dpo": ("beta",), "ipo": ("beta",), "kto": ("beta",),
-                   "mapo": ("beta_mapo", "mapo_snr"), "sft": ()}
+                   "mapo": ("beta_mapo", "mapo_snr"), "sft": (),
+                   "nft": ("nft_beta", "kl_beta", "group_size")}
 
 
 def objective_text(values: dict) -> str:

@@ -244,3 +244,77 @@ def bradley_terry_loss(score_0: torch.Tensor, score_1: torch.Tensor,
     gap = score_0.float() - score_1.float()
     cross = -(p * F.logsigmoid(gap) + (1 - p) * F.logsigmoid(-gap))
     return cross + torch.xlogy(p, p) + torch.xlogy(1 - p, 1 - p)
+
+
+# --- online RL ------------------------------------------------------------------------
+def group_advantages(rewards: torch.Tensor, groups: torch.Tensor,
+                     eps: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each sample's reward standardised within its prompt's group, (r - mean) / (std +
+    eps) with the population std (flow_grpo's and DiffusionNFT's per-prompt tracker), and
+    which groups carry a signal: a group whose rewards are all equal teaches nothing
+    (advantage 0) and is skipped. `groups`: the group index of each sample."""
+    rewards = rewards.double()
+    advantages = torch.zeros_like(rewards)
+    live = torch.zeros_like(rewards, dtype=torch.bool)
+    for group in groups.unique():
+        members = groups == group
+        values = rewards[members]
+        spread = values.std(unbiased=False)
+        if spread > 0:
+            advantages[members] = (values - values.mean()) / (spread + eps)
+            live[members] = True
+    return advantages.float(), live
+
+
+def optimality(advantages: torch.Tensor, clip: float) -> torch.Tensor:
+    """DiffusionNFT's optimality probability r in [0, 1] from an advantage: clipped to
+    [-clip, clip], then mapped linearly, so the group's mean sample is 1/2."""
+    return (advantages.clamp(-clip, clip) / clip / 2 + 0.5).clamp(0, 1)
+
+
+@dataclass
+class NFTTerms:
+    """DiffusionNFT's loss (per sample, before the caller's mean) and what to watch."""
+
+    policy: torch.Tensor  # per sample, differentiable: the positive/negative policy term
+    kl: torch.Tensor  # per sample, differentiable: mean (v - v_ref)^2
+    positive: torch.Tensor  # per sample, detached: the positive policy's weighted x0 error
+    negative: torch.Tensor  # per sample, detached: the negative policy's
+    old_deviation: torch.Tensor  # per sample, detached: mean (v - v_old)^2
+
+
+def nft_loss(velocity: torch.Tensor, old_velocity: torch.Tensor, ref_velocity: torch.Tensor,
+             noisy: torch.Tensor, clean: torch.Tensor, sigma: torch.Tensor,
+             r: torch.Tensor, beta: float, clip: float) -> NFTTerms:
+    """DiffusionNFT (Zheng et al., arXiv 2509.16117), as its train_nft_sd3.py computes it.
+
+    From the policy's velocity v, the old (sampling) policy's v_old and the noisy sample
+    x_t = (1 - s) x0 + s eps of a clean rollout x0: an implicit positive policy
+    v+ = beta v + (1 - beta) v_old and a negative one v- = (1 + beta) v_old - beta v,
+    each turned into a clean estimate x0^ = x_t - s v; each error
+    mean((x0^ - x0)^2) / mean|x0^ - x0| (the adaptive weight held fixed); then
+
+        policy = clip * (r * positive + (1 - r) * negative) / beta
+
+    so a sample with r = 1 pulls v+ to the data and one with r = 0 pushes v- to it (v
+    away from it); on-policy (v = v_old) an r of 1/2 gives no gradient. `clip` is the
+    advantage clip the official loss multiplies by. The KL to the reference is the
+    velocities' mean squared difference; the caller weighs it (`kl_beta`)."""
+    v, v_old = velocity.float(), old_velocity.float().detach()
+    x0, x_t = clean.float(), noisy.float()
+    s = sigma.float().view(-1, *([1] * (x0.dim() - 1)))
+    dims = tuple(range(1, x0.dim()))
+
+    def weighted_error(policy_velocity: torch.Tensor) -> torch.Tensor:
+        miss = (x_t - s * policy_velocity) - x0
+        scale = miss.detach().abs().mean(dim=dims).clamp(min=1e-5)
+        return miss.pow(2).mean(dim=dims) / scale
+
+    positive = weighted_error(beta * v + (1 - beta) * v_old)
+    negative = weighted_error((1 + beta) * v_old - beta * v)
+    r = r.float().to(v.device)
+    policy = clip * (r * positive + (1 - r) * negative) / beta
+    kl = (v - ref_velocity.float().detach()).pow(2).mean(dim=dims)
+    return NFTTerms(policy=policy, kl=kl, positive=positive.detach(),
+                    negative=negative.detach(),
+                    old_deviation=(v.detach() - v_old).pow(2).mean(dim=dims))

@@ -157,4 +157,12 @@ PRESETS: dict[str, dict] = {
         "learning_rate": 2e-5, "timestep_sampling": "logit_normal",
         **_TOY_RUN, "max_steps": 800,
     },
+    "toy-flow-nft": {
+        "_about": "the flow toy by online RL (DiffusionNFT): its own rollouts, 8 a caption, "
+                  "rewarded by the toy judge, full transformer, on this laptop's CPU",
+        "model": TOY_FLOW_NAME, **_TOY_RUN, "objective": "nft", "rewards": ["toy_judge"],
+        "group_size": 8, "groups_per_step": 16, "rollout_steps": 10, "noise_levels": 2,
+        "batch_size": 64, "learning_rate": 1e-5, "ema_decay": 0.9, "max_steps": 100,
+        "eval_every": 10, "keep_best": True, "checkpoint_every": 20, "log_every": 1,
+    },
 }

@@ -476,6 +476,7 @@ def build_networks(config: TrainConfig, net: torch.nn.Module, accelerator) -> Ne
         if accelerator.mixed_precision in ("fp16", "bf16"):
             _cast(net, {"fp16": torch.float16, "bf16": torch.bfloat16}[
                 accelerator.mixed_precision])
+        torch.manual_seed(c.seed)  # the adapters' random init: the same run, the same init
         net.add_adapter(c.lora_adapter())
         for parameter in net.parameters():
             if parameter.requires_grad:
@@ -578,6 +579,22 @@ class Run:
     """One training run. `Run(config)` sets everything up; `.train()` runs the loop."""
 
     def __init__(self, config: TrainConfig):
+        self.start(config)
+        c, acc = config, self.accelerator
+        self.accumulation = c.accumulation(self.processes)
+        pairs = run_pairs(c)
+        self.say_threads()
+        self.model = load(c.model, device=str(acc.device), dtype=torch.float32)
+        self.process = process_for(self.model, c)
+        self.data = cache_pairs(c, pairs, self.model, acc)
+        self.sample_prompts = sample_prompts(c, self.model)
+        free_encoders(self.model, keep_vae=self.sample_prompts is not None)
+        self.nets = build_networks(c, self.model.denoiser, acc)
+        self.load_scorers()
+
+    def start(self, config: TrainConfig) -> None:
+        """The accelerator, the output folder and where to resume from: what every
+        objective's run sets up first."""
         from accelerate import Accelerator
         from accelerate.utils import InitProcessGroupKwargs
 
@@ -591,7 +608,6 @@ class Run:
         shard_on_cpu(acc)
         self.main = acc.is_main_process
         self.processes = acc.num_processes
-        self.accumulation = c.accumulation(self.processes)
         # where each machine has its own output disk, each keeps a whole copy of each
         # checkpoint (written by its first process) to resume from
         shared = one_folder(acc, self.out)
@@ -605,24 +621,26 @@ class Run:
         acc.project_configuration.save_on_each_node = not shared
         self.writes_checkpoints = acc.is_main_process if shared else acc.is_local_main_process
         self.resume = resume_point(c, self.out, acc)
-        pairs = run_pairs(c)
-        if self.main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            if (acc.device.type == "cpu" and self.processes == 1
-                    and not os.environ.get("OMP_NUM_THREADS")):
-                hint = use_free_cores(how="set OMP_NUM_THREADS")  # picks the free cores
-            else:  # the count is given (accelerate sets OMP_NUM_THREADS): does it fit?
-                hint = cpu_threads_hint(acc.device.type, self.processes)
-            if hint:
-                print(hint)
-        self.model = load(c.model, device=str(acc.device), dtype=torch.float32)
-        self.process = process_for(self.model, c)
-        self.data = cache_pairs(c, pairs, self.model, acc)
-        self.sample_prompts = sample_prompts(c, self.model)
-        free_encoders(self.model, keep_vae=self.sample_prompts is not None)
-        self.nets = build_networks(c, self.model.denoiser, acc)
+
+    def say_threads(self) -> None:
+        """Make the output folder; on a CPU, use or name the free cores (main process)."""
+        acc = self.accelerator
+        if not self.main:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        if (acc.device.type == "cpu" and self.processes == 1
+                and not os.environ.get("OMP_NUM_THREADS")):
+            hint = use_free_cores(how="set OMP_NUM_THREADS")  # picks the free cores
+        else:  # the count is given (accelerate sets OMP_NUM_THREADS): does it fit?
+            hint = cpu_threads_hint(acc.device.type, self.processes)
+        if hint:
+            print(hint)
+
+    def load_scorers(self) -> None:
+        """The sample grid's scorer and guards, on the process that scores the grid."""
         from models.scorers import load_scorer
 
+        c, acc = self.config, self.accelerator
         self.scorer = (load_scorer(c.scorer, device=str(acc.device))
                        if c.scorer and self.main else None)
         self.guards = ({name: load_scorer(name, device=str(acc.device))
