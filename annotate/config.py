@@ -159,6 +159,18 @@ class FeedbackConfig(PoolConfig, ScorerSettings):
     tie_margin: float = setting("record a tie when the two scores differ by M or less "
                                 "(docs/AI_FEEDBACK.md suggests a value per scorer)", 0.0,
                                 metavar="M")
+    guard_scorers: list[str] = setting(
+        "scorers that may veto a label: where one of them prefers the other image by more "
+        "than --guard-margin, the pair is recorded a tie, so a preference that ignores the "
+        "prompt cannot teach the model to ignore it (toy: toy_judge)", factory=list,
+        metavar="NAME")
+    guard_margin: float = setting("how much a guard scorer must prefer the other image to "
+                                  "veto the label, in its own units", 0.0, metavar="M")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.guard_margin < 0:
+            raise UsageError("--guard-margin must be 0 or more")
 
 
 SMPO_TEMPERATURE = 16.66  # SmPO's 0.1666 on PickScore's cosine; `pickscore` is 100x it

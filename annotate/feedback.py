@@ -47,6 +47,7 @@ from models.generate import generate
 from models.launch import ONE_PROCESS, Launch, this_launch
 from models.loading import LoadedModel
 from models.scorers import SCORE_BATCH, Scorer, checked_scores
+from models.scorers import load_scorer as load_named_scorer
 from models.threads import use_free_cores
 from models.toy import TOY_NAME, built_in_prompts
 from models.variety import PairVariety
@@ -74,6 +75,8 @@ class FeedbackRun:
     batch: int = 16
     scorer_options: tuple[tuple[str, str], ...] = ()  # (name, value) for load_scorer
     score_batch: int = SCORE_BATCH  # images a scorer call takes; not part of the identity
+    guards: tuple[str, ...] = ()  # scorers that may veto a label (a tie instead)
+    guard_margin: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.prompts:
@@ -108,6 +111,8 @@ class FeedbackRun:
         }
         if self.variety.size is not None:  # the model's own size: the key it always had
             identity["size"] = self.variety.size
+        if self.guards:  # likewise: a run without guards keeps the key it always had
+            identity["guards"], identity["guard_margin"] = list(self.guards), self.guard_margin
         text = json.dumps(identity, sort_keys=True)
         return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
@@ -199,6 +204,7 @@ class Counts:
     processes: int = 1
     interrupted: bool = False
     judge_s: float = 0.0  # merged counts: every process's score_s summed (per pair: / added)
+    vetoed: int = 0  # pairs a guard scorer made ties
 
     @property
     def seconds(self) -> float:
@@ -211,7 +217,8 @@ class Counts:
             self.pairs, self.existing, *(sum(getattr(c, k) for c in everyone)
                                          for k in ("added", "left", "right", "ties")),
             slowest.generate_s, slowest.score_s, slowest.store_s, len(everyone),
-            any(c.interrupted for c in everyone), sum(c.score_s for c in everyone))
+            any(c.interrupted for c in everyone), sum(c.score_s for c in everyone),
+            sum(c.vetoed for c in everyone))
 
     def summary(self) -> dict[str, object]:
         out = asdict(self)
@@ -233,6 +240,26 @@ class Labeller:
     name: str
     user_id: int
     batch: int = SCORE_BATCH
+    guards: dict[str, Scorer] = field(default_factory=dict)
+    guard_margin: float = 0.0
+
+    def outcomes(self, prompt: str, images: list, tie_margin: float,
+                 counts: Counts) -> list[str]:
+        """Each pair's outcome by the scorer (images two by two), a tie where a guard
+        scorer prefers the other image by more than `guard_margin`."""
+        prompts = [prompt] * len(images)
+        scores = checked_scores(self.scorer, self.name, prompts, images, self.batch)
+        said = [outcome(scores[k], scores[k + 1], tie_margin)
+                for k in range(0, len(images), 2)]
+        for name, guard in self.guards.items():
+            guarded = checked_scores(guard, name, prompts, images, self.batch)
+            for pair, result in enumerate(said):
+                gap = guarded[2 * pair] - guarded[2 * pair + 1]  # the guard's for image 0
+                if (result == "left" and -gap > self.guard_margin) or (
+                        result == "right" and gap > self.guard_margin):
+                    said[pair] = "tie"
+                    counts.vetoed += 1
+        return said
 
 
 def make_batch(run: FeedbackRun, model: LoadedModel, labeller: Labeller | None,
@@ -259,12 +286,11 @@ def make_batch(run: FeedbackRun, model: LoadedModel, labeller: Labeller | None,
 
     start = time.perf_counter()
     # Score what is stored (the JPEG), so a label always describes the stored pair.
-    scores = checked_scores(labeller.scorer, labeller.name, [prompt] * len(jpgs),
-                            [decode_image(j) for j in jpgs], labeller.batch)
+    outcomes = labeller.outcomes(prompt, [decode_image(j) for j in jpgs], run.tie_margin,
+                                 counts)
     counts.score_s += time.perf_counter() - start
     return [(Vote(vote_id=vote_id, caption=prompt, image_0_uid=pair[0].image_uid,
-                  image_1_uid=pair[1].image_uid,
-                  outcome=outcome(scores[2 * k], scores[2 * k + 1], run.tie_margin),
+                  image_1_uid=pair[1].image_uid, outcome=outcomes[k],
                   shown_left=0, user_id=labeller.user_id, source=run.source), pair)
             for k, (vote_id, pair) in enumerate(zip(ids, records, strict=True))]
 
@@ -285,9 +311,10 @@ def collect(
     progress: bool = True,
     announce: Callable[[str], None] | None = None,
     launch: Launch = ONE_PROCESS,
+    guards: dict[str, Scorer] | None = None,
 ) -> Counts:
     """Add the run's missing pairs to `store`; the counts of what was found and added
-    (in the main process: every process's).
+    (in the main process: every process's). `guards`: the run's guard scorers by name.
 
     `store` is the main process's (None in the others, which never open it); `scorer`
     None makes a pool. `load_model` is called only when something is missing, so a
@@ -316,7 +343,8 @@ def collect(
         )
     if not missing:
         return counts
-    labeller = None if scorer is None else Labeller(scorer, run.scorer, user_id, run.score_batch)
+    labeller = None if scorer is None else Labeller(scorer, run.scorer, user_id, run.score_batch,
+                                                    guards or {}, run.guard_margin)
     model = load_model()
     mine = launch.share(plan_batches(run, missing))
     bar = tqdm(total=sum(map(len, mine)), unit="pair", disable=not (progress and launch.main),
@@ -361,6 +389,8 @@ def run_from_config(config: PoolConfig) -> FeedbackRun:
         scorer_options=tuple(config.scorer_options().items()) if labelled else (),
         score_batch=(SCORE_BATCH if not labelled or config.score_batch is None
                      else config.score_batch),
+        guards=tuple(config.guard_scorers) if labelled else (),
+        guard_margin=config.guard_margin if labelled else 0.0,
     )
 
 
@@ -388,8 +418,9 @@ def make_pairs(config: PoolConfig, command: str) -> int:
     if (chosen := use_free_cores(config.threads, how="--threads N")) and launch.main:
         print(chosen, file=sys.stderr)
     try:
-        scorer = (load_scorer(run, launch.device or default_device_and_dtype()[0])
-                  if run.scorer else None)
+        device = launch.device or default_device_and_dtype()[0]
+        scorer = load_scorer(run, device) if run.scorer else None
+        guards = {name: load_named_scorer(name, device=device) for name in run.guards}
         with Store(config.db) if launch.main else contextlib.nullcontext() as store:
             if launch.main:
                 save_config_beside(config, config.db, command)
@@ -397,6 +428,7 @@ def make_pairs(config: PoolConfig, command: str) -> int:
                 run, store, scorer, lambda: load(run.model, device=launch.device),
                 progress=not config.no_progress,
                 announce=lambda line: print(line, file=sys.stderr), launch=launch,
+                guards=guards,
             )
     except KeyboardInterrupt:
         print("interrupted before any pair was made", file=sys.stderr)

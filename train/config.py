@@ -198,6 +198,9 @@ class TrainConfig:
                                              "DiffusionNFT does)", None)
     noise_levels: int = setting("nft: noise levels each rollout is trained at per step, "
                                 "drawn as timestep_sampling says", 2)
+    updates_per_step: int = setting("nft: optimizer steps on a step's rollouts, each on an "
+                                    "equal share of its groups (DiffusionNFT: 2); the old "
+                                    "policy stays the sampling one meanwhile", 1)
     shared_noise: bool = setting("nft: the rollouts of a group are trained at the same noise "
                                  "and noise levels, so they differ in their sample alone "
                                  "(common random numbers; DiffusionNFT draws each its own)",
@@ -336,7 +339,8 @@ class TrainConfig:
         if self.reward_weights is not None and len(self.reward_weights) != len(self.rewards):
             raise TrainError(f"reward_weights: {len(self.reward_weights)} weights for "
                              f"{len(self.rewards)} rewards: give one each")
-        for name in ("group_size", "groups_per_step", "rollout_steps", "noise_levels"):
+        for name in ("group_size", "groups_per_step", "rollout_steps", "noise_levels",
+                     "updates_per_step"):
             if getattr(self, name) < 1:
                 raise TrainError(f"{name} must be at least 1")
         if self.group_size < 2:

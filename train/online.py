@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import resource
 import time
 from contextlib import contextmanager, nullcontext
@@ -166,9 +167,10 @@ class OnlineRun(Run):
         if self.sharded:
             raise TrainError(f"{c.objective} trains under DDP for now "
                              "(docs/accelerate/multi_gpu.yaml), not FSDP")
-        if c.groups_per_step % self.processes:
+        if c.groups_per_step % (self.processes * c.updates_per_step):
             raise TrainError(f"groups_per_step {c.groups_per_step} is not a multiple of "
-                             f"{self.processes} processes: each takes whole groups")
+                             f"{self.processes} processes x updates_per_step "
+                             f"{c.updates_per_step}: each update takes whole groups")
         self.prompts = online_prompts(c)
         kind = check(c.model)
         if kind not in FLOW_KINDS:
@@ -336,43 +338,53 @@ class OnlineRun(Run):
             c.group_size if c.shared_noise else 1, dim=2).reshape(-1, *noise[0].shape[2:])
         clean = rollouts.latents[items]
         noisy = self.process.noisy(clean, noise, sigma)
-        batches = [slice(i, i + c.batch_size) for i in range(0, len(items), c.batch_size)]
         device = acc.device
 
-        def texts(part: slice) -> pair_cache.Texts:
+        def texts(part: torch.Tensor) -> pair_cache.Texts:
             index, t = items[part], rollouts.texts
             return pair_cache.Texts(t.embeds[index], None if t.pooled is None else
                                     t.pooled[index], None if t.lengths is None else
                                     t.lengths[index])
 
+        everything = torch.arange(len(items))
         with torch.no_grad(), self.old.swapped_in(nets.trainable), acc.autocast():
             old = torch.cat([self.velocity(self.denoiser, noisy[b].to(device),
-                                           sigma[b].to(device), texts(b)) for b in batches])
+                                           sigma[b].to(device), texts(b))
+                             for b in everything.split(c.batch_size)])
+        # updates_per_step optimizer steps, each on whole groups (their noise shared)
+        update_of = (items // c.group_size) // (n // c.group_size // c.updates_per_step)
         totals: dict[str, float] = {}
-        for k, part in enumerate(batches):
-            index = items[part]
-            x_t, s = noisy[part].to(device), sigma[part].to(device)
-            with nullcontext() if k == len(batches) - 1 else acc.no_sync(nets.ddp_denoiser):
-                with acc.autocast():
-                    velocity = self.velocity(nets.ddp_denoiser, x_t, s, texts(part))
-                reference = self.reference_velocity(x_t, s, texts(part))
-                terms = nft_loss(velocity, old[part], reference, x_t, clean[part].to(device),
-                                 s, rollouts.optimality[index], c.nft_beta, c.advantage_clip)
-                live = rollouts.live[index].float().to(device)
-                loss = (terms.policy * live + c.kl_beta * terms.kl).sum() / len(items)
-                acc.backward(loss)
-            for name, value in (("loss", loss.detach() * len(items)), ("policy", (
-                    terms.policy.detach() * live).sum()), ("kl", terms.kl.detach().sum()),
-                                ("old_deviation", terms.old_deviation.sum())):
-                totals[name] = totals.get(name, 0.0) + float(value) / len(items)
-        grad_norm = acc.clip_grad_norm_(nets.trainable, c.max_grad_norm)
-        finite = bool(torch.isfinite(torch.as_tensor(grad_norm)))
-        if finite:
-            nets.optimizer.step()
-        if nets.average is not None:
-            nets.average.step(nets.trainable)
-        nets.lr_scheduler.step()
-        nets.optimizer.zero_grad(set_to_none=True)
+        norms = []
+        for update in range(c.updates_per_step):
+            members = everything[update_of == update]
+            batches = members.split(c.batch_size)
+            for k, part in enumerate(batches):
+                index = items[part]
+                x_t, s = noisy[part].to(device), sigma[part].to(device)
+                last = k == len(batches) - 1
+                with nullcontext() if last else acc.no_sync(nets.ddp_denoiser):
+                    with acc.autocast():
+                        velocity = self.velocity(nets.ddp_denoiser, x_t, s, texts(part))
+                    reference = self.reference_velocity(x_t, s, texts(part))
+                    terms = nft_loss(velocity, old[part], reference, x_t,
+                                     clean[part].to(device), s, rollouts.optimality[index],
+                                     c.nft_beta, c.advantage_clip)
+                    live = rollouts.live[index].float().to(device)
+                    loss = (terms.policy * live + c.kl_beta * terms.kl).sum() / len(members)
+                    acc.backward(loss)
+                for name, value in (("loss", loss.detach() * len(members)), ("policy", (
+                        terms.policy.detach() * live).sum()), ("kl", terms.kl.detach().sum()),
+                                    ("old_deviation", terms.old_deviation.sum())):
+                    totals[name] = totals.get(name, 0.0) + float(value) / len(items)
+            grad_norm = acc.clip_grad_norm_(nets.trainable, c.max_grad_norm)
+            finite = bool(torch.isfinite(torch.as_tensor(grad_norm)))
+            norms.append(float(grad_norm) if finite else float("nan"))
+            if finite:
+                nets.optimizer.step()
+            if nets.average is not None:
+                nets.average.step(nets.trainable)
+            nets.lr_scheduler.step()
+            nets.optimizer.zero_grad(set_to_none=True)
         self.old.follow(nets.trainable, old_decay(c, step))
         groups = len(rollouts.live) // c.group_size
         totals.update(reward=float(rollouts.rewards.mean()),
@@ -382,8 +394,8 @@ class OnlineRun(Run):
         values = acc.reduce(torch.tensor([totals[k] for k in names], device=device),
                             reduction="mean")
         metrics = dict(zip(names, values.tolist(), strict=True))
-        metrics["grad_norm"] = float(grad_norm) if finite else float("nan")
-        metrics["skipped"] = 0.0 if finite else 1.0
+        metrics["grad_norm"] = sum(norms) / len(norms)
+        metrics["skipped"] = float(sum(map(math.isnan, norms)))
         metrics["lr"] = nets.lr_scheduler.get_last_lr()[0]
         return metrics
 
