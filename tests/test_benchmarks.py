@@ -39,7 +39,8 @@ def bench(name: str, *flags: str, tmp_path, timeout: int = 600) -> dict:
 def test_every_benchmark_script_is_run_here():
     tested = {"ai_feedback", "annotate_latency", "cache_build", "crowd", "encode_cost",
               "eval_auto",
-              "import_shard", "judge_data", "objectives", "own_judge", "pair_generation",
+              "import_shard", "judge_data", "objectives", "online_rl", "own_judge",
+              "pair_generation",
               "peers", "pool_serving",
               "real_plan",
               "real_sizes", "relabel", "reward_http", "run_index", "store_votes", "threads",
@@ -163,6 +164,14 @@ def test_relabel(tmp_path):
         assert result["pairs_per_s"] > 0 and result["peak_rss_mb"] > 0
         assert result["over_floor"] > 0 and result["floor_pairs_per_s"] > 0
         assert result["over_scorer"] > 0 and result["scorer_pairs_per_s"] > 0
+
+
+def test_online_rl(tmp_path):
+    out = bench("online_rl", "--tiny", tmp_path=tmp_path)
+    assert out["benchmark"] == "online_rl" and out["steps"] == 1
+    assert out["rollouts_per_step"] == 4 and len(out["reward_after"]) == 1
+    assert all(0 <= r <= 1 for r in out["reward_before"] + out["reward_after"])
+    assert out["kl_last"] == 0.0  # one step: the reference is still the policy
 
 
 def test_reward_http(tmp_path):

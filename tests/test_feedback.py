@@ -143,6 +143,39 @@ def test_a_module_callable_scorer_labels_by_its_own_scores(tmp_path, monkeypatch
             assert p[2] == ("left" if bright[0] > bright[1] else "right")
 
 
+GUARDED = SCORER + '''
+
+def darkness(prompts, images):
+    """The opposite taste: the darker image is the better."""
+    return -brightness(prompts, images)
+'''
+
+
+def test_a_guard_scorer_turns_the_labels_it_disagrees_with_into_ties(tmp_path, monkeypatch,
+                                                                      capsys):
+    """BalancedDPO's vote across scorers in its simplest form: a pair is decisive only where
+    no guard prefers the other image by more than --guard-margin."""
+    (tmp_path / "guarded_scorer.py").write_text(GUARDED)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    common = ["--pairs", "12", "--scorer", "guarded_scorer:brightness", "--score-batch", "3",
+              "--tie-margin", "0.5", *FAST]
+    plain, _ = feedback_here(capsys, "--db", str(tmp_path / "plain.duckdb"), *common)
+    vetoed, _ = feedback_here(capsys, "--db", str(tmp_path / "vetoed.duckdb"), *common,
+                              "--guard-scorers", "guarded_scorer:darkness")
+    decisive = plain["left"] + plain["right"]
+    assert decisive >= 6 and plain["vetoed"] == 0
+    # the opposite taste disagrees with every decisive label: each becomes a tie
+    assert (vetoed["left"], vetoed["right"], vetoed["vetoed"]) == (0, 0, decisive)
+    assert vetoed["ties"] == plain["ties"] + decisive
+    assert {p[2] for p in stored_pairs(tmp_path / "vetoed.duckdb")} == {"tie"}
+    assert vetoed["run"] != plain["run"]  # another labelling: another run, not a resume
+    # a margin wider than any brightness gap lets every label through
+    wide, _ = feedback_here(capsys, "--db", str(tmp_path / "wide.duckdb"), *common,
+                            "--guard-scorers", "guarded_scorer:darkness", "--guard-margin",
+                            "1000")
+    assert (wide["left"], wide["right"], wide["vetoed"]) == (plain["left"], plain["right"], 0)
+
+
 INTERRUPTING = """
 import torch
 

@@ -217,3 +217,14 @@ def test_bad_settings_are_one_line(flags, said, tmp_path):
                           timeout=300)
     assert done.returncode == 1
     assert done.stderr.count("\n") == 1 and said in done.stderr, done.stderr
+
+
+def test_a_dry_run_says_a_step_s_work_and_loads_no_model(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "train", "toy-flow-nft", "--dry_run",
+                           "--groups_per_step", "4", "--group_size", "6", "--rewards",
+                           "toy_judge", "http://127.0.0.1:9", "--reward_weights", "1", "0.5"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "4 prompts x 6 rollouts = 24 rollouts" in done.stdout
+    assert "reward: 1 toy_judge + 0.5 http://127.0.0.1:9" in done.stdout
+    assert "Loading" not in done.stderr

@@ -10,6 +10,9 @@ says how each command is checked:
 - serve: started as written, its page opened in chromium (the blind page takes a vote
   that the next command reports), then stopped with Ctrl+C.
 - ci: .ci/run runs it.
+- loop: the flow toy's loop: benchmarks/toy_loop.py --loop toy-flow runs these very lines
+  from README.md, and tests/test_benchmarks.py runs it at the tiny size (on two
+  collections), so the walk does not run them a second time.
 - gpu: it needs GPUs. accelerate's own parser and config loader read the launch part,
   and the train part runs with --dry_run for that many processes: the preset resolves,
   the data it names is there and holds enough pairs, and the batch divides.
@@ -72,6 +75,9 @@ FLOW_BASE = "python -m models.toy.evaluate --model toy-flow --pairs 400"
 FLOW_ALIGNED = "python -m models.toy.evaluate --model runs/train/toy-flow/final --pairs 400"
 FLOW_AUTO = "python -m eval auto --base toy-flow --aligned runs/train/toy-flow/final " \
     "--seeds 23 --tie-margin 0.1"
+NFT_TRAIN = "accelerate launch -q --num_cpu_threads_per_process 2 " \
+    "--config_file docs/accelerate/one_process.yaml -m train toy-flow-nft"
+NFT_ALIGNED = "python -m models.toy.evaluate --model runs/train/toy-flow-nft/best --pairs 400"
 ROUNDS_BOARD = "python -m eval --board runs/rounds/leaderboard/leaderboard.json --db " \
     "runs/rounds/votes.duckdb"
 SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -91,11 +97,13 @@ CHECKS = {
     TOY_BLIND: "serve",
     "python -m eval report": "run",
     TOY_ROUNDS: "shrink",
-    FLOW_FEEDBACK: "shrink",
-    FLOW_TRAIN: "shrink",
-    FLOW_BASE: "shrink",
-    FLOW_ALIGNED: "shrink",
-    FLOW_AUTO: "shrink",
+    FLOW_FEEDBACK: "loop",
+    FLOW_TRAIN: "loop",
+    FLOW_BASE: "loop",
+    FLOW_ALIGNED: "loop",
+    FLOW_AUTO: "loop",
+    NFT_TRAIN: "shrink",
+    NFT_ALIGNED: "shrink",
     "python -m annotate --model runs/rounds --db runs/people.duckdb --prompts "
     "runs/rounds/toy-prompts.csv": "serve",
     ROUNDS_BOARD: "serve",
@@ -147,15 +155,20 @@ CHECKS = {
 # Size only: how many pairs, steps (training and sampling) and seeds. Nothing here changes
 # what a command does. The toy-loop benchmark's --tiny sizes, appended to the same README
 # commands; rounds' --train-args carries the train stage's size flags.
-SHRINK = {readme_stages(loop)[stage]: flags for loop in LOOPS
+SHRINK = {readme_stages(loop)[stage]: flags for loop in LOOPS if loop != "toy-flow"
           for stage, flags in TINY.items()}
+SHRINK[NFT_TRAIN] = ["--max_steps", "1", "--eval_every", "1", "--sample_seeds", "1",
+                     "--sample_steps", "2", "--groups_per_step", "2", "--group_size", "2",
+                     "--rollout_steps", "2"]
+SHRINK[NFT_ALIGNED] = ["--pairs", "8"]
 SHRINK[TOY_ROUNDS] = ["--rounds", "2", "--pairs", "16", "--per-prompt", "4", "--steps", "6",
                       "--eval-seeds", "1", "--adherence-pairs", "8", "--train-args",
                       "--max_steps", "2", "--eval_every", "2", "--sample_seeds", "1",
                       "--holdout_pairs", "1"]
 SIZE_FLAGS = {"--pairs", "--per-prompt", "--steps", "--max_steps", "--eval_every",
               "--holdout_pairs", "--seeds", "--rounds", "--eval-seeds", "--adherence-pairs",
-              "--sample_seeds", "--sample_steps", "--train-args"}
+              "--sample_seeds", "--sample_steps", "--train-args", "--groups_per_step",
+              "--group_size", "--rollout_steps"}
 
 
 def test_every_readme_command_is_checked_and_every_check_is_in_the_readme():
@@ -174,7 +187,9 @@ def test_shrinking_only_changes_sizes_and_the_benchmark_runs_the_same_text():
         assert CHECKS[text] == "shrink"
         assert {f for f in flags if f.startswith("--")} <= SIZE_FLAGS, text
     stages = {text for loop in LOOPS for text in readme_stages(loop).values()}
-    assert stages | {TOY_ROUNDS} == set(SHRINK)
+    flow = set(readme_stages("toy-flow").values())
+    assert flow == {text for text, kind in CHECKS.items() if kind == "loop"}
+    assert (stages - flow) | {TOY_ROUNDS, NFT_TRAIN, NFT_ALIGNED} == set(SHRINK)
 
 
 def test_ci_runs_the_readme_test_command_and_it_sets_up_first():
@@ -384,12 +399,14 @@ def test_the_readme_walk_from_an_empty_folder(sandbox, browser):
             _check_parse(step.text)
         elif kind == "download":
             _check_download(step.text, sandbox)
+        elif kind == "loop":
+            pass  # tests/test_benchmarks.py::test_the_flow_toy_loop_on_two_collections
         else:
             assert kind == "ci"  # test_ci_runs_the_readme_test_command_and_it_sets_up_first
     assert (sandbox / "runs/train/toy/best").is_dir()  # what the toy's evaluations judge
     assert (sandbox / "runs/eval/auto-toy/report.md").exists()
-    assert (sandbox / "runs/train/toy-flow/final").is_dir()
-    assert (sandbox / "runs/eval/auto-toy-flow/report.md").exists()
+    assert (sandbox / "runs/train/toy-flow-nft/best").is_dir()
+    assert (sandbox / "runs/train/toy-flow-nft/rollouts.duckdb").exists()
     assert list((sandbox / "runs/export").rglob("*.parquet"))
     assert (sandbox / "runs/rounds/leaderboard/leaderboard.md").exists()
     assert (sandbox / "runs/rounds/votes.duckdb").exists()  # the board page's vote

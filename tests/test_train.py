@@ -314,6 +314,15 @@ def test_a_guard_scorer_is_logged_beside_the_score_and_bounds_the_best_checkpoin
     assert summary["best_step"] == best["step"]
     assert summary["best_guards"] == {"guard_toy_judge": best["guard_toy_judge"]}
     assert summary["guard_start"] == {"guard_toy_judge": start}
+    # the summary says which steps scored better than the one kept but broke the guard
+    held, best_so_far = [], None
+    for e in evals:
+        if best_so_far is None or e["sample_score"] > best_so_far:
+            if e["guard_toy_judge"] >= start:
+                best_so_far = e["sample_score"]
+            else:
+                held.append(e["step"])
+    assert summary["held_back_steps"] == held
     chart = Image.open(run / "scores.png")
     assert chart.width >= 400  # the score and the guard, on one chart
     with pytest.raises(TrainError, match="guard_max_drop needs keep_best and guard_scorers"):

@@ -100,9 +100,17 @@ def _judge(argv: list[str]) -> int:
 def _main(argv: list[str]) -> int:
     if argv[:1] == ["judge"]:
         return _judge(argv[1:])
+    from train.config import ONLINE_OBJECTIVES
+
     config = None
     try:
         config = from_command_line(argv)
+        if config.dry_run and config.objective in ONLINE_OBJECTIVES:
+            from train.online import plan as online_plan
+            from train.plan import launched_processes
+
+            print(online_plan(config, launched_processes()))
+            return 0
         if config.dry_run:
             from train.plan import launched_processes, plan
 
@@ -112,8 +120,6 @@ def _main(argv: list[str]) -> int:
                 print(refused.text, flush=True)
                 raise
             return 0
-        from train.config import ONLINE_OBJECTIVES
-
         if config.objective in ONLINE_OBJECTIVES:
             from train.online import OnlineRun as Run
         else:

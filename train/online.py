@@ -158,6 +158,33 @@ def old_decay(config: TrainConfig, step: int) -> float:
     return min(OLD_DECAY_RAMP * step, config.old_decay)
 
 
+def plan(config: TrainConfig, processes: int) -> str:
+    """What `--dry_run` prints for an online run: each step's work, before any model loads."""
+    c = config
+    if c.groups_per_step % (processes * c.updates_per_step):
+        raise TrainError(f"groups_per_step {c.groups_per_step} is not a multiple of "
+                         f"{processes} processes x updates_per_step {c.updates_per_step}")
+    guided = 2 if (c.sample_guidance if c.rollout_guidance is None
+                   else c.rollout_guidance) != 1 else 1
+    rollouts = c.groups_per_step * c.group_size
+    sampling = rollouts * c.rollout_steps * guided
+    training = rollouts * c.noise_levels * guided * 5  # old, reference, policy, backward x2
+    trained = f"LoRA rank {c.lora_rank}" if c.lora_rank else "full"
+    weights = c.reward_weights or [1.0] * len(c.rewards)
+    reward = " + ".join(f"{w:g} {n}" for n, w in zip(c.rewards, weights, strict=True))
+    store = c.rollout_db or Path(c.output_dir) / "rollouts.duckdb"
+    return "\n".join([
+        f"model:  {c.model}, {trained}, objective {c.objective} (nft_beta {c.nft_beta:g}, "
+        f"kl_beta {c.kl_beta:g})",
+        f"step:   {c.groups_per_step} prompts x {c.group_size} rollouts = {rollouts} "
+        f"rollouts, {c.groups_per_step // processes} prompts on each of {processes} "
+        f"process(es), {c.updates_per_step} optimizer step(s)",
+        f"cost:   about {sampling:,} denoiser passes sampling + {training:,} training a "
+        f"step, {c.max_steps} steps",
+        f"reward: {reward}",
+        f"output: {c.output_dir} (rollouts: {store})"])
+
+
 class OnlineRun(Run):
     """An nft run. `OnlineRun(config)` sets up; `.train()` is the loop."""
 
@@ -251,7 +278,8 @@ class OnlineRun(Run):
         user = stable_id(f"user:{source}")
         model = f"{c.output_dir} step {step}"
         pairs = []
-        for i in range(0, len(jpgs) - 1, 2):
+        for i in [start + k for start in range(0, len(jpgs), c.group_size)
+                  for k in range(0, c.group_size - 1, 2)]:  # within each group
             vote_id = f"rollout-{self.run_key}-{step:07d}-{groups[i]:05d}-{i % c.group_size:04d}"
             records = tuple(ImageRecord(
                 pair_image_uid(vote_id, side), jpgs[i + side], prompts[i + side], model,
@@ -492,6 +520,7 @@ class OnlineRun(Run):
         if c.guard_scorers:
             summary["guard_start"] = state.get("guard_start")
             summary["best_guards"] = state.get("best_guards")
+            summary["held_back_steps"] = state.get("held_back_steps", [])
         with self.averaged():
             self.save_denoiser(self.out / "final")
         if self.main:

@@ -833,6 +833,7 @@ class Run:
         if c.guard_scorers:
             summary["guard_start"] = state.get("guard_start")
             summary["best_guards"] = state.get("best_guards")
+            summary["held_back_steps"] = state.get("held_back_steps", [])
         with self.averaged():
             self.save_denoiser(self.out / "final")
         if self.main:
@@ -889,9 +890,12 @@ class Run:
             guards = {k: v for k, v in result.items() if k.startswith("guard_")}
             state.setdefault("guard_start", guards)  # the first evaluation's: the base's
             score = result.get("sample_score")
-            best = bool(self.config.keep_best and score is not None and (
-                state["best_score"] is None or score > state["best_score"]) and within_guard(
-                    guards, state["guard_start"], self.config.guard_max_drop))
+            better = bool(self.config.keep_best and score is not None and (
+                state["best_score"] is None or score > state["best_score"]))
+            best = better and within_guard(guards, state["guard_start"],
+                                           self.config.guard_max_drop)
+            if better and not best:  # what the guards held back, for the summary
+                state.setdefault("held_back_steps", []).append(step)
             if best:
                 state["best_score"], state["best_step"] = score, step
                 state["best_guards"] = guards
