@@ -189,8 +189,14 @@ class OnlineRun(Run):
     """An nft run. `OnlineRun(config)` sets up; `.train()` is the loop."""
 
     def __init__(self, config: TrainConfig):
+        c = config
+        kind = check(c.model)  # before anything is made: a wrong model is one line
+        if kind not in FLOW_KINDS:
+            raise TrainError(f"{c.objective} trains flow-matching models (sd3, flux, flux2, "
+                             f"qwenimage, zimage); {c.model} is {kind}: use --objective dpo")
+        self.prompts = online_prompts(c)
         self.start(config)
-        c, acc = config, self.accelerator
+        acc = self.accelerator
         if self.sharded:
             raise TrainError(f"{c.objective} trains under DDP for now "
                              "(docs/accelerate/multi_gpu.yaml), not FSDP")
@@ -198,11 +204,6 @@ class OnlineRun(Run):
             raise TrainError(f"groups_per_step {c.groups_per_step} is not a multiple of "
                              f"{self.processes} processes x updates_per_step "
                              f"{c.updates_per_step}: each update takes whole groups")
-        self.prompts = online_prompts(c)
-        kind = check(c.model)
-        if kind not in FLOW_KINDS:
-            raise TrainError(f"{c.objective} trains flow-matching models (sd3, flux, flux2, "
-                             f"qwenimage, zimage); {c.model} is {kind}: use --objective dpo")
         self.say_threads()
         self.model = load(c.model, device=str(acc.device), dtype=torch.float32)
         self.process = process_for(self.model, c)
