@@ -18,7 +18,6 @@ and the saved model are the same code.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import resource
 import time
@@ -518,22 +517,7 @@ class OnlineRun(Run):
                    "best_score": state["best_score"], "best_step": state["best_step"],
                    "rollout_db": None if self.db is None else str(self.db),
                    "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}
-        if c.guard_scorers:
-            summary["guard_start"] = state.get("guard_start")
-            summary["best_guards"] = state.get("best_guards")
-            summary["held_back_steps"] = state.get("held_back_steps", [])
-        with self.averaged():
-            self.save_denoiser(self.out / "final")
-        if self.main:
-            (self.out / "summary.json").write_text(json.dumps(summary, indent=1))
-            evals = self.out / "eval.jsonl"
-            if evals.exists():
-                samples.plot_scores([json.loads(line) for line in evals.open()],
-                                    self.out / "scores.png", c.scorer)
-        acc.end_training()
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-        return summary
+        return self.finish(summary, state)
 
 
 def _row(texts: pair_cache.Texts, row: int) -> pair_cache.Texts:

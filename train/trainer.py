@@ -828,6 +828,12 @@ class Run:
                                         2),
                    "best_score": state["best_score"], "best_step": state["best_step"],
                    "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}
+        return self.finish(summary, state)
+
+    def finish(self, summary: dict, state: dict) -> dict:
+        """Write final/ (the average, with ema_decay), summary.json (with what the guards
+        did) and scores.png; end the process group. `summary`: the loop's own figures."""
+        c = self.config
         if torch.cuda.is_available():
             summary["peak_gpu_mb"] = torch.cuda.max_memory_allocated() // 2**20
         if c.guard_scorers:
@@ -842,7 +848,7 @@ class Run:
             if evals.exists():
                 samples.plot_scores([json.loads(line) for line in evals.open()],
                                     self.out / "scores.png", c.scorer)
-        acc.end_training()
+        self.accelerator.end_training()
         if torch.distributed.is_initialized():  # gloo's threads alive at exit abort it
             torch.distributed.destroy_process_group()
         return summary
