@@ -31,7 +31,6 @@ from PIL import Image
 from tqdm import tqdm
 
 from cli.errors import DataError, TrainError
-from cli.parser import CONFIG_FILE, save_config
 from data.pairs import decode_image, encode_jpeg
 from data.prompts import read_prompts
 from data.shards import Pair, clear_partial, shard_folder, take_in, write_shard
@@ -40,7 +39,7 @@ from models.loading import FLOW_KINDS, check, load
 from models.scorers import Scorer, checked_scores, load_scorer
 from models.toy import built_in_prompts
 from train import cache as pair_cache
-from train import checkpoints, samples
+from train import samples
 from train.config import TrainConfig
 from train.errors import Phase
 from train.loss import group_advantages, nft_loss, optimality
@@ -48,7 +47,6 @@ from train.processes import process_for
 from train.trainer import (
     Run,
     adapters_disabled,
-    begin_logs,
     build_networks,
     sample_prompts,
     step_generator,
@@ -454,18 +452,7 @@ class OnlineRun(Run):
     def train(self) -> dict:
         c, acc = self.config, self.accelerator
         state = {"skipped_steps": 0, "best_score": None, "best_step": None}
-        start = 0
-        if self.resume is not None:
-            state.update(checkpoints.load(acc, self.resume))
-            start = state.pop("step")
-            if acc.is_local_main_process:
-                print(f"resumed from {self.resume} at step {start}")
-        if self.main:
-            save_config(c, self.out / CONFIG_FILE)
-            begin_logs(self.out, start if self.resume is not None else None)
-            acc.init_trackers("nft")
-        if self.resume is None and self.evaluates:
-            self._log_eval(start, state)
+        start = self.begin(state, "nft")
         window: dict[str, float] = {}
         logged = trained = 0
         began = time.perf_counter()
@@ -494,16 +481,8 @@ class OnlineRun(Run):
                     bar.set_postfix(reward=f"{averaged['reward']:.3f}",
                                     kl=f"{averaged['kl']:.2g}")
                     window, logged = {}, 0
-                if c.eval_every and (done % c.eval_every == 0 or done == c.max_steps):
-                    Phase.now = f"evaluating at step {done}"
-                    if self.evaluates:
-                        with self.averaged():
-                            self._log_eval(done, state)
-                    acc.wait_for_everyone()
-                if c.checkpoint_every and done % c.checkpoint_every == 0:
-                    Phase.now = f"saving the checkpoint of step {done}"
-                    checkpoints.save(acc, self.out, done, state, c.checkpoints_kept,
-                                     checkpoints.run_kind(c), self.writes_checkpoints)
+                self.evaluate_if_due(done, state)
+                self.checkpoint_if_due(done, state)
         finally:
             bar.close()
         seconds = time.perf_counter() - began

@@ -765,18 +765,7 @@ class Run:
         c, acc = self.config, self.accelerator
         state = {"skipped_steps": 0, "nonfinite_latent_steps": 0, "best_score": None,
                  "best_step": None}
-        start = 0
-        if self.resume is not None:
-            state.update(checkpoints.load(acc, self.resume))
-            start = state.pop("step")
-            if self.accelerator.is_local_main_process:  # once a machine
-                print(f"resumed from {self.resume} at step {start}")
-        if self.main:
-            save_config(c, self.out / CONFIG_FILE)
-            begin_logs(self.out, start if self.resume is not None else None)
-            acc.init_trackers("dpo")
-        if self.resume is None and self.evaluates:  # a resumed run's eval.jsonl has it
-            self._log_eval(start, state)
+        start = self.begin(state, "dpo")
         window: dict[str, float] = {}
         logged = 0
         began, trained_steps = time.perf_counter(), 0
@@ -804,17 +793,9 @@ class Run:
                     bar.set_postfix(loss=f"{averaged.get('loss', float('nan')):.4f}",
                                     acc=f"{averaged.get('accuracy', float('nan')):.2f}")
                     window, logged = {}, 0
-                if c.eval_every and (done % c.eval_every == 0 or done == c.max_steps):
-                    Phase.now = f"evaluating at step {done}"
-                    if self.evaluates:
-                        with self.averaged():
-                            self._log_eval(done, state)
-                    acc.wait_for_everyone()
+                self.evaluate_if_due(done, state)
                 check_skipped(c, done, state, self.data.cache.directory)
-                if c.checkpoint_every and done % c.checkpoint_every == 0:
-                    Phase.now = f"saving the checkpoint of step {done}"
-                    checkpoints.save(acc, self.out, done, state, c.checkpoints_kept,
-                                     checkpoints.run_kind(c), self.writes_checkpoints)
+                self.checkpoint_if_due(done, state)
                 Phase.now = "training"
         finally:
             bar.close()
@@ -829,6 +810,42 @@ class Run:
                    "best_score": state["best_score"], "best_step": state["best_step"],
                    "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}
         return self.finish(summary, state)
+
+    def begin(self, state: dict, tracker: str) -> int:
+        """Restore a resumed run's `state` (and its step, returned), write config.yaml, start
+        the logs, and evaluate the starting model (a resumed run's eval.jsonl has it)."""
+        c, acc = self.config, self.accelerator
+        start = 0
+        if self.resume is not None:
+            state.update(checkpoints.load(acc, self.resume))
+            start = state.pop("step")
+            if acc.is_local_main_process:  # once a machine
+                print(f"resumed from {self.resume} at step {start}")
+        if self.main:
+            save_config(c, self.out / CONFIG_FILE)
+            begin_logs(self.out, start if self.resume is not None else None)
+            acc.init_trackers(tracker)
+        if self.resume is None and self.evaluates:
+            self._log_eval(start, state)
+        return start
+
+    def evaluate_if_due(self, done: int, state: dict) -> None:
+        """The grid and held-out checks of the averaged weights every eval_every steps and
+        at the last; every process waits for them."""
+        c = self.config
+        if c.eval_every and (done % c.eval_every == 0 or done == c.max_steps):
+            Phase.now = f"evaluating at step {done}"
+            if self.evaluates:
+                with self.averaged():
+                    self._log_eval(done, state)
+            self.accelerator.wait_for_everyone()
+
+    def checkpoint_if_due(self, done: int, state: dict) -> None:
+        c = self.config
+        if c.checkpoint_every and done % c.checkpoint_every == 0:
+            Phase.now = f"saving the checkpoint of step {done}"
+            checkpoints.save(self.accelerator, self.out, done, state, c.checkpoints_kept,
+                             checkpoints.run_kind(c), self.writes_checkpoints)
 
     def finish(self, summary: dict, state: dict) -> dict:
         """Write final/ (the average, with ema_decay), summary.json (with what the guards
