@@ -150,9 +150,10 @@ class TrainConfig:
     adam_epsilon: float = setting("AdamW epsilon", 1e-8)
     max_grad_norm: float = setting("gradient clipping norm", 1.0)
     ema_decay: float = setting("keep an exponential moving average of the trained weights with "
-                               "this decay per step (0: off; 0.99 averages about the last 100 "
-                               "steps): the average is what is evaluated, kept as best/ and "
-                               "saved as final/", 0.0)
+                               "this decay per step (0: off), reached once diffusers' ramp "
+                               "k/(9+k) passes it (0.99 at step 891: before, about the last "
+                               "tenth of the steps): the average is what is evaluated, kept "
+                               "as best/ and saved as final/", 0.0)
     mixed_precision: str = setting("`auto` (bf16 on GPU, fp32 on CPU), `no`, `fp16` or `bf16`",
                                    "auto")
     gradient_checkpointing: bool = setting("trade compute for memory in the UNet", False)
