@@ -16,7 +16,9 @@ import pytest
 import torch
 from PIL import Image
 
+from cli.errors import TrainError
 from data.pairs import decode_image
+from train import checkpoints
 from train.config import resolve
 from train.online import OldPolicy, OnlineRun
 
@@ -177,6 +179,15 @@ def test_a_stopped_run_resumes_to_the_uninterrupted_run_s_weights(tiny_sd3_dir, 
         assert torch.allclose(a, b, atol=1e-6), name
     assert [r["reward"] for r in metrics(tmp_path / "resumed")] == pytest.approx(
         [r["reward"] for r in metrics(tmp_path / "whole")][2:], abs=1e-6)
+    # an offline run over an online run's checkpoint (it holds the old policy): one line
+    dpo = resolve("toy-flow", {"model": str(tiny_sd3_dir), "output_dir": str(tmp_path / "whole"),
+                               "lora_rank": 0, "ema_decay": 0.5, "resume": "latest"})
+    with pytest.raises(TrainError, match=r"online RL \(nft\); this run is a full fine-tune "
+                                         r".* and ema_decay 0.5: resume with its settings "
+                                         r"\(--objective nft\)"):
+        checkpoints.check_kind(kept / "checkpoint-000002", dpo)
+    checkpoints.check_kind(kept / "checkpoint-000002", resolve("toy-flow-nft", {
+        "model": str(tiny_sd3_dir), "lora_rank": 0, "ema_decay": 0.5}))  # the same kind
 
 
 def test_two_processes_train_what_one_does(first_run, tiny_sd3_dir, reward_dir, tmp_path):

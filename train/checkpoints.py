@@ -22,7 +22,7 @@ from pathlib import Path
 
 from cli.errors import TrainError
 from models.loading import same_model
-from train.config import TrainConfig
+from train.config import ONLINE_OBJECTIVES, TrainConfig
 
 STATE_FILE = "trainer_state.json"
 KIND_KEY = "run_kind"  # the marker's record of the run that wrote the checkpoint
@@ -63,18 +63,31 @@ def run_kind(config: TrainConfig) -> dict:
     moving average's decay is saved with it and would silently win)."""
     return {"model": config.model, "lora_rank": config.lora_rank,
             "lora_targets": config.lora_targets if config.lora_rank else None,
-            "optimizer": config.optimizer, "ema_decay": config.ema_decay}
+            "optimizer": config.optimizer, "ema_decay": config.ema_decay,
+            "objective": config.objective}
 
 
 # what a marker written before a setting was recorded means by its absence
-_BEFORE_RECORDED = {"ema_decay": 0.0}
+_BEFORE_RECORDED = {"ema_decay": 0.0, "objective": "dpo"}
+
+
+def _differs(key: str, theirs: object, mine: object) -> bool:
+    """Whether a recorded setting makes the checkpoint another kind of run: the objective
+    only between offline and online ones (an online run's state holds its old policy)."""
+    if key == "model":
+        return not same_model(theirs, mine)
+    if key == "objective":
+        return (theirs in ONLINE_OBJECTIVES) != (mine in ONLINE_OBJECTIVES)
+    return theirs != mine
 
 
 def _kind_text(kind: dict) -> str:
     what = (f"LoRA rank {kind['lora_rank']} on {', '.join(kind['lora_targets'])}"
             if kind["lora_rank"] else "a full fine-tune")
     averaged = f" and ema_decay {kind['ema_decay']}" if kind.get("ema_decay") else ""
-    return f"{what} of {kind['model']} with {kind['optimizer']}{averaged}"
+    online = (f", online RL ({kind['objective']})" if kind.get("objective") in ONLINE_OBJECTIVES
+              else "")
+    return f"{what} of {kind['model']} with {kind['optimizer']}{averaged}{online}"
 
 
 def check_kind(checkpoint: Path, config: TrainConfig) -> None:
@@ -85,8 +98,7 @@ def check_kind(checkpoint: Path, config: TrainConfig) -> None:
     if theirs is None:
         return
     theirs = {**_BEFORE_RECORDED, **theirs}
-    differ = [key for key in mine if theirs.get(key) != mine[key]
-              and not (key == "model" and same_model(theirs[key], mine[key]))]
+    differ = [key for key in mine if _differs(key, theirs.get(key), mine[key])]
     if not differ:
         return
     flags = " ".join(f"--{key} {shlex.join(map(str, theirs[key]))}"
